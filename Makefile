@@ -1,0 +1,41 @@
+# Two commands do all setup on a fresh machine:
+#   make run   - create .venv if missing, install requirements, serve the app on 127.0.0.1:8501
+#   make test  - the same venv plus test tools, then lint (ruff) and the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+
+.PHONY: run test lint format bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(PY) -m bench.throughput
+	$(PY) -m bench.quality
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
