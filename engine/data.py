@@ -1,0 +1,121 @@
+"""Getting cells to the model fast: the split, matrices held on the device, batches by index.
+
+No per-cell Dataset objects: the whole split lives as one tensor on the device (or as a sparse
+matrix densified one batch at a time when the dense matrix would exceed the memory budget), and
+a batch is a shuffled slice of row indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from engine.errors import ScwbError
+from engine.io import memory_budget
+
+
+def make_split(
+    n_obs: int,
+    seed: int,
+    val: float = 0.1,
+    test: float = 0.1,
+    stratify: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded train/val/test row indices, stratified by ``stratify`` when given."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n_obs)
+    min_needed = 3 if test > 0 else 2
+    if n_obs < min_needed * 2:
+        raise ScwbError(f"Only {n_obs} cells: a train/validation/test split needs at least {min_needed * 2}.")
+    if stratify is not None:
+        values, counts = np.unique(stratify, return_counts=True)
+        if counts.min() < min_needed:
+            small = values[counts.argmin()]
+            raise ScwbError(
+                f"The class {small!r} has {counts.min()} cell(s); the split needs at least {min_needed} per class: "
+                "drop it (Preprocess > subset) or merge it."
+            )
+    hold = val + test
+    train, rest = train_test_split(idx, test_size=hold, random_state=seed, stratify=stratify)
+    if test <= 0:
+        return {"train": np.sort(train), "val": np.sort(rest), "test": np.array([], dtype=int)}
+    strat_rest = stratify[rest] if stratify is not None else None
+    v, t = train_test_split(rest, test_size=test / hold, random_state=seed, stratify=strat_rest)
+    return {"train": np.sort(train), "val": np.sort(v), "test": np.sort(t)}
+
+
+class DeviceMatrix:
+    """Rows of a cells x genes matrix on ``device``: dense when it fits the budget, else sparse on
+    the host and densified per batch."""
+
+    def __init__(self, x: Any, device: str | torch.device, budget: int | None = None):
+        budget = memory_budget() if budget is None else budget
+        self.shape = x.shape
+        self.device = torch.device(device)
+        self.sparse_host: sp.csr_matrix | None = None
+        dense_bytes = x.shape[0] * x.shape[1] * 4
+        if sp.issparse(x) and dense_bytes > budget:
+            self.sparse_host = sp.csr_matrix(x, dtype=np.float32)
+            self.dense = None
+        else:
+            arr = x.toarray() if sp.issparse(x) else np.asarray(x)
+            self.dense = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32), device=self.device)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.dense is not None
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense.index_select(0, idx.to(self.device))
+        block = self.sparse_host[idx.cpu().numpy()].toarray()
+        return torch.from_numpy(block).to(self.device, non_blocking=True)
+
+
+class Batches:
+    """An iterable of dict batches over rows ``index`` of the given columns; Lightning takes it
+    as a dataloader. Each epoch draws a new seeded permutation when ``shuffle``."""
+
+    def __init__(
+        self,
+        columns: dict[str, DeviceMatrix | torch.Tensor],
+        index: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if len(index) == 0:
+            raise ScwbError("A split part is empty: the data has too few cells for this split.")
+        self.columns = columns
+        self.index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        # dropping a last batch of 1 keeps BatchNorm defined; never drop everything
+        self.drop_last = drop_last and len(index) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.index)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.index[torch.randperm(len(self.index), generator=self.generator)] if self.shuffle else self.index
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if self.drop_last is False and len(idx) == 1 and len(self.index) > 1 and self.shuffle:
+                continue  # a lone cell breaks BatchNorm in training
+            yield {k: (c.rows(idx) if isinstance(c, DeviceMatrix) else c.index_select(0, idx.to(c.device))) for k, c in self.columns.items()}
+
+
+def encode_labels(values: Any) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and the class names they stand for (sorted, as strings)."""
+    s = np.asarray(values).astype(str)
+    classes = sorted(set(s))
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[v] for v in s], dtype=np.int64), classes

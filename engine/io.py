@@ -1,0 +1,405 @@
+"""Reading, validating and describing single-cell data.
+
+``read`` turns a path or an uploaded file object into AnnData (``.h5ad``, 10x ``.h5``, zipped 10x
+``.mtx`` folders, ``.csv``/``.tsv`` matrices of cells x genes). ``describe`` says what a matrix
+holds so that the app can suggest a recipe. ``check_*`` functions raise ``ScwbError`` with one
+line that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from engine.errors import ScwbError
+
+READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.gz")
+MAX_ZIP_RATIO = 50  # a zip that expands to more than 50x its size is refused
+MAX_ZIP_BYTES = 20 * 2**30
+
+
+def memory_budget() -> int:
+    """Bytes one dense matrix may take (``$SCWB_MEMORY_BUDGET_GB``, default 4 GB)."""
+    return int(float(os.environ.get("SCWB_MEMORY_BUDGET_GB", "4")) * 2**30)
+
+
+# ----------------------------------------------------------------------------- reading
+def read(source: str | os.PathLike | IO[bytes], filename: str | None = None) -> ad.AnnData:
+    """Read a dataset from a path or a binary file object (``filename`` tells its format)."""
+    if hasattr(source, "read"):
+        name = filename or getattr(source, "name", "upload")
+        suffix = _suffix(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            with open(path, "wb") as fh:
+                data = source.read()
+                fh.write(data if isinstance(data, bytes) else data.encode())
+            return _read_path(path, display=name)
+    path = Path(source)
+    if not path.exists():
+        raise ScwbError(f"{path} does not exist.")
+    return _read_path(path, display=str(path))
+
+
+def _suffix(name: str) -> str:
+    lower = str(name).lower()
+    for s in (".csv.gz", ".tsv.gz", ".txt.gz"):
+        if lower.endswith(s):
+            return s
+    return Path(lower).suffix
+
+
+def _read_path(path: Path, display: str) -> ad.AnnData:
+    suffix = _suffix(display if Path(display).suffix else path.name)
+    if path.is_dir():
+        return _read_mtx_dir(path, display)
+    if path.stat().st_size == 0:
+        raise ScwbError(f"{Path(display).name} is empty (0 bytes).")
+    if suffix in (".pkl", ".pickle", ".pt", ".pth", ".joblib"):
+        raise ScwbError(f"{Path(display).name}: pickled files are never loaded; export the data as .h5ad.")
+    try:
+        if suffix == ".h5ad":
+            adata = _read_h5ad(path, display)
+        elif suffix == ".h5":
+            adata = _read_10x_h5(path, display)
+        elif suffix == ".zip":
+            adata = _read_zip(path, display)
+        elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
+            adata = _read_table(path, display, sep="," if ".csv" in suffix else "\t")
+        else:
+            raise ScwbError(
+                f"{Path(display).name}: unknown format {suffix or '(no extension)'}; "
+                "use .h5ad, 10x .h5, a zipped 10x .mtx folder, .csv or .tsv."
+            )
+    except ScwbError:
+        raise
+    except MemoryError:
+        raise ScwbError(f"{Path(display).name} does not fit in memory.") from None
+    except Exception as exc:  # any reader failure becomes one readable line
+        raise ScwbError(f"{Path(display).name} could not be read: {_first_line(exc)}") from None
+    adata.uns.setdefault("source", Path(display).name)
+    return adata
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _read_h5ad(path: Path, display: str) -> ad.AnnData:
+    import h5py
+
+    name = Path(display).name
+    try:
+        with h5py.File(path, "r") as f:
+            keys = set(f.keys())
+            if "X" not in keys and "obs" not in keys:
+                raise ScwbError(f"{name} is an HDF5 file but not AnnData (no X or obs); is it a 10x .h5?")
+            shape = _h5_dense_shape(f)
+    except ScwbError:
+        raise
+    except OSError:
+        raise ScwbError(f"{name} is not a readable .h5ad file (truncated or not HDF5).") from None
+    if shape is not None and shape[0] * shape[1] * 4 > memory_budget():
+        raise ScwbError(
+            f"{name}: a dense {shape[0]} x {shape[1]} matrix exceeds the memory budget "
+            f"({memory_budget() / 2**30:.1f} GB); store X as sparse or raise SCWB_MEMORY_BUDGET_GB."
+        )
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:
+        raise ScwbError(f"{name} is a damaged .h5ad file: {_first_line(exc)}") from None
+
+
+def _h5_dense_shape(f: Any) -> tuple[int, int] | None:
+    x = f.get("X")
+    if x is not None and hasattr(x, "shape") and len(getattr(x, "shape", ())) == 2:
+        return tuple(x.shape)  # dense dataset
+    return None
+
+
+def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
+    import scanpy as sc
+
+    try:
+        adata = sc.read_10x_h5(path)
+    except Exception as exc:
+        raise ScwbError(f"{Path(display).name} is not a 10x Genomics .h5 file: {_first_line(exc)}") from None
+    adata.var_names_make_unique()
+    return adata
+
+
+def _read_zip(path: Path, display: str) -> ad.AnnData:
+    name = Path(display).name
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ScwbError(f"{name} is not a valid zip archive.") from None
+    with zf, tempfile.TemporaryDirectory() as tmp:
+        infos = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX")]
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ZIP_BYTES or total > MAX_ZIP_RATIO * max(path.stat().st_size, 1) + 2**20:
+            raise ScwbError(f"{name} expands to {total / 2**20:.0f} MB, far more than its size: refused.")
+        mtx = [i for i in infos if i.filename.lower().endswith(("matrix.mtx", "matrix.mtx.gz"))]
+        if not mtx:
+            tables = [i for i in infos if i.filename.lower().endswith((".csv", ".tsv", ".h5ad"))]
+            if len(tables) == 1:
+                target = Path(tmp) / Path(tables[0].filename).name
+                target.write_bytes(zf.read(tables[0]))
+                return _read_path(target, display=target.name)
+            raise ScwbError(f"{name} holds no 10x matrix (matrix.mtx with barcodes and genes/features).")
+        folder = str(Path(mtx[0].filename).parent)
+        for info in infos:
+            if str(Path(info.filename).parent) == folder:
+                (Path(tmp) / Path(info.filename).name).write_bytes(zf.read(info))
+        return _read_mtx_dir(Path(tmp), display)
+
+
+def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
+    import scanpy as sc
+
+    files = {p.name for p in folder.iterdir()}
+    try:
+        if not any(f.startswith("features") for f in files) and "genes.tsv" not in files:
+            raise ScwbError(f"{Path(display).name}: a 10x folder needs genes.tsv or features.tsv(.gz).")
+        adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=True, cache=False)
+    except ScwbError:
+        raise
+    except Exception as exc:
+        raise ScwbError(f"{Path(display).name}: the 10x matrix could not be read: {_first_line(exc)}") from None
+    return adata
+
+
+def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
+    name = Path(display).name
+    raw_size = path.stat().st_size * (5 if str(path).endswith(".gz") else 1)
+    if raw_size * 2 > memory_budget():  # text is ~2 bytes a value at best; dense floats are 4
+        raise ScwbError(f"{name} is too large to load densely; convert it to .h5ad with a sparse X.")
+    try:
+        df = pd.read_csv(path, sep=sep, index_col=0, engine="c")
+    except UnicodeDecodeError:
+        try:
+            df = pd.read_csv(path, sep=sep, index_col=0, encoding="latin-1")
+        except Exception as exc:
+            raise ScwbError(f"{name} is not UTF-8 text and could not be read: {_first_line(exc)}") from None
+    except pd.errors.ParserError as exc:
+        raise ScwbError(f"{name} has rows of different lengths ({_first_line(exc)}).") from None
+    except pd.errors.EmptyDataError:
+        raise ScwbError(f"{name} holds no table.") from None
+    if df.shape[1] == 0 and sep == ",":
+        return _read_table(path, display, sep="\t")
+    numeric = df.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna() & df.notna()
+    if bad.to_numpy().any():
+        col = df.columns[bad.any(axis=0).to_numpy()][0]
+        raise ScwbError(f"{name}: column {col!r} holds text; the table must be numbers, cells x genes.")
+    adata = ad.AnnData(X=numeric.to_numpy(dtype=np.float32))
+    adata.obs_names = df.index.astype(str)
+    adata.var_names = df.columns.astype(str)
+    return adata
+
+
+# ----------------------------------------------------------------------------- describing
+def matrix_kind(x: Any, max_rows: int = 2000) -> str:
+    """What a matrix holds: 'counts', 'log-normalised', 'normalised', 'scaled (MinMax)',
+    'scaled (z-score)', 'empty' or 'invalid (NaN/inf)' (judged on up to ``max_rows`` rows)."""
+    if x is None or x.shape[0] == 0 or x.shape[1] == 0:
+        return "empty"
+    rows = x[: min(max_rows, x.shape[0])]
+    vals = rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
+    vals = np.asarray(vals, dtype=np.float64)
+    if vals.size == 0:
+        return "empty"
+    if not np.isfinite(vals).all():
+        return "invalid (NaN/inf)"
+    vmin, vmax = vals.min(), vals.max()
+    if vmin < 0:
+        dense = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+        means = np.abs(dense.mean(axis=0))
+        return "scaled (z-score)" if np.median(means) < 0.25 else "centred or signed values"
+    if np.all(np.mod(vals, 1) == 0):
+        return "counts"
+    if vmax <= 1.0 + 1e-6:
+        return "scaled (MinMax)"
+    if vmax < 30:
+        return "log-normalised"
+    return "normalised (not log)"
+
+
+def label_candidates(adata: ad.AnnData, max_values: int = 200) -> dict[str, dict[str, int]]:
+    """obs columns usable as labels (2..max_values distinct values) with their value counts."""
+    out: dict[str, dict[str, int]] = {}
+    for col in adata.obs.columns:
+        s = adata.obs[col]
+        if pd.api.types.is_float_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+            continue
+        counts = s.astype(str).value_counts()
+        if 2 <= len(counts) <= max_values and len(counts) < max(adata.n_obs, 3):
+            out[col] = {str(k): int(v) for k, v in counts.items()}
+    return out
+
+
+def nbytes(x: Any) -> int:
+    if sp.issparse(x):
+        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes)
+    return int(np.asarray(x).nbytes)
+
+
+def describe(adata: ad.AnnData) -> dict[str, Any]:
+    """A summary the app shows and the recipe defaults are chosen from."""
+    x = adata.X
+    n = adata.n_obs * adata.n_vars
+    nnz = (x.nnz if sp.issparse(x) else int(np.count_nonzero(x))) if x is not None and n else 0
+    return {
+        "n_obs": int(adata.n_obs),
+        "n_vars": int(adata.n_vars),
+        "sparse": bool(sp.issparse(x)),
+        "sparsity": float(1 - nnz / n) if n else 1.0,
+        "memory_mb": round(nbytes(x) / 2**20, 2) if x is not None else 0.0,
+        "x_kind": matrix_kind(x),
+        "layers": {k: matrix_kind(v) for k, v in adata.layers.items()},
+        "labels": label_candidates(adata),
+        "embeddings": [k for k in adata.obsm if getattr(adata.obsm[k], "ndim", 2) == 2 and adata.obsm[k].shape[1] >= 2],
+        "numeric_obs": [c for c in adata.obs.columns if pd.api.types.is_numeric_dtype(adata.obs[c])],
+        "recipe": adata.uns.get("recipe"),
+        "mito_genes": int(adata.var_names.str.upper().str.startswith("MT-").sum()),
+    }
+
+
+def fingerprint(adata: ad.AnnData) -> str:
+    """A content hash (shape, names, values) that identifies a dataset for caching and run records."""
+    h = hashlib.sha1()
+    h.update(f"{adata.shape}".encode())
+    for names in (adata.obs_names, adata.var_names):
+        h.update("\x1f".join(map(str, names)).encode())
+    x = adata.X
+    if sp.issparse(x):
+        for a in (x.data, x.indices, x.indptr):
+            h.update(np.ascontiguousarray(a).tobytes())
+    elif x is not None:
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(data: bytes | Path) -> str:
+    h = hashlib.sha1()
+    if isinstance(data, Path):
+        with open(data, "rb") as fh:
+            for chunk in iter(lambda: fh.read(2**22), b""):
+                h.update(chunk)
+    else:
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- validation
+def check_not_empty(adata: ad.AnnData) -> None:
+    if adata.n_obs == 0:
+        raise ScwbError("The data has no cells; check the file or loosen the filters.")
+    if adata.n_vars == 0:
+        raise ScwbError("The data has no genes; check the file or loosen the gene filter.")
+    x = adata.X
+    nnz = x.nnz if sp.issparse(x) else np.count_nonzero(x)
+    if nnz == 0:
+        raise ScwbError("Every value in the matrix is zero; there is nothing to learn from.")
+
+
+def check_finite(x: Any, what: str = "X") -> None:
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    if not np.isfinite(vals).all():
+        n_bad = int((~np.isfinite(vals)).sum())
+        raise ScwbError(f"{what} holds {n_bad} NaN or infinite values; remove or impute them first.")
+
+
+def check_counts(x: Any, what: str = "X") -> None:
+    """Count likelihoods need non-negative integers."""
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    check_finite(x, what)
+    if vals.size and vals.min() < 0:
+        raise ScwbError(f"{what} holds negative values; count models need raw counts (use layers['counts']).")
+    sample = vals[: 1_000_000]
+    if sample.size and not np.all(np.mod(sample, 1) == 0):
+        raise ScwbError(
+            f"{what} holds non-integer values (normalised data?); NB/ZINB models need raw counts: "
+            "pick the counts layer or the Gaussian likelihood."
+        )
+
+
+def check_unique_names(adata: ad.AnnData) -> None:
+    for axis, names in (("gene", adata.var_names), ("cell", adata.obs_names)):
+        if not names.is_unique:
+            dup = names[names.duplicated()][0]
+            raise ScwbError(
+                f"Duplicated {axis} names (e.g. {dup!r}); make them unique first "
+                f"(engine.io.make_unique or the app's 'make names unique')."
+            )
+
+
+def make_unique(adata: ad.AnnData) -> ad.AnnData:
+    adata.var_names_make_unique()
+    adata.obs_names_make_unique()
+    return adata
+
+
+def check_label(adata: ad.AnnData, key: str, min_classes: int = 2) -> pd.Series:
+    if key not in adata.obs:
+        raise ScwbError(f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+    s = adata.obs[key]
+    if s.isna().any():
+        raise ScwbError(f"The column {key!r} has {int(s.isna().sum())} missing values; drop those cells first.")
+    n = s.astype(str).nunique()
+    if n < min_classes:
+        raise ScwbError(f"The column {key!r} has {n} class(es); a classifier needs at least {min_classes}.")
+    return s
+
+
+def check_values(adata: ad.AnnData, key: str, values: Iterable[str]) -> None:
+    present = set(adata.obs[key].astype(str))
+    missing = [v for v in values if v not in present]
+    if missing:
+        raise ScwbError(f"The column {key!r} has no value {missing[0]!r}; it holds {', '.join(sorted(present)[:10])}.")
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    """Write atomically (temp file + rename) so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    adata.write_h5ad(tmp, compression="gzip")
+    os.replace(tmp, path)
+    return path
+
+
+def to_bytes(adata: ad.AnnData) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "out.h5ad"
+        adata.write_h5ad(p, compression="gzip")
+        return p.read_bytes()
+
+
+__all__ = [
+    "read",
+    "describe",
+    "matrix_kind",
+    "fingerprint",
+    "file_fingerprint",
+    "check_not_empty",
+    "check_finite",
+    "check_counts",
+    "check_unique_names",
+    "check_label",
+    "check_values",
+    "make_unique",
+    "write_h5ad",
+    "to_bytes",
+]

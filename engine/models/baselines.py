@@ -1,0 +1,62 @@
+"""scikit-learn baselines trained and scored on the same split as the networks.
+
+Their fitted arrays are saved as tensors (``torch.load(weights_only=True)``), never pickled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class SkLogReg:
+    """``sklearn.linear_model.LogisticRegression`` on the training cells."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, seed: int = 0):
+        from sklearn.linear_model import LogisticRegression
+
+        self.est = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> SkLogReg:
+        self.est.fit(x, y)
+        return self
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        return self.est.predict_proba(x)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"coef": torch.as_tensor(self.est.coef_), "intercept": torch.as_tensor(self.est.intercept_), "classes": torch.as_tensor(self.est.classes_)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.est.coef_ = state["coef"].numpy()
+        self.est.intercept_ = state["intercept"].numpy()
+        self.est.classes_ = state["classes"].numpy()
+
+
+class PCABaseline:
+    """``sklearn.decomposition.PCA`` with the latent size of the network it stands beside."""
+
+    def __init__(self, n_components: int = 10, seed: int = 0):
+        from sklearn.decomposition import PCA
+
+        self.est = PCA(n_components=n_components, random_state=seed)
+
+    def fit(self, x: np.ndarray) -> PCABaseline:
+        self.est.n_components = min(self.est.n_components, x.shape[0], x.shape[1])
+        self.est.fit(x)
+        return self
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.est.transform(x)
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        return self.est.inverse_transform(self.est.transform(x))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"components": torch.as_tensor(self.est.components_), "mean": torch.as_tensor(self.est.mean_)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.est.components_ = state["components"].numpy()
+        self.est.mean_ = state["mean"].numpy()
+        self.est.n_components_ = self.est.components_.shape[0]
+        self.est.whiten = False

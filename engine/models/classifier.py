@@ -1,0 +1,46 @@
+"""Cell-type classifiers: logistic regression (no hidden layer) and an MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.nn import mlp
+
+
+class Classifier(nn.Module):
+    """Hidden layers (none for logistic regression) then a linear head.
+
+    Two classes use one sigmoid output with binary cross-entropy, as in the classic exercise;
+    more classes use softmax with cross-entropy.
+    """
+
+    def __init__(self, n_in: int, n_classes: int, hidden: tuple[int, ...] = (), activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        self.n_classes = n_classes
+        self.binary = n_classes == 2
+        self.body = mlp(n_in, hidden, activation, dropout)
+        width = hidden[-1] if hidden else n_in
+        self.head = nn.Linear(width, 1 if self.binary else n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def proba(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self(x)
+        if self.binary:
+            p = torch.sigmoid(logits)
+            return torch.cat([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+
+    def loss(self, batch: dict[str, torch.Tensor], **_: float) -> dict[str, torch.Tensor]:
+        logits = self(batch["x"])
+        y = batch["y"]
+        if self.binary:
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float())
+            pred = (logits.squeeze(1) > 0).long()
+        else:
+            loss = F.cross_entropy(logits, y)
+            pred = logits.argmax(1)
+        return {"loss": loss, "accuracy": (pred == y).float().mean()}

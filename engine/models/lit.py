@@ -1,0 +1,42 @@
+"""One LightningModule for every network: it asks the network for its loss and logs the parts.
+
+Each network exposes ``loss(batch, kl_weight=...) -> {'loss': ..., other scalars}``; this wrapper
+only does optimisation, logging and KL warm-up, so the networks stay plain ``nn.Module``s.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+
+class LitModel(pl.LightningModule):
+    def __init__(self, module: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, kl_warmup_epochs: int = 0):
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.kl_warmup_epochs = kl_warmup_epochs
+
+    def kl_weight(self) -> float:
+        if self.kl_warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, (self.current_epoch + 1) / self.kl_warmup_epochs)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        out = self.module.loss(batch, kl_weight=self.kl_weight())
+        n = batch["x"].shape[0]
+        for key, value in out.items():
+            name = f"{stage}_loss" if key == "loss" else f"{stage}_{key}"
+            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=n)
+        return out["loss"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,251 @@
+"""Preprocessing recipes: ordered steps, each a thin call of scanpy or scikit-learn.
+
+Reads like scanpy: every step takes an AnnData and changes it in place; ``apply`` runs a whole
+``Recipe`` on a copy, returns it with a per-step report and records the recipe in
+``uns['recipe']`` (JSON) so that a run knows how its data was made.
+
+>>> recipe = Recipe([Step("filter_cells", {"min_genes": 200}), Step("normalize", {"target_sum": 1e6})])
+>>> out, report = apply(adata, recipe)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from engine.errors import ScwbError
+from engine.io import check_not_empty, memory_budget
+
+
+# ----------------------------------------------------------------------------- steps
+def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
+    """Keep the cells whose ``obs[key]`` is one of ``values``."""
+    if key not in adata.obs:
+        raise ScwbError(f"subset: obs has no column {key!r}.")
+    keep = adata.obs[key].astype(str).isin([str(v) for v in values]).to_numpy()
+    return adata[keep].copy()
+
+
+def filter_cells(adata: ad.AnnData, min_genes: int = 0, min_counts: int = 0, max_pct_mito: float = 100.0) -> ad.AnnData:
+    """Drop cells with too few detected genes or counts, or too high a mitochondrial share."""
+    import scanpy as sc
+
+    if min_genes:
+        sc.pp.filter_cells(adata, min_genes=int(min_genes))
+    if min_counts:
+        sc.pp.filter_cells(adata, min_counts=int(min_counts))
+    if max_pct_mito < 100:
+        mito = adata.var_names.str.upper().str.startswith("MT-")
+        if mito.any():
+            x = adata.X
+            total = np.asarray(x.sum(axis=1)).ravel()
+            mt = np.asarray(x[:, mito].sum(axis=1)).ravel()
+            pct = 100 * mt / np.maximum(total, 1e-12)
+            adata = adata[pct <= max_pct_mito].copy()
+    return adata
+
+
+def filter_genes(adata: ad.AnnData, min_cells: int = 3) -> ad.AnnData:
+    """Drop genes detected in fewer than ``min_cells`` cells."""
+    import scanpy as sc
+
+    sc.pp.filter_genes(adata, min_cells=int(min_cells))
+    return adata
+
+
+def keep_counts(adata: ad.AnnData) -> ad.AnnData:
+    """Keep the raw counts in ``layers['counts']`` (count models read them there)."""
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> ad.AnnData:
+    """Scale each cell to ``target_sum`` (1e6: CPM, 1e4: CP10k), then ``log1p`` when ``log``."""
+    import scanpy as sc
+
+    sc.pp.normalize_total(adata, target_sum=float(target_sum))
+    if log:
+        sc.pp.log1p(adata)
+    return adata
+
+
+def hvg(adata: ad.AnnData, n_top: int = 2000, flavor: str = "seurat") -> ad.AnnData:
+    """Keep the ``n_top`` highly variable genes (on log-normalised data)."""
+    import scanpy as sc
+
+    n_top = int(n_top)
+    if n_top >= adata.n_vars:
+        return adata
+    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
+    return adata
+
+
+def arcsinh(adata: ad.AnnData, cofactor: float = 5.0) -> ad.AnnData:
+    """Cytometry transform ``asinh(x / cofactor)``."""
+    if cofactor <= 0:
+        raise ScwbError("arcsinh: the cofactor must be positive (5 for CyTOF, 150 for flow).")
+    x = adata.X
+    adata.X = x.copy().astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32).copy()
+    if sp.issparse(adata.X):
+        adata.X.data = np.arcsinh(adata.X.data / cofactor)
+    else:
+        adata.X = np.arcsinh(adata.X / cofactor)
+    return adata
+
+
+def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 10.0) -> ad.AnnData:
+    """MinMax to [0, 1] per gene, or z-score per gene (clipped at ``max_value``)."""
+    x = adata.X
+    dense_bytes = adata.n_obs * adata.n_vars * 4
+    if method == "minmax":
+        if sp.issparse(x) and x.min() >= 0:  # min is 0 for sparse non-negative data: stays sparse
+            mx = np.asarray(x.max(axis=0).toarray()).ravel()
+            x = sp.csr_matrix(x, dtype=np.float32) @ sp.diags(1.0 / np.where(mx > 0, mx, 1.0)).astype(np.float32)
+            adata.X = sp.csr_matrix(x, dtype=np.float32)
+            return adata
+        from sklearn.preprocessing import MinMaxScaler
+
+        _check_dense(dense_bytes)
+        adata.X = MinMaxScaler().fit_transform(_dense(x)).astype(np.float32)
+        return adata
+    if method == "zscore":
+        import scanpy as sc
+
+        _check_dense(dense_bytes)
+        adata.X = _dense(x)
+        sc.pp.scale(adata, max_value=None if max_value in (None, 0) else float(max_value))
+        adata.X = np.asarray(adata.X, dtype=np.float32)
+        return adata
+    raise ScwbError(f"scale: unknown method {method!r}; use 'minmax' or 'zscore'.")
+
+
+def _dense(x: Any) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def _check_dense(nbytes: int) -> None:
+    if nbytes > memory_budget():
+        raise ScwbError(
+            f"Scaling makes the matrix dense ({nbytes / 2**30:.1f} GB), over the memory budget; "
+            "select highly variable genes first."
+        )
+
+
+STEPS: dict[str, Callable[..., ad.AnnData]] = {
+    "subset": subset,
+    "filter_cells": filter_cells,
+    "filter_genes": filter_genes,
+    "keep_counts": keep_counts,
+    "normalize": normalize,
+    "hvg": hvg,
+    "arcsinh": arcsinh,
+    "scale": scale,
+}
+
+STEP_HELP = {
+    "subset": "keep cells whose obs[key] is one of the values",
+    "filter_cells": "drop cells with few genes/counts or a high mitochondrial share",
+    "filter_genes": "drop genes seen in fewer than min_cells cells",
+    "keep_counts": "copy raw counts to layers['counts'] before normalising",
+    "normalize": "library-size normalisation (1e6 = logCPM, 1e4 = CP10k) then log1p",
+    "hvg": "keep the n_top highly variable genes",
+    "arcsinh": "asinh(x / cofactor), for cytometry",
+    "scale": "MinMax to [0,1] or z-score (clipped) per gene",
+}
+
+
+# ----------------------------------------------------------------------------- recipe
+@dataclass
+class Step:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in STEPS:
+            raise ScwbError(f"Unknown recipe step {self.name!r}; known steps: {', '.join(STEPS)}.")
+        import inspect
+
+        allowed = set(inspect.signature(STEPS[self.name]).parameters) - {"adata"}
+        unknown = set(self.params) - allowed
+        if unknown:
+            raise ScwbError(f"Step {self.name!r} has no option {sorted(unknown)[0]!r}; it takes {', '.join(sorted(allowed)) or 'none'}.")
+
+
+@dataclass
+class Recipe:
+    steps: list[Step] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"steps": [asdict(s) for s in self.steps]}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScwbError(f"The recipe is not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+            raise ScwbError('A recipe is a JSON object {"steps": [{"name": ..., "params": {...}}, ...]}.')
+        steps = []
+        for s in data["steps"]:
+            if not isinstance(s, dict) or "name" not in s:
+                raise ScwbError("Each recipe step needs a 'name'.")
+            steps.append(Step(s["name"], dict(s.get("params") or {})))
+        return cls(steps)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        try:
+            return cls.from_json(Path(path).read_text())
+        except OSError as exc:
+            raise ScwbError(f"The recipe {path} could not be read: {exc.strerror}.") from None
+
+    @classmethod
+    def suggest(cls, description: dict[str, Any], n_top: int = 2000) -> Recipe:
+        """Defaults from what ``describe`` found: counts get logCPM + HVG; scaled data nothing."""
+        kind = description.get("x_kind", "")
+        steps: list[Step] = []
+        if kind == "counts":
+            steps = [
+                Step("filter_cells", {"min_genes": 10}),
+                Step("filter_genes", {"min_cells": 3}),
+                Step("keep_counts"),
+                Step("normalize", {"target_sum": 1e6, "log": True}),
+            ]
+            if description.get("n_vars", 0) > n_top:
+                steps.append(Step("hvg", {"n_top": n_top}))
+        elif kind == "normalised (not log)":
+            steps = [Step("normalize", {"target_sum": 1e6, "log": True})]
+        return cls(steps)
+
+
+def apply(adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | None = None) -> tuple[ad.AnnData, list[dict]]:
+    """Run ``recipe`` on a copy of ``adata``; return it and one report row per step."""
+    out = adata.copy()
+    report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
+    for step in recipe.steps:
+        t0 = time.perf_counter()
+        try:
+            out = STEPS[step.name](out, **step.params)
+        except ScwbError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ScwbError(f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        row = {"step": step.name, "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": round(time.perf_counter() - t0, 3)}
+        report.append(row)
+        if on_step:
+            on_step(row)
+        if out.n_obs == 0 or out.n_vars == 0:
+            raise ScwbError(f"After step {step.name!r} no {'cells' if out.n_obs == 0 else 'genes'} are left; loosen its thresholds.")
+    check_not_empty(out)
+    history = json.loads(adata.uns["recipe"]).get("steps", []) if isinstance(adata.uns.get("recipe"), str) else []
+    out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
+    return out, report

@@ -1,0 +1,67 @@
+"""The workspace folder (``$SCWB_HOME``) that holds datasets and runs, and safe names inside it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from engine.errors import ScwbError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def home() -> Path:
+    """``$SCWB_HOME`` or ``~/.scworkbench``; created on first use."""
+    root = Path(os.environ.get("SCWB_HOME") or Path.home() / ".scworkbench").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def datasets_dir() -> Path:
+    d = home() / "datasets"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def runs_dir() -> Path:
+    d = home() / "runs"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A file name that cannot leave its folder: letters, digits, '.', '_' and '-' only."""
+    cleaned = _SAFE.sub("_", str(name).strip()).strip("._-")
+    if not cleaned:
+        raise ScwbError(f"The {what} {name!r} has no usable characters: use letters, digits, '_' or '-'.")
+    return cleaned[:80]
+
+
+def inside(base: Path, name: str) -> Path:
+    """``base / name`` after sanitising, refusing anything that would escape ``base``."""
+    path = (base / safe_name(name)).resolve()
+    if base.resolve() not in path.parents:
+        raise ScwbError(f"{name!r} is not a name inside the workspace.")
+    return path
+
+
+def allowed_server_roots() -> list[Path]:
+    """Folders the app may read server-side paths from (``$SCWB_DATA_ROOTS``, ':'-separated)."""
+    raw = os.environ.get("SCWB_DATA_ROOTS", "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def check_server_path(path: str | Path) -> Path:
+    """Resolve a path typed in the app; refuse it unless it lies under an allowed root."""
+    roots = allowed_server_roots()
+    if not roots:
+        raise ScwbError(
+            "Reading files by server path is off: the operator can allow folders with SCWB_DATA_ROOTS."
+        )
+    p = Path(path).expanduser().resolve()
+    if not any(p == r or r in p.parents for r in roots):
+        raise ScwbError(f"{path} is outside the folders this server allows ({', '.join(map(str, roots))}).")
+    if not p.exists():
+        raise ScwbError(f"{path} does not exist.")
+    return p
