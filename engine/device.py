@@ -46,4 +46,4 @@ def device_name(kind: str) -> str:
 
     if kind == "cuda":
         return torch.cuda.get_device_name(torch.cuda.current_device())
-    return detect()["name"] if kind == "mps" else "CPU"
+    return detect()["name"]

@@ -1,0 +1,137 @@
+"""The process behind one job: ``python -m engine.worker RUN_DIR``.
+
+As supervisor it waits its turn in the queue and for a device slot (an ``flock`` that the OS
+releases if the process dies), starts the training process (``--train``) on that slot's GPU, and
+watches it: a cancel that is not honoured in time is enforced, and a training process that dies
+leaves ``failed`` with the reason and the last log lines. It never imports torch itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from engine import jobs, runs
+
+POLL_S = 0.25
+
+
+def _queue_position(run_dir: Path) -> int:
+    """How many live queued runs were submitted before this one."""
+    me = runs.read_json(run_dir / "run.json", {}).get("submitted_ns", 0)
+    ahead = 0
+    for p in run_dir.parent.iterdir():
+        if p == run_dir or not p.is_dir():
+            continue
+        st = runs.read_status(p)
+        if st.get("state") != "queued":
+            continue
+        ns = runs.read_json(p / "run.json", {}).get("submitted_ns", 0)
+        if (ns, p.name) < (me, run_dir.name) and jobs.pid_alive(st.get("supervisor_pid"), p.name):
+            ahead += 1
+    return ahead
+
+
+def _acquire_slot(run_dir: Path):
+    slots_dir = run_dir.parent.parent / "slots" if run_dir.parent.name == "runs" else run_dir.parent / ".slots"
+    slots_dir.mkdir(exist_ok=True)
+    while True:
+        if (run_dir / "cancel").exists():
+            return None, None
+        if _queue_position(run_dir) == 0:
+            for i in range(jobs.n_slots()):
+                fh = open(slots_dir / f"slot-{i}.lock", "w")
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return i, fh
+                except BlockingIOError:
+                    fh.close()
+        time.sleep(POLL_S)
+
+
+def _tail(path: Path, n: int = 8) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return "\n".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+def supervise(run_dir: Path) -> int:
+    slot, lock = _acquire_slot(run_dir)
+    if slot is None:
+        runs.update_status(run_dir, state="cancelled", finished=runs.now())
+        return 0
+    env = dict(os.environ)
+    if jobs.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    runs.update_status(run_dir, state="running", slot=slot, started=runs.now())
+    child = subprocess.Popen([sys.executable, "-m", "engine.worker", "--train", str(run_dir)], env=env, stdin=subprocess.DEVNULL)
+    runs.update_status(run_dir, pid=child.pid)
+    cancel_seen = None
+    while child.poll() is None:
+        if (run_dir / "cancel").exists():
+            cancel_seen = cancel_seen or time.time()
+            if time.time() - cancel_seen > jobs.CANCEL_GRACE_S:
+                child.kill()
+                child.wait()
+                runs.update_status(run_dir, state="cancelled", finished=runs.now(), error="stopped by force after the cancel grace period")
+                return 0
+        time.sleep(POLL_S)
+    rc = child.returncode
+    state = runs.read_status(run_dir).get("state")
+    if state in runs.ACTIVE:  # the training process did not record an end: it died
+        if rc < 0:
+            name = signal.Signals(-rc).name
+            reason = f"The training process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+        else:
+            reason = f"The training process exited with code {rc}"
+        runs.update_status(run_dir, state="failed", finished=runs.now(), error=reason, log_tail=_tail(run_dir / "worker.log"))
+    lock.close()
+    return 0
+
+
+def train_child(run_dir: Path) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:  # die with the supervisor, never orphaned (Linux)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    from engine.errors import ScwbError
+    from engine.spec import RunSpec
+    from engine.train import run
+
+    try:
+        spec = RunSpec.from_dict(runs.read_json(run_dir / "run.json", {}))
+        spec.out = str(run_dir)
+        run(spec)
+        return 0
+    except ScwbError as exc:
+        runs.update_status(run_dir, state="failed", finished=runs.now(), error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
+        traceback.print_exc()
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        runs.update_status(run_dir, state="failed", finished=runs.now(), error=msg, log_tail=_tail(run_dir / "worker.log"))
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--train":
+        return train_child(Path(argv[1]))
+    return supervise(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
