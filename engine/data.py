@@ -35,7 +35,7 @@ def make_split(
     if stratify is not None:
         values, counts = np.unique(stratify, return_counts=True)
         if counts.min() < min_needed:
-            small = values[counts.argmin()]
+            small = str(values[counts.argmin()])
             raise ScwbError(
                 f"The class {small!r} has {counts.min()} cell(s); the split needs at least {min_needed} per class: "
                 "drop it (Preprocess > subset) or merge it."

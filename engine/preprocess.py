@@ -106,7 +106,8 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
     x = adata.X
     dense_bytes = adata.n_obs * adata.n_vars * 4
     if method == "minmax":
-        if sp.issparse(x) and x.min() >= 0:  # min is 0 for sparse non-negative data: stays sparse
+        if sp.issparse(x) and x.min() >= 0 and not np.asarray(x.min(axis=0).toarray()).any():
+            # every gene's minimum is 0: MinMax is a division and the matrix stays sparse
             mx = np.asarray(x.max(axis=0).toarray()).ravel()
             x = sp.csr_matrix(x, dtype=np.float32) @ sp.diags(1.0 / np.where(mx > 0, mx, 1.0)).astype(np.float32)
             adata.X = sp.csr_matrix(x, dtype=np.float32)

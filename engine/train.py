@@ -215,7 +215,7 @@ def _classify(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir:
     x, layer = input_matrix(adata, spec.layer)
     io.check_finite(x, layer)
     y, classes = encode_labels(labels)
-    split = _split_for(spec, adata, y, run_dir)
+    split = _split_for(spec, adata, labels.astype(str).to_numpy(), run_dir)
     cancelled = False
     if info.kind == "sklearn":
         from engine.models.baselines import SkLogReg
@@ -251,7 +251,7 @@ def _baseline_epoch(run_dir: Path, name: str, value: float, **more: float) -> No
 def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Path, dev: str):
     x, layer = input_matrix(adata, spec.layer)
     io.check_finite(x, layer)
-    strat = encode_labels(io.check_label(adata, spec.label_key, 1))[0] if spec.label_key else None
+    strat = io.check_label(adata, spec.label_key, 1).astype(str).to_numpy() if spec.label_key else None
     split = _split_for(spec, adata, strat, run_dir)
     cancelled = False
     dense_x = None
@@ -308,7 +308,7 @@ def _latent_scores(latent: np.ndarray, labels: pd.Series | None, split: dict) ->
 
 def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Path, dev: str):
     labels = io.check_label(adata, spec.label_key, 1) if spec.label_key else None
-    strat = encode_labels(labels)[0] if labels is not None else None
+    strat = labels.astype(str).to_numpy() if labels is not None else None
     split = _split_for(spec, adata, strat, run_dir)
     out = adata.copy()
     cancelled = False

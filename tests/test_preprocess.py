@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+
+from engine import preprocess as pp
+from engine.errors import ScwbError
+
+
+def _x(a):
+    return a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+
+
+def test_normalize_matches_scanpy(counts_adata):
+    ours, report = pp.apply(counts_adata, pp.Recipe([pp.Step("normalize", {"target_sum": 1e6})]))
+    ref = counts_adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e6)
+    sc.pp.log1p(ref)
+    np.testing.assert_allclose(_x(ours), _x(ref), rtol=1e-5)
+    assert sp.issparse(ours.X), "normalisation keeps sparse data sparse"
+    assert [r["step"] for r in report] == ["input", "normalize"]
+
+
+def test_filters_match_scanpy(counts_adata):
+    ours, report = pp.apply(counts_adata, pp.Recipe([pp.Step("filter_cells", {"min_genes": 170}), pp.Step("filter_genes", {"min_cells": 200})]))
+    ref = counts_adata.copy()
+    sc.pp.filter_cells(ref, min_genes=170)
+    sc.pp.filter_genes(ref, min_cells=200)
+    assert ours.shape == ref.shape and ours.shape[0] < counts_adata.n_obs and ours.shape[1] < counts_adata.n_vars
+    assert report[1]["n_obs"] == ref.n_obs and report[2]["n_vars"] == ref.n_vars
+
+
+def test_mito_filter(counts_adata):
+    ours, _ = pp.apply(counts_adata, pp.Recipe([pp.Step("filter_cells", {"max_pct_mito": 2.0})]))
+    x = _x(counts_adata)
+    mito = counts_adata.var_names.str.startswith("MT-")
+    pct = 100 * x[:, mito].sum(1) / x.sum(1)
+    assert ours.n_obs == int((pct <= 2.0).sum()) < counts_adata.n_obs
+
+
+def test_hvg_subset_matches_scanpy(lognorm_adata):
+    ours, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("hvg", {"n_top": 50})]))
+    ref = lognorm_adata.copy()
+    sc.pp.highly_variable_genes(ref, n_top_genes=50, subset=True)
+    assert list(ours.var_names) == list(ref.var_names)
+
+
+def test_scale_zscore_and_minmax(lognorm_adata):
+    z, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "zscore", "max_value": 3})]))
+    ref = lognorm_adata.copy()
+    sc.pp.scale(ref, max_value=3)
+    np.testing.assert_allclose(_x(z), _x(ref), rtol=1e-4, atol=1e-5)
+    assert _x(z).max() <= 3.0001
+    m, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "minmax"})]))
+    xm = _x(m)
+    assert xm.min() >= 0 and np.isclose(xm.max(0), 1).mean() > 0.99
+    from sklearn.preprocessing import MinMaxScaler
+
+    np.testing.assert_allclose(xm, MinMaxScaler().fit_transform(_x(lognorm_adata)), atol=1e-5)
+
+
+def test_arcsinh_keep_counts_subset(counts_adata):
+    out, _ = pp.apply(counts_adata, pp.Recipe([pp.Step("subset", {"key": "condition", "values": ["control"]}), pp.Step("keep_counts"), pp.Step("arcsinh", {"cofactor": 5})]))
+    assert set(out.obs["condition"]) == {"control"}
+    np.testing.assert_allclose(_x(out), np.arcsinh(out.layers["counts"].toarray() / 5), rtol=1e-5)
+
+
+def test_recipe_round_trip_and_record(counts_adata):
+    r = pp.Recipe([pp.Step("filter_genes", {"min_cells": 3}), pp.Step("normalize", {"target_sum": 1e4, "log": True}), pp.Step("hvg", {"n_top": 100})])
+    assert pp.Recipe.from_json(r.to_json()) == r
+    out, _ = pp.apply(counts_adata, r)
+    import json
+
+    assert [s["name"] for s in json.loads(out.uns["recipe"])["steps"]] == ["filter_genes", "normalize", "hvg"]
+
+
+def test_recipe_errors(counts_adata):
+    with pytest.raises(ScwbError, match="Unknown recipe step"):
+        pp.Recipe.from_json('{"steps": [{"name": "magic"}]}')
+    with pytest.raises(ScwbError, match="no option"):
+        pp.Recipe.from_json('{"steps": [{"name": "hvg", "params": {"n": 3}}]}')
+    with pytest.raises(ScwbError, match="not valid JSON"):
+        pp.Recipe.from_json("{steps")
+    with pytest.raises(ScwbError, match="no cells"):
+        pp.apply(counts_adata, pp.Recipe([pp.Step("filter_cells", {"min_genes": 10_000})]))
+
+
+def test_suggest_from_description(counts_adata, lognorm_adata):
+    from engine.io import describe
+
+    names = [s.name for s in pp.Recipe.suggest(describe(counts_adata), n_top=100).steps]
+    assert names == ["filter_cells", "filter_genes", "keep_counts", "normalize", "hvg"]
+    assert pp.Recipe.suggest(describe(lognorm_adata)).steps == []
+
+
+def test_minmax_keeps_sparse_when_every_gene_has_zeros():
+    import anndata as ad
+
+    x = sp.random(50, 10, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    out, _ = pp.apply(ad.AnnData(X=x), pp.Recipe([pp.Step("scale", {"method": "minmax"})]))
+    assert sp.issparse(out.X)
+    from sklearn.preprocessing import MinMaxScaler
+
+    np.testing.assert_allclose(out.X.toarray(), MinMaxScaler().fit_transform(x.toarray()), atol=1e-6)

@@ -1,0 +1,169 @@
+"""Every model trains, its loss falls, the run folder holds the contract, results reload."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine import predict, runs, train
+from engine.errors import ScwbError
+from engine.spec import RunSpec
+
+CONTRACT = ["run.json", "status.json", "metrics.csv", "metrics.json", "split.npz", "results.h5ad", "model.pt", "model.json"]
+
+
+def _run(tmp_path, **kw):
+    kw.setdefault("out", str(tmp_path / kw["model"]))
+    spec = RunSpec(**kw)
+    return spec, train.run(spec)
+
+
+def _loss_fell(out):
+    m = runs.read_metrics_csv(out)
+    return m["train_loss"].iloc[-1] < m["train_loss"].iloc[0]
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_classifiers_separable(tmp_path, separable_file, model):
+    spec, metrics = _run(tmp_path, model=model, data=separable_file, label_key="label", epochs=15)
+    assert metrics["test_accuracy"] >= 0.95 and metrics["test_f1_macro"] >= 0.95
+    assert _loss_fell(spec.out)
+    for f in CONTRACT:
+        assert (tmp_path / model / f).exists(), f
+    st = runs.read_status(spec.out)
+    assert st["state"] == "completed" and st["epoch"] >= 1 and st["device"]
+    res = ad.read_h5ad(tmp_path / model / "results.h5ad")
+    assert (res.obs["pred_label"].astype(str) == res.obs["label"].astype(str)).mean() > 0.95
+    record = json.loads((tmp_path / model / "run.json").read_text())
+    assert record["data_shape"] == [300, 20] and record["versions"]["torch"] and record["device_used"] == "cpu"
+
+
+def test_sk_logreg_baseline_same_split(tmp_path, separable_file):
+    _run(tmp_path, model="mlp", data=separable_file, label_key="label", epochs=3)
+    _, metrics = _run(tmp_path, model="sk_logreg", data=separable_file, label_key="label")
+    assert metrics["test_accuracy"] > 0.95
+    a, b = np.load(tmp_path / "mlp" / "split.npz"), np.load(tmp_path / "sk_logreg" / "split.npz")
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[part], b[part])
+    assert len(set(a["train"]) & set(a["test"])) == 0
+
+
+def test_binary_logreg_uses_sigmoid(tmp_path, separable_file):
+    a = ad.read_h5ad(separable_file)
+    a = a[a.obs["label"] != "c"].copy()
+    path = tmp_path / "binary.h5ad"
+    a.write_h5ad(path)
+    spec, metrics = _run(tmp_path, model="logreg", data=str(path), label_key="label", epochs=10)
+    state = torch.load(tmp_path / "logreg" / "model.pt", weights_only=True)
+    assert state["head.weight"].shape[0] == 1
+    assert metrics["test_accuracy"] > 0.9
+
+
+def test_autoencoder_abnormality_slots_and_train_on(tmp_path, lognorm_adata):
+    """scQUEST's recipe: MinMax-scaled input, trained on control cells only; stimulated cells,
+    unseen in training, must score as more abnormal."""
+    from engine import preprocess as pp
+    from engine.io import write_h5ad
+
+    scaled, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "minmax"})]))
+    path = str(write_h5ad(scaled, tmp_path / "minmax.h5ad"))
+    spec, metrics = _run(tmp_path, model="autoencoder", data=path, epochs=20, lr=1e-2, train_on="condition=control", params={"widths": "32,8"})
+    assert _loss_fell(spec.out)
+    assert json.loads((tmp_path / "autoencoder" / "model.json").read_text())["sigmoid_output"] is True
+    res = ad.read_h5ad(tmp_path / "autoencoder" / "results.h5ad")
+    assert res.obsm["X_autoencoder"].shape == (res.n_obs, 8)
+    x = res.X.toarray() if hasattr(res.X, "toarray") else res.X
+    np.testing.assert_allclose(res.layers["abnormality"], x - res.layers["reconstruction"], atol=1e-5)
+    np.testing.assert_allclose(res.obs["abnormality"], (res.layers["abnormality"] ** 2).mean(1), rtol=1e-4)
+    split = np.load(tmp_path / "autoencoder" / "split.npz")
+    assert set(res.obs["condition"].iloc[split["train"]]) == {"control"}
+    assert metrics["abnormality_others"] > metrics["abnormality_trained_on"]
+
+
+def test_pca_baseline(tmp_path, lognorm_file):
+    _, metrics = _run(tmp_path, model="pca", data=lognorm_file, params={"n_components": 4})
+    assert metrics["test_mse"] > 0
+    res = ad.read_h5ad(tmp_path / "pca" / "results.h5ad")
+    assert res.obsm["X_pca"].shape[1] == 4
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_vae_on_counts(tmp_path, counts_file, likelihood):
+    spec, metrics = _run(tmp_path, model="vae", data=counts_file, label_key="cell_type", epochs=12, params={"likelihood": likelihood, "kl_warmup": 5})
+    assert _loss_fell(spec.out)
+    assert np.isfinite(metrics["test_elbo"]) and metrics["latent_knn_accuracy"] > 0.8
+    res = ad.read_h5ad(tmp_path / "vae" / "results.h5ad")
+    assert res.obsm["X_vae"].shape == (res.n_obs, 10)
+    assert res.layers["denoised"].shape == res.shape and (res.layers["reconstruction"] >= 0).all()
+
+
+def test_vae_batch_and_counts_layer(tmp_path, lognorm_file):
+    _, metrics = _run(tmp_path, model="vae", data=lognorm_file, epochs=3, params={"batch_key": "sample"})
+    assert json.loads((tmp_path / "vae" / "model.json").read_text())["layer"] == "counts"
+    assert np.isfinite(metrics["test_elbo"])
+
+
+def test_vae_refuses_normalised_for_nb(tmp_path, lognorm_file):
+    with pytest.raises(ScwbError, match="non-integer"):
+        _run(tmp_path, model="vae", data=lognorm_file, layer="X", epochs=1)
+
+
+def test_determinism(tmp_path, lognorm_file):
+    _, m1 = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, out=str(tmp_path / "a"))
+    _, m2 = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, out=str(tmp_path / "b"))
+    assert m1 == m2
+    pd.testing.assert_frame_equal(runs.read_metrics_csv(tmp_path / "a"), runs.read_metrics_csv(tmp_path / "b"))
+
+
+def test_nan_loss_stops_with_advice(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32) * 1e20  # squares overflow float32
+    a = ad.AnnData(X=x, obs=pd.DataFrame({"y": pd.Categorical(["a", "b"] * 50)}, index=[f"c{i}" for i in range(100)]))
+    a.var_names = [f"g{i}" for i in range(5)]
+    path = tmp_path / "huge.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(ScwbError, match="learning rate"):
+        _run(tmp_path, model="autoencoder", data=str(path), epochs=3)
+    assert runs.read_metrics_csv(tmp_path / "autoencoder")["epoch"].tolist() == [1], "stopped after the first bad epoch"
+
+
+def test_save_load_predict_and_gene_mismatch(tmp_path, lognorm_file, lognorm_adata):
+    spec, _ = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=5)
+    res = ad.read_h5ad(tmp_path / "mlp" / "results.h5ad")
+    again = predict.predict(spec.out, lognorm_adata)
+    assert (again.obs["pred_cell_type"].astype(str) == res.obs["pred_cell_type"].astype(str)).all()
+    shuffled = lognorm_adata[:, lognorm_adata.var_names[::-1]].copy()
+    assert (predict.predict(spec.out, shuffled).obs["pred_cell_type"].astype(str) == res.obs["pred_cell_type"].astype(str)).all()
+    fewer = lognorm_adata[:, 10:].copy()
+    with pytest.raises(ScwbError, match="lacks 10"):
+        predict.predict(spec.out, fewer)
+    aligned = predict.predict(spec.out, fewer, align=True)
+    assert len(aligned.uns["missing_genes"]) == 10
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=-1), "epochs"), (dict(lr=0.0), "learning rate"), (dict(batch_size=1), "batch size"),
+    (dict(params={"hidden": "a,b"}), "comma-separated"), (dict(params={"nope": 1}), "no parameter"),
+    (dict(params={"dropout": 2.0}), "out of range"), (dict(label_key=None), "label column"),
+])
+def test_hyperparameters_out_of_range(bad, message):
+    kw = dict(model="mlp", data="x.h5ad", label_key="cell_type") | bad
+    with pytest.raises(ScwbError, match=message):
+        RunSpec(**kw)
+
+
+def test_batch_larger_than_data_still_trains(tmp_path, separable_file):
+    _, metrics = _run(tmp_path, model="logreg", data=separable_file, label_key="label", epochs=2, batch_size=100_000)
+    assert 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_class_too_small_for_split(tmp_path, separable_file):
+    a = ad.read_h5ad(separable_file)
+    a.obs["label"] = a.obs["label"].astype(str)
+    a.obs.iloc[0, 0] = "rare"
+    path = tmp_path / "rare.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(ScwbError, match="rare"):
+        _run(tmp_path, model="mlp", data=str(path), label_key="label", epochs=1)
