@@ -25,21 +25,42 @@ def _kv(text: str) -> tuple[str, str]:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="input .h5ad (or any readable format)")
     p.add_argument("--model", required=True, help="model name (python -m engine models)")
-    p.add_argument("--label-key", help="obs column with the labels (classifiers; colours/stratifies others)")
+    p.add_argument(
+        "--label-key", help="obs column with the labels (classifiers; colours/stratifies others)"
+    )
     p.add_argument("--layer", help="layer to train on instead of X (e.g. counts)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default per model)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default per model)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default per model)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=0, help="one seed for split, torch and numpy (default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
-    p.add_argument("--train-on", metavar="KEY=V1,V2", help="train on these cells only, score all (e.g. condition=healthy)")
-    p.add_argument("--param", action="append", type=_kv, default=[], metavar="NAME=VALUE", help="model parameter (repeatable)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="one seed for split, torch and numpy (default 0)"
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train"
+    )
+    p.add_argument(
+        "--train-on",
+        metavar="KEY=V1,V2",
+        help="train on these cells only, score all (e.g. condition=healthy)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="NAME=VALUE",
+        help="model parameter (repeatable)",
+    )
     p.add_argument("--condition-key", help="perturbation: obs column with the condition")
     p.add_argument("--ctrl", help="perturbation: the control value")
     p.add_argument("--stim", help="perturbation: the stimulated value")
     p.add_argument("--cell-type-key", help="perturbation: obs column with cell types")
-    p.add_argument("--predict", metavar="CELLTYPE|all", help="perturbation: cell type to hold out and predict ('all': leave each out)")
+    p.add_argument(
+        "--predict",
+        metavar="CELLTYPE|all",
+        help="perturbation: cell type to hold out and predict ('all': leave each out)",
+    )
     p.add_argument("--group", help="comparison group name (runs compared on the same split)")
 
 
@@ -47,19 +68,39 @@ def _spec(args: argparse.Namespace, out: str = ""):
     from engine.spec import RunSpec
 
     return RunSpec(
-        model=args.model, data=str(Path(args.data).resolve()), out=out, label_key=args.label_key, layer=args.layer,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        train_on=args.train_on, params=dict(args.param), patience=args.patience, condition_key=args.condition_key,
-        ctrl=args.ctrl, stim=args.stim, cell_type_key=args.cell_type_key, predict=args.predict,
-        dataset_name=Path(args.data).name, group=args.group,
+        model=args.model,
+        data=str(Path(args.data).resolve()),
+        out=out,
+        label_key=args.label_key,
+        layer=args.layer,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        train_on=args.train_on,
+        params=dict(args.param),
+        patience=args.patience,
+        condition_key=args.condition_key,
+        ctrl=args.ctrl,
+        stim=args.stim,
+        cell_type_key=args.cell_type_key,
+        predict=args.predict,
+        dataset_name=Path(args.data).name,
+        group=args.group,
     )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m engine", description="scWorkbench engine: data, preprocessing, training and runs from the command line.")
+    ap = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="scWorkbench engine: data, preprocessing, training and runs from the command line.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="describe a dataset (shape, what X and layers hold, label columns)")
+    p = sub.add_parser(
+        "info", help="describe a dataset (shape, what X and layers hold, label columns)"
+    )
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -67,19 +108,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="pbmc68k_reduced | synthetic_perturbation")
     p.add_argument("-o", "--out", required=True)
 
-    p = sub.add_parser("preprocess", help="apply a recipe (step options, in this order, or --recipe JSON)")
+    p = sub.add_parser(
+        "preprocess", help="apply a recipe (step options, in this order, or --recipe JSON)"
+    )
     p.add_argument("file")
     p.add_argument("-o", "--out", required=True, help="output .h5ad")
     p.add_argument("--recipe", help="recipe JSON file (replaces the step options)")
-    p.add_argument("--subset", metavar="KEY=V1,V2", help="keep cells whose obs[KEY] is one of the values")
-    p.add_argument("--min-genes", type=int, default=0, help="filter cells with fewer detected genes")
+    p.add_argument(
+        "--subset", metavar="KEY=V1,V2", help="keep cells whose obs[KEY] is one of the values"
+    )
+    p.add_argument(
+        "--min-genes", type=int, default=0, help="filter cells with fewer detected genes"
+    )
     p.add_argument("--min-counts", type=int, default=0, help="filter cells with fewer counts")
-    p.add_argument("--max-pct-mito", type=float, default=100.0, help="filter cells above this mitochondrial percentage")
+    p.add_argument(
+        "--max-pct-mito",
+        type=float,
+        default=100.0,
+        help="filter cells above this mitochondrial percentage",
+    )
     p.add_argument("--min-cells", type=int, default=0, help="filter genes seen in fewer cells")
-    p.add_argument("--keep-counts", action="store_true", help="copy raw counts to layers['counts'] before normalising")
-    p.add_argument("--normalize", choices=["logcpm", "cp10k", "cpm"], help="library-size normalisation (+log1p, except cpm)")
+    p.add_argument(
+        "--keep-counts",
+        action="store_true",
+        help="copy raw counts to layers['counts'] before normalising",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=["logcpm", "cp10k", "cpm"],
+        help="library-size normalisation (+log1p, except cpm)",
+    )
     p.add_argument("--hvg", type=int, metavar="N", help="keep the N most variable genes")
-    p.add_argument("--arcsinh", type=float, metavar="COFACTOR", help="asinh(x / cofactor) (cytometry)")
+    p.add_argument(
+        "--arcsinh", type=float, metavar="COFACTOR", help="asinh(x / cofactor) (cytometry)"
+    )
     p.add_argument("--scale", choices=["minmax", "zscore"], help="per-gene scaling")
     p.add_argument("--clip", type=float, default=10.0, help="z-score clip value (0: none)")
     p.add_argument("--save-recipe", metavar="JSON", help="also write the recipe used")
@@ -88,13 +150,19 @@ def parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
 
-    p = sub.add_parser("submit", help="queue a training in the background; prints its run folder at once")
+    p = sub.add_parser(
+        "submit", help="queue a training in the background; prints its run folder at once"
+    )
     _add_train_options(p)
 
     p = sub.add_parser("runs", help="list runs in the workspace ($SCWB_HOME)")
     p.add_argument("--json", action="store_true")
 
-    for name, text in (("cancel", "stop a queued or running run"), ("delete", "delete a finished run"), ("wait", "wait until a run ends")):
+    for name, text in (
+        ("cancel", "stop a queued or running run"),
+        ("delete", "delete a finished run"),
+        ("wait", "wait until a run ends"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("run", help="run id or folder")
         if name == "wait":
@@ -104,7 +172,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--align", action="store_true", help="fill genes the data lacks with zeros instead of refusing")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="fill genes the data lacks with zeros instead of refusing",
+    )
 
     p = sub.add_parser("models", help="list the models, their tasks and parameters")
     p.add_argument("--json", action="store_true")
@@ -123,13 +195,30 @@ def recipe_from_args(args: argparse.Namespace):
         key, _, values = args.subset.partition("=")
         steps.append(Step("subset", {"key": key, "values": [v for v in values.split(",") if v]}))
     if args.min_genes or args.min_counts or args.max_pct_mito < 100:
-        steps.append(Step("filter_cells", {"min_genes": args.min_genes, "min_counts": args.min_counts, "max_pct_mito": args.max_pct_mito}))
+        steps.append(
+            Step(
+                "filter_cells",
+                {
+                    "min_genes": args.min_genes,
+                    "min_counts": args.min_counts,
+                    "max_pct_mito": args.max_pct_mito,
+                },
+            )
+        )
     if args.min_cells:
         steps.append(Step("filter_genes", {"min_cells": args.min_cells}))
     if args.keep_counts:
         steps.append(Step("keep_counts"))
     if args.normalize:
-        steps.append(Step("normalize", {"target_sum": 1e4 if args.normalize == "cp10k" else 1e6, "log": args.normalize != "cpm"}))
+        steps.append(
+            Step(
+                "normalize",
+                {
+                    "target_sum": 1e4 if args.normalize == "cp10k" else 1e6,
+                    "log": args.normalize != "cpm",
+                },
+            )
+        )
     if args.hvg:
         steps.append(Step("hvg", {"n_top": args.hvg}))
     if args.arcsinh:
@@ -148,12 +237,16 @@ def run_command(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(d, indent=2, default=str))
         else:
-            print(f"{d['n_obs']} cells x {d['n_vars']} genes; X: {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'}, {100 * d['sparsity']:.1f}% zeros, {d['memory_mb']} MB)")
+            print(
+                f"{d['n_obs']} cells x {d['n_vars']} genes; X: {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'}, {100 * d['sparsity']:.1f}% zeros, {d['memory_mb']} MB)"
+            )
             for k, v in d["layers"].items():
                 print(f"layer {k}: {v}")
             for col, counts in d["labels"].items():
                 shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8])
-                print(f"label {col}: {len(counts)} values ({shown}{', ...' if len(counts) > 8 else ''})")
+                print(
+                    f"label {col}: {len(counts)} values ({shown}{', ...' if len(counts) > 8 else ''})"
+                )
             if d["embeddings"]:
                 print("embeddings: " + ", ".join(d["embeddings"]))
         return 0
@@ -171,13 +264,19 @@ def run_command(args: argparse.Namespace) -> int:
         if args.save_recipe:
             Path(args.save_recipe).write_text(recipe.to_json())
         for row in report:
-            print(f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s")
+            print(
+                f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s"
+            )
         return 0
     if cmd == "train":
         from engine.train import run
 
         metrics = run(_spec(args, str(Path(args.out).resolve())))
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2))
+        print(
+            json.dumps(
+                {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2
+            )
+        )
         return 0
     if cmd == "submit":
         from engine import jobs
@@ -192,7 +291,9 @@ def run_command(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2, default=str))
         else:
             for r in rows:
-                print(f"{r['id']:<40} {r['state'] or '?':<11} {r['model']:<12} {r['dataset']:<28} epoch {r['epoch'] or 0}/{r['max_epochs'] or '?'}")
+                print(
+                    f"{r['id']:<40} {r['state'] or '?':<11} {r['model']:<12} {r['dataset']:<28} epoch {r['epoch'] or 0}/{r['max_epochs'] or '?'}"
+                )
         return 0
     if cmd in ("cancel", "delete", "wait"):
         from engine import jobs
@@ -212,14 +313,25 @@ def run_command(args: argparse.Namespace) -> int:
         out = predict(args.run, io.read(args.data), align=args.align)
         io.write_h5ad(out, args.out)
         if out.uns.get("missing_genes") is not None and len(out.uns["missing_genes"]):
-            print(f"warning: {len(out.uns['missing_genes'])} genes were missing and set to zero", file=sys.stderr)
+            print(
+                f"warning: {len(out.uns['missing_genes'])} genes were missing and set to zero",
+                file=sys.stderr,
+            )
         print(args.out)
         return 0
     if cmd == "models":
         from engine import models
 
         if args.json:
-            print(json.dumps({n: {"task": m.task, "title": m.title, "doc": m.doc, "params": m.defaults()} for n, m in models.REGISTRY.items()}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        n: {"task": m.task, "title": m.title, "doc": m.doc, "params": m.defaults()}
+                        for n, m in models.REGISTRY.items()
+                    },
+                    indent=2,
+                )
+            )
         else:
             for n, m in models.REGISTRY.items():
                 print(f"{n:<12} {m.task:<12} {m.title}: {m.doc}")
@@ -247,5 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SCWB_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: unexpected {type(exc).__name__}: {first} (set SCWB_DEBUG=1 for details)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {first} (set SCWB_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return 1

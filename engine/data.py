@@ -31,7 +31,9 @@ def make_split(
     idx = np.arange(n_obs)
     min_needed = 3 if test > 0 else 2
     if n_obs < min_needed * 2:
-        raise ScwbError(f"Only {n_obs} cells: a train/validation/test split needs at least {min_needed * 2}.")
+        raise ScwbError(
+            f"Only {n_obs} cells: a train/validation/test split needs at least {min_needed * 2}."
+        )
     if stratify is not None:
         values, counts = np.unique(stratify, return_counts=True)
         if counts.min() < min_needed:
@@ -64,7 +66,9 @@ class DeviceMatrix:
             self.dense = None
         else:
             arr = x.toarray() if sp.issparse(x) else np.asarray(x)
-            self.dense = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32), device=self.device)
+            self.dense = torch.as_tensor(
+                np.ascontiguousarray(arr, dtype=np.float32), device=self.device
+            )
 
     @property
     def is_dense(self) -> bool:
@@ -105,12 +109,23 @@ class Batches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.index[torch.randperm(len(self.index), generator=self.generator)] if self.shuffle else self.index
+        order = (
+            self.index[torch.randperm(len(self.index), generator=self.generator)]
+            if self.shuffle
+            else self.index
+        )
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.drop_last is False and len(idx) == 1 and len(self.index) > 1 and self.shuffle:
                 continue  # a lone cell breaks BatchNorm in training
-            yield {k: (c.rows(idx) if isinstance(c, DeviceMatrix) else c.index_select(0, idx.to(c.device))) for k, c in self.columns.items()}
+            yield {
+                k: (
+                    c.rows(idx)
+                    if isinstance(c, DeviceMatrix)
+                    else c.index_select(0, idx.to(c.device))
+                )
+                for k, c in self.columns.items()
+            }
 
 
 def encode_labels(values: Any) -> tuple[np.ndarray, list[str]]:

@@ -65,7 +65,9 @@ def synthetic_perturbation(
     obs = pd.DataFrame(
         {
             "cell_type": pd.Categorical(np.asarray(cell_types)[types], categories=list(cell_types)),
-            "condition": pd.Categorical(np.where(stim, "stimulated", "control"), categories=["control", "stimulated"]),
+            "condition": pd.Categorical(
+                np.where(stim, "stimulated", "control"), categories=["control", "stimulated"]
+            ),
             "sample": pd.Categorical([f"donor{i % 3 + 1}" for i in range(n_cells)]),
         },
         index=[f"cell{i:05d}" for i in range(n_cells)],

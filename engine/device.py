@@ -20,7 +20,12 @@ def detect() -> dict[str, Any]:
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return {"kind": "mps", "name": "Apple MPS", "gpus": [], "count": 1}
-    return {"kind": "cpu", "name": f"CPU ({torch.get_num_threads()} threads)", "gpus": [], "count": 0}
+    return {
+        "kind": "cpu",
+        "name": f"CPU ({torch.get_num_threads()} threads)",
+        "gpus": [],
+        "count": 0,
+    }
 
 
 def resolve(requested: str = "auto") -> str:

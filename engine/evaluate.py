@@ -28,7 +28,9 @@ def classification(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) ->
     per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
-        "test_f1_macro": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "test_f1_macro": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
         "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": classes,
@@ -51,11 +53,15 @@ def top_degs(x_ctrl: Any, x_stim: Any, var_names: np.ndarray, n: int = 100) -> l
     import scanpy as sc
 
     x = np.vstack([_dense(x_ctrl), _dense(x_stim)])
-    obs = pd.DataFrame({"group": pd.Categorical(["ctrl"] * x_ctrl.shape[0] + ["stim"] * x_stim.shape[0])})
+    obs = pd.DataFrame(
+        {"group": pd.Categorical(["ctrl"] * x_ctrl.shape[0] + ["stim"] * x_stim.shape[0])}
+    )
     obs.index = obs.index.astype(str)
     a = ad.AnnData(X=x.astype(np.float32), obs=obs)
     a.var_names = list(map(str, var_names))
-    sc.tl.rank_genes_groups(a, "group", groups=["stim"], reference="ctrl", method="wilcoxon", n_genes=min(n, a.n_vars))
+    sc.tl.rank_genes_groups(
+        a, "group", groups=["stim"], reference="ctrl", method="wilcoxon", n_genes=min(n, a.n_vars)
+    )
     return [str(g) for g in a.uns["rank_genes_groups"]["names"]["stim"][:n]]
 
 
@@ -65,7 +71,9 @@ def _r2_pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1] ** 2)
 
 
-def perturbation(pred: Any, real_stim: Any, ctrl: Any, var_names: np.ndarray, degs: list[str], prefix: str = "") -> dict[str, float]:
+def perturbation(
+    pred: Any, real_stim: Any, ctrl: Any, var_names: np.ndarray, degs: list[str], prefix: str = ""
+) -> dict[str, float]:
     """scGen's and CPA's agreement measures between predicted and real stimulated cells."""
     from sklearn.metrics import r2_score
 
@@ -77,14 +85,20 @@ def perturbation(pred: Any, real_stim: Any, ctrl: Any, var_names: np.ndarray, de
     top = np.array([lookup[g] for g in degs if g in lookup], dtype=int)
     top20 = top[:20]
     d_pred, d_real = m_pred - m_ctrl, m_real - m_ctrl
-    pearson_delta = float(np.corrcoef(d_pred, d_real)[0, 1]) if d_pred.std() > 0 and d_real.std() > 0 else 0.0
+    pearson_delta = (
+        float(np.corrcoef(d_pred, d_real)[0, 1]) if d_pred.std() > 0 and d_real.std() > 0 else 0.0
+    )
     out = {
         "r2_mean_all": _r2_pearson(m_pred, m_real),
         "r2_mean_top100": _r2_pearson(m_pred[top], m_real[top]) if len(top) > 1 else float("nan"),
         "r2score_mean_all": float(r2_score(m_real, m_pred)),
-        "r2score_mean_top100": float(r2_score(m_real[top], m_pred[top])) if len(top) > 1 else float("nan"),
+        "r2score_mean_top100": float(r2_score(m_real[top], m_pred[top]))
+        if len(top) > 1
+        else float("nan"),
         "r2_var_all": _r2_pearson(v_pred, v_real),
         "pearson_delta": pearson_delta,
-        "direction_top20": float(np.mean(np.sign(d_pred[top20]) == np.sign(d_real[top20]))) if len(top20) else float("nan"),
+        "direction_top20": float(np.mean(np.sign(d_pred[top20]) == np.sign(d_real[top20])))
+        if len(top20)
+        else float("nan"),
     }
     return {prefix + k: v for k, v in out.items()}

@@ -66,7 +66,9 @@ def _read_path(path: Path, display: str) -> ad.AnnData:
     if path.stat().st_size == 0:
         raise ScwbError(f"{Path(display).name} is empty (0 bytes).")
     if suffix in (".pkl", ".pickle", ".pt", ".pth", ".joblib"):
-        raise ScwbError(f"{Path(display).name}: pickled files are never loaded; export the data as .h5ad.")
+        raise ScwbError(
+            f"{Path(display).name}: pickled files are never loaded; export the data as .h5ad."
+        )
     try:
         if suffix == ".h5ad":
             adata = _read_h5ad(path, display)
@@ -104,7 +106,9 @@ def _read_h5ad(path: Path, display: str) -> ad.AnnData:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
             if "X" not in keys and "obs" not in keys:
-                raise ScwbError(f"{name} is an HDF5 file but not AnnData (no X or obs); is it a 10x .h5?")
+                raise ScwbError(
+                    f"{name} is an HDF5 file but not AnnData (no X or obs); is it a 10x .h5?"
+                )
             shape = _h5_dense_shape(f)
     except ScwbError:
         raise
@@ -134,7 +138,9 @@ def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
     try:
         adata = sc.read_10x_h5(path)
     except Exception as exc:
-        raise ScwbError(f"{Path(display).name} is not a 10x Genomics .h5 file: {_first_line(exc)}") from None
+        raise ScwbError(
+            f"{Path(display).name} is not a 10x Genomics .h5 file: {_first_line(exc)}"
+        ) from None
     adata.var_names_make_unique()
     return adata
 
@@ -146,10 +152,14 @@ def _read_zip(path: Path, display: str) -> ad.AnnData:
     except zipfile.BadZipFile:
         raise ScwbError(f"{name} is not a valid zip archive.") from None
     with zf, tempfile.TemporaryDirectory() as tmp:
-        infos = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX")]
+        infos = [
+            i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX")
+        ]
         total = sum(i.file_size for i in infos)
         if total > MAX_ZIP_BYTES or total > MAX_ZIP_RATIO * max(path.stat().st_size, 1) + 2**20:
-            raise ScwbError(f"{name} expands to {total / 2**20:.0f} MB, far more than its size: refused.")
+            raise ScwbError(
+                f"{name} expands to {total / 2**20:.0f} MB, far more than its size: refused."
+            )
         mtx = [i for i in infos if i.filename.lower().endswith(("matrix.mtx", "matrix.mtx.gz"))]
         if not mtx:
             tables = [i for i in infos if i.filename.lower().endswith((".csv", ".tsv", ".h5ad"))]
@@ -157,7 +167,9 @@ def _read_zip(path: Path, display: str) -> ad.AnnData:
                 target = Path(tmp) / Path(tables[0].filename).name
                 target.write_bytes(zf.read(tables[0]))
                 return _read_path(target, display=target.name)
-            raise ScwbError(f"{name} holds no 10x matrix (matrix.mtx with barcodes and genes/features).")
+            raise ScwbError(
+                f"{name} holds no 10x matrix (matrix.mtx with barcodes and genes/features)."
+            )
         folder = str(Path(mtx[0].filename).parent)
         for info in infos:
             if str(Path(info.filename).parent) == folder:
@@ -171,12 +183,16 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
     files = {p.name for p in folder.iterdir()}
     try:
         if not any(f.startswith("features") for f in files) and "genes.tsv" not in files:
-            raise ScwbError(f"{Path(display).name}: a 10x folder needs genes.tsv or features.tsv(.gz).")
+            raise ScwbError(
+                f"{Path(display).name}: a 10x folder needs genes.tsv or features.tsv(.gz)."
+            )
         adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=True, cache=False)
     except ScwbError:
         raise
     except Exception as exc:
-        raise ScwbError(f"{Path(display).name}: the 10x matrix could not be read: {_first_line(exc)}") from None
+        raise ScwbError(
+            f"{Path(display).name}: the 10x matrix could not be read: {_first_line(exc)}"
+        ) from None
     return adata
 
 
@@ -184,14 +200,18 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     name = Path(display).name
     raw_size = path.stat().st_size * (5 if str(path).endswith(".gz") else 1)
     if raw_size * 2 > memory_budget():  # text is ~2 bytes a value at best; dense floats are 4
-        raise ScwbError(f"{name} is too large to load densely; convert it to .h5ad with a sparse X.")
+        raise ScwbError(
+            f"{name} is too large to load densely; convert it to .h5ad with a sparse X."
+        )
     try:
         df = pd.read_csv(path, sep=sep, index_col=0, engine="c")
     except UnicodeDecodeError:
         try:
             df = pd.read_csv(path, sep=sep, index_col=0, encoding="latin-1")
         except Exception as exc:
-            raise ScwbError(f"{name} is not UTF-8 text and could not be read: {_first_line(exc)}") from None
+            raise ScwbError(
+                f"{name} is not UTF-8 text and could not be read: {_first_line(exc)}"
+            ) from None
     except pd.errors.ParserError as exc:
         raise ScwbError(f"{name} has rows of different lengths ({_first_line(exc)}).") from None
     except pd.errors.EmptyDataError:
@@ -202,7 +222,9 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     bad = numeric.isna() & df.notna()
     if bad.to_numpy().any():
         col = df.columns[bad.any(axis=0).to_numpy()][0]
-        raise ScwbError(f"{name}: column {col!r} holds text; the table must be numbers, cells x genes.")
+        raise ScwbError(
+            f"{name}: column {col!r} holds text; the table must be numbers, cells x genes."
+        )
     adata = ad.AnnData(X=numeric.to_numpy(dtype=np.float32))
     adata.obs_names = df.index.astype(str)
     adata.var_names = df.columns.astype(str)
@@ -211,8 +233,9 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
 
 # ----------------------------------------------------------------------------- describing
 def matrix_kind(x: Any, max_rows: int = 2000) -> str:
-    """What a matrix holds: 'counts', 'log-normalised', 'normalised', 'scaled (MinMax)',
-    'scaled (z-score)', 'empty' or 'invalid (NaN/inf)' (judged on up to ``max_rows`` rows)."""
+    """What a matrix holds: 'counts', 'log-normalised', 'normalised (not log)', 'raw intensities'
+    (cytometry), 'scaled (MinMax)', 'scaled (z-score)', 'centred or signed values', 'empty' or
+    'invalid (NaN/inf)', judged on up to ``max_rows`` rows."""
     if x is None or x.shape[0] == 0 or x.shape[1] == 0:
         return "empty"
     rows = x[: min(max_rows, x.shape[0])]
@@ -223,6 +246,8 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     if not np.isfinite(vals).all():
         return "invalid (NaN/inf)"
     vmin, vmax = vals.min(), vals.max()
+    if vmin < 0 and vmax > 30:
+        return "raw intensities"  # cytometry: large values with small negative noise
     if vmin < 0:
         dense = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
         means = np.abs(dense.mean(axis=0))
@@ -269,8 +294,14 @@ def describe(adata: ad.AnnData) -> dict[str, Any]:
         "x_kind": matrix_kind(x),
         "layers": {k: matrix_kind(v) for k, v in adata.layers.items()},
         "labels": label_candidates(adata),
-        "embeddings": [k for k in adata.obsm if getattr(adata.obsm[k], "ndim", 2) == 2 and adata.obsm[k].shape[1] >= 2],
-        "numeric_obs": [c for c in adata.obs.columns if pd.api.types.is_numeric_dtype(adata.obs[c])],
+        "embeddings": [
+            k
+            for k in adata.obsm
+            if getattr(adata.obsm[k], "ndim", 2) == 2 and adata.obsm[k].shape[1] >= 2
+        ],
+        "numeric_obs": [
+            c for c in adata.obs.columns if pd.api.types.is_numeric_dtype(adata.obs[c])
+        ],
         "recipe": adata.uns.get("recipe"),
         "mito_genes": int(adata.var_names.str.upper().str.startswith("MT-").sum()),
     }
@@ -318,7 +349,9 @@ def check_finite(x: Any, what: str = "X") -> None:
     vals = x.data if sp.issparse(x) else np.asarray(x)
     if not np.isfinite(vals).all():
         n_bad = int((~np.isfinite(vals)).sum())
-        raise ScwbError(f"{what} holds {n_bad} NaN or infinite values; remove or impute them first.")
+        raise ScwbError(
+            f"{what} holds {n_bad} NaN or infinite values; remove or impute them first."
+        )
 
 
 def check_counts(x: Any, what: str = "X") -> None:
@@ -326,8 +359,10 @@ def check_counts(x: Any, what: str = "X") -> None:
     vals = x.data if sp.issparse(x) else np.asarray(x)
     check_finite(x, what)
     if vals.size and vals.min() < 0:
-        raise ScwbError(f"{what} holds negative values; count models need raw counts (use layers['counts']).")
-    sample = vals[: 1_000_000]
+        raise ScwbError(
+            f"{what} holds negative values; count models need raw counts (use layers['counts'])."
+        )
+    sample = vals[:1_000_000]
     if sample.size and not np.all(np.mod(sample, 1) == 0):
         raise ScwbError(
             f"{what} holds non-integer values (normalised data?); NB/ZINB models need raw counts: "
@@ -353,13 +388,19 @@ def make_unique(adata: ad.AnnData) -> ad.AnnData:
 
 def check_label(adata: ad.AnnData, key: str, min_classes: int = 2) -> pd.Series:
     if key not in adata.obs:
-        raise ScwbError(f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns)) or 'none'}.")
+        raise ScwbError(
+            f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns)) or 'none'}."
+        )
     s = adata.obs[key]
     if s.isna().any():
-        raise ScwbError(f"The column {key!r} has {int(s.isna().sum())} missing values; drop those cells first.")
+        raise ScwbError(
+            f"The column {key!r} has {int(s.isna().sum())} missing values; drop those cells first."
+        )
     n = s.astype(str).nunique()
     if n < min_classes:
-        raise ScwbError(f"The column {key!r} has {n} class(es); a classifier needs at least {min_classes}.")
+        raise ScwbError(
+            f"The column {key!r} has {n} class(es); a classifier needs at least {min_classes}."
+        )
     return s
 
 
@@ -367,7 +408,9 @@ def check_values(adata: ad.AnnData, key: str, values: Iterable[str]) -> None:
     present = set(adata.obs[key].astype(str))
     missing = [v for v in values if v not in present]
     if missing:
-        raise ScwbError(f"The column {key!r} has no value {missing[0]!r}; it holds {', '.join(sorted(present)[:10])}.")
+        raise ScwbError(
+            f"The column {key!r} has no value {missing[0]!r}; it holds {', '.join(sorted(present)[:10])}."
+        )
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:

@@ -67,20 +67,37 @@ def submit(spec: RunSpec, root: Path | None = None) -> Path:
     run_dir = root / runs.new_run_id(spec.model)
     run_dir.mkdir()
     spec.out = str(run_dir)
-    runs.write_json(run_dir / "run.json", {**spec.to_dict(), "created": runs.now(), "submitted_ns": time.time_ns()})
-    runs.write_json(run_dir / "status.json", {"state": "queued", "submitted": runs.now(), "updated": runs.now(), "epoch": 0, "max_epochs": spec.epochs})
-    log = open(run_dir / "worker.log", "ab")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.worker", str(run_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # detached: survives the app and its browser tabs
-        env=env,
-        close_fds=True,
+    runs.write_json(
+        run_dir / "run.json",
+        {**spec.to_dict(), "created": runs.now(), "submitted_ns": time.time_ns()},
     )
-    log.close()
+    runs.write_json(
+        run_dir / "status.json",
+        {
+            "state": "queued",
+            "submitted": runs.now(),
+            "updated": runs.now(),
+            "epoch": 0,
+            "max_epochs": spec.epochs,
+        },
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with open(run_dir / "worker.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.worker", str(run_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # detached: survives the app and its browser tabs
+            env=env,
+            close_fds=True,
+        )
     runs.update_status(run_dir, supervisor_pid=proc.pid)
     return run_dir
 
@@ -122,7 +139,12 @@ def recover(root: Path | None = None) -> list[str]:
         if pid is None and _age_s(p) < START_GRACE_S:
             continue
         if not pid_alive(pid, p.name):
-            runs.update_status(p, state="interrupted", finished=runs.now(), error="The worker process ended without finishing (app or machine restart?); submit the run again.")
+            runs.update_status(
+                p,
+                state="interrupted",
+                finished=runs.now(),
+                error="The worker process ended without finishing (app or machine restart?); submit the run again.",
+            )
             marked.append(p.name)
     return marked
 
@@ -165,7 +187,9 @@ def delete(run: str | Path, root: Path | None = None) -> None:
     shutil.rmtree(run_dir)
 
 
-def wait(run: str | Path, timeout: float | None = None, root: Path | None = None, poll: float = 0.2) -> dict[str, Any]:
+def wait(
+    run: str | Path, timeout: float | None = None, root: Path | None = None, poll: float = 0.2
+) -> dict[str, Any]:
     """Block until the run leaves ``queued``/``running`` (or ``timeout`` seconds pass)."""
     run_dir = resolve_run(run, root)
     t0 = time.time()

@@ -34,27 +34,42 @@ def check_design(adata: ad.AnnData, spec: RunSpec) -> tuple[np.ndarray, np.ndarr
     """Validate the condition/cell-type choice; return the two columns as strings."""
     for key in (spec.condition_key, spec.cell_type_key):
         if key not in adata.obs:
-            raise ScwbError(f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns))}.")
+            raise ScwbError(
+                f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns))}."
+            )
     cond = adata.obs[spec.condition_key].astype(str).to_numpy()
     types = adata.obs[spec.cell_type_key].astype(str).to_numpy()
     for value, what in ((spec.ctrl, "control"), (spec.stim, "stimulated")):
         if value not in set(cond):
-            raise ScwbError(f"The condition column {spec.condition_key!r} has no {what} value {value!r}; it holds {', '.join(sorted(set(cond)))}.")
+            raise ScwbError(
+                f"The condition column {spec.condition_key!r} has no {what} value {value!r}; it holds {', '.join(sorted(set(cond)))}."
+            )
     if spec.ctrl == spec.stim:
         raise ScwbError("The control and stimulated values must differ.")
     if spec.predict != "all":
         if spec.predict not in set(types):
-            raise ScwbError(f"The cell-type column {spec.cell_type_key!r} has no value {spec.predict!r}.")
+            raise ScwbError(
+                f"The cell-type column {spec.cell_type_key!r} has no value {spec.predict!r}."
+            )
         if not ((types == spec.predict) & (cond == spec.ctrl)).any():
             raise ScwbError(f"The cell type {spec.predict!r} has no control cells to predict from.")
     return cond, types
 
 
-def targets_with_enough_cells(cond: np.ndarray, types: np.ndarray, ctrl: str, stim: str) -> list[str]:
-    return [t for t in sorted(set(types)) if ((types == t) & (cond == ctrl)).sum() >= MIN_CELLS and ((types == t) & (cond == stim)).sum() >= MIN_CELLS]
+def targets_with_enough_cells(
+    cond: np.ndarray, types: np.ndarray, ctrl: str, stim: str
+) -> list[str]:
+    return [
+        t
+        for t in sorted(set(types))
+        if ((types == t) & (cond == ctrl)).sum() >= MIN_CELLS
+        and ((types == t) & (cond == stim)).sum() >= MIN_CELLS
+    ]
 
 
-def run_perturbation(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Path, dev: str):
+def run_perturbation(
+    spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Path, dev: str
+):
     from engine.train import input_matrix
 
     cond, types = check_design(adata, spec)
@@ -62,12 +77,16 @@ def run_perturbation(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, r
     io.check_finite(x, layer)
     kind = io.matrix_kind(x)
     if kind == "counts":
-        raise ScwbError("scGen models log-normalised expression, and this matrix holds raw counts: run logCPM (Preprocess > normalize) first.")
+        raise ScwbError(
+            "scGen models log-normalised expression, and this matrix holds raw counts: run logCPM (Preprocess > normalize) first."
+        )
     keep = np.isin(cond, [spec.ctrl, spec.stim])
     if spec.predict == "all":
         targets = targets_with_enough_cells(cond, types, spec.ctrl, spec.stim)
         if not targets:
-            raise ScwbError(f"No cell type has at least {MIN_CELLS} control and {MIN_CELLS} stimulated cells.")
+            raise ScwbError(
+                f"No cell type has at least {MIN_CELLS} control and {MIN_CELLS} stimulated cells."
+            )
     else:
         targets = [spec.predict]
     rows, predicted, all_metrics, cancelled = [], [], {}, False
@@ -76,19 +95,44 @@ def run_perturbation(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, r
     for i, target in enumerate(targets):
         sub_dir = run_dir if len(targets) == 1 else run_dir / "loo" / io_safe(target)
         sub_dir.mkdir(parents=True, exist_ok=True)
-        result = _one_target(spec, info, adata, x, cond, types, keep, target, sub_dir, run_dir, dev, i, len(targets), epoch_rows)
+        result = _one_target(
+            spec,
+            info,
+            adata,
+            x,
+            cond,
+            types,
+            keep,
+            target,
+            sub_dir,
+            run_dir,
+            dev,
+            i,
+            len(targets),
+            epoch_rows,
+        )
         predicted.append(result["predicted"])
         if latent_all is None:
             latent_all = result["latent"]
         all_metrics = result["metrics"] if len(targets) == 1 else all_metrics
-        rows.append({"cell_type": target, "n_ctrl": result["n_ctrl"], "n_stim": result["n_stim"], "epochs": result["epochs"], **result["metrics"]})
+        rows.append(
+            {
+                "cell_type": target,
+                "n_ctrl": result["n_ctrl"],
+                "n_stim": result["n_stim"],
+                "epochs": result["epochs"],
+                **result["metrics"],
+            }
+        )
         cancelled = cancelled or result["cancelled"]
         if cancelled:
             break
     table = pd.DataFrame(rows)
     if len(targets) > 1:
         table.to_csv(run_dir / "loo.csv", index=False)
-        num = table.select_dtypes("number").drop(columns=["n_ctrl", "n_stim", "epochs"], errors="ignore")
+        num = table.select_dtypes("number").drop(
+            columns=["n_ctrl", "n_stim", "epochs"], errors="ignore"
+        )
         all_metrics = {k: float(v) for k, v in num.mean().items()}
         all_metrics["cell_types"] = list(table["cell_type"])
     out = adata.copy()
@@ -97,7 +141,14 @@ def run_perturbation(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, r
     pred.obsm["X_scgen"] = np.zeros((pred.n_obs, latent_all.shape[1]), dtype=np.float32)
     merged = ad.concat([out, pred], join="outer", merge="first", uns_merge="first")
     merged.obs[spec.condition_key] = pd.Categorical(merged.obs[spec.condition_key].astype(str))
-    merged.uns["scgen"] = {"targets": targets, "condition_key": spec.condition_key, "cell_type_key": spec.cell_type_key, "ctrl": spec.ctrl, "stim": spec.stim, "table": table.to_json(orient="records")}
+    merged.uns["scgen"] = {
+        "targets": targets,
+        "condition_key": spec.condition_key,
+        "cell_type_key": spec.cell_type_key,
+        "ctrl": spec.ctrl,
+        "stim": spec.stim,
+        "table": table.to_json(orient="records"),
+    }
     return all_metrics, merged, cancelled
 
 
@@ -107,20 +158,37 @@ def io_safe(name: str) -> str:
     return safe_name(name)
 
 
-def _one_target(spec, info, adata, x, cond, types, keep, target, sub_dir, run_dir, dev, i, n_targets, epoch_rows) -> dict[str, Any]:
+def _one_target(
+    spec, info, adata, x, cond, types, keep, target, sub_dir, run_dir, dev, i, n_targets, epoch_rows
+) -> dict[str, Any]:
     from engine.train import fit, infer, save_model
 
     held_out = (types == target) & (cond == spec.stim)
     train_mask = keep & ~held_out
     train_idx = np.flatnonzero(train_mask)
     inner = make_split(len(train_idx), spec.seed, val=0.1, test=0.0)
-    split = {"train": train_idx[inner["train"]], "val": train_idx[inner["val"]], "test": np.flatnonzero(held_out)}
+    split = {
+        "train": train_idx[inner["train"]],
+        "val": train_idx[inner["val"]],
+        "test": np.flatnonzero(held_out),
+    }
     np.savez(sub_dir / "split.npz", **split)
     xm = DeviceMatrix(x, dev)
     torch.manual_seed(spec.seed)
     net = models.build(info, adata.n_vars, spec.params)
     extra = {"cell_type": target} if n_targets > 1 else {}
-    module, progress = fit(net, spec, run_dir, dev, {"x": xm}, split, epoch_offset=i * spec.epochs, total_epochs=n_targets * spec.epochs, rows=epoch_rows, extra=extra)
+    module, progress = fit(
+        net,
+        spec,
+        run_dir,
+        dev,
+        {"x": xm},
+        split,
+        epoch_offset=i * spec.epochs,
+        total_epochs=n_targets * spec.epochs,
+        rows=epoch_rows,
+        extra=extra,
+    )
 
     def encode(arr: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -131,15 +199,22 @@ def _one_target(spec, info, adata, x, cond, types, keep, target, sub_dir, run_di
     basis = train_mask & (np.isin(types, delta_types) if delta_types else True)
     is_ctrl, is_stim = basis & (cond == spec.ctrl), basis & (cond == spec.stim)
     if not is_ctrl.any() or not is_stim.any():
-        raise ScwbError("The stimulation vector needs training cells of both conditions; widen the delta cell types.")
-    delta = latent_delta(encode, dense[is_ctrl], types[is_ctrl], dense[is_stim], types[is_stim], spec.seed)
+        raise ScwbError(
+            "The stimulation vector needs training cells of both conditions; widen the delta cell types."
+        )
+    delta = latent_delta(
+        encode, dense[is_ctrl], types[is_ctrl], dense[is_stim], types[is_stim], spec.seed
+    )
     target_ctrl = np.flatnonzero((types == target) & (cond == spec.ctrl))
     with torch.no_grad():
         z = torch.as_tensor(encode(dense[target_ctrl]) + delta, device=xm.device)
         pred_x = module.decode(z).cpu().numpy()
     latent = infer(module.encode, xm)
     pred = ad.AnnData(X=pred_x.astype(np.float32), var=pd.DataFrame(index=adata.var_names))
-    pred.obs = pd.DataFrame({spec.condition_key: "predicted", spec.cell_type_key: target}, index=[f"{n}-pred" for n in adata.obs_names[target_ctrl]])
+    pred.obs = pd.DataFrame(
+        {spec.condition_key: "predicted", spec.cell_type_key: target},
+        index=[f"{n}-pred" for n in adata.obs_names[target_ctrl]],
+    )
     metrics: dict[str, Any] = {}
     real = np.flatnonzero(held_out)
     if len(real) >= 2:
@@ -147,20 +222,62 @@ def _one_target(spec, info, adata, x, cond, types, keep, target, sub_dir, run_di
         ctrl_x, real_x = dense[target_ctrl], dense[real]
         shift = _mean_shift(dense, cond, types, train_mask, spec)
         metrics.update(evaluate.perturbation(pred_x, real_x, ctrl_x, adata.var_names, degs))
-        metrics.update(evaluate.perturbation(ctrl_x, real_x, ctrl_x, adata.var_names, degs, prefix="baseline_noshift_"))
-        metrics.update(evaluate.perturbation(ctrl_x + shift, real_x, ctrl_x, adata.var_names, degs, prefix="baseline_meanshift_"))
-        metrics["beats_noshift"] = bool(metrics["r2_mean_all"] > metrics["baseline_noshift_r2_mean_all"])
-        metrics["beats_meanshift"] = bool(metrics["r2_mean_all"] > metrics["baseline_meanshift_r2_mean_all"])
+        metrics.update(
+            evaluate.perturbation(
+                ctrl_x, real_x, ctrl_x, adata.var_names, degs, prefix="baseline_noshift_"
+            )
+        )
+        metrics.update(
+            evaluate.perturbation(
+                ctrl_x + shift, real_x, ctrl_x, adata.var_names, degs, prefix="baseline_meanshift_"
+            )
+        )
+        metrics["beats_noshift"] = bool(
+            metrics["r2_mean_all"] > metrics["baseline_noshift_r2_mean_all"]
+        )
+        metrics["beats_meanshift"] = bool(
+            metrics["r2_mean_all"] > metrics["baseline_meanshift_r2_mean_all"]
+        )
         pred.uns["top_degs"] = degs
         runs.write_json(sub_dir / "top_degs.json", degs)
-    save_model(sub_dir, module, {"model": spec.model, "params": spec.params, "n_in": adata.n_vars, "layer": spec.layer or "X", "var_names": list(map(str, adata.var_names)), "delta": delta.tolist(), "target": target, "condition_key": spec.condition_key, "cell_type_key": spec.cell_type_key, "ctrl": spec.ctrl, "stim": spec.stim})
+    save_model(
+        sub_dir,
+        module,
+        {
+            "model": spec.model,
+            "params": spec.params,
+            "n_in": adata.n_vars,
+            "layer": spec.layer or "X",
+            "var_names": list(map(str, adata.var_names)),
+            "delta": delta.tolist(),
+            "target": target,
+            "condition_key": spec.condition_key,
+            "cell_type_key": spec.cell_type_key,
+            "ctrl": spec.ctrl,
+            "stim": spec.stim,
+        },
+    )
     if sub_dir != run_dir:
         runs.write_json(sub_dir / "metrics.json", metrics)
-    epochs_done = sum(1 for r in epoch_rows if r.get("cell_type", target) == target and r["epoch"] > i * spec.epochs)
-    return {"predicted": pred, "metrics": metrics, "latent": latent, "n_ctrl": len(target_ctrl), "n_stim": len(real), "cancelled": progress.cancelled, "epochs": epochs_done}
+    epochs_done = sum(
+        1
+        for r in epoch_rows
+        if r.get("cell_type", target) == target and r["epoch"] > i * spec.epochs
+    )
+    return {
+        "predicted": pred,
+        "metrics": metrics,
+        "latent": latent,
+        "n_ctrl": len(target_ctrl),
+        "n_stim": len(real),
+        "cancelled": progress.cancelled,
+        "epochs": epochs_done,
+    }
 
 
-def _mean_shift(dense: np.ndarray, cond: np.ndarray, types: np.ndarray, train_mask: np.ndarray, spec: RunSpec) -> np.ndarray:
+def _mean_shift(
+    dense: np.ndarray, cond: np.ndarray, types: np.ndarray, train_mask: np.ndarray, spec: RunSpec
+) -> np.ndarray:
     """Mean over training cell types of (mean stimulated - mean control), in gene space."""
     shifts = []
     for t in sorted(set(types[train_mask])):

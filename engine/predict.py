@@ -24,7 +24,9 @@ def load(run_dir: str | Path) -> tuple[models.ModelInfo, Any, dict[str, Any]]:
     run_dir = Path(run_dir)
     meta = runs.read_json(run_dir / "model.json")
     if not meta or not (run_dir / "model.pt").exists():
-        raise ScwbError(f"{run_dir} holds no saved model (model.pt + model.json); did the run finish?")
+        raise ScwbError(
+            f"{run_dir} holds no saved model (model.pt + model.json); did the run finish?"
+        )
     info = models.get(meta["model"])
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     if info.kind == "sklearn":
@@ -33,13 +35,22 @@ def load(run_dir: str | Path) -> tuple[models.ModelInfo, Any, dict[str, Any]]:
         module = SkLogReg() if info.task == "classify" else PCABaseline()
         module.load_state_dict(state)
     else:
-        module = models.build(info, meta["n_in"], meta["params"], n_classes=len(meta.get("classes") or []), n_batch=len(meta.get("batch_categories") or []), sigmoid_output=meta.get("sigmoid_output", False))
+        module = models.build(
+            info,
+            meta["n_in"],
+            meta["params"],
+            n_classes=len(meta.get("classes") or []),
+            n_batch=len(meta.get("batch_categories") or []),
+            sigmoid_output=meta.get("sigmoid_output", False),
+        )
         module.load_state_dict(state)
         module.eval()
     return info, module, meta
 
 
-def align_genes(adata: ad.AnnData, genes: list[str], align: bool = False) -> tuple[ad.AnnData, list[str]]:
+def align_genes(
+    adata: ad.AnnData, genes: list[str], align: bool = False
+) -> tuple[ad.AnnData, list[str]]:
     """``adata`` with exactly ``genes`` as columns, in order; return it and the missing genes."""
     have = pd.Index(adata.var_names.astype(str))
     missing = [g for g in genes if g not in have]
@@ -74,9 +85,15 @@ def predict(run_dir: str | Path, adata: ad.AnnData, align: bool = False) -> ad.A
     out = adata.copy()
     name = meta["model"]
     if info.task == "classify":
-        proba = module.proba(dense) if info.kind == "sklearn" else module.proba(torch.as_tensor(dense)).detach().numpy()
+        proba = (
+            module.proba(dense)
+            if info.kind == "sklearn"
+            else module.proba(torch.as_tensor(dense)).detach().numpy()
+        )
         classes = meta["classes"]
-        out.obs[f"pred_{meta.get('label_key', 'label')}"] = pd.Categorical(np.asarray(classes)[proba.argmax(1)], categories=classes)
+        out.obs[f"pred_{meta.get('label_key', 'label')}"] = pd.Categorical(
+            np.asarray(classes)[proba.argmax(1)], categories=classes
+        )
         out.obs["pred_confidence"] = proba.max(1)
     elif info.task in ("reconstruct", "embed") and info.kind == "sklearn":
         out.obsm[f"X_{name}"] = module.encode(dense).astype(np.float32)
@@ -96,7 +113,9 @@ def predict(run_dir: str | Path, adata: ad.AnnData, align: bool = False) -> ad.A
     elif info.task == "perturb":
         delta = np.asarray(meta["delta"], dtype=np.float32)
         with torch.no_grad():
-            pred = module.decode(module.encode(torch.as_tensor(dense)) + torch.as_tensor(delta)).numpy()
+            pred = module.decode(
+                module.encode(torch.as_tensor(dense)) + torch.as_tensor(delta)
+            ).numpy()
         res = ad.AnnData(X=pred, obs=adata.obs.copy(), var=pd.DataFrame(index=meta["var_names"]))
         res.obs_names = [f"{n}-pred" for n in adata.obs_names]
         res.obs[meta["condition_key"]] = "predicted"

@@ -34,7 +34,9 @@ def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
     return adata[keep].copy()
 
 
-def filter_cells(adata: ad.AnnData, min_genes: int = 0, min_counts: int = 0, max_pct_mito: float = 100.0) -> ad.AnnData:
+def filter_cells(
+    adata: ad.AnnData, min_genes: int = 0, min_counts: int = 0, max_pct_mito: float = 100.0
+) -> ad.AnnData:
     """Drop cells with too few detected genes or counts, or too high a mitochondrial share."""
     import scanpy as sc
 
@@ -93,7 +95,9 @@ def arcsinh(adata: ad.AnnData, cofactor: float = 5.0) -> ad.AnnData:
     if cofactor <= 0:
         raise ScwbError("arcsinh: the cofactor must be positive (5 for CyTOF, 150 for flow).")
     x = adata.X
-    adata.X = x.copy().astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32).copy()
+    adata.X = (
+        x.copy().astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32).copy()
+    )
     if sp.issparse(adata.X):
         adata.X.data = np.arcsinh(adata.X.data / cofactor)
     else:
@@ -109,13 +113,15 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
         if sp.issparse(x) and x.min() >= 0 and not np.asarray(x.min(axis=0).toarray()).any():
             # every gene's minimum is 0: MinMax is a division and the matrix stays sparse
             mx = np.asarray(x.max(axis=0).toarray()).ravel()
-            x = sp.csr_matrix(x, dtype=np.float32) @ sp.diags(1.0 / np.where(mx > 0, mx, 1.0)).astype(np.float32)
+            x = sp.csr_matrix(x, dtype=np.float32) @ sp.diags(
+                1.0 / np.where(mx > 0, mx, 1.0)
+            ).astype(np.float32)
             adata.X = sp.csr_matrix(x, dtype=np.float32)
             return adata
         from sklearn.preprocessing import MinMaxScaler
 
         _check_dense(dense_bytes)
-        adata.X = MinMaxScaler().fit_transform(_dense(x)).astype(np.float32)
+        adata.X = np.clip(MinMaxScaler().fit_transform(_dense(x)), 0.0, 1.0).astype(np.float32)
         return adata
     if method == "zscore":
         import scanpy as sc
@@ -177,7 +183,9 @@ class Step:
         allowed = set(inspect.signature(STEPS[self.name]).parameters) - {"adata"}
         unknown = set(self.params) - allowed
         if unknown:
-            raise ScwbError(f"Step {self.name!r} has no option {sorted(unknown)[0]!r}; it takes {', '.join(sorted(allowed)) or 'none'}.")
+            raise ScwbError(
+                f"Step {self.name!r} has no option {sorted(unknown)[0]!r}; it takes {', '.join(sorted(allowed)) or 'none'}."
+            )
 
 
 @dataclass
@@ -192,9 +200,13 @@ class Recipe:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ScwbError(f"The recipe is not valid JSON: {exc.msg} (line {exc.lineno}).") from None
+            raise ScwbError(
+                f"The recipe is not valid JSON: {exc.msg} (line {exc.lineno})."
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
-            raise ScwbError('A recipe is a JSON object {"steps": [{"name": ..., "params": {...}}, ...]}.')
+            raise ScwbError(
+                'A recipe is a JSON object {"steps": [{"name": ..., "params": {...}}, ...]}.'
+            )
         steps = []
         for s in data["steps"]:
             if not isinstance(s, dict) or "name" not in s:
@@ -223,12 +235,16 @@ class Recipe:
             ]
             if description.get("n_vars", 0) > n_top:
                 steps.append(Step("hvg", {"n_top": n_top}))
+        elif kind == "raw intensities":  # cytometry, as scQUEST: arcsinh then MinMax
+            steps = [Step("arcsinh", {"cofactor": 5.0}), Step("scale", {"method": "minmax"})]
         elif kind == "normalised (not log)":
             steps = [Step("normalize", {"target_sum": 1e6, "log": True})]
         return cls(steps)
 
 
-def apply(adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | None = None) -> tuple[ad.AnnData, list[dict]]:
+def apply(
+    adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | None = None
+) -> tuple[ad.AnnData, list[dict]]:
     """Run ``recipe`` on a copy of ``adata``; return it and one report row per step."""
     out = adata.copy()
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
@@ -239,14 +255,27 @@ def apply(adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | N
         except ScwbError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ScwbError(f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        row = {"step": step.name, "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": round(time.perf_counter() - t0, 3)}
+            raise ScwbError(
+                f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
+        row = {
+            "step": step.name,
+            "n_obs": out.n_obs,
+            "n_vars": out.n_vars,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         report.append(row)
         if on_step:
             on_step(row)
         if out.n_obs == 0 or out.n_vars == 0:
-            raise ScwbError(f"After step {step.name!r} no {'cells' if out.n_obs == 0 else 'genes'} are left; loosen its thresholds.")
+            raise ScwbError(
+                f"After step {step.name!r} no {'cells' if out.n_obs == 0 else 'genes'} are left; loosen its thresholds."
+            )
     check_not_empty(out)
-    history = json.loads(adata.uns["recipe"]).get("steps", []) if isinstance(adata.uns.get("recipe"), str) else []
+    history = (
+        json.loads(adata.uns["recipe"]).get("steps", [])
+        if isinstance(adata.uns.get("recipe"), str)
+        else []
+    )
     out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
     return out, report

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ ACTIVE = ("queued", "running")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_run_id(model: str) -> str:
@@ -112,7 +112,21 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "dataset": spec.get("dataset_name") or Path(str(spec.get("data", "?"))).name,
         "created": spec.get("created", ""),
         "group": spec.get("group"),
-        **{k: status.get(k) for k in ("state", "epoch", "max_epochs", "cells_per_s", "elapsed_s", "eta_s", "device", "error", "train_loss", "val_loss")},
+        **{
+            k: status.get(k)
+            for k in (
+                "state",
+                "epoch",
+                "max_epochs",
+                "cells_per_s",
+                "elapsed_s",
+                "eta_s",
+                "device",
+                "error",
+                "train_loss",
+                "val_loss",
+            )
+        },
     }
 
 

@@ -44,7 +44,9 @@ class RunSpec:
         if self.epochs > 100_000:
             raise ScwbError(f"epochs={self.epochs} is out of range (at most 100000).")
         if not (0 < self.lr < 10):
-            raise ScwbError(f"The learning rate must be between 0 and 10 (exclusive), not {self.lr}.")
+            raise ScwbError(
+                f"The learning rate must be between 0 and 10 (exclusive), not {self.lr}."
+            )
         if self.batch_size < 2:
             raise ScwbError(f"batch size must be at least 2, not {self.batch_size}.")
         if self.patience < 1:
@@ -55,9 +57,15 @@ class RunSpec:
         if info.task == "classify" and not self.label_key:
             raise ScwbError(f"{self.model} classifies cells: give the label column (--label-key).")
         if info.task == "perturb":
-            missing = [n for n in ("condition_key", "ctrl", "stim", "cell_type_key", "predict") if not getattr(self, n)]
+            missing = [
+                n
+                for n in ("condition_key", "ctrl", "stim", "cell_type_key", "predict")
+                if not getattr(self, n)
+            ]
             if missing:
-                raise ScwbError(f"scgen needs --{missing[0].replace('_', '-')} (the condition column, control and stimulated values, cell-type column and the cell type to predict).")
+                raise ScwbError(
+                    f"scgen needs --{missing[0].replace('_', '-')} (the condition column, control and stimulated values, cell-type column and the cell type to predict)."
+                )
         if self.train_on:
             self.train_on_filter()
 
@@ -70,7 +78,9 @@ class RunSpec:
             return None
         key, sep, values = str(self.train_on).partition("=")
         if not sep or not key or not values:
-            raise ScwbError(f"--train-on takes KEY=V1,V2 (e.g. condition=healthy), not {self.train_on!r}.")
+            raise ScwbError(
+                f"--train-on takes KEY=V1,V2 (e.g. condition=healthy), not {self.train_on!r}."
+            )
         return key, [v for v in values.split(",") if v]
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,7 +38,17 @@ class RunFolderCallback(pl.Callback):
     """Live progress into ``status.json`` (each epoch, and at most every ``every`` seconds within
     one), one ``metrics.csv`` row per epoch, the stop request, and a clear stop on NaN loss."""
 
-    def __init__(self, run_dir: Path, n_train: int, max_epochs: int, every: float = 2.0, epoch_offset: int = 0, total_epochs: int | None = None, rows: list | None = None, extra: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        n_train: int,
+        max_epochs: int,
+        every: float = 2.0,
+        epoch_offset: int = 0,
+        total_epochs: int | None = None,
+        rows: list | None = None,
+        extra: dict | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.n_train = n_train
         self.every = every
@@ -55,7 +65,13 @@ class RunFolderCallback(pl.Callback):
         done = self.offset + epoch_float
         rate = self.cells / elapsed if elapsed > 0 else 0.0
         eta = elapsed / (epoch_float) * (self.total - done) if epoch_float > 0 else None
-        return {"epoch": round(done, 2), "max_epochs": self.total, "cells_per_s": round(rate, 1), "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)}
+        return {
+            "epoch": round(done, 2),
+            "max_epochs": self.total,
+            "cells_per_s": round(rate, 1),
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.cells += int(batch["x"].shape[0])
@@ -65,7 +81,11 @@ class RunFolderCallback(pl.Callback):
         if time.time() - self.t_last > self.every:
             self.t_last = time.time()
             n_batches = max(trainer.num_training_batches, 1)
-            runs.update_status(self.run_dir, **self._progress(trainer, trainer.current_epoch + (batch_idx + 1) / n_batches), **self.extra)
+            runs.update_status(
+                self.run_dir,
+                **self._progress(trainer, trainer.current_epoch + (batch_idx + 1) / n_batches),
+                **self.extra,
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -74,7 +94,13 @@ class RunFolderCallback(pl.Callback):
         runs.write_metrics_csv(self.run_dir, self.rows)
         loss = metrics.get("train_loss", 0.0)
         self.t_last = time.time()
-        runs.update_status(self.run_dir, **self._progress(trainer, trainer.current_epoch + 1), train_loss=loss, val_loss=metrics.get("val_loss"), **self.extra)
+        runs.update_status(
+            self.run_dir,
+            **self._progress(trainer, trainer.current_epoch + 1),
+            train_loss=loss,
+            val_loss=metrics.get("val_loss"),
+            **self.extra,
+        )
         if not np.isfinite(loss):
             raise ScwbError(
                 f"The training loss became {loss} at epoch {trainer.current_epoch + 1}: lower the learning rate "
@@ -90,11 +116,15 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{p: version(p) for p in pkgs}}
 
 
-def input_matrix(adata: ad.AnnData, layer: str | None, prefer_counts: bool = False) -> tuple[Any, str]:
+def input_matrix(
+    adata: ad.AnnData, layer: str | None, prefer_counts: bool = False
+) -> tuple[Any, str]:
     """The matrix a model reads and its name (``X`` or ``layers[...]``)."""
     if layer and layer != "X":
         if layer not in adata.layers:
-            raise ScwbError(f"The data has no layer {layer!r}; it has {', '.join(adata.layers) or 'none'} (or X).")
+            raise ScwbError(
+                f"The data has no layer {layer!r}; it has {', '.join(adata.layers) or 'none'} (or X)."
+            )
         return adata.layers[layer], layer
     if prefer_counts and not layer and "counts" in adata.layers:
         return adata.layers["counts"], "counts"
@@ -107,7 +137,11 @@ def infer(fn, matrix: DeviceMatrix, extra: torch.Tensor | None = None) -> np.nda
     with torch.no_grad():
         for start in range(0, matrix.shape[0], INFER_BATCH):
             idx = torch.arange(start, min(start + INFER_BATCH, matrix.shape[0]))
-            args = (matrix.rows(idx),) if extra is None else (matrix.rows(idx), extra.index_select(0, idx.to(extra.device)))
+            args = (
+                (matrix.rows(idx),)
+                if extra is None
+                else (matrix.rows(idx), extra.index_select(0, idx.to(extra.device)))
+            )
             outs.append(fn(*args).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
 
@@ -116,16 +150,39 @@ def _accelerator(kind: str) -> str:
     return {"cuda": "gpu", "mps": "mps"}.get(kind, "cpu")
 
 
-def fit(module: torch.nn.Module, spec: RunSpec, run_dir: Path, dev: str, columns: dict, split: dict, kl_warmup: int = 0, **cb_kwargs: Any) -> tuple[torch.nn.Module, RunFolderCallback]:
+def fit(
+    module: torch.nn.Module,
+    spec: RunSpec,
+    run_dir: Path,
+    dev: str,
+    columns: dict,
+    split: dict,
+    kl_warmup: int = 0,
+    **cb_kwargs: Any,
+) -> tuple[torch.nn.Module, RunFolderCallback]:
     """Lightning does the loop: early stopping, best checkpoint, progress, stop requests."""
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    lit = LitModel(module, lr=spec.lr, weight_decay=float(spec.params.get("weight_decay", 0.0)), kl_warmup_epochs=kl_warmup)
-    train = Batches(columns, split["train"], spec.batch_size, shuffle=True, seed=spec.seed, drop_last=False)
+    lit = LitModel(
+        module,
+        lr=spec.lr,
+        weight_decay=float(spec.params.get("weight_decay", 0.0)),
+        kl_warmup_epochs=kl_warmup,
+    )
+    train = Batches(
+        columns, split["train"], spec.batch_size, shuffle=True, seed=spec.seed, drop_last=False
+    )
     val = Batches(columns, split["val"], max(spec.batch_size, 1024), shuffle=False)
     ckpt_dir = run_dir / "checkpoints"
     progress = RunFolderCallback(run_dir, len(split["train"]), spec.epochs, **cb_kwargs)
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1, save_weights_only=True)
+    ckpt = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+    )
     trainer = pl.Trainer(
         max_epochs=spec.epochs,
         accelerator=_accelerator(dev),
@@ -136,11 +193,19 @@ def fit(module: torch.nn.Module, spec: RunSpec, run_dir: Path, dev: str, columns
         num_sanity_val_steps=0,
         deterministic=True if dev == "cpu" else "warn",
         default_root_dir=str(run_dir),
-        callbacks=[progress, EarlyStopping(monitor="val_loss", patience=spec.patience, mode="min", check_finite=True), ckpt],
+        callbacks=[
+            progress,
+            EarlyStopping(
+                monitor="val_loss", patience=spec.patience, mode="min", check_finite=True
+            ),
+            ckpt,
+        ],
     )
     trainer.fit(lit, train_dataloaders=train, val_dataloaders=val)
     if ckpt.best_model_path:
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)[
+            "state_dict"
+        ]
         lit.load_state_dict(state)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     module = lit.module.to(torch.device(dev if dev != "cuda" else "cuda:0"))
@@ -176,16 +241,30 @@ def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
         "created": runs.read_json(run_dir / "run.json", {}).get("created") or runs.now(),
         "data_fingerprint": io.fingerprint(adata),
         "data_shape": list(adata.shape),
-        "recipe": json.loads(adata.uns["recipe"]) if isinstance(adata.uns.get("recipe"), str) else None,
+        "recipe": json.loads(adata.uns["recipe"])
+        if isinstance(adata.uns.get("recipe"), str)
+        else None,
         "device_requested": spec.device,
         "device_used": dev,
         "device_name": devices.device_name(dev),
         "versions": versions(),
     }
     runs.write_json(run_dir / "run.json", record)
-    runs.update_status(run_dir, state="running", started=runs.read_status(run_dir).get("started") or runs.now(), device=record["device_name"], max_epochs=spec.epochs, epoch=0)
+    runs.update_status(
+        run_dir,
+        state="running",
+        started=runs.read_status(run_dir).get("started") or runs.now(),
+        device=record["device_name"],
+        max_epochs=spec.epochs,
+        epoch=0,
+    )
     info = models.get(spec.model)
-    handler = {"classify": _classify, "reconstruct": _reconstruct, "embed": _embed, "perturb": _perturb}[info.task]
+    handler = {
+        "classify": _classify,
+        "reconstruct": _reconstruct,
+        "embed": _embed,
+        "perturb": _perturb,
+    }[info.task]
     metrics, out_adata, cancelled = handler(spec, info, adata, run_dir, dev)
     metrics = {k: v for k, v in metrics.items()}
     runs.write_json(run_dir / "metrics.json", metrics)
@@ -195,7 +274,9 @@ def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
     return metrics
 
 
-def _split_for(spec: RunSpec, adata: ad.AnnData, stratify: np.ndarray | None, run_dir: Path) -> dict[str, np.ndarray]:
+def _split_for(
+    spec: RunSpec, adata: ad.AnnData, stratify: np.ndarray | None, run_dir: Path
+) -> dict[str, np.ndarray]:
     split = make_split(adata.n_obs, spec.seed, stratify=stratify)
     flt = spec.train_on_filter()
     if flt:
@@ -221,9 +302,16 @@ def _classify(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir:
         from engine.models.baselines import SkLogReg
 
         dense = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
-        est = SkLogReg(spec.params["C"], spec.params["max_iter"], spec.seed).fit(dense[split["train"]], y[split["train"]])
+        est = SkLogReg(spec.params["C"], spec.params["max_iter"], spec.seed).fit(
+            dense[split["train"]], y[split["train"]]
+        )
         proba = est.proba(dense)
-        _baseline_epoch(run_dir, "train_accuracy", float((proba[split["train"]].argmax(1) == y[split["train"]]).mean()), val_accuracy=float((proba[split["val"]].argmax(1) == y[split["val"]]).mean()))
+        _baseline_epoch(
+            run_dir,
+            "train_accuracy",
+            float((proba[split["train"]].argmax(1) == y[split["train"]]).mean()),
+            val_accuracy=float((proba[split["val"]].argmax(1) == y[split["val"]]).mean()),
+        )
         module = est
     else:
         xm = DeviceMatrix(x, dev)
@@ -234,11 +322,25 @@ def _classify(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir:
         proba = infer(module.proba, xm)
     metrics = evaluate.classification(y[split["test"]], proba[split["test"]], classes)
     out = adata.copy()
-    out.obs[f"pred_{spec.label_key}"] = pd.Categorical(np.asarray(classes)[proba.argmax(1)], categories=classes)
+    out.obs[f"pred_{spec.label_key}"] = pd.Categorical(
+        np.asarray(classes)[proba.argmax(1)], categories=classes
+    )
     out.obs["pred_confidence"] = proba.max(1).astype(np.float32)
     out.obsm[f"proba_{spec.model}"] = proba.astype(np.float32)
     out.uns[f"{spec.model}_classes"] = classes
-    save_model(run_dir, module, {"model": spec.model, "params": spec.params, "n_in": adata.n_vars, "classes": classes, "layer": layer, "var_names": list(map(str, adata.var_names)), "label_key": spec.label_key})
+    save_model(
+        run_dir,
+        module,
+        {
+            "model": spec.model,
+            "params": spec.params,
+            "n_in": adata.n_vars,
+            "classes": classes,
+            "layer": layer,
+            "var_names": list(map(str, adata.var_names)),
+            "label_key": spec.label_key,
+        },
+    )
     return metrics, out, cancelled
 
 
@@ -251,7 +353,9 @@ def _baseline_epoch(run_dir: Path, name: str, value: float, **more: float) -> No
 def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Path, dev: str):
     x, layer = input_matrix(adata, spec.layer)
     io.check_finite(x, layer)
-    strat = io.check_label(adata, spec.label_key, 1).astype(str).to_numpy() if spec.label_key else None
+    strat = (
+        io.check_label(adata, spec.label_key, 1).astype(str).to_numpy() if spec.label_key else None
+    )
     split = _split_for(spec, adata, strat, run_dir)
     cancelled = False
     dense_x = None
@@ -261,11 +365,18 @@ def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_d
         dense_x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
         est = PCABaseline(spec.params["n_components"], spec.seed).fit(dense_x[split["train"]])
         latent, recon = est.encode(dense_x), est.reconstruct(dense_x).astype(np.float32)
-        _baseline_epoch(run_dir, "train_mse", float(evaluate.mse_per_cell(dense_x[split["train"]], recon[split["train"]]).mean()), val_mse=float(evaluate.mse_per_cell(dense_x[split["val"]], recon[split["val"]]).mean()))
+        _baseline_epoch(
+            run_dir,
+            "train_mse",
+            float(evaluate.mse_per_cell(dense_x[split["train"]], recon[split["train"]]).mean()),
+            val_mse=float(evaluate.mse_per_cell(dense_x[split["val"]], recon[split["val"]]).mean()),
+        )
         module, meta = est, {}
     else:
         kind = io.matrix_kind(x)
-        sig = spec.params["output"] == "sigmoid" or (spec.params["output"] == "auto" and kind in ("scaled (MinMax)",))
+        sig = spec.params["output"] == "sigmoid" or (
+            spec.params["output"] == "auto" and kind in ("scaled (MinMax)",)
+        )
         xm = DeviceMatrix(x, dev)
         net = models.build(info, adata.n_vars, spec.params, sigmoid_output=sig)
         module, progress = fit(net, spec, run_dir, dev, {"x": xm}, split)
@@ -281,13 +392,29 @@ def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_d
     if _dense_ok(*adata.shape):
         out.layers["reconstruction"] = recon
         out.layers["abnormality"] = dense_x - recon
-    metrics = {"test_mse": float(per_cell[split["test"]].mean()), "train_mse": float(per_cell[split["train"]].mean())}
+    metrics = {
+        "test_mse": float(per_cell[split["test"]].mean()),
+        "train_mse": float(per_cell[split["train"]].mean()),
+    }
     if spec.train_on:
         key, values = spec.train_on_filter()
         inside = adata.obs[key].astype(str).isin(values).to_numpy()
         metrics["abnormality_trained_on"] = float(per_cell[inside].mean())
-        metrics["abnormality_others"] = float(per_cell[~inside].mean()) if (~inside).any() else float("nan")
-    save_model(run_dir, module, {"model": spec.model, "params": spec.params, "n_in": adata.n_vars, "layer": layer, "var_names": list(map(str, adata.var_names)), **meta})
+        metrics["abnormality_others"] = (
+            float(per_cell[~inside].mean()) if (~inside).any() else float("nan")
+        )
+    save_model(
+        run_dir,
+        module,
+        {
+            "model": spec.model,
+            "params": spec.params,
+            "n_in": adata.n_vars,
+            "layer": layer,
+            "var_names": list(map(str, adata.var_names)),
+            **meta,
+        },
+    )
     return metrics, out, cancelled
 
 
@@ -301,8 +428,12 @@ def _latent_scores(latent: np.ndarray, labels: pd.Series | None, split: dict) ->
     knn = KNeighborsClassifier(n_neighbors=15).fit(latent[split["train"]], y[split["train"]])
     sample = np.random.default_rng(0).choice(len(y), size=min(len(y), 5000), replace=False)
     return {
-        "latent_knn_accuracy": float((knn.predict(latent[split["test"]]) == y[split["test"]]).mean()),
-        "latent_silhouette": float(silhouette_score(latent[sample], y[sample])) if len(set(y[sample])) > 1 else float("nan"),
+        "latent_knn_accuracy": float(
+            (knn.predict(latent[split["test"]]) == y[split["test"]]).mean()
+        ),
+        "latent_silhouette": float(silhouette_score(latent[sample], y[sample]))
+        if len(set(y[sample])) > 1
+        else float("nan"),
     }
 
 
@@ -323,9 +454,24 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
         latent = est.encode(dense).astype(np.float32)
         recon = est.reconstruct(dense)
         mse = evaluate.mse_per_cell(dense, recon)
-        _baseline_epoch(run_dir, "train_mse", float(mse[split["train"]].mean()), val_mse=float(mse[split["val"]].mean()))
+        _baseline_epoch(
+            run_dir,
+            "train_mse",
+            float(mse[split["train"]].mean()),
+            val_mse=float(mse[split["val"]].mean()),
+        )
         metrics = {"test_mse": float(mse[split["test"]].mean())}
-        save_model(run_dir, est, {"model": spec.model, "params": spec.params, "n_in": adata.n_vars, "layer": layer, "var_names": list(map(str, adata.var_names))})
+        save_model(
+            run_dir,
+            est,
+            {
+                "model": spec.model,
+                "params": spec.params,
+                "n_in": adata.n_vars,
+                "layer": layer,
+                "var_names": list(map(str, adata.var_names)),
+            },
+        )
     else:
         likelihood = spec.params["likelihood"]
         x, layer = input_matrix(adata, spec.layer, prefer_counts=likelihood != "gaussian")
@@ -340,7 +486,9 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
             codes, batch_cats = encode_labels(io.check_label(adata, batch_key, 1))
             columns["batch"] = torch.as_tensor(codes, device=columns["x"].device)
         net = models.build(info, adata.n_vars, spec.params, n_batch=len(batch_cats))
-        module, progress = fit(net, spec, run_dir, dev, columns, split, kl_warmup=spec.params["kl_warmup"])
+        module, progress = fit(
+            net, spec, run_dir, dev, columns, split, kl_warmup=spec.params["kl_warmup"]
+        )
         cancelled = progress.cancelled
         xm, b = columns["x"], columns.get("batch")
         latent = infer(lambda xb, *bb: module.encode(xb, bb[0] if bb else None)[0], xm, b)
@@ -352,15 +500,29 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
                 elbo.append(module.loss(batch, kl_weight=1.0)["elbo"].item() * batch["x"].shape[0])
         metrics = {"test_elbo": float(np.sum(elbo) / len(split["test"]))}
         if _dense_ok(*adata.shape):
+
             def decoded(xb, *bb):
                 o, _, _ = module(xb, bb[0] if bb else None, sample=False)
                 return torch.cat([o["proportion"], o["mean"]], dim=1)
 
             both = infer(decoded, xm, b)
             n = adata.n_vars
-            out.layers["denoised"] = (both[:, :n] * (1e4 if likelihood != "gaussian" else 1.0)).astype(np.float32)
+            out.layers["denoised"] = (
+                both[:, :n] * (1e4 if likelihood != "gaussian" else 1.0)
+            ).astype(np.float32)
             out.layers["reconstruction"] = both[:, n:].astype(np.float32)
-        save_model(run_dir, module, {"model": spec.model, "params": spec.params, "n_in": adata.n_vars, "layer": layer, "var_names": list(map(str, adata.var_names)), "batch_categories": batch_cats})
+        save_model(
+            run_dir,
+            module,
+            {
+                "model": spec.model,
+                "params": spec.params,
+                "n_in": adata.n_vars,
+                "layer": layer,
+                "var_names": list(map(str, adata.var_names)),
+                "batch_categories": batch_cats,
+            },
+        )
     out.obsm[f"X_{spec.model}"] = latent
     metrics.update(_latent_scores(latent, labels, split))
     return metrics, out, cancelled

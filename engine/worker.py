@@ -39,14 +39,18 @@ def _queue_position(run_dir: Path) -> int:
 
 
 def _acquire_slot(run_dir: Path):
-    slots_dir = run_dir.parent.parent / "slots" if run_dir.parent.name == "runs" else run_dir.parent / ".slots"
+    slots_dir = (
+        run_dir.parent.parent / "slots"
+        if run_dir.parent.name == "runs"
+        else run_dir.parent / ".slots"
+    )
     slots_dir.mkdir(exist_ok=True)
     while True:
         if (run_dir / "cancel").exists():
             return None, None
         if _queue_position(run_dir) == 0:
             for i in range(jobs.n_slots()):
-                fh = open(slots_dir / f"slot-{i}.lock", "w")
+                fh = open(slots_dir / f"slot-{i}.lock", "w")  # noqa: SIM115 - held until the run ends
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     return i, fh
@@ -72,7 +76,11 @@ def supervise(run_dir: Path) -> int:
     if jobs.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = str(slot)
     runs.update_status(run_dir, state="running", slot=slot, started=runs.now())
-    child = subprocess.Popen([sys.executable, "-m", "engine.worker", "--train", str(run_dir)], env=env, stdin=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "engine.worker", "--train", str(run_dir)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     runs.update_status(run_dir, pid=child.pid)
     cancel_seen = None
     while child.poll() is None:
@@ -81,7 +89,12 @@ def supervise(run_dir: Path) -> int:
             if time.time() - cancel_seen > jobs.CANCEL_GRACE_S:
                 child.kill()
                 child.wait()
-                runs.update_status(run_dir, state="cancelled", finished=runs.now(), error="stopped by force after the cancel grace period")
+                runs.update_status(
+                    run_dir,
+                    state="cancelled",
+                    finished=runs.now(),
+                    error="stopped by force after the cancel grace period",
+                )
                 return 0
         time.sleep(POLL_S)
     rc = child.returncode
@@ -89,10 +102,18 @@ def supervise(run_dir: Path) -> int:
     if state in runs.ACTIVE:  # the training process did not record an end: it died
         if rc < 0:
             name = signal.Signals(-rc).name
-            reason = f"The training process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+            reason = f"The training process was killed by {name}" + (
+                " (out of memory?)" if name == "SIGKILL" else ""
+            )
         else:
             reason = f"The training process exited with code {rc}"
-        runs.update_status(run_dir, state="failed", finished=runs.now(), error=reason, log_tail=_tail(run_dir / "worker.log"))
+        runs.update_status(
+            run_dir,
+            state="failed",
+            finished=runs.now(),
+            error=reason,
+            log_tail=_tail(run_dir / "worker.log"),
+        )
     lock.close()
     return 0
 
@@ -123,7 +144,13 @@ def train_child(run_dir: Path) -> int:
     except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
         traceback.print_exc()
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        runs.update_status(run_dir, state="failed", finished=runs.now(), error=msg, log_tail=_tail(run_dir / "worker.log"))
+        runs.update_status(
+            run_dir,
+            state="failed",
+            finished=runs.now(),
+            error=msg,
+            log_tail=_tail(run_dir / "worker.log"),
+        )
         return 1
 
 

@@ -34,7 +34,9 @@ def safe_name(name: str, what: str = "name") -> str:
     """A file name that cannot leave its folder: letters, digits, '.', '_' and '-' only."""
     cleaned = _SAFE.sub("_", str(name).strip()).strip("._-")
     if not cleaned:
-        raise ScwbError(f"The {what} {name!r} has no usable characters: use letters, digits, '_' or '-'.")
+        raise ScwbError(
+            f"The {what} {name!r} has no usable characters: use letters, digits, '_' or '-'."
+        )
     return cleaned[:80]
 
 
@@ -61,7 +63,9 @@ def check_server_path(path: str | Path) -> Path:
         )
     p = Path(path).expanduser().resolve()
     if not any(p == r or r in p.parents for r in roots):
-        raise ScwbError(f"{path} is outside the folders this server allows ({', '.join(map(str, roots))}).")
+        raise ScwbError(
+            f"{path} is outside the folders this server allows ({', '.join(map(str, roots))})."
+        )
     if not p.exists():
         raise ScwbError(f"{path} does not exist.")
     return p

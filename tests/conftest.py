@@ -43,7 +43,9 @@ def counts_adata():
 def lognorm_adata(counts_adata):
     from engine import preprocess as pp
 
-    out, _ = pp.apply(counts_adata, pp.Recipe([pp.Step("keep_counts"), pp.Step("normalize", {"target_sum": 1e4})]))
+    out, _ = pp.apply(
+        counts_adata, pp.Recipe([pp.Step("keep_counts"), pp.Step("normalize", {"target_sum": 1e4})])
+    )
     return out
 
 
@@ -74,6 +76,12 @@ def separable_file(tmp_path):
     y = rng.integers(0, 3, n)
     centres = rng.normal(0, 4, (3, g))
     x = (centres[y] + rng.normal(0, 1, (n, g))).astype(np.float32)
-    a = ad.AnnData(X=x, obs=pd.DataFrame({"label": pd.Categorical(np.array(["a", "b", "c"])[y])}, index=[f"c{i}" for i in range(n)]))
+    a = ad.AnnData(
+        X=x,
+        obs=pd.DataFrame(
+            {"label": pd.Categorical(np.array(["a", "b", "c"])[y])},
+            index=[f"c{i}" for i in range(n)],
+        ),
+    )
     a.var_names = [f"g{i}" for i in range(g)]
     return str(write_h5ad(a, tmp_path / "separable.h5ad"))

@@ -17,7 +17,12 @@ from engine.errors import ScwbError
 def _small(n=30, g=12, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.poisson(2, (n, g)).astype(np.float32)
-    a = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame({"t": pd.Categorical(["a", "b"] * (n // 2))}, index=[f"c{i}" for i in range(n)]))
+    a = ad.AnnData(
+        X=sp.csr_matrix(x),
+        obs=pd.DataFrame(
+            {"t": pd.Categorical(["a", "b"] * (n // 2))}, index=[f"c{i}" for i in range(n)]
+        ),
+    )
     a.var_names = [f"G{i}" for i in range(g)]
     return a
 
@@ -48,7 +53,9 @@ def _mtx_zip(tmp_path, a, name="10x.zip"):
     folder = tmp_path / "mtx"
     folder.mkdir()
     scipy.io.mmwrite(folder / "matrix.mtx", sp.csr_matrix(a.X).T.tocoo())
-    pd.DataFrame({"id": a.var_names, "name": a.var_names, "type": "Gene Expression"}).to_csv(folder / "features.tsv", sep="\t", header=False, index=False)
+    pd.DataFrame({"id": a.var_names, "name": a.var_names, "type": "Gene Expression"}).to_csv(
+        folder / "features.tsv", sep="\t", header=False, index=False
+    )
     pd.Series(a.obs_names).to_csv(folder / "barcodes.tsv", sep="\t", header=False, index=False)
     for f in folder.iterdir():
         with open(f, "rb") as src, gzip.open(f"{f}.gz", "wb") as dst:
@@ -73,7 +80,12 @@ def test_read_10x_h5(tmp_path):
     path = tmp_path / "f.h5"
     with h5py.File(path, "w") as f:
         g = f.create_group("matrix")
-        g["data"], g["indices"], g["indptr"], g["shape"] = m.data.astype(np.int32), m.indices, m.indptr, np.array(m.shape)
+        g["data"], g["indices"], g["indptr"], g["shape"] = (
+            m.data.astype(np.int32),
+            m.indices,
+            m.indptr,
+            np.array(m.shape),
+        )
         g["barcodes"] = np.array(a.obs_names, dtype="S")
         feat = g.create_group("features")
         feat["id"] = feat["name"] = np.array(a.var_names, dtype="S")
@@ -87,7 +99,10 @@ def test_describe_kinds(lognorm_adata, counts_adata):
     d = io.describe(counts_adata)
     assert d["x_kind"] == "counts" and d["sparse"] and 0 < d["sparsity"] < 1
     assert set(d["labels"]) >= {"cell_type", "condition"}
-    assert d["labels"]["condition"]["control"] + d["labels"]["condition"]["stimulated"] == counts_adata.n_obs
+    assert (
+        d["labels"]["condition"]["control"] + d["labels"]["condition"]["stimulated"]
+        == counts_adata.n_obs
+    )
     d2 = io.describe(lognorm_adata)
     assert d2["x_kind"] == "log-normalised" and d2["layers"]["counts"] == "counts"
     assert io.matrix_kind(np.random.default_rng(0).normal(size=(50, 10))) == "scaled (z-score)"

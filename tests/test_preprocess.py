@@ -22,11 +22,23 @@ def test_normalize_matches_scanpy(counts_adata):
 
 
 def test_filters_match_scanpy(counts_adata):
-    ours, report = pp.apply(counts_adata, pp.Recipe([pp.Step("filter_cells", {"min_genes": 170}), pp.Step("filter_genes", {"min_cells": 200})]))
+    ours, report = pp.apply(
+        counts_adata,
+        pp.Recipe(
+            [
+                pp.Step("filter_cells", {"min_genes": 170}),
+                pp.Step("filter_genes", {"min_cells": 200}),
+            ]
+        ),
+    )
     ref = counts_adata.copy()
     sc.pp.filter_cells(ref, min_genes=170)
     sc.pp.filter_genes(ref, min_cells=200)
-    assert ours.shape == ref.shape and ours.shape[0] < counts_adata.n_obs and ours.shape[1] < counts_adata.n_vars
+    assert (
+        ours.shape == ref.shape
+        and ours.shape[0] < counts_adata.n_obs
+        and ours.shape[1] < counts_adata.n_vars
+    )
     assert report[1]["n_obs"] == ref.n_obs and report[2]["n_vars"] == ref.n_vars
 
 
@@ -46,7 +58,9 @@ def test_hvg_subset_matches_scanpy(lognorm_adata):
 
 
 def test_scale_zscore_and_minmax(lognorm_adata):
-    z, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "zscore", "max_value": 3})]))
+    z, _ = pp.apply(
+        lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "zscore", "max_value": 3})])
+    )
     ref = lognorm_adata.copy()
     sc.pp.scale(ref, max_value=3)
     np.testing.assert_allclose(_x(z), _x(ref), rtol=1e-4, atol=1e-5)
@@ -60,18 +74,37 @@ def test_scale_zscore_and_minmax(lognorm_adata):
 
 
 def test_arcsinh_keep_counts_subset(counts_adata):
-    out, _ = pp.apply(counts_adata, pp.Recipe([pp.Step("subset", {"key": "condition", "values": ["control"]}), pp.Step("keep_counts"), pp.Step("arcsinh", {"cofactor": 5})]))
+    out, _ = pp.apply(
+        counts_adata,
+        pp.Recipe(
+            [
+                pp.Step("subset", {"key": "condition", "values": ["control"]}),
+                pp.Step("keep_counts"),
+                pp.Step("arcsinh", {"cofactor": 5}),
+            ]
+        ),
+    )
     assert set(out.obs["condition"]) == {"control"}
     np.testing.assert_allclose(_x(out), np.arcsinh(out.layers["counts"].toarray() / 5), rtol=1e-5)
 
 
 def test_recipe_round_trip_and_record(counts_adata):
-    r = pp.Recipe([pp.Step("filter_genes", {"min_cells": 3}), pp.Step("normalize", {"target_sum": 1e4, "log": True}), pp.Step("hvg", {"n_top": 100})])
+    r = pp.Recipe(
+        [
+            pp.Step("filter_genes", {"min_cells": 3}),
+            pp.Step("normalize", {"target_sum": 1e4, "log": True}),
+            pp.Step("hvg", {"n_top": 100}),
+        ]
+    )
     assert pp.Recipe.from_json(r.to_json()) == r
     out, _ = pp.apply(counts_adata, r)
     import json
 
-    assert [s["name"] for s in json.loads(out.uns["recipe"])["steps"]] == ["filter_genes", "normalize", "hvg"]
+    assert [s["name"] for s in json.loads(out.uns["recipe"])["steps"]] == [
+        "filter_genes",
+        "normalize",
+        "hvg",
+    ]
 
 
 def test_recipe_errors(counts_adata):
@@ -101,4 +134,6 @@ def test_minmax_keeps_sparse_when_every_gene_has_zeros():
     assert sp.issparse(out.X)
     from sklearn.preprocessing import MinMaxScaler
 
-    np.testing.assert_allclose(out.X.toarray(), MinMaxScaler().fit_transform(x.toarray()), atol=1e-6)
+    np.testing.assert_allclose(
+        out.X.toarray(), MinMaxScaler().fit_transform(x.toarray()), atol=1e-6
+    )

@@ -12,7 +12,16 @@ from engine import predict, runs, train
 from engine.errors import ScwbError
 from engine.spec import RunSpec
 
-CONTRACT = ["run.json", "status.json", "metrics.csv", "metrics.json", "split.npz", "results.h5ad", "model.pt", "model.json"]
+CONTRACT = [
+    "run.json",
+    "status.json",
+    "metrics.csv",
+    "metrics.json",
+    "split.npz",
+    "results.h5ad",
+    "model.pt",
+    "model.json",
+]
 
 
 def _run(tmp_path, **kw):
@@ -38,7 +47,11 @@ def test_classifiers_separable(tmp_path, separable_file, model):
     res = ad.read_h5ad(tmp_path / model / "results.h5ad")
     assert (res.obs["pred_label"].astype(str) == res.obs["label"].astype(str)).mean() > 0.95
     record = json.loads((tmp_path / model / "run.json").read_text())
-    assert record["data_shape"] == [300, 20] and record["versions"]["torch"] and record["device_used"] == "cpu"
+    assert (
+        record["data_shape"] == [300, 20]
+        and record["versions"]["torch"]
+        and record["device_used"] == "cpu"
+    )
 
 
 def test_sk_logreg_baseline_same_split(tmp_path, separable_file):
@@ -70,14 +83,28 @@ def test_autoencoder_abnormality_slots_and_train_on(tmp_path, lognorm_adata):
 
     scaled, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("scale", {"method": "minmax"})]))
     path = str(write_h5ad(scaled, tmp_path / "minmax.h5ad"))
-    spec, metrics = _run(tmp_path, model="autoencoder", data=path, epochs=20, lr=1e-2, train_on="condition=control", params={"widths": "32,8"})
+    spec, metrics = _run(
+        tmp_path,
+        model="autoencoder",
+        data=path,
+        epochs=20,
+        lr=1e-2,
+        train_on="condition=control",
+        params={"widths": "32,8"},
+    )
     assert _loss_fell(spec.out)
-    assert json.loads((tmp_path / "autoencoder" / "model.json").read_text())["sigmoid_output"] is True
+    assert (
+        json.loads((tmp_path / "autoencoder" / "model.json").read_text())["sigmoid_output"] is True
+    )
     res = ad.read_h5ad(tmp_path / "autoencoder" / "results.h5ad")
     assert res.obsm["X_autoencoder"].shape == (res.n_obs, 8)
     x = res.X.toarray() if hasattr(res.X, "toarray") else res.X
-    np.testing.assert_allclose(res.layers["abnormality"], x - res.layers["reconstruction"], atol=1e-5)
-    np.testing.assert_allclose(res.obs["abnormality"], (res.layers["abnormality"] ** 2).mean(1), rtol=1e-4)
+    np.testing.assert_allclose(
+        res.layers["abnormality"], x - res.layers["reconstruction"], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        res.obs["abnormality"], (res.layers["abnormality"] ** 2).mean(1), rtol=1e-4
+    )
     split = np.load(tmp_path / "autoencoder" / "split.npz")
     assert set(res.obs["condition"].iloc[split["train"]]) == {"control"}
     assert metrics["abnormality_others"] > metrics["abnormality_trained_on"]
@@ -92,7 +119,14 @@ def test_pca_baseline(tmp_path, lognorm_file):
 
 @pytest.mark.parametrize("likelihood", ["nb", "zinb"])
 def test_vae_on_counts(tmp_path, counts_file, likelihood):
-    spec, metrics = _run(tmp_path, model="vae", data=counts_file, label_key="cell_type", epochs=12, params={"likelihood": likelihood, "kl_warmup": 5})
+    spec, metrics = _run(
+        tmp_path,
+        model="vae",
+        data=counts_file,
+        label_key="cell_type",
+        epochs=12,
+        params={"likelihood": likelihood, "kl_warmup": 5},
+    )
     assert _loss_fell(spec.out)
     assert np.isfinite(metrics["test_elbo"]) and metrics["latent_knn_accuracy"] > 0.8
     res = ad.read_h5ad(tmp_path / "vae" / "results.h5ad")
@@ -101,7 +135,9 @@ def test_vae_on_counts(tmp_path, counts_file, likelihood):
 
 
 def test_vae_batch_and_counts_layer(tmp_path, lognorm_file):
-    _, metrics = _run(tmp_path, model="vae", data=lognorm_file, epochs=3, params={"batch_key": "sample"})
+    _, metrics = _run(
+        tmp_path, model="vae", data=lognorm_file, epochs=3, params={"batch_key": "sample"}
+    )
     assert json.loads((tmp_path / "vae" / "model.json").read_text())["layer"] == "counts"
     assert np.isfinite(metrics["test_elbo"])
 
@@ -112,21 +148,46 @@ def test_vae_refuses_normalised_for_nb(tmp_path, lognorm_file):
 
 
 def test_determinism(tmp_path, lognorm_file):
-    _, m1 = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, out=str(tmp_path / "a"))
-    _, m2 = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, out=str(tmp_path / "b"))
+    _, m1 = _run(
+        tmp_path,
+        model="mlp",
+        data=lognorm_file,
+        label_key="cell_type",
+        epochs=3,
+        out=str(tmp_path / "a"),
+    )
+    _, m2 = _run(
+        tmp_path,
+        model="mlp",
+        data=lognorm_file,
+        label_key="cell_type",
+        epochs=3,
+        out=str(tmp_path / "b"),
+    )
     assert m1 == m2
-    pd.testing.assert_frame_equal(runs.read_metrics_csv(tmp_path / "a"), runs.read_metrics_csv(tmp_path / "b"))
+    pd.testing.assert_frame_equal(
+        runs.read_metrics_csv(tmp_path / "a"), runs.read_metrics_csv(tmp_path / "b")
+    )
 
 
 def test_nan_loss_stops_with_advice(tmp_path):
-    x = np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32) * 1e20  # squares overflow float32
-    a = ad.AnnData(X=x, obs=pd.DataFrame({"y": pd.Categorical(["a", "b"] * 50)}, index=[f"c{i}" for i in range(100)]))
+    x = (
+        np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32) * 1e20
+    )  # squares overflow float32
+    a = ad.AnnData(
+        X=x,
+        obs=pd.DataFrame(
+            {"y": pd.Categorical(["a", "b"] * 50)}, index=[f"c{i}" for i in range(100)]
+        ),
+    )
     a.var_names = [f"g{i}" for i in range(5)]
     path = tmp_path / "huge.h5ad"
     a.write_h5ad(path)
     with pytest.raises(ScwbError, match="learning rate"):
         _run(tmp_path, model="autoencoder", data=str(path), epochs=3)
-    assert runs.read_metrics_csv(tmp_path / "autoencoder")["epoch"].tolist() == [1], "stopped after the first bad epoch"
+    assert runs.read_metrics_csv(tmp_path / "autoencoder")["epoch"].tolist() == [1], (
+        "stopped after the first bad epoch"
+    )
 
 
 def test_save_load_predict_and_gene_mismatch(tmp_path, lognorm_file, lognorm_adata):
@@ -135,7 +196,10 @@ def test_save_load_predict_and_gene_mismatch(tmp_path, lognorm_file, lognorm_ada
     again = predict.predict(spec.out, lognorm_adata)
     assert (again.obs["pred_cell_type"].astype(str) == res.obs["pred_cell_type"].astype(str)).all()
     shuffled = lognorm_adata[:, lognorm_adata.var_names[::-1]].copy()
-    assert (predict.predict(spec.out, shuffled).obs["pred_cell_type"].astype(str) == res.obs["pred_cell_type"].astype(str)).all()
+    assert (
+        predict.predict(spec.out, shuffled).obs["pred_cell_type"].astype(str)
+        == res.obs["pred_cell_type"].astype(str)
+    ).all()
     fewer = lognorm_adata[:, 10:].copy()
     with pytest.raises(ScwbError, match="lacks 10"):
         predict.predict(spec.out, fewer)
@@ -143,11 +207,18 @@ def test_save_load_predict_and_gene_mismatch(tmp_path, lognorm_file, lognorm_ada
     assert len(aligned.uns["missing_genes"]) == 10
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(epochs=-1), "epochs"), (dict(lr=0.0), "learning rate"), (dict(batch_size=1), "batch size"),
-    (dict(params={"hidden": "a,b"}), "comma-separated"), (dict(params={"nope": 1}), "no parameter"),
-    (dict(params={"dropout": 2.0}), "out of range"), (dict(label_key=None), "label column"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(epochs=-1), "epochs"),
+        (dict(lr=0.0), "learning rate"),
+        (dict(batch_size=1), "batch size"),
+        (dict(params={"hidden": "a,b"}), "comma-separated"),
+        (dict(params={"nope": 1}), "no parameter"),
+        (dict(params={"dropout": 2.0}), "out of range"),
+        (dict(label_key=None), "label column"),
+    ],
+)
 def test_hyperparameters_out_of_range(bad, message):
     kw = dict(model="mlp", data="x.h5ad", label_key="cell_type") | bad
     with pytest.raises(ScwbError, match=message):
@@ -155,7 +226,14 @@ def test_hyperparameters_out_of_range(bad, message):
 
 
 def test_batch_larger_than_data_still_trains(tmp_path, separable_file):
-    _, metrics = _run(tmp_path, model="logreg", data=separable_file, label_key="label", epochs=2, batch_size=100_000)
+    _, metrics = _run(
+        tmp_path,
+        model="logreg",
+        data=separable_file,
+        label_key="label",
+        epochs=2,
+        batch_size=100_000,
+    )
     assert 0 <= metrics["test_accuracy"] <= 1
 
 

@@ -57,44 +57,76 @@ REGISTRY: dict[str, ModelInfo] = {
     m.name: m
     for m in [
         ModelInfo(
-            "logreg", "classify", "Logistic regression (torch)",
+            "logreg",
+            "classify",
+            "Logistic regression (torch)",
             "One linear layer; softmax + cross-entropy (sigmoid + BCE for two classes), Adam.",
             params={"weight_decay": Param(0.0, "L2 penalty on the weights", low=0)},
-            epochs=50, lr=1e-2,
+            epochs=50,
+            lr=1e-2,
         ),
         ModelInfo(
-            "mlp", "classify", "MLP classifier",
+            "mlp",
+            "classify",
+            "MLP classifier",
             "Fully connected hidden layers (default one of 50) with a chosen activation and dropout.",
             params={
                 "hidden": Param("50", "hidden layer widths, comma-separated"),
-                "activation": Param("relu", "hidden activation", choices=("relu", "sigmoid", "tanh")),
+                "activation": Param(
+                    "relu", "hidden activation", choices=("relu", "sigmoid", "tanh")
+                ),
                 "dropout": Param(0.1, "dropout after each hidden layer", low=0, high=0.9),
                 "weight_decay": Param(0.0, "L2 penalty on the weights", low=0),
             },
             epochs=50,
         ),
         ModelInfo(
-            "sk_logreg", "classify", "Baseline: scikit-learn LogisticRegression",
-            "sklearn LogisticRegression (lbfgs, L2) on the same training cells.", kind="sklearn", baseline=True,
-            params={"C": Param(1.0, "inverse regularisation strength", low=1e-6), "max_iter": Param(1000, "solver iterations", low=1)},
+            "sk_logreg",
+            "classify",
+            "Baseline: scikit-learn LogisticRegression",
+            "sklearn LogisticRegression (lbfgs, L2) on the same training cells.",
+            kind="sklearn",
+            baseline=True,
+            params={
+                "C": Param(1.0, "inverse regularisation strength", low=1e-6),
+                "max_iter": Param(1000, "solver iterations", low=1),
+            },
         ),
         ModelInfo(
-            "autoencoder", "reconstruct", "Autoencoder (scQUEST)",
+            "autoencoder",
+            "reconstruct",
+            "Autoencoder (scQUEST)",
             "Encoder n_in->32->16->8->4 mirrored; MSE; per-cell reconstruction error = abnormality.",
             params={
                 "widths": Param("32,16,8,4", "encoder widths, the last is the latent size"),
-                "activation": Param("relu", "hidden activation", choices=("relu", "sigmoid", "tanh")),
-                "output": Param("auto", "sigmoid output for MinMax-scaled input", choices=("auto", "sigmoid", "linear")),
+                "activation": Param(
+                    "relu", "hidden activation", choices=("relu", "sigmoid", "tanh")
+                ),
+                "output": Param(
+                    "auto",
+                    "sigmoid output for MinMax-scaled input",
+                    choices=("auto", "sigmoid", "linear"),
+                ),
             },
             epochs=50,
         ),
         ModelInfo(
-            "pca", "reconstruct", "Baseline: PCA",
-            "sklearn PCA with the same latent size; reconstruction = inverse transform.", kind="sklearn", baseline=True,
-            params={"n_components": Param(4, "number of components (match the network's latent size)", low=1)},
+            "pca",
+            "reconstruct",
+            "Baseline: PCA",
+            "sklearn PCA with the same latent size; reconstruction = inverse transform.",
+            kind="sklearn",
+            baseline=True,
+            params={
+                "n_components": Param(
+                    4, "number of components (match the network's latent size)", low=1
+                )
+            },
         ),
         ModelInfo(
-            "vae", "embed", "VAE on counts (scVI-style)",
+            "vae",
+            "embed",
+            "VAE on counts (scVI-style)",
             "Library-size aware VAE with NB (default), ZINB or Gaussian likelihood; optional batch covariate.",
             needs="counts",
             params={
@@ -102,19 +134,29 @@ REGISTRY: dict[str, ModelInfo] = {
                 "n_latent": Param(10, "latent dimensions", low=1),
                 "n_layers": Param(1, "hidden layers", low=1, high=5),
                 "dropout": Param(0.1, "encoder dropout", low=0, high=0.9),
-                "likelihood": Param("nb", "count model (gaussian for normalised data)", choices=("nb", "zinb", "gaussian")),
+                "likelihood": Param(
+                    "nb",
+                    "count model (gaussian for normalised data)",
+                    choices=("nb", "zinb", "gaussian"),
+                ),
                 "batch_key": Param("", "obs column with the batch (optional)"),
                 "kl_warmup": Param(20, "epochs over which the KL weight rises to 1", low=0),
             },
             epochs=100,
         ),
         ModelInfo(
-            "pca_embed", "embed", "Baseline: PCA embedding",
-            "sklearn PCA on log-normalised counts with the VAE's latent size.", kind="sklearn", baseline=True,
+            "pca_embed",
+            "embed",
+            "Baseline: PCA embedding",
+            "sklearn PCA on log-normalised counts with the VAE's latent size.",
+            kind="sklearn",
+            baseline=True,
             params={"n_components": Param(10, "number of components", low=1)},
         ),
         ModelInfo(
-            "scgen", "perturb", "scGen (VAE + latent arithmetic)",
+            "scgen",
+            "perturb",
+            "scGen (VAE + latent arithmetic)",
             "VAE on log-normalised expression (2x800, BatchNorm, LeakyReLU, dropout 0.2, latent 100, KL 5e-5); "
             "prediction = decode(latent of control cells + stimulation vector).",
             needs="lognorm",
@@ -124,9 +166,14 @@ REGISTRY: dict[str, ModelInfo] = {
                 "n_latent": Param(100, "latent dimensions", low=1),
                 "dropout": Param(0.2, "dropout", low=0, high=0.9),
                 "kl_weight": Param(5e-5, "weight of the KL term", low=0),
-                "delta_cell_types": Param("", "cell types the stimulation vector is computed from (empty: all training types)"),
+                "delta_cell_types": Param(
+                    "",
+                    "cell types the stimulation vector is computed from (empty: all training types)",
+                ),
             },
-            epochs=100, batch_size=32, patience=25,
+            epochs=100,
+            batch_size=32,
+            patience=25,
         ),
     ]
 }
@@ -147,7 +194,9 @@ def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
     out = info.defaults()
     for key, value in given.items():
         if key not in info.params:
-            raise ScwbError(f"{info.name} has no parameter {key!r}; it takes {', '.join(info.params) or 'none'}.")
+            raise ScwbError(
+                f"{info.name} has no parameter {key!r}; it takes {', '.join(info.params) or 'none'}."
+            )
         p = info.params[key]
         try:
             if isinstance(p.default, bool):
@@ -159,9 +208,13 @@ def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ScwbError(f"{info.name}: {key} must be a {type(p.default).__name__}, not {value!r}.") from None
+            raise ScwbError(
+                f"{info.name}: {key} must be a {type(p.default).__name__}, not {value!r}."
+            ) from None
         if p.choices and value not in p.choices:
-            raise ScwbError(f"{info.name}: {key} must be one of {', '.join(p.choices)}, not {value!r}.")
+            raise ScwbError(
+                f"{info.name}: {key} must be one of {', '.join(p.choices)}, not {value!r}."
+            )
         if p.low is not None and value < p.low or p.high is not None and value > p.high:
             raise ScwbError(f"{info.name}: {key}={value} is out of range [{p.low}, {p.high}].")
         out[key] = value
@@ -176,12 +229,21 @@ def _check_widths(model: str, key: str, text: str, allow_empty: bool) -> None:
     try:
         w = _widths(text)
     except ValueError:
-        raise ScwbError(f"{model}: {key} must be comma-separated integers like 64,32, not {text!r}.") from None
+        raise ScwbError(
+            f"{model}: {key} must be comma-separated integers like 64,32, not {text!r}."
+        ) from None
     if (not w and not allow_empty) or any(v < 1 for v in w):
         raise ScwbError(f"{model}: {key} needs positive widths, not {text!r}.")
 
 
-def build(info: ModelInfo, n_in: int, params: dict[str, Any], n_classes: int = 0, n_batch: int = 0, sigmoid_output: bool = False):
+def build(
+    info: ModelInfo,
+    n_in: int,
+    params: dict[str, Any],
+    n_classes: int = 0,
+    n_batch: int = 0,
+    sigmoid_output: bool = False,
+):
     """The torch network (or sklearn baseline) for ``info`` with ``params``."""
     if info.name == "logreg":
         from engine.models.classifier import Classifier
@@ -190,7 +252,9 @@ def build(info: ModelInfo, n_in: int, params: dict[str, Any], n_classes: int = 0
     if info.name == "mlp":
         from engine.models.classifier import Classifier
 
-        return Classifier(n_in, n_classes, _widths(params["hidden"]), params["activation"], params["dropout"])
+        return Classifier(
+            n_in, n_classes, _widths(params["hidden"]), params["activation"], params["dropout"]
+        )
     if info.name == "autoencoder":
         from engine.models.autoencoder import Autoencoder
 
@@ -198,9 +262,24 @@ def build(info: ModelInfo, n_in: int, params: dict[str, Any], n_classes: int = 0
     if info.name == "vae":
         from engine.models.vae import VAE
 
-        return VAE(n_in, params["n_hidden"], params["n_latent"], params["n_layers"], params["dropout"], params["likelihood"], n_batch)
+        return VAE(
+            n_in,
+            params["n_hidden"],
+            params["n_latent"],
+            params["n_layers"],
+            params["dropout"],
+            params["likelihood"],
+            n_batch,
+        )
     if info.name == "scgen":
         from engine.models.scgen import SCGEN
 
-        return SCGEN(n_in, params["n_hidden"], params["n_layers"], params["n_latent"], params["dropout"], params["kl_weight"])
+        return SCGEN(
+            n_in,
+            params["n_hidden"],
+            params["n_layers"],
+            params["n_latent"],
+            params["dropout"],
+            params["kl_weight"],
+        )
     raise ScwbError(f"{info.name} is not a torch model.")

@@ -12,12 +12,24 @@ from engine.models.nn import mlp
 class Autoencoder(nn.Module):
     """``n_in -> widths -> latent`` mirrored back; sigmoid output for MinMax-scaled input."""
 
-    def __init__(self, n_in: int, widths: tuple[int, ...] = (32, 16, 8, 4), activation: str = "relu", sigmoid_output: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        n_in: int,
+        widths: tuple[int, ...] = (32, 16, 8, 4),
+        activation: str = "relu",
+        sigmoid_output: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         *hidden, latent = widths
-        self.encoder = nn.Sequential(mlp(n_in, hidden, activation, dropout), nn.Linear(hidden[-1] if hidden else n_in, latent))
+        self.encoder = nn.Sequential(
+            mlp(n_in, hidden, activation, dropout),
+            nn.Linear(hidden[-1] if hidden else n_in, latent),
+        )
         back = list(reversed(hidden))
-        self.decoder = nn.Sequential(mlp(latent, back, activation, dropout), nn.Linear(back[-1] if back else latent, n_in))
+        self.decoder = nn.Sequential(
+            mlp(latent, back, activation, dropout), nn.Linear(back[-1] if back else latent, n_in)
+        )
         self.sigmoid_output = sigmoid_output
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,11 @@ class SkLogReg:
         return self.est.predict_proba(x)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"coef": torch.as_tensor(self.est.coef_), "intercept": torch.as_tensor(self.est.intercept_), "classes": torch.as_tensor(self.est.classes_)}
+        return {
+            "coef": torch.as_tensor(self.est.coef_),
+            "intercept": torch.as_tensor(self.est.intercept_),
+            "classes": torch.as_tensor(self.est.classes_),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.est.coef_ = state["coef"].numpy()
@@ -53,7 +57,10 @@ class PCABaseline:
         return self.est.inverse_transform(self.est.transform(x))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"components": torch.as_tensor(self.est.components_), "mean": torch.as_tensor(self.est.mean_)}
+        return {
+            "components": torch.as_tensor(self.est.components_),
+            "mean": torch.as_tensor(self.est.mean_),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.est.components_ = state["components"].numpy()

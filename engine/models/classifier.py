@@ -16,7 +16,14 @@ class Classifier(nn.Module):
     more classes use softmax with cross-entropy.
     """
 
-    def __init__(self, n_in: int, n_classes: int, hidden: tuple[int, ...] = (), activation: str = "relu", dropout: float = 0.0):
+    def __init__(
+        self,
+        n_in: int,
+        n_classes: int,
+        hidden: tuple[int, ...] = (),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.n_classes = n_classes
         self.binary = n_classes == 2

@@ -12,7 +12,13 @@ from torch import nn
 
 
 class LitModel(pl.LightningModule):
-    def __init__(self, module: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, kl_warmup_epochs: int = 0):
+    def __init__(
+        self,
+        module: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        kl_warmup_epochs: int = 0,
+    ):
         super().__init__()
         self.module = module
         self.lr = lr
@@ -39,4 +45,6 @@ class LitModel(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.Adam(
+            self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )

@@ -34,7 +34,9 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def log_nb(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
     """Negative-binomial log-likelihood (mean ``mu``, inverse dispersion ``theta``), per entry."""
     log_theta_mu = torch.log(theta + mu + eps)
     return (
@@ -46,7 +48,13 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 
     )
 
 
-def log_zinb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def log_zinb(
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    theta: torch.Tensor,
+    pi_logits: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """Zero-inflated NB log-likelihood; ``pi_logits`` are the dropout logits."""
     softplus_pi = F.softplus(-pi_logits)
     log_theta_mu = torch.log(theta + mu + eps)

@@ -15,13 +15,23 @@ class SCGEN(nn.Module):
     """Published defaults: 2 hidden layers of 800 (BatchNorm, LeakyReLU, dropout 0.2), latent 100,
     loss ``0.5 * sum (x - x_hat)^2 + 0.5 * kl_weight * KL`` with ``kl_weight = 5e-5``."""
 
-    def __init__(self, n_in: int, n_hidden: int = 800, n_layers: int = 2, n_latent: int = 100, dropout: float = 0.2, kl_weight: float = 5e-5):
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int = 800,
+        n_layers: int = 2,
+        n_latent: int = 100,
+        dropout: float = 0.2,
+        kl_weight: float = 5e-5,
+    ):
         super().__init__()
         widths = [n_hidden] * n_layers
         self.encoder = mlp(n_in, widths, "leaky_relu", dropout, batch_norm=True)
         self.z_mean = nn.Linear(n_hidden, n_latent)
         self.z_logvar = nn.Linear(n_hidden, n_latent)
-        self.decoder = nn.Sequential(mlp(n_latent, widths, "leaky_relu", dropout, batch_norm=True), nn.Linear(n_hidden, n_in))
+        self.decoder = nn.Sequential(
+            mlp(n_latent, widths, "leaky_relu", dropout, batch_norm=True), nn.Linear(n_hidden, n_in)
+        )
         self.kl_weight = kl_weight
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +50,11 @@ class SCGEN(nn.Module):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         rec = (x - self.decode(z)).pow(2).sum(-1)
         kl = kl_normal(mu, logvar)
-        return {"loss": (0.5 * rec + 0.5 * self.kl_weight * kl).mean(), "reconstruction": rec.mean(), "kl": kl.mean()}
+        return {
+            "loss": (0.5 * rec + 0.5 * self.kl_weight * kl).mean(),
+            "reconstruction": rec.mean(),
+            "kl": kl.mean(),
+        }
 
 
 def balanced_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -45,18 +45,28 @@ class VAE(nn.Module):
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log1p(x) if self.likelihood in ("nb", "zinb") else x
 
-    def encode(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(self._cov(self._input(x), batch))
         return self.z_mean(h), self.z_logvar(h).clamp(-10, 10)
 
-    def decode(self, z: torch.Tensor, library: torch.Tensor, batch: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def decode(
+        self, z: torch.Tensor, library: torch.Tensor, batch: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         h = self.decoder(self._cov(z, batch))
         if self.likelihood == "gaussian":
             return {"mean": self.scale(h), "proportion": self.scale(h)}
         proportion = torch.softmax(self.scale(h), dim=-1)
-        return {"mean": proportion * library, "proportion": proportion, "dropout_logits": self.dropout_logits(h)}
+        return {
+            "mean": proportion * library,
+            "proportion": proportion,
+            "dropout_logits": self.dropout_logits(h),
+        }
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor | None = None, sample: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, batch: torch.Tensor | None = None, sample: bool = True
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, batch)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         library = x.sum(1, keepdim=True)
@@ -70,7 +80,9 @@ class VAE(nn.Module):
             return -log_zinb(x, out["mean"], theta, out["dropout_logits"]).sum(-1)
         return -log_nb(x, out["mean"], theta).sum(-1)
 
-    def loss(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0, **_: float) -> dict[str, torch.Tensor]:
+    def loss(
+        self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0, **_: float
+    ) -> dict[str, torch.Tensor]:
         x = batch["x"]
         out, mu, logvar = self(x, batch.get("batch"))
         rec = self.reconstruction_nll(x, out)

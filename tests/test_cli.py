@@ -1,0 +1,223 @@
+"""The command line: real subprocesses, exit codes, one line on stderr for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def cli(*args, check=True):
+    p = subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr)
+    return p
+
+
+def test_help_documents_every_option():
+    out = cli("preprocess", "--help").stdout
+    for opt in (
+        "--recipe",
+        "--min-genes",
+        "--max-pct-mito",
+        "--min-cells",
+        "--normalize",
+        "--hvg",
+        "--scale",
+        "--arcsinh",
+        "--keep-counts",
+        "--subset",
+    ):
+        assert opt in out
+    train_help = cli("train", "--help").stdout
+    for opt in (
+        "--label-key",
+        "--layer",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--train-on",
+        "--param",
+        "--condition-key",
+        "--ctrl",
+        "--stim",
+        "--cell-type-key",
+        "--predict",
+    ):
+        assert opt in train_help
+
+
+def test_info_demo_preprocess_train_predict(tmp_path):
+    demo = tmp_path / "syn.h5ad"
+    cli("demo", "synthetic_perturbation", "-o", demo)
+    info = json.loads(cli("info", demo, "--json").stdout)
+    assert info["x_kind"] == "counts" and info["n_obs"] == 2000
+    assert "counts" in cli("info", demo).stdout
+    pre = tmp_path / "pre.h5ad"
+    out = cli(
+        "preprocess",
+        demo,
+        "-o",
+        pre,
+        "--min-genes",
+        10,
+        "--keep-counts",
+        "--normalize",
+        "logcpm",
+        "--hvg",
+        200,
+        "--scale",
+        "zscore",
+        "--save-recipe",
+        tmp_path / "r.json",
+    ).stdout
+    assert "hvg" in out and "200 genes" in out
+    recipe = json.loads((tmp_path / "r.json").read_text())
+    assert [s["name"] for s in recipe["steps"]] == [
+        "filter_cells",
+        "keep_counts",
+        "normalize",
+        "hvg",
+        "scale",
+    ]
+    pre2 = tmp_path / "pre2.h5ad"
+    cli("preprocess", demo, "-o", pre2, "--recipe", tmp_path / "r.json")
+    assert json.loads(cli("info", pre2, "--json").stdout)["n_vars"] == 200
+    metrics = json.loads(
+        cli(
+            "train",
+            "--data",
+            pre,
+            "--model",
+            "mlp",
+            "--label-key",
+            "cell_type",
+            "--epochs",
+            3,
+            "--out",
+            tmp_path / "run",
+            "--param",
+            "hidden=32",
+        ).stdout
+    )
+    assert metrics["test_accuracy"] > 0.9
+    cli("predict", "--run", tmp_path / "run", "--data", pre, "-o", tmp_path / "pred.h5ad")
+    assert (tmp_path / "pred.h5ad").exists()
+
+
+def test_submit_runs_wait(tmp_path, lognorm_file):
+    run_dir = cli(
+        "submit",
+        "--data",
+        lognorm_file,
+        "--model",
+        "logreg",
+        "--label-key",
+        "cell_type",
+        "--epochs",
+        2,
+    ).stdout.strip()
+    assert cli("wait", run_dir).stdout.strip() == "completed"
+    rows = json.loads(cli("runs", "--json").stdout)
+    assert rows[0]["path"] == run_dir and rows[0]["state"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "missing.h5ad"], "does not exist"),
+        (["train", "--data", "{lognorm}", "--model", "nope", "--out", "x"], "Unknown model"),
+        (["train", "--data", "{lognorm}", "--model", "mlp", "--out", "x"], "label column"),
+        (
+            [
+                "train",
+                "--data",
+                "{lognorm}",
+                "--model",
+                "mlp",
+                "--label-key",
+                "cell_type",
+                "--epochs",
+                "-3",
+                "--out",
+                "x",
+            ],
+            "epochs",
+        ),
+        (
+            [
+                "train",
+                "--data",
+                "{lognorm}",
+                "--model",
+                "mlp",
+                "--label-key",
+                "cell_type",
+                "--lr",
+                "0",
+                "--out",
+                "x",
+            ],
+            "learning rate",
+        ),
+        (
+            [
+                "train",
+                "--data",
+                "{lognorm}",
+                "--model",
+                "mlp",
+                "--label-key",
+                "nope",
+                "--out",
+                "{tmp}/r",
+            ],
+            "no column 'nope'",
+        ),
+        (
+            [
+                "train",
+                "--data",
+                "{lognorm}",
+                "--model",
+                "scgen",
+                "--condition-key",
+                "condition",
+                "--ctrl",
+                "control",
+                "--stim",
+                "infected",
+                "--cell-type-key",
+                "cell_type",
+                "--predict",
+                "B cell",
+                "--out",
+                "{tmp}/r",
+            ],
+            "no stimulated value",
+        ),
+        (
+            ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/bad.json"],
+            "Unknown recipe step",
+        ),
+        (["cancel", "no-such-run"], "No run"),
+    ],
+)
+def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, args, message):
+    (tmp_path / "bad.json").write_text('{"steps": [{"name": "teleport"}]}')
+    args = [a.format(lognorm=lognorm_file, tmp=tmp_path) for a in args]
+    p = cli(*args, check=False)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
+    assert "Traceback" not in p.stderr

@@ -1,0 +1,157 @@
+"""Jobs run in their own processes; the queue, cancel, faults and recovery keep state true."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from engine import jobs, runs
+from engine.spec import RunSpec
+
+LONG = dict(
+    model="scgen",
+    condition_key="condition",
+    ctrl="control",
+    stim="stimulated",
+    cell_type_key="cell_type",
+    predict="B cell",
+    epochs=5000,
+    patience=5000,
+    params={"n_hidden": 64, "n_latent": 8},
+)
+
+
+def _wait_state(run_dir, states, timeout=90):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = runs.read_status(run_dir)
+        if st.get("state") in states and (
+            st.get("state") != "running" or st.get("epoch", 0) > 0 or "running" not in states
+        ):
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir.name} stayed {runs.read_status(run_dir)}")
+
+
+def test_submit_returns_at_once_and_completes(workspace, lognorm_file):
+    t0 = time.time()
+    run_dir = jobs.submit(RunSpec(model="mlp", data=lognorm_file, label_key="cell_type", epochs=3))
+    assert time.time() - t0 < 2.0, "submit must not wait for training"
+    assert run_dir.parent == workspace / "runs"
+    st = jobs.wait(run_dir, timeout=120)
+    assert st["state"] == "completed", st
+    assert st["cells_per_s"] > 0 and st["epoch"] == 3 and st["pid"] and st["device"]
+    for f in ("metrics.json", "metrics.csv", "results.h5ad", "model.pt", "split.npz"):
+        assert (run_dir / f).exists()
+    assert [r["id"] for r in jobs.list_jobs()] == [run_dir.name]
+
+
+def test_one_slot_runs_jobs_in_order(monkeypatch, lognorm_file):
+    monkeypatch.setenv("SCWB_SLOTS", "1")
+    a = jobs.submit(RunSpec(model="mlp", data=lognorm_file, label_key="cell_type", epochs=20))
+    b = jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=2))
+    _wait_state(a, {"running"})
+    assert runs.read_status(b)["state"] == "queued"
+    assert jobs.wait(a, timeout=120)["state"] == "completed"
+    assert jobs.wait(b, timeout=120)["state"] == "completed"
+    assert runs.read_status(b)["started"] >= runs.read_status(a)["finished"]
+
+
+def test_cancel_running_job_keeps_best_weights(lognorm_file):
+    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG))
+    _wait_state(run_dir, {"running"})
+    assert jobs.cancel(run_dir.name) == "cancelling"
+    st = jobs.wait(run_dir, timeout=60)
+    assert st["state"] == "cancelled", st
+    assert (run_dir / "model.pt").exists() and (run_dir / "metrics.json").exists()
+    assert runs.read_metrics_csv(run_dir)["epoch"].max() < 5000
+
+
+def test_cancel_queued_job(monkeypatch, lognorm_file):
+    monkeypatch.setenv("SCWB_SLOTS", "1")
+    a = jobs.submit(RunSpec(data=lognorm_file, **LONG))
+    b = jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=2))
+    _wait_state(a, {"running"})
+    jobs.cancel(b)
+    assert jobs.wait(b, timeout=30)["state"] == "cancelled"
+    jobs.cancel(a)
+    assert jobs.wait(a, timeout=60)["state"] == "cancelled"
+
+
+def test_sigkill_of_worker_is_failed_with_reason(lognorm_file):
+    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG))
+    st = _wait_state(run_dir, {"running"})
+    os.kill(st["pid"], signal.SIGKILL)
+    st = jobs.wait(run_dir, timeout=30)
+    assert st["state"] == "failed" and "SIGKILL" in st["error"]
+
+
+def test_exception_in_worker_is_failed_with_message(tmp_path):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("not hdf5")
+    run_dir = jobs.submit(RunSpec(model="mlp", data=str(bad), label_key="x", epochs=1))
+    st = jobs.wait(run_dir, timeout=60)
+    assert st["state"] == "failed" and "not a readable .h5ad" in st["error"]
+
+
+def test_restart_marks_orphans_interrupted_and_keeps_finished(workspace, lognorm_file):
+    done = jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1))
+    jobs.wait(done, timeout=60)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = workspace / "runs" / "20260101-000000-mlp-dead"
+    orphan.mkdir(parents=True)
+    runs.write_json(orphan / "run.json", {"model": "mlp", "created": "2026-01-01T00:00:00"})
+    runs.write_json(
+        orphan / "status.json", {"state": "running", "supervisor_pid": dead.pid, "epoch": 3}
+    )
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows[orphan.name]["state"] == "interrupted"
+    assert rows[done.name]["state"] == "completed"
+
+
+def test_concurrent_submissions_from_threads(monkeypatch, lognorm_file):
+    monkeypatch.setenv("SCWB_SLOTS", "2")
+    out: list = []
+
+    def go():
+        out.append(
+            jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1))
+        )
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(out)) == 4
+    assert all(jobs.wait(r, timeout=180)["state"] == "completed" for r in out)
+
+
+def test_corrupt_run_folder_does_not_break_listing(workspace):
+    (workspace / "runs" / "broken").mkdir(parents=True)
+    (workspace / "runs" / "broken" / "status.json").write_text("{half a json")
+    (workspace / "runs" / "empty").mkdir()
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows["broken"]["state"] == "failed" and "corrupt" in rows["broken"]["error"]
+    assert rows["empty"]["state"] == "failed"
+
+
+def test_delete_refuses_active_and_removes_finished(lognorm_file):
+    from engine.errors import ScwbError
+
+    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG))
+    with pytest.raises(ScwbError, match="still active"):
+        jobs.delete(run_dir)
+    jobs.cancel(run_dir)
+    jobs.wait(run_dir, timeout=60)
+    jobs.delete(run_dir)
+    assert not run_dir.exists()
+
+
+def test_resolve_run_refuses_escape():
+    from engine.errors import ScwbError
+
+    with pytest.raises(ScwbError):
+        jobs.resolve_run("../../etc")

@@ -1,0 +1,180 @@
+"""scGen: hold a cell type's stimulated cells out, predict them, compare with the baselines."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine import evaluate, predict, train
+from engine.errors import ScwbError
+from engine.spec import RunSpec
+
+SMALL = {"n_hidden": 128, "n_latent": 10}
+DESIGN = dict(
+    condition_key="condition", ctrl="control", stim="stimulated", cell_type_key="cell_type"
+)
+
+
+def test_scgen_defaults_are_published_ones():
+    spec = RunSpec(model="scgen", data="x", predict="B cell", **DESIGN)
+    assert spec.params | {"delta_cell_types": ""} == {
+        "n_hidden": 800,
+        "n_layers": 2,
+        "n_latent": 100,
+        "dropout": 0.2,
+        "kl_weight": 5e-5,
+        "delta_cell_types": "",
+    }
+    assert spec.lr == 1e-3 and spec.patience == 25
+
+
+def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
+    spec = RunSpec(
+        model="scgen",
+        data=lognorm_file,
+        out=str(tmp_path / "run"),
+        predict="B cell",
+        epochs=25,
+        params=SMALL,
+        **DESIGN,
+    )
+    metrics = train.run(spec)
+    keys = [
+        "r2_mean_all",
+        "r2_mean_top100",
+        "r2score_mean_all",
+        "r2score_mean_top100",
+        "r2_var_all",
+        "pearson_delta",
+        "direction_top20",
+    ]
+    for k in keys:
+        for prefix in ("", "baseline_noshift_", "baseline_meanshift_"):
+            assert prefix + k in metrics
+    assert metrics["r2_mean_all"] > metrics["baseline_noshift_r2_mean_all"]
+    assert metrics["pearson_delta"] > 0.5 and metrics["direction_top20"] >= 0.7
+    res = ad.read_h5ad(tmp_path / "run" / "results.h5ad")
+    pred = res[res.obs["condition"] == "predicted"]
+    n_ctrl = ((res.obs["cell_type"] == "B cell") & (res.obs["condition"] == "control")).sum()
+    assert pred.n_obs == n_ctrl and set(pred.obs["cell_type"]) == {"B cell"}
+    split = np.load(tmp_path / "run" / "split.npz")
+    held = res.obs.iloc[split["test"]]
+    assert set(held["cell_type"]) == {"B cell"} and set(held["condition"]) == {"stimulated"}
+    assert not set(split["test"]) & set(split["train"]) and not set(split["test"]) & set(
+        split["val"]
+    )
+    degs = json.loads((tmp_path / "run" / "top_degs.json").read_text())
+    assert len(degs) == 100
+
+
+def test_leave_one_out_table(tmp_path, lognorm_file):
+    spec = RunSpec(
+        model="scgen",
+        data=lognorm_file,
+        out=str(tmp_path / "loo"),
+        predict="all",
+        epochs=3,
+        params=SMALL,
+        **DESIGN,
+    )
+    metrics = train.run(spec)
+    table = pd.read_csv(tmp_path / "loo" / "loo.csv")
+    assert sorted(table["cell_type"]) == ["B cell", "Monocyte", "NK cell", "T cell"]
+    assert {"r2_mean_all", "baseline_meanshift_r2_mean_all", "beats_noshift"} <= set(table.columns)
+    assert metrics["cell_types"] == list(table["cell_type"])
+    assert np.isclose(metrics["r2_mean_all"], table["r2_mean_all"].mean())
+
+
+def test_predict_new_control_cells_with_saved_model(tmp_path, lognorm_file, lognorm_adata):
+    spec = RunSpec(
+        model="scgen",
+        data=lognorm_file,
+        out=str(tmp_path / "run"),
+        predict="NK cell",
+        epochs=2,
+        params=SMALL,
+        **DESIGN,
+    )
+    train.run(spec)
+    ctrl = lognorm_adata[
+        (lognorm_adata.obs["condition"] == "control") & (lognorm_adata.obs["cell_type"] == "T cell")
+    ].copy()
+    out = predict.predict(spec.out, ctrl)
+    assert out.n_obs == ctrl.n_obs and set(out.obs["condition"]) == {"predicted"}
+
+
+def test_metric_definitions():
+    rng = np.random.default_rng(0)
+    ctrl = rng.random((50, 30))
+    real = ctrl + np.linspace(0, 1, 30)
+    genes = np.array([f"g{i}" for i in range(30)])
+    perfect = evaluate.perturbation(real, real, ctrl, genes, list(genes[::-1]))
+    assert perfect["r2_mean_all"] == pytest.approx(1) and perfect[
+        "r2score_mean_all"
+    ] == pytest.approx(1)
+    assert perfect["pearson_delta"] == pytest.approx(1) and perfect["direction_top20"] == 1
+    noshift = evaluate.perturbation(ctrl, real, ctrl, genes, list(genes), prefix="b_")
+    assert noshift["b_pearson_delta"] == 0 and noshift["b_r2score_mean_all"] < 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(stim="infected"), "no stimulated value 'infected'"),
+        (dict(predict="Platelet"), "no value 'Platelet'"),
+        (dict(condition_key="nope"), "no column 'nope'"),
+    ],
+)
+def test_design_errors(tmp_path, lognorm_file, change, message):
+    kw = DESIGN | dict(predict="B cell") | change
+    with pytest.raises(ScwbError, match=message):
+        train.run(
+            RunSpec(
+                model="scgen",
+                data=lognorm_file,
+                out=str(tmp_path / "r"),
+                epochs=1,
+                params=SMALL,
+                **kw,
+            )
+        )
+
+
+def test_target_without_control_cells(tmp_path, lognorm_adata):
+    a = lognorm_adata[
+        ~(
+            (lognorm_adata.obs["cell_type"] == "B cell")
+            & (lognorm_adata.obs["condition"] == "control")
+        )
+    ].copy()
+    path = tmp_path / "noctrl.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(ScwbError, match="no control cells"):
+        train.run(
+            RunSpec(
+                model="scgen",
+                data=str(path),
+                out=str(tmp_path / "r"),
+                epochs=1,
+                params=SMALL,
+                predict="B cell",
+                **DESIGN,
+            )
+        )
+
+
+def test_scgen_refuses_counts(tmp_path, counts_file):
+    with pytest.raises(ScwbError, match="raw counts"):
+        train.run(
+            RunSpec(
+                model="scgen",
+                data=counts_file,
+                out=str(tmp_path / "r"),
+                epochs=1,
+                params=SMALL,
+                predict="B cell",
+                **DESIGN,
+            )
+        )
