@@ -446,3 +446,23 @@ __all__ = [
     "write_h5ad",
     "to_bytes",
 ]
+
+
+def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
+    """Per-cell genes detected, total counts and % mitochondrial (on ``layers['counts']`` when
+    present, as scanpy's ``calculate_qc_metrics``)."""
+    x = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    x = sp.csr_matrix(x)
+    out = pd.DataFrame(index=adata.obs_names)
+    out["n_genes"] = (
+        np.diff(x.indptr) if x.has_canonical_format else np.asarray((x != 0).sum(1)).ravel()
+    )
+    out["total_counts"] = np.asarray(x.sum(1)).ravel()
+    mito = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
+    if mito.any():
+        out["pct_mito"] = (
+            100
+            * np.asarray(x[:, mito].sum(1)).ravel()
+            / np.maximum(out["total_counts"].to_numpy(), 1e-12)
+        )
+    return out

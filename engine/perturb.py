@@ -138,7 +138,6 @@ def run_perturbation(
     out = adata.copy()
     out.obsm["X_scgen"] = latent_all
     pred = ad.concat(predicted, join="outer") if len(predicted) > 1 else predicted[0]
-    pred.obsm["X_scgen"] = np.zeros((pred.n_obs, latent_all.shape[1]), dtype=np.float32)
     merged = ad.concat([out, pred], join="outer", merge="first", uns_merge="first")
     merged.obs[spec.condition_key] = pd.Categorical(merged.obs[spec.condition_key].astype(str))
     merged.uns["scgen"] = {
@@ -286,3 +285,35 @@ def _mean_shift(
         if c.any() and s.any():
             shifts.append(dense[s].mean(0) - dense[c].mean(0))
     return np.mean(shifts, axis=0) if shifts else np.zeros(dense.shape[1], dtype=np.float32)
+
+
+def gene_means(
+    results: ad.AnnData, condition_key: str, cell_type_key: str, ctrl: str, stim: str, target: str
+) -> pd.DataFrame:
+    """Per-gene means of the target's control, predicted and real stimulated cells, and the
+    mean-shift baseline (control + mean shift of the other cell types), from a results AnnData."""
+    cond = results.obs[condition_key].astype(str).to_numpy()
+    types = results.obs[cell_type_key].astype(str).to_numpy()
+    x = results.X
+
+    def mean(mask: np.ndarray) -> np.ndarray:
+        return (
+            np.asarray(x[mask].mean(0)).ravel() if mask.any() else np.full(results.n_vars, np.nan)
+        )
+
+    is_t = types == target
+    shifts = [
+        mean((types == t) & (cond == stim)) - mean((types == t) & (cond == ctrl))
+        for t in sorted(set(types[~is_t]))
+        if ((types == t) & (cond == stim)).any() and ((types == t) & (cond == ctrl)).any()
+    ]
+    ctrl_mean = mean(is_t & (cond == ctrl))
+    return pd.DataFrame(
+        {
+            "control": ctrl_mean,
+            "predicted": mean(is_t & (cond == "predicted")),
+            "real": mean(is_t & (cond == stim)),
+            "meanshift": ctrl_mean + (np.mean(shifts, 0) if shifts else 0),
+        },
+        index=results.var_names.astype(str),
+    )

@@ -1,0 +1,81 @@
+"""scWorkbench: the Streamlit app. Home page, navigation and the sidebar shared by every page.
+
+Run with ``make run``. Every action is an engine call (``engine/``); pages only draw.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import datasets, jobs
+from engine.demos import DEMOS
+from ui import sidebar
+from ui.state import set_dataset, show_error
+
+
+def home() -> None:
+    st.title("🧬 scWorkbench")
+    st.markdown(
+        "Train and compare deep models on single-cell data without writing code. "
+        "Load an `.h5ad` (or a demo), preprocess it, and train classifiers, autoencoders, VAEs or scGen "
+        "in the background, on the GPU when there is one. "
+        "Inspect reconstructions, embeddings, abnormality scores and predicted perturbation responses, "
+        "compare runs on the same split against simple baselines, and take everything home."
+    )
+    c1, c2 = st.columns(2)
+    with c1:
+        st.subheader("Start with a demo")
+        demo = st.selectbox("Demo dataset", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
+        if st.button("Load demo", type="primary"):
+            try:
+                from engine.demos import load_demo
+
+                set_dataset(datasets.save(load_demo(demo), demo, source=f"demo:{demo}"))
+                st.switch_page("pages/data.py")
+            except Exception as exc:
+                show_error(exc)
+    with c2:
+        st.subheader("Or bring your own data")
+        st.markdown(
+            "Upload `.h5ad`, 10x `.h5`, a zipped 10x `.mtx` folder or a `.csv`/`.tsv` matrix on the **Data** page."
+        )
+        st.page_link("pages/data.py", label="Go to Data", icon="📂")
+    st.divider()
+    st.subheader("Where you left off")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Recent datasets**")
+        rows = datasets.list_datasets()[:5]
+        if not rows:
+            st.caption("None yet.")
+        for d in rows:
+            if st.button(
+                f"{d['name']} · {d['n_obs']} x {d['n_vars']} · {d['x_kind']}", key=f"ds-{d['name']}"
+            ):
+                set_dataset(d["name"])
+                st.switch_page("pages/data.py")
+    with c2:
+        st.markdown("**Recent runs**")
+        recent = jobs.list_jobs()[:5]
+        if not recent:
+            st.caption("None yet.")
+        for r in recent:
+            st.markdown(f"`{r['id']}` · {r['model']} on {r['dataset']} · **{r['state']}**")
+        if recent:
+            st.page_link("pages/runs.py", label="All runs", icon="🏃")
+
+
+st.set_page_config(page_title="scWorkbench", page_icon="🧬", layout="wide")
+nav = st.navigation(
+    [
+        st.Page(home, title="Home", icon="🏠", default=True),
+        st.Page("pages/data.py", title="Data", icon="📂"),
+        st.Page("pages/preprocess.py", title="Preprocess", icon="🧹"),
+        st.Page("pages/train.py", title="Train", icon="🏋️"),
+        st.Page("pages/runs.py", title="Runs", icon="🏃"),
+        st.Page("pages/results.py", title="Results", icon="📊"),
+        st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+    ]
+)
+sidebar.draw()
+nav.run()

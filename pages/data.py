@@ -1,0 +1,140 @@
+"""Data: load a file, a demo or a server path; see what it holds, its QC and its embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import datasets, io, workspace
+from engine.demos import DEMOS, load_demo
+from ui import figures
+from ui.state import dataset_picker, set_dataset, show_error
+
+st.title("📂 Data")
+
+upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
+with upload:
+    f = st.file_uploader(
+        "AnnData .h5ad, 10x .h5, zipped 10x .mtx folder, or .csv/.tsv (cells x genes)",
+        type=["h5ad", "h5", "zip", "csv", "tsv", "gz"],
+    )
+    name = st.text_input(
+        "Save as",
+        value=(f.name.split(".")[0] if f else ""),
+        help="letters, digits, '_' and '-'; other characters become '_'",
+    )
+    if st.button("Load file", disabled=f is None, help=None if f else "choose a file first"):
+        try:
+            with st.spinner("Reading..."):
+                adata = io.read(f, filename=f.name)
+                set_dataset(datasets.save(adata, name or f.name, source=f"upload:{f.name}"))
+            st.success(f"Loaded {adata.n_obs:,} cells x {adata.n_vars:,} genes.")
+        except Exception as exc:
+            show_error(exc)
+with demo:
+    choice = st.selectbox("Demo", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
+    if st.button("Load demo"):
+        try:
+            set_dataset(datasets.save(load_demo(choice), choice, source=f"demo:{choice}"))
+        except Exception as exc:
+            show_error(exc)
+with server:
+    roots = workspace.allowed_server_roots()
+    path = st.text_input(
+        "File path on the server", disabled=not roots, help="for files larger than the upload limit"
+    )
+    if not roots:
+        st.caption(
+            "Off: the operator allows folders with the SCWB_DATA_ROOTS environment variable."
+        )
+    if st.button("Read path", disabled=not roots or not path):
+        try:
+            p = workspace.check_server_path(path)
+            set_dataset(datasets.save(io.read(p), p.name.split(".")[0], source=f"path:{p}"))
+        except Exception as exc:
+            show_error(exc)
+
+st.divider()
+name, adata, d = dataset_picker("Current dataset")
+if adata is None:
+    st.stop()
+
+c = st.columns(5)
+c[0].metric("Cells", f"{d['n_obs']:,}")
+c[1].metric("Genes", f"{d['n_vars']:,}")
+c[2].metric("X holds", d["x_kind"])
+c[3].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
+c[4].metric("Memory", f"{d['memory_mb']:.1f} MB")
+if d["layers"]:
+    st.markdown("**Layers:** " + ", ".join(f"`{k}` ({v})" for k, v in d["layers"].items()))
+if not (adata.var_names.is_unique and adata.obs_names.is_unique):
+    st.warning("Gene or cell names are duplicated; models need unique names.")
+    if st.button("Make names unique"):
+        fixed = io.make_unique(adata.copy())
+        datasets.save(fixed, name, source="made unique")
+        st.rerun()
+
+left, right = st.columns([1, 1])
+with left:
+    st.subheader("Label columns")
+    if d["labels"]:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "column": k,
+                        "values": len(v),
+                        "counts": ", ".join(f"{a} {b}" for a, b in list(v.items())[:6]),
+                    }
+                    for k, v in d["labels"].items()
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    else:
+        st.caption("No categorical column with 2-200 values.")
+with right:
+    st.subheader("Cells (first 200)")
+    st.dataframe(adata.obs.head(200), width="stretch", height=240)
+
+st.subheader("Quality control")
+group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")
+qc = io.qc_metrics(adata)
+if group != "(none)":
+    qc[group] = adata.obs[group].astype(str).to_numpy()
+if d["x_kind"] not in ("counts",) and "counts" not in adata.layers:
+    st.caption(
+        f"X holds {d['x_kind']} values: counts per cell are sums of those values, not raw UMIs."
+    )
+cols = st.columns(3)
+for col, fig in zip(
+    cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
+):
+    col.plotly_chart(fig, width="stretch")
+if d["mito_genes"] == 0:
+    st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
+
+st.subheader("Embedding")
+if not d["embeddings"]:
+    st.caption("No embedding in obsm yet (a trained VAE or autoencoder adds one).")
+else:
+    e1, e2 = st.columns(2)
+    preferred = next((i for i, k in enumerate(d["embeddings"]) if "umap" in k.lower()), 0)
+    key = e1.selectbox("Embedding", d["embeddings"], index=preferred)
+    color_by = e2.selectbox(
+        "Colour by", [*adata.obs.columns, *adata.var_names[:2000]], help="an obs column or a gene"
+    )
+    if color_by in adata.obs:
+        color = (
+            adata.obs[color_by].astype(str)
+            if not pd.api.types.is_numeric_dtype(adata.obs[color_by])
+            else adata.obs[color_by]
+        )
+    else:
+        col = adata[:, color_by].X
+        color = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+    st.plotly_chart(
+        figures.embedding(np.asarray(adata.obsm[key]), color, color_by, key), width="stretch"
+    )

@@ -1,0 +1,175 @@
+"""Preprocess: build a recipe step by step, preview its effect, save the result as a dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import scipy.sparse as sp
+import streamlit as st
+
+from engine import datasets, io
+from engine import preprocess as pp
+from ui.state import dataset_picker, set_dataset, show_error
+
+st.title("🧹 Preprocess")
+name, adata, d = dataset_picker("Dataset to preprocess")
+if adata is None:
+    st.stop()
+
+suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
+st.caption(
+    f"X holds **{d['x_kind']}** values; the ticked steps are suggested for that. "
+    + (
+        "Recipe already applied: " + ", ".join(s["name"] for s in d["recipe"]["steps"])
+        if d.get("recipe")
+        else ""
+    )
+)
+if d["x_kind"].startswith("scaled"):
+    st.warning(
+        "X already looks scaled: scaling it again, normalising or taking logs would distort it."
+    )
+
+steps: list[pp.Step] = []
+with st.container(border=True):
+    if st.checkbox("Subset cells by an obs column", key="pp_subset") and d["labels"]:
+        key = st.selectbox("Column", list(d["labels"]), key="pp_subset_key")
+        values = st.multiselect(
+            "Keep values",
+            list(d["labels"][key]),
+            default=list(d["labels"][key]),
+            key="pp_subset_vals",
+        )
+        steps.append(pp.Step("subset", {"key": key, "values": values}))
+    if st.checkbox("Filter cells", value="filter_cells" in suggested, key="pp_fc"):
+        c = st.columns(3)
+        p = suggested.get("filter_cells", {})
+        steps.append(
+            pp.Step(
+                "filter_cells",
+                {
+                    "min_genes": c[0].number_input(
+                        "min genes per cell",
+                        0,
+                        100_000,
+                        int(p.get("min_genes", 200 if d["x_kind"] == "counts" else 0)),
+                    ),
+                    "min_counts": c[1].number_input("min counts per cell", 0, 10_000_000, 0),
+                    "max_pct_mito": c[2].number_input(
+                        "max % mitochondrial",
+                        0.0,
+                        100.0,
+                        100.0,
+                        disabled=d["mito_genes"] == 0,
+                        help=None if d["mito_genes"] else "no gene starts with MT-",
+                    ),
+                },
+            )
+        )
+    if st.checkbox("Filter genes", value="filter_genes" in suggested, key="pp_fg"):
+        steps.append(
+            pp.Step(
+                "filter_genes",
+                {"min_cells": st.number_input("min cells per gene", 0, 1_000_000, 3)},
+            )
+        )
+    if st.checkbox(
+        "Keep raw counts in layers['counts']",
+        value="keep_counts" in suggested,
+        disabled=d["x_kind"] != "counts",
+        key="pp_kc",
+        help="count models (VAE) read them there",
+    ):
+        steps.append(pp.Step("keep_counts"))
+    if st.checkbox("Normalise library size + log1p", value="normalize" in suggested, key="pp_norm"):
+        target = st.radio("Target", ["logCPM (1e6)", "CP10k (1e4)"], horizontal=True)
+        steps.append(
+            pp.Step(
+                "normalize",
+                {"target_sum": 1e6 if target.startswith("logCPM") else 1e4, "log": True},
+            )
+        )
+    if st.checkbox("Highly variable genes", value="hvg" in suggested, key="pp_hvg"):
+        steps.append(
+            pp.Step(
+                "hvg",
+                {"n_top": st.number_input("number of genes", 10, 50_000, min(2000, d["n_vars"]))},
+            )
+        )
+    if st.checkbox("arcsinh (cytometry)", value="arcsinh" in suggested, key="pp_asinh"):
+        steps.append(
+            pp.Step("arcsinh", {"cofactor": st.number_input("cofactor", 0.1, 1000.0, 5.0)})
+        )
+    if st.checkbox("Scale", value="scale" in suggested, key="pp_scale"):
+        method = st.radio(
+            "Method",
+            ["minmax", "zscore"],
+            index=0 if suggested.get("scale", {}).get("method", "minmax") == "minmax" else 1,
+            horizontal=True,
+            format_func={"minmax": "MinMax to [0, 1]", "zscore": "z-score"}.get,
+        )
+        clip = st.number_input("clip z-scores at", 0.0, 100.0, 10.0, disabled=method != "zscore")
+        steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
+
+recipe = pp.Recipe(steps)
+st.download_button(
+    "Download recipe (JSON)",
+    recipe.to_json(),
+    file_name=f"{name}-recipe.json",
+    mime="application/json",
+)
+
+
+def _values(a) -> np.ndarray:
+    x = a.X[: min(a.n_obs, 2000)]
+    v = x.toarray().ravel() if sp.issparse(x) else np.asarray(x).ravel()
+    return np.random.default_rng(0).choice(v, size=min(v.size, 50_000), replace=False)
+
+
+if st.button(
+    "Preview", type="primary", disabled=not steps, help=None if steps else "tick at least one step"
+):
+    try:
+        with st.spinner("Applying recipe..."):
+            out, report = pp.apply(adata, recipe)
+        st.session_state["pp_result"] = (name, recipe.to_json(), out, report)
+    except Exception as exc:
+        show_error(exc)
+
+result = st.session_state.get("pp_result")
+if result and result[0] == name and result[1] == recipe.to_json():
+    _, _, out, report = result
+    st.subheader("Effect of each step")
+    st.dataframe(pd.DataFrame(report), hide_index=True, width="stretch")
+    vals = pd.DataFrame(
+        {
+            "value": np.concatenate([_values(adata), _values(out)]),
+            "data": ["before"] * len(_values(adata)) + ["after"] * len(_values(out)),
+        }
+    )
+    st.plotly_chart(
+        px.histogram(
+            vals,
+            x="value",
+            color="data",
+            barmode="overlay",
+            nbins=80,
+            log_y=True,
+            title="Value distribution (sample of entries)",
+        ),
+        width="stretch",
+    )
+    st.caption(f"After: X holds {io.matrix_kind(out.X)} values.")
+    new_name = st.text_input("Save as dataset", value=f"{name}_pp")
+    if st.button("Save"):
+        try:
+            saved = datasets.save(
+                out, new_name, source=f"recipe on {name}", parent=name, report=report
+            )
+            set_dataset(saved)
+            st.success(f"Saved as {saved}; it is now the current dataset.")
+        except Exception as exc:
+            show_error(exc)
+elif steps:
+    st.caption("Press Preview to see the effect before saving.")

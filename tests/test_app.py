@@ -1,0 +1,207 @@
+"""Every page through Streamlit's AppTest, as a user would click it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import datasets, jobs, train
+from engine.demos import load_demo
+from engine.spec import RunSpec
+from tests.conftest import ROOT
+
+T = 60
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+@pytest.fixture
+def dataset(lognorm_adata):
+    """A saved dataset, made current the way the app remembers it across restarts."""
+    from engine import runs, workspace
+
+    name = datasets.save(lognorm_adata, "syn", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    return name
+
+
+def test_home_shows_intro_and_loads_demo():
+    at = app()
+    assert "scWorkbench" in at.title[0].value
+    assert any("Train and compare" in m.value for m in at.markdown)
+    at.button[0].click().run()
+    assert not at.exception
+    assert [d["name"] for d in datasets.list_datasets()] == ["pbmc68k_reduced"]
+
+
+def _upload(at, name: str, content: bytes):
+    at.file_uploader[0].upload(name, content).run()
+    next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_data_page_upload_and_summary(counts_file):
+    at = app("data")
+    with open(counts_file, "rb") as fh:
+        _upload(at, "my counts.h5ad", fh.read())
+    assert not errors(at), errors(at)
+    assert any("Loaded 600 cells" in s.value for s in at.success)
+    assert [d["name"] for d in datasets.list_datasets()] == ["my_counts"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells"] == "600" and metrics["X holds"] == "counts"
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any("Genes detected" in t for t in titles) and any("mitochondrial" in t for t in titles)
+
+
+def test_data_page_bad_upload_is_one_line_and_page_still_works(counts_file):
+    at = app("data")
+    _upload(at, "broken.h5ad", b"this is not an hdf5 file")
+    assert errors(at) == ["broken.h5ad is not a readable .h5ad file (truncated or not HDF5)."]
+    with open(counts_file, "rb") as fh:
+        _upload(at, "good.h5ad", fh.read())
+    assert [d["name"] for d in datasets.list_datasets()] == ["good"]
+
+
+def test_data_page_server_path_is_off_by_default():
+    at = app("data")
+    assert at.text_input[1].disabled
+    assert any("SCWB_DATA_ROOTS" in c.value for c in at.caption)
+
+
+def test_data_page_embedding_on_pbmc68k():
+    datasets.save(load_demo("pbmc68k_reduced"), "pbmc")
+    at = app("data")
+    charts = at.get("plotly_chart")
+    spec = json.loads(charts[-1].proto.spec)
+    assert "X_umap" in spec["layout"]["title"]["text"]
+
+
+def test_preprocess_preview_and_save(counts_file):
+    from engine import io
+
+    datasets.save(io.read(counts_file), "raw")
+    at = app("preprocess")
+    assert any("counts" in c.value for c in at.caption)
+    preview = next(b for b in at.button if b.label == "Preview")
+    preview.click().run()
+    assert not at.exception and not errors(at)
+    report = at.dataframe[-1].value
+    assert list(report["step"])[:2] == ["input", "filter_cells"]
+    save = next(b for b in at.button if b.label == "Save")
+    save.click().run()
+    assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+
+
+def test_train_page_submits_two_models(dataset):
+    at = app("train")
+    assert at.radio[0].value == "classify"
+    assert set(at.multiselect[0].value) == {"logreg", "mlp", "sk_logreg"}
+    at.multiselect[0].set_value(["logreg", "sk_logreg"]).run()
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(2).run()
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert not errors(at), errors(at)
+    assert any("Submitted 2 run" in s.value for s in at.success)
+    rows = jobs.list_jobs()
+    assert len(rows) == 2 and len({r["group"] for r in rows}) == 1
+    for r in rows:
+        assert jobs.wait(r["path"], timeout=120)["state"] == "completed"
+
+
+def test_train_page_perturb_choices_come_from_data(dataset):
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    boxes = {s.label: s for s in at.selectbox}
+    assert boxes["Condition column"].value == "condition"
+    assert set(boxes["Control value"].options) == {"control", "stimulated"}
+    assert "B cell" in boxes["Cell type to predict"].options
+
+
+def _finished(dataset_name, model, **kw):
+    """A run trained in this process straight into the workspace, as a finished job leaves it."""
+    from engine import workspace
+
+    out = workspace.runs_dir() / f"run-{model}"
+    train.run(
+        RunSpec(
+            model=model,
+            data=str(datasets.path(dataset_name)),
+            dataset_name=dataset_name,
+            out=str(out),
+            **kw,
+        )
+    )
+    return out.name
+
+
+def test_runs_page_lists_and_shows_curve(dataset):
+    _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    at = app("runs")
+    df = at.dataframe[0].value
+    assert list(df["state"]) == ["completed"] and list(df["model"]) == ["mlp"]
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["name"] for t in fig["data"]} == {"train", "validation"}
+    assert next(b for b in at.button if b.label == "Cancel run").disabled
+
+
+def test_results_classifier(dataset):
+    _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    at = app("results")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any("Confusion" in t for t in titles) and any("F1 per class" in t for t in titles)
+    assert any(b.label == "Reproduce script (.py)" for b in at.get("download_button"))
+
+
+def test_results_autoencoder_heatmaps(dataset):
+    _finished(dataset, "autoencoder", epochs=2, label_key="cell_type")
+    at = app("results")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert (
+        any(t.startswith("Input") for t in titles)
+        and "Reconstruction" in titles
+        and any("Error" in t for t in titles)
+    )
+    assert any("abnormality" in t for t in titles)
+
+
+def test_results_scgen(dataset):
+    _finished(
+        dataset,
+        "scgen",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="B cell",
+        params={"n_hidden": 64, "n_latent": 8},
+    )
+    at = app("results")
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("scGen, B cell: R²") for t in titles)
+    assert any(t.startswith("Baseline: control + mean shift") for t in titles)
+    assert any("Top DEGs" in t for t in titles)
+
+
+def test_compare_two_runs(dataset):
+    _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    _finished(dataset, "sk_logreg", label_key="cell_type")
+    at = app("compare")
+    assert len(at.multiselect[0].value) == 2
+    table = at.dataframe[0].value
+    assert set(table.columns) >= {"run", "test_accuracy", "test_f1_macro"}
+    assert any("same test cells" in c.value for c in at.caption)

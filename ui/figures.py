@@ -1,0 +1,201 @@
+"""Plotly figures labelled with the data's own names; each says when it shows a sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import scipy.sparse as sp
+
+MAX_POINTS = 20_000
+MAX_HEATMAP_CELLS = 500
+MAX_HEATMAP_GENES = 50
+
+
+def sample_index(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def sampled_title(title: str, shown: int, total: int) -> str:
+    return title if shown == total else f"{title} (random sample of {shown:,} of {total:,} cells)"
+
+
+def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figure:
+    cols = [c for c in ("train_loss", "val_loss") if c in metrics]
+    if metrics.empty or not cols:
+        return go.Figure().update_layout(title="No epoch finished yet")
+    long = metrics.melt(id_vars="epoch", value_vars=cols, var_name="split", value_name="loss")
+    long["split"] = long["split"].map({"train_loss": "train", "val_loss": "validation"})
+    return px.line(long, x="epoch", y="loss", color="split", markers=True, title=title)
+
+
+def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -> go.Figure:
+    fig = go.Figure()
+    for name, df in curves.items():
+        if metric in df:
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=name))
+    return fig.update_layout(title=f"{metric} per epoch", xaxis_title="epoch", yaxis_title=metric)
+
+
+def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
+    idx = sample_index(len(qc), MAX_POINTS)
+    sub = qc.iloc[idx]
+    figs = []
+    for col, label in (
+        ("n_genes", "Genes detected per cell"),
+        ("total_counts", "Counts per cell"),
+        ("pct_mito", "% mitochondrial counts"),
+    ):
+        if col in sub:
+            fig = px.violin(
+                sub,
+                y=col,
+                x=group,
+                color=group,
+                box=True,
+                points=False,
+                title=sampled_title(label, len(sub), len(qc)),
+            )
+            figs.append(fig.update_layout(showlegend=False, yaxis_title=label))
+    return figs
+
+
+def embedding(
+    coords: np.ndarray, color: pd.Series | np.ndarray, color_name: str, title: str
+) -> go.Figure:
+    idx = sample_index(coords.shape[0], MAX_POINTS)
+    df = pd.DataFrame(
+        {"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], color_name: np.asarray(color)[idx]}
+    )
+    fig = px.scatter(
+        df,
+        x="dim 1",
+        y="dim 2",
+        color=color_name,
+        title=sampled_title(title, len(idx), coords.shape[0]),
+        render_mode="webgl",
+    )
+    return fig.update_traces(marker={"size": 4}).update_layout(legend_title=color_name)
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def recon_heatmaps(
+    x, recon, genes: list[str], groups: pd.Series | None
+) -> tuple[list[go.Figure], str]:
+    """scQUEST's figure: input, reconstruction and error for the same cells and genes."""
+    x, recon = _dense(x), _dense(recon)
+    n = x.shape[0]
+    idx = sample_index(n, MAX_HEATMAP_CELLS)
+    if groups is not None:
+        idx = idx[np.argsort(np.asarray(groups)[idx].astype(str), kind="stable")]
+    top = np.argsort(-x.var(0))[:MAX_HEATMAP_GENES]
+    gene_names = [genes[i] for i in top]
+    err = x[np.ix_(idx, top)] - recon[np.ix_(idx, top)]
+    lim = float(np.abs(err).max()) or 1.0
+    note = (
+        f"{len(idx):,} of {n:,} cells"
+        + (" (random sample)" if len(idx) < n else "")
+        + f", top {len(top)} variable genes"
+    )
+    ylabels = [str(v) for v in np.asarray(groups)[idx]] if groups is not None else None
+    common = {"x": gene_names, "y": list(range(len(idx)))}
+    figs = [
+        go.Figure(
+            go.Heatmap(
+                z=x[np.ix_(idx, top)],
+                colorscale="Viridis",
+                text=[[yl] * len(top) for yl in ylabels] if ylabels else None,
+                **common,
+            )
+        ).update_layout(title=f"Input ({note})"),
+        go.Figure(
+            go.Heatmap(z=recon[np.ix_(idx, top)], colorscale="Viridis", **common)
+        ).update_layout(title="Reconstruction"),
+        go.Figure(
+            go.Heatmap(z=err, colorscale="RdBu_r", zmin=-lim, zmax=lim, **common)
+        ).update_layout(title="Error (input - reconstruction)"),
+    ]
+    for f in figs:
+        f.update_yaxes(
+            title="cells" + (f" ordered by {groups.name}" if groups is not None else ""),
+            showticklabels=False,
+        )
+    return figs, note
+
+
+def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
+    fig = px.imshow(
+        np.asarray(cm),
+        x=classes,
+        y=classes,
+        text_auto=True,
+        color_continuous_scale="Blues",
+        labels={"x": "predicted", "y": "true", "color": "cells"},
+    )
+    return fig.update_layout(title="Confusion matrix (test cells)")
+
+
+def per_class_f1(per_class: dict[str, float]) -> go.Figure:
+    df = pd.DataFrame({"class": list(per_class), "F1": list(per_class.values())})
+    return px.bar(df, x="class", y="F1", title="F1 per class (test cells)", range_y=[0, 1])
+
+
+def mean_scatter(
+    pred_mean: np.ndarray,
+    real_mean: np.ndarray,
+    genes: list[str],
+    top: list[str],
+    r2_all: float,
+    r2_top: float,
+    title: str,
+) -> go.Figure:
+    df = pd.DataFrame(
+        {"real stimulated mean": real_mean, "predicted mean": pred_mean, "gene": genes}
+    )
+    df["genes"] = np.where(df["gene"].isin(top), "top-100 DEG", "other")
+    fig = px.scatter(
+        df,
+        x="real stimulated mean",
+        y="predicted mean",
+        color="genes",
+        hover_name="gene",
+        color_discrete_map={"top-100 DEG": "#d62728", "other": "#9fb3c8"},
+        title=f"{title}: R² all = {r2_all:.3f}, top-100 DEGs = {r2_top:.3f}",
+    )
+    lo, hi = float(min(df.min(numeric_only=True))), float(max(df.max(numeric_only=True)))
+    return fig.add_shape(
+        type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"}
+    )
+
+
+def deg_violins(values: pd.DataFrame, gene_order: list[str], condition: str) -> go.Figure:
+    fig = px.violin(
+        values,
+        x="gene",
+        y="expression",
+        color=condition,
+        box=False,
+        points=False,
+        category_orders={"gene": gene_order},
+    )
+    return fig.update_layout(
+        title="Top DEGs: control, predicted and real stimulated", violinmode="group"
+    )
+
+
+def metrics_table_style(df: pd.DataFrame, higher_better) -> pd.io.formats.style.Styler:
+    num = df.select_dtypes("number")
+
+    def best(col: pd.Series) -> list[str]:
+        if col.name not in num or col.isna().all():
+            return [""] * len(col)
+        target = col.max() if higher_better(col.name) else col.min()
+        return ["background-color: #c7e9c0; font-weight: bold" if v == target else "" for v in col]
+
+    return df.style.apply(best, axis=0).format(precision=4, na_rep="-")

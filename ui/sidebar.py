@@ -1,0 +1,44 @@
+"""The sidebar on every page: the compute device and the runs in progress."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from engine import jobs
+
+
+@st.cache_resource(show_spinner=False)
+def device_info() -> dict:
+    from engine.device import detect
+
+    return detect()
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+@st.fragment(run_every=3)
+def active_runs() -> None:
+    active = [r for r in jobs.list_jobs() if r["state"] in ("queued", "running")]
+    if not active:
+        st.caption("No run in progress.")
+        return
+    for r in active[:6]:
+        frac = min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1))
+        label = f"{r['model']} · {r['state']}" + (
+            f" · ETA {fmt_s(r['eta_s'])}" if r["state"] == "running" else ""
+        )
+        st.progress(frac, text=label)
+
+
+def draw() -> None:
+    with st.sidebar:
+        info = device_info()
+        icon = "🟢" if info["kind"] != "cpu" else "⚪"
+        st.markdown(f"**Compute:** {icon} {info['name']}")
+        st.markdown("**Runs in progress**")
+        active_runs()
