@@ -14,7 +14,7 @@ from ui.state import set_dataset, show_error
 
 
 def home() -> None:
-    st.title("🧬 scWorkbench")
+    st.title("scWorkbench")
     st.markdown(
         "Train and compare deep models on single-cell data without writing code. "
         "Load an `.h5ad` (or a demo), preprocess it, and train classifiers, autoencoders, VAEs or scGen "
@@ -39,7 +39,7 @@ def home() -> None:
         st.markdown(
             "Upload `.h5ad`, 10x `.h5`, a zipped 10x `.mtx` folder or a `.csv`/`.tsv` matrix on the **Data** page."
         )
-        st.page_link("pages/data.py", label="Go to Data", icon="📂")
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
     st.divider()
     st.subheader("Where you left off")
     c1, c2 = st.columns(2)
@@ -62,19 +62,19 @@ def home() -> None:
         for r in recent:
             st.markdown(f"`{r['id']}` · {r['model']} on {r['dataset']} · **{r['state']}**")
         if recent:
-            st.page_link("pages/runs.py", label="All runs", icon="🏃")
+            st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")
 
 
-st.set_page_config(page_title="scWorkbench", page_icon="🧬", layout="wide")
+st.set_page_config(page_title="scWorkbench", page_icon=":material/biotech:", layout="wide")
 nav = st.navigation(
     [
-        st.Page(home, title="Home", icon="🏠", default=True),
-        st.Page("pages/data.py", title="Data", icon="📂"),
-        st.Page("pages/preprocess.py", title="Preprocess", icon="🧹"),
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
-        st.Page("pages/runs.py", title="Runs", icon="🏃"),
-        st.Page("pages/results.py", title="Results", icon="📊"),
-        st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+        st.Page(home, title="Home", icon=":material/home:", default=True),
+        st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+        st.Page("pages/preprocess.py", title="Preprocess", icon=":material/tune:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+        st.Page("pages/results.py", title="Results", icon=":material/insights:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     ]
 )
 sidebar.draw()

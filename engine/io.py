@@ -451,7 +451,7 @@ __all__ = [
 def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
     """Per-cell genes detected, total counts and % mitochondrial (on ``layers['counts']`` when
     present, as scanpy's ``calculate_qc_metrics``)."""
-    x = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    x = adata.layers.get("counts", adata.X)
     x = sp.csr_matrix(x)
     out = pd.DataFrame(index=adata.obs_names)
     out["n_genes"] = (

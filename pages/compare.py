@@ -11,7 +11,7 @@ from engine import evaluate, jobs, runs
 from engine import models as registry
 from ui import figures
 
-st.title("⚖️ Compare")
+st.title("Compare")
 done = [
     r
     for r in jobs.list_jobs()

@@ -11,7 +11,7 @@ from engine.demos import DEMOS, load_demo
 from ui import figures
 from ui.state import dataset_picker, set_dataset, show_error
 
-st.title("📂 Data")
+st.title("Data")
 
 upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
 with upload:

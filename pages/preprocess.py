@@ -12,7 +12,7 @@ from engine import datasets, io
 from engine import preprocess as pp
 from ui.state import dataset_picker, set_dataset, show_error
 
-st.title("🧹 Preprocess")
+st.title("Preprocess")
 name, adata, d = dataset_picker("Dataset to preprocess")
 if adata is None:
     st.stop()
@@ -141,26 +141,25 @@ result = st.session_state.get("pp_result")
 if result and result[0] == name and result[1] == recipe.to_json():
     _, _, out, report = result
     st.subheader("Effect of each step")
-    st.dataframe(pd.DataFrame(report), hide_index=True, width="stretch")
-    vals = pd.DataFrame(
-        {
-            "value": np.concatenate([_values(adata), _values(out)]),
-            "data": ["before"] * len(_values(adata)) + ["after"] * len(_values(out)),
-        }
-    )
-    st.plotly_chart(
-        px.histogram(
-            vals,
-            x="value",
-            color="data",
-            barmode="overlay",
-            nbins=80,
-            log_y=True,
-            title="Value distribution (sample of entries)",
-        ),
+    st.dataframe(
+        pd.DataFrame(report).rename(columns={"n_obs": "cells", "n_vars": "genes"}),
+        hide_index=True,
         width="stretch",
     )
-    st.caption(f"After: X holds {io.matrix_kind(out.X)} values.")
+    before, after = _values(adata), _values(out)
+    h = st.columns(2)
+    for col, vals, label in (
+        (h[0], before, f"Before: {d['x_kind']}"),
+        (h[1], after, f"After: {io.matrix_kind(out.X)}"),
+    ):
+        fig = px.histogram(
+            pd.DataFrame({"value": vals}),
+            x="value",
+            nbins=60,
+            log_y=True,
+            title=f"{label} (sample of entries)",
+        )
+        col.plotly_chart(fig, width="stretch")
     new_name = st.text_input("Save as dataset", value=f"{name}_pp")
     if st.button("Save"):
         try:

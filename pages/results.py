@@ -14,7 +14,7 @@ from engine import evaluate, export, jobs, runs
 from engine.perturb import gene_means
 from ui import figures
 
-st.title("📊 Results")
+st.title("Results")
 finished = [
     r
     for r in jobs.list_jobs()

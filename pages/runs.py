@@ -12,7 +12,7 @@ from ui import figures
 from ui.sidebar import fmt_s
 from ui.state import show_error
 
-st.title("🏃 Runs")
+st.title("Runs")
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -25,10 +25,10 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "dataset": r["dataset"],
                 "progress": min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1)),
                 "epoch": f"{r['epoch'] or 0}/{r['max_epochs'] or '?'}",
-                "cells/s": r["cells_per_s"],
+                "cells/s": f"{r['cells_per_s']:,.0f}" if r["cells_per_s"] else "-",
                 "elapsed": fmt_s(r["elapsed_s"]),
                 "ETA": fmt_s(r["eta_s"]) if r["state"] == "running" else "-",
-                "device": r["device"],
+                "device": r["device"] or "-",
             }
             for r in rows
         ]
@@ -72,9 +72,12 @@ def live() -> None:
 rows = jobs.list_jobs()
 if rows:
     ids = [r["id"] for r in rows]
+    running = [i for i, r in enumerate(rows) if r["state"] == "running"]
+    queued = [i for i, r in enumerate(rows) if r["state"] == "queued"]
     st.selectbox(
         "Run",
         ids,
+        index=(running or queued or [0])[0],
         key="run_selected",
         format_func=lambda i: next(
             f"{x['id']} · {x['model']} · {x['state']}" for x in rows if x["id"] == i
@@ -102,4 +105,4 @@ if rows:
         except Exception as exc:
             show_error(exc)
     if state == "completed":
-        c[2].page_link("pages/results.py", label="Open results", icon="📊")
+        c[2].page_link("pages/results.py", label="Open results", icon=":material/insights:")

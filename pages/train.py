@@ -11,7 +11,7 @@ from engine.spec import RunSpec
 from ui.sidebar import device_info
 from ui.state import dataset_picker, show_error
 
-st.title("🏋️ Train")
+st.title("Train")
 name, adata, d = dataset_picker("Dataset to train on")
 if adata is None:
     st.stop()
@@ -162,6 +162,6 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
             + ", ".join(p.name for p in submitted)
             + ". They train in the background."
         )
-        st.page_link("pages/runs.py", label="Watch them on Runs", icon="🏃")
+        st.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/monitoring:")
     except Exception as exc:
         show_error(exc)

@@ -30,7 +30,9 @@ def active_runs() -> None:
     for r in active[:6]:
         frac = min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1))
         label = f"{r['model']} · {r['state']}" + (
-            f" · ETA {fmt_s(r['eta_s'])}" if r["state"] == "running" else ""
+            f" · ETA {fmt_s(r['eta_s'])}"
+            if r["state"] == "running" and r["eta_s"] is not None
+            else ""
         )
         st.progress(frac, text=label)
 
@@ -38,7 +40,7 @@ def active_runs() -> None:
 def draw() -> None:
     with st.sidebar:
         info = device_info()
-        icon = "🟢" if info["kind"] != "cpu" else "⚪"
+        icon = ":material/memory:" if info["kind"] != "cpu" else ":material/computer:"
         st.markdown(f"**Compute:** {icon} {info['name']}")
         st.markdown("**Runs in progress**")
         active_runs()

@@ -1,0 +1,143 @@
+"""The main flow in a real browser: Debian chromium driven by playwright against `streamlit run`.
+
+upload a file -> see its summary -> preprocess -> train two models -> watch the loss curve move
+on Runs. Screenshots of each page land in docs/screenshots/ (look at them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ROOT / "docs" / "screenshots"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(workspace):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    env = {**os.environ, "SCWB_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _wait_idle(page, timeout=60_000):
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout
+    )
+
+
+def _go(page, name: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
+    _wait_idle(page)
+
+
+def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    upload = tmp_path / "pbmc_demo_counts.h5ad"
+    shutil.copy(counts_file, upload)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server)
+        expect(page.get_by_text("Train and compare deep models")).to_be_visible(timeout=60_000)
+        page.screenshot(path=SHOTS / "home.png", full_page=True)
+
+        _go(page, "Data")
+        page.locator('input[type="file"]').set_input_files(str(upload))
+        page.get_by_role("button", name="Load file").click()
+        expect(page.get_by_text("Loaded 600 cells")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stMetricValue").first).to_have_text("600")
+        expect(page.get_by_text("Genes detected per cell").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=SHOTS / "data.png", full_page=True)
+
+        _go(page, "Preprocess")
+        page.get_by_role("button", name="Preview").click()
+        expect(page.get_by_text("Effect of each step")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_text("Saved as pbmc_demo_counts_pp")).to_be_visible(timeout=60_000)
+        page.screenshot(path=SHOTS / "preprocess.png", full_page=True)
+
+        _go(page, "Train")
+        expect(page.get_by_text("Models (compared on the same split)")).to_be_visible()
+        epochs = page.get_by_role("spinbutton", name="Max epochs")
+        epochs.fill("60")
+        epochs.press("Enter")
+        _wait_idle(page)
+        page.screenshot(path=SHOTS / "train.png", full_page=True)
+        page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_text("Submitted 3 run(s)")).to_be_visible(timeout=60_000)
+
+        _go(page, "Runs")
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=90_000)
+        # the live fragment redraws the curve while the run trains: count its epoch markers
+        seen = []
+        for _ in range(90):
+            seen.append(page.locator(".js-plotly-plot .scatterlayer .points path").count())
+            if seen[-1] >= 8 and len(set(seen)) > 1:
+                break
+            page.wait_for_timeout(1000)
+        assert len(set(seen)) > 1 and seen[-1] > seen[0], f"the curve did not move: {seen}"
+        page.screenshot(path=SHOTS / "runs.png", full_page=True)
+        browser.close()
