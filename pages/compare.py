@@ -10,7 +10,9 @@ import streamlit as st
 from engine import evaluate, jobs, runs
 from engine import models as registry
 from ui import figures
+from ui.state import ensure_app_navigation
 
+ensure_app_navigation()
 st.title("Compare")
 done = [
     r

@@ -9,8 +9,9 @@ import streamlit as st
 from engine import datasets, io, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures
-from ui.state import dataset_picker, set_dataset, show_error
+from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
 
+ensure_app_navigation()
 st.title("Data")
 
 upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])

@@ -10,8 +10,9 @@ import streamlit as st
 
 from engine import datasets, io
 from engine import preprocess as pp
-from ui.state import dataset_picker, set_dataset, show_error
+from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
 
+ensure_app_navigation()
 st.title("Preprocess")
 name, adata, d = dataset_picker("Dataset to preprocess")
 if adata is None:

@@ -13,7 +13,9 @@ import streamlit as st
 from engine import evaluate, export, jobs, runs
 from engine.perturb import gene_means
 from ui import figures
+from ui.state import ensure_app_navigation
 
+ensure_app_navigation()
 st.title("Results")
 finished = [
     r
@@ -241,7 +243,9 @@ if task == "perturb":
             .assign(condition=cond[mask].to_numpy())
             .melt(id_vars="condition", var_name="gene", value_name="expression")
         )
-        figs["top_deg_violins"] = figures.deg_violins(long, genes, "condition")
+        figs["top_deg_violins"] = figures.deg_violins(
+            long, genes, "condition", [info["ctrl"], "predicted", info["stim"]]
+        )
         st.plotly_chart(figs["top_deg_violins"], width="stretch")
         if st.checkbox("Show latent UMAP of control, predicted and real stimulated cells"):
             keep = np.flatnonzero(mask)
@@ -274,6 +278,7 @@ c[1].download_button(
 c[2].download_button("Reproduce script (.py)", export.script(run_dir), file_name=f"{run_id}.py")
 c[2].download_button("Whole run (.zip)", export.bundle(run_dir), file_name=f"{run_id}.zip")
 if figs:
+    st.caption("Each figure's camera icon (top right, on hover) saves it as a PNG.")
     which = st.selectbox("Figure", list(figs))
     st.download_button(
         "Figure as interactive HTML",

@@ -10,8 +10,9 @@ import streamlit as st
 from engine import jobs, runs
 from ui import figures
 from ui.sidebar import fmt_s
-from ui.state import show_error
+from ui.state import ensure_app_navigation, show_error
 
+ensure_app_navigation()
 st.title("Runs")
 
 

@@ -9,8 +9,9 @@ import streamlit as st
 from engine import datasets, jobs, models
 from engine.spec import RunSpec
 from ui.sidebar import device_info
-from ui.state import dataset_picker, show_error
+from ui.state import dataset_picker, ensure_app_navigation, show_error
 
+ensure_app_navigation()
 st.title("Train")
 name, adata, d = dataset_picker("Dataset to train on")
 if adata is None:

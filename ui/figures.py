@@ -174,7 +174,11 @@ def mean_scatter(
     )
 
 
-def deg_violins(values: pd.DataFrame, gene_order: list[str], condition: str) -> go.Figure:
+def deg_violins(
+    values: pd.DataFrame, gene_order: list[str], condition: str, order: list[str] | None = None
+) -> go.Figure:
+    """Violins per gene, conditions side by side in ``order`` (control, predicted, stimulated)."""
+    colours = dict(zip(order or [], ["#9fb3c8", "#d62728", "#1f4e79"], strict=False))
     fig = px.violin(
         values,
         x="gene",
@@ -182,7 +186,8 @@ def deg_violins(values: pd.DataFrame, gene_order: list[str], condition: str) -> 
         color=condition,
         box=False,
         points=False,
-        category_orders={"gene": gene_order},
+        category_orders={"gene": gene_order, condition: order or []},
+        color_discrete_map=colours,
     )
     return fig.update_layout(
         title="Top DEGs: control, predicted and real stimulated", violinmode="group"

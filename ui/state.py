@@ -88,3 +88,17 @@ def show_error(exc: Exception) -> None:
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
         st.error(f"Unexpected {type(exc).__name__}: {first}")
+
+
+def ensure_app_navigation() -> None:
+    """Route a page URL opened first after a server start through ``app.py``.
+
+    With a ``pages/`` folder, Streamlit runs the first session's page in its legacy mode (no
+    ``app.py``: no sidebar, no page list) until some session has called ``st.navigation``. A
+    refresh on /runs after a restart would land there; this switches that session to ``app.py``.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
