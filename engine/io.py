@@ -448,15 +448,39 @@ __all__ = [
 ]
 
 
+QC_ALIASES = {
+    "n_genes": ("n_genes_by_counts", "n_genes"),
+    "total_counts": ("total_counts", "n_counts"),
+    "pct_mito": ("pct_counts_mt", "percent_mito"),
+}
+
+
 def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
-    """Per-cell genes detected, total counts and % mitochondrial (on ``layers['counts']`` when
-    present, as scanpy's ``calculate_qc_metrics``)."""
-    x = adata.layers.get("counts", adata.X)
-    x = sp.csr_matrix(x)
+    """Per-cell genes detected, total counts and % mitochondrial, from raw counts
+    (``layers['counts']``, or X when it holds counts). Without counts, the QC columns a pipeline
+    already stored in ``obs`` are reused; the frame is empty when there are none."""
+    x = adata.layers.get("counts")
+    if x is None and matrix_kind(adata.X) == "counts":
+        x = adata.X
     out = pd.DataFrame(index=adata.obs_names)
-    out["n_genes"] = (
-        np.diff(x.indptr) if x.has_canonical_format else np.asarray((x != 0).sum(1)).ravel()
-    )
+    if x is None:
+        for name, aliases in QC_ALIASES.items():
+            col = next(
+                (
+                    a
+                    for a in aliases
+                    if a in adata.obs and pd.api.types.is_numeric_dtype(adata.obs[a])
+                ),
+                None,
+            )
+            if col is not None:
+                values = adata.obs[col].to_numpy(dtype=float)
+                out[name] = (
+                    values * 100 if name == "pct_mito" and np.nanmax(values) <= 1 else values
+                )
+        return out
+    x = sp.csr_matrix(x)
+    out["n_genes"] = np.asarray((x != 0).sum(1)).ravel()
     out["total_counts"] = np.asarray(x.sum(1)).ravel()
     mito = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
     if mito.any():

@@ -61,12 +61,12 @@ name, adata, d = dataset_picker("Current dataset")
 if adata is None:
     st.stop()
 
-c = st.columns(5)
+c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")
 c[1].metric("Genes", f"{d['n_vars']:,}")
-c[2].metric("X holds", d["x_kind"])
-c[3].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
-c[4].metric("Memory", f"{d['memory_mb']:.1f} MB")
+c[2].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
+c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
+st.markdown(f"**X holds:** {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'})")
 if d["layers"]:
     st.markdown("**Layers:** " + ", ".join(f"`{k}` ({v})" for k, v in d["layers"].items()))
 if not (adata.var_names.is_unique and adata.obs_names.is_unique):
@@ -103,19 +103,22 @@ with right:
 st.subheader("Quality control")
 group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")
 qc = io.qc_metrics(adata)
-if group != "(none)":
-    qc[group] = adata.obs[group].astype(str).to_numpy()
-if d["x_kind"] not in ("counts",) and "counts" not in adata.layers:
+if qc.empty:
     st.caption(
-        f"X holds {d['x_kind']} values: counts per cell are sums of those values, not raw UMIs."
+        f"QC needs raw counts: X holds {d['x_kind']} values and there is no layers['counts'] or QC column in obs."
     )
-cols = st.columns(3)
-for col, fig in zip(
-    cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
-):
-    col.plotly_chart(fig, width="stretch")
-if d["mito_genes"] == 0:
-    st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
+else:
+    if d["x_kind"] != "counts" and "counts" not in adata.layers:
+        st.caption("No raw counts here: these are the QC columns stored in obs.")
+    if group != "(none)":
+        qc[group] = adata.obs[group].astype(str).to_numpy()
+    cols = st.columns(3)
+    for col, fig in zip(
+        cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
+    ):
+        col.plotly_chart(fig, width="stretch")
+    if "pct_mito" not in qc:
+        st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
 
 st.subheader("Embedding")
 if not d["embeddings"]:

@@ -26,7 +26,7 @@ if not finished:
     st.info("No finished run yet: train one on **Train** and watch it on **Runs**.")
     st.stop()
 ids = [r["id"] for r in finished]
-pre = st.query_params.get("run")
+pre = st.query_params.get("run") or st.session_state.get("results_run")
 run_id = st.selectbox(
     "Run",
     ids,
@@ -35,7 +35,7 @@ run_id = st.selectbox(
         f"{x['id']} · {x['model']} on {x['dataset']}" for x in finished if x["id"] == i
     ),
 )
-st.query_params["run"] = run_id
+st.query_params["run"] = st.session_state["results_run"] = run_id
 run_dir = jobs.resolve_run(run_id)
 spec = runs.read_json(run_dir / "run.json", {})
 metrics = runs.read_json(run_dir / "metrics.json", {})

@@ -63,7 +63,8 @@ def test_data_page_upload_and_summary(counts_file):
     assert any("Loaded 600 cells" in s.value for s in at.success)
     assert [d["name"] for d in datasets.list_datasets()] == ["my_counts"]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Cells"] == "600" and metrics["X holds"] == "counts"
+    assert metrics["Cells"] == "600" and metrics["Genes"] == "200"
+    assert any(m.value.startswith("**X holds:** counts") for m in at.markdown)
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any("Genes detected" in t for t in titles) and any("mitochondrial" in t for t in titles)
 
@@ -86,9 +87,11 @@ def test_data_page_server_path_is_off_by_default():
 def test_data_page_embedding_on_pbmc68k():
     datasets.save(load_demo("pbmc68k_reduced"), "pbmc")
     at = app("data")
-    charts = at.get("plotly_chart")
-    spec = json.loads(charts[-1].proto.spec)
-    assert "X_umap" in spec["layout"]["title"]["text"]
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert "X_umap" in titles[-1]
+    # X is scaled: QC comes from the obs columns scanpy stored, as percentages
+    assert any("QC columns stored in obs" in c.value for c in at.caption)
+    assert any("mitochondrial" in t for t in titles)
 
 
 def test_preprocess_preview_and_save(counts_file):

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,7 +32,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SHOTS = ROOT / "docs" / "screenshots"
+# docs/screenshots is refreshed on purpose (SCWB_SCREENSHOTS=docs/screenshots), never by a plain test run
+SHOTS = Path(os.environ.get("SCWB_SCREENSHOTS") or Path(tempfile.gettempdir()) / "scwb-screenshots")
 
 
 def _free_port() -> int:
@@ -141,3 +143,49 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         assert len(set(seen)) > 1 and seen[-1] > seen[0], f"the curve did not move: {seen}"
         page.screenshot(path=SHOTS / "runs.png", full_page=True)
         browser.close()
+
+
+def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp_path):
+    """Open a finished run -> heatmaps -> compare two runs -> download the annotated .h5ad."""
+    import anndata as ad
+    from playwright.sync_api import expect, sync_playwright
+
+    from engine import datasets, train
+    from engine.spec import RunSpec
+
+    name = datasets.save(lognorm_adata, "pbmc_like")
+    for model, kw in (("autoencoder", {"epochs": 5}), ("pca", {})):
+        train.run(
+            RunSpec(
+                model=model,
+                data=str(datasets.path(name)),
+                dataset_name=name,
+                label_key="cell_type",
+                out=str(workspace / "runs" / f"2026-{model}"),
+                **kw,
+            )
+        )
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+        page.goto(f"{server}/results?run=2026-autoencoder")
+        expect(page.get_by_text("Input, reconstruction and error")).to_be_visible(timeout=90_000)
+        expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=60_000)
+        assert page.locator(".js-plotly-plot .heatmaplayer").count() == 3
+        _wait_idle(page, timeout=120_000)
+        page.screenshot(path=SHOTS / "results.png")
+
+        _go(page, "Compare")
+        expect(page.get_by_text("same test cells")).to_be_visible(timeout=60_000)
+        page.screenshot(path=SHOTS / "compare.png")
+
+        _go(page, "Results")
+        expect(page.get_by_role("button", name="Annotated .h5ad")).to_be_visible(timeout=60_000)
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Annotated .h5ad").click()
+        path = tmp_path / "download.h5ad"
+        dl.value.save_as(path)
+        browser.close()
+    res = ad.read_h5ad(path)
+    assert "X_autoencoder" in res.obsm and "abnormality" in res.layers and "abnormality" in res.obs

@@ -104,16 +104,15 @@ def recon_heatmaps(
         + f", top {len(top)} variable genes"
     )
     ylabels = [str(v) for v in np.asarray(groups)[idx]] if groups is not None else None
-    common = {"x": gene_names, "y": list(range(len(idx)))}
+    common = {
+        "x": gene_names,
+        "y": list(range(len(idx))),
+        "text": [[yl] * len(top) for yl in ylabels] if ylabels else None,
+    }
     figs = [
-        go.Figure(
-            go.Heatmap(
-                z=x[np.ix_(idx, top)],
-                colorscale="Viridis",
-                text=[[yl] * len(top) for yl in ylabels] if ylabels else None,
-                **common,
-            )
-        ).update_layout(title=f"Input ({note})"),
+        go.Figure(go.Heatmap(z=x[np.ix_(idx, top)], colorscale="Viridis", **common)).update_layout(
+            title=f"Input ({note})"
+        ),
         go.Figure(
             go.Heatmap(z=recon[np.ix_(idx, top)], colorscale="Viridis", **common)
         ).update_layout(title="Reconstruction"),
@@ -121,10 +120,25 @@ def recon_heatmaps(
             go.Heatmap(z=err, colorscale="RdBu_r", zmin=-lim, zmax=lim, **common)
         ).update_layout(title="Error (input - reconstruction)"),
     ]
+    ticks: dict = {"showticklabels": False}
+    if ylabels:  # one label in the middle of each group, a line between groups
+        names, starts = np.unique(ylabels, return_index=True)
+        order = np.argsort(starts)
+        starts, names = starts[order], names[order]
+        ends = np.append(starts[1:], len(ylabels))
+        ticks = {
+            "tickvals": list((starts + ends - 1) / 2),
+            "ticktext": list(names),
+            "showticklabels": True,
+        }
+        for f in figs:
+            for b in starts[1:]:
+                f.add_hline(y=b - 0.5, line={"color": "white", "width": 2})
     for f in figs:
         f.update_yaxes(
-            title="cells" + (f" ordered by {groups.name}" if groups is not None else ""),
-            showticklabels=False,
+            title="cells" + (f" by {groups.name}" if groups is not None else ""),
+            autorange="reversed",
+            **ticks,
         )
     return figs, note
 
