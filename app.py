@@ -5,6 +5,8 @@ Run with ``make run``. Every action is an engine call (``engine/``); pages only 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from engine import datasets, jobs
@@ -66,6 +68,7 @@ def home() -> None:
 
 
 st.set_page_config(page_title="scWorkbench", page_icon=":material/biotech:", layout="wide")
+st.logo(str(Path(__file__).parent / "assets" / "logo.svg"))
 nav = st.navigation(
     [
         st.Page(home, title="Home", icon=":material/home:", default=True),

@@ -100,6 +100,8 @@ def ensure_app_navigation() -> None:
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory and not st.session_state.get("_app_navigation"):
-        st.session_state["_app_navigation"] = True  # once per session: never loop, never eat a click
+        st.session_state["_app_navigation"] = (
+            True  # once per session: never loop, never eat a click
+        )
         PagesManager.uses_pages_directory = False
         st.rerun()
