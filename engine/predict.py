@@ -28,7 +28,12 @@ def load(run_dir: str | Path) -> tuple[models.ModelInfo, Any, dict[str, Any]]:
             f"{run_dir} holds no saved model (model.pt + model.json); did the run finish?"
         )
     info = models.get(meta["model"])
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle that needs code to load, or a damaged file: refused
+        raise ScwbError(
+            f"{run_dir / 'model.pt'} is not a plain weights file and is not loaded ({type(exc).__name__})."
+        ) from None
     if info.kind == "sklearn":
         from engine.models.baselines import PCABaseline, SkLogReg
 

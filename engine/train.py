@@ -226,6 +226,49 @@ def _dense_ok(n_obs: int, n_vars: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- entry point
+def preflight(spec: RunSpec, adata: ad.AnnData) -> None:
+    """Every check that can refuse ``spec`` on ``adata`` before any training starts, so the app
+    can say what is wrong at once instead of after a worker has started."""
+    io.check_not_empty(adata)
+    io.check_unique_names(adata)
+    info = models.get(spec.model)
+    if info.task == "perturb":
+        from engine.perturb import check_design
+
+        check_design(adata, spec)
+        x, layer = input_matrix(adata, spec.layer)
+        io.check_finite(x, layer)
+        if io.matrix_kind(x) == "counts":
+            raise ScwbError(
+                "scGen models log-normalised expression, and this matrix holds raw counts: run logCPM (Preprocess > normalize) first."
+            )
+        return
+    likelihood = spec.params.get("likelihood", "gaussian")
+    x, layer = input_matrix(
+        adata, spec.layer, prefer_counts=info.name == "vae" and likelihood != "gaussian"
+    )
+    where = "X" if layer == "X" else f"layers['{layer}']"
+    if info.name == "vae" and likelihood in ("nb", "zinb"):
+        io.check_counts(x, where)
+    else:
+        io.check_finite(x, where)
+    labels = None
+    if spec.label_key:
+        labels = (
+            io.check_label(adata, spec.label_key, 2 if info.task == "classify" else 1)
+            .astype(str)
+            .to_numpy()
+        )
+    if spec.params.get("batch_key"):
+        io.check_label(adata, spec.params["batch_key"], 1)
+    flt = spec.train_on_filter()
+    if flt:
+        if flt[0] not in adata.obs:
+            raise ScwbError(f"--train-on: obs has no column {flt[0]!r}.")
+        io.check_values(adata, *flt)
+    make_split(adata.n_obs, spec.seed, stratify=labels)
+
+
 def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
     """Train and evaluate ``spec`` into ``spec.out``; return the final metrics."""
     run_dir = Path(spec.out)
@@ -234,8 +277,7 @@ def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
     dev = devices.resolve(spec.device)
     pl.seed_everything(spec.seed, workers=False, verbose=False)
     adata = io.read(spec.data)
-    io.check_not_empty(adata)
-    io.check_unique_names(adata)
+    preflight(spec, adata)
     record = {
         **spec.to_dict(),
         "created": runs.read_json(run_dir / "run.json", {}).get("created") or runs.now(),

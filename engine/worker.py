@@ -141,6 +141,20 @@ def train_child(run_dir: Path) -> int:
         runs.update_status(run_dir, state="failed", finished=runs.now(), error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        import errno
+
+        msg = (
+            "The disk is full: free space where SCWB_HOME lives, then submit the run again."
+            if exc.errno == errno.ENOSPC
+            else f"OSError: {exc.strerror or exc}"
+        )
+        traceback.print_exc()
+        try:
+            runs.update_status(run_dir, state="failed", finished=runs.now(), error=msg)
+        except OSError:
+            pass  # the supervisor records the failure from the exit code
+        return 1
     except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
         traceback.print_exc()
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -8,6 +8,7 @@ import streamlit as st
 
 from engine import datasets, jobs, models
 from engine.spec import RunSpec
+from engine.train import preflight
 from ui.sidebar import device_info
 from ui.state import dataset_picker, ensure_app_navigation, show_error
 
@@ -156,6 +157,8 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
             )
             for n in picked
         ]
+        for spec in specs:
+            preflight(spec, adata)  # refuse at once what a worker would refuse later
         for spec in specs:
             submitted.append(jobs.submit(spec))
         st.success(
