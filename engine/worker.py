@@ -8,6 +8,7 @@ leaves ``failed`` with the reason and the last log lines. It never imports torch
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -150,10 +151,8 @@ def train_child(run_dir: Path) -> int:
             else f"OSError: {exc.strerror or exc}"
         )
         traceback.print_exc()
-        try:
+        with contextlib.suppress(OSError):  # else the supervisor records it from the exit code
             runs.update_status(run_dir, state="failed", finished=runs.now(), error=msg)
-        except OSError:
-            pass  # the supervisor records the failure from the exit code
         return 1
     except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
         traceback.print_exc()
