@@ -65,7 +65,13 @@ def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     idx = np.arange(n)
     steps = min(batches, n // 128)
-    result = {"method": method, "n": n, "genes": genes, "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "batches": steps}
+    result = {
+        "method": method,
+        "n": n,
+        "genes": genes,
+        "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
+        "batches": steps,
+    }
     if method == "scvi":
         try:
             import anndata as ad
@@ -77,7 +83,15 @@ def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
         scvi.model.SCVI.setup_anndata(adata)
         model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
         t0 = time.perf_counter()
-        model.train(max_epochs=1, batch_size=128, train_size=1.0, early_stopping=False, enable_progress_bar=False, plan_kwargs={}, limit_train_batches=steps)
+        model.train(
+            max_epochs=1,
+            batch_size=128,
+            train_size=1.0,
+            early_stopping=False,
+            enable_progress_bar=False,
+            plan_kwargs={},
+            limit_train_batches=steps,
+        )
         dt = time.perf_counter() - t0
         q.put({**result, "cells_per_s": steps * 128 / dt, "seconds": dt, "peak_mb": _peak_mb()})
         return
@@ -125,7 +139,18 @@ def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
                 self.dt = time.perf_counter() - self.t0
 
         timer = Timer()
-        trainer = pl.Trainer(max_epochs=1, limit_train_batches=steps + warm, accelerator="gpu" if dev == "cuda" else "cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, callbacks=[timer])
+        trainer = pl.Trainer(
+            max_epochs=1,
+            limit_train_batches=steps + warm,
+            accelerator="gpu" if dev == "cuda" else "cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            callbacks=[timer],
+        )
         trainer.fit(LitModel(net), train_dataloaders=loader)
         dt = timer.dt
     q.put({**result, "cells_per_s": steps * 128 / dt, "seconds": dt, "peak_mb": _peak_mb()})
@@ -137,7 +162,9 @@ def measure(method: str, n: int, genes: int, batches: int) -> dict:
     p = ctx.Process(target=_measure, args=(method, n, genes, batches, q))
     p.start()
     p.join()
-    return q.get() if not q.empty() else {"method": method, "n": n, "error": f"exit code {p.exitcode}"}
+    return (
+        q.get() if not q.empty() else {"method": method, "n": n, "error": f"exit code {p.exitcode}"}
+    )
 
 
 def _pp(which: str, n: int, genes: int, q) -> None:
@@ -151,7 +178,18 @@ def _pp(which: str, n: int, genes: int, q) -> None:
     adata.var_names = [f"g{i}" for i in range(genes)]
     t0 = time.perf_counter()
     if which == "engine":
-        pp.apply(adata, pp.Recipe([pp.Step("filter_genes", {"min_cells": 3}), pp.Step("keep_counts"), pp.Step("normalize", {"target_sum": 1e6}), pp.Step("hvg", {"n_top": 2000}), pp.Step("scale", {"method": "zscore", "max_value": 10})]))
+        pp.apply(
+            adata,
+            pp.Recipe(
+                [
+                    pp.Step("filter_genes", {"min_cells": 3}),
+                    pp.Step("keep_counts"),
+                    pp.Step("normalize", {"target_sum": 1e6}),
+                    pp.Step("hvg", {"n_top": 2000}),
+                    pp.Step("scale", {"method": "zscore", "max_value": 10}),
+                ]
+            ),
+        )
     else:
         a = adata.copy()
         sc.pp.filter_genes(a, min_cells=3)
@@ -160,7 +198,15 @@ def _pp(which: str, n: int, genes: int, q) -> None:
         sc.pp.log1p(a)
         sc.pp.highly_variable_genes(a, n_top_genes=2000, subset=True)
         sc.pp.scale(a, max_value=10)
-    q.put({"which": which, "n": n, "genes": genes, "seconds": time.perf_counter() - t0, "peak_mb": _peak_mb()})
+    q.put(
+        {
+            "which": which,
+            "n": n,
+            "genes": genes,
+            "seconds": time.perf_counter() - t0,
+            "peak_mb": _peak_mb(),
+        }
+    )
 
 
 def preprocessing(n: int, genes: int) -> list[dict]:
@@ -186,11 +232,25 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    res = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "date": time.strftime("%Y-%m-%d")}}
-    res["throughput"] = [measure(m, int(n), args.genes, args.batches) for n in args.sizes.split(",") for m in ("engine", "bare", "naive", "scvi")]
+    res = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    }
+    res["throughput"] = [
+        measure(m, int(n), args.genes, args.batches)
+        for n in args.sizes.split(",")
+        for m in ("engine", "bare", "naive", "scvi")
+    ]
     for r in res["throughput"]:
         print(json.dumps(r), flush=True)
-    res["scale"] = [measure("engine", int(n), args.genes, args.batches) for n in args.scale.split(",")]
+    res["scale"] = [
+        measure("engine", int(n), args.genes, args.batches) for n in args.scale.split(",")
+    ]
     for r in res["scale"]:
         r["epoch_s_estimate"] = r["n"] / r["cells_per_s"] if r.get("cells_per_s") else None
         print(json.dumps(r), flush=True)

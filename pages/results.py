@@ -263,12 +263,11 @@ if task == "perturb":
 st.divider()
 st.subheader("Export")
 c = st.columns(3)
-c[0].download_button("Annotated .h5ad", res_path.read_bytes(), file_name=f"{run_id}.h5ad")
+# files are read or built only when their button is clicked (callables run on download)
+c[0].download_button("Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad")
 weights = run_dir / "model.pt"
 if weights.exists():
-    c[0].download_button(
-        "Model weights (.pt)", weights.read_bytes(), file_name=f"{run_id}-model.pt"
-    )
+    c[0].download_button("Model weights (.pt)", weights.read_bytes, file_name=f"{run_id}-model.pt")
 c[1].download_button(
     "Metrics (JSON)", json.dumps(metrics, indent=2), file_name=f"{run_id}-metrics.json"
 )
@@ -276,12 +275,20 @@ c[1].download_button(
     "Metrics (CSV)", export.metrics_csv(run_dir), file_name=f"{run_id}-metrics.csv"
 )
 c[2].download_button("Reproduce script (.py)", export.script(run_dir), file_name=f"{run_id}.py")
-c[2].download_button("Whole run (.zip)", export.bundle(run_dir), file_name=f"{run_id}.zip")
+c[2].download_button("Whole run (.zip)", lambda: export.bundle(run_dir), file_name=f"{run_id}.zip")
 if figs:
-    st.caption("Each figure's camera icon (top right, on hover) saves it as a PNG.")
     which = st.selectbox("Figure", list(figs))
-    st.download_button(
+    fig = figs[which]
+    f1, f2 = st.columns(2)
+    f1.download_button(
         "Figure as interactive HTML",
-        figs[which].to_html(include_plotlyjs="cdn"),
+        fig.to_html(include_plotlyjs="cdn"),
         file_name=f"{run_id}-{which}.html",
+    )
+    f2.download_button(
+        "Figure as PNG",
+        lambda: figures.to_png(fig),
+        file_name=f"{run_id}-{which}.png",
+        mime="image/png",
+        help="rendered on the server with Chrome/Chromium; the camera icon on each figure works too",
     )

@@ -208,3 +208,20 @@ def test_compare_two_runs(dataset):
     table = at.dataframe[0].value
     assert set(table.columns) >= {"run", "test_accuracy", "test_f1_macro"}
     assert any("same test cells" in c.value for c in at.caption)
+
+
+def test_results_vae_embedding(dataset):
+    _finished(dataset, "vae", epochs=2, label_key="cell_type", params={"kl_warmup": 1})
+    at = app("results")
+    assert not errors(at)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("UMAP of X_vae") for t in titles)
+    assert any(t.startswith("Input") for t in titles), "counts vs reconstructed counts heatmaps"
+    assert "test_elbo" in at.dataframe[0].value.columns
+
+
+def test_results_downloads_are_lazy_and_work(dataset):
+    _finished(dataset, "mlp", label_key="cell_type", epochs=2)
+    at = app("results")
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Annotated .h5ad", "Model weights (.pt)", "Metrics (JSON)", "Metrics (CSV)", "Reproduce script (.py)", "Whole run (.zip)", "Figure as interactive HTML", "Figure as PNG"} <= set(labels)

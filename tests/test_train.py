@@ -245,3 +245,18 @@ def test_class_too_small_for_split(tmp_path, separable_file):
     a.write_h5ad(path)
     with pytest.raises(ScwbError, match="rare"):
         _run(tmp_path, model="mlp", data=str(path), label_key="label", epochs=1)
+
+
+def test_sparse_counts_stay_sparse_over_budget():
+    import scipy.sparse as sp
+
+    from engine.data import Batches, DeviceMatrix
+
+    x = sp.random(100, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    m = DeviceMatrix(x, "cpu", budget=1000)  # 100 x 30 x 4 bytes > 1000: kept sparse
+    assert not m.is_dense and m.sparse_host is not None
+    idx = torch.tensor([5, 0, 99])
+    np.testing.assert_array_equal(m.rows(idx).numpy(), x[[5, 0, 99]].toarray())
+    seen = np.concatenate([b["x"].numpy() for b in Batches({"x": m}, np.arange(100), 32, shuffle=True)])
+    assert seen.shape == (100, 30) and np.isclose(seen.sum(), x.sum())
+    assert DeviceMatrix(x, "cpu").is_dense

@@ -218,3 +218,30 @@ def metrics_table_style(df: pd.DataFrame, higher_better) -> pd.io.formats.style.
         return ["background-color: #c7e9c0; font-weight: bold" if v == target else "" for v in col]
 
     return df.style.apply(best, axis=0).format(precision=4, na_rep="-")
+
+
+def to_png(fig: go.Figure) -> bytes:
+    """A static PNG of ``fig`` (plotly + kaleido, which drives a local Chrome/Chromium)."""
+    import os
+    import shutil
+
+    if not os.environ.get("BROWSER_PATH"):
+        found = next(
+            (
+                p
+                for p in (
+                    shutil.which(n)
+                    for n in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                )
+                if p
+            ),
+            None,
+        )
+        if found:
+            os.environ["BROWSER_PATH"] = found
+    try:
+        return fig.to_image(format="png", width=1100, height=650, scale=2)
+    except Exception as exc:
+        raise RuntimeError(
+            "PNG export needs Chrome or Chromium on the server; use the camera icon on the figure instead."
+        ) from exc
