@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
+
+from engine.io import dense
 
 LOWER_IS_BETTER = ("mse", "loss", "abnormality")
 
@@ -42,17 +43,13 @@ def mse_per_cell(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- perturbation
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
-
-
 def top_degs(x_ctrl: Any, x_stim: Any, var_names: np.ndarray, n: int = 100) -> list[str]:
     """The top ``n`` genes by Wilcoxon rank-sum score, real stimulated vs real control."""
     import anndata as ad
     import pandas as pd
     import scanpy as sc
 
-    x = np.vstack([_dense(x_ctrl), _dense(x_stim)])
+    x = np.vstack([dense(x_ctrl, np.float64), dense(x_stim, np.float64)])
     obs = pd.DataFrame(
         {"group": pd.Categorical(["ctrl"] * x_ctrl.shape[0] + ["stim"] * x_stim.shape[0])}
     )
@@ -77,7 +74,7 @@ def perturbation(
     """scGen's and CPA's agreement measures between predicted and real stimulated cells."""
     from sklearn.metrics import r2_score
 
-    pred, real_stim, ctrl = _dense(pred), _dense(real_stim), _dense(ctrl)
+    pred, real_stim, ctrl = (dense(a, np.float64) for a in (pred, real_stim, ctrl))
     m_pred, m_real, m_ctrl = pred.mean(0), real_stim.mean(0), ctrl.mean(0)
     v_pred, v_real = pred.var(0), real_stim.var(0)
     names = list(map(str, var_names))

@@ -249,8 +249,7 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     if vmin < 0 and vmax > 30:
         return "raw intensities"  # cytometry: large values with small negative noise
     if vmin < 0:
-        dense = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-        means = np.abs(dense.mean(axis=0))
+        means = np.abs(dense(rows).mean(axis=0))
         return "scaled (z-score)" if np.median(means) < 0.25 else "centred or signed values"
     if np.all(np.mod(vals, 1) == 0):
         return "counts"
@@ -272,6 +271,11 @@ def label_candidates(adata: ad.AnnData, max_values: int = 200) -> dict[str, dict
         if 2 <= len(counts) <= max_values and len(counts) < max(adata.n_obs, 3):
             out[col] = {str(k): int(v) for k, v in counts.items()}
     return out
+
+
+def dense(x: Any, dtype: Any = np.float32) -> np.ndarray:
+    """A dense NumPy copy (or view) of a sparse or dense matrix."""
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=dtype)
 
 
 def nbytes(x: Any) -> int:

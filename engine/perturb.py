@@ -14,7 +14,6 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from engine import evaluate, io, models, runs
@@ -24,10 +23,6 @@ from engine.models.scgen import latent_delta
 from engine.spec import RunSpec
 
 MIN_CELLS = 5
-
-
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
 def check_design(adata: ad.AnnData, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +188,7 @@ def _one_target(
         with torch.no_grad():
             return module.encode(torch.as_tensor(arr, device=xm.device)).cpu().numpy()
 
-    dense = _dense(x)
+    dense = io.dense(x)
     delta_types = [t for t in str(spec.params.get("delta_cell_types") or "").split(",") if t]
     basis = train_mask & (np.isin(types, delta_types) if delta_types else True)
     is_ctrl, is_stim = basis & (cond == spec.ctrl), basis & (cond == spec.stim)
@@ -242,19 +237,15 @@ def _one_target(
     save_model(
         sub_dir,
         module,
-        {
-            "model": spec.model,
-            "params": spec.params,
-            "n_in": adata.n_vars,
-            "layer": spec.layer or "X",
-            "var_names": list(map(str, adata.var_names)),
-            "delta": delta.tolist(),
-            "target": target,
-            "condition_key": spec.condition_key,
-            "cell_type_key": spec.cell_type_key,
-            "ctrl": spec.ctrl,
-            "stim": spec.stim,
-        },
+        spec,
+        adata,
+        spec.layer or "X",
+        delta=delta.tolist(),
+        target=target,
+        condition_key=spec.condition_key,
+        cell_type_key=spec.cell_type_key,
+        ctrl=spec.ctrl,
+        stim=spec.stim,
     )
     if sub_dir != run_dir:
         runs.write_json(sub_dir / "metrics.json", metrics)

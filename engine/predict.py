@@ -12,7 +12,6 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from engine import io, models, runs
@@ -70,7 +69,7 @@ def align_genes(
         raise ScwbError("The data shares no gene with the model.")
     present = [g for g in genes if g in have]
     sub = adata[:, present]
-    x = sub.X.toarray() if sp.issparse(sub.X) else np.asarray(sub.X)
+    x = io.dense(sub.X)
     full = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
     pos = {g: i for i, g in enumerate(genes)}
     full[:, [pos[g] for g in present]] = x
@@ -85,7 +84,7 @@ def predict(run_dir: str | Path, adata: ad.AnnData, align: bool = False) -> ad.A
     data, missing = align_genes(adata, meta["var_names"], align)
     layer = meta.get("layer", "X")
     x = data.X if layer in (None, "X") or layer not in data.layers else data.layers[layer]
-    dense = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+    dense = io.dense(x)
     io.check_finite(dense)
     out = adata.copy()
     name = meta["model"]

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from engine.errors import ScwbError
-from engine.io import check_not_empty, memory_budget
+from engine.io import check_not_empty, dense, memory_budget
 
 
 # ----------------------------------------------------------------------------- steps
@@ -121,21 +121,17 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
         from sklearn.preprocessing import MinMaxScaler
 
         _check_dense(dense_bytes)
-        adata.X = np.clip(MinMaxScaler().fit_transform(_dense(x)), 0.0, 1.0).astype(np.float32)
+        adata.X = np.clip(MinMaxScaler().fit_transform(dense(x)), 0.0, 1.0).astype(np.float32)
         return adata
     if method == "zscore":
         import scanpy as sc
 
         _check_dense(dense_bytes)
-        adata.X = _dense(x)
+        adata.X = dense(x)
         sc.pp.scale(adata, max_value=None if max_value in (None, 0) else float(max_value))
         adata.X = np.asarray(adata.X, dtype=np.float32)
         return adata
     raise ScwbError(f"scale: unknown method {method!r}; use 'minmax' or 'zscore'.")
-
-
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
 def _check_dense(nbytes: int) -> None:

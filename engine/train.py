@@ -18,7 +18,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
-import scipy.sparse as sp
 import torch
 
 from engine import device as devices
@@ -213,11 +212,23 @@ def fit(
     return module, progress
 
 
-def save_model(run_dir: Path, module: Any, meta: dict[str, Any]) -> None:
+def save_model(
+    run_dir: Path, module: Any, spec: RunSpec, adata: ad.AnnData, layer: str, **extra: Any
+) -> None:
+    """``model.pt`` (plain tensors, ``torch.load(weights_only=True)``) and ``model.json`` (how to
+    rebuild the network and which genes, in which order, it reads)."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     tmp = run_dir / ".model.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(run_dir / "model.pt")
+    meta = {
+        "model": spec.model,
+        "params": spec.params,
+        "n_in": adata.n_vars,
+        "layer": layer,
+        "var_names": list(map(str, adata.var_names)),
+        **extra,
+    }
     runs.write_json(run_dir / "model.json", meta)
 
 
@@ -343,7 +354,7 @@ def _classify(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir:
     if info.kind == "sklearn":
         from engine.models.baselines import SkLogReg
 
-        dense = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+        dense = io.dense(x)
         est = SkLogReg(spec.params["C"], spec.params["max_iter"], spec.seed).fit(
             dense[split["train"]], y[split["train"]]
         )
@@ -370,19 +381,7 @@ def _classify(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir:
     out.obs["pred_confidence"] = proba.max(1).astype(np.float32)
     out.obsm[f"proba_{spec.model}"] = proba.astype(np.float32)
     out.uns[f"{spec.model}_classes"] = classes
-    save_model(
-        run_dir,
-        module,
-        {
-            "model": spec.model,
-            "params": spec.params,
-            "n_in": adata.n_vars,
-            "classes": classes,
-            "layer": layer,
-            "var_names": list(map(str, adata.var_names)),
-            "label_key": spec.label_key,
-        },
-    )
+    save_model(run_dir, module, spec, adata, layer, classes=classes, label_key=spec.label_key)
     return metrics, out, cancelled
 
 
@@ -404,7 +403,7 @@ def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_d
     if info.kind == "sklearn":
         from engine.models.baselines import PCABaseline
 
-        dense_x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+        dense_x = io.dense(x)
         est = PCABaseline(spec.params["n_components"], spec.seed).fit(dense_x[split["train"]])
         latent, recon = est.encode(dense_x), est.reconstruct(dense_x).astype(np.float32)
         _baseline_epoch(
@@ -426,7 +425,7 @@ def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_d
         latent, recon = infer(module.encode, xm), infer(module, xm)
         meta = {"sigmoid_output": sig}
     if dense_x is None:
-        dense_x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+        dense_x = io.dense(x)
     per_cell = evaluate.mse_per_cell(dense_x, recon)
     out = adata.copy()
     out.obsm[f"X_{spec.model}"] = latent.astype(np.float32)
@@ -445,18 +444,7 @@ def _reconstruct(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_d
         metrics["abnormality_others"] = (
             float(per_cell[~inside].mean()) if (~inside).any() else float("nan")
         )
-    save_model(
-        run_dir,
-        module,
-        {
-            "model": spec.model,
-            "params": spec.params,
-            "n_in": adata.n_vars,
-            "layer": layer,
-            "var_names": list(map(str, adata.var_names)),
-            **meta,
-        },
-    )
+    save_model(run_dir, module, spec, adata, layer, **meta)
     return metrics, out, cancelled
 
 
@@ -489,7 +477,7 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
         from engine.models.baselines import PCABaseline
 
         x, layer = input_matrix(adata, spec.layer)
-        dense = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+        dense = io.dense(x)
         if io.matrix_kind(x) == "counts":  # PCA on log-normalised counts, as a user would
             dense = np.log1p(dense / np.maximum(dense.sum(1, keepdims=True), 1) * 1e4)
         est = PCABaseline(spec.params["n_components"], spec.seed).fit(dense[split["train"]])
@@ -503,17 +491,7 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
             val_mse=float(mse[split["val"]].mean()),
         )
         metrics = {"test_mse": float(mse[split["test"]].mean())}
-        save_model(
-            run_dir,
-            est,
-            {
-                "model": spec.model,
-                "params": spec.params,
-                "n_in": adata.n_vars,
-                "layer": layer,
-                "var_names": list(map(str, adata.var_names)),
-            },
-        )
+        save_model(run_dir, est, spec, adata, layer)
     else:
         likelihood = spec.params["likelihood"]
         x, layer = input_matrix(adata, spec.layer, prefer_counts=likelihood != "gaussian")
@@ -553,18 +531,7 @@ def _embed(spec: RunSpec, info: models.ModelInfo, adata: ad.AnnData, run_dir: Pa
                 both[:, :n] * (1e4 if likelihood != "gaussian" else 1.0)
             ).astype(np.float32)
             out.layers["reconstruction"] = both[:, n:].astype(np.float32)
-        save_model(
-            run_dir,
-            module,
-            {
-                "model": spec.model,
-                "params": spec.params,
-                "n_in": adata.n_vars,
-                "layer": layer,
-                "var_names": list(map(str, adata.var_names)),
-                "batch_categories": batch_cats,
-            },
-        )
+        save_model(run_dir, module, spec, adata, layer, batch_categories=batch_cats)
     out.obsm[f"X_{spec.model}"] = latent
     metrics.update(_latent_scores(latent, labels, split))
     return metrics, out, cancelled

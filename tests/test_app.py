@@ -224,4 +224,13 @@ def test_results_downloads_are_lazy_and_work(dataset):
     _finished(dataset, "mlp", label_key="cell_type", epochs=2)
     at = app("results")
     labels = [b.label for b in at.get("download_button")]
-    assert {"Annotated .h5ad", "Model weights (.pt)", "Metrics (JSON)", "Metrics (CSV)", "Reproduce script (.py)", "Whole run (.zip)", "Figure as interactive HTML", "Figure as PNG"} <= set(labels)
+    assert {
+        "Annotated .h5ad",
+        "Model weights (.pt)",
+        "Metrics (JSON)",
+        "Metrics (CSV)",
+        "Reproduce script (.py)",
+        "Whole run (.zip)",
+        "Figure as interactive HTML",
+        "Figure as PNG",
+    } <= set(labels)

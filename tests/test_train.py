@@ -257,6 +257,8 @@ def test_sparse_counts_stay_sparse_over_budget():
     assert not m.is_dense and m.sparse_host is not None
     idx = torch.tensor([5, 0, 99])
     np.testing.assert_array_equal(m.rows(idx).numpy(), x[[5, 0, 99]].toarray())
-    seen = np.concatenate([b["x"].numpy() for b in Batches({"x": m}, np.arange(100), 32, shuffle=True)])
+    seen = np.concatenate(
+        [b["x"].numpy() for b in Batches({"x": m}, np.arange(100), 32, shuffle=True)]
+    )
     assert seen.shape == (100, 30) and np.isclose(seen.sum(), x.sum())
     assert DeviceMatrix(x, "cpu").is_dense

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
-import scipy.sparse as sp
+
+from engine.io import dense
 
 MAX_POINTS = 20_000
 MAX_HEATMAP_CELLS = 500
@@ -81,15 +82,11 @@ def embedding(
     return fig.update_traces(marker={"size": 4}).update_layout(legend_title=color_name)
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
-
-
 def recon_heatmaps(
     x, recon, genes: list[str], groups: pd.Series | None
 ) -> tuple[list[go.Figure], str]:
     """scQUEST's figure: input, reconstruction and error for the same cells and genes."""
-    x, recon = _dense(x), _dense(recon)
+    x, recon = dense(x), dense(recon)
     n = x.shape[0]
     idx = sample_index(n, MAX_HEATMAP_CELLS)
     if groups is not None:
