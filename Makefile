@@ -34,8 +34,10 @@ test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
-	$(PY) -m bench.throughput
 	$(PY) -m bench.quality
+	$(PY) -m bench.throughput
+	$(PY) -m bench.app_latency
+	$(PY) -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -30,19 +30,37 @@ class LitModel(pl.LightningModule):
             return 1.0
         return min(1.0, (self.current_epoch + 1) / self.kl_warmup_epochs)
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def on_train_epoch_start(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # running sums on the device, logged once per epoch: no per-step logging overhead
         out = self.module.loss(batch, kl_weight=self.kl_weight())
         n = batch["x"].shape[0]
         for key, value in out.items():
-            name = f"{stage}_loss" if key == "loss" else f"{stage}_{key}"
-            self.log(name, value.detach(), on_step=False, on_epoch=True, batch_size=n)
+            self._sums[key] = self._sums.get(key, 0.0) + value.detach() * n
+        self._count += n
         return out["loss"]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def on_validation_epoch_end(self) -> None:
+        """Log the training means here, before callbacks' ``on_train_epoch_end`` read them."""
+        if self.trainer.sanity_checking or not getattr(self, "_count", 0):
+            return
+        for key, total in self._sums.items():
+            self.log("train_loss" if key == "loss" else f"train_{key}", total / self._count)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        out = self.module.loss(batch, kl_weight=self.kl_weight())
+        n = batch["x"].shape[0]
+        for key, value in out.items():
+            self.log(
+                "val_loss" if key == "loss" else f"val_{key}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
