@@ -62,6 +62,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="perturbation: cell type to hold out and predict ('all': leave each out)",
     )
     p.add_argument("--group", help="comparison group name (runs compared on the same split)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="train one run data-parallel on N devices (GPUs, or CPU processes); default 1",
+    )
 
 
 def _spec(args: argparse.Namespace, out: str = ""):
@@ -88,6 +94,7 @@ def _spec(args: argparse.Namespace, out: str = ""):
         predict=args.predict,
         dataset_name=Path(args.data).name,
         group=args.group,
+        devices=args.devices,
     )
 
 
@@ -272,6 +279,8 @@ def run_command(args: argparse.Namespace) -> int:
         from engine.train import run
 
         metrics = run(_spec(args, str(Path(args.out).resolve())))
+        if not metrics:  # an extra process of a multi-device run
+            return 0
         print(
             json.dumps(
                 {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2

@@ -93,6 +93,8 @@ class Batches:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ):
         if len(index) == 0:
             raise ScwbError("A split part is empty: the data has too few cells for this split.")
@@ -103,9 +105,12 @@ class Batches:
         self.generator = torch.Generator().manual_seed(seed)
         # dropping a last batch of 1 keeps BatchNorm defined; never drop everything
         self.drop_last = drop_last and len(index) > batch_size
+        # data-parallel: every rank draws the same permutation and takes an equal, disjoint share
+        self.rank, self.world = rank, world
+        self.per_rank = len(index) // world if world > 1 else len(index)
 
     def __len__(self) -> int:
-        n = len(self.index)
+        n = self.per_rank
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -114,9 +119,11 @@ class Batches:
             if self.shuffle
             else self.index
         )
+        if self.world > 1:
+            order = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.drop_last is False and len(idx) == 1 and len(self.index) > 1 and self.shuffle:
+            if self.drop_last is False and len(idx) == 1 and self.per_rank > 1 and self.shuffle:
                 continue  # a lone cell breaks BatchNorm in training
             yield {
                 k: (

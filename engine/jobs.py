@@ -64,6 +64,10 @@ def submit(spec: RunSpec, root: Path | None = None) -> Path:
     """Queue ``spec`` and return its run folder at once."""
     root = Path(root or workspace.runs_dir())
     root.mkdir(parents=True, exist_ok=True)
+    if spec.devices > n_slots():
+        raise ScwbError(
+            f"The run asks for {spec.devices} devices and this machine has {n_slots()} slot(s) (one per GPU; SCWB_SLOTS sets it)."
+        )
     run_dir = root / runs.new_run_id(spec.model)
     run_dir.mkdir()
     spec.out = str(run_dir)

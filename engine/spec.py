@@ -31,6 +31,7 @@ class RunSpec:
     predict: str | None = None  # a cell type, or "all" for leave-one-cell-type-out
     dataset_name: str | None = None
     group: str | None = None  # runs submitted together to be compared on the same split
+    devices: int = 1  # >1: one run data-parallel over several devices (Lightning DDP)
 
     def __post_init__(self) -> None:
         info = models.get(self.model)
@@ -51,6 +52,11 @@ class RunSpec:
             raise ScwbError(f"batch size must be at least 2, not {self.batch_size}.")
         if self.patience < 1:
             raise ScwbError(f"patience must be at least 1, not {self.patience}.")
+        self.devices = int(self.devices)
+        if self.devices < 1:
+            raise ScwbError(f"devices must be at least 1, not {self.devices}.")
+        if self.devices > 1 and models.get(self.model).kind == "sklearn":
+            raise ScwbError(f"{self.model} is a scikit-learn baseline: it runs on one device.")
         if self.device not in ("auto", "cpu", "cuda", "gpu", "mps"):
             raise ScwbError(f"Unknown device {self.device!r}; use auto, cpu, cuda or mps.")
         self.params = models.coerce_params(info, dict(self.params or {}))

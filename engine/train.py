@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -30,6 +31,10 @@ from engine.spec import RunSpec
 INFER_BATCH = 4096
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class NotRankZero(Exception):
+    """Raised in the extra processes of a multi-device run once training is done."""
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -73,7 +78,9 @@ class RunFolderCallback(pl.Callback):
         }
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.cells += int(batch["x"].shape[0])
+        if not trainer.is_global_zero:
+            return
+        self.cells += int(batch["x"].shape[0]) * trainer.world_size  # every rank trains a share
         if (self.run_dir / "cancel").exists():
             self.cancelled = True
             trainer.should_stop = True
@@ -87,6 +94,8 @@ class RunFolderCallback(pl.Callback):
             )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         row = {"epoch": self.offset + trainer.current_epoch + 1, **self.extra, **metrics}
         self.rows.append(row)
@@ -168,8 +177,16 @@ def fit(
         weight_decay=float(spec.params.get("weight_decay", 0.0)),
         kl_warmup_epochs=kl_warmup,
     )
+    rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning in the ranks it launches
     train = Batches(
-        columns, split["train"], spec.batch_size, shuffle=True, seed=spec.seed, drop_last=False
+        columns,
+        split["train"],
+        spec.batch_size,
+        shuffle=True,
+        seed=spec.seed,
+        drop_last=False,
+        rank=rank,
+        world=spec.devices,
     )
     val = Batches(columns, split["val"], max(spec.batch_size, 1024), shuffle=False)
     ckpt_dir = run_dir / "checkpoints"
@@ -185,7 +202,8 @@ def fit(
     trainer = pl.Trainer(
         max_epochs=spec.epochs,
         accelerator=_accelerator(dev),
-        devices=1,
+        devices=spec.devices,
+        strategy="ddp" if spec.devices > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -201,6 +219,8 @@ def fit(
         ],
     )
     trainer.fit(lit, train_dataloaders=train, val_dataloaders=val)
+    if not trainer.is_global_zero:
+        raise NotRankZero  # the other ranks only help to train; rank 0 evaluates and writes
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)[
             "state_dict"
@@ -318,7 +338,10 @@ def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
         "embed": _embed,
         "perturb": _perturb,
     }[info.task]
-    metrics, out_adata, cancelled = handler(spec, info, adata, run_dir, dev)
+    try:
+        metrics, out_adata, cancelled = handler(spec, info, adata, run_dir, dev)
+    except NotRankZero:
+        return {}
     metrics = {k: v for k, v in metrics.items()}
     runs.write_json(run_dir / "metrics.json", metrics)
     io.write_h5ad(out_adata, run_dir / "results.h5ad")

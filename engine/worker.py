@@ -39,7 +39,10 @@ def _queue_position(run_dir: Path) -> int:
     return ahead
 
 
-def _acquire_slot(run_dir: Path):
+def _acquire_slots(run_dir: Path, needed: int) -> list:
+    """Wait for this run's turn and ``needed`` free slots; return their (index, locked file)
+    pairs, or [] when the run is cancelled while it waits. All or nothing: a run never holds
+    some slots while it waits for more."""
     slots_dir = (
         run_dir.parent.parent / "slots"
         if run_dir.parent.name == "runs"
@@ -48,15 +51,20 @@ def _acquire_slot(run_dir: Path):
     slots_dir.mkdir(exist_ok=True)
     while True:
         if (run_dir / "cancel").exists():
-            return None, None
+            return []
         if _queue_position(run_dir) == 0:
+            held = []
             for i in range(jobs.n_slots()):
                 fh = open(slots_dir / f"slot-{i}.lock", "w")  # noqa: SIM115 - held until the run ends
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return i, fh
+                    held.append((i, fh))
+                    if len(held) == needed:
+                        return held
                 except BlockingIOError:
                     fh.close()
+            for _, fh in held:
+                fh.close()
         time.sleep(POLL_S)
 
 
@@ -69,14 +77,16 @@ def _tail(path: Path, n: int = 8) -> str:
 
 
 def supervise(run_dir: Path) -> int:
-    slot, lock = _acquire_slot(run_dir)
-    if slot is None:
+    needed = int(runs.read_json(run_dir / "run.json", {}).get("devices") or 1)
+    held = _acquire_slots(run_dir, needed)
+    if not held:
         runs.update_status(run_dir, state="cancelled", finished=runs.now())
         return 0
+    slots = [i for i, _ in held]
     env = dict(os.environ)
     if jobs.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot)
-    runs.update_status(run_dir, state="running", slot=slot, started=runs.now())
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slots))  # slot i is GPU i
+    runs.update_status(run_dir, state="running", slot=slots[0], slots=slots, started=runs.now())
     child = subprocess.Popen(
         [sys.executable, "-m", "engine.worker", "--train", str(run_dir)],
         env=env,
@@ -115,7 +125,8 @@ def supervise(run_dir: Path) -> int:
             error=reason,
             log_tail=_tail(run_dir / "worker.log"),
         )
-    lock.close()
+    for _, fh in held:
+        fh.close()
     return 0
 
 

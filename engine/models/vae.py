@@ -34,8 +34,9 @@ class VAE(nn.Module):
         self.z_logvar = nn.Linear(n_hidden, n_latent)
         self.decoder = mlp(n_latent + n_batch, widths, "relu", 0.0, batch_norm=True)
         self.scale = nn.Linear(n_hidden, n_in)
-        self.dropout_logits = nn.Linear(n_hidden, n_in)
-        self.log_theta = nn.Parameter(torch.zeros(n_in))
+        # only the parameters the likelihood uses (unused ones would stall data-parallel training)
+        self.dropout_logits = nn.Linear(n_hidden, n_in) if likelihood == "zinb" else None
+        self.log_theta = nn.Parameter(torch.zeros(n_in)) if likelihood in ("nb", "zinb") else None
 
     def _cov(self, t: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
         if self.n_batch and batch is not None:
@@ -61,7 +62,7 @@ class VAE(nn.Module):
         return {
             "mean": proportion * library,
             "proportion": proportion,
-            "dropout_logits": self.dropout_logits(h),
+            "dropout_logits": self.dropout_logits(h) if self.dropout_logits is not None else None,
         }
 
     def forward(
