@@ -124,7 +124,12 @@ if task in ("reconstruct", "embed"):
         ).update_layout(showlegend=False)
         st.plotly_chart(figs["abnormality"], width="stretch")
     key = f"X_{spec.get('model')}"
-    if key in res.obsm and res.obsm[key].shape[1] >= 2:
+    show_umap = key in res.obsm and st.toggle(
+        "Latent UMAP",
+        value=res.n_obs <= 3000,  # larger runs: on request, it takes seconds
+        help="UMAP of the latent codes of up to 5,000 cells, cached per run",
+    )
+    if show_umap and res.obsm[key].shape[1] >= 2:
         color = st.selectbox(
             "Colour the latent UMAP by", [c for c in res.obs.columns], key="umap_color"
         )

@@ -162,7 +162,11 @@ def test_one_run_on_two_devices_ddp(monkeypatch, lognorm_file):
     """Data-parallel training (Lightning DDP; here two CPU processes with gloo, on GPUs one per
     slot): the run holds two slots, each rank trains a disjoint half, rank 0 writes."""
     monkeypatch.setenv("SCWB_SLOTS", "2")
-    run_dir = jobs.submit(RunSpec(model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, devices=2, device="cpu"))
+    run_dir = jobs.submit(
+        RunSpec(
+            model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, devices=2, device="cpu"
+        )
+    )
     st = jobs.wait(run_dir, timeout=180)
     assert st["state"] == "completed", (st, (run_dir / "worker.log").read_text()[-2000:])
     assert st["slots"] == [0, 1]
@@ -183,6 +187,18 @@ def test_batches_shard_disjointly_across_ranks():
     from engine.data import Batches
 
     x = torch.arange(103, dtype=torch.float32).reshape(-1, 1)
-    seen = [torch.cat([b["x"] for b in Batches({"x": x}, np.arange(103), 10, shuffle=True, seed=3, rank=r, world=2)]) for r in (0, 1)]
-    assert len(seen[0]) == len(seen[1]) == 50  # 51 each; a last batch of one cell is skipped (BatchNorm)
+    seen = [
+        torch.cat(
+            [
+                b["x"]
+                for b in Batches(
+                    {"x": x}, np.arange(103), 10, shuffle=True, seed=3, rank=r, world=2
+                )
+            ]
+        )
+        for r in (0, 1)
+    ]
+    assert (
+        len(seen[0]) == len(seen[1]) == 50
+    )  # 51 each; a last batch of one cell is skipped (BatchNorm)
     assert not set(seen[0].flatten().tolist()) & set(seen[1].flatten().tolist())
