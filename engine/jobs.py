@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -207,10 +206,3 @@ def wait(
         if timeout is not None and time.time() - t0 > timeout:
             return st
         time.sleep(poll)
-
-
-def kill(run: str | Path, sig: int = signal.SIGKILL, root: Path | None = None) -> None:
-    """Send ``sig`` to a run's training process (fault tests; 'force stop' in the app)."""
-    st = runs.read_status(resolve_run(run, root))
-    if st.get("pid"):
-        os.kill(int(st["pid"]), sig)

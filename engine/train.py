@@ -300,7 +300,7 @@ def preflight(spec: RunSpec, adata: ad.AnnData) -> None:
     make_split(adata.n_obs, spec.seed, stratify=labels)
 
 
-def run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
+def run(spec: RunSpec) -> dict[str, Any]:
     """Train and evaluate ``spec`` into ``spec.out``; return the final metrics."""
     run_dir = Path(spec.out)
     run_dir.mkdir(parents=True, exist_ok=True)
