@@ -91,7 +91,7 @@ def throughput(t: dict) -> list[str]:
     out = [
         "## Training throughput (`python -m bench.throughput`)",
         "",
-        f"Machine: {t['machine']}. VAE (NB, n_hidden 128, n_latent 10, one layer), batch 128, synthetic negative-binomial counts x 2,000 genes; cells/s over a fixed number of batches after 5 warm-up batches; peak RSS of the measuring process.",
+        f"Machine: {t['machine']['cpu_threads']} CPU threads, GPU: {t['machine']['cuda'] or 'none'}; Python {t['machine']['python']}, torch {t['machine']['torch']}; {t['machine']['date']}. VAE (NB, n_hidden 128, n_latent 10, one layer), batch 128, synthetic negative-binomial counts x 2,000 genes; cells/s over a fixed number of batches after 5 warm-up batches; peak RSS of the measuring process.",
         "",
     ]
     rows = pd.DataFrame([r for r in t["throughput"] if "cells_per_s" in r])
@@ -143,15 +143,14 @@ def latency(a: dict) -> list[str]:
         "Page script time in AppTest (the same script a browser session runs): first run, then a rerun with the dataset cached.",
         "",
     ]
-    out += [
-        _md(
-            pd.DataFrame(a["pages"])
-            .pivot_table(index="page", columns="n", values=["first_run_s", "rerun_s"])
-            .reset_index(),
-            2,
-        ),
-        "",
+    wide = pd.DataFrame(a["pages"]).pivot_table(
+        index="page", columns="n", values=["first_run_s", "rerun_s"]
+    )
+    wide.columns = [
+        f"{'first run' if what == 'first_run_s' else 'rerun'} s, {n:,} cells"
+        for what, n in wide.columns
     ]
+    out += [_md(wide.reset_index(), 2), ""]
     out += [
         "Time from submitting a VAE run to its first epoch point on the live curve (worker start, data load, one epoch):",
         "",
