@@ -234,3 +234,10 @@ def test_results_downloads_are_lazy_and_work(dataset):
         "Figure as interactive HTML",
         "Figure as PNG",
     } <= set(labels)
+
+
+def test_runs_page_baseline_has_no_false_progress_message(dataset):
+    _finished(dataset, "sk_logreg", label_key="cell_type")
+    at = app("runs")
+    title = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    assert title.startswith("Fitted in one step")

@@ -26,8 +26,16 @@ def sampled_title(title: str, shown: int, total: int) -> str:
 
 def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figure:
     cols = [c for c in ("train_loss", "val_loss") if c in metrics]
-    if metrics.empty or not cols:
+    if metrics.empty:
         return go.Figure().update_layout(title="No epoch finished yet")
+    if not cols:  # a scikit-learn baseline: fitted in one step, scored on train and validation
+        scores = metrics.drop(columns=["epoch"]).iloc[-1]
+        fig = px.bar(
+            x=list(scores.index), y=list(scores.to_numpy()), labels={"x": "", "y": "value"}
+        )
+        return fig.update_layout(
+            title="Fitted in one step (no epochs): training and validation scores"
+        )
     long = metrics.melt(id_vars="epoch", value_vars=cols, var_name="split", value_name="loss")
     long["split"] = long["split"].map({"train_loss": "train", "val_loss": "validation"})
     return px.line(long, x="epoch", y="loss", color="split", markers=True, title=title)
