@@ -76,6 +76,12 @@ def _tail(path: Path, n: int = 8) -> str:
         return ""
 
 
+def _fail(run_dir: Path, error: str, with_log: bool = True) -> None:
+    """End a run as ``failed`` with a one-line reason (and the last log lines when useful)."""
+    extra = {"log_tail": _tail(run_dir / "worker.log")} if with_log else {}
+    runs.update_status(run_dir, state="failed", finished=runs.now(), error=error, **extra)
+
+
 def supervise(run_dir: Path) -> int:
     needed = int(runs.read_json(run_dir / "run.json", {}).get("devices") or 1)
     held = _acquire_slots(run_dir, needed)
@@ -118,13 +124,7 @@ def supervise(run_dir: Path) -> int:
             )
         else:
             reason = f"The training process exited with code {rc}"
-        runs.update_status(
-            run_dir,
-            state="failed",
-            finished=runs.now(),
-            error=reason,
-            log_tail=_tail(run_dir / "worker.log"),
-        )
+        _fail(run_dir, reason)
     for _, fh in held:
         fh.close()
     return 0
@@ -150,7 +150,7 @@ def train_child(run_dir: Path) -> int:
         run(spec)
         return 0
     except ScwbError as exc:
-        runs.update_status(run_dir, state="failed", finished=runs.now(), error=str(exc))
+        _fail(run_dir, str(exc), with_log=False)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -163,18 +163,12 @@ def train_child(run_dir: Path) -> int:
         )
         traceback.print_exc()
         with contextlib.suppress(OSError):  # else the supervisor records it from the exit code
-            runs.update_status(run_dir, state="failed", finished=runs.now(), error=msg)
+            _fail(run_dir, msg)
         return 1
     except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
         traceback.print_exc()
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        runs.update_status(
-            run_dir,
-            state="failed",
-            finished=runs.now(),
-            error=msg,
-            log_tail=_tail(run_dir / "worker.log"),
-        )
+        _fail(run_dir, msg)
         return 1
 
 
