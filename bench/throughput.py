@@ -49,6 +49,64 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _measure_scvi(n: int, genes: int, batches: int, q) -> None:
+    """scvi-tools' SCVI with the same architecture and batch size, timed like the others (after
+    5 warm-up batches, to the end of the epoch). Runs where scvi-tools is installed."""
+    warnings.filterwarnings("ignore")
+    import torch
+
+    steps, warm = min(batches, n // 128 - 6), 5
+    result = {
+        "method": "scvi",
+        "n": n,
+        "genes": genes,
+        "batches": steps,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        import anndata as ad
+        import lightning.pytorch as lp
+        import scvi
+    except ImportError:
+        q.put({**result, "skipped": "scvi-tools is not installed"})
+        return
+
+    class Timer(lp.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == warm:
+                self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.dt = time.perf_counter() - self.t0
+
+    adata = ad.AnnData(X=counts(n, genes))
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
+    timer = Timer()
+    model.train(
+        max_epochs=1,
+        batch_size=128,
+        train_size=1.0,
+        early_stopping=False,
+        enable_progress_bar=False,
+        limit_train_batches=steps + warm,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+    )
+    q.put(
+        {
+            **result,
+            "version": scvi.__version__,
+            "cells_per_s": steps * 128 / timer.dt,
+            "seconds": timer.dt,
+            "peak_mb": _peak_mb(),
+        }
+    )
+
+
 def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
     warnings.filterwarnings("ignore")
     import logging
@@ -75,29 +133,6 @@ def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
         "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu",
         "batches": steps,
     }
-    if method == "scvi":
-        try:
-            import anndata as ad
-            import scvi
-        except ImportError:
-            q.put({**result, "skipped": "scvi-tools is not installed"})
-            return
-        adata = ad.AnnData(X=x)
-        scvi.model.SCVI.setup_anndata(adata)
-        model = scvi.model.SCVI(adata, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
-        t0 = time.perf_counter()
-        model.train(
-            max_epochs=1,
-            batch_size=128,
-            train_size=1.0,
-            early_stopping=False,
-            enable_progress_bar=False,
-            plan_kwargs={},
-            limit_train_batches=steps,
-        )
-        dt = time.perf_counter() - t0
-        q.put({**result, "cells_per_s": steps * 128 / dt, "seconds": dt, "peak_mb": _peak_mb()})
-        return
     net = VAE(genes)
     if method in ("engine", "bare"):
         columns = {"x": DeviceMatrix(x, dev)}
@@ -159,10 +194,44 @@ def _measure(method: str, n: int, genes: int, batches: int, q) -> None:
     q.put({**result, "cells_per_s": steps * 128 / dt, "seconds": dt, "peak_mb": _peak_mb()})
 
 
+SCVI_PYTHON: str | None = None  # --scvi-python: an interpreter whose environment has scvi-tools
+
+
+def _scvi_elsewhere(n: int, genes: int, batches: int) -> dict:
+    """Measure scvi-tools with another interpreter (its own venv), same code, same machine."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"import json, queue; from bench.throughput import _measure_scvi; q = queue.Queue(); _measure_scvi({n}, {genes}, {batches}, q); print(json.dumps(q.get()))"
+    out = subprocess.run(
+        [SCVI_PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return (
+        json.loads(lines[-1])
+        if lines
+        else {
+            "method": "scvi",
+            "n": n,
+            "error": (out.stderr.strip().splitlines() or ["?"])[-1][:300],
+            "python": sys.executable,
+        }
+    )
+
+
 def measure(method: str, n: int, genes: int, batches: int) -> dict:
+    if method == "scvi" and SCVI_PYTHON:
+        return _scvi_elsewhere(n, genes, batches)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_measure, args=(method, n, genes, batches, q))
+    if method == "scvi":
+        p = ctx.Process(target=_measure_scvi, args=(n, genes, batches, q))
+    else:
+        p = ctx.Process(target=_measure, args=(method, n, genes, batches, q))
     p.start()
     p.join()
     return (
@@ -232,7 +301,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=150)
     ap.add_argument("--pp-cells", type=int, default=100_000)
     ap.add_argument("--pp-genes", type=int, default=20_000)
+    ap.add_argument(
+        "--scvi-python",
+        help="python of a venv with scvi-tools (pip install -r requirements-bench.txt there)",
+    )
+    ap.add_argument("--skip-preprocessing", action="store_true")
     args = ap.parse_args()
+    global SCVI_PYTHON
+    SCVI_PYTHON = args.scvi_python
     import torch
 
     res = {
@@ -257,7 +333,16 @@ def main() -> None:
     for r in res["scale"]:
         r["epoch_s_estimate"] = r["n"] / r["cells_per_s"] if r.get("cells_per_s") else None
         print(json.dumps(r), flush=True)
-    res["preprocessing"] = preprocessing(args.pp_cells, args.pp_genes)
+    previous = (
+        json.loads((OUT / "throughput.json").read_text())
+        if (OUT / "throughput.json").exists()
+        else {}
+    )
+    res["preprocessing"] = (
+        previous.get("preprocessing", [])
+        if args.skip_preprocessing
+        else preprocessing(args.pp_cells, args.pp_genes)
+    )
     print(json.dumps(res["preprocessing"]), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "throughput.json").write_text(json.dumps(res, indent=2))
