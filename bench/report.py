@@ -103,6 +103,8 @@ def throughput(t: dict) -> list[str]:
             table[f"{m} cells/s"] = wide[m].to_numpy()
         if {"engine", "bare"} <= set(wide.columns):
             table["engine / bare"] = (wide["engine"] / wide["bare"]).to_numpy()
+        if {"engine", "scvi"} <= set(wide.columns):
+            table["engine / scvi-tools"] = (wide["engine"] / wide["scvi"]).to_numpy()
         if {"engine", "naive"} <= set(wide.columns):
             table["engine / naive"] = (wide["engine"] / wide["naive"]).to_numpy()
         for m in mem.columns:
