@@ -94,12 +94,25 @@ with st.container(border=True):
 with st.container(border=True):
     st.markdown("**Training**")
     c = st.columns(5)
-    first = models.get(picked[0]) if picked else models.for_task(task)[0]
-    epochs = c[0].number_input(
-        "Max epochs", 1, 10_000, first.epochs, help="early stopping may end sooner"
+    defaults = ", ".join(
+        f"{m}: {models.get(m).epochs} epochs, batch {models.get(m).batch_size}, lr {models.get(m).lr:g}"
+        for m in picked
     )
-    batch = c[1].number_input("Batch size", 2, 65_536, first.batch_size)
-    lr = c[2].number_input("Learning rate", 1e-6, 1.0, first.lr, format="%.5f")
+    blank = "leave empty for each model's own default" + (f" ({defaults})" if defaults else "")
+    epochs = c[0].number_input(
+        "Max epochs",
+        1,
+        10_000,
+        None,
+        placeholder="model default",
+        help=f"early stopping may end sooner; {blank}",
+    )
+    batch = c[1].number_input(
+        "Batch size", 2, 65_536, None, placeholder="model default", help=blank
+    )
+    lr = c[2].number_input(
+        "Learning rate", 1e-6, 1.0, None, format="%.5f", placeholder="model default", help=blank
+    )
     seed = c[3].number_input(
         "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy"
     )
@@ -146,9 +159,9 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 model=n,
                 data=str(datasets.path(name)),
                 dataset_name=name,
-                epochs=None if models.get(n).kind == "sklearn" else int(epochs),
-                batch_size=int(batch),
-                lr=float(lr),
+                epochs=None if epochs is None or models.get(n).kind == "sklearn" else int(epochs),
+                batch_size=None if batch is None else int(batch),
+                lr=None if lr is None else float(lr),
                 seed=int(seed),
                 device=device,
                 params=params.get(n, {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -241,3 +242,18 @@ def test_runs_page_baseline_has_no_false_progress_message(dataset):
     at = app("runs")
     title = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
     assert title.startswith("Fitted in one step")
+
+
+def test_train_page_uses_each_models_defaults_when_left_empty(dataset):
+    at = app("train")
+    at.multiselect[0].set_value(["logreg", "mlp"]).run()
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert not errors(at), errors(at)
+    specs = {
+        r["model"]: json.loads((Path(r["path"]) / "run.json").read_text()) for r in jobs.list_jobs()
+    }
+    assert specs["logreg"]["lr"] == 1e-2 and specs["mlp"]["lr"] == 1e-3
+    assert specs["mlp"]["epochs"] == 50 and specs["mlp"]["batch_size"] == 128
+    for r in jobs.list_jobs():
+        jobs.cancel(r["path"])
+        jobs.wait(r["path"], timeout=60)
