@@ -326,17 +326,6 @@ def fingerprint(adata: ad.AnnData) -> str:
     return h.hexdigest()[:16]
 
 
-def file_fingerprint(data: bytes | Path) -> str:
-    h = hashlib.sha1()
-    if isinstance(data, Path):
-        with open(data, "rb") as fh:
-            for chunk in iter(lambda: fh.read(2**22), b""):
-                h.update(chunk)
-    else:
-        h.update(data)
-    return h.hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- validation
 def check_not_empty(adata: ad.AnnData) -> None:
     if adata.n_obs == 0:
@@ -427,19 +416,11 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     return path
 
 
-def to_bytes(adata: ad.AnnData) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "out.h5ad"
-        adata.write_h5ad(p, compression="gzip")
-        return p.read_bytes()
-
-
 __all__ = [
     "read",
     "describe",
     "matrix_kind",
     "fingerprint",
-    "file_fingerprint",
     "check_not_empty",
     "check_finite",
     "check_counts",
@@ -448,7 +429,6 @@ __all__ = [
     "check_values",
     "make_unique",
     "write_h5ad",
-    "to_bytes",
 ]
 
 

@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import secrets
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,12 +135,3 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         return []
     rows = [summary(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return sorted(rows, key=lambda r: (r["created"] or "", r["id"]), reverse=True)
-
-
-def wait_for_file(path: Path, timeout: float = 10.0) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if Path(path).exists():
-            return True
-        time.sleep(0.05)
-    return False

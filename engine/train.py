@@ -45,7 +45,6 @@ class RunFolderCallback(pl.Callback):
     def __init__(
         self,
         run_dir: Path,
-        n_train: int,
         max_epochs: int,
         every: float = 2.0,
         epoch_offset: int = 0,
@@ -54,7 +53,6 @@ class RunFolderCallback(pl.Callback):
         extra: dict | None = None,
     ):
         self.run_dir = Path(run_dir)
-        self.n_train = n_train
         self.every = every
         self.offset = epoch_offset
         self.total = total_epochs or max_epochs
@@ -190,7 +188,7 @@ def fit(
     )
     val = Batches(columns, split["val"], max(spec.batch_size, 1024), shuffle=False)
     ckpt_dir = run_dir / "checkpoints"
-    progress = RunFolderCallback(run_dir, len(split["train"]), spec.epochs, **cb_kwargs)
+    progress = RunFolderCallback(run_dir, spec.epochs, **cb_kwargs)
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",

@@ -287,7 +287,7 @@ if figs:
     f1, f2 = st.columns(2)
     f1.download_button(
         "Figure as interactive HTML",
-        fig.to_html(include_plotlyjs="cdn"),
+        lambda: fig.to_html(include_plotlyjs="cdn"),
         file_name=f"{run_id}-{which}.html",
     )
     f2.download_button(
