@@ -70,4 +70,9 @@ metric = st.selectbox(
     ],
 )
 st.plotly_chart(figures.overlaid_curves(curves, metric), width="stretch")
-st.download_button("Comparison table (CSV)", table.to_csv(index=False), file_name="comparison.csv")
+st.download_button(
+    "Comparison table (CSV)",
+    table.to_csv(index=False),
+    file_name="comparison.csv",
+    on_click="ignore",
+)

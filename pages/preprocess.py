@@ -118,6 +118,7 @@ st.download_button(
     "Download recipe (JSON)",
     recipe.to_json(),
     file_name=f"{name}-recipe.json",
+    on_click="ignore",
     mime="application/json",
 )
 

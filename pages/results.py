@@ -269,18 +269,32 @@ st.divider()
 st.subheader("Export")
 c = st.columns(3)
 # files are read or built only when their button is clicked (callables run on download)
-c[0].download_button("Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad")
+c[0].download_button(
+    "Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad", on_click="ignore"
+)
 weights = run_dir / "model.pt"
 if weights.exists():
-    c[0].download_button("Model weights (.pt)", weights.read_bytes, file_name=f"{run_id}-model.pt")
+    c[0].download_button(
+        "Model weights (.pt)", weights.read_bytes, file_name=f"{run_id}-model.pt", on_click="ignore"
+    )
 c[1].download_button(
-    "Metrics (JSON)", json.dumps(metrics, indent=2), file_name=f"{run_id}-metrics.json"
+    "Metrics (JSON)",
+    json.dumps(metrics, indent=2),
+    file_name=f"{run_id}-metrics.json",
+    on_click="ignore",
 )
 c[1].download_button(
-    "Metrics (CSV)", export.metrics_csv(run_dir), file_name=f"{run_id}-metrics.csv"
+    "Metrics (CSV)",
+    export.metrics_csv(run_dir),
+    file_name=f"{run_id}-metrics.csv",
+    on_click="ignore",
 )
-c[2].download_button("Reproduce script (.py)", export.script(run_dir), file_name=f"{run_id}.py")
-c[2].download_button("Whole run (.zip)", lambda: export.bundle(run_dir), file_name=f"{run_id}.zip")
+c[2].download_button(
+    "Reproduce script (.py)", export.script(run_dir), file_name=f"{run_id}.py", on_click="ignore"
+)
+c[2].download_button(
+    "Whole run (.zip)", lambda: export.bundle(run_dir), file_name=f"{run_id}.zip", on_click="ignore"
+)
 if figs:
     which = st.selectbox("Figure", list(figs))
     fig = figs[which]
@@ -289,11 +303,13 @@ if figs:
         "Figure as interactive HTML",
         lambda: fig.to_html(include_plotlyjs="cdn"),
         file_name=f"{run_id}-{which}.html",
+        on_click="ignore",
     )
     f2.download_button(
         "Figure as PNG",
         lambda: figures.to_png(fig),
         file_name=f"{run_id}-{which}.png",
+        on_click="ignore",
         mime="image/png",
         help="rendered on the server with Chrome/Chromium; the camera icon on each figure works too",
     )

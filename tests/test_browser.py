@@ -43,42 +43,37 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(workspace):
+def server(workspace, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     pytest.importorskip("playwright.sync_api")
     port = _free_port()
     env = {**os.environ, "SCWB_HOME": str(workspace), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py"]
+            + ["--server.port", str(port), "--server.headless", "true"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            proc.kill()
+            pytest.fail("streamlit did not start")
+        yield url
+        proc.terminate()
+        proc.wait(timeout=20)
+    # shown by pytest only when the test failed: the server's side of the story
+    print(log_path.read_text()[-5000:])
 
 
 def _wait_idle(page, timeout=60_000):
@@ -122,7 +117,9 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         page.screenshot(path=SHOTS / "preprocess.png", full_page=True)
 
         _go(page, "Train")
-        expect(page.get_by_text("Models (compared on the same split)")).to_be_visible()
+        expect(page.get_by_text("Models (compared on the same split)")).to_be_visible(
+            timeout=60_000
+        )
         epochs = page.get_by_role("spinbutton", name="Max epochs")
         epochs.fill("60")
         epochs.press("Enter")
@@ -171,8 +168,7 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
         page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
         page.goto(f"{server}/results?run=2026-autoencoder")
         expect(page.get_by_text("Input, reconstruction and error")).to_be_visible(timeout=90_000)
-        expect(page.locator(".js-plotly-plot .heatmaplayer").first).to_be_visible(timeout=60_000)
-        assert page.locator(".js-plotly-plot .heatmaplayer").count() == 3
+        expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(3, timeout=60_000)
         _wait_idle(page, timeout=120_000)
         page.screenshot(path=SHOTS / "results.png")
 
@@ -182,7 +178,8 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
 
         _go(page, "Results")
         expect(page.get_by_role("button", name="Annotated .h5ad")).to_be_visible(timeout=60_000)
-        with page.expect_download() as dl:
+        _wait_idle(page, timeout=120_000)
+        with page.expect_download(timeout=90_000) as dl:
             page.get_by_role("button", name="Annotated .h5ad").click()
         path = tmp_path / "download.h5ad"
         dl.value.save_as(path)
