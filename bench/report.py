@@ -87,6 +87,37 @@ def quality(q: dict) -> list[str]:
     return out
 
 
+# fp32 (non-tensor-core) dense peak of the cards the device tool lends, from NVIDIA's data sheets
+FP32_PEAK = {"H100": 67e12, "H200": 67e12}
+
+
+def _peak_flops(card: str | None) -> float | None:
+    if not card:
+        return None
+    if "H100" in card and "PCIe" in card:
+        return 51e12
+    return next((v for k, v in FP32_PEAK.items() if k in card), None)
+
+
+def _ratio(rows: pd.DataFrame, n: int, a: str, b: str) -> str:
+    """Ratio of medians, with the range of the repeat-paired ratios when there are repeats."""
+    ra = rows[(rows["n"] == n) & (rows["method"] == a)]
+    rb = rows[(rows["n"] == n) & (rows["method"] == b)]
+    if ra.empty or rb.empty:
+        return ""
+    text = f"{ra['cells_per_s'].iloc[0] / rb['cells_per_s'].iloc[0]:.2f}"
+    if "cells_per_s_repeats" in rows and isinstance(ra["cells_per_s_repeats"].iloc[0], list):
+        pairs = [
+            x / y
+            for x, y in zip(
+                ra["cells_per_s_repeats"].iloc[0], rb["cells_per_s_repeats"].iloc[0], strict=False
+            )
+        ]
+        if len(pairs) > 1:
+            text += f" [{min(pairs):.2f}-{max(pairs):.2f}]"
+    return text
+
+
 def throughput(t: dict) -> list[str]:
     out = [
         "## Training throughput (`python -m bench.throughput`)",
@@ -101,15 +132,34 @@ def throughput(t: dict) -> list[str]:
         table = pd.DataFrame({"cells": wide.index})
         for m in wide.columns:
             table[f"{m} cells/s"] = wide[m].to_numpy()
-        if {"engine", "bare"} <= set(wide.columns):
-            table["engine / bare"] = (wide["engine"] / wide["bare"]).to_numpy()
-        if {"engine", "scvi"} <= set(wide.columns):
-            table["engine / scvi-tools"] = (wide["engine"] / wide["scvi"]).to_numpy()
-        if {"engine", "naive"} <= set(wide.columns):
-            table["engine / naive"] = (wide["engine"] / wide["naive"]).to_numpy()
+        for other, label in (("bare", "bare"), ("scvi", "scvi-tools"), ("naive", "naive")):
+            if {"engine", other} <= set(wide.columns):
+                table[f"engine / {label}"] = [_ratio(rows, n, "engine", other) for n in wide.index]
+        flops = t["machine"].get("vae_train_flops_per_cell")
+        if flops and "engine" in wide.columns:
+            achieved = wide["engine"].to_numpy() * flops
+            table["engine GFLOP/s"] = achieved / 1e9
+            peak = _peak_flops(t["machine"].get("cuda"))
+            if peak:
+                table["share of fp32 peak"] = [f"{a / peak:.1%}" for a in achieved]
         for m in mem.columns:
             table[f"{m} peak MB"] = mem[m].to_numpy()
         out += [_md(table, 2), ""]
+        reps = int(rows.get("repeats", pd.Series([1])).max())
+        if reps > 1:
+            out += [
+                f"Each cells/s is the median of {reps} interleaved repeats; each ratio is the ratio of "
+                "the medians, with the lowest and highest ratio of the repeats paired in order "
+                "(engine's i-th against the other's i-th) in brackets.",
+                "",
+            ]
+        if flops:
+            out += [
+                f"GFLOP/s: {flops / 1e6:.2f} MFLOP of dense-layer work to train on one cell "
+                "(forward + backward, 3 x 2 x in x out per linear layer) x the engine's cells/s; "
+                "the NB likelihood and other elementwise work are not counted, so it is a lower bound.",
+                "",
+            ]
     skipped = {r.get("skipped") for r in t["throughput"] if r.get("skipped")}
     if skipped:
         out += [
