@@ -214,27 +214,26 @@ if task == "perturb":
             res, info["condition_key"], info["cell_type_key"], info["ctrl"], info["stim"], target
         )
         top = runs.read_json(sub_dir / "top_degs.json", [])
-        c = st.columns(2)
-        figs["pred_vs_real"] = figures.mean_scatter(
-            means["predicted"].to_numpy(),
-            means["real"].to_numpy(),
-            list(means.index),
-            top,
-            m["r2_mean_all"],
-            m["r2_mean_top100"],
-            f"scGen, {target}",
+        panels = (
+            ("pred_vs_real", "predicted", "", f"scGen, {target}"),
+            (
+                "baseline_vs_real",
+                "meanshift",
+                "baseline_meanshift_",
+                "Baseline: control + mean shift",
+            ),
         )
-        figs["baseline_vs_real"] = figures.mean_scatter(
-            means["meanshift"].to_numpy(),
-            means["real"].to_numpy(),
-            list(means.index),
-            top,
-            m["baseline_meanshift_r2_mean_all"],
-            m["baseline_meanshift_r2_mean_top100"],
-            "Baseline: control + mean shift",
-        )
-        c[0].plotly_chart(figs["pred_vs_real"], width="stretch")
-        c[1].plotly_chart(figs["baseline_vs_real"], width="stretch")
+        for col, (key, source, prefix, title) in zip(st.columns(2), panels, strict=True):
+            figs[key] = figures.mean_scatter(
+                means[source].to_numpy(),
+                means["real"].to_numpy(),
+                list(means.index),
+                top,
+                m[f"{prefix}r2_mean_all"],
+                m[f"{prefix}r2_mean_top100"],
+                title,
+            )
+            col.plotly_chart(figs[key], width="stretch")
         genes = top[:6]
         cond, types = (
             res.obs[info["condition_key"]].astype(str),

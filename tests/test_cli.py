@@ -132,78 +132,22 @@ def test_submit_runs_wait(tmp_path, lognorm_file):
     assert rows[0]["path"] == run_dir and rows[0]["state"] == "completed"
 
 
+TRAIN_MLP = ["train", "--data", "{lognorm}", "--model", "mlp"]
+SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-type-key", "cell_type"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["info", "missing.h5ad"], "does not exist"),
         (["train", "--data", "{lognorm}", "--model", "nope", "--out", "x"], "Unknown model"),
-        (["train", "--data", "{lognorm}", "--model", "mlp", "--out", "x"], "label column"),
+        (TRAIN_MLP + ["--out", "x"], "label column"),
+        (TRAIN_MLP + ["--label-key", "cell_type", "--epochs", "-3", "--out", "x"], "epochs"),
+        (TRAIN_MLP + ["--label-key", "cell_type", "--lr", "0", "--out", "x"], "learning rate"),
+        (TRAIN_MLP + ["--label-key", "nope", "--out", "{tmp}/r"], "no column 'nope'"),
         (
-            [
-                "train",
-                "--data",
-                "{lognorm}",
-                "--model",
-                "mlp",
-                "--label-key",
-                "cell_type",
-                "--epochs",
-                "-3",
-                "--out",
-                "x",
-            ],
-            "epochs",
-        ),
-        (
-            [
-                "train",
-                "--data",
-                "{lognorm}",
-                "--model",
-                "mlp",
-                "--label-key",
-                "cell_type",
-                "--lr",
-                "0",
-                "--out",
-                "x",
-            ],
-            "learning rate",
-        ),
-        (
-            [
-                "train",
-                "--data",
-                "{lognorm}",
-                "--model",
-                "mlp",
-                "--label-key",
-                "nope",
-                "--out",
-                "{tmp}/r",
-            ],
-            "no column 'nope'",
-        ),
-        (
-            [
-                "train",
-                "--data",
-                "{lognorm}",
-                "--model",
-                "scgen",
-                "--condition-key",
-                "condition",
-                "--ctrl",
-                "control",
-                "--stim",
-                "infected",
-                "--cell-type-key",
-                "cell_type",
-                "--predict",
-                "B cell",
-                "--out",
-                "{tmp}/r",
-            ],
+            ["train", "--data", "{lognorm}", "--model", "scgen", *SCGEN_DESIGN]
+            + ["--stim", "infected", "--predict", "B cell", "--out", "{tmp}/r"],
             "no stimulated value",
         ),
         (

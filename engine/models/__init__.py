@@ -53,6 +53,8 @@ def _widths(text: Any) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+ACTIVATION = Param("relu", "hidden activation", choices=("relu", "sigmoid", "tanh"))
+
 REGISTRY: dict[str, ModelInfo] = {
     m.name: m
     for m in [
@@ -72,9 +74,7 @@ REGISTRY: dict[str, ModelInfo] = {
             "Fully connected hidden layers (default one of 50) with a chosen activation and dropout.",
             params={
                 "hidden": Param("50", "hidden layer widths, comma-separated"),
-                "activation": Param(
-                    "relu", "hidden activation", choices=("relu", "sigmoid", "tanh")
-                ),
+                "activation": ACTIVATION,
                 "dropout": Param(0.1, "dropout after each hidden layer", low=0, high=0.9),
                 "weight_decay": Param(0.0, "L2 penalty on the weights", low=0),
             },
@@ -99,9 +99,7 @@ REGISTRY: dict[str, ModelInfo] = {
             "Encoder n_in->32->16->8->4 mirrored; MSE; per-cell reconstruction error = abnormality.",
             params={
                 "widths": Param("32,16,8,4", "encoder widths, the last is the latent size"),
-                "activation": Param(
-                    "relu", "hidden activation", choices=("relu", "sigmoid", "tanh")
-                ),
+                "activation": ACTIVATION,
                 "output": Param(
                     "auto",
                     "sigmoid output for MinMax-scaled input",
