@@ -79,6 +79,28 @@ def scgen_loo(tmp: Path, epochs: int, seed: int) -> dict:
     return results
 
 
+def side_by_side(
+    tmp: Path, data: str, label_key: str, seed: int, models: dict[str, dict], keep: tuple[str, ...]
+) -> dict:
+    """Train each model (name -> RunSpec options) on the same data and split; keep these metrics
+    and the wall time of each."""
+    rows = {}
+    for model, kw in models.items():
+        t0 = time.time()
+        m = train.run(
+            RunSpec(
+                model=model,
+                data=data,
+                label_key=label_key,
+                seed=seed,
+                out=str(tmp / model),
+                **kw,
+            )
+        )
+        rows[model] = {k: m[k] for k in keep} | {"seconds": round(time.time() - t0, 1)}
+    return rows
+
+
 def classify(tmp: Path, seed: int) -> dict:
     recipe = pp.Recipe(
         [
@@ -89,25 +111,8 @@ def classify(tmp: Path, seed: int) -> dict:
         ]
     )
     data = prepared("kang_control_counts.h5ad", recipe, tmp)
-    rows = {}
-    for model, kw in (("mlp", {"epochs": 50}), ("logreg", {"epochs": 50}), ("sk_logreg", {})):
-        t0 = time.time()
-        m = train.run(
-            RunSpec(
-                model=model,
-                data=data,
-                label_key="cell_type",
-                seed=seed,
-                out=str(tmp / f"cls-{model}"),
-                **kw,
-            )
-        )
-        rows[model] = {
-            "test_accuracy": m["test_accuracy"],
-            "test_f1_macro": m["test_f1_macro"],
-            "seconds": round(time.time() - t0, 1),
-        }
-    return rows
+    models = {"mlp": {"epochs": 50}, "logreg": {"epochs": 50}, "sk_logreg": {}}
+    return side_by_side(tmp, data, "cell_type", seed, models, ("test_accuracy", "test_f1_macro"))
 
 
 def reconstruct(tmp: Path, seed: int) -> dict:
@@ -115,43 +120,18 @@ def reconstruct(tmp: Path, seed: int) -> dict:
         [pp.Step("arcsinh", {"cofactor": 5}), pp.Step("scale", {"method": "minmax"})]
     )
     data = prepared("cytof_phenograph.h5ad", recipe, tmp)
-    rows = {}
-    for model, kw in (("autoencoder", {"epochs": 100}), ("pca", {"params": {"n_components": 4}})):
-        m = train.run(
-            RunSpec(
-                model=model,
-                data=data,
-                label_key="phenograph_cluster",
-                seed=seed,
-                out=str(tmp / f"rec-{model}"),
-                **kw,
-            )
-        )
-        rows[model] = {"test_mse": m["test_mse"]}
-    return rows
+    models = {"autoencoder": {"epochs": 100}, "pca": {"params": {"n_components": 4}}}
+    return side_by_side(tmp, data, "phenograph_cluster", seed, models, ("test_mse",))
 
 
 def embed(tmp: Path, seed: int) -> dict:
     data = prepared(
         "kang_control_counts.h5ad", pp.Recipe([pp.Step("filter_genes", {"min_cells": 20})]), tmp
     )
-    rows = {}
-    for model, kw in (("vae", {"epochs": 60}), ("pca_embed", {})):
-        t0 = time.time()
-        m = train.run(
-            RunSpec(
-                model=model,
-                data=data,
-                label_key="cell_type",
-                seed=seed,
-                out=str(tmp / f"emb-{model}"),
-                **kw,
-            )
-        )
-        rows[model] = {k: m[k] for k in ("latent_knn_accuracy", "latent_silhouette")} | {
-            "seconds": round(time.time() - t0, 1)
-        }
-    return rows
+    models = {"vae": {"epochs": 60}, "pca_embed": {}}
+    return side_by_side(
+        tmp, data, "cell_type", seed, models, ("latent_knn_accuracy", "latent_silhouette")
+    )
 
 
 def main() -> None:
