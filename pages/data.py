@@ -57,7 +57,9 @@ with server:
             show_error(exc)
 
 st.divider()
-name, adata, d = dataset_picker("Current dataset")
+name, adata, d = dataset_picker(
+    "Current dataset", "No dataset yet: upload a file above or pick a bundled demo."
+)
 if adata is None:
     st.stop()
 

@@ -187,6 +187,9 @@ def mean_scatter(
         color_discrete_map={"top-100 DEG": "#d62728", "other": "#9fb3c8"},
         title=f"{title}: R² all = {r2_all:.3f}, top-100 DEGs = {r2_top:.3f}",
     )
+    fig.update_layout(
+        title_font_size=13
+    )  # two of these sit side by side: keep the title on one line
     lo, hi = float(min(df.min(numeric_only=True))), float(max(df.max(numeric_only=True)))
     return fig.add_shape(
         type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"}

@@ -68,11 +68,12 @@ def load_current() -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None
 
 def dataset_picker(
     label: str = "Dataset",
+    empty_hint: str = "No dataset yet: open **Data** to upload a file or pick a demo.",
 ) -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
     """A selectbox of workspace datasets bound to the current dataset."""
     names = [d["name"] for d in datasets.list_datasets()]
     if not names:
-        st.info("No dataset yet: open **Data** to upload a file or pick a demo.")
+        st.info(empty_hint)
         return None, None, None
     cur = current_dataset()
     choice = st.selectbox(label, names, index=names.index(cur) if cur in names else 0)
