@@ -42,6 +42,28 @@ def mse_per_cell(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return ((x - recon) ** 2).mean(axis=1)
 
 
+def latent_scores(latent: np.ndarray, labels: np.ndarray | None, split: dict) -> dict[str, float]:
+    """How well a latent space keeps known labels apart: kNN accuracy on the test cells (fit on
+    the training cells) and the silhouette of up to 5,000 cells."""
+    if labels is None:
+        return {}
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    y = np.asarray(labels).astype(str)
+    k = max(1, min(15, len(split["train"])))
+    knn = KNeighborsClassifier(n_neighbors=k).fit(latent[split["train"]], y[split["train"]])
+    sample = np.random.default_rng(0).choice(len(y), size=min(len(y), 5000), replace=False)
+    return {
+        "latent_knn_accuracy": float(
+            (knn.predict(latent[split["test"]]) == y[split["test"]]).mean()
+        ),
+        "latent_silhouette": float(silhouette_score(latent[sample], y[sample]))
+        if len(set(y[sample])) > 1
+        else float("nan"),
+    }
+
+
 # ----------------------------------------------------------------------------- perturbation
 def top_degs(x_ctrl: Any, x_stim: Any, var_names: np.ndarray, n: int = 100) -> list[str]:
     """The top ``n`` genes by Wilcoxon rank-sum score, real stimulated vs real control."""
