@@ -398,9 +398,18 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # library chatter (anndata, scanpy, Lightning) is not the user's concern on the command line
-    for category in (FutureWarning, DeprecationWarning, UserWarning, RuntimeWarning):
-        warnings.filterwarnings("ignore", category=category)
+    # the libraries' own chatter is not the user's concern on the command line; our warnings stay
+    for module in (
+        "anndata",
+        "scanpy",
+        "pytorch_lightning",
+        "lightning_fabric",
+        "torch",
+        "sklearn",
+        "umap",
+        "numba",
+    ):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
     args = parser().parse_args(argv)
     try:
         return run_command(args)
