@@ -189,6 +189,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("device", help="show the compute devices")
+
+    p = sub.add_parser("datasets", help="list or delete the datasets of the workspace")
+    ds = p.add_subparsers(dest="datasets_command", required=True)
+    ds.add_parser("list", help="key, shape, contents and name of each").add_argument(
+        "--json", action="store_true"
+    )
+    ds.add_parser("delete", help="delete one (refused while a run uses it)").add_argument("key")
     return ap
 
 
@@ -240,7 +247,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     cmd = args.command
     if cmd == "info":
-        d = io.describe(io.read(args.file))
+        from engine import reader
+
+        d = reader.describe_file(args.file)  # read in a memory-capped child process
         if args.json:
             print(json.dumps(d, indent=2, default=str))
         else:
@@ -350,6 +359,12 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(json.dumps(detect(), indent=2))
         return 0
+    if cmd == "datasets":
+        from engine import datasets
+
+        if args.datasets_command == "list":
+            return datasets.cli_list(args.json)
+        return datasets.cli_delete(args.key)
     raise ScwbError(f"Unknown command {cmd}.")
 
 

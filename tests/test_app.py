@@ -62,7 +62,7 @@ def test_data_page_upload_and_summary(counts_file):
         _upload(at, "my counts.h5ad", fh.read())
     assert not errors(at), errors(at)
     assert any("Loaded 600 cells" in s.value for s in at.success)
-    assert [d["name"] for d in datasets.list_datasets()] == ["my_counts"]
+    assert [d["name"] for d in datasets.list_datasets()] == ["my counts"]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Cells"] == "600" and metrics["Genes"] == "200"
     assert any(m.value.startswith("**X holds:** counts") for m in at.markdown)
@@ -73,7 +73,8 @@ def test_data_page_upload_and_summary(counts_file):
 def test_data_page_bad_upload_is_one_line_and_page_still_works(counts_file):
     at = app("data")
     _upload(at, "broken.h5ad", b"this is not an hdf5 file")
-    assert errors(at) == ["broken.h5ad is not a readable .h5ad file (truncated or not HDF5)."]
+    # shown escaped (ui.state.md): the text reads the same, and no user string renders as markdown
+    assert errors(at) == [r"broken.h5ad is not a readable .h5ad file \(truncated or not HDF5\)."]
     with open(counts_file, "rb") as fh:
         _upload(at, "good.h5ad", fh.read())
     assert [d["name"] for d in datasets.list_datasets()] == ["good"]
