@@ -106,6 +106,18 @@ def _refuse_external(name: str, entry: str, ds: Any) -> None:
         raise ScwbError(f"{name}: {entry} stores its values in another file; refused.")
 
 
+def _refuse_links(name: str, f: Any) -> None:
+    """HDF5 links into other files (``ExternalLink``) would read a file the user never sent."""
+    import h5py
+
+    def visit(path: str, link: Any) -> str | None:
+        return path if isinstance(link, h5py.ExternalLink) else None  # non-None stops the walk
+
+    found = f.visititems_links(visit)
+    if found:
+        raise ScwbError(f"{name}: {_entry(found)} links to another file; refused.")
+
+
 def _numeric(name: str, entry: str, dtype: np.dtype, what: str = "values") -> None:
     if dtype.kind == "c":
         raise ScwbError(
@@ -247,15 +259,17 @@ def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
 def _group_bytes(name: str, entry: str, group: Any) -> int:
     import h5py
 
-    total = 0
+    found: list[Any] = []
 
-    def visit(_: str, obj: Any) -> None:
-        nonlocal total
+    def visit(_: str, obj: Any) -> None:  # never raise in here: h5py would mangle it
         if isinstance(obj, h5py.Dataset):
-            _refuse_external(name, entry, obj)
-            total += _dataset_bytes(obj)
+            found.append(obj)
 
     group.visititems(visit)
+    total = 0
+    for ds in found:
+        _refuse_external(name, entry, ds)
+        total += _dataset_bytes(ds)
     check_budget(name, entry, total)
     return total
 
@@ -271,6 +285,7 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
         raise ScwbError(f"{name} is not a readable .h5ad file (truncated or not HDF5).") from None
     sizes: dict[str, int] = {}
     with f:
+        _refuse_links(name, f)
         keys = set(f.keys())
         if "X" not in keys and "obs" not in keys:
             raise ScwbError(
@@ -330,6 +345,7 @@ def check_10x_h5(path: str | os.PathLike, name: str) -> int:
         raise ScwbError(f"{name} is not a readable 10x .h5 file (truncated or not HDF5).") from None
     total = 0
     with f:
+        _refuse_links(name, f)
         groups = [g for g in f.values() if isinstance(g, h5py.Group) and "indptr" in g]
         if not groups:
             raise ScwbError(f"{name} is not a 10x Genomics .h5 file (no matrix group with indptr).")

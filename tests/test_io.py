@@ -489,3 +489,22 @@ def test_disk_full_on_upload_is_one_line_and_leaves_nothing(tmp_path, monkeypatc
     with pytest.raises(ScwbError, match="The disk is full"):
         datasets.save(_small(), "b")
     assert [q for q in (workspace / "datasets").rglob("*") if q.is_file()] == []
+
+
+def test_hdf5_links_and_10x_h5_structure_are_checked(tmp_path):
+    other = io.write_h5ad(_small(seed=5), tmp_path / "someone_elses.h5ad")
+    p = io.write_h5ad(_small(), tmp_path / "a.h5ad")
+    with h5py.File(p, "r+") as f:
+        f["obsm/X_theirs"] = h5py.ExternalLink(str(other), "/X")
+    with pytest.raises(ScwbError, match=r"obsm\['X_theirs'\] links to another file"):
+        io.read(p)
+    a = _small()
+    m = sp.csc_matrix(a.X.T)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        indices = m.indices.copy()
+        indices[0] = 2_000_000_000
+        g["data"], g["indices"], g["indptr"], g["shape"] = m.data, indices, m.indptr, m.shape
+    with pytest.raises(ScwbError, match="index 2000000000 outside 0..11"):
+        io.read(path)
