@@ -281,6 +281,25 @@ def _external_x(p: Path) -> Path:
     return p
 
 
+def _external_link(p: Path) -> Path:
+    """An obsm entry that is an HDF5 link into another .h5ad on the server."""
+    other = _write(_adata(seed=9), p.with_name("someone_elses.h5ad"))
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f["obsm/X_theirs"] = h5py.ExternalLink(str(other), "/X")
+    return p
+
+
+def _uns_bomb(p: Path) -> Path:
+    """A compressed, never-written uns array of 2e8 float64 (1.5 GB in memory)."""
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f.create_dataset(
+            "uns/blob", shape=(200_000_000,), dtype="f8", chunks=(1 << 20,), compression="gzip"
+        )
+    return p
+
+
 HOSTILE = {
     "csr_index_2e9_and_negative": (
         lambda t: _patch_csr(t / "x.h5ad", indices=[(0, 2_000_000_000), (1, -5)]),
@@ -339,6 +358,12 @@ HOSTILE = {
         ["info"],
         "obsm['X_sparse'] is a sparse matrix",
     ),
+    "obsm_external_link": (
+        lambda t: _external_link(t / "l.h5ad"),
+        ["info"],
+        "obsm['X_theirs'] links to another file",
+    ),
+    "uns_compression_bomb": (lambda t: _uns_bomb(t / "u.h5ad"), ["info"], "uns needs 1.5 GB"),
     "x_in_external_file": (
         lambda t: _external_x(t / "e.h5ad"),
         ["info"],
