@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import sys
+import time
 import unicodedata
 from pathlib import Path
 from typing import IO, Any
@@ -138,9 +139,19 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
     raise ScwbError(f"Too many datasets named {name!r} with the same content.")
 
 
+STALE_S = 6 * 3600  # an incoming file this old was left by a killed server: removed
+
+
 def _incoming() -> Path:
+    """The folder where uploads and new datasets are written before they get their key; files
+    a killed server left there are removed on the next use."""
     d = workspace.datasets_dir() / INCOMING
     d.mkdir(exist_ok=True)
+    now = time.time()
+    for p in d.iterdir():
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > STALE_S:
+                p.unlink()
     return d
 
 

@@ -508,3 +508,19 @@ def test_hdf5_links_and_10x_h5_structure_are_checked(tmp_path):
         g["data"], g["indices"], g["indptr"], g["shape"] = m.data, indices, m.indptr, m.shape
     with pytest.raises(ScwbError, match="index 2000000000 outside 0..11"):
         io.read(path)
+
+
+def test_incoming_files_left_by_a_killed_server_are_swept(workspace):
+    import time
+
+    from engine import datasets
+
+    incoming = workspace / "datasets" / ".incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh = incoming / "old.h5ad", incoming / "busy.h5ad"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")  # another session's upload in progress: kept
+    old = time.time() - datasets.STALE_S - 60
+    os.utime(stale, (old, old))
+    datasets.save(_small(), "a")
+    assert not stale.exists() and fresh.exists()
