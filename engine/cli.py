@@ -169,6 +169,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("device", help="show the compute devices")
+
+    p = sub.add_parser("datasets", help="list or delete the datasets of the workspace")
+    ds = p.add_subparsers(dest="datasets_command", required=True)
+    ds.add_parser("list", help="key, shape, contents and name of each").add_argument(
+        "--json", action="store_true"
+    )
+    ds.add_parser("delete", help="delete one (refused while a run uses it)").add_argument("key")
     return ap
 
 
@@ -216,9 +223,9 @@ def recipe_from_args(args: argparse.Namespace):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine import io
+    from engine import reader
 
-    d = io.describe(io.read(args.file))
+    d = reader.describe_file(args.file)  # read in a memory-capped child process
     if args.json:
         print(json.dumps(d, indent=2, default=str))
         return 0
@@ -391,6 +398,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_models,
     "device": cmd_device,
 }
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from engine import datasets
+
+    if args.datasets_command == "list":
+        return datasets.cli_list(args.json)
+    return datasets.cli_delete(args.key)
+
+
+COMMANDS["datasets"] = cmd_datasets
 
 
 def run_command(args: argparse.Namespace) -> int:
