@@ -384,6 +384,14 @@ def cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from engine import datasets
+
+    if args.datasets_command == "list":
+        return datasets.cli_list(args.json)
+    return datasets.cli_delete(args.key)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info,
     "demo": cmd_demo,
@@ -397,18 +405,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "predict": cmd_predict,
     "models": cmd_models,
     "device": cmd_device,
+    "datasets": cmd_datasets,
 }
-
-
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from engine import datasets
-
-    if args.datasets_command == "list":
-        return datasets.cli_list(args.json)
-    return datasets.cli_delete(args.key)
-
-
-COMMANDS["datasets"] = cmd_datasets
 
 
 def run_command(args: argparse.Namespace) -> int:
