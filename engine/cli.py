@@ -95,6 +95,9 @@ def _spec(args: argparse.Namespace, out: str = ""):
         dataset_name=Path(args.data).name,
         group=args.group,
         devices=args.devices,
+        launcher=(getattr(args, "launcher", None) or os.environ.get("SCWB_LAUNCHER") or "local")
+        if args.command == "submit"
+        else "local",
     )
 
 
@@ -161,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
         "submit", help="queue a training in the background; prints its run folder at once"
     )
     _add_train_options(p)
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="where the run's process lives (default $SCWB_LAUNCHER or local)",
+    )
 
     p = sub.add_parser("runs", help="list runs in the workspace ($SCWB_HOME)")
     p.add_argument("--json", action="store_true")

@@ -32,6 +32,7 @@ class RunSpec:
     dataset_name: str | None = None
     group: str | None = None  # runs submitted together to be compared on the same split
     devices: int = 1  # >1: one run data-parallel over several devices (Lightning DDP)
+    launcher: str = "local"  # where the run's process lives: "local" | "slurm" (engine.launchers)
 
     def __post_init__(self) -> None:
         info = models.get(self.model)
@@ -57,6 +58,9 @@ class RunSpec:
             raise ScwbError(f"devices must be at least 1, not {self.devices}.")
         if self.devices > 1 and models.get(self.model).kind == "sklearn":
             raise ScwbError(f"{self.model} is a scikit-learn baseline: it runs on one device.")
+        self.launcher = str(self.launcher or "local").strip().lower()
+        if self.launcher not in ("local", "slurm"):
+            raise ScwbError(f"Unknown launcher {self.launcher!r}; use local or slurm.")
         if self.device not in ("auto", "cpu", "cuda", "gpu", "mps"):
             raise ScwbError(f"Unknown device {self.device!r}; use auto, cpu, cuda or mps.")
         self.params = models.coerce_params(info, dict(self.params or {}))
