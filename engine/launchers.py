@@ -349,7 +349,6 @@ class Slurm:
             "nodes": int(env("SCWB_SLURM_NODES", "1")),
             # one task per device: Lightning takes its ranks from SLURM's environment
             "tasks_per_node": max(1, spec.devices),
-            "slurm_max_num_timeout": 0,  # a time limit ends the run (failed, TIMEOUT)
             "slurm_setup": [
                 f"export PYTHONPATH={repo_root()}${{PYTHONPATH:+:$PYTHONPATH}}",
                 "export PYTHONUNBUFFERED=1",
@@ -382,14 +381,17 @@ class Slurm:
             raise ScwbError(
                 f"The slurm launcher needs submitit (pip install -r requirements.txt): {exc}"
             ) from exc
-        executor = submitit.AutoExecutor(folder=str(run_dir / "slurm" / "%j"), cluster="slurm")
-        executor.update_parameters(**self.parameters(spec))
         try:
+            # a time limit ends the run (failed, TIMEOUT); preemption requeues it
+            executor = submitit.AutoExecutor(
+                folder=str(run_dir / "slurm" / "%j"), cluster="slurm", slurm_max_num_timeout=0
+            )
+            executor.update_parameters(**self.parameters(spec))
             job = executor.submit(SlurmRun(), str(run_dir))
-        except Exception as exc:  # sbatch refused: one line
-            first = str(exc).strip().splitlines()
-            msg = next((ln for ln in first if "error" in ln.lower()), first[-1] if first else "")
-            raise ScwbError(f"SLURM refused the job: {msg.strip()}") from exc
+        except Exception as exc:  # sbatch refused, or a bad setting: one line
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            msg = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+            raise ScwbError(f"SLURM refused the job: {msg or type(exc).__name__}") from exc
         runs.update_status(run_dir, job_id=str(job.job_id))
 
     def cancel(self, run_dir: Path, st: dict[str, Any]) -> None:
