@@ -79,7 +79,11 @@ def reserve_end(run_dir: Path) -> None:
 
 def _write_end_in_place(run_dir: Path, fields: dict[str, Any]) -> bool:
     path = Path(run_dir) / END_FILE
-    data = json.dumps(fields, default=_jsonable).encode()[: END_SIZE - 1]
+    data = json.dumps(fields, default=_jsonable).encode()
+    if len(data) >= END_SIZE:  # keep what a reader needs, whole (never a cut JSON)
+        small = {k: fields.get(k) for k in ("state", "finished", "updated")}
+        small["error"] = str(fields.get("error") or "")[:1000]
+        data = json.dumps(small, default=_jsonable).encode()
     try:
         fd = os.open(path, os.O_WRONLY)  # no O_CREAT, no O_TRUNC: the reserved blocks only
     except OSError:

@@ -280,19 +280,36 @@ def run_training(run_dir: Path) -> int:
         return 0
     except ScwbError as exc:
         _fail(run_dir, str(exc), with_log=False)
-        print(f"error: {exc}", file=sys.stderr)
+        _log(lambda: print(f"error: {exc}", file=sys.stderr))
         return 1
     except OSError as exc:
         msg = DISK_FULL if exc.errno == errno.ENOSPC else f"OSError: {exc.strerror or exc}"
-        traceback.print_exc()
+        _log(traceback.print_exc)
         with contextlib.suppress(OSError):  # else the supervisor records it
             _fail(run_dir, msg, with_log=exc.errno != errno.ENOSPC)
         return 1
     except Exception as exc:  # unexpected: one line in status, the traceback in worker.log
-        traceback.print_exc()
+        _log(traceback.print_exc)
+        if disk_full(run_dir):  # e.g. torch.save's "failed writing file" on a full disk
+            with contextlib.suppress(OSError):
+                _fail(run_dir, DISK_FULL, with_log=False)
+            return 1
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _fail(run_dir, msg)
         return 1
+
+
+def _log(fn) -> None:
+    """Write to worker.log unless it cannot be written (a full disk must not hide the end)."""
+    with contextlib.suppress(OSError, ValueError):
+        fn()
+
+
+def disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def train_child(run_dir: Path) -> int:
