@@ -280,7 +280,8 @@ def run_training(run_dir: Path) -> int:
         return 0
     except ScwbError as exc:
         _fail(run_dir, str(exc), with_log=False)
-        _log(lambda: print(f"error: {exc}", file=sys.stderr))
+        msg = f"error: {exc}"
+        _log(lambda: print(msg, file=sys.stderr))
         return 1
     except OSError as exc:
         msg = DISK_FULL if exc.errno == errno.ENOSPC else f"OSError: {exc.strerror or exc}"
