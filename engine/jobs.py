@@ -152,15 +152,24 @@ def ensure_dispatcher(root: Path | None = None) -> None:
     root = Path(root or workspace.runs_dir())
     if dispatcher_alive(root):
         return  # it sees the new marker in its loop, or in its last look before leaving
-    subprocess.Popen(
-        [sys.executable, "-m", "engine.worker", "--dispatch", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=launchers.child_env(),
-        close_fds=True,
-    )
+    qdir = launchers.queue_dir(root, launchers.host())
+    try:
+        log = open(qdir / ".dispatcher.log", "ab")  # noqa: SIM115 - handed to the child
+    except OSError:
+        log = subprocess.DEVNULL
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.worker", "--dispatch", str(root)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=launchers.child_env(),
+            close_fds=True,
+        )
+    finally:
+        if log is not subprocess.DEVNULL:
+            log.close()
 
 
 def clean_partial(root: Path, older_than_s: float = 60.0) -> None:
