@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,17 +219,36 @@ def summary(run_dir: Path) -> dict[str, Any]:
 
 
 # Listing cache: a run folder's mtime changes whenever a file in it is replaced (every write here
-# is a rename), so a finished run's row is read once per process and then only stat'ed. Active
-# rows are always read again (they change often and timestamps can be coarse).
+# is a rename), so a finished run's row is read once per process and then only stat'ed; while
+# the runs folder itself is unchanged (no run added or removed) even the stats are skipped for
+# ``RESCAN_S`` seconds. Active rows are always read again (they change often).
 _CACHE: dict[str, tuple[int, dict[str, Any]]] = {}
+_SNAP: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
 _CACHE_LOCK = threading.Lock()
+RESCAN_S = 5.0
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """One ``summary`` row per run folder under ``root``, newest first. Never writes; hidden
     folders (a submit still being written, ``.queue``...) are skipped."""
     root = Path(root)
+    try:
+        root_mtime = root.stat().st_mtime_ns
+    except OSError:
+        return []
+    with _CACHE_LOCK:
+        snap = _SNAP.get(str(root))
+    if snap and snap[1] == root_mtime and time.monotonic() - snap[0] < RESCAN_S:
+        rows = []
+        for row in snap[2]:
+            if row["state"] in ACTIVE:
+                row = summary(Path(row["path"]))
+            rows.append(row)
+        with _CACHE_LOCK:
+            _SNAP[str(root)] = (snap[0], root_mtime, rows)
+        return [dict(r) for r in rows]
     rows = []
+    t_scan = time.monotonic()
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -245,15 +265,17 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         with _CACHE_LOCK:
             hit = _CACHE.get(e.path)
         if hit and hit[0] == mtime and hit[1]["state"] not in ACTIVE:
-            rows.append(dict(hit[1]))
+            rows.append(hit[1])
             continue
         row = summary(Path(e.path))
         with _CACHE_LOCK:
             _CACHE[e.path] = (mtime, row)
-        rows.append(dict(row))
-    if len(_CACHE) > 4 * max(len(rows), 1000):  # folders deleted meanwhile
-        with _CACHE_LOCK:
+        rows.append(row)
+    rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    with _CACHE_LOCK:
+        _SNAP[str(root)] = (t_scan, root_mtime, rows)
+        if len(_CACHE) > 2 * max(len(rows), 1000):  # folders deleted meanwhile
             live = {r["path"] for r in rows}
             for k in [k for k in _CACHE if k not in live]:
                 _CACHE.pop(k, None)
-    return sorted(rows, key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    return [dict(r) for r in rows]
