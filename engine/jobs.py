@@ -129,6 +129,26 @@ def unqueue(run_dir: Path) -> None:
                     m.unlink()
 
 
+def queued_marker(run_dir: Path) -> Path | None:
+    """The queue marker of ``run_dir``, if it is still in a queue."""
+    base = Path(run_dir).parent / ".queue"
+    with contextlib.suppress(OSError):
+        for q in base.iterdir():
+            for m in q.glob(f"*-{Path(run_dir).name}"):
+                return m
+    return None
+
+
+def resume_queue(root: Path | None = None) -> bool:
+    """Start this host's dispatcher when runs wait in its queue and none serves it (after an
+    app or machine restart). Returns whether one was started."""
+    root = Path(root or workspace.runs_dir())
+    if queue_items(launchers.queue_dir(root, launchers.host())) and not dispatcher_alive(root):
+        ensure_dispatcher(root)
+        return True
+    return False
+
+
 def _queued_count(root: Path) -> int:
     n = 0
     base = root / ".queue"
@@ -306,8 +326,10 @@ def list_jobs(root: Path | None = None) -> list[dict[str, Any]]:
 
 def recover(root: Path | None = None) -> list[str]:
     """Persist the end of active runs whose process is gone (``interrupted``, or ``failed``
-    with the scheduler's reason); return their ids. An explicit act, never part of listing."""
+    with the scheduler's reason) and restart this host's queue if nobody serves it; return the
+    ids marked. An explicit act, never part of listing."""
     root = Path(root or workspace.runs_dir())
+    resume_queue(root)
     marked = []
     for r in runs.list_runs(root):
         if r["state"] not in runs.ACTIVE:

@@ -185,34 +185,31 @@ class Local:
             jobs.unqueue(run_dir)
 
     def alive(self, run_dir: Path, st: dict[str, Any]) -> dict[str, Any] | None:
-        here = (st.get("host") or host()) == host()
         pid = st.get("supervisor_pid")
-        if here:
+        if st.get("state") == "queued" and not pid:
+            # waiting costs no process: it waits as long as its queue marker does (a dispatcher
+            # of its host starts it; after a restart, the next submit or app start does)
+            from engine import jobs
+
+            if jobs.queued_marker(run_dir) or _submitted_age_s(run_dir, st) < START_GRACE_S:
+                return None
+            return {"state": "interrupted", "error": _GONE}
+        if (st.get("host") or host()) == host():
             if pid:
                 return (
                     None
                     if pid_alive(pid, run_dir.name)
                     else {"state": "interrupted", "error": _GONE}
                 )
-            if st.get("state") == "queued":
-                from engine import jobs
-
-                if jobs.dispatcher_alive(run_dir.parent):
-                    return None
-                if _submitted_age_s(run_dir, st) < START_GRACE_S:
-                    return None
             # no supervisor (a run started by ``engine train`` into the workspace): by its writes
             age = file_age_s(run_dir / "status.json")
-            if st.get("state") == "running" and age is not None and age < START_GRACE_S:
+            if age is not None and age < START_GRACE_S:
                 return None
             return {"state": "interrupted", "error": _GONE}
-        # another host: its heartbeats (the supervisor's, or its dispatcher's while queued)
-        if st.get("state") == "queued" and not pid:
-            beat = file_age_s(queue_dir(run_dir.parent, st.get("host") or "?") / ".dispatcher.json")
-        else:
-            beat = file_age_s(run_dir / "heartbeat")
-        if beat is None:
-            beat = _submitted_age_s(run_dir, st) if not pid else None
+        # another host: a pid means nothing here; its supervisor's heartbeat decides
+        beat = file_age_s(run_dir / "heartbeat")
+        if beat is None and _submitted_age_s(run_dir, st) < heartbeat_timeout_s():
+            return None
         if beat is not None and beat < heartbeat_timeout_s():
             return None
         return {

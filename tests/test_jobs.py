@@ -341,3 +341,20 @@ def test_listing_many_runs_is_cached_and_cheap(workspace, monkeypatch):
     runs.write_json(root / first[6]["id"] / "status.json", {"state": "failed", "error": "x"})
     rows = {r["id"]: r for r in jobs.list_jobs()}
     assert rows[first[5]["id"]]["state"] == "failed" and rows[first[6]["id"]]["error"] == "x"
+
+
+def test_runs_left_queued_by_a_restart_wait_and_resume(monkeypatch, lognorm_file):
+    from engine import launchers
+
+    real = jobs.ensure_dispatcher
+    jobs.ensure_dispatcher = lambda root=None: None  # as if the dispatcher died with the machine
+    try:
+        run_dir = jobs.submit(
+            RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1)
+        )
+    finally:
+        jobs.ensure_dispatcher = real
+    monkeypatch.setattr(launchers, "START_GRACE_S", 0.0)
+    assert jobs.status(run_dir)["state"] == "queued"  # still in its queue: nothing was lost
+    assert jobs.resume_queue() is True  # the app's sidebar calls this once per process
+    assert jobs.wait(run_dir, timeout=120)["state"] == "completed"
