@@ -154,6 +154,7 @@ class RunSpec:
         if str(self.precision) not in PRECISIONS:
             raise ScwbError(f"precision must be one of {', '.join(PRECISIONS)}.")
         self.precision = str(self.precision)
+        self.launcher = str(self.launcher or "local").strip().lower()
         if self.launcher not in LAUNCHERS:
             raise ScwbError(f"Unknown launcher {self.launcher!r}; use local or slurm.")
         self.params = models.coerce_params(info, dict(self.params or {}))
