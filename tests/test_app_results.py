@@ -19,6 +19,7 @@ from engine import csvsafe, datasets, embedding, metric_names, runs, train, work
 from engine import preprocess as pp
 from engine.spec import RunSpec
 from tests.conftest import ROOT
+from tests.test_browser import server  # noqa: F401  (the streamlit server fixture)
 
 T = 90
 
@@ -499,3 +500,59 @@ def test_explore_lists_the_latent_space_of_finished_runs(dataset):
     assert _wait_embedding(run, "X_autoencoder")["state"] == "done"
     at.run()
     assert any("autoencoder latent space" in t for t in titles(at))
+
+
+# ----------------------------------------------------------------------------- in a real browser
+@pytest.mark.browser
+def test_browser_results_of_three_runs_compare_and_explore(server, lognorm_adata, workspace):  # noqa: F811
+    """Open Results for three finished runs by URL and see each one (classifier, autoencoder,
+    scGen), then Compare and Explore; screenshots land in SHOTS (docs/screenshots on request)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM, FLAGS, SHOTS, _go, _wait_idle
+
+    name = datasets.save(lognorm_adata, "pbmc_like")
+    runs.write_json(workspace / "state.json", {"dataset": name})
+    made = {
+        "classifier": _finished(name, "mlp", label_key="cell_type", epochs=6),
+        "autoencoder": _finished(name, "autoencoder", label_key="cell_type", epochs=6),
+        "scgen": _finished(
+            name,
+            "scgen",
+            epochs=8,
+            condition_key="condition",
+            ctrl="control",
+            stim="stimulated",
+            cell_type_key="cell_type",
+            predict="B cell",
+        ),
+    }
+    _finished(name, "sk_logreg", label_key="cell_type")
+    for run, key in ((made["autoencoder"], "X_autoencoder"), (made["scgen"], "X_scgen")):
+        assert embedding.compute(run, key)["state"] == "done"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        for what, run in made.items():
+            page.goto(f"{server}/results?run={run.name}")
+            expect(page.get_by_text("Export", exact=True)).to_be_visible(timeout=90_000)
+            _wait_idle(page, timeout=120_000)
+            expect(page.get_by_test_id("stSelectbox").first).to_contain_text(run.name)
+            expect(page.get_by_text("Traceback")).to_have_count(0)
+            page.screenshot(path=SHOTS / f"results_{what}.png", full_page=True)
+        _go(page, "Compare")
+        expect(page.get_by_text("same test cells")).to_be_visible(timeout=60_000)
+        _wait_idle(page)
+        page.screenshot(path=SHOTS / "compare.png", full_page=True)
+        _go(page, "Explore")
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        page.get_by_test_id("stSelectbox").nth(1).click()
+        page.get_by_role("option", name="UMAP of the autoencoder latent space", exact=False).click()
+        _wait_idle(page)
+        expect(page.get_by_text("UMAP of the autoencoder latent space").last).to_be_visible(
+            timeout=60_000
+        )
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SHOTS / "explore.png", full_page=True)
+        browser.close()
