@@ -77,6 +77,7 @@ nav = st.navigation(
     [
         st.Page(home, title="Home", icon=":material/home:", default=True),
         st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+        st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
         st.Page("pages/preprocess.py", title="Preprocess", icon=":material/tune:"),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),

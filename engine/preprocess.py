@@ -268,10 +268,48 @@ def apply(
                 f"After step {step.name!r} no {'cells' if out.n_obs == 0 else 'genes'} are left; loosen its thresholds."
             )
     check_not_empty(out)
-    history = (
-        json.loads(adata.uns["recipe"]).get("steps", [])
-        if isinstance(adata.uns.get("recipe"), str)
-        else []
-    )
+    history = recipe_steps(adata.uns.get("recipe"))
     out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
     return out, report
+
+
+def recipe_steps(value: Any) -> list[dict[str, Any]]:
+    """The steps recorded in ``uns['recipe']``, whatever a file put there: never raises.
+
+    This package stores a JSON string ``{"steps": [{"name", "params"}, ...]}``; files from
+    elsewhere may hold plain text, a list, a dict, a number or an array. Each step comes back as
+    ``{"name": str, "params": dict}``; text that is not a recipe becomes one step named after it.
+    """
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy scalars and arrays (h5py gives strings as 0-d arrays)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [{"name": value.strip()[:200], "params": {}}]
+    if isinstance(value, dict):
+        if "steps" in value:
+            value = value["steps"]
+        elif "name" in value:
+            value = [value]
+        else:  # {step name: params}
+            value = [{"name": k, "params": v} for k, v in value.items()]
+    if not isinstance(value, (list, tuple)):
+        return [{"name": str(value)[:200], "params": {}}]
+    steps = []
+    for s in value:
+        if isinstance(s, dict):
+            params = s.get("params")
+            steps.append(
+                {
+                    "name": str(s.get("name", "?"))[:200],
+                    "params": dict(params) if isinstance(params, dict) else {},
+                }
+            )
+        else:
+            steps.append({"name": str(s)[:200], "params": {}})
+    return steps

@@ -1,4 +1,9 @@
-"""Compare: runs of one task side by side, baselines included, best value per column marked."""
+"""Compare: runs of one task side by side, baselines included, best value per column marked.
+
+Metric names are readable (``engine.metric_names``) with a tooltip saying what each measures and
+which way is better; a column is marked only where there is a choice (two runs or more) and the
+metric is ranked. scGen's two baselines appear as their own rows.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import evaluate, jobs, runs
+from engine import csvsafe, jobs, metric_names, runs
 from engine import models as registry
 from ui import figures
 from ui.state import ensure_app_navigation
@@ -20,7 +25,7 @@ done = [
     if r["state"] in ("completed", "cancelled") and (Path(r["path"]) / "metrics.json").exists()
 ]
 tasks = sorted({r["task"] for r in done if r["task"] in registry.TASKS})
-if not done:
+if not tasks:
     st.info("No finished run to compare yet.")
     st.stop()
 task = st.radio("Task", tasks, format_func=registry.TASKS.get, horizontal=True)
@@ -34,23 +39,38 @@ chosen = st.multiselect("Runs", list(labels), default=default, format_func=label
 if not chosen:
     st.stop()
 
+
+def _is_baseline(model: str) -> bool:
+    try:
+        return bool(registry.get(model).baseline)
+    except Exception:
+        return False
+
+
 rows, curves, splits = [], {}, []
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
-    spec, m = runs.read_json(d / "run.json", {}), runs.read_json(d / "metrics.json", {})
-    rows.append(
-        {
-            "run": labels[rid],
-            "baseline": registry.get(spec["model"]).baseline,
-            **{
-                k: v
-                for k, v in m.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            },
-        }
-    )
+    spec = runs.read_json(d / "run.json", {}) or {}
+    m = runs.read_json(d / "metrics.json", {}) or {}
+    if not isinstance(spec, dict) or not isinstance(m, dict):
+        st.caption(f":material/info: {figures.esc(rid)}: run.json or metrics.json is unreadable.")
+        continue
+    numbers = {
+        k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    parts = metric_names.split_baselines(numbers) if task == "perturb" else {"": numbers}
+    for part, values in parts.items():
+        rows.append(
+            {
+                "run": labels[rid] if not part else f"{labels[rid]} · {part}",
+                "baseline": bool(part) or _is_baseline(spec.get("model", "")),
+                **values,
+            }
+        )
     curves[labels[rid]] = runs.read_metrics_csv(d)
     splits.append((spec.get("data_fingerprint"), spec.get("seed"), spec.get("label_key")))
+if not rows:
+    st.stop()
 if len(set(splits)) > 1:
     st.warning(
         "These runs did not all use the same data, seed and label column, so their test cells differ: compare with care."
@@ -58,21 +78,40 @@ if len(set(splits)) > 1:
 else:
     st.caption("Same data, seed and label column: every run was scored on the same test cells.")
 table = pd.DataFrame(rows)
+# separation of the other cells from the reference group is what matters: where AUROC exists,
+# it stands for the two mean scores (kept in the CSV)
+shown = table
+if "abnormality_auroc" in table and table["abnormality_auroc"].notna().all():
+    shown = table.drop(columns=["abnormality_trained_on", "abnormality_others"], errors="ignore")
+front = ["run", "baseline", "abnormality_auroc"]
+shown = shown[[c for c in front if c in shown] + [c for c in shown if c not in front]]
+if len(shown) < 2:
+    st.caption("One row: nothing to rank. Pick more runs to see the best value of each metric.")
 st.dataframe(
-    figures.metrics_table_style(table, evaluate.higher_is_better), hide_index=True, width="stretch"
+    figures.metrics_table_style(shown),
+    hide_index=True,
+    width="stretch",
+    column_config=figures.metric_columns(
+        shown.columns,
+        {
+            "run": st.column_config.TextColumn("run"),
+            "baseline": st.column_config.CheckboxColumn(
+                "baseline", help="a simple reference model or prediction, not a trained network"
+            ),
+        },
+    ),
 )
-metric = st.selectbox(
-    "Curve",
-    [
-        c
-        for c in ("val_loss", "train_loss", "val_accuracy", "val_mse")
-        if any(c in df for df in curves.values())
-    ],
-)
-st.plotly_chart(figures.overlaid_curves(curves, metric), width="stretch")
+options = [
+    c
+    for c in ("val_loss", "train_loss", "val_accuracy", "val_f1_macro", "val_mse", "train_mse")
+    if any(c in df for df in curves.values())
+]
+if options:
+    metric = st.selectbox("Curve", options, format_func=metric_names.name)
+    figures.show("overlaid_curves", lambda: figures.overlaid_curves(curves, metric))
 st.download_button(
     "Comparison table (CSV)",
-    table.to_csv(index=False),
+    csvsafe.to_csv(table, index=False),
     file_name="comparison.csv",
     on_click="ignore",
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -168,25 +167,11 @@ else:
     if "pct_mito" not in qc:
         st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
 
-st.subheader("Embedding")
-if not d["embeddings"]:
-    st.caption("No embedding in obsm yet (a trained VAE or autoencoder adds one).")
-else:
-    e1, e2 = st.columns(2)
-    preferred = next((i for i, k in enumerate(d["embeddings"]) if "umap" in k.lower()), 0)
-    key = e1.selectbox("Embedding", d["embeddings"], index=preferred)
-    color_by = e2.selectbox(
-        "Colour by", [*adata.obs.columns, *adata.var_names[:2000]], help="an obs column or a gene"
-    )
-    if color_by in adata.obs:
-        color = (
-            adata.obs[color_by].astype(str)
-            if not pd.api.types.is_numeric_dtype(adata.obs[color_by])
-            else adata.obs[color_by]
-        )
-    else:
-        col = adata[:, color_by].X
-        color = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
-    st.plotly_chart(
-        figures.embedding(np.asarray(adata.obsm[key]), color, color_by, key), width="stretch"
-    )
+st.subheader("Embeddings")
+n_emb = len(d["embeddings"])
+st.caption(
+    (f"{n_emb} embedding(s) stored in the file. " if n_emb else "No embedding stored in the file. ")
+    + "Explore shows them, PCA or UMAP computed on request, and the latent space of every "
+    "finished run on this dataset, coloured by any obs column or gene."
+)
+st.page_link("pages/explore.py", label="Explore embeddings", icon=":material/scatter_plot:")

@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import datasets, io
 from engine import preprocess as pp
+from ui.figures import esc
 from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
 
 ensure_app_navigation()
@@ -18,15 +19,26 @@ name, adata, d = dataset_picker("Dataset to preprocess")
 if adata is None:
     st.stop()
 
+saved = st.session_state.get("pp_saved")
+if saved and saved == name:
+    st.success(f"Saved as {esc(saved)}; it is now the current dataset.")
+    if st.button("Next: Train", type="primary", icon=":material/model_training:", key="pp_next"):
+        st.session_state.pop("pp_saved", None)
+        st.switch_page("pages/train.py")
+
+
+def _step_text(s: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in s["params"].items())
+    return f"{s['name']}({params})" if params else s["name"]
+
+
 suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
-st.caption(
-    f"X holds **{d['x_kind']}** values; the ticked steps are suggested for that. "
-    + (
-        "Recipe already applied: " + ", ".join(s["name"] for s in d["recipe"]["steps"])
-        if d.get("recipe")
-        else ""
+applied = pp.recipe_steps(adata.uns.get("recipe"))
+st.caption(f"X holds **{esc(d['x_kind'])}** values; the ticked steps are suggested for that.")
+if applied:
+    st.caption(
+        "Recipe already applied to this dataset: " + " → ".join(esc(_step_text(s)) for s in applied)
     )
-)
 if d["x_kind"].startswith("scaled"):
     st.warning(
         "X already looks scaled: scaling it again, normalising or taking logs would distort it."
@@ -169,8 +181,11 @@ if result and result[0] == name and result[1] == recipe.to_json():
                 out, new_name, source=f"recipe on {name}", parent=name, report=report
             )
             set_dataset(saved)
-            st.success(f"Saved as {saved}; it is now the current dataset.")
+            st.session_state["pp_saved"] = saved
+            st.session_state.pop("pp_result", None)
         except Exception as exc:
             show_error(exc)
+        else:
+            st.rerun()  # open the saved dataset here, with "Next: Train"
 elif steps:
     st.caption("Press Preview to see the effect before saving.")

@@ -1,8 +1,14 @@
-"""Results of one run: curves, task figures, and everything to take home."""
+"""Results of one run: curves, task figures, and everything to take home.
+
+Every run folder state renders: a run still going points to Runs; a failed, cancelled or damaged
+one shows what it has and says in one line what is missing. Latent UMAPs are computed by the
+background engine (``engine.embedding``), never in this page.
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -10,287 +16,570 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import evaluate, export, jobs, runs
-from engine.perturb import gene_means
+from engine import embedding, export, jobs, metric_names, runs
 from ui import figures
+from ui.figures import esc
 from ui.state import ensure_app_navigation
+
+AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells
+POLL_S = 2.0
 
 ensure_app_navigation()
 st.title("Results")
-finished = [
-    r
-    for r in jobs.list_jobs()
-    if r["state"] in ("completed", "cancelled") and (Path(r["path"]) / "metrics.json").exists()
-]
-if not finished:
-    st.info("No finished run yet: train one on **Train** and watch it on **Runs**.")
+
+
+@contextmanager
+def guard(what: str):
+    """One line instead of a traceback when a section fails on an unexpected run folder."""
+    try:
+        yield
+    except Exception as exc:  # st.stop / st.rerun are BaseExceptions and pass through
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        st.warning(f"Could not show {what}: {esc(first)}")
+
+
+all_runs = jobs.list_jobs()
+if not all_runs:
+    st.info("No run yet: train one on **Train** and watch it on **Runs**.")
     st.stop()
-ids = [r["id"] for r in finished]
-pre = st.query_params.get("run") or st.session_state.get("results_run")
+by_id = {r["id"]: r for r in all_runs}
+ids = list(by_id)
+
+# which run: an explicit request (Runs -> Open results) wins over what this tab showed last
+request = st.session_state.pop("results_run_request", None)
+if request is None and st.query_params.get("run") != st.session_state.get("_results_shown"):
+    request = st.query_params.get("run")
+if request in by_id:
+    st.session_state["results_pick"] = request
+if st.session_state.get("results_pick") not in by_id:
+    last = st.session_state.get("results_run")
+    st.session_state["results_pick"] = (
+        last
+        if last in by_id
+        else next((r["id"] for r in all_runs if r["state"] == "completed"), ids[0])
+    )
 run_id = st.selectbox(
     "Run",
     ids,
-    index=ids.index(pre) if pre in ids else 0,
-    format_func=lambda i: next(
-        f"{x['id']} · {x['model']} on {x['dataset']}" for x in finished if x["id"] == i
+    key="results_pick",
+    format_func=lambda i: (
+        f"{i} · {by_id[i]['model']} on {by_id[i]['dataset']} · {by_id[i]['state']}"
     ),
 )
 st.query_params["run"] = st.session_state["results_run"] = run_id
-run_dir = jobs.resolve_run(run_id)
-spec = runs.read_json(run_dir / "run.json", {})
-metrics = runs.read_json(run_dir / "metrics.json", {})
-task = spec.get("task")
+st.session_state["_results_shown"] = run_id
+row = by_id[run_id]
+run_dir = Path(row["path"])
+status = runs.read_status(run_dir)
+state = status.get("state", row.get("state"))
+spec = runs.read_json(run_dir / "run.json", None)
+missing: list[str] = []
+if not isinstance(spec, dict):
+    missing.append("run.json (what was asked) is missing or unreadable")
+    spec = {}
+task = spec.get("task") if spec.get("task") != "?" else None
+
+if state in runs.ACTIVE:
+    ep, mx = status.get("epoch"), status.get("max_epochs")
+    st.info(
+        f"This run is {state}"
+        + (f" (epoch {ep} of {mx})" if ep is not None and mx else "")
+        + ": its results appear here when it finishes."
+    )
+    st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
+    st.stop()
+
+metrics = runs.read_json(run_dir / "metrics.json", None)
+if not isinstance(metrics, dict):
+    missing.append("metrics.json (the test metrics) is missing or unreadable")
+    metrics = {}
+res_path = run_dir / "results.h5ad"
+if not res_path.exists():
+    missing.append("results.h5ad (the annotated cells) is missing")
+
+st.caption(
+    " · ".join(
+        esc(x)
+        for x in (
+            spec.get("model") or row.get("model"),
+            f"task: {task or '?'}",
+            f"data {spec.get('dataset_name') or row.get('dataset')} ({spec.get('data_shape')})",
+            f"seed {spec.get('seed')}",
+            f"device {spec.get('device_name') or status.get('device') or '?'}",
+        )
+    )
+)
+if state == "failed":
+    st.error(f"This run failed: {esc(status.get('error') or 'no reason recorded')}")
+elif state in ("cancelled", "interrupted"):
+    st.warning(f"This run was {state} before it finished: what it wrote is shown below.")
+for line in missing:
+    st.caption(f":material/info: {line}.")
+
+figs: dict[str, object] = {}
+curve = runs.read_metrics_csv(run_dir)
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading results...")
-def results(path: str, mtime: float) -> ad.AnnData:
-    return ad.read_h5ad(path)
-
-
-@st.cache_data(max_entries=8, show_spinner="Computing UMAP of the latent space...")
-def latent_umap(path: str, mtime: float, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    import umap
-
-    res = results(path, mtime)
-    idx = figures.sample_index(res.n_obs, n)
-    return idx, umap.UMAP(random_state=0, n_neighbors=15).fit_transform(
-        np.asarray(res.obsm[key])[idx]
+def early_stop_note() -> str | None:
+    """'stopped early at epoch 11 (best epoch 8)' for a run Lightning's EarlyStopping ended."""
+    if state != "completed" or curve.empty or "epoch" not in curve or "val_loss" not in curve:
+        return None
+    if "cell_type" in curve:  # leave-one-out: one curve per cell type, each with its own epochs
+        return None
+    last = int(curve["epoch"].max())
+    planned = spec.get("epochs") or status.get("max_epochs")
+    best = status.get("best_epoch")
+    if best is None and curve["val_loss"].notna().any():
+        best = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
+    stopped = status.get("stopped_early")
+    if stopped is None:
+        stopped = bool(planned) and last < int(planned)
+    if not stopped:
+        return None
+    return (
+        f"Stopped early at epoch {last}"
+        + (f" of {int(planned)}" if planned else "")
+        + (f" (best epoch {best})" if best is not None else "")
+        + ": the validation loss stopped improving, and the weights of the best epoch are kept."
     )
 
 
-res_path = run_dir / "results.h5ad"
-res = results(str(res_path), res_path.stat().st_mtime)
-figs: dict[str, object] = {}
-st.caption(
-    f"{spec.get('model')} · task: {task} · data {spec.get('dataset_name')} ({spec.get('data_shape')}) · seed {spec.get('seed')} · device {spec.get('device_name')}"
-)
+note = early_stop_note()
+if note:
+    st.info(note, icon=":material/timer_off:")
 
 scalar = {
     k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
 }
-if task != "perturb":
-    st.dataframe(pd.DataFrame([scalar]), hide_index=True, width="stretch")
-curve = runs.read_metrics_csv(run_dir)
-if "train_loss" in curve:
-    figs["loss_curves"] = figures.loss_curves(curve)
-    st.plotly_chart(figs["loss_curves"], width="stretch")
+if task != "perturb" and scalar:
+    st.dataframe(
+        pd.DataFrame([scalar]),
+        hide_index=True,
+        width="stretch",
+        column_config=figures.metric_columns(scalar),
+    )
+if not curve.empty and "epoch" in curve:
+    figures.show("loss_curves", lambda: figures.loss_curves(curve), figs, what="the loss curves")
 
-if task == "classify":
-    c = st.columns(2)
-    figs["confusion"] = figures.confusion(metrics["confusion"], metrics["classes"])
-    figs["per_class_f1"] = figures.per_class_f1(metrics["per_class_f1"])
-    c[0].plotly_chart(figs["confusion"], width="stretch")
-    c[1].plotly_chart(figs["per_class_f1"], width="stretch")
 
-if task in ("reconstruct", "embed"):
-    groups_opts = [
-        "(none)",
-        *[
-            c
-            for c in res.obs.columns
-            if res.obs[c].astype(str).nunique() <= 200 and c != "abnormality"
-        ],
+@st.cache_resource(max_entries=3, show_spinner="Loading results...")
+def load_results(path: str, mtime: float) -> ad.AnnData:
+    return ad.read_h5ad(path)
+
+
+res = None
+if res_path.exists():
+    try:
+        res = load_results(str(res_path), res_path.stat().st_mtime)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        st.warning(f"results.h5ad could not be read ({esc(first)}): the task figures are skipped.")
+
+
+def _obs_colour(adata: ad.AnnData, column: str, rows: np.ndarray) -> np.ndarray:
+    col = adata.obs[column]
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.to_numpy()[rows]
+    return col.astype(str).to_numpy()[rows]
+
+
+def latent_embedding(key: str, n_obs: int, draw) -> None:
+    """The 2-D UMAP of ``obsm[key]``: from the background engine's cache, started here when
+    missing (automatically up to AUTO_UMAP_CELLS cells); ``draw(result)`` draws it when done."""
+    now = embedding.read(run_dir, key)
+    if now["state"] == "missing" and n_obs <= AUTO_UMAP_CELLS:
+        now = embedding.start(run_dir, key)
+    if now["state"] in ("missing", "failed"):
+        if now["state"] == "failed":
+            st.warning(f"The UMAP of {esc(key)} failed: {esc(now.get('error'))}")
+        label = "Compute the UMAP in the background" + (
+            " again" if now["state"] == "failed" else ""
+        )
+        if st.button(label, key=f"umap-{key}", help=f"{n_obs:,} cells; at most 20,000 are used"):
+            embedding.start(run_dir, key)
+            st.rerun()
+        return
+    computing = now["state"] == "computing"
+
+    @st.fragment(run_every=POLL_S if computing else None)
+    def poll() -> None:
+        cur = embedding.read(run_dir, key)
+        if cur["state"] == "computing":
+            st.caption(
+                f":material/hourglass_top: Computing the UMAP of {esc(key)} in the background..."
+            )
+            return
+        if computing:  # it just finished: redraw the whole page once, without the timer
+            st.rerun(scope="app")
+        if cur["state"] == "failed":
+            st.warning(f"The UMAP of {esc(key)} failed: {esc(cur.get('error'))}")
+            return
+        draw(cur)
+
+    poll()
+
+
+if res is not None and task == "classify":
+    with guard("the classification figures"):
+        c = st.columns(2)
+        if "confusion" in metrics and "classes" in metrics:
+            figures.show(
+                "confusion",
+                lambda: figures.confusion(metrics["confusion"], metrics["classes"]),
+                figs,
+                c[0],
+            )
+        if "per_class_f1" in metrics:
+            figures.show(
+                "per_class_f1", lambda: figures.per_class_f1(metrics["per_class_f1"]), figs, c[1]
+            )
+
+if res is not None and task in ("reconstruct", "embed"):
+    with guard("the reconstruction figures"):
+        groups_opts = [
+            "(none)",
+            *[
+                c
+                for c in res.obs.columns
+                if res.obs[c].astype(str).nunique() <= 200 and c != "abnormality"
+            ],
+        ]
+        group = st.selectbox(
+            "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
+        )
+        grp = None if group == "(none)" else res.obs[group].astype(str)
+        if "reconstruction" in res.layers:
+            from engine import io
+
+            model_json = runs.read_json(run_dir / "model.json", {}) or {}
+            layer = model_json.get("layer") or spec.get("layer") or "X"
+            x = res.layers.get(layer, res.X)
+            recon = res.layers["reconstruction"]
+            counts = io.matrix_kind(x) == "counts"
+            if counts:  # a few genes dominate raw counts: compare log-normalised values
+                x, recon = (
+                    np.log1p(v / np.maximum(v.sum(1, keepdims=True), 1e-12) * 1e4)
+                    for v in (io.dense(x), io.dense(recon))
+                )
+            maps, hm_note = figures.recon_heatmaps(x, recon, list(res.var_names), grp)
+            st.subheader("Input, reconstruction and error")
+            if counts:
+                st.caption(
+                    "Counts and reconstructed counts, each normalised to 10,000 per cell and log1p-transformed."
+                )
+            for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
+                figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
+        if "abnormality" in res.obs and grp is not None:
+            import plotly.express as px
+
+            def _abn():
+                label = figures.plain(group)
+                df = pd.DataFrame(
+                    {
+                        "abnormality": res.obs["abnormality"].to_numpy(),
+                        label: grp.map(figures.plain).to_numpy(),
+                    }
+                )
+                return px.box(
+                    df,
+                    x=label,
+                    y="abnormality",
+                    color=label,
+                    title="Per-cell abnormality (reconstruction MSE) by group",
+                ).update_layout(showlegend=False)
+
+            figures.show("abnormality", _abn, figs)
+
+    model = spec.get("model") or row.get("model")
+    keys = [
+        k
+        for k in (f"X_{model}", "X_pca_baseline", (res.uns.get("scwb") or {}).get("latent_key"))
+        if k and k in res.obsm
     ]
-    group = st.selectbox(
-        "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
-    )
-    grp = None if group == "(none)" else res.obs[group].astype(str)
-    if "reconstruction" in res.layers:
-        x = (
-            res.layers["counts"]
-            if task == "embed" and "counts" in res.layers and spec.get("layer") in (None, "counts")
-            else res.X
-        )
-        maps, note = figures.recon_heatmaps(
-            x if task == "reconstruct" else res.layers.get("counts", res.X),
-            res.layers["reconstruction"],
-            list(res.var_names),
-            grp,
-        )
-        st.subheader("Input, reconstruction and error")
-        for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
-            figs[f"heatmap_{name}"] = fig
-            st.plotly_chart(fig, width="stretch")
-    if "abnormality" in res.obs and grp is not None:
-        import plotly.express as px
+    if keys:
+        with guard("the latent space"):
+            key = keys[0]
+            st.subheader("Latent space")
+            colour_opts = list(res.obs.columns)
+            color = st.selectbox(
+                "Colour the latent UMAP by",
+                colour_opts,
+                index=colour_opts.index(spec["label_key"])
+                if spec.get("label_key") in colour_opts
+                else 0,
+                key="umap_color",
+            )
+            st.page_link(
+                "pages/explore.py",
+                label="Colour by a gene, or compare with other embeddings, on Explore",
+                icon=":material/scatter_plot:",
+            )
+            lat = np.asarray(res.obsm[key])
 
-        df = pd.DataFrame({"abnormality": res.obs["abnormality"].to_numpy(), group: grp.to_numpy()})
-        figs["abnormality"] = px.box(
-            df,
-            x=group,
-            y="abnormality",
-            color=group,
-            title="Per-cell abnormality (reconstruction MSE) by group",
-        ).update_layout(showlegend=False)
-        st.plotly_chart(figs["abnormality"], width="stretch")
-    key = f"X_{spec.get('model')}"
-    show_umap = key in res.obsm and st.toggle(
-        "Latent UMAP",
-        value=res.n_obs <= 3000,  # larger runs: on request, it takes seconds
-        help="UMAP of the latent codes of up to 5,000 cells, cached per run",
-    )
-    if show_umap and res.obsm[key].shape[1] >= 2:
-        color = st.selectbox(
-            "Colour the latent UMAP by", [c for c in res.obs.columns], key="umap_color"
-        )
-        idx, coords = latent_umap(str(res_path), res_path.stat().st_mtime, key, 5000)
-        figs["latent_umap"] = figures.embedding(
-            coords,
-            res.obs[color].astype(str).to_numpy()[idx]
-            if not pd.api.types.is_numeric_dtype(res.obs[color])
-            else res.obs[color].to_numpy()[idx],
-            color,
-            f"UMAP of {key}",
-        )
-        st.plotly_chart(figs["latent_umap"], width="stretch")
-
-if task == "perturb":
-    info = res.uns.get("scgen", {})
-    targets = list(info.get("targets", []))
-    target = st.selectbox("Cell type", targets) if len(targets) > 1 else targets[0]
-    sub_dir = (
-        run_dir
-        if len(targets) == 1
-        else run_dir
-        / "loo"
-        / __import__("engine.workspace", fromlist=["safe_name"]).safe_name(target)
-    )
-    m = runs.read_json(sub_dir / "metrics.json", {}) if len(targets) > 1 else metrics
-    if len(targets) > 1:
-        st.subheader("Leave-one-cell-type-out")
-        table = pd.read_csv(run_dir / "loo.csv")
-        cols = [
-            "cell_type",
-            "n_ctrl",
-            "n_stim",
-            "epochs",
-            "r2_mean_all",
-            "baseline_noshift_r2_mean_all",
-            "baseline_meanshift_r2_mean_all",
-            "r2_mean_top100",
-            "baseline_meanshift_r2_mean_top100",
-            "pearson_delta",
-            "direction_top20",
-            "beats_noshift",
-            "beats_meanshift",
-        ]
-        st.dataframe(table[[c for c in cols if c in table]], hide_index=True, width="stretch")
-    if not m or "r2_mean_all" not in m:
-        st.info(
-            f"No real stimulated {target} cells in the data: predictions are in the results file, but cannot be scored."
-        )
-    else:
-        rows = [
-            {
-                "prediction": name,
-                **{
-                    k: m.get(p + k)
-                    for k in (
-                        "r2_mean_all",
-                        "r2_mean_top100",
-                        "r2score_mean_all",
-                        "r2_var_all",
-                        "pearson_delta",
-                        "direction_top20",
+            def draw(out: dict) -> None:
+                cells = out["cells"]
+                if out.get("dropped"):
+                    st.caption(
+                        f"{out['dropped']:,} cell(s) with non-finite latent values are left out."
                     )
-                },
-            }
-            for name, p in (
-                ("scGen", ""),
-                ("baseline: control unchanged", "baseline_noshift_"),
-                ("baseline: control + mean shift", "baseline_meanshift_"),
-            )
-        ]
-        st.dataframe(
-            figures.metrics_table_style(pd.DataFrame(rows), evaluate.higher_is_better),
-            hide_index=True,
-            width="stretch",
-        )
-        if not m.get("beats_meanshift", True):
-            st.warning(
-                f"For {target}, scGen does not beat the simple mean-shift baseline on R² of mean expression (all genes)."
-            )
-        means = gene_means(
-            res, info["condition_key"], info["cell_type_key"], info["ctrl"], info["stim"], target
-        )
-        top = runs.read_json(sub_dir / "top_degs.json", [])
-        panels = (
-            ("pred_vs_real", "predicted", "", f"scGen, {target}"),
-            (
-                "baseline_vs_real",
-                "meanshift",
-                "baseline_meanshift_",
-                "Baseline: control + mean shift",
-            ),
-        )
-        for col, (key, source, prefix, title) in zip(st.columns(2), panels, strict=True):
-            figs[key] = figures.mean_scatter(
-                means[source].to_numpy(),
-                means["real"].to_numpy(),
-                list(means.index),
-                top,
-                m[f"{prefix}r2_mean_all"],
-                m[f"{prefix}r2_mean_top100"],
-                title,
-            )
-            col.plotly_chart(figs[key], width="stretch")
-        genes = top[:6]
-        cond, types = (
-            res.obs[info["condition_key"]].astype(str),
-            res.obs[info["cell_type_key"]].astype(str),
-        )
-        mask = (types == target).to_numpy()
-        sub = res[mask, genes]
-        xs = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
-        long = (
-            pd.DataFrame(xs, columns=genes)
-            .assign(condition=cond[mask].to_numpy())
-            .melt(id_vars="condition", var_name="gene", value_name="expression")
-        )
-        figs["top_deg_violins"] = figures.deg_violins(
-            long, genes, "condition", [info["ctrl"], "predicted", info["stim"]]
-        )
-        st.plotly_chart(figs["top_deg_violins"], width="stretch")
-        if st.checkbox("Show latent UMAP of control, predicted and real stimulated cells"):
-            keep = np.flatnonzero(mask)
-            import umap
+                figures.show(
+                    "latent_umap",
+                    lambda: figures.embedding(
+                        out["coords"],
+                        _obs_colour(res, color, cells),
+                        color,
+                        f"UMAP of {key}"
+                        + (
+                            f" ({len(cells):,} of {out['total']:,} cells)"
+                            if len(cells) < out["total"]
+                            else ""
+                        ),
+                    ),
+                    figs,
+                )
 
-            coords = umap.UMAP(random_state=0).fit_transform(np.asarray(res.obsm["X_scgen"])[keep])
-            figs["latent_umap"] = figures.embedding(
-                coords,
-                cond.to_numpy()[keep],
-                "condition",
-                f"UMAP of the scGen latent space, {target}",
+            if lat.ndim == 2 and lat.shape[1] == 2:
+                draw(
+                    {
+                        "coords": lat,
+                        "cells": np.arange(res.n_obs),
+                        "dropped": 0,
+                        "total": res.n_obs,
+                    }
+                )
+            elif color is not None:
+                latent_embedding(key, res.n_obs, draw)
+
+
+def _gene_means(
+    results: ad.AnnData, condition_key: str, cell_type_key: str, ctrl: str, stim: str, target: str
+) -> pd.DataFrame:
+    """Per-gene means of the target's control, predicted and real stimulated cells, and the
+    mean-shift baseline (as engine.perturb.gene_means, which this page must not import: torch)."""
+    cond = results.obs[condition_key].astype(str).to_numpy()
+    types = results.obs[cell_type_key].astype(str).to_numpy()
+    x = results.X
+
+    def mean(mask: np.ndarray) -> np.ndarray:
+        return (
+            np.asarray(x[mask].mean(0)).ravel() if mask.any() else np.full(results.n_vars, np.nan)
+        )
+
+    is_t = types == target
+    shifts = [
+        mean((types == t) & (cond == stim)) - mean((types == t) & (cond == ctrl))
+        for t in sorted(set(types[~is_t]))
+        if ((types == t) & (cond == stim)).any() and ((types == t) & (cond == ctrl)).any()
+    ]
+    ctrl_mean = mean(is_t & (cond == ctrl))
+    return pd.DataFrame(
+        {
+            "control": ctrl_mean,
+            "predicted": mean(is_t & (cond == "predicted")),
+            "real": mean(is_t & (cond == stim)),
+            "meanshift": ctrl_mean + (np.mean(shifts, 0) if shifts else 0),
+        },
+        index=results.var_names.astype(str),
+    )
+
+
+PERTURB_COLS = (
+    "r2_mean_all",
+    "r2_mean_top100",
+    "r2score_mean_all",
+    "r2_var_all",
+    "pearson_delta",
+    "direction_top20",
+)
+
+if res is not None and task == "perturb":
+    with guard("the perturbation results"):
+        scwb = res.uns.get("scwb") or {}
+        info = dict(scwb.get("perturb") or res.uns.get("scgen") or {})
+        targets = [str(t) for t in list(info.get("targets", []))]
+        if not targets:
+            raise ValueError("the results file records no predicted cell type")
+        target = (
+            st.selectbox("Cell type", targets, format_func=str) if len(targets) > 1 else targets[0]
+        )
+        dirs = dict(info.get("target_dirs") or {})
+        if target in dirs:
+            sub_dir = (run_dir / str(dirs[target])).resolve()
+            if run_dir.resolve() not in [sub_dir, *sub_dir.parents]:
+                raise ValueError("the results file points outside the run folder")
+        elif len(targets) == 1:
+            sub_dir = run_dir
+        else:
+            from engine.workspace import safe_name
+
+            sub_dir = run_dir / "loo" / safe_name(target)
+        m = runs.read_json(sub_dir / "metrics.json", {}) if sub_dir != run_dir else metrics
+        m = m if isinstance(m, dict) else {}
+        if len(targets) > 1 and (run_dir / "loo.csv").exists():
+            st.subheader("Leave-one-cell-type-out")
+            table = pd.read_csv(run_dir / "loo.csv")
+            cols = [
+                "cell_type",
+                "n_ctrl",
+                "n_stim",
+                "epochs",
+                "r2_mean_all",
+                "baseline_noshift_r2_mean_all",
+                "baseline_meanshift_r2_mean_all",
+                "r2_mean_top100",
+                "baseline_meanshift_r2_mean_top100",
+                "pearson_delta",
+                "direction_top20",
+                "beats_noshift",
+                "beats_meanshift",
+            ]
+            shown = [c for c in cols if c in table]
+            st.dataframe(
+                table[shown],
+                hide_index=True,
+                width="stretch",
+                column_config=figures.metric_columns(
+                    shown, {"cell_type": st.column_config.TextColumn("cell type")}
+                ),
             )
-            st.plotly_chart(figs["latent_umap"], width="stretch")
+        if "r2_mean_all" not in m:
+            st.info(
+                f"No real stimulated {esc(target)} cells in the data (or no metrics for it): "
+                "predictions are in the results file, but cannot be scored."
+            )
+        else:
+            parts = metric_names.split_baselines(m)
+            rows = [
+                {"prediction": "scGen" if label == "" else label}
+                | {k: parts[label].get(k) for k in PERTURB_COLS}
+                for label in parts
+            ]
+            st.dataframe(
+                figures.metrics_table_style(pd.DataFrame(rows)),
+                hide_index=True,
+                width="stretch",
+                column_config=figures.metric_columns(PERTURB_COLS),
+            )
+            if not m.get("beats_meanshift", True):
+                st.warning(
+                    f"For {esc(target)}, scGen does not beat the simple mean-shift baseline "
+                    "on R² of mean expression (all genes)."
+                )
+            means = _gene_means(
+                res,
+                info["condition_key"],
+                info["cell_type_key"],
+                info["ctrl"],
+                info["stim"],
+                target,
+            )
+            top = runs.read_json(sub_dir / "top_degs.json", []) or []
+            top = [str(g) for g in top] if isinstance(top, list) else []
+            panels = (
+                ("pred_vs_real", "predicted", "", f"scGen, {target}"),
+                (
+                    "baseline_vs_real",
+                    "meanshift",
+                    "baseline_meanshift_",
+                    "Baseline: control + mean shift",
+                ),
+            )
+            for col, (fkey, source, prefix, title) in zip(st.columns(2), panels, strict=True):
+                figures.show(
+                    fkey,
+                    lambda s=source, p=prefix, t=title: figures.mean_scatter(
+                        means[s].to_numpy(),
+                        means["real"].to_numpy(),
+                        list(means.index),
+                        top,
+                        m[f"{p}r2_mean_all"],
+                        m[f"{p}r2_mean_top100"],
+                        t,
+                    ),
+                    figs,
+                    col,
+                )
+            genes = [g for g in top if g in res.var_names][:6]
+            cond = res.obs[info["condition_key"]].astype(str)
+            types = res.obs[info["cell_type_key"]].astype(str)
+            mask = (types == target).to_numpy()
+
+            def _violins():
+                sub = res[mask, genes]
+                xs = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
+                long = (
+                    pd.DataFrame(xs, columns=genes)
+                    .assign(condition=cond[mask].to_numpy())
+                    .melt(id_vars="condition", var_name="gene", value_name="expression")
+                )
+                return figures.deg_violins(
+                    long, genes, "condition", [info["ctrl"], "predicted", info["stim"]]
+                )
+
+            if genes:
+                figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
+
+        if "X_scgen" in res.obsm:
+            st.subheader(f"Latent space of {esc(target)} cells")
+            keep = (res.obs[info["cell_type_key"]].astype(str) == target).to_numpy()
+            cond_all = res.obs[info["condition_key"]].astype(str).to_numpy()
+
+            def draw_scgen(out: dict) -> None:
+                cells = out["cells"]
+                sel = keep[cells]
+                n_bad = int((~np.isfinite(np.asarray(res.obsm["X_scgen"])[keep]).all(1)).sum())
+                if n_bad:
+                    st.caption(
+                        f"{n_bad:,} {esc(target)} cell(s) without a finite latent code "
+                        "(predicted cells of an older run) are left out."
+                    )
+                figures.show(
+                    "latent_umap",
+                    lambda: figures.embedding(
+                        out["coords"][sel],
+                        cond_all[cells][sel],
+                        "condition",
+                        f"UMAP of the scGen latent space, {target}",
+                    ),
+                    figs,
+                )
+
+            latent_embedding("X_scgen", res.n_obs, draw_scgen)
 
 st.divider()
 st.subheader("Export")
 c = st.columns(3)
 # files are read or built only when their button is clicked (callables run on download)
-c[0].download_button(
-    "Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad", on_click="ignore"
-)
+if res_path.exists():
+    c[0].download_button(
+        "Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad", on_click="ignore"
+    )
 weights = run_dir / "model.pt"
 if weights.exists():
     c[0].download_button(
         "Model weights (.pt)", weights.read_bytes, file_name=f"{run_id}-model.pt", on_click="ignore"
     )
-c[1].download_button(
-    "Metrics (JSON)",
-    json.dumps(metrics, indent=2),
-    file_name=f"{run_id}-metrics.json",
-    on_click="ignore",
-)
-c[1].download_button(
-    "Metrics (CSV)",
-    export.metrics_csv(run_dir),
-    file_name=f"{run_id}-metrics.csv",
-    on_click="ignore",
-)
-c[2].download_button(
-    "Reproduce script (.py)", export.script(run_dir), file_name=f"{run_id}.py", on_click="ignore"
-)
+if metrics:
+    c[1].download_button(
+        "Metrics (JSON)",
+        json.dumps(metrics, indent=2, default=str),
+        file_name=f"{run_id}-metrics.json",
+        on_click="ignore",
+    )
+with guard("the metrics CSV"):
+    c[1].download_button(
+        "Metrics (CSV)",
+        lambda: export.metrics_csv(run_dir),
+        file_name=f"{run_id}-metrics.csv",
+        on_click="ignore",
+    )
+if spec:
+    c[2].download_button(
+        "Reproduce script (.py)",
+        lambda: export.script(run_dir),
+        file_name=f"{run_id}.py",
+        on_click="ignore",
+    )
 c[2].download_button(
     "Whole run (.zip)", lambda: export.bundle(run_dir), file_name=f"{run_id}.zip", on_click="ignore"
 )
@@ -300,9 +589,10 @@ if figs:
     f1, f2 = st.columns(2)
     f1.download_button(
         "Figure as interactive HTML",
-        lambda: fig.to_html(include_plotlyjs="cdn"),
+        lambda: fig.to_html(include_plotlyjs=True, full_html=True),  # works offline
         file_name=f"{run_id}-{which}.html",
         on_click="ignore",
+        help="a self-contained page with plotly.js embedded: opens offline",
     )
     f2.download_button(
         "Figure as PNG",

@@ -90,7 +90,12 @@ def test_data_page_embedding_on_pbmc68k():
     datasets.save(load_demo("pbmc68k_reduced"), "pbmc")
     at = app("data")
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
-    assert "X_umap" in titles[-1]
+    # embeddings moved to Explore: a caption and a link here
+    assert any(c.value.startswith("2 embedding(s) stored") for c in at.caption)
+    assert any("explore" in p.proto.page for p in at.get("page_link"))
+    explore = app("explore")
+    spec = json.loads(explore.get("plotly_chart")[0].proto.spec)
+    assert spec["layout"]["title"]["text"].startswith("X_umap")
     # X is scaled: QC comes from the obs columns scanpy stored, as percentages
     assert any("QC columns stored in obs" in c.value for c in at.caption)
     assert any("mitochondrial" in t for t in titles)
@@ -329,9 +334,17 @@ def test_compare_two_runs(dataset):
 
 
 def test_results_vae_embedding(dataset):
-    _finished(dataset, "vae", epochs=2, label_key="cell_type", params={"kl_warmup": 1})
+    from engine import embedding, workspace
+
+    run = _finished(dataset, "vae", epochs=2, label_key="cell_type", params={"kl_warmup": 1})
     at = app("results")
     assert not errors(at)
+    # the latent UMAP is computed by the background engine: wait for it, then look again
+    for _ in range(360):
+        if embedding.read(workspace.runs_dir() / run, "X_vae")["state"] != "computing":
+            break
+        __import__("time").sleep(0.5)
+    at.run()
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("UMAP of X_vae") for t in titles)
     assert any(t.startswith("Input") for t in titles), "counts vs reconstructed counts heatmaps"

@@ -2,16 +2,63 @@
 
 from __future__ import annotations
 
+import html
+import re
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from engine import metric_names
 from engine.io import dense
 
 MAX_POINTS = 20_000
 MAX_HEATMAP_CELLS = 500
 MAX_HEATMAP_GENES = 50
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'^%@])")
+
+
+def esc(text: object) -> str:
+    """``text`` (a run id, dataset name, layer key, class label...) safe inside st.markdown,
+    st.caption, st.error, widget labels: every markdown/HTML character is backslash-escaped, so
+    it shows as typed and never becomes bold text, a link, an image, a colour or a formula."""
+    flat = " ".join(str(text).split())  # no line breaks: no headings, lists or tables
+    return _MD_SPECIAL.sub(r"\\\1", flat)
+
+
+def plain(text: object) -> str:
+    """``text`` safe in a plotly title, axis or legend (plotly reads <a>, <b>... as HTML)."""
+    return html.escape(str(text), quote=False)
+
+
+def show(
+    name: str,
+    build: Callable[[], go.Figure],
+    figs: dict | None = None,
+    where=None,
+    what: str | None = None,
+) -> go.Figure | None:
+    """Build a figure and draw it; on any failure, one line instead (a figure never breaks a page).
+
+    The figure is kept in ``figs[name]`` (for the export menu) when it was drawn.
+    """
+    import streamlit as st
+
+    where = where or st
+    try:
+        fig = build()
+        where.plotly_chart(fig, width="stretch", key=f"fig-{name}")
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where.warning(f"Could not draw {esc(what or name.replace('_', ' '))}: {esc(first)}")
+        return None
+    if figs is not None:
+        figs[name] = fig
+    return fig
 
 
 def sample_index(n: int, limit: int, seed: int = 0) -> np.ndarray:
@@ -44,9 +91,18 @@ def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figu
 def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -> go.Figure:
     fig = go.Figure()
     for name, df in curves.items():
-        if metric in df:
-            fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=name))
-    return fig.update_layout(title=f"{metric} per epoch", xaxis_title="epoch", yaxis_title=metric)
+        if metric in df and "epoch" in df:
+            fig.add_trace(
+                go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=plain(name))
+            )
+    label = plain(metric_names.name(metric))
+    return fig.update_layout(
+        title=f"{label} per epoch",
+        xaxis_title="epoch",
+        yaxis_title=label,
+        showlegend=True,  # even for one curve: say which run it is
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2},
+    )
 
 
 def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
@@ -76,18 +132,27 @@ def embedding(
     coords: np.ndarray, color: pd.Series | np.ndarray, color_name: str, title: str
 ) -> go.Figure:
     idx = sample_index(coords.shape[0], MAX_POINTS)
-    df = pd.DataFrame(
-        {"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], color_name: np.asarray(color)[idx]}
-    )
+    label = plain(color_name)
+    values = np.asarray(color)[idx]
+    numeric = np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.bool_)
+    df = pd.DataFrame({"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], label: values})
+    if not numeric:
+        df[label] = df[label].astype(str).map(plain)
     fig = px.scatter(
         df,
         x="dim 1",
         y="dim 2",
-        color=color_name,
-        title=sampled_title(title, len(idx), coords.shape[0]),
+        color=label,
+        title=sampled_title(plain(title), len(idx), coords.shape[0]),
         render_mode="webgl",
+        category_orders={label: sorted(df[label].unique())} if not numeric else None,
+        color_continuous_scale="Viridis" if numeric else None,
     )
-    return fig.update_traces(marker={"size": 4}).update_layout(legend_title=color_name)
+    fig.update_traces(marker={"size": 4})
+    fig.update_layout(legend_title=label, showlegend=True, legend={"itemsizing": "constant"})
+    if numeric:
+        fig.update_layout(coloraxis_colorbar={"title": label})
+    return fig
 
 
 def recon_heatmaps(
@@ -100,7 +165,7 @@ def recon_heatmaps(
     if groups is not None:
         idx = idx[np.argsort(np.asarray(groups)[idx].astype(str), kind="stable")]
     top = np.argsort(-x.var(0))[:MAX_HEATMAP_GENES]
-    gene_names = [genes[i] for i in top]
+    gene_names = [plain(genes[i]) for i in top]
     err = x[np.ix_(idx, top)] - recon[np.ix_(idx, top)]
     lim = float(np.abs(err).max()) or 1.0
     note = (
@@ -108,7 +173,7 @@ def recon_heatmaps(
         + (" (random sample)" if len(idx) < n else "")
         + f", top {len(top)} variable genes"
     )
-    ylabels = [str(v) for v in np.asarray(groups)[idx]] if groups is not None else None
+    ylabels = [plain(v) for v in np.asarray(groups)[idx]] if groups is not None else None
     common = {
         "x": gene_names,
         "y": list(range(len(idx))),
@@ -141,7 +206,7 @@ def recon_heatmaps(
                 f.add_hline(y=b - 0.5, line={"color": "white", "width": 2})
     for f in figs:
         f.update_yaxes(
-            title="cells" + (f" by {groups.name}" if groups is not None else ""),
+            title="cells" + (f" by {plain(groups.name)}" if groups is not None else ""),
             autorange="reversed",
             **ticks,
         )
@@ -151,8 +216,8 @@ def recon_heatmaps(
 def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
     fig = px.imshow(
         np.asarray(cm),
-        x=classes,
-        y=classes,
+        x=[plain(c) for c in classes],
+        y=[plain(c) for c in classes],
         text_auto=True,
         color_continuous_scale="Blues",
         labels={"x": "predicted", "y": "true", "color": "cells"},
@@ -161,7 +226,7 @@ def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
 
 
 def per_class_f1(per_class: dict[str, float]) -> go.Figure:
-    df = pd.DataFrame({"class": list(per_class), "F1": list(per_class.values())})
+    df = pd.DataFrame({"class": [plain(c) for c in per_class], "F1": list(per_class.values())})
     return px.bar(df, x="class", y="F1", title="F1 per class (test cells)", range_y=[0, 1])
 
 
@@ -178,6 +243,7 @@ def mean_scatter(
         {"real stimulated mean": real_mean, "predicted mean": pred_mean, "gene": genes}
     )
     df["genes"] = np.where(df["gene"].isin(top), "top-100 DEG", "other")
+    df["gene"] = df["gene"].map(plain)
     fig = px.scatter(
         df,
         x="real stimulated mean",
@@ -185,7 +251,7 @@ def mean_scatter(
         color="genes",
         hover_name="gene",
         color_discrete_map={"top-100 DEG": "#d62728", "other": "#9fb3c8"},
-        title=f"{title}: R² all = {r2_all:.3f}, top-100 DEGs = {r2_top:.3f}",
+        title=f"{plain(title)}: R² all = {r2_all:.3f}, top-100 DEGs = {r2_top:.3f}",
     )
     fig.update_layout(
         title_font_size=13
@@ -199,33 +265,84 @@ def mean_scatter(
 def deg_violins(
     values: pd.DataFrame, gene_order: list[str], condition: str, order: list[str] | None = None
 ) -> go.Figure:
-    """Violins per gene, conditions side by side in ``order`` (control, predicted, stimulated)."""
-    colours = dict(zip(order or [], ["#9fb3c8", "#d62728", "#1f4e79"], strict=False))
-    fig = px.violin(
-        values,
-        x="gene",
-        y="expression",
-        color=condition,
-        box=False,
-        points=False,
-        category_orders={"gene": gene_order, condition: order or []},
-        color_discrete_map=colours,
+    """Violins per gene, conditions side by side in ``order`` (control, predicted, stimulated):
+    each with its width (same for all), box and median line, so the distributions are visible."""
+    colours = ["#9fb3c8", "#d62728", "#1f4e79", "#6b8e23", "#9467bd"]
+    groups = list(order or []) + sorted(
+        set(values[condition].astype(str)) - set(order or []), key=str
     )
+    fig = go.Figure()
+    for i, g in enumerate(groups):
+        sub = values[values[condition].astype(str) == g]
+        if sub.empty:
+            continue
+        fig.add_trace(
+            go.Violin(
+                x=sub["gene"].map(plain),
+                y=sub["expression"],
+                name=plain(g),
+                legendgroup=plain(g),
+                line_color=colours[i % len(colours)],
+                fillcolor=colours[i % len(colours)],
+                opacity=0.75,
+                box_visible=True,
+                box={"width": 0.35, "fillcolor": "white", "line": {"color": "black", "width": 1}},
+                meanline_visible=False,
+                points=False,
+                scalemode="width",
+                spanmode="hard",
+                width=0.9,
+                bandwidth=None,
+            )
+        )
     return fig.update_layout(
-        title="Top DEGs: control, predicted and real stimulated", violinmode="group"
+        title="Top DEGs: control, predicted and real stimulated (box: median and quartiles)",
+        violinmode="group",
+        violingap=0.25,
+        violingroupgap=0.05,
+        xaxis={
+            "title": "gene",
+            "categoryorder": "array",
+            "categoryarray": [plain(g) for g in gene_order],
+        },
+        yaxis_title="expression",
+        legend_title=plain(condition),
+        showlegend=True,
     )
 
 
-def metrics_table_style(df: pd.DataFrame, higher_better) -> pd.io.formats.style.Styler:
+def metrics_table_style(df: pd.DataFrame, better=metric_names.better) -> pd.io.formats.style.Styler:
+    """``df`` with the best value of each ranked metric column marked, where there is a choice:
+    a column with fewer than two values marks nothing; unranked metrics are never marked."""
     num = df.select_dtypes("number")
 
+    def direction(col: str) -> str | None:
+        b = better(col)
+        if isinstance(b, bool):  # an older higher_is_better(col) -> bool
+            return "higher" if b else "lower"
+        return b
+
     def best(col: pd.Series) -> list[str]:
-        if col.name not in num or col.isna().all():
+        d = direction(col.name)
+        if col.name not in num or d is None or col.notna().sum() < 2 or col.nunique() < 2:
             return [""] * len(col)
-        target = col.max() if higher_better(col.name) else col.min()
+        target = col.max() if d == "higher" else col.min()
         return ["background-color: #c7e9c0; font-weight: bold" if v == target else "" for v in col]
 
     return df.style.apply(best, axis=0).format(precision=4, na_rep="-")
+
+
+def metric_columns(columns, extra: dict | None = None) -> dict:
+    """``st.column_config`` for a table of metric columns: readable name, tooltip with what it
+    measures and which direction is better; the data keep the engine's keys."""
+    import streamlit as st
+
+    out = {}
+    for c in columns:
+        m = metric_names.describe(c)
+        if m.name != m.key or m.help:
+            out[c] = st.column_config.Column(label=m.name, help=m.tooltip)
+    return {**out, **(extra or {})}
 
 
 def to_png(fig: go.Figure) -> bytes:

@@ -1,0 +1,198 @@
+"""Readable names for the metric keys the engine writes: what each measures, which way is better.
+
+>>> describe("r2_mean_all").name
+'R² of mean expression (all genes)'
+>>> better("abnormality_others") is None   # a mean score, not a ranking: never marked best
+True
+
+``better(key)`` is ``"higher"``, ``"lower"`` or ``None`` (not ranked). Keys the engine does not
+know get their own text back and are not ranked, so a new metric never gets a wrong direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    name: str
+    help: str
+    better: str | None  # "higher", "lower" or None (not ranked)
+
+    @property
+    def tooltip(self) -> str:
+        where = {"higher": " Higher is better.", "lower": " Lower is better."}.get(
+            self.better or "", ""
+        )
+        return f"{self.help}{where} (`{self.key}`)"
+
+
+_M = {
+    # classifiers
+    "test_accuracy": (
+        "Accuracy (test)",
+        "Share of held-out test cells given their true label.",
+        "higher",
+    ),
+    "test_f1_macro": (
+        "Macro F1 (test)",
+        "F1 score averaged over classes, each class counting equally: rare cell types weigh as much as common ones.",
+        "higher",
+    ),
+    # reconstruction / embedding
+    "test_mse": (
+        "Reconstruction error (test)",
+        "Mean squared difference between input and reconstruction on held-out test cells.",
+        "lower",
+    ),
+    "train_mse": (
+        "Reconstruction error (train)",
+        "Mean squared difference between input and reconstruction on the training cells.",
+        "lower",
+    ),
+    "val_mse": (
+        "Reconstruction error (validation)",
+        "Mean squared difference between input and reconstruction on the validation cells.",
+        "lower",
+    ),
+    "test_elbo": (
+        "ELBO (test)",
+        "Evidence lower bound per test cell: how likely the model finds held-out cells.",
+        "higher",
+    ),
+    "latent_knn_accuracy": (
+        "Latent kNN accuracy",
+        "Accuracy of a 15-nearest-neighbour classifier of the label column in the latent space: do cells of one type sit together?",
+        "higher",
+    ),
+    "latent_silhouette": (
+        "Latent silhouette",
+        "Silhouette width of the label groups in the latent space (-1 to 1): how well separated the cell types are.",
+        "higher",
+    ),
+    # abnormality (trained on a reference group)
+    "abnormality_trained_on": (
+        "Abnormality, reference cells",
+        "Mean per-cell reconstruction error of the cells the model was trained on (the reference group).",
+        None,
+    ),
+    "abnormality_others": (
+        "Abnormality, other cells",
+        "Mean per-cell reconstruction error of the cells outside the reference group; what matters is the separation from the reference (see AUROC).",
+        None,
+    ),
+    "abnormality_auroc": (
+        "Abnormality AUROC",
+        "How well the per-cell abnormality score separates the other cells from the reference cells (0.5 = chance, 1 = perfect).",
+        "higher",
+    ),
+    # perturbation (scGen and its baselines)
+    "r2_mean_all": (
+        "R² of mean expression (all genes)",
+        "Squared Pearson correlation between predicted and real stimulated mean expression per gene.",
+        "higher",
+    ),
+    "r2_mean_top100": (
+        "R² of mean expression (top-100 DEGs)",
+        "The same R², on the 100 genes that change most between control and stimulated.",
+        "higher",
+    ),
+    "r2score_mean_all": (
+        "R² score of mean expression (all genes)",
+        "Coefficient of determination (1 - residual / total variance) of the real means by the predicted means; can be negative.",
+        "higher",
+    ),
+    "r2score_mean_top100": (
+        "R² score of mean expression (top-100 DEGs)",
+        "The coefficient of determination on the 100 genes that change most.",
+        "higher",
+    ),
+    "r2_var_all": (
+        "R² of variance (all genes)",
+        "Squared Pearson correlation between predicted and real per-gene variance: is the spread of the response right?",
+        "higher",
+    ),
+    "pearson_delta": (
+        "Pearson r of the change",
+        "Correlation between the predicted and the real change from control (stimulated - control means), per gene.",
+        "higher",
+    ),
+    "direction_top20": (
+        "Direction right (top-20 DEGs)",
+        "Share of the 20 most changed genes whose predicted change goes the same way (up or down) as the real one.",
+        "higher",
+    ),
+    "beats_noshift": (
+        "Beats 'control unchanged'",
+        "Whether the model's R² of means (all genes) is above the baseline that predicts the control cells unchanged.",
+        None,
+    ),
+    "beats_meanshift": (
+        "Beats 'control + mean shift'",
+        "Whether the model's R² of means (all genes) is above the baseline that adds the average response of the other cell types.",
+        None,
+    ),
+    # per-epoch curves
+    "train_loss": ("Training loss", "The training objective on the training cells.", "lower"),
+    "val_loss": ("Validation loss", "The training objective on the validation cells.", "lower"),
+    "val_accuracy": (
+        "Accuracy (validation)",
+        "Share of validation cells given their true label.",
+        "higher",
+    ),
+    "val_f1_macro": ("Macro F1 (validation)", "Macro F1 on the validation cells.", "higher"),
+    "n_ctrl": ("Control cells", "Number of control cells of this cell type.", None),
+    "n_stim": ("Stimulated cells", "Number of real stimulated cells of this cell type.", None),
+    "epochs": ("Epochs", "Epochs trained.", None),
+}
+KNOWN: dict[str, Metric] = {k: Metric(k, *v) for k, v in _M.items()}
+
+BASELINES = {
+    "baseline_noshift_": "baseline: control unchanged",
+    "baseline_meanshift_": "baseline: control + mean shift",
+}
+
+
+def describe(key: str) -> Metric:
+    """The readable name, one-line help and direction of ``key`` (any string)."""
+    key = str(key)
+    if key in KNOWN:
+        return KNOWN[key]
+    for prefix, label in BASELINES.items():
+        if key.startswith(prefix) and key[len(prefix) :] in KNOWN:
+            base = KNOWN[key[len(prefix) :]]
+            return Metric(
+                key, f"{base.name}, {label}", f"{base.help} For the {label}.", base.better
+            )
+    if key.startswith("beats_"):
+        return Metric(key, key.replace("_", " "), "Whether the model beats this baseline.", None)
+    return Metric(key, key, "", None)
+
+
+def name(key: str) -> str:
+    return describe(key).name
+
+
+def better(key: str) -> str | None:
+    """``"higher"``, ``"lower"`` or ``None`` when the metric is not ranked."""
+    return describe(key).better
+
+
+def higher_is_better(key: str) -> bool | None:
+    b = better(key)
+    return None if b is None else b == "higher"
+
+
+def split_baselines(metrics: dict) -> dict[str, dict]:
+    """A scGen run's metrics split into its own and each baseline's, without the prefixes:
+    ``{"": {...}, "baseline: control unchanged": {...}, "baseline: control + mean shift": {...}}``
+    (baselines absent from ``metrics`` are left out)."""
+    own = {k: v for k, v in metrics.items() if not any(k.startswith(p) for p in BASELINES)}
+    out = {"": own}
+    for prefix, label in BASELINES.items():
+        sub = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if sub:
+            out[label] = sub
+    return out

@@ -1,0 +1,258 @@
+"""Explore: every embedding of a dataset, coloured by any obs column or any gene (as CELLxGENE).
+
+Embeddings come from three places: the file's own ``obsm`` (shown as they are), PCA or UMAP of X
+or of an ``obsm`` entry computed on request, and the latent space of every finished run on this
+dataset. Anything computed runs in the background engine (``engine.embedding``) and is cached
+(in the workspace for datasets, in the run folder for runs); this page only polls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import datasets, embedding, jobs, runs, workspace
+from ui import figures
+from ui.figures import esc
+from ui.state import dataset_picker, ensure_app_navigation
+
+AUTO_UMAP_CELLS = 20_000  # run latents start by themselves up to this many cells
+POLL_S = 2.0
+MAX_GENE_MATCHES = 300
+
+ensure_app_navigation()
+st.title("Explore")
+name, adata, d = dataset_picker("Dataset")
+if adata is None:
+    st.stop()
+
+
+@dataclass(frozen=True)
+class Source:
+    label: str
+    key: str  # obsm key or "X"
+    method: str | None  # None: obsm entry as stored; "umap" / "pca": computed
+    folder: str  # where the computed embedding is cached
+    source: str | None  # .h5ad it is computed from (None: folder/results.h5ad)
+    run: str | None = None  # run id for a run's latent space
+    auto: bool = False  # start without asking
+
+
+def _finished_runs(dataset: str) -> list[dict]:
+    out = []
+    for r in jobs.list_jobs():
+        p = Path(r["path"])
+        if r["state"] not in ("completed", "cancelled") or not (p / "results.h5ad").exists():
+            continue
+        spec = runs.read_json(p / "run.json", {}) or {}
+        if not isinstance(spec, dict):
+            continue
+        same = spec.get("dataset_key") == dataset or spec.get("dataset_name") == dataset
+        if same:
+            out.append({**r, "spec": spec})
+    return out
+
+
+def _sources() -> list[Source]:
+    cache = str(workspace.home() / "embeddings" / workspace.safe_name(name, "dataset name"))
+    src = str(datasets.path(name))
+    out: list[Source] = []
+    for k in d.get("embeddings") or []:
+        try:
+            dims = np.asarray(adata.obsm[k]).shape[1]
+        except Exception:
+            continue
+        if dims >= 2:
+            out.append(Source(f"{k} (stored in the file)", k, None, cache, src))
+        if dims > 2:
+            out.append(Source(f"UMAP of {k} (computed)", k, "umap", cache, src))
+    out.append(Source("PCA of X (computed)", "X", "pca", cache, src))
+    out.append(Source("UMAP of X (computed)", "X", "umap", cache, src))
+    for r in _finished_runs(name):
+        model = r["spec"].get("model") or r["model"]
+        for key in (f"X_{model}", "X_pca_baseline"):
+            out.append(
+                Source(
+                    f"UMAP of the {model} latent space · run {r['id']}",
+                    key,
+                    "umap",
+                    r["path"],
+                    None,
+                    run=r["id"],
+                    auto=(r["spec"].get("data_shape") or [0])[0] <= AUTO_UMAP_CELLS,
+                )
+            )
+            if model != "pca":
+                break
+    return out
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _run_obs(path: str, mtime: float) -> tuple[pd.DataFrame, list[str]]:
+    """A run's results: its obs table and the obsm keys (read backed: no matrix is loaded)."""
+    res = ad.read_h5ad(path, backed="r")
+    try:
+        return res.obs.copy(), list(res.obsm.keys())
+    finally:
+        res.file.close()
+
+
+sources = _sources()
+run_keys: dict[str, list[str]] = {}
+usable = []
+for s in sources:
+    if s.run:
+        p = Path(s.folder) / "results.h5ad"
+        try:
+            if s.folder not in run_keys:
+                run_keys[s.folder] = _run_obs(str(p), p.stat().st_mtime)[1]
+        except Exception:
+            run_keys[s.folder] = []
+        if s.key not in run_keys[s.folder]:
+            continue
+    usable.append(s)
+labels = [s.label for s in usable]
+preferred = next(
+    (i for i, s in enumerate(usable) if s.method is None and "umap" in s.key.lower()),
+    next((i for i, s in enumerate(usable) if s.run), 0),
+)
+c1, c2 = st.columns([3, 2])
+choice = c1.selectbox("Embedding", labels, index=preferred, key="explore_source")
+source = usable[labels.index(choice)]
+
+# the table colours come from: the dataset, or the run's results (which may add predicted cells)
+if source.run:
+    rp = Path(source.folder) / "results.h5ad"
+    obs = _run_obs(str(rp), rp.stat().st_mtime)[0]
+else:
+    obs = adata.obs
+
+mode = c2.radio("Colour by", ["obs column", "gene"], horizontal=True, key="explore_mode")
+color_name, values = None, None
+if mode == "obs column":
+    cols = list(obs.columns)
+    if not cols:
+        st.caption("This dataset has no obs column: colour by a gene instead.")
+    else:
+        default = next(
+            (
+                i
+                for i, c in enumerate(cols)
+                if c.lower() in ("cell_type", "celltype", "cell_types", "louvain", "leiden")
+            ),
+            0,
+        )
+        color_name = c2.selectbox("Obs column", cols, index=default, key="explore_obs")
+else:
+    query = c2.text_input(
+        "Search genes", key="explore_gene_query", placeholder="type part of a gene name"
+    )
+    genes = adata.var_names.astype(str)
+    matches = genes[genes.str.contains(query, case=False, regex=False)] if query else genes
+    shown = list(matches[:MAX_GENE_MATCHES])
+    if not shown:
+        c2.caption(f"No gene matches {esc(query)}.")
+    else:
+        color_name = c2.selectbox(
+            f"Gene ({len(matches):,} match{'es' if len(matches) != 1 else ''}"
+            + (f", first {MAX_GENE_MATCHES} shown" if len(matches) > MAX_GENE_MATCHES else "")
+            + ")",
+            shown,
+            key="explore_gene",
+        )
+
+
+def colour_values(rows: np.ndarray) -> np.ndarray | None:
+    """Colour of each embedded row: an obs column of the table the rows index, or a gene's
+    expression from the dataset (rows of a run's results are matched by cell name)."""
+    if color_name is None:
+        return None
+    if mode == "obs column":
+        col = obs[color_name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            return col.to_numpy()[rows]
+        return col.astype(str).to_numpy()[rows]
+    j = adata.var_names.get_loc(color_name)
+    if source.run:
+        at = adata.obs_names.get_indexer(obs.index[rows])
+    else:
+        at = rows
+    found = at >= 0
+    out = np.full(len(rows), np.nan, dtype=np.float32)
+    col = adata.X[at[found]][:, j]
+    out[found] = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+    if not found.all():
+        st.caption(
+            f"{int((~found).sum()):,} cell(s) of this run are not in the dataset "
+            "(predicted cells): they have no gene value."
+        )
+    return out
+
+
+def draw(out: dict) -> None:
+    rows = out["cells"]
+    if out.get("dropped"):
+        st.caption(f"{out['dropped']:,} cell(s) with non-finite values are left out.")
+    title = source.label + (
+        f" ({len(rows):,} of {out['total']:,} cells)" if len(rows) < out["total"] else ""
+    )
+    figures.show(
+        "explore",
+        lambda: figures.embedding(
+            out["coords"],
+            colour_values(rows) if color_name is not None else np.array(["all cells"] * len(rows)),
+            color_name or "cells",
+            title,
+        ),
+        what="the embedding",
+    )
+
+
+if source.method is None:
+    m = np.asarray(adata.obsm[source.key])
+    draw({"coords": m[:, :2], "cells": np.arange(adata.n_obs), "dropped": 0, "total": adata.n_obs})
+    st.stop()
+
+state = embedding.read(source.folder, source.key, source.method, source.source)
+if state["state"] == "missing" and source.auto:
+    state = embedding.start(source.folder, source.key, source.method, source.source)
+if state["state"] in ("missing", "failed"):
+    if state["state"] == "failed":
+        st.warning(f"The {esc(source.method.upper())} failed: {esc(state.get('error'))}")
+    what = "PCA" if source.method == "pca" else "UMAP"
+    if st.button(
+        f"Compute the {what} in the background",
+        type="primary",
+        key="explore_compute",
+        help="at most 20,000 cells (a seeded random sample beyond that); cached for next time",
+    ):
+        embedding.start(source.folder, source.key, source.method, source.source)
+        st.rerun()
+    st.stop()
+
+computing = state["state"] == "computing"
+
+
+@st.fragment(run_every=POLL_S if computing else None)
+def poll() -> None:
+    cur = embedding.read(source.folder, source.key, source.method, source.source)
+    if cur["state"] == "computing":
+        st.caption(
+            f":material/hourglass_top: Computing {esc(source.label)} in the background: "
+            "it appears here when done, and you can keep working meanwhile."
+        )
+        return
+    if computing:
+        st.rerun(scope="app")
+    if cur["state"] == "failed":
+        st.warning(f"The embedding failed: {esc(cur.get('error'))}")
+        return
+    draw(cur)
+
+
+poll()

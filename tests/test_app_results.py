@@ -1,0 +1,558 @@
+"""Results, Compare, Preprocess and Explore as a biologist meets them (issue 14), via AppTest.
+
+Runs are trained in this process straight into the workspace (small data, few epochs), then
+their folders are copied and damaged to reach every state a run folder can be in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import csvsafe, datasets, embedding, metric_names, runs, train, workspace
+from engine import preprocess as pp
+from engine.spec import RunSpec
+from tests.conftest import ROOT
+from tests.test_browser import server  # noqa: F401  (the streamlit server fixture)
+
+T = 90
+
+
+def app(page: str | None = None, run: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    if run:
+        at.query_params["run"] = run
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(at, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+def specs(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def arr(v) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly 6's typed array {dtype, bdata, shape}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        if shape:
+            out = out.reshape([int(n) for n in str(shape).split(",")])
+        return out.astype(float)
+    return np.asarray(v, dtype=float)
+
+
+def titles(at) -> list[str]:
+    return [(s["layout"].get("title") or {}).get("text", "") for s in specs(at)]
+
+
+@pytest.fixture
+def dataset(lognorm_adata):
+    name = datasets.save(lognorm_adata, "syn", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    return name
+
+
+def _finished(dataset_name: str, model: str, suffix: str = "", **kw) -> Path:
+    out = workspace.runs_dir() / f"run-{model}{suffix}"
+    train.run(
+        RunSpec(
+            model=model,
+            data=str(datasets.path(dataset_name)),
+            dataset_name=dataset_name,
+            out=str(out),
+            **kw,
+        )
+    )
+    return out
+
+
+def _wait_embedding(folder, key, method="umap", timeout=180) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        state = embedding.read(folder, key, method)
+        if state["state"] in ("done", "failed"):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"the embedding of {key} did not finish in {timeout} s")
+
+
+# ----------------------------------------------------------------------------- engine helpers
+@pytest.mark.parametrize(
+    "value, names",
+    [
+        (
+            json.dumps({"steps": [{"name": "normalize", "params": {"target_sum": 1e4}}]}),
+            ["normalize"],
+        ),
+        ("log-normalised with Seurat", ["log-normalised with Seurat"]),
+        (["filter_cells", "normalize"], ["filter_cells", "normalize"]),
+        ({"steps": [{"name": "hvg"}]}, ["hvg"]),
+        ({"normalize": {"target_sum": 1e6}}, ["normalize"]),
+        (np.array(["a", "b"]), ["a", "b"]),
+        (np.str_(json.dumps([{"name": "scale", "params": "x"}])), ["scale"]),
+        (b"raw text", ["raw text"]),
+        (3, ["3"]),
+        (None, []),
+        ("", []),
+    ],
+)
+def test_recipe_steps_reads_any_uns_value(value, names):
+    steps = pp.recipe_steps(value)
+    assert [s["name"] for s in steps] == names
+    assert all(isinstance(s["params"], dict) for s in steps)
+
+
+ENGINE_KEYS = [
+    "test_accuracy",
+    "test_f1_macro",
+    "test_mse",
+    "train_mse",
+    "test_elbo",
+    "latent_knn_accuracy",
+    "latent_silhouette",
+    "abnormality_trained_on",
+    "abnormality_others",
+    "abnormality_auroc",
+    "r2_mean_all",
+    "r2_mean_top100",
+    "r2score_mean_all",
+    "r2score_mean_top100",
+    "r2_var_all",
+    "pearson_delta",
+    "direction_top20",
+]
+
+
+def test_every_engine_metric_has_a_name_help_and_direction():
+    for key in ENGINE_KEYS:
+        m = metric_names.describe(key)
+        assert m.name != key and len(m.help) > 20, key
+        assert key in m.tooltip
+    lower = {"test_mse", "train_mse"}
+    unranked = {"abnormality_trained_on", "abnormality_others"}
+    for key in ENGINE_KEYS:
+        expect = None if key in unranked else ("lower" if key in lower else "higher")
+        assert metric_names.better(key) == expect, key
+    for prefix, label in metric_names.BASELINES.items():
+        m = metric_names.describe(prefix + "r2_mean_all")
+        assert label in m.name and m.better == "higher"
+    assert metric_names.better("beats_meanshift") is None
+    unknown = metric_names.describe("some_new_metric")
+    assert unknown.name == "some_new_metric" and unknown.better is None
+    parts = metric_names.split_baselines(
+        {
+            "r2_mean_all": 0.9,
+            "baseline_noshift_r2_mean_all": 0.5,
+            "baseline_meanshift_r2_mean_all": 0.7,
+        }
+    )
+    assert parts == {
+        "": {"r2_mean_all": 0.9},
+        "baseline: control unchanged": {"r2_mean_all": 0.5},
+        "baseline: control + mean shift": {"r2_mean_all": 0.7},
+    }
+
+
+def test_csv_cells_that_spreadsheets_would_evaluate_are_quoted():
+    import pandas as pd
+
+    for bad in ("=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert csvsafe.cell(bad) == "'" + bad
+    assert csvsafe.cell("B cell") == "B cell" and csvsafe.cell(-0.5) == -0.5
+    df = pd.DataFrame({"run": ['=HYPERLINK("http://x")', "ok"], "=bad col": [-1.5, 2.0]})
+    text = csvsafe.to_csv(df, index=False)
+    assert text.splitlines()[0] == "run,'=bad col"
+    assert "'=HYPERLINK" in text and "-1.5" in text and ",'-1.5" not in text
+
+
+def test_embedding_leaves_out_non_finite_rows_and_runs_in_the_background(tmp_path):
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(X=rng.poisson(1.0, (120, 30)).astype(np.float32))
+    lat = rng.normal(size=(120, 6)).astype(np.float32)
+    lat[:7] = np.nan
+    a.obsm["X_vae"] = lat
+    a.write_h5ad(tmp_path / "results.h5ad")
+    out = embedding.umap(a, "X_vae", n_max=100)
+    assert out["coords"].shape == (100, 2) and out["dropped"] == 7
+    assert np.isfinite(out["coords"]).all() and not set(out["cells"]) & set(range(7))
+    pca = embedding.compute(tmp_path, "X", method="pca")
+    assert pca["state"] == "done" and pca["coords"].shape == (120, 2)
+    # detached child process: the caller returns at once and reads the cache later
+    t0 = time.time()
+    state = embedding.start(tmp_path, "X_vae")
+    assert state["state"] == "computing" and time.time() - t0 < 5
+    assert embedding.start(tmp_path, "X_vae")["state"] == "computing"  # no second child
+    done = _wait_embedding(tmp_path, "X_vae")
+    assert done["state"] == "done", done.get("error")
+    assert done["coords"].shape == (113, 2) and done["dropped"] == 7
+    bad = embedding.start(tmp_path, "no_such_key")
+    assert (
+        _wait_embedding(tmp_path, "no_such_key")["error"]
+        == "The data has no obsm['no_such_key'] to embed."
+    )
+    assert bad["state"] == "computing"
+
+
+# ----------------------------------------------------------------------------- preprocess
+def test_preprocess_save_reopen_and_next_train(counts_file):
+    from engine import io
+
+    datasets.save(io.read(counts_file), "raw")
+    at = app("preprocess")
+    next(b for b in at.button if b.label == "Preview").click().run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Saved as raw\\_pp" in s for s in texts(at, "success"))
+    # the saved dataset is now open on Preprocess, with its recipe read from uns['recipe']
+    applied = next(c for c in texts(at, "caption") if c.startswith("Recipe already applied"))
+    assert "filter\\_cells" in applied and "normalize" in applied
+    nxt = next(b for b in at.button if b.label == "Next: Train")
+    assert nxt.proto.type == "primary"
+    nxt.click().run()
+    assert not at.exception
+    assert at.title[0].value == "Train"
+
+
+@pytest.mark.parametrize("foreign", ["log-normalised by hand", ["a", "b"], 3, {"x": 1}])
+def test_preprocess_page_reads_a_foreign_recipe(lognorm_adata, foreign):
+    a = lognorm_adata.copy()
+    a.uns["recipe"] = foreign
+    name = datasets.save(a, "foreign")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("preprocess")
+    assert not at.exception and not texts(at, "error")
+    assert any(c.startswith("Recipe already applied") for c in texts(at, "caption"))
+
+
+# ----------------------------------------------------------------------------- results
+def test_results_metric_names_early_stop_and_escaping(dataset):
+    run = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    spec = runs.read_json(run / "run.json")
+    # as a run that EarlyStopping ended: 50 epochs asked, 3 trained
+    runs.write_json(
+        run / "run.json", {**spec, "epochs": 50, "dataset_name": "[x](http://evil.example) **b**"}
+    )
+    curve = runs.read_metrics_csv(run)
+    best = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
+    at = app("results", run=run.name)
+    info = " ".join(texts(at, "info"))
+    assert f"Stopped early at epoch 3 of 50 (best epoch {best})" in info
+    cap = texts(at, "caption")[0]
+    assert "\\[x\\]\\(http\\://evil\\.example\\) \\*\\*b\\*\\*" in cap, cap
+    cols = json.loads(at.dataframe[0].proto.columns)
+    assert cols["test_accuracy"]["label"] == "Accuracy (test)"
+    assert "Higher is better" in cols["test_accuracy"]["help"]
+
+
+def test_results_every_run_folder_state_renders(dataset):
+    base = _finished(dataset, "mlp", label_key="cell_type", epochs=2)
+    root = workspace.runs_dir()
+
+    def variant(name: str, damage) -> str:
+        d = root / name
+        shutil.copytree(base, d)
+        damage(d)
+        return name
+
+    cases = {
+        variant(
+            "a-cancelled-no-results",
+            lambda d: (
+                (d / "results.h5ad").unlink(),
+                runs.update_status(d, state="cancelled"),
+            ),
+        ): "results.h5ad (the annotated cells) is missing",
+        variant("b-no-metrics", lambda d: (d / "metrics.json").unlink()): "metrics.json",
+        variant("c-no-model", lambda d: (d / "model.pt").unlink()): None,
+        variant(
+            "d-corrupt-json",
+            lambda d: (
+                (d / "metrics.json").write_text("{not json"),
+                (d / "run.json").write_text("[1, 2"),
+            ),
+        ): "run.json (what was asked) is missing or unreadable",
+        variant(
+            "e-corrupt-results", lambda d: (d / "results.h5ad").write_bytes(b"nope")
+        ): "could not be read",
+        variant(
+            "f-failed",
+            lambda d: runs.update_status(d, state="failed", error="**boom** [x](http://e)"),
+        ): None,
+        variant(
+            "g-running",
+            lambda d: runs.update_status(d, state="running", epoch=1, max_epochs=5, pid=1),
+        ): None,
+    }
+    for run_id, expect in cases.items():
+        at = app("results", run=run_id)
+        assert not at.exception, (run_id, [e.message for e in at.exception])
+        assert at.selectbox[0].value == run_id
+        lines = " ".join(
+            texts(at, "caption") + texts(at, "warning") + texts(at, "info") + texts(at, "error")
+        )
+        if expect:
+            assert expect in lines, (run_id, lines)
+    at = app("results", run="c-no-model")
+    assert "Model weights (.pt)" not in [b.label for b in at.get("download_button")]
+    at = app("results", run="f-failed")
+    assert texts(at, "error") == ["This run failed: \\*\\*boom\\*\\* \\[x\\]\\(http\\://e\\)"]
+
+
+def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
+    run = _finished(dataset, "vae", epochs=2, label_key="cell_type", params={"kl_warmup": 1})
+    at = app("results", run=run.name)
+    assert not texts(at, "error")
+    assert any("normalised to 10,000 per cell" in c for c in texts(at, "caption"))
+    heat = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("Input"))
+    z = arr(heat["data"][0]["z"])
+    assert z.max() <= np.log1p(1e4) + 1e-6 and not np.allclose(z, np.round(z))
+    rec = next(s for s in specs(at) if s["layout"]["title"]["text"] == "Reconstruction")
+    assert arr(rec["data"][0]["z"]).max() <= np.log1p(1e4) + 1e-6
+    # the UMAP is computed by a background process: the page shows a progress line at once
+    assert embedding.read(run, "X_vae")["state"] in ("computing", "done")
+    assert not any(t.startswith("UMAP of X_vae") for t in titles(at)) or (
+        embedding.read(run, "X_vae")["state"] == "done"
+    )
+    assert _wait_embedding(run, "X_vae")["state"] == "done"
+    at.run()
+    assert not at.exception
+    umap = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("UMAP of X_vae"))
+    assert umap["layout"]["showlegend"] is True and len(umap["data"]) >= 2
+
+
+def test_results_scgen_violins_baselines_and_nan_latent(dataset):
+    import anndata as ad
+
+    run = _finished(
+        dataset,
+        "scgen",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="B cell",
+        params={"n_hidden": 64, "n_latent": 8},
+    )
+    # an older run: its predicted cells have no latent code
+    res = ad.read_h5ad(run / "results.h5ad")
+    pred = (res.obs["condition"].astype(str) == "predicted").to_numpy()
+    lat = np.asarray(res.obsm["X_scgen"], dtype=np.float32).copy()
+    lat[pred] = np.nan
+    res.obsm["X_scgen"] = lat
+    res.write_h5ad(run / "results.h5ad")
+    assert embedding.compute(run, "X_scgen")["state"] == "done"
+    at = app("results", run=run.name)
+    assert not texts(at, "error"), texts(at, "error")
+    table = at.dataframe[0].value
+    assert list(table["prediction"]) == [
+        "scGen",
+        "baseline: control unchanged",
+        "baseline: control + mean shift",
+    ]
+    cols = json.loads(at.dataframe[0].proto.columns)
+    assert cols["r2_mean_all"]["label"] == "R² of mean expression (all genes)"
+    violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
+    assert violins["layout"]["violinmode"] == "group"
+    assert [t["name"] for t in violins["data"]] == ["control", "predicted", "stimulated"]
+    for t in violins["data"]:
+        assert t["type"] == "violin" and t["box"]["visible"] is True
+        assert t["scalemode"] == "width" and t["width"] > 0.5
+        ys = arr(t["y"])
+        assert len(np.unique(ys)) > 1, t["name"]
+    assert any("without a finite latent code" in c for c in texts(at, "caption"))
+    umap = next(s for s in specs(at) if "scGen latent space" in s["layout"]["title"]["text"])
+    names = {t["name"] for t in umap["data"]}
+    assert names == {"control", "stimulated"}, names  # the NaN predicted cells are left out
+
+
+def test_results_html_export_embeds_plotly():
+    """The figure download is a self-contained page (checked in the page's source, since the
+    download is produced lazily on click)."""
+    src = (ROOT / "pages" / "results.py").read_text()
+    assert "include_plotlyjs=True" in src and 'include_plotlyjs="cdn"' not in src
+
+
+# ----------------------------------------------------------------------------- compare
+def _styles(at, i: int = 0) -> str:
+    return str(at.dataframe[i].proto.arrow_data.styler)
+
+
+def test_compare_one_run_marks_nothing_and_a_curve_has_a_legend(dataset):
+    _finished(dataset, "mlp", label_key="cell_type", epochs=2)
+    at = app("compare")
+    assert "background-color" not in _styles(at)
+    assert any("nothing to rank" in c for c in texts(at, "caption"))
+    fig = specs(at)[0]
+    assert fig["layout"]["showlegend"] is True and len(fig["data"]) == 1
+    assert fig["layout"]["title"]["text"] == "Validation loss per epoch"
+
+
+def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
+    run = _finished(
+        dataset,
+        "scgen",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="B cell",
+        params={"n_hidden": 32, "n_latent": 4},
+    )
+    at = app("compare")
+    table = at.dataframe[0].value
+    assert len(table) == 3
+    assert table["run"].str.endswith("baseline: control unchanged").sum() == 1
+    assert table["run"].str.endswith("baseline: control + mean shift").sum() == 1
+    assert "baseline_noshift_r2_mean_all" not in table
+    assert "background-color" in _styles(at)  # three rows: the best is marked
+    # two abnormality runs (metrics as an AUROC-writing engine leaves them)
+    shutil.rmtree(run)
+    for i, (auroc, others) in enumerate(((0.9, 0.5), (0.6, 0.9))):
+        d = workspace.runs_dir() / f"ae-{i}"
+        d.mkdir()
+        runs.write_json(
+            d / "run.json",
+            {
+                "model": "autoencoder",
+                "task": "reconstruct",
+                "dataset_name": dataset,
+                "created": f"2026-0{i + 1}",
+            },
+        )
+        runs.write_json(d / "status.json", {"state": "completed"})
+        runs.write_json(
+            d / "metrics.json",
+            {
+                "test_mse": 0.1 + i,
+                "abnormality_trained_on": 0.2,
+                "abnormality_others": others,
+                "abnormality_auroc": auroc,
+            },
+        )
+    at = app("compare")
+    table = at.dataframe[0].value
+    assert list(table.columns[:3]) == ["run", "baseline", "abnormality_auroc"]
+    assert "abnormality_others" not in table
+    styles = _styles(at)
+    assert "background-color" in styles
+    cols = json.loads(at.dataframe[0].proto.columns)
+    assert cols["abnormality_auroc"]["label"] == "Abnormality AUROC"
+
+
+# ----------------------------------------------------------------------------- explore
+def test_explore_obsm_genes_and_a_computed_umap(lognorm_adata):
+    a = lognorm_adata.copy()
+    a.obsm["X_umap"] = np.random.default_rng(0).normal(size=(a.n_obs, 2)).astype(np.float32)
+    name = datasets.save(a, "withumap")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("data")
+    assert any(getattr(p, "proto", None) and "explore" in p.proto.page for p in at.get("page_link"))
+    at = app("explore")
+    assert titles(at)[0].startswith("X_umap")
+    legend = specs(at)[0]
+    assert legend["layout"]["showlegend"] is True and len(legend["data"]) > 1  # cell types
+    at.radio[0].set_value("gene").run()
+    at.text_input[0].set_value("g1").run()
+    box = next(s for s in at.selectbox if s.label.startswith("Gene"))
+    assert 0 < len(box.options) < 200 and all("g1" in o.lower() for o in box.options)
+    box.set_value(box.options[0]).run()
+    fig = specs(at)[0]
+    assert "coloraxis" in fig["layout"] and not at.exception
+    # a UMAP of X, computed on request in the background
+    at.selectbox[1].set_value("UMAP of X (computed)").run()
+    next(b for b in at.button if b.label.startswith("Compute the UMAP")).click().run()
+    folder = workspace.home() / "embeddings" / name
+    assert _wait_embedding(folder, "X")["state"] == "done"
+    at.run()
+    assert not at.exception
+    assert any(t.startswith("UMAP of X (computed)") for t in titles(at))
+
+
+def test_explore_lists_the_latent_space_of_finished_runs(dataset):
+    run = _finished(dataset, "autoencoder", epochs=2, label_key="cell_type")
+    at = app("explore")
+    box = at.selectbox[1]
+    label = next(o for o in box.options if run.name in o)
+    assert "autoencoder latent space" in label
+    box.set_value(label).run()
+    assert not at.exception
+    # small run: started by itself; the page polls and shows it when done
+    assert _wait_embedding(run, "X_autoencoder")["state"] == "done"
+    at.run()
+    assert any("autoencoder latent space" in t for t in titles(at))
+
+
+# ----------------------------------------------------------------------------- in a real browser
+@pytest.mark.browser
+def test_browser_results_of_three_runs_compare_and_explore(server, lognorm_adata, workspace):  # noqa: F811
+    """Open Results for three finished runs by URL and see each one (classifier, autoencoder,
+    scGen), then Compare and Explore; screenshots land in SHOTS (docs/screenshots on request)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM, FLAGS, SHOTS, _go, _wait_idle
+
+    name = datasets.save(lognorm_adata, "pbmc_like")
+    runs.write_json(workspace / "state.json", {"dataset": name})
+    made = {
+        "classifier": _finished(name, "mlp", label_key="cell_type", epochs=6),
+        "autoencoder": _finished(name, "autoencoder", label_key="cell_type", epochs=6),
+        "scgen": _finished(
+            name,
+            "scgen",
+            epochs=8,
+            condition_key="condition",
+            ctrl="control",
+            stim="stimulated",
+            cell_type_key="cell_type",
+            predict="B cell",
+        ),
+    }
+    _finished(name, "sk_logreg", label_key="cell_type")
+    for run, key in ((made["autoencoder"], "X_autoencoder"), (made["scgen"], "X_scgen")):
+        assert embedding.compute(run, key)["state"] == "done"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        for what, run in made.items():
+            page.goto(f"{server}/results?run={run.name}")
+            expect(page.get_by_text("Export", exact=True)).to_be_visible(timeout=90_000)
+            _wait_idle(page, timeout=120_000)
+            expect(page.get_by_test_id("stSelectbox").first).to_contain_text(run.name)
+            expect(page.get_by_text("Traceback")).to_have_count(0)
+            page.screenshot(path=SHOTS / f"results_{what}.png", full_page=True)
+        _go(page, "Compare")
+        expect(page.get_by_text("same test cells")).to_be_visible(timeout=60_000)
+        _wait_idle(page)
+        page.screenshot(path=SHOTS / "compare.png", full_page=True)
+        _go(page, "Explore")
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        page.get_by_test_id("stSelectbox").nth(1).click()
+        page.get_by_role("option", name="UMAP of the autoencoder latent space", exact=False).click()
+        _wait_idle(page)
+        expect(page.get_by_text("UMAP of the autoencoder latent space").last).to_be_visible(
+            timeout=60_000
+        )
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SHOTS / "explore.png", full_page=True)
+        browser.close()
