@@ -14,13 +14,9 @@ from typing import Any
 import streamlit as st
 
 from engine import datasets, defaults, estimate, jobs, models
+from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
 from ui.state import dataset_picker, ensure_app_navigation, show_error
-
-try:  # torch-free (the integrator's engine.preflight); engine.train loads torch into the app
-    from engine.preflight import preflight
-except ImportError:  # pragma: no cover - until engine.preflight is on main
-    from engine.train import preflight
 
 ensure_app_navigation()
 ss = st.session_state
