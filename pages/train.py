@@ -119,8 +119,7 @@ with st.container(border=True):
             ctrl0 = defaults.control_value(d["labels"][key])
             vals = st.multiselect("Train on", values, default=[ctrl0] if ctrl0 else [])
             if vals:
-                structured = "dict" in str(RunSpec.__dataclass_fields__["train_on"].type)
-                spec_kw["train_on"] = {key: vals} if structured else f"{key}={','.join(vals)}"
+                spec_kw["train_on"] = {key: vals}  # structured: a value may contain commas
                 n_train = int(0.8 * sum(d["labels"][key][v] for v in vals))
     elif task == "perturb":
         if len(labels) < 2:
@@ -330,7 +329,9 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
             RunSpec(
                 model=n,
                 data=str(datasets.path(name)),
-                dataset_name=name,
+                dataset_name=datasets.label(name),
+                dataset_key=name,
+                data_fingerprint=datasets.fingerprint(name),
                 epochs=(
                     None
                     if models.get(n).kind == "sklearn"
