@@ -597,22 +597,25 @@ __all__ = [
 ]
 
 
-QC_ALIASES = {
-    "n_genes": ("n_genes_by_counts", "n_genes"),
+QC_ALIASES = {  # scanpy's column names, and the older names pipelines stored in obs
+    "n_genes_by_counts": ("n_genes_by_counts", "n_genes"),
     "total_counts": ("total_counts", "n_counts"),
-    "pct_mito": ("pct_counts_mt", "percent_mito"),
+    "pct_counts_mt": ("pct_counts_mt", "percent_mito"),
 }
 
 
 def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
-    """Per-cell genes detected, total counts and % mitochondrial, from raw counts
+    """Per-cell QC with scanpy's ``calculate_qc_metrics`` and its column names
+    (``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``) from raw counts
     (``layers['counts']``, or X when it holds counts). Without counts, the QC columns a pipeline
     already stored in ``obs`` are reused; the frame is empty when there are none."""
+    import scanpy as sc
+
     x = adata.layers.get("counts")
     if x is None and matrix_kind(adata.X) == "counts":
         x = adata.X
-    out = pd.DataFrame(index=adata.obs_names)
     if x is None:
+        out = pd.DataFrame(index=adata.obs_names)
         for name, aliases in QC_ALIASES.items():
             col = next(
                 (
@@ -625,17 +628,14 @@ def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
             if col is not None:
                 values = adata.obs[col].to_numpy(dtype=float)
                 out[name] = (
-                    values * 100 if name == "pct_mito" and np.nanmax(values) <= 1 else values
+                    values * 100 if name == "pct_counts_mt" and np.nanmax(values) <= 1 else values
                 )
         return out
-    x = sp.csr_matrix(x)
-    out["n_genes"] = np.asarray((x != 0).sum(1)).ravel()
-    out["total_counts"] = np.asarray(x.sum(1)).ravel()
-    mito = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
-    if mito.any():
-        out["pct_mito"] = (
-            100
-            * np.asarray(x[:, mito].sum(1)).ravel()
-            / np.maximum(out["total_counts"].to_numpy(), 1e-12)
-        )
-    return out
+    view = ad.AnnData(X=x, var=pd.DataFrame(index=adata.var_names.astype(str)))
+    view.obs_names = adata.obs_names
+    view.var["mt"] = np.asarray(view.var_names.str.upper().str.startswith("MT-"))
+    qc_vars = ["mt"] if view.var["mt"].any() else []
+    obs, _ = sc.pp.calculate_qc_metrics(
+        view, qc_vars=qc_vars, percent_top=None, log1p=False, inplace=False
+    )
+    return obs[[c for c in ("n_genes_by_counts", "total_counts", "pct_counts_mt") if c in obs]]

@@ -164,7 +164,7 @@ else:
         cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
     ):
         col.plotly_chart(fig, width="stretch")
-    if "pct_mito" not in qc:
+    if "pct_counts_mt" not in qc:
         st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
 
 st.subheader("Embeddings")
