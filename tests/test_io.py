@@ -538,3 +538,14 @@ def test_mtx_side_files_are_bounded_while_counted(tmp_path, monkeypatch):
     monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str((2 << 20) / 2**30))
     with pytest.raises(ScwbError, match=r"barcodes.tsv.gz \(decompressed, at least\)"):
         io.read(folder)
+
+
+def test_wide_table_header_spanning_chunks_is_counted(tmp_path, monkeypatch):
+    """A header longer than one read chunk still gives the right column count."""
+    n_genes = 120_000  # ~1.1 MB header
+    header = "cell," + ",".join(f"gene{i}" for i in range(n_genes)) + "\n"
+    p = tmp_path / "wide.csv"
+    p.write_text(header + "c0," + ",".join(["1"] * n_genes) + "\n")
+    from engine import reader
+
+    assert reader.table_bounds(p, "wide.csv", ",") == (1, n_genes)
