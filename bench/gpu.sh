@@ -8,8 +8,9 @@
 #                             bench/results/gpu/dry-run/ when OUT is unset)
 #   bench/gpu.sh [--dry-run] -- ARGS   extra arguments for bench.gpu_bench (sizes, parts, ...)
 #
-# Environment: PYTHON (default python3), OUT, PYTEST_TIMEOUT (s, default 150),
-# BENCH_TIMEOUT (s, default 330), SCGEN_DATA (log-normalised .h5ad for the scGen part).
+# Environment: PYTHON (default python3), OUT, PYTEST_TIMEOUT (s, default 120),
+# BENCH_TIMEOUT (s, default 330), CPU_REF_WAIT (s the benchmarks wait for scGen's CPU reference
+# after the tests, default 45), SCGEN_DATA (log-normalised .h5ad for the scGen part).
 # Files written (at most 8, as the device tool brings back): gpu.json (all results, the pytest
 # summary included), pytest.xml, pytest.log, bench.log, install.log, env.txt.
 set -uo pipefail
@@ -91,7 +92,28 @@ EOF
   "$PY" -m pip list 2>/dev/null | grep -iE "^(torch|pytorch-lightning|lightning|numpy|scipy|pandas|anndata|scanpy|scikit-learn|h5py|zarr|pytest) "
 } >"$RES/env.txt" 2>&1
 
-# ---------------------------------------------------------------- 3. gpu tests
+# ---------------------------------------------------------------- 3. scGen's CPU reference
+# scGen's R^2 on the CPU for the same spec and data, trained on half the machine's cores while
+# the tests run (they are not timed); the benchmarks start after it, so it never shares the
+# machine with a timed measurement.
+SCGEN=()
+for f in "${SCGEN_DATA:-}" .whl/data/hpoly_small.h5ad shared/data/hpoly_small.h5ad ../shared/data/hpoly_small.h5ad; do
+  if [ -n "$f" ] && [ -f "$f" ]; then SCGEN=(--scgen-data "$f"); break; fi
+done
+CPU_REF_DIR=/tmp/scwb-scgen-cpu
+rm -rf "$CPU_REF_DIR"; mkdir -p "$CPU_REF_DIR"
+THREADS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+if [ "$DRY" = 1 ]; then
+  REF_ARGS=(--scgen-epochs 2 --scgen-synthetic 300,500)  # the plumbing only
+else
+  REF_ARGS=("${SCGEN[@]}")
+fi
+say "scGen CPU reference in the background ($THREADS threads)"
+CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$THREADS "$PY" -m bench.gpu_bench --device cpu --parts scgen \
+  --out "$CPU_REF_DIR" "${REF_ARGS[@]}" >"$CPU_REF_DIR/log" 2>&1 &
+CPU_REF_PID=$!
+
+# ---------------------------------------------------------------- 4. gpu tests
 if [ "$DRY" = 1 ]; then
   export SCWB_TEST_DEVICE=cpu
   KEEP=(-k "${DRY_PYTEST_K:-not bf16}")  # bf16 autocast on a shared CPU takes minutes
@@ -99,17 +121,26 @@ else
   KEEP=()
 fi
 say "pytest -m gpu (device ${SCWB_TEST_DEVICE:-cuda})"
-timeout "${PYTEST_TIMEOUT:-150}" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider \
+timeout "${PYTEST_TIMEOUT:-120}" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider \
   "${KEEP[@]}" --junitxml="$RES/pytest.xml" >"$RES/pytest.log" 2>&1
 PYTEST_RC=$?
 say "pytest exit $PYTEST_RC: $(grep -E "passed|failed|error" "$RES/pytest.log" | tail -1)"
 unset SCWB_TEST_DEVICE
 
-# ---------------------------------------------------------------- 4. benchmarks
-SCGEN=()
-for f in "${SCGEN_DATA:-}" .whl/data/hpoly_small.h5ad shared/data/hpoly_small.h5ad ../shared/data/hpoly_small.h5ad; do
-  if [ -n "$f" ] && [ -f "$f" ]; then SCGEN=(--scgen-data "$f"); break; fi
-done
+# ---------------------------------------------------------------- 5. benchmarks
+REF=()
+for _ in $(seq "${CPU_REF_WAIT:-45}"); do kill -0 "$CPU_REF_PID" 2>/dev/null || break; sleep 1; done
+if kill -0 "$CPU_REF_PID" 2>/dev/null; then
+  kill "$CPU_REF_PID"; wait "$CPU_REF_PID" 2>/dev/null
+  say "scGen CPU reference not done in time: stopped (the R^2 is compared with no CPU figure)"
+  REF=(--scgen-cpu no)
+elif wait "$CPU_REF_PID" && [ -f "$CPU_REF_DIR/scgen_cpu.json" ]; then
+  say "scGen CPU reference: done"
+  REF=(--scgen-cpu-json "$CPU_REF_DIR/scgen_cpu.json")
+else
+  say "scGen CPU reference failed: $(tail -1 "$CPU_REF_DIR/log")"
+  REF=(--scgen-cpu no)
+fi
 if [ "$DRY" = 1 ]; then
   SIZES=(--device cpu --dry-run --sizes 2000,6000 --batch-sizes 128,512 --scvi-batch-sizes 128
     --seconds 1 --warmup 3 --scgen-epochs 2 --scgen-synthetic 300,500 --submit-sizes 1000,3000
@@ -118,6 +149,7 @@ if [ "$DRY" = 1 ]; then
 else
   SIZES=(--device cuda)
 fi
+SCGEN+=("${REF[@]}")
 say "bench.gpu_bench ${SIZES[*]} ${SCGEN[*]} ${EXTRA[*]}"
 timeout "${BENCH_TIMEOUT:-330}" "$PY" -m bench.gpu_bench --out "$RES" --pytest-junit "$RES/pytest.xml" \
   "${SIZES[@]}" "${SCVI_ARGS[@]}" "${SCGEN[@]}" "${EXTRA[@]}" >"$RES/bench.log" 2>&1
