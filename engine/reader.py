@@ -446,15 +446,16 @@ def table_bounds(path: Path, name: str, sep: str) -> tuple[int, int]:
     """Rows and columns of a (gzipped) text table, streaming it once and stopping as soon as
     the decompressed text passes the memory budget (no guessing from the compressed size)."""
     budget = memory_budget()
-    size, lines, header, last = 0, 0, b"", b"\n"
+    size, lines, header, last, header_done = 0, 0, b"", b"\n", False
     try:
         with open_text(path) as fh:
             while chunk := fh.read(1 << 20):
                 size += len(chunk)
                 if size > budget:
                     raise over_budget(name, "the table", size, "(decompressed text, at least)")
-                if not header:
-                    header = chunk.split(b"\n", 1)[0] if b"\n" in chunk else chunk
+                if not header_done:  # the header may span chunks (wide tables)
+                    header += chunk.split(b"\n", 1)[0]
+                    header_done = b"\n" in chunk
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
     except (OSError, EOFError, gzip.BadGzipFile, zlib_error()) as exc:

@@ -525,3 +525,28 @@ def test_incoming_files_left_by_a_killed_server_are_swept(workspace):
     os.utime(stale, (old, old))
     datasets.save(_small(), "a")
     assert not stale.exists() and fresh.exists()
+
+
+def test_mtx_side_files_are_bounded_while_counted(tmp_path, monkeypatch):
+    """A gzipped barcodes.tsv that decompresses past the budget is refused while streaming."""
+    folder = tmp_path / "tenx"
+    folder.mkdir()
+    (folder / "matrix.mtx").write_text(
+        "%%MatrixMarket matrix coordinate integer general\n2 3 1\n1 1 4\n"
+    )
+    (folder / "genes.tsv").write_text("G1\tG1\nG2\tG2\n")
+    (folder / "barcodes.tsv.gz").write_bytes(gzip.compress(b"c\n" * (4 << 20), 9))
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str((2 << 20) / 2**30))
+    with pytest.raises(ScwbError, match=r"barcodes.tsv.gz \(decompressed, at least\)"):
+        io.read(folder)
+
+
+def test_wide_table_header_spanning_chunks_is_counted(tmp_path, monkeypatch):
+    """A header longer than one read chunk still gives the right column count."""
+    n_genes = 120_000  # ~1.1 MB header
+    header = "cell," + ",".join(f"gene{i}" for i in range(n_genes)) + "\n"
+    p = tmp_path / "wide.csv"
+    p.write_text(header + "c0," + ",".join(["1"] * n_genes) + "\n")
+    from engine import reader
+
+    assert reader.table_bounds(p, "wide.csv", ",") == (1, n_genes)
