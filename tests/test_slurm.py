@@ -176,3 +176,24 @@ def _logs(run_dir: Path) -> str:
     for f in sorted((run_dir / "slurm").glob("*/*.err"))[-1:]:
         text += f.read_text(errors="replace")[-1500:]
     return text
+
+
+def test_slurm_cancel_of_a_pending_job_is_immediate(cluster, separable_file):
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-c", cpus.split()[0].rstrip("+"), "--wrap", "sleep 120"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        run_dir = _submit(separable_file, "--model", "logreg", "--label-key", "label")
+        st = jobs.status(run_dir)
+        assert st["state"] == "queued" and st["job_id"], st
+        time.sleep(1.0)
+        assert jobs.cancel(run_dir) == "cancelling"
+        assert runs.read_status(run_dir)["state"] == "cancelled"  # at once: it never started
+        assert _sacct_state(st["job_id"], "CANCELLED").startswith("CANCELLED")
+        assert not (run_dir / "model.pt").exists()
+    finally:
+        subprocess.run(["scancel", blocker], timeout=10)
