@@ -197,3 +197,55 @@ def test_slurm_cancel_of_a_pending_job_is_immediate(cluster, separable_file):
         assert not (run_dir / "model.pt").exists()
     finally:
         subprocess.run(["scancel", blocker], timeout=10)
+
+
+def test_slurm_launcher_without_slurm_is_one_line_and_leaves_nothing(
+    workspace, separable_file, tmp_path
+):
+    """No cluster needed: where SLURM's commands are missing, submit refuses with one line."""
+    import os
+
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "submit",
+            "--launcher",
+            "slurm",
+            "--data",
+            separable_file,
+            "--model",
+            "logreg",
+            "--label-key",
+            "label",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("error: ") and "sbatch" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert jobs.list_jobs() == []
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "submit",
+            "--data",
+            separable_file,
+            "--model",
+            "logreg",
+            "--label-key",
+            "label",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCWB_LAUNCHER": "cloud"},
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "Unknown launcher 'cloud'" in bad.stderr
