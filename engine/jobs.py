@@ -150,15 +150,19 @@ def resume_queue(root: Path | None = None) -> bool:
 
 
 def _queued_count(root: Path) -> int:
-    n = 0
-    base = root / ".queue"
+    """Runs of this workspace still waiting (all hosts and launchers), from the queue markers."""
+    waiting = []
     with contextlib.suppress(OSError):
-        for q in base.iterdir():
+        for q in (root / ".queue").iterdir():
             for m in queue_items(q):
-                st = status(root / marker_run(m))
+                run_dir = root / marker_run(m)
+                st = runs.read_status(run_dir)
                 if st.get("state") == "queued":
-                    n += 1
-    return n
+                    waiting.append((run_dir, st))
+    ids = [st.get("job_id") for _, st in waiting if st.get("launcher") == "slurm"]
+    if any(ids):
+        launchers.scheduler_states([i for i in ids if i])  # one scheduler call for all
+    return sum(effective_status(d, st).get("state") == "queued" for d, st in waiting)
 
 
 def dispatcher_alive(root: Path, host: str | None = None) -> bool:

@@ -29,6 +29,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
         rank = env.global_rank
         job_id = str(env.job_id)
         beat = None
+        # for the Trainer: nodes of this job (Lightning's num_nodes; devices = tasks per node)
+        os.environ["SCWB_NUM_NODES"] = str(env.num_nodes)
         if rank == 0:
             runs.clean_tmp(run_dir)
             runs.reserve_end(run_dir)

@@ -223,9 +223,14 @@ def summary(run_dir: Path) -> dict[str, Any]:
 # the runs folder itself is unchanged (no run added or removed) even the stats are skipped for
 # ``RESCAN_S`` seconds. Active rows are always read again (they change often).
 _CACHE: dict[str, tuple[int, dict[str, Any]]] = {}
-_SNAP: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
+_SNAP: dict[str, tuple[float, int, list[dict[str, Any]], bool]] = {}
 _CACHE_LOCK = threading.Lock()
 RESCAN_S = 5.0
+
+
+def _settled(mtime_ns: int) -> bool:
+    """Whether a folder's mtime is old enough (1 s) that a later change must move it."""
+    return time.time() - mtime_ns / 1e9 > 1.0
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
@@ -238,14 +243,14 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         return []
     with _CACHE_LOCK:
         snap = _SNAP.get(str(root))
-    if snap and snap[1] == root_mtime and time.monotonic() - snap[0] < RESCAN_S:
+    if snap and snap[1] == root_mtime and time.monotonic() - snap[0] < RESCAN_S and snap[3]:
         rows = []
         for row in snap[2]:
             if row["state"] in ACTIVE:
                 row = summary(Path(row["path"]))
             rows.append(row)
         with _CACHE_LOCK:
-            _SNAP[str(root)] = (snap[0], root_mtime, rows)
+            _SNAP[str(root)] = (snap[0], root_mtime, rows, snap[3])
         return [dict(r) for r in rows]
     rows = []
     t_scan = time.monotonic()
@@ -268,12 +273,13 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             rows.append(hit[1])
             continue
         row = summary(Path(e.path))
-        with _CACHE_LOCK:
-            _CACHE[e.path] = (mtime, row)
+        if _settled(mtime):  # a change within the same clock tick could hide behind its mtime
+            with _CACHE_LOCK:
+                _CACHE[e.path] = (mtime, row)
         rows.append(row)
     rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
     with _CACHE_LOCK:
-        _SNAP[str(root)] = (t_scan, root_mtime, rows)
+        _SNAP[str(root)] = (t_scan, root_mtime, rows, _settled(root_mtime))
         if len(_CACHE) > 2 * max(len(rows), 1000):  # folders deleted meanwhile
             live = {r["path"] for r in rows}
             for k in [k for k in _CACHE if k not in live]:

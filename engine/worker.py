@@ -195,7 +195,9 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
         runs.record_end(run_dir, state="cancelled")
         return 0
     heavy = sorted(int(n.split("-")[1]) for n in slot_fds if n.startswith("slot-"))
-    env = launchers.child_env()
+    # a local run is ours alone, even when the app itself runs inside a SLURM allocation:
+    # Lightning must not take its ranks from that allocation's environment
+    env = {k: v for k, v in launchers.child_env().items() if not k.startswith("SLURM_")}
     if heavy and jobs.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, heavy))  # slot i is GPU i
     runs.update_status(

@@ -135,13 +135,22 @@ def _fill(folder):
 def test_real_disk_full_fails_the_run_lists_without_writing_and_leaks_nothing(
     small_fs, monkeypatch, lognorm_file
 ):
+    home = small_fs / "scwb"
+    monkeypatch.setenv("SCWB_HOME", str(home))
+    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG_MLP))
+    try:
+        _disk_full_scenario(small_fs, home, run_dir, lognorm_file)
+    finally:  # never leave its supervisor retrying on a filesystem that goes away
+        pid = runs.read_status(run_dir).get("supervisor_pid")
+        if pid and jobs.pid_alive(pid, run_dir.name):
+            os.kill(pid, 9)
+
+
+def _disk_full_scenario(small_fs, home, run_dir, lognorm_file):
     import time
 
     from engine.errors import ScwbError
 
-    home = small_fs / "scwb"
-    monkeypatch.setenv("SCWB_HOME", str(home))
-    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG_MLP))
     t0 = time.time()
     while runs.read_status(run_dir).get("epoch", 0) < 1 and time.time() - t0 < 120:
         time.sleep(0.2)

@@ -324,6 +324,8 @@ def test_listing_many_runs_is_cached_and_cheap(workspace, monkeypatch):
         d.mkdir()
         (d / "run.json").write_text(json.dumps({"model": "mlp", "created": f"2026-01-01 {i:06d}"}))
         (d / "status.json").write_text(json.dumps({"state": "completed", "epoch": 3}))
+        os.utime(d, (time.time() - 3600, time.time() - 3600))  # written long ago
+    os.utime(root, (time.time() - 3600, time.time() - 3600))
     t0 = time.perf_counter()
     first = jobs.list_jobs()
     t1 = time.perf_counter()

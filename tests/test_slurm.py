@@ -176,3 +176,76 @@ def _logs(run_dir: Path) -> str:
     for f in sorted((run_dir / "slurm").glob("*/*.err"))[-1:]:
         text += f.read_text(errors="replace")[-1500:]
     return text
+
+
+def test_slurm_cancel_of_a_pending_job_is_immediate(cluster, separable_file):
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-c", cpus.split()[0].rstrip("+"), "--wrap", "sleep 120"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        run_dir = _submit(separable_file, "--model", "logreg", "--label-key", "label")
+        st = jobs.status(run_dir)
+        assert st["state"] == "queued" and st["job_id"], st
+        time.sleep(1.0)
+        assert jobs.cancel(run_dir) == "cancelling"
+        assert runs.read_status(run_dir)["state"] == "cancelled"  # at once: it never started
+        assert _sacct_state(st["job_id"], "CANCELLED").startswith("CANCELLED")
+        assert not (run_dir / "model.pt").exists()
+    finally:
+        subprocess.run(["scancel", blocker], timeout=10)
+
+
+def test_slurm_launcher_without_slurm_is_one_line_and_leaves_nothing(
+    workspace, separable_file, tmp_path
+):
+    """No cluster needed: where SLURM's commands are missing, submit refuses with one line."""
+    import os
+
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "submit",
+            "--launcher",
+            "slurm",
+            "--data",
+            separable_file,
+            "--model",
+            "logreg",
+            "--label-key",
+            "label",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("error: ") and "sbatch" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert jobs.list_jobs() == []
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "submit",
+            "--data",
+            separable_file,
+            "--model",
+            "logreg",
+            "--label-key",
+            "label",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SCWB_LAUNCHER": "cloud"},
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "Unknown launcher 'cloud'" in bad.stderr
