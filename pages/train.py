@@ -330,7 +330,7 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 model=n,
                 data=str(datasets.path(name)),
                 dataset_name=datasets.label(name),
-                dataset_key=name,
+                dataset_key=str(name),
                 data_fingerprint=datasets.fingerprint(name),
                 epochs=(
                     None
