@@ -252,7 +252,12 @@ if res is not None and task in ("reconstruct", "embed"):
             from engine import io
 
             model_json = runs.read_json(run_dir / "model.json", {}) or {}
-            layer = model_json.get("layer") or spec.get("layer") or "X"
+            layer = (
+                (res.uns.get("scwb") or {}).get("layer")
+                or (model_json.get("setup") or {}).get("layer")
+                or spec.get("layer")
+                or "X"
+            )
             x = res.layers.get(layer, res.X)
             recon = res.layers["reconstruction"]
             counts = io.matrix_kind(x) == "counts"
