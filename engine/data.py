@@ -81,12 +81,21 @@ class Batches:
         n = self.per_rank
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _device(self) -> torch.device:
+        """Where the batch indices live: with the data, unless rows come from a host matrix."""
+        cols = list(self.columns.values())
+        if not cols or any(isinstance(c, DeviceMatrix) and not c.is_dense for c in cols):
+            return torch.device("cpu")
+        return cols[0].device
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = (
             self.index[torch.randperm(len(self.index), generator=self.generator)]
             if self.shuffle
             else self.index
         )
+        # one host->device copy of the epoch's order, not one per batch
+        order = order.to(self._device(), non_blocking=True)
         if self.world > 1:
             order = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
         for b in range(len(self)):

@@ -63,6 +63,7 @@ class FitContext:
     patience: int
     seed: int
     devices: int = 1
+    num_nodes: int = 1  # SLURM multi-node runs: set by the launcher ($SCWB_NUM_NODES)
     precision: str = "32"
     weight_decay: float = 0.0
     kl_warmup: int = 0
@@ -79,6 +80,7 @@ class FitContext:
             patience=spec.patience,
             seed=spec.seed,
             devices=spec.devices,
+            num_nodes=max(1, int(os.environ.get("SCWB_NUM_NODES") or 1)),
             precision=spec.precision,
             weight_decay=float(spec.params.get("weight_decay", 0.0)),
             kl_warmup=int(spec.params.get("kl_warmup", 0)),
@@ -123,14 +125,17 @@ class RunFolderCallback(pl.Callback):
             "eta_s": None if eta is None else round(eta, 1),
         }
 
+    CANCEL_EVERY = 16  # batches between two looks at the stop request (the same on every rank)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.cells += int(batch["x"].shape[0]) * trainer.world_size  # every rank trains a share
-        stop = trainer.is_global_zero and (self.run_dir / "cancel").exists()
-        if trainer.world_size > 1:  # decided on rank 0, honoured by every rank at the same step
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            self.cancelled = True
-            trainer.should_stop = True
+        if batch_idx % self.CANCEL_EVERY == 0:
+            stop = trainer.is_global_zero and (self.run_dir / "cancel").exists()
+            if trainer.world_size > 1:  # decided on rank 0, honoured by every rank at one step
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                self.cancelled = True
+                trainer.should_stop = True
         if trainer.is_global_zero and time.time() - self.t_last > self.every:
             self.t_last = time.time()
             n_batches = max(trainer.num_training_batches, 1)
@@ -208,10 +213,13 @@ def fit(
         save_top_k=1,
         save_weights_only=True,
     )
+    if ctx.device == "cuda":  # TF32 tensor cores for float32 matrix products
+        torch.set_float32_matmul_precision("high")
     trainer = pl.Trainer(
         max_epochs=ctx.epochs,
         accelerator=_accelerator(ctx.device),
         devices=ctx.devices,
+        num_nodes=ctx.num_nodes,
         strategy="ddp" if ctx.devices > 1 else "auto",
         precision=ctx.precision,
         logger=False,

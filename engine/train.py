@@ -48,9 +48,8 @@ def run(spec: RunSpec) -> dict[str, Any]:
     extra ranks of a multi-device run)."""
     run_dir = Path(spec.out)
     writer = toolkit.is_rank_zero()
-    if writer:
+    if writer:  # a cancel file already there is honoured (it may come just before training)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "cancel").unlink(missing_ok=True)
     dev = devices.resolve(spec.device)
     pl.seed_everything(spec.seed, workers=False, verbose=False)
     adata = io.read(spec.data)

@@ -100,9 +100,8 @@ class Embed(Task):
 
         columns, _, _ = self._columns(adata)
         torch.manual_seed(seed)
-        total = 0.0
+        total = torch.zeros((), device=columns["x"].device)
         with torch.no_grad():
             for batch in Batches(columns, split["test"], INFER_BATCH):
-                elbo = self.module.loss(batch, kl_weight=1.0)["elbo"]
-                total += float(elbo) * batch["x"].shape[0]
-        return total / len(split["test"])
+                total += self.module.loss(batch, kl_weight=1.0)["elbo"] * batch["x"].shape[0]
+        return float(total) / len(split["test"])  # one device sync
