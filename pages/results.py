@@ -285,6 +285,7 @@ if res is not None and task in ("reconstruct", "embed"):
                     x=label,
                     y="abnormality",
                     color=label,
+                    category_orders={label: sorted(df[label].unique())},
                     title="Per-cell abnormality (reconstruction MSE) by group",
                 ).update_layout(showlegend=False)
 
@@ -520,7 +521,7 @@ if res is not None and task == "perturb":
                 figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
 
         if "X_scgen" in res.obsm:
-            st.subheader(f"Latent space of {esc(target)} cells")
+            st.subheader(f"Latent space: {esc(target)}")
             keep = (res.obs[info["cell_type_key"]].astype(str) == target).to_numpy()
             cond_all = res.obs[info["condition_key"]].astype(str).to_numpy()
 
@@ -530,8 +531,8 @@ if res is not None and task == "perturb":
                 n_bad = int((~np.isfinite(np.asarray(res.obsm["X_scgen"])[keep]).all(1)).sum())
                 if n_bad:
                     st.caption(
-                        f"{n_bad:,} {esc(target)} cell(s) without a finite latent code "
-                        "(predicted cells of an older run) are left out."
+                        f"{n_bad:,} {esc(target)} cells have no finite latent code (predicted "
+                        "cells of a run made before latents were written for them): left out."
                     )
                 figures.show(
                     "latent_umap",
@@ -540,6 +541,13 @@ if res is not None and task == "perturb":
                         cond_all[cells][sel],
                         "condition",
                         f"UMAP of the scGen latent space, {target}",
+                        dict(
+                            zip(
+                                [str(info["ctrl"]), "predicted", str(info["stim"])],
+                                figures.CONDITION_COLOURS,
+                                strict=True,
+                            )
+                        ),
                     ),
                     figs,
                 )
