@@ -178,10 +178,10 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
             return col.to_numpy()[rows]
         return col.astype(str).to_numpy()[rows]
     j = adata.var_names.get_loc(color_name)
-    if source.run:
+    if source.run and adata.obs_names.is_unique:
         at = adata.obs_names.get_indexer(obs.index[rows])
-    else:
-        at = rows
+    else:  # the dataset's own rows (or, with duplicate names, a run's first n_obs rows)
+        at = np.where(rows < adata.n_obs, rows, -1)
     found = at >= 0
     out = np.full(len(rows), np.nan, dtype=np.float32)
     col = adata.X[at[found]][:, j]

@@ -83,7 +83,7 @@ if state in runs.ACTIVE:
     ep, mx = status.get("epoch"), status.get("max_epochs")
     st.info(
         f"This run is {state}"
-        + (f" (epoch {ep} of {mx})" if ep is not None and mx else "")
+        + (f" (epoch {esc(ep)} of {esc(mx)})" if ep is not None and mx else "")
         + ": its results appear here when it finishes."
     )
     st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
