@@ -564,3 +564,39 @@ def test_browser_results_of_three_runs_compare_and_explore(server, lognorm_adata
         page.wait_for_timeout(1500)
         page.screenshot(path=SHOTS / "explore.png", full_page=True)
         browser.close()
+
+
+def test_results_opens_the_requested_run_every_time(dataset):
+    """Runs -> Open results: the run asked for is shown, not the first or the last viewed."""
+    a = _finished(dataset, "sk_logreg", suffix="-a", label_key="cell_type").name
+    b = _finished(dataset, "pca", suffix="-b", label_key="cell_type").name
+    at = app("results", run=a)
+    assert at.selectbox[0].value == a
+    at.session_state["results_run_request"] = b  # what Runs sets before switch_page
+    at.run()
+    assert at.selectbox[0].value == b and not at.exception
+    at.selectbox[0].set_value(a).run()
+    assert at.selectbox[0].value == a
+    at.session_state["results_run_request"] = b
+    at.run()
+    assert at.selectbox[0].value == b
+    at.query_params["run"] = a  # a link with ?run=
+    at.run()
+    assert at.selectbox[0].value == a
+
+
+def test_user_strings_are_escaped_for_markdown_and_figures():
+    from ui import figures
+
+    hostile = "**b** [x](http://evil.example) ![i](http://evil.example/p.png) :red[r] $x$ <b>"
+    out = figures.esc(hostile)
+    for raw in ("**", "](", "![", ":red[", "$x$", "<b>"):
+        assert raw not in out, raw
+    assert figures.esc("B cell") == "B cell" and figures.esc("a\nb") == "a b"
+    fig = figures.confusion([[1, 0], [0, 1]], ["<a href='http://evil'>x</a>", "T"])
+    assert "&lt;a href" in fig.data[0].x[0]
+    emb = figures.embedding(
+        np.zeros((3, 2)), np.array(["<b>a</b>", "b", "b"]), "<i>col</i>", "<a href='x'>t</a>"
+    )
+    assert "<a" not in emb.layout.title.text and "<i>" not in emb.layout.legend.title.text
+    assert {t.name for t in emb.data} == {"&lt;b&gt;a&lt;/b&gt;", "b"}
