@@ -6,6 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
+# extra host names the app answers to (comma-separated), beside localhost (DNS-rebinding guard)
+ALLOWED_HOSTS ?=
+comma := ,
 
 .PHONY: run test lint format bench clean
 
@@ -20,7 +23,8 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	  $(foreach h,localhost 127.0.0.1 ::1 $(subst $(comma), ,$(ALLOWED_HOSTS)),--server.allowedHosts $(h))
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .

@@ -12,7 +12,7 @@ import streamlit as st
 from engine import datasets, jobs
 from engine.demos import DEMOS
 from ui import sidebar
-from ui.state import set_dataset, show_error
+from ui.state import md, set_dataset, show_error
 
 
 def home() -> None:
@@ -52,9 +52,11 @@ def home() -> None:
             st.caption("None yet.")
         for d in rows:
             if st.button(
-                f"{d['name']} · {d['n_obs']} x {d['n_vars']} · {d['x_kind']}", key=f"ds-{d['name']}"
+                md(f"{d['name']} · {d['n_obs']} x {d['n_vars']} · {d['x_kind']}"),
+                key=f"ds-{d['key']}",
+                help=f"key {d['key']}",
             ):
-                set_dataset(d["name"])
+                set_dataset(d["key"])
                 st.switch_page("pages/data.py")
     with c2:
         st.markdown("**Recent runs**")
@@ -62,7 +64,9 @@ def home() -> None:
         if not recent:
             st.caption("None yet.")
         for r in recent:
-            st.markdown(f"`{r['id']}` · {r['model']} on {r['dataset']} · **{r['state']}**")
+            st.markdown(
+                f"{md(r['id'])} · {md(r['model'])} on {md(r['dataset'])} · **{md(r['state'])}**"
+            )
         if recent:
             st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any
 
 from engine.errors import ScwbError
 
@@ -22,80 +24,47 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
+SPEC_POSITIONAL_REQUIRED = ("model", "data")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="input .h5ad (or any readable format)")
-    p.add_argument("--model", required=True, help="model name (python -m engine models)")
-    p.add_argument(
-        "--label-key", help="obs column with the labels (classifiers; colours/stratifies others)"
-    )
-    p.add_argument("--layer", help="layer to train on instead of X (e.g. counts)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default per model)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default per model)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default per model)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument(
-        "--seed", type=int, default=0, help="one seed for split, torch and numpy (default 0)"
-    )
-    p.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train"
-    )
-    p.add_argument(
-        "--train-on",
-        metavar="KEY=V1,V2",
-        help="train on these cells only, score all (e.g. condition=healthy)",
-    )
-    p.add_argument(
-        "--param",
-        action="append",
-        type=_kv,
-        default=[],
-        metavar="NAME=VALUE",
-        help="model parameter (repeatable)",
-    )
-    p.add_argument("--condition-key", help="perturbation: obs column with the condition")
-    p.add_argument("--ctrl", help="perturbation: the control value")
-    p.add_argument("--stim", help="perturbation: the stimulated value")
-    p.add_argument("--cell-type-key", help="perturbation: obs column with cell types")
-    p.add_argument(
-        "--predict",
-        metavar="CELLTYPE|all",
-        help="perturbation: cell type to hold out and predict ('all': leave each out)",
-    )
-    p.add_argument("--group", help="comparison group name (runs compared on the same split)")
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="train one run data-parallel on N devices (GPUs, or CPU processes); default 1",
-    )
+    """One option per ``RunSpec`` field that has a flag (engine.spec lists them once)."""
+    from dataclasses import fields
 
-
-def _spec(args: argparse.Namespace, out: str = ""):
     from engine.spec import RunSpec
 
-    return RunSpec(
-        model=args.model,
-        data=str(Path(args.data).resolve()),
-        out=out,
-        label_key=args.label_key,
-        layer=args.layer,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        train_on=args.train_on,
-        params=dict(args.param),
-        patience=args.patience,
-        condition_key=args.condition_key,
-        ctrl=args.ctrl,
-        stim=args.stim,
-        cell_type_key=args.cell_type_key,
-        predict=args.predict,
-        dataset_name=Path(args.data).name,
-        group=args.group,
-        devices=args.devices,
-    )
+    for f in fields(RunSpec):
+        flag = f.metadata.get("flag")
+        if not flag:
+            continue
+        kw = dict(f.metadata.get("argparse", {}))
+        if f.name == "params":
+            kw["type"] = _kv
+        if kw.get("action") == "append":
+            kw.setdefault("default", [])
+        elif f.name not in SPEC_POSITIONAL_REQUIRED and f.default is not MISSING:
+            kw.setdefault("default", f.default)
+        p.add_argument(
+            flag,
+            dest=f.name,
+            required=f.name in SPEC_POSITIONAL_REQUIRED,
+            help=f.metadata["help"],
+            **kw,
+        )
+
+
+def _spec(args: argparse.Namespace, out: str = "", **overrides: Any):
+    """The ``RunSpec`` the options describe (``--param`` pairs become its params dict)."""
+    from dataclasses import fields
+
+    from engine.spec import RunSpec
+
+    values = {f.name: getattr(args, f.name) for f in fields(RunSpec) if hasattr(args, f.name)}
+    values["params"] = dict(values.get("params") or [])
+    values["train_on"] = values.get("train_on") or None
+    values["data"] = str(Path(args.data).resolve())
+    values["dataset_name"] = Path(args.data).name
+    return RunSpec(**{**values, "out": out, **overrides})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -161,6 +130,17 @@ def parser() -> argparse.ArgumentParser:
         "submit", help="queue a training in the background; prints its run folder at once"
     )
     _add_train_options(p)
+    p.add_argument(
+        "--seeds",
+        metavar="0,1,2",
+        help="one run per seed, in one comparison group (overrides --seed)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default=None,
+        help="where the run trains: this machine (default) or a SLURM cluster ($SCWB_LAUNCHER)",
+    )
 
     p = sub.add_parser("runs", help="list runs in the workspace ($SCWB_HOME)")
     p.add_argument("--json", action="store_true")
@@ -189,6 +169,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("device", help="show the compute devices")
+
+    p = sub.add_parser("datasets", help="list or delete the datasets of the workspace")
+    ds = p.add_subparsers(dest="datasets_command", required=True)
+    ds.add_parser("list", help="key, shape, contents and name of each").add_argument(
+        "--json", action="store_true"
+    )
+    ds.add_parser("delete", help="delete one (refused while a run uses it)").add_argument("key")
     return ap
 
 
@@ -235,126 +222,210 @@ def recipe_from_args(args: argparse.Namespace):
     return Recipe(steps)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine import reader
+
+    d = reader.describe_file(args.file)  # read in a memory-capped child process
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    print(
+        f"{d['n_obs']} cells x {d['n_vars']} genes; X: {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'}, "
+        f"{100 * d['sparsity']:.1f}% zeros, {d['memory_mb']} MB)"
+    )
+    for k, v in d["layers"].items():
+        print(f"layer {k}: {v}")
+    for col, counts in d["labels"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8])
+        print(f"label {col}: {len(counts)} values ({shown}{', ...' if len(counts) > 8 else ''})")
+    if d["embeddings"]:
+        print("embeddings: " + ", ".join(d["embeddings"]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from engine import io
+    from engine.demos import load_demo
 
-    cmd = args.command
-    if cmd == "info":
-        d = io.describe(io.read(args.file))
-        if args.json:
-            print(json.dumps(d, indent=2, default=str))
-        else:
-            print(
-                f"{d['n_obs']} cells x {d['n_vars']} genes; X: {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'}, {100 * d['sparsity']:.1f}% zeros, {d['memory_mb']} MB)"
-            )
-            for k, v in d["layers"].items():
-                print(f"layer {k}: {v}")
-            for col, counts in d["labels"].items():
-                shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8])
-                print(
-                    f"label {col}: {len(counts)} values ({shown}{', ...' if len(counts) > 8 else ''})"
-                )
-            if d["embeddings"]:
-                print("embeddings: " + ", ".join(d["embeddings"]))
+    print(io.write_h5ad(load_demo(args.name), args.out))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from engine import io
+    from engine.preprocess import apply
+
+    recipe = recipe_from_args(args)
+    out, report = apply(io.read(args.file), recipe)
+    io.write_h5ad(out, args.out)
+    if args.save_recipe:
+        Path(args.save_recipe).write_text(recipe.to_json())
+    for row in report:
+        print(
+            f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s"
+        )
+    return 0
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.train import run
+
+    metrics = run(_spec(args, str(Path(args.out).resolve())))
+    if metrics:  # the extra processes of a multi-device run print nothing
+        print(json.dumps(_scalars(metrics), indent=2))
+    return 0
+
+
+def _seeds(text: str | None, default: int) -> list[int]:
+    if not text:
+        return [default]
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ScwbError(
+            f"--seeds takes comma-separated integers like 0,1,2, not {text!r}."
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ScwbError(f"--seeds needs distinct integers, not {text!r}.")
+    return seeds
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import secrets
+
+    from engine import jobs, settings
+
+    seeds = _seeds(args.seeds, args.seed)
+    launcher = args.launcher or settings.get().launcher
+    group = args.group or (f"seeds-{secrets.token_hex(3)}" if len(seeds) > 1 else None)
+    specs = [_spec(args, seed=s, group=group, launcher=launcher) for s in seeds]
+    for spec in specs:
+        print(jobs.submit(spec))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from engine import jobs
+
+    rows = jobs.list_jobs()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
         return 0
-    if cmd == "demo":
-        from engine.demos import load_demo
+    for r in rows:
+        print(
+            f"{r['id']:<40} {r['state'] or '?':<11} {r['model']:<12} {str(r['dataset']):<28} "
+            f"epoch {r['epoch'] or 0}/{r['max_epochs'] or '?'}"
+        )
+    return 0
 
-        print(io.write_h5ad(load_demo(args.name), args.out))
-        return 0
-    if cmd == "preprocess":
-        from engine.preprocess import apply
 
-        recipe = recipe_from_args(args)
-        out, report = apply(io.read(args.file), recipe)
-        io.write_h5ad(out, args.out)
-        if args.save_recipe:
-            Path(args.save_recipe).write_text(recipe.to_json())
-        for row in report:
-            print(
-                f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s"
-            )
-        return 0
-    if cmd == "train":
-        from engine.train import run
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine import jobs
 
-        metrics = run(_spec(args, str(Path(args.out).resolve())))
-        if not metrics:  # an extra process of a multi-device run
-            return 0
+    print(jobs.cancel(args.run))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from engine import jobs
+
+    jobs.delete(args.run)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from engine import jobs
+
+    st = jobs.wait(args.run, timeout=args.timeout)
+    print(st.get("state"))
+    return 0 if st.get("state") == "completed" else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from engine import io
+    from engine.predict import predict
+
+    out = predict(args.run, io.read(args.data), align=args.align)
+    io.write_h5ad(out, args.out)
+    missing = out.uns.get("scwb", {}).get("missing_genes")
+    if missing is not None and len(missing):
+        print(f"warning: {len(missing)} genes were missing and set to zero", file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from engine import models
+
+    if args.json:
         print(
             json.dumps(
-                {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2
+                {
+                    n: {"task": m.task, "title": m.title, "doc": m.doc, "params": m.defaults()}
+                    for n, m in models.REGISTRY.items()
+                },
+                indent=2,
             )
         )
         return 0
-    if cmd == "submit":
-        from engine import jobs
+    for n, m in models.REGISTRY.items():
+        print(f"{n:<12} {m.task:<12} {m.title}: {m.doc}")
+    return 0
 
-        print(jobs.submit(_spec(args)))
-        return 0
-    if cmd == "runs":
-        from engine import jobs
 
-        rows = jobs.list_jobs()
-        if args.json:
-            print(json.dumps(rows, indent=2, default=str))
-        else:
-            for r in rows:
-                print(
-                    f"{r['id']:<40} {r['state'] or '?':<11} {r['model']:<12} {r['dataset']:<28} epoch {r['epoch'] or 0}/{r['max_epochs'] or '?'}"
-                )
-        return 0
-    if cmd in ("cancel", "delete", "wait"):
-        from engine import jobs
+def cmd_device(args: argparse.Namespace) -> int:
+    from engine.device import detect
 
-        if cmd == "cancel":
-            print(jobs.cancel(args.run))
-        elif cmd == "delete":
-            jobs.delete(args.run)
-        else:
-            st = jobs.wait(args.run, timeout=args.timeout)
-            print(st.get("state"))
-            return 0 if st.get("state") == "completed" else 1
-        return 0
-    if cmd == "predict":
-        from engine.predict import predict
+    print(json.dumps(detect(), indent=2))
+    return 0
 
-        out = predict(args.run, io.read(args.data), align=args.align)
-        io.write_h5ad(out, args.out)
-        if out.uns.get("missing_genes") is not None and len(out.uns["missing_genes"]):
-            print(
-                f"warning: {len(out.uns['missing_genes'])} genes were missing and set to zero",
-                file=sys.stderr,
-            )
-        print(args.out)
-        return 0
-    if cmd == "models":
-        from engine import models
 
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        n: {"task": m.task, "title": m.title, "doc": m.doc, "params": m.defaults()}
-                        for n, m in models.REGISTRY.items()
-                    },
-                    indent=2,
-                )
-            )
-        else:
-            for n, m in models.REGISTRY.items():
-                print(f"{n:<12} {m.task:<12} {m.title}: {m.doc}")
-        return 0
-    if cmd == "device":
-        from engine.device import detect
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from engine import datasets
 
-        print(json.dumps(detect(), indent=2))
-        return 0
-    raise ScwbError(f"Unknown command {cmd}.")
+    if args.datasets_command == "list":
+        return datasets.cli_list(args.json)
+    return datasets.cli_delete(args.key)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "info": cmd_info,
+    "demo": cmd_demo,
+    "preprocess": cmd_preprocess,
+    "train": cmd_train,
+    "submit": cmd_submit,
+    "runs": cmd_runs,
+    "cancel": cmd_cancel,
+    "delete": cmd_delete,
+    "wait": cmd_wait,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "device": cmd_device,
+    "datasets": cmd_datasets,
+}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore")
+    # the libraries' own chatter is not the user's concern on the command line; our warnings stay
+    for module in (
+        "anndata",
+        "scanpy",
+        "pytorch_lightning",
+        "lightning_fabric",
+        "torch",
+        "sklearn",
+        "umap",
+        "numba",
+    ):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
     args = parser().parse_args(argv)
     try:
         return run_command(args)
@@ -365,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if os.environ.get("SCWB_DEBUG"):
+        from engine import settings
+
+        if settings.get().debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(

@@ -1,4 +1,4 @@
-"""Getting cells to the model fast: the split, matrices held on the device, batches by index.
+"""Getting cells to the model fast: matrices held on the device, batches by index.
 
 No per-cell Dataset objects: the whole split lives as one tensor on the device (or as a sparse
 matrix densified one batch at a time when the dense matrix would exceed the memory budget), and
@@ -16,39 +16,7 @@ import torch
 
 from engine.errors import ScwbError
 from engine.io import memory_budget
-
-
-def make_split(
-    n_obs: int,
-    seed: int,
-    val: float = 0.1,
-    test: float = 0.1,
-    stratify: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Seeded train/val/test row indices, stratified by ``stratify`` when given."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(n_obs)
-    min_needed = 3 if test > 0 else 2
-    if n_obs < min_needed * 2:
-        raise ScwbError(
-            f"Only {n_obs} cells: a train/validation/test split needs at least {min_needed * 2}."
-        )
-    if stratify is not None:
-        values, counts = np.unique(stratify, return_counts=True)
-        if counts.min() < min_needed:
-            small = str(values[counts.argmin()])
-            raise ScwbError(
-                f"The class {small!r} has {counts.min()} cell(s); the split needs at least {min_needed} per class: "
-                "drop it (Preprocess > subset) or merge it."
-            )
-    hold = val + test
-    train, rest = train_test_split(idx, test_size=hold, random_state=seed, stratify=stratify)
-    if test <= 0:
-        return {"train": np.sort(train), "val": np.sort(rest), "test": np.array([], dtype=int)}
-    strat_rest = stratify[rest] if stratify is not None else None
-    v, t = train_test_split(rest, test_size=test / hold, random_state=seed, stratify=strat_rest)
-    return {"train": np.sort(train), "val": np.sort(v), "test": np.sort(t)}
+from engine.split import make_split  # noqa: F401 - re-exported for older imports
 
 
 class DeviceMatrix:

@@ -1,26 +1,158 @@
-"""Named datasets in the workspace (``$SCWB_HOME/datasets/NAME.h5ad`` + ``NAME.json``).
+"""Datasets in the workspace: ``$SCWB_HOME/datasets/KEY.h5ad`` + ``KEY.json``.
 
-The app keeps what users upload, pick as demos or preprocess here, so that a refresh or a restart
-finds them again. Names are sanitised: nothing is written outside the workspace.
+Every dataset has a stable **key** (``slug-hash``: an ASCII slug of its name, eight hex digits of
+a hash of its whole content, and ``-2``, ``-3``... when needed), safe for file names and never
+shared by two different datasets whatever their names. The user's name is kept as a **label**
+beside it (any Unicode, any length). ``save`` returns the key; ``load(key)`` gives exactly that
+data back. Saving the same content under the same name again returns the same key.
+
+Files from users are read, described and written in a memory-capped child process
+(``import_file``, ``import_upload``); nothing is saved unless it was read and described.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anndata as ad
 
-from engine import io, runs, workspace
+from engine import io, reader, runs, workspace
 from engine.errors import ScwbError
 
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+INCOMING = ".incoming"
 
-def path(name: str) -> Path:
-    return (
-        workspace.inside(workspace.datasets_dir(), name + ".h5ad")
-        if not name.endswith(".h5ad")
-        else workspace.inside(workspace.datasets_dir(), name)
-    )
+
+# ----------------------------------------------------------------------------- keys
+def slug(name: str) -> str:
+    """An ASCII hint of ``name`` for a key (lossy on purpose: identity is the hash beside it)."""
+    text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    text = re.sub(r"\.(h5ad|h5|zip|csv|tsv|gz|txt)$", "", text.strip(), flags=re.I)
+    text = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:24].strip("_")
+    return text or "d"
+
+
+def check_key(key: str) -> str:
+    key = str(key)
+    if key.endswith(".h5ad"):
+        key = key[: -len(".h5ad")]
+    if not _KEY.match(key):
+        raise ScwbError(f"{key!r} is not a dataset key (see `python -m engine datasets list`).")
+    return key
+
+
+def path(key: str) -> Path:
+    """The ``.h5ad`` of dataset ``key`` (the key is checked, never rewritten)."""
+    return workspace.datasets_dir() / f"{check_key(key)}.h5ad"
+
+
+def _meta_path(key: str) -> Path:
+    return workspace.datasets_dir() / f"{check_key(key)}.json"
+
+
+def meta(key: str) -> dict[str, Any]:
+    """The stored metadata of ``key`` (label, fingerprint, shape, ...); ``{}`` when none."""
+    m = runs.read_json(_meta_path(key), {})
+    return m if isinstance(m, dict) else {}
+
+
+def label(key: str) -> str:
+    """The user's name for ``key`` (the key itself for datasets saved before labels existed)."""
+    return str(meta(key).get("name") or key)
+
+
+def fingerprint(key: str) -> str:
+    """The data fingerprint (``engine.io.fingerprint``) stored when ``key`` was saved; runs
+    record it and refuse to start when the data no longer matches."""
+    fp = meta(key).get("fingerprint")
+    if fp:
+        return str(fp)
+    p = path(key)
+    if not p.exists():
+        raise ScwbError(f"No dataset {key!r} in the workspace.")
+    return io.fingerprint(io.read(p))  # datasets saved before fingerprints were stored
+
+
+def exists(key: str) -> bool:
+    try:
+        return path(key).exists()
+    except ScwbError:
+        return False
+
+
+# ----------------------------------------------------------------------------- saving
+def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, Any]) -> str:
+    """Give the written file ``tmp_h5ad`` its key (claimed with O_EXCL on KEY.json, so two
+    sessions never get one key for different data) and move it into place."""
+    folder = workspace.datasets_dir()
+    base = f"{slug(name)}-{info['content'][:8]}"
+    record = {
+        "key": "",
+        "name": str(name),
+        "fingerprint": info["fingerprint"],
+        "content": info["content"],
+        "created": runs.now(),
+        "n_obs": info["n_obs"],
+        "n_vars": info["n_vars"],
+        "x_kind": info["describe"].get("x_kind"),
+        **extra,
+    }
+    for i in range(1, 1000):
+        key = base if i == 1 else f"{base}-{i}"
+        meta_p = folder / f"{key}.json"
+        try:
+            fd = os.open(meta_p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            old = runs.read_json(meta_p, {}) or {}
+            if (
+                old.get("content") == info["content"]
+                and old.get("name") == str(name)
+                and (folder / f"{key}.h5ad").exists()
+            ):
+                tmp_h5ad.unlink(missing_ok=True)  # identical content and name: the same key
+                return key
+            continue
+        record["key"] = key
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(record, indent=2, default=str))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_h5ad, folder / f"{key}.h5ad")
+        except BaseException as exc:
+            meta_p.unlink(missing_ok=True)
+            tmp_h5ad.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise io.disk_full() from None
+            raise
+        return key
+    raise ScwbError(f"Too many datasets named {name!r} with the same content.")
+
+
+STALE_S = 6 * 3600  # an incoming file this old was left by a killed server: removed
+
+
+def _incoming() -> Path:
+    """The folder where uploads and new datasets are written before they get their key; files
+    a killed server left there are removed on the next use."""
+    d = workspace.datasets_dir() / INCOMING
+    d.mkdir(exist_ok=True)
+    now = time.time()
+    for p in d.iterdir():
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > STALE_S:
+                p.unlink()
+    return d
 
 
 def save(
@@ -30,55 +162,153 @@ def save(
     parent: str | None = None,
     report: list | None = None,
 ) -> str:
-    """Write ``adata`` under ``name`` (sanitised) with a small metadata file; return the name."""
-    name = workspace.safe_name(name, "dataset name")
-    p = workspace.datasets_dir() / f"{name}.h5ad"
-    io.write_h5ad(adata, p)
-    d = io.describe(adata)
-    runs.write_json(
-        p.with_suffix(".json"),
-        {
-            "name": name,
-            "source": source,
-            "parent": parent,
-            "created": runs.now(),
-            "n_obs": d["n_obs"],
-            "n_vars": d["n_vars"],
-            "x_kind": d["x_kind"],
-            "report": report,
-        },
-    )
-    return name
+    """Write ``adata`` (data already in this process: demos, preprocessing results) with
+    ``name`` as its label; return its key."""
+    if not str(name).strip():
+        raise ScwbError("A dataset needs a name.")
+    d = io.describe(adata)  # refuses what cannot be described before anything is written
+    info = {
+        "describe": d,
+        "fingerprint": io.fingerprint(adata),
+        "content": io.content_hash(adata),
+        "n_obs": d["n_obs"],
+        "n_vars": d["n_vars"],
+    }
+    tmp = _incoming() / f"{secrets.token_hex(8)}.h5ad"
+    try:
+        io.write_h5ad(adata, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _register(tmp, name, info, {"source": source, "parent": parent, "report": report})
 
 
+def import_file(
+    source_path: str | os.PathLike, name: str, display: str | None = None, source: str = ""
+) -> str:
+    """Read a user's file in a memory-capped child process, then save it with ``name`` as its
+    label; return its key. Nothing is saved unless it was read and described."""
+    if not str(name).strip():
+        raise ScwbError("A dataset needs a name.")
+    tmp = _incoming() / f"{secrets.token_hex(8)}.h5ad"
+    try:
+        info = reader.read_untrusted(source_path, display or str(source_path), tmp)
+        return _register(tmp, name, info, {"source": source, "parent": None, "report": None})
+    finally:
+        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.with_name(f".{tmp.name}.tmp").unlink()
+
+
+def import_upload(fileobj: IO[bytes], name: str, filename: str, source: str = "") -> str:
+    """Stream an uploaded file to disk in chunks, then ``import_file`` it; the copy is removed
+    whatever happens (a full disk is one line, with nothing left behind)."""
+    upload = _incoming() / f"{secrets.token_hex(8)}{io._suffix(filename)}"
+    try:
+        io.copy_stream(fileobj, upload)
+        return import_file(upload, name, display=filename, source=source)
+    finally:
+        upload.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- listing
 def list_datasets() -> list[dict[str, Any]]:
+    """One row per dataset, newest first: ``key``, ``name`` (the label), ``fingerprint``,
+    ``path``, ``size_mb``, shape and provenance. Never writes."""
     rows = []
-    for p in sorted(
-        workspace.datasets_dir().glob("*.h5ad"), key=lambda q: q.stat().st_mtime, reverse=True
-    ):
-        meta = runs.read_json(p.with_suffix(".json"), {}) or {}
+    for p in workspace.datasets_dir().glob("*.h5ad"):
+        if not _KEY.match(p.stem):
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        m = runs.read_json(p.with_suffix(".json"), {}) or {}
         rows.append(
             {
-                "name": p.stem,
+                "key": p.stem,
+                "name": str(m.get("name") or p.stem),
+                "fingerprint": m.get("fingerprint"),
                 "path": str(p),
-                "size_mb": round(p.stat().st_size / 2**20, 2),
+                "size_mb": round(st.st_size / 2**20, 2),
+                "mtime": st.st_mtime,
                 **{
-                    k: meta.get(k)
+                    k: m.get(k)
                     for k in ("source", "parent", "created", "n_obs", "n_vars", "x_kind")
                 },
             }
         )
+    rows.sort(key=lambda r: r["mtime"], reverse=True)
     return rows
 
 
-def load(name: str) -> ad.AnnData:
-    p = path(name)
+def load(key: str) -> ad.AnnData:
+    p = path(key)
     if not p.exists():
-        raise ScwbError(f"No dataset named {name!r} in the workspace.")
+        raise ScwbError(f"No dataset {key!r} in the workspace.")
     return io.read(p)
 
 
-def delete(name: str) -> None:
-    p = path(name)
+# ----------------------------------------------------------------------------- deleting
+def users(key: str) -> list[dict[str, Any]]:
+    """Queued or running runs of the workspace that train on dataset ``key``."""
+    key = check_key(key)
+    target = str(path(key).resolve())
+    out = []
+    root = workspace.runs_dir()
+    for run_dir in sorted(root.iterdir()) if root.exists() else []:
+        if not run_dir.is_dir() or run_dir.name.startswith("."):
+            continue
+        state = runs.read_status(run_dir).get("state")
+        if state not in runs.ACTIVE:
+            continue
+        spec = runs.read_json(run_dir / "run.json", {}) or {}
+        data = str(spec.get("data") or "")
+        uses = spec.get("dataset_key") == key
+        if not uses and data:
+            with contextlib.suppress(OSError, ValueError):
+                uses = str(Path(data).resolve()) == target
+        if uses:
+            out.append({"id": run_dir.name, "state": state})
+    return out
+
+
+def delete(key: str) -> None:
+    """Delete dataset ``key``; refused while a queued or running run uses it."""
+    key = check_key(key)
+    p = path(key)
+    if not p.exists():
+        raise ScwbError(f"No dataset {key!r} in the workspace.")
+    busy = users(key)
+    if busy:
+        first = busy[0]
+        more = f" and {len(busy) - 1} more" if len(busy) > 1 else ""
+        raise ScwbError(
+            f"The dataset {label(key)!r} ({key}) is used by the {first['state']} run "
+            f"{first['id']}{more}; cancel it or wait until it ends, then delete."
+        )
     p.unlink(missing_ok=True)
-    p.with_suffix(".json").unlink(missing_ok=True)
+    _meta_path(key).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- command line
+def cli_list(as_json: bool = False) -> int:
+    """``python -m engine datasets list [--json]``."""
+    rows = list_datasets()
+    if as_json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "mtime"} for r in rows], indent=2))
+        return 0
+    for r in rows:
+        shape = f"{r['n_obs'] or '?'} x {r['n_vars'] or '?'}"
+        print(f"{r['key']:<36} {shape:>16}  {r['x_kind'] or '?':<22} {r['name']}")
+    if not rows:
+        print("no datasets", file=sys.stderr)
+    return 0
+
+
+def cli_delete(key: str) -> int:
+    """``python -m engine datasets delete KEY`` (ScwbError -> exit 2 in the CLI)."""
+    name = label(check_key(key))
+    delete(key)
+    print(f"deleted {key} ({name})")
+    return 0

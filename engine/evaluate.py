@@ -42,20 +42,52 @@ def mse_per_cell(x: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return ((x - recon) ** 2).mean(axis=1)
 
 
+def latent_scores(latent: np.ndarray, labels: np.ndarray | None, split: dict) -> dict[str, float]:
+    """How well a latent space keeps known labels apart: kNN accuracy on the test cells (fit on
+    the training cells) and the silhouette of up to 5,000 cells."""
+    if labels is None:
+        return {}
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    y = np.asarray(labels).astype(str)
+    k = max(1, min(15, len(split["train"])))
+    knn = KNeighborsClassifier(n_neighbors=k).fit(latent[split["train"]], y[split["train"]])
+    sample = np.random.default_rng(0).choice(len(y), size=min(len(y), 5000), replace=False)
+    return {
+        "latent_knn_accuracy": float(
+            (knn.predict(latent[split["test"]]) == y[split["test"]]).mean()
+        ),
+        "latent_silhouette": float(silhouette_score(latent[sample], y[sample]))
+        if len(set(y[sample])) > 1
+        else float("nan"),
+    }
+
+
 # ----------------------------------------------------------------------------- perturbation
-def top_degs(x_ctrl: Any, x_stim: Any, var_names: np.ndarray, n: int = 100) -> list[str]:
-    """The top ``n`` genes by Wilcoxon rank-sum score, real stimulated vs real control."""
+def top_degs(x_ctrl: Any, x_stim: Any, var_names: Any, n: int = 100) -> list[str]:
+    """The top ``n`` genes by Wilcoxon rank-sum score, real stimulated vs real control
+    (scanpy's ``rank_genes_groups`` on the two groups' rows, float32, sparse kept sparse)."""
     import anndata as ad
     import pandas as pd
     import scanpy as sc
+    import scipy.sparse as sp
 
-    x = np.vstack([dense(x_ctrl, np.float64), dense(x_stim, np.float64)])
-    obs = pd.DataFrame(
-        {"group": pd.Categorical(["ctrl"] * x_ctrl.shape[0] + ["stim"] * x_stim.shape[0])}
+    both = (
+        sp.vstack([sp.csr_matrix(x_ctrl), sp.csr_matrix(x_stim)], format="csr", dtype=np.float32)
+        if sp.issparse(x_ctrl) or sp.issparse(x_stim)
+        else np.concatenate(
+            [np.asarray(x_ctrl, dtype=np.float32), np.asarray(x_stim, dtype=np.float32)]
+        )
     )
-    obs.index = obs.index.astype(str)
-    a = ad.AnnData(X=x.astype(np.float32), obs=obs)
-    a.var_names = list(map(str, var_names))
+    groups = ["ctrl"] * x_ctrl.shape[0] + ["stim"] * x_stim.shape[0]
+    a = ad.AnnData(
+        X=both,
+        obs=pd.DataFrame(
+            {"group": pd.Categorical(groups)}, index=[str(i) for i in range(len(groups))]
+        ),
+        var=pd.DataFrame(index=[str(g) for g in var_names]),
+    )
     sc.tl.rank_genes_groups(
         a, "group", groups=["stim"], reference="ctrl", method="wilcoxon", n_genes=min(n, a.n_vars)
     )

@@ -1,78 +1,122 @@
-"""What a user takes home from a run: a script that reproduces it, and the files as one zip."""
+"""What a user takes home from a run: a script that reproduces it, the files as one zip, and the
+metrics as CSV.
+
+The script holds the run's spec and preprocessing recipe as JSON inside string literals written
+with ``repr()``, so no name, label or path from the run can become code when it runs.
+"""
 
 from __future__ import annotations
 
+import csv
 import io as _io
 import json
+import os
 import zipfile
 from pathlib import Path
 
+import engine
 from engine import runs
 
-SPEC_FIELDS = (
-    "model",
-    "label_key",
-    "layer",
-    "epochs",
-    "batch_size",
-    "lr",
-    "seed",
-    "device",
-    "train_on",
-    "params",
-    "patience",
-    "condition_key",
-    "ctrl",
-    "stim",
-    "cell_type_key",
-    "predict",
-)
+# fields a rerun must not inherit: where the data and the run folder were, and identity checks
+NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
+
+
+def _spec_fields() -> list[str]:
+    from dataclasses import fields
+
+    from engine.spec import RunSpec
+
+    return [f.name for f in fields(RunSpec)]
 
 
 def script(run_dir: str | Path) -> str:
-    """A short Python script that reruns this run with the engine and prints its metrics."""
-    spec = runs.read_json(Path(run_dir) / "run.json", {}) or {}
-    kwargs = {k: spec.get(k) for k in SPEC_FIELDS if spec.get(k) not in (None, "", {})}
-    args = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return f'''"""Reproduce scWorkbench run {Path(run_dir).name} (data fingerprint {spec.get("data_fingerprint", "?")}).
+    """A Python script that reruns this run with the engine and prints its metrics. It runs
+    from any folder (it finds this scWorkbench installation) and can first rebuild the input
+    from the raw data with the recorded preprocessing recipe (``--raw RAW.h5ad``)."""
+    run_dir = Path(run_dir)
+    record = runs.read_json(run_dir / "run.json", {}) or {}
+    spec = {
+        k: record[k]
+        for k in _spec_fields()
+        if k in record and k not in NOT_REPLAYED and record[k] not in (None, "", {}, [])
+    }
+    recipe = record.get("recipe") or {"steps": []}
+    root = str(Path(engine.__file__).resolve().parent.parent)
+    doc = f"Reproduce scWorkbench run {run_dir.name} (data fingerprint {record.get('data_fingerprint', '?')})."
+    return f'''"""{_doc_safe(doc)}
 
-Run from the scWorkbench folder:  python {Path(run_dir).name}.py [DATA.h5ad] [OUT_DIR]
+Usage, from any folder:
+    python reproduce.py [DATA.h5ad] [OUT_DIR]            # train on the preprocessed data
+    python reproduce.py --raw RAW.h5ad [DATA] [OUT_DIR]  # apply the recorded recipe first
 """
 import json
 import sys
 
-from engine.spec import RunSpec
-from engine.train import run
+SCWORKBENCH = {root!r}
+SPEC = json.loads({json.dumps(spec, sort_keys=True)!r})
+RECIPE = json.loads({json.dumps(recipe, sort_keys=True)!r})
+DATA = {str(record.get("data", "data.h5ad"))!r}
+OUT = {"reproduced-" + run_dir.name!r}
 
-data = sys.argv[1] if len(sys.argv) > 1 else {spec.get("data", "data.h5ad")!r}
-out = sys.argv[2] if len(sys.argv) > 2 else "reproduced-{Path(run_dir).name}"
-spec = RunSpec(
-    data=data,
-    out=out,
-    {args},
-)
-metrics = run(spec)
-print(json.dumps({{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}, indent=2))
+
+def main(argv):
+    sys.path.insert(0, SCWORKBENCH)
+    from engine import io, preprocess
+    from engine.spec import RunSpec
+    from engine.train import run
+
+    raw = None
+    if argv[:1] == ["--raw"]:
+        raw, argv = argv[1], argv[2:]
+    data = argv[0] if len(argv) > 0 else DATA
+    out = argv[1] if len(argv) > 1 else OUT
+    if raw is not None:
+        adata, _ = preprocess.apply(io.read(raw), preprocess.Recipe.from_json(json.dumps(RECIPE)))
+        data = str(io.write_h5ad(adata, data if len(argv) > 0 else out + "-input.h5ad"))
+    metrics = run(RunSpec(data=data, out=out, **SPEC))
+    print(json.dumps({{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
 '''
 
 
+def _doc_safe(text: str) -> str:
+    """Text that cannot end the docstring it is placed in."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
 def bundle(run_dir: str | Path) -> bytes:
-    """The run folder (results, model, metrics, split, spec) and the script, zipped."""
+    """The run folder (results, model, metrics, split, spec) and the script, zipped. Only
+    regular files inside the run folder are included: never a symbolic link or what it points to."""
     run_dir = Path(run_dir)
     buf = _io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(run_dir.rglob("*")):
-            if p.is_file() and not p.name.startswith(".") and p.name != "cancel":
+        for folder, dirs, files in os.walk(run_dir, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
+            for name in sorted(files):
+                p = Path(folder) / name
+                if p.is_symlink() or not p.is_file() or name.startswith(".") or name == "cancel":
+                    continue
                 zf.write(p, p.relative_to(run_dir).as_posix())
         zf.writestr("reproduce.py", script(run_dir))
     return buf.getvalue()
 
 
+def csv_cell(value: object) -> object:
+    """A value safe to open in a spreadsheet: text that starts like a formula is quoted."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def metrics_csv(run_dir: str | Path) -> str:
     metrics = runs.read_json(Path(run_dir) / "metrics.json", {}) or {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    return (
-        "metric,value\n"
-        + "\n".join(f"{k},{json.dumps(v) if isinstance(v, str) else v}" for k, v in flat.items())
-        + "\n"
-    )
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["metric", "value"])
+    for k, v in flat.items():
+        w.writerow([csv_cell(k), csv_cell(v)])
+    return buf.getvalue()

@@ -8,6 +8,8 @@ line that says what is wrong and what to do.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from engine import reader
 from engine.errors import ScwbError
 
 READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.gz")
@@ -29,26 +32,64 @@ MAX_ZIP_BYTES = 20 * 2**30
 
 
 def memory_budget() -> int:
-    """Bytes one dense matrix may take (``$SCWB_MEMORY_BUDGET_GB``, default 4 GB)."""
-    return int(float(os.environ.get("SCWB_MEMORY_BUDGET_GB", "4")) * 2**30)
+    """Bytes one dataset may take in memory, all its matrices together
+    (``$SCWB_MEMORY_BUDGET_GB``, default 4 GB, read at call time)."""
+    return reader.memory_budget()
 
 
 # ----------------------------------------------------------------------------- reading
 def read(source: str | os.PathLike | IO[bytes], filename: str | None = None) -> ad.AnnData:
-    """Read a dataset from a path or a binary file object (``filename`` tells its format)."""
+    """Read a dataset from a path or a binary file object (``filename`` tells its format).
+
+    Runs in this process after the structural checks of ``engine.reader`` (every matrix's
+    size and sparse structure is validated before any library reads it). Files from users
+    (uploads, the CLI's ``info``) go through ``engine.reader.run_child`` instead, which adds a
+    memory-capped child process."""
     if hasattr(source, "read"):
         name = filename or getattr(source, "name", "upload")
-        suffix = _suffix(name)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            with open(path, "wb") as fh:
-                data = source.read()
-                fh.write(data if isinstance(data, bytes) else data.encode())
+            path = Path(tmp) / f"upload{_suffix(name)}"
+            copy_stream(source, path)
             return _read_path(path, display=name)
     path = Path(source)
     if not path.exists():
         raise ScwbError(f"{path} does not exist.")
     return _read_path(path, display=str(path))
+
+
+def read_validated(path: Path, display: str) -> ad.AnnData:
+    """``read`` of a path shown to users as ``display`` (what the reader child calls)."""
+    if not path.exists():
+        raise ScwbError(f"{Path(display).name} does not exist.")
+    return _read_path(path, display=display)
+
+
+def copy_stream(source: IO[bytes], path: Path, chunk: int = 1 << 20) -> int:
+    """Copy a binary file object to ``path`` in chunks (never the whole file in memory);
+    on failure nothing is left at ``path``. A full disk is one line."""
+    if hasattr(source, "seek"):
+        with contextlib.suppress(OSError, ValueError):
+            source.seek(0)
+    n = 0
+    try:
+        with open(path, "wb") as fh:
+            while block := source.read(chunk):
+                _write_chunk(fh, block if isinstance(block, bytes) else block.encode())
+                n += len(block)
+    except BaseException as exc:
+        Path(path).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise disk_full() from None
+        raise
+    return n
+
+
+def _write_chunk(fh: IO[bytes], block: bytes) -> None:
+    fh.write(block)
+
+
+def disk_full() -> ScwbError:
+    return ScwbError("The disk is full: free space where SCWB_HOME lives, then try again.")
 
 
 def _suffix(name: str) -> str:
@@ -99,42 +140,35 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_h5ad(path: Path, display: str) -> ad.AnnData:
-    import h5py
-
     name = Path(display).name
+    reader.check_h5ad(path, name)  # sizes and sparse structure, before anndata reads anything
     try:
-        with h5py.File(path, "r") as f:
-            keys = set(f.keys())
-            if "X" not in keys and "obs" not in keys:
-                raise ScwbError(
-                    f"{name} is an HDF5 file but not AnnData (no X or obs); is it a 10x .h5?"
-                )
-            shape = _h5_dense_shape(f)
-    except ScwbError:
-        raise
-    except OSError:
-        raise ScwbError(f"{name} is not a readable .h5ad file (truncated or not HDF5).") from None
-    if shape is not None and shape[0] * shape[1] * 4 > memory_budget():
-        raise ScwbError(
-            f"{name}: a dense {shape[0]} x {shape[1]} matrix exceeds the memory budget "
-            f"({memory_budget() / 2**30:.1f} GB); store X as sparse or raise SCWB_MEMORY_BUDGET_GB."
-        )
-    try:
-        return ad.read_h5ad(path)
+        adata = ad.read_h5ad(path)
     except Exception as exc:
         raise ScwbError(f"{name} is a damaged .h5ad file: {_first_line(exc)}") from None
+    _check_loaded(adata, name)
+    return adata
 
 
-def _h5_dense_shape(f: Any) -> tuple[int, int] | None:
-    x = f.get("X")
-    if x is not None and hasattr(x, "shape") and len(getattr(x, "shape", ())) == 2:
-        return tuple(x.shape)  # dense dataset
-    return None
+def _check_loaded(adata: ad.AnnData, name: str) -> None:
+    """What the structural checks cannot see from HDF5 alone: X must be a numeric matrix."""
+    x = adata.X
+    if x is None:
+        return
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    if dtype.kind == "c":
+        raise ScwbError(f"{name}: X holds complex numbers; expression values must be real.")
+    if dtype.kind not in "biuf":
+        raise ScwbError(f"{name}: X holds text or objects ({dtype}), not numbers.")
+    for key in adata.obsm:
+        if sp.issparse(adata.obsm[key]):
+            raise ScwbError(f"{name}: obsm[{key!r}] is a sparse matrix; embeddings must be dense.")
 
 
 def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
     import scanpy as sc
 
+    reader.check_10x_h5(path, Path(display).name)
     try:
         adata = sc.read_10x_h5(path)
     except Exception as exc:
@@ -165,7 +199,7 @@ def _read_zip(path: Path, display: str) -> ad.AnnData:
             tables = [i for i in infos if i.filename.lower().endswith((".csv", ".tsv", ".h5ad"))]
             if len(tables) == 1:
                 target = Path(tmp) / Path(tables[0].filename).name
-                target.write_bytes(zf.read(tables[0]))
+                _extract(zf, tables[0], target, name)
                 return _read_path(target, display=target.name)
             raise ScwbError(
                 f"{name} holds no 10x matrix (matrix.mtx with barcodes and genes/features)."
@@ -173,36 +207,119 @@ def _read_zip(path: Path, display: str) -> ad.AnnData:
         folder = str(Path(mtx[0].filename).parent)
         for info in infos:
             if str(Path(info.filename).parent) == folder:
-                (Path(tmp) / Path(info.filename).name).write_bytes(zf.read(info))
+                _extract(zf, info, Path(tmp) / Path(info.filename).name, name)
         return _read_mtx_dir(Path(tmp), display)
 
 
-def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
-    import scanpy as sc
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, name: str) -> None:
+    """Stream one member out, never past the size its header declares."""
+    limit = info.file_size
+    n = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while block := src.read(1 << 20):
+            n += len(block)
+            if n > limit:
+                raise ScwbError(f"{name}: {info.filename} is larger than its zip entry says.")
+            dst.write(block)
 
-    files = {p.name for p in folder.iterdir()}
+
+def _find(folder: Path, *stems: str) -> Path | None:
+    for stem in stems:
+        for suffix in ("", ".gz"):
+            p = folder / f"{stem}{suffix}"
+            if p.exists():
+                return p
+    return None
+
+
+def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
+    """A 10x folder (matrix.mtx, barcodes.tsv, features.tsv or genes.tsv, each maybe .gz),
+    parsed here: the declared size is checked against the barcodes, the genes and the memory
+    budget before anything is allocated, and every entry against the declared size."""
+    name = Path(display).name
+    mtx = _find(folder, "matrix.mtx")
+    genes = _find(folder, "features.tsv", "genes.tsv")
+    barcodes = _find(folder, "barcodes.tsv")
+    if genes is None:
+        raise ScwbError(f"{name}: a 10x folder needs genes.tsv or features.tsv(.gz).")
+    if mtx is None or barcodes is None:
+        raise ScwbError(f"{name}: a 10x folder needs matrix.mtx and barcodes.tsv (maybe .gz).")
+    rows, cols, nnz, field, header_lines = reader.mtx_header(mtx, name)
+    n_genes = reader.count_lines(genes, name)
+    n_cells = reader.count_lines(barcodes, name)
+    if rows != n_genes or cols != n_cells:
+        raise ScwbError(
+            f"{name}: matrix.mtx declares {rows} genes x {cols} cells, but {genes.name} has "
+            f"{n_genes} lines and {barcodes.name} has {n_cells}; the files do not belong together."
+        )
+    if nnz > rows * cols:
+        raise ScwbError(f"{name}: matrix.mtx declares more entries than genes x cells.")
+    # parsing holds int64 rows + cols + float64 values, then a float32/int32 CSR
+    reader.check_budget(
+        name, "matrix.mtx", nnz * (8 + 8 + 8 + 4 + 4) + (cols + 1) * 8, f"({nnz:,} entries)"
+    )
+    ncol = 2 if field == "pattern" else 3
     try:
-        if not any(f.startswith("features") for f in files) and "genes.tsv" not in files:
-            raise ScwbError(
-                f"{Path(display).name}: a 10x folder needs genes.tsv or features.tsv(.gz)."
+        with reader.open_text(mtx) as fh:
+            for _ in range(header_lines):
+                fh.readline()
+            table = pd.read_csv(
+                fh,
+                sep=r"\s+",
+                header=None,
+                comment="%",
+                nrows=nnz + 1,
+                dtype=np.float64,
+                engine="c",
             )
-        adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=True, cache=False)
-    except ScwbError:
-        raise
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(np.zeros((0, ncol)))
+    except Exception as exc:
+        raise ScwbError(f"{name}: matrix.mtx could not be parsed: {_first_line(exc)}") from None
+    if table.shape[0] != nnz or table.shape[1] != ncol:
+        raise ScwbError(
+            f"{name}: matrix.mtx declares {nnz} entries of {ncol} numbers, but holds "
+            f"{table.shape[0]} lines of {table.shape[1]}; it is damaged."
+        )
+    values = table.to_numpy()
+    del table
+    gi, ci = values[:, 0], values[:, 1]
+    if nnz and (
+        gi.min() < 1
+        or gi.max() > rows
+        or ci.min() < 1
+        or ci.max() > cols
+        or np.any(np.mod(values[:, :2], 1) != 0)
+    ):
+        raise ScwbError(
+            f"{name}: matrix.mtx has an entry outside its declared {rows} x {cols}; it is damaged."
+        )
+    data = np.ones(nnz, np.float32) if field == "pattern" else values[:, 2].astype(np.float32)
+    x = sp.csr_matrix(
+        (data, (ci.astype(np.int64) - 1, gi.astype(np.int64) - 1)), shape=(cols, rows)
+    )
+    del values, gi, ci, data
+    try:
+        feats = pd.read_csv(genes, sep="\t", header=None, dtype=str, keep_default_na=False)
+        cells = pd.read_csv(barcodes, sep="\t", header=None, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise ScwbError(
-            f"{Path(display).name}: the 10x matrix could not be read: {_first_line(exc)}"
+            f"{name}: the gene or barcode list could not be read: {_first_line(exc)}"
         ) from None
+    symbols = feats.iloc[:, 1] if feats.shape[1] > 1 else feats.iloc[:, 0]
+    var = pd.DataFrame({"gene_ids": feats.iloc[:, 0].to_numpy()}, index=symbols.to_numpy())
+    if feats.shape[1] > 2:
+        var["feature_types"] = feats.iloc[:, 2].to_numpy()
+    adata = ad.AnnData(X=x, obs=pd.DataFrame(index=cells.iloc[:, 0].to_numpy()), var=var)
+    adata.var_names_make_unique()
     return adata
 
 
 def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     name = Path(display).name
-    raw_size = path.stat().st_size * (5 if str(path).endswith(".gz") else 1)
-    if raw_size * 2 > memory_budget():  # text is ~2 bytes a value at best; dense floats are 4
-        raise ScwbError(
-            f"{name} is too large to load densely; convert it to .h5ad with a sparse X."
-        )
+    n_rows, n_cols = reader.table_bounds(path, name, sep)
+    # pandas parses to float64, the numeric check makes a second float64 frame, X is float32
+    reader.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
     try:
         df = pd.read_csv(path, sep=sep, index_col=0, engine="c")
     except UnicodeDecodeError:
@@ -326,6 +443,45 @@ def fingerprint(adata: ad.AnnData) -> str:
     return h.hexdigest()[:16]
 
 
+def content_hash(adata: ad.AnnData) -> str:
+    """A hash of everything a dataset holds that a run can use (X, layers, obs, var, obsm,
+    varm, raw X, the recipe): two datasets that differ anywhere there get different hashes."""
+    h = hashlib.sha1(fingerprint(adata).encode())
+
+    def matrix(x: Any) -> None:
+        if x is None:
+            h.update(b"none")
+        elif sp.issparse(x):
+            x = sp.csr_matrix(x)
+            h.update(f"{x.shape}{x.dtype}".encode())
+            for a in (x.data, x.indices, x.indptr):
+                h.update(np.ascontiguousarray(a).tobytes())
+        elif isinstance(x, pd.DataFrame):
+            frame(x)
+        else:
+            a = np.ascontiguousarray(x)
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+
+    def frame(df: pd.DataFrame) -> None:
+        h.update(repr([(str(c), str(df[c].dtype)) for c in df.columns]).encode())
+        if df.shape[1]:
+            h.update(pd.util.hash_pandas_object(df, index=True).to_numpy().tobytes())
+        h.update("\x1f".join(map(str, df.index)).encode())
+
+    frame(adata.obs)
+    frame(adata.var)
+    for group in (adata.layers, adata.obsm, adata.varm):
+        for k in sorted(group.keys(), key=str):
+            h.update(str(k).encode())
+            matrix(group[k])
+    if adata.raw is not None:
+        matrix(adata.raw.X)
+        h.update("\x1f".join(map(str, adata.raw.var_names)).encode())
+    h.update(repr(adata.uns.get("recipe")).encode())
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- validation
 def check_not_empty(adata: ad.AnnData) -> None:
     if adata.n_obs == 0:
@@ -411,8 +567,14 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    adata.write_h5ad(tmp, compression="gzip")
-    os.replace(tmp, path)
+    try:
+        adata.write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise disk_full() from None
+        raise
     return path
 
 
@@ -421,6 +583,9 @@ __all__ = [
     "describe",
     "matrix_kind",
     "fingerprint",
+    "content_hash",
+    "read_validated",
+    "memory_budget",
     "check_not_empty",
     "check_finite",
     "check_counts",
@@ -432,22 +597,25 @@ __all__ = [
 ]
 
 
-QC_ALIASES = {
-    "n_genes": ("n_genes_by_counts", "n_genes"),
+QC_ALIASES = {  # scanpy's column names, and the older names pipelines stored in obs
+    "n_genes_by_counts": ("n_genes_by_counts", "n_genes"),
     "total_counts": ("total_counts", "n_counts"),
-    "pct_mito": ("pct_counts_mt", "percent_mito"),
+    "pct_counts_mt": ("pct_counts_mt", "percent_mito"),
 }
 
 
 def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
-    """Per-cell genes detected, total counts and % mitochondrial, from raw counts
+    """Per-cell QC with scanpy's ``calculate_qc_metrics`` and its column names
+    (``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``) from raw counts
     (``layers['counts']``, or X when it holds counts). Without counts, the QC columns a pipeline
     already stored in ``obs`` are reused; the frame is empty when there are none."""
+    import scanpy as sc
+
     x = adata.layers.get("counts")
     if x is None and matrix_kind(adata.X) == "counts":
         x = adata.X
-    out = pd.DataFrame(index=adata.obs_names)
     if x is None:
+        out = pd.DataFrame(index=adata.obs_names)
         for name, aliases in QC_ALIASES.items():
             col = next(
                 (
@@ -460,17 +628,14 @@ def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
             if col is not None:
                 values = adata.obs[col].to_numpy(dtype=float)
                 out[name] = (
-                    values * 100 if name == "pct_mito" and np.nanmax(values) <= 1 else values
+                    values * 100 if name == "pct_counts_mt" and np.nanmax(values) <= 1 else values
                 )
         return out
-    x = sp.csr_matrix(x)
-    out["n_genes"] = np.asarray((x != 0).sum(1)).ravel()
-    out["total_counts"] = np.asarray(x.sum(1)).ravel()
-    mito = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
-    if mito.any():
-        out["pct_mito"] = (
-            100
-            * np.asarray(x[:, mito].sum(1)).ravel()
-            / np.maximum(out["total_counts"].to_numpy(), 1e-12)
-        )
-    return out
+    view = ad.AnnData(X=x, var=pd.DataFrame(index=adata.var_names.astype(str)))
+    view.obs_names = adata.obs_names
+    view.var["mt"] = np.asarray(view.var_names.str.upper().str.startswith("MT-"))
+    qc_vars = ["mt"] if view.var["mt"].any() else []
+    obs, _ = sc.pp.calculate_qc_metrics(
+        view, qc_vars=qc_vars, percent_top=None, log1p=False, inplace=False
+    )
+    return obs[[c for c in ("n_genes_by_counts", "total_counts", "pct_counts_mt") if c in obs]]

@@ -8,10 +8,13 @@ temporary name and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import secrets
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +33,83 @@ def new_run_id(model: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name and rename; a failed write (a full disk) leaves no temporary
+    file behind and the old file untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def clean_tmp(folder: Path) -> list[str]:
+    """Remove the temporary files (``.NAME[.PID].tmp``) a failed or killed writer left in
+    ``folder``; only called where no writer of that folder is alive. Returns their names."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in Path(folder).iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p.name)
+    return removed
+
+
+# A run's last word when the disk is full: ``.end.json`` is written at the start of a run with
+# padding (its blocks are allocated then), and overwritten in place, which needs no new space,
+# when status.json cannot be written. Readers merge it; the next successful status write wins.
+END_FILE = ".end.json"
+END_SIZE = 4096
+
+
+def reserve_end(run_dir: Path) -> None:
+    """Allocate the in-place end record of ``run_dir`` (best effort)."""
+    path = Path(run_dir) / END_FILE
+    with contextlib.suppress(OSError), open(path, "w") as fh:
+        fh.write(" " * END_SIZE)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+
+
+def _write_end_in_place(run_dir: Path, fields: dict[str, Any]) -> bool:
+    path = Path(run_dir) / END_FILE
+    data = json.dumps(fields, default=_jsonable).encode()
+    if len(data) >= END_SIZE:  # keep what a reader needs, whole (never a cut JSON)
+        small = {k: fields.get(k) for k in ("state", "finished", "updated")}
+        small["error"] = str(fields.get("error") or "")[:1000]
+        data = json.dumps(small, default=_jsonable).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)  # no O_CREAT, no O_TRUNC: the reserved blocks only
+    except OSError:
+        return False
+    try:
+        os.pwrite(fd, data.ljust(END_SIZE, b" "), 0)
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def record_end(run_dir: Path, **fields: Any) -> bool:
+    """Record a run's end (``state`` plus ``error``/``finished``...) in status.json; when that
+    write fails (a full disk), in the reserved ``.end.json`` so that every reader already sees
+    the end, and return False (the caller retries status.json later)."""
+    fields.setdefault("finished", now())
+    try:
+        update_status(run_dir, **fields)
+        return True
+    except OSError:
+        _write_end_in_place(run_dir, {**fields, "updated": now()})
+        return False
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -60,9 +133,15 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json, with an end recorded in place (``.end.json``, see ``record_end``) merged in
+    while status.json still shows the run active. Never writes."""
     status = read_json(Path(run_dir) / "status.json")
     if not isinstance(status, dict) or status.get("state") not in STATES:
         return {"state": "failed", "error": "status.json is missing or corrupt", "corrupt": True}
+    if status["state"] in ACTIVE:
+        end = read_json(Path(run_dir) / END_FILE)
+        if isinstance(end, dict) and end.get("state") in STATES and end["state"] not in ACTIVE:
+            status = {**status, **end}
     return status
 
 
@@ -81,11 +160,16 @@ def write_metrics_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         cols += [k for k in r if k not in cols]
     tmp = Path(run_dir) / f".metrics.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, Path(run_dir) / "metrics.csv")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, Path(run_dir) / "metrics.csv")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_metrics_csv(run_dir: Path):
@@ -103,7 +187,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     spec = read_json(run_dir / "run.json", {}) or {}
     status = read_status(run_dir)
-    return {
+    row = {
         "id": run_dir.name,
         "path": str(run_dir),
         "model": spec.get("model", "?"),
@@ -124,14 +208,74 @@ def summary(run_dir: Path) -> dict[str, Any]:
                 "error",
                 "train_loss",
                 "val_loss",
+                "host",
+                "launcher",
+                "job_id",
             )
         },
     }
+    row["launcher"] = row["launcher"] or spec.get("launcher") or "local"
+    return row
+
+
+# Listing cache: a run folder's mtime changes whenever a file in it is replaced (every write here
+# is a rename), so a finished run's row is read once per process and then only stat'ed; while
+# the runs folder itself is unchanged (no run added or removed) even the stats are skipped for
+# ``RESCAN_S`` seconds. Active rows are always read again (they change often).
+_CACHE: dict[str, tuple[int, dict[str, Any]]] = {}
+_SNAP: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
+_CACHE_LOCK = threading.Lock()
+RESCAN_S = 5.0
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
+    """One ``summary`` row per run folder under ``root``, newest first. Never writes; hidden
+    folders (a submit still being written, ``.queue``...) are skipped."""
     root = Path(root)
-    if not root.exists():
+    try:
+        root_mtime = root.stat().st_mtime_ns
+    except OSError:
         return []
-    rows = [summary(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted(rows, key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    with _CACHE_LOCK:
+        snap = _SNAP.get(str(root))
+    if snap and snap[1] == root_mtime and time.monotonic() - snap[0] < RESCAN_S:
+        rows = []
+        for row in snap[2]:
+            if row["state"] in ACTIVE:
+                row = summary(Path(row["path"]))
+            rows.append(row)
+        with _CACHE_LOCK:
+            _SNAP[str(root)] = (snap[0], root_mtime, rows)
+        return [dict(r) for r in rows]
+    rows = []
+    t_scan = time.monotonic()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        try:
+            if not e.is_dir():
+                continue
+            mtime = e.stat().st_mtime_ns
+        except OSError:
+            continue
+        with _CACHE_LOCK:
+            hit = _CACHE.get(e.path)
+        if hit and hit[0] == mtime and hit[1]["state"] not in ACTIVE:
+            rows.append(hit[1])
+            continue
+        row = summary(Path(e.path))
+        with _CACHE_LOCK:
+            _CACHE[e.path] = (mtime, row)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    with _CACHE_LOCK:
+        _SNAP[str(root)] = (t_scan, root_mtime, rows)
+        if len(_CACHE) > 2 * max(len(rows), 1000):  # folders deleted meanwhile
+            live = {r["path"] for r in rows}
+            for k in [k for k in _CACHE if k not in live]:
+                _CACHE.pop(k, None)
+    return [dict(r) for r in rows]

@@ -8,10 +8,29 @@ import streamlit as st
 from engine import datasets, io, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures
-from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
+from ui.state import (
+    dataset_picker,
+    ensure_app_navigation,
+    md,
+    set_dataset,
+    show_error,
+)
 
 ensure_app_navigation()
 st.title("Data")
+
+
+def _loaded(key: str) -> None:
+    """Make ``key`` this session's dataset and say what was loaded (escaped: names are user text)."""
+    set_dataset(key)
+    m = datasets.meta(key)
+    st.success(
+        md(
+            f"Loaded {m.get('n_obs', 0):,} cells x {m.get('n_vars', 0):,} genes as "
+            f"'{m.get('name', key)}' (key {key})."
+        )
+    )
+
 
 upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
 with upload:
@@ -22,21 +41,24 @@ with upload:
     name = st.text_input(
         "Save as",
         value=(f.name.split(".")[0] if f else ""),
-        help="letters, digits, '_' and '-'; other characters become '_'",
+        help="any name: it is the dataset's label; the workspace keys datasets by content, "
+        "so two files with one name never replace each other",
     )
     if st.button("Load file", disabled=f is None, help=None if f else "choose a file first"):
         try:
             with st.spinner("Reading..."):
-                adata = io.read(f, filename=f.name)
-                set_dataset(datasets.save(adata, name or f.name, source=f"upload:{f.name}"))
-            st.success(f"Loaded {adata.n_obs:,} cells x {adata.n_vars:,} genes.")
+                # streamed to disk in chunks, then read and described in a memory-capped child
+                new_key = datasets.import_upload(
+                    f, name or f.name, filename=f.name, source=f"upload:{f.name}"
+                )
+            _loaded(new_key)
         except Exception as exc:
             show_error(exc)
 with demo:
     choice = st.selectbox("Demo", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
     if st.button("Load demo"):
         try:
-            set_dataset(datasets.save(load_demo(choice), choice, source=f"demo:{choice}"))
+            _loaded(datasets.save(load_demo(choice), choice, source=f"demo:{choice}"))
         except Exception as exc:
             show_error(exc)
 with server:
@@ -51,31 +73,55 @@ with server:
     if st.button("Read path", disabled=not roots or not path):
         try:
             p = workspace.check_server_path(path)
-            set_dataset(datasets.save(io.read(p), p.name.split(".")[0], source=f"path:{p}"))
+            with st.spinner("Reading..."):
+                new_key = datasets.import_file(
+                    p, p.name.split(".")[0], display=p.name, source=f"path:{p}"
+                )
+            _loaded(new_key)
         except Exception as exc:
             show_error(exc)
 
 st.divider()
-name, adata, d = dataset_picker(
+ds_key, adata, d = dataset_picker(
     "Current dataset", "No dataset yet: upload a file above or pick a bundled demo."
 )
 if adata is None:
     st.stop()
+
+meta = datasets.meta(ds_key)
+info_col, delete_col = st.columns([4, 1])
+info_col.caption(
+    md(f"Key {ds_key} · fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}")
+)
+if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
+    try:
+        datasets.delete(ds_key)
+        st.session_state.pop("dataset", None)
+        if "dataset" in st.query_params:
+            del st.query_params["dataset"]
+        st.rerun()
+    except Exception as exc:
+        show_error(exc)
 
 c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")
 c[1].metric("Genes", f"{d['n_vars']:,}")
 c[2].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
 c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
-st.markdown(f"**X holds:** {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'})")
+st.markdown(f"**X holds:** {md(d['x_kind'])} ({'sparse' if d['sparse'] else 'dense'})")
 if d["layers"]:
-    st.markdown("**Layers:** " + ", ".join(f"`{k}` ({v})" for k, v in d["layers"].items()))
+    st.markdown("**Layers:** " + ", ".join(f"{md(k)} ({md(v)})" for k, v in d["layers"].items()))
 if not (adata.var_names.is_unique and adata.obs_names.is_unique):
     st.warning("Gene or cell names are duplicated; models need unique names.")
     if st.button("Make names unique"):
-        fixed = io.make_unique(adata.copy())
-        datasets.save(fixed, name, source="made unique")
-        st.rerun()
+        try:
+            fixed = io.make_unique(adata.copy())
+            set_dataset(
+                datasets.save(fixed, datasets.label(ds_key), source="made unique", parent=ds_key)
+            )
+            st.rerun()
+        except Exception as exc:
+            show_error(exc)
 
 left, right = st.columns([1, 1])
 with left:
@@ -106,7 +152,7 @@ group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")
 qc = io.qc_metrics(adata)
 if qc.empty:
     st.caption(
-        f"QC needs raw counts: X holds {d['x_kind']} values and there is no layers['counts'] or QC column in obs."
+        f"QC needs raw counts: X holds {md(d['x_kind'])} values and there is no layers\\['counts'\\] or QC column in obs."
     )
 else:
     if d["x_kind"] != "counts" and "counts" not in adata.layers:
@@ -118,7 +164,7 @@ else:
         cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
     ):
         col.plotly_chart(fig, width="stretch")
-    if "pct_mito" not in qc:
+    if "pct_counts_mt" not in qc:
         st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
 
 st.subheader("Embeddings")

@@ -403,7 +403,8 @@ if res is not None and task == "perturb":
         target = (
             st.selectbox("Cell type", targets, format_func=str) if len(targets) > 1 else targets[0]
         )
-        dirs = dict(info.get("target_dirs") or {})
+        folders = list(info.get("target_dirs") or [])
+        dirs = dict(zip(targets, map(str, folders), strict=False)) if folders else {}
         if target in dirs:
             sub_dir = (run_dir / str(dirs[target])).resolve()
             if run_dir.resolve() not in [sub_dir, *sub_dir.parents]:

@@ -1,39 +1,137 @@
-"""Runs: every run with its state and progress; live loss curves; cancel, delete, errors."""
+"""Runs: every run with its state and progress; live loss curves; cancel, delete, open results.
+
+Everything below the title lives in one fragment that re-reads the runs every 2 seconds, so the
+selector's labels, the progress and each control (Cancel, Delete, Open results) follow the
+selected run's current state. Whatever a run folder holds (cancelled without results, failed,
+interrupted, a corrupt status.json), this page shows it and never raises.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from engine import jobs, runs
+from engine import jobs, models, runs
 from ui import figures
 from ui.sidebar import fmt_s
 from ui.state import ensure_app_navigation, show_error
 
 ensure_app_navigation()
 st.title("Runs")
+ss = st.session_state
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _kind(model: str) -> str:
+    info = models.REGISTRY.get(model)
+    return info.kind if info else "torch"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _curve_facts(path: str, mtime: float) -> dict[str, Any]:
+    """The best epoch (lowest validation loss) and, for leave-one-out, the models trained."""
+    out: dict[str, Any] = {}
+    curve = runs.read_metrics_csv(Path(path))
+    if "val_loss" in curve and "epoch" in curve and curve["val_loss"].notna().any():
+        if "cell_type" in curve:  # leave-one-out: several models, one curve each
+            out["loo"] = int(curve["cell_type"].nunique())
+        else:
+            out["best_epoch"] = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
+    return out
+
+
+def curve_facts(run_dir: Path) -> dict[str, Any]:
+    try:
+        return _curve_facts(str(run_dir), (run_dir / "metrics.csv").stat().st_mtime)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def progress(r: dict[str, Any]) -> tuple[float, str]:
+    """The bar's fill and what to say about a run's progress, in whole epochs."""
+    state = r.get("state") or "failed"
+    if _kind(r.get("model", "")) == "sklearn":
+        said = {"completed": "fitted in one step", "queued": "queued", "running": "fitting"}
+        return (1.0 if state == "completed" else 0.0), said.get(state, state)
+    raw = _num(r.get("epoch")) or 0.0
+    epoch, top = int(raw), int(_num(r.get("max_epochs")) or 0)
+    frac = min(1.0, raw / top) if top else 0.0
+    if state == "queued":
+        return 0.0, "queued"
+    if state == "running":
+        return frac, f"epoch {epoch} of {top or '?'}"
+    facts = curve_facts(Path(r["path"]))
+    if state == "completed":
+        if facts.get("loo"):
+            return 1.0, f"leave-one-out: {facts['loo']} models trained"
+        best = f" (best epoch {facts['best_epoch']})" if facts.get("best_epoch") else ""
+        if top and epoch < top:
+            return 1.0, f"stopped early at epoch {epoch} of {top}{best}"
+        return 1.0, f"{epoch} of {top} epochs{best}"
+    return frac, f"{state} at epoch {epoch} of {top or '?'}"
+
+
+def has_results(r: dict[str, Any]) -> bool:
+    p = Path(r["path"])
+    return (
+        r.get("state") in ("completed", "cancelled")
+        and (p / "results.h5ad").exists()
+        and (p / "metrics.json").exists()
+    )
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
+    extra = [k for k in ("launcher", "job_id") if any(r.get(k) for r in rows)]
+    out = []
+    for r in rows:
+        frac, text = progress(r)
+        cps, elapsed, eta = (
+            _num(r.get("cells_per_s")),
+            _num(r.get("elapsed_s")),
+            _num(r.get("eta_s")),
+        )
+        out.append(
             {
                 "run": r["id"],
-                "state": r["state"],
-                "model": r["model"],
-                "dataset": r["dataset"],
-                "progress": min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1)),
-                "epoch": f"{r['epoch'] or 0}/{r['max_epochs'] or '?'}",
-                "cells/s": f"{r['cells_per_s']:,.0f}" if r["cells_per_s"] else "-",
-                "elapsed": fmt_s(r["elapsed_s"]),
-                "ETA": fmt_s(r["eta_s"]) if r["state"] == "running" else "-",
-                "device": r["device"] or "-",
+                "state": r.get("state") or "?",
+                "model": r.get("model") or "?",
+                "dataset": r.get("dataset") or "?",
+                "progress": frac,
+                "epochs": text,
+                "cells/s": f"{cps:,.0f}" if cps else "-",
+                "elapsed": fmt_s(elapsed),
+                "ETA": fmt_s(eta) if r.get("state") == "running" else "-",
+                "device": r.get("device") or "-",
+                **{k: str(r.get(k) or "-") for k in extra},
             }
-            for r in rows
-        ]
-    )
+        )
+    return pd.DataFrame(out)
+
+
+def label(r: dict[str, Any]) -> str:
+    return f"{r['id']} · {r.get('model') or '?'} · {r.get('state') or '?'}"
+
+
+def curve_figure(r: dict[str, Any]):
+    metrics = runs.read_metrics_csv(Path(r["path"]))
+    fig = figures.loss_curves(metrics, f"Loss per epoch · {r['id']}")
+    best = curve_facts(Path(r["path"])).get("best_epoch")
+    if best and "val_loss" in metrics and len(metrics) > 1:
+        fig.add_vline(
+            x=best, line_dash="dot", line_color="grey", annotation_text=f"best epoch {best}"
+        )
+    return fig
 
 
 @st.fragment(run_every=2)
@@ -52,58 +150,70 @@ def live() -> None:
             )
         },
     )
-    ids = [r["id"] for r in rows]
-    chosen = st.session_state.get("run_selected")
-    chosen = chosen if chosen in ids else ids[0]
-    r = next(x for x in rows if x["id"] == chosen)
-    st.subheader(f"{r['model']} on {r['dataset']} · {r['state']}")
-    metrics = runs.read_metrics_csv(Path(r["path"]))
-    st.plotly_chart(
-        figures.loss_curves(metrics, f"Loss per epoch · {r['id']}"),
-        width="stretch",
-        key="live_curve",
+    by_id = {r["id"]: r for r in rows}
+    if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
+        active = [r["id"] for r in rows if r.get("state") == "running"] or [
+            r["id"] for r in rows if r.get("state") == "queued"
+        ]
+        ss["run_selected"] = (active or [rows[0]["id"]])[0]
+    # keyed, without index=: the user's pick is the only thing that moves the selection
+    sel = st.selectbox(
+        "Run", list(by_id), key="run_selected", format_func=lambda i: label(by_id[i])
     )
-    if r["state"] in ("failed", "interrupted"):
-        st.error(r["error"] or "The run ended without a reason.")
-        tail = runs.read_status(Path(r["path"])).get("log_tail")
-        if tail:
-            st.code(tail, language=None)
-
-
-rows = jobs.list_jobs()
-if rows:
-    ids = [r["id"] for r in rows]
-    running = [i for i, r in enumerate(rows) if r["state"] == "running"]
-    queued = [i for i, r in enumerate(rows) if r["state"] == "queued"]
-    st.selectbox(
-        "Run",
-        ids,
-        index=(running or queued or [0])[0],
-        key="run_selected",
-        format_func=lambda i: next(
-            f"{x['id']} · {x['model']} · {x['state']}" for x in rows if x["id"] == i
-        ),
-    )
-live()
-if rows:
-    sel = st.session_state.get("run_selected") or rows[0]["id"]
-    state = runs.read_status(jobs.resolve_run(sel)).get("state")
-    c = st.columns(3)
+    r = by_id[sel]
+    state = r.get("state") or "failed"
     active = state in runs.ACTIVE
+    c = st.columns([1, 1, 1, 3])
     if c[0].button(
-        "Cancel run", disabled=not active, help=None if active else f"the run is {state}"
+        "Cancel run",
+        disabled=not active,
+        help=None if active else f"the run is {state}",
+        key=f"cancel-{sel}",
     ):
         try:
             jobs.cancel(sel)
             st.toast("Cancelling: the run stops at its next step and keeps its best weights.")
         except Exception as exc:
             show_error(exc)
-    if c[1].button("Delete run", disabled=active, help="cancel it first" if active else None):
+    if c[1].button(
+        "Delete run",
+        disabled=active,
+        help="cancel it first" if active else None,
+        key=f"delete-{sel}",
+    ):
         try:
             jobs.delete(sel)
-            st.session_state.pop("run_selected", None)
+            ss.pop("run_selected", None)
             st.rerun()
         except Exception as exc:
             show_error(exc)
-    if state == "completed":
-        c[2].page_link("pages/results.py", label="Open results", icon=":material/insights:")
+    ready = has_results(r)
+    c[2].page_link(
+        "pages/results.py",
+        label="Open results",
+        icon=":material/insights:",
+        query_params={"run": sel},
+        disabled=not ready,
+        help=None
+        if ready
+        else "no results yet"
+        if active
+        else f"the run is {state} without results",
+    )
+    frac, text = progress(r)
+    st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
+    st.caption(text)
+    try:
+        st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
+    except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise
+        st.caption(f"No loss curve to draw ({type(exc).__name__}).")
+    if state in ("failed", "interrupted"):
+        st.error(r.get("error") or "The run ended without a reason.")
+        tail = runs.read_status(Path(r["path"])).get("log_tail")
+        if tail:
+            st.code(tail, language=None)
+    elif state == "cancelled" and not ready:
+        st.info("Cancelled before it had results to show.")
+
+
+live()

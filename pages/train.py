@@ -1,37 +1,85 @@
-"""Train: choose a task, one or several models (baselines beside them), settings; submit."""
+"""Train: choose a task, one or several models (baselines beside them), settings; submit.
+
+Every default comes from the data (engine.defaults): the condition column and its control and
+stimulated values, one target cell type, the cell-type column as label. The time each run will
+take on the chosen device is shown before Submit (engine.estimate), and on a CPU the default
+epochs are shortened to fit a few minutes. The choices survive leaving the page (per session).
+"""
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import streamlit as st
 
-from engine import datasets, jobs, models
+from engine import datasets, defaults, estimate, jobs, models
+from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
-from engine.train import preflight
-from ui.sidebar import device_info
 from ui.state import dataset_picker, ensure_app_navigation, show_error
 
 ensure_app_navigation()
+ss = st.session_state
+
+
+def remember(key: str, default: Any, options: list | None = None, many: bool = False) -> str:
+    """The widget key for ``key``, seeded from this session's last choice (Streamlit forgets a
+    widget's value when its page is left); ``options`` drops a stale choice."""
+    wkey, saved = f"w:{key}", ss.get(f"keep:{key}", default)
+    if options is not None:
+        if many:
+            saved = [v for v in (saved or []) if v in options]
+        elif saved not in options:
+            saved = default if default in options else (options[0] if options else None)
+    current = ss.get(wkey, saved)
+    if options is not None and (
+        (many and any(v not in options for v in current or []))
+        or (not many and current not in options)
+    ):
+        current = saved
+    ss[wkey] = current
+    return wkey
+
+
+def keep(key: str, value: Any) -> Any:
+    ss[f"keep:{key}"] = value
+    return value
+
+
 st.title("Train")
 name, adata, d = dataset_picker("Dataset to train on")
 if adata is None:
     st.stop()
 
-task = st.radio("Task", list(models.TASKS), format_func=models.TASKS.get, horizontal=True)
-choices = models.for_task(task)
-default = [m.name for m in choices]
-picked = st.multiselect(
-    "Models (compared on the same split)",
-    [m.name for m in choices],
-    default=default,
-    format_func=lambda n: models.get(n).title,
+tasks = list(models.TASKS)
+task = keep(
+    "task",
+    st.radio(
+        "Task",
+        tasks,
+        format_func=models.TASKS.get,
+        horizontal=True,
+        key=remember("task", tasks[0], tasks),
+    ),
+)
+choices = [m.name for m in models.for_task(task)]
+picked = keep(
+    f"models:{task}",
+    st.multiselect(
+        "Models (compared on the same split)",
+        choices,
+        format_func=lambda n: models.get(n).title,
+        key=remember(f"models:{task}", choices, choices, many=True),
+    ),
 )
 for n in picked:
     st.caption(f"**{n}**: {models.get(n).doc}")
 
 labels = list(d["labels"])
 spec_kw: dict = {}
+n_train = int(0.8 * d["n_obs"])
+n_models = 1
+n_classes = 2
 with st.container(border=True):
     st.markdown("**What the task needs**")
     if task == "classify":
@@ -39,12 +87,23 @@ with st.container(border=True):
             st.error(
                 "This dataset has no label column (categorical, 2-200 values): classifiers cannot be trained."
             )
-        spec_kw["label_key"] = st.selectbox("Label column", labels, disabled=not labels)
-    elif task in ("reconstruct", "embed"):
-        lab = st.selectbox(
-            "Label column (stratifies the split, scores the latent space)", ["(none)", *labels]
+        label = st.selectbox(
+            "Label column",
+            labels,
+            disabled=not labels,
+            key=remember(f"label:{name}", defaults.label_column(d), labels),
+            help="defaults to the column that looks like cell types",
         )
-        spec_kw["label_key"] = None if lab == "(none)" else lab
+        spec_kw["label_key"] = keep(f"label:{name}", label)
+        n_classes = len(d["labels"].get(label) or {}) or 2
+    elif task in ("reconstruct", "embed"):
+        options = ["(none)", *labels]
+        lab = st.selectbox(
+            "Label column (stratifies the split, scores the latent space)",
+            options,
+            key=remember(f"label2:{name}", defaults.cell_type_column(d) or "(none)", options),
+        )
+        spec_kw["label_key"] = None if keep(f"label2:{name}", lab) == "(none)" else lab
         if (
             task == "reconstruct"
             and labels
@@ -52,30 +111,72 @@ with st.container(border=True):
                 "Train on a subset of cells only (e.g. healthy samples); score all cells"
             )
         ):
-            key = st.selectbox("Column", labels, key="train_on_key")
-            vals = st.multiselect("Train on", list(d["labels"][key]), key="train_on_vals")
+            cond0 = defaults.condition_column(d)
+            key = st.selectbox(
+                "Column", labels, index=labels.index(cond0) if cond0 in labels else 0
+            )
+            values = list(d["labels"][key])
+            ctrl0 = defaults.control_value(d["labels"][key])
+            vals = st.multiselect("Train on", values, default=[ctrl0] if ctrl0 else [])
             if vals:
-                spec_kw["train_on"] = f"{key}={','.join(vals)}"
+                spec_kw["train_on"] = {key: vals}  # structured: a value may contain commas
+                n_train = int(0.8 * sum(d["labels"][key][v] for v in vals))
     elif task == "perturb":
         if len(labels) < 2:
             st.error("scGen needs a condition column and a cell-type column in obs.")
             st.stop()
         c = st.columns(2)
-        cond = c[0].selectbox(
-            "Condition column",
-            labels,
-            index=labels.index("condition") if "condition" in labels else 0,
+        cond0 = defaults.condition_column(d) or ("condition" if "condition" in labels else None)
+        cond = keep(
+            f"cond:{name}",
+            c[0].selectbox("Condition column", labels, key=remember(f"cond:{name}", cond0, labels)),
         )
-        values = list(d["labels"][cond])
-        ctrl = c[0].selectbox("Control value", values, index=0)
-        stim = c[0].selectbox("Stimulated value", values, index=1 if len(values) > 1 else 0)
+        counts = d["labels"][cond]
+        values = list(counts)
+        ctrl0 = defaults.control_value(counts)
+        ctrl = keep(
+            f"ctrl:{name}:{cond}",
+            c[0].selectbox(
+                "Control value", values, key=remember(f"ctrl:{name}:{cond}", ctrl0, values)
+            ),
+        )
+        stim0 = defaults.stimulated_value(counts, ctrl)
+        stim = keep(
+            f"stim:{name}:{cond}:{ctrl}",
+            c[0].selectbox(
+                "Stimulated value",
+                values,
+                key=remember(f"stim:{name}:{cond}:{ctrl}", stim0, values),
+            ),
+        )
         ct_options = [col for col in labels if col != cond]
-        ct_key = c[1].selectbox("Cell-type column", ct_options)
-        target = c[1].selectbox(
-            "Cell type to predict",
-            ["all", *d["labels"][ct_key]],
-            format_func=lambda v: (
-                "every cell type, one at a time (leave-one-out)" if v == "all" else v
+        ct0 = defaults.cell_type_column({**d, "labels": {k: d["labels"][k] for k in ct_options}})
+        ct_key = keep(
+            f"ct:{name}:{cond}",
+            c[1].selectbox(
+                "Cell-type column",
+                ct_options,
+                key=remember(f"ct:{name}:{cond}", ct0 or ct_options[0], ct_options),
+            ),
+        )
+        both = defaults.perturb_targets(adata.obs, cond, ct_key, ctrl, stim)
+        others = [t for t in d["labels"][ct_key] if t not in both]
+        target_options = [*both, *others, "all"]  # leave-one-out: an explicit choice, last
+        tkey = f"target:{name}:{cond}:{ct_key}:{ctrl}:{stim}"
+        target0 = defaults.perturb_target(adata.obs, cond, ct_key, ctrl, stim)
+        target = keep(
+            tkey,
+            c[1].selectbox(
+                "Cell type to predict",
+                target_options,
+                key=remember(tkey, target0 or target_options[0], target_options),
+                format_func=lambda v: (
+                    f"every cell type, leave-one-out ({len(both)} models, one per type)"
+                    if v == "all"
+                    else v
+                ),
+                help="its stimulated cells are held out and predicted from its control cells; "
+                "defaults to the largest cell type with both conditions",
             ),
         )
         spec_kw.update(
@@ -83,29 +184,54 @@ with st.container(border=True):
         )
         if ctrl == stim:
             st.warning("Control and stimulated must differ.")
+        else:
+            st.caption(
+                f"Trains on {ctrl} and {stim} cells and predicts how "
+                + ("each cell type" if target == "all" else f"**{target}**")
+                + f" responds: {ctrl} → {stim}."
+            )
+        in_design = counts.get(ctrl, 0) + counts.get(stim, 0)
+        if target == "all":
+            n_models = max(len(both), 1)
+            n_train = int(0.9 * in_design * (1 - 1 / (2 * n_models)))
+        else:
+            held = int(((adata.obs[cond] == stim) & (adata.obs[ct_key] == target)).sum())
+            n_train = int(0.9 * (in_design - held))
     layers = ["X", *adata.layers]
     layer = st.selectbox(
         "Input matrix",
         layers,
+        key=remember(f"layer:{name}", "X", layers),
         help="X, or a layer such as counts; the VAE reads layers['counts'] when present",
     )
-    spec_kw["layer"] = None if layer == "X" else layer
+    spec_kw["layer"] = None if keep(f"layer:{name}", layer) == "X" else layer
+
+
+@st.cache_resource(ttl=600, show_spinner=False)
+def gpu_present() -> bool:
+    return estimate.device("cuda").kind == "cuda"
+
 
 with st.container(border=True):
     st.markdown("**Training**")
     c = st.columns(5)
-    defaults = ", ".join(
-        f"{m}: {models.get(m).epochs} epochs, batch {models.get(m).batch_size}, lr {models.get(m).lr:g}"
-        for m in picked
-    )
-    blank = "leave empty for each model's own default" + (f" ({defaults})" if defaults else "")
     epochs = c[0].number_input(
         "Max epochs",
         1,
         10_000,
         None,
-        placeholder="model default",
-        help=f"early stopping may end sooner; {blank}",
+        placeholder="automatic",
+        help="leave empty for each model's default: its published one, shortened on a CPU to "
+        "fit a few minutes; early stopping may end sooner",
+    )
+    blank = "leave empty for each model's own default" + (
+        " ("
+        + ", ".join(
+            f"{m}: batch {models.get(m).batch_size}, lr {models.get(m).lr:g}" for m in picked
+        )
+        + ")"
+        if picked
+        else ""
     )
     batch = c[1].number_input(
         "Batch size", 2, 65_536, None, placeholder="model default", help=blank
@@ -116,9 +242,15 @@ with st.container(border=True):
     seed = c[3].number_input(
         "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy"
     )
-    dev = device_info()
-    options = ["auto", "cpu"] + (["cuda"] if dev["kind"] == "cuda" else [])
-    device = c[4].selectbox("Device", options, help=f"auto uses {dev['name']}")
+    options = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
+    device = c[4].selectbox(
+        "Device",
+        options,
+        key=remember("device", "auto", options),
+        help="auto uses the GPU when there is one",
+    )
+    keep("device", device)
+    estimates_box = st.container()
 
 params: dict[str, dict] = {}
 for n in picked:
@@ -149,17 +281,66 @@ for n in picked:
             else:
                 params[n][key] = st.text_input(label, p.default, help=p.help, key=wkey)
 
+
+def estimates() -> dict[str, estimate.Estimate]:
+    out = {}
+    for n in picked:
+        try:
+            out[n] = estimate.estimate(
+                n,
+                d["n_vars"],
+                max(n_train, 1),
+                params=params.get(n),
+                batch_size=None if batch is None else int(batch),
+                epochs=None if epochs is None else int(epochs),
+                requested=device,
+                n_classes=n_classes,
+                n_models=n_models,
+            )
+        except Exception:  # an estimate is advice: a bad parameter is reported at Submit
+            continue
+    return out
+
+
+def draw_estimates(measuring: bool) -> None:
+    ests = estimates()
+    for n, e in ests.items():
+        st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
+    known = [e.seconds for e in ests.values() if e.kind == "torch" and e.seconds]
+    if len(ests) > 1 and known:
+        st.caption(
+            f"Together about {estimate.fmt_duration(sum(known))} when they run one after another."
+        )
+    if measuring and not any(estimate.benchmark_pending(k) for k in ("cpu", "cuda")):
+        st.rerun()  # the benchmark has finished: redraw the form with the epochs it allows
+
+
+with estimates_box:
+    measuring = any(e.pending for e in estimates().values())
+    st.fragment(run_every=2 if measuring else None)(draw_estimates)(measuring)
+
 reason = None if picked else "pick at least one model"
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3)
     submitted = []
     try:
+        chosen = estimates()
         specs = [
             RunSpec(
                 model=n,
                 data=str(datasets.path(name)),
-                dataset_name=name,
-                epochs=None if epochs is None or models.get(n).kind == "sklearn" else int(epochs),
+                dataset_name=datasets.label(name),
+                dataset_key=name,
+                data_fingerprint=datasets.fingerprint(name),
+                epochs=(
+                    None
+                    if models.get(n).kind == "sklearn"
+                    else int(epochs)
+                    if epochs is not None
+                    else chosen[n].epochs
+                    if n in chosen
+                    else None
+                ),
                 batch_size=None if batch is None else int(batch),
                 lr=None if lr is None else float(lr),
                 seed=int(seed),

@@ -62,7 +62,7 @@ def test_data_page_upload_and_summary(counts_file):
         _upload(at, "my counts.h5ad", fh.read())
     assert not errors(at), errors(at)
     assert any("Loaded 600 cells" in s.value for s in at.success)
-    assert [d["name"] for d in datasets.list_datasets()] == ["my_counts"]
+    assert [d["name"] for d in datasets.list_datasets()] == ["my counts"]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Cells"] == "600" and metrics["Genes"] == "200"
     assert any(m.value.startswith("**X holds:** counts") for m in at.markdown)
@@ -73,7 +73,8 @@ def test_data_page_upload_and_summary(counts_file):
 def test_data_page_bad_upload_is_one_line_and_page_still_works(counts_file):
     at = app("data")
     _upload(at, "broken.h5ad", b"this is not an hdf5 file")
-    assert errors(at) == ["broken.h5ad is not a readable .h5ad file (truncated or not HDF5)."]
+    # shown escaped (ui.state.md): the text reads the same, and no user string renders as markdown
+    assert errors(at) == [r"broken.h5ad is not a readable .h5ad file \(truncated or not HDF5\)."]
     with open(counts_file, "rb") as fh:
         _upload(at, "good.h5ad", fh.read())
     assert [d["name"] for d in datasets.list_datasets()] == ["good"]
@@ -98,6 +99,122 @@ def test_data_page_embedding_on_pbmc68k():
     # X is scaled: QC comes from the obs columns scanpy stored, as percentages
     assert any("QC columns stored in obs" in c.value for c in at.caption)
     assert any("mitochondrial" in t for t in titles)
+
+
+def _small_file(tmp_path, name: str, n: int, seed: int) -> bytes:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(
+        X=rng.poisson(2, (n, 8)).astype(np.float32),
+        obs=pd.DataFrame(
+            {"label": pd.Categorical(["a", "b"] * (n // 2))}, index=[f"c{i}" for i in range(n)]
+        ),
+    )
+    a.var_names = [f"G{i}" for i in range(8)]
+    a.write_h5ad(tmp_path / name)
+    return (tmp_path / name).read_bytes()
+
+
+def test_two_sessions_upload_one_name_and_keep_their_own_data(tmp_path):
+    """Two tabs upload different files under one name: both datasets exist under different
+    keys, and each tab's current dataset stays its own whatever the other tab does."""
+    first, second = app("data"), app("data")
+    _upload(first, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
+    _upload(second, "cells.h5ad", _small_file(tmp_path, "b.h5ad", 20, 1))
+    rows = datasets.list_datasets()
+    assert [r["name"] for r in rows] == ["cells", "cells"]
+    keys = {r["n_obs"]: r["key"] for r in rows}
+    assert len(set(keys.values())) == 2
+    assert first.session_state["dataset"] == keys[40]
+    assert second.session_state["dataset"] == keys[20]
+    for at, n in ((first.run(), 40), (second.run(), 20)):  # each rerun keeps its own
+        assert {m.label: m.value for m in at.metric}["Cells"] == str(n)
+        assert datasets.load(at.session_state["dataset"]).n_obs == n
+        assert (
+            datasets.fingerprint(at.session_state["dataset"])
+            == datasets.meta(at.session_state["dataset"])["fingerprint"]
+        )
+    # a brand-new session starts from the last choice; the two open ones are unchanged
+    third = app("data")
+    assert third.session_state["dataset"] == keys[20]
+    picker = next(s for s in third.selectbox if s.label == "Current dataset")
+    picker.set_value(keys[40]).run()
+    assert second.run().session_state["dataset"] == keys[20]
+    assert {m.label: m.value for m in second.metric}["Cells"] == "20"
+
+
+def test_data_page_deletes_the_current_dataset_unless_a_run_uses_it(tmp_path, workspace):
+    from engine import runs
+
+    at = app("data")
+    _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
+    key = at.session_state["dataset"]
+    run = workspace / "runs" / "r1"
+    run.mkdir(parents=True)
+    runs.write_json(run / "run.json", {"dataset_key": key})
+    runs.write_json(run / "status.json", {"state": "running"})
+    next(b for b in at.button if b.label == "Delete dataset").click().run()
+    assert not at.exception
+    assert len(errors(at)) == 1 and "used by the running run r1" in errors(at)[0]
+    assert datasets.path(key).exists()
+    runs.write_json(run / "status.json", {"state": "completed"})
+    next(b for b in at.button if b.label == "Delete dataset").click().run()
+    assert not at.exception and not errors(at)
+    assert datasets.list_datasets() == []
+    assert any("No dataset yet" in i.value for i in at.info)
+
+
+def test_data_page_disk_full_on_upload_is_one_line(tmp_path, workspace, monkeypatch):
+    import errno
+
+    from engine import io
+
+    def full(fh, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "_write_chunk", full)
+    at = app("data")
+    _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
+    assert len(errors(at)) == 1 and "The disk is full" in errors(at)[0]
+    assert [p for p in (workspace / "datasets").rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
+    assert not errors(at) and len(datasets.list_datasets()) == 1
+
+
+def test_user_strings_never_render_as_markdown(tmp_path):
+    """Dataset names, layer keys and run fields reach Data and Home escaped: no link, image,
+    bold text or HTML from user strings."""
+    import re
+
+    import anndata as ad
+    import numpy as np
+
+    hostile = "[click](http://evil.example) ![x](http://evil.example/i.png) **b** <img src=x>"
+    a = ad.AnnData(X=np.random.default_rng(0).poisson(2, (20, 5)).astype(np.float32))
+    a.layers["[click](javascript:alert) **b** <img src=x>"] = a.X.copy()  # no '/' in HDF5 keys
+    a.write_h5ad(tmp_path / "h.h5ad")
+    at = app("data")
+    at.file_uploader[0].upload("h.h5ad", (tmp_path / "h.h5ad").read_bytes()).run()
+    at.text_input[0].set_value(hostile).run()
+    next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    home = app()
+    shown = [
+        *(m.value for m in at.markdown),
+        *(s.value for s in at.success),
+        *(c.value for c in at.caption),
+        *(m.value for m in home.markdown),
+        *(b.label for b in home.button),
+    ]
+    assert any("click" in t for t in shown)
+    unescaped = re.compile(r"(?<!\\)[\[\]<>!]|(?<!\\)\*\*b")
+    for t in shown:
+        if "click" in t:
+            assert not unescaped.search(t), t
 
 
 def test_preprocess_preview_and_save(counts_file):

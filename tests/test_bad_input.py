@@ -1,11 +1,17 @@
-"""The bad-input corpus: each kind through the command line (non-zero exit, one line on stderr)
-and, for files, through the app's Data page (one readable message, the page keeps working).
-Every fixture is generated here; docs/RELIABILITY.md lists the cases and their outcomes."""
+"""The bad-input corpus: each kind through the command line (exit 2, one `error:` line on
+stderr, run in a subprocess under a memory cap so that a regression fails a test instead of
+killing the suite) and, for files, through the app's Data page (one readable message, nothing
+saved, the page keeps working and a good file loads right after). Every fixture is generated
+here; docs/RELIABILITY.md lists the cases and their outcomes."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import resource
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -162,6 +168,209 @@ def _rare(a):
     return a
 
 
+# ----------------------------------------------------------------------------- hostile files
+# Memory budget for the corpus (SCWB_MEMORY_BUDGET_GB): the compression bombs below claim
+# 305 MB to 3.7 GB in memory from files of a few KB.
+BUDGET_GB = "0.25"
+
+
+def _patch_csr(p: Path, **changes) -> Path:
+    """A valid sparse .h5ad, then its X/indices or X/indptr changed in place with h5py."""
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        for part, edits in changes.items():
+            ds = f["X"][part]
+            for i, v in edits:
+                ds[i] = v
+    return p
+
+
+def _indptr_swap(p: Path) -> Path:
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        ip = f["X/indptr"][:]
+        ip[5], ip[6] = ip[6], ip[5] - 1  # decreasing between rows 5 and 6
+        f["X/indptr"][:] = ip
+    return p
+
+
+def _indptr_short_end(p: Path) -> Path:
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f["X/indptr"][-1] = f["X/indptr"][-1] - 1  # ends one before nnz, still monotonic
+    return p
+
+
+def _mtx_zip(p: Path, rows: int, n_genes: int = 3, n_cells: int = 3) -> Path:
+    """A zipped 10x folder whose matrix.mtx header claims ``rows`` genes (437 bytes for 2e9)."""
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(
+            "s/matrix.mtx",
+            f"%%MatrixMarket matrix coordinate integer general\n{rows} {n_cells} 2\n1 1 5\n2 2 3\n",
+        )
+        zf.writestr(
+            "s/features.tsv", "".join(f"G{i}\tG{i}\tGene Expression\n" for i in range(n_genes))
+        )
+        zf.writestr("s/barcodes.tsv", "".join(f"c{i}\n" for i in range(n_cells)))
+    return p
+
+
+def _obsm_bomb(p: Path) -> Path:
+    """100 cells with a gzip-compressed obsm entry of 100 x 5,000,000 float64 (3.7 GB in
+    memory) that was never written: the file stays small."""
+    _write(_adata(n=100), p)
+    with h5py.File(p, "r+") as f:
+        ds = f.create_dataset(
+            "obsm/X_bomb",
+            shape=(100, 5_000_000),
+            dtype="f8",
+            chunks=(10, 100_000),
+            compression="gzip",
+        )
+        ds.attrs["encoding-type"], ds.attrs["encoding-version"] = "array", "0.2.0"
+    return p
+
+
+def _nnz_bomb(p: Path) -> Path:
+    """A small sparse X that declares 40 million non-zeros (gzip-compressed, never written)."""
+    _write(_adata(n=100), p)
+    nnz = 40_000_000
+    with h5py.File(p, "r+") as f:
+        g = f["X"]
+        for k in ("data", "indices", "indptr"):
+            del g[k]
+        g.create_dataset("data", shape=(nnz,), dtype="f4", chunks=(1 << 20,), compression="gzip")
+        g.create_dataset("indices", shape=(nnz,), dtype="i4", chunks=(1 << 20,), compression="gzip")
+        g["indptr"] = np.linspace(0, nnz, 101).astype(np.int64)
+        g.attrs["shape"] = np.array([100, 1_000_000])
+    return p
+
+
+def _csv_gz_bomb(p: Path) -> Path:
+    """A ~57 KB .csv.gz of 4000 x 4000 zeros (320 MB once parsed)."""
+    header = "cell," + ",".join(f"g{i}" for i in range(4000)) + "\n"
+    row = "," + ",".join(["0"] * 4000) + "\n"
+    body = header + "".join(f"c{i}{row}" for i in range(4000))
+    p.write_bytes(gzip.compress(body.encode(), 9))
+    return p
+
+
+def _replace_x(p: Path, values: np.ndarray) -> Path:
+    _write(_adata(n=6, g=4), p)
+    with h5py.File(p, "r+") as f:
+        del f["X"]
+        f["X"] = values
+        f["X"].attrs["encoding-type"], f["X"].attrs["encoding-version"] = "array", "0.2.0"
+    return p
+
+
+def _sparse_obsm(p: Path) -> Path:
+    a = _adata()
+    a.obsm["X_sparse"] = sp.csr_matrix(np.eye(a.n_obs, 4, dtype=np.float32))
+    return _write(a, p)
+
+
+def _external_x(p: Path) -> Path:
+    """X whose bytes live in another file (HDF5 external storage): never followed."""
+    secret = p.with_name("secret.bin")
+    secret.write_bytes(np.arange(24, dtype=np.float32).tobytes())
+    _write(_adata(n=6, g=4), p)
+    with h5py.File(p, "r+") as f:
+        del f["X"]
+        f.create_dataset("X", shape=(6, 4), dtype="f4", external=[(str(secret), 0, 96)])
+    return p
+
+
+def _external_link(p: Path) -> Path:
+    """An obsm entry that is an HDF5 link into another .h5ad on the server."""
+    other = _write(_adata(seed=9), p.with_name("someone_elses.h5ad"))
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f["obsm/X_theirs"] = h5py.ExternalLink(str(other), "/X")
+    return p
+
+
+def _uns_bomb(p: Path) -> Path:
+    """A compressed, never-written uns array of 2e8 float64 (1.5 GB in memory)."""
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f.create_dataset(
+            "uns/blob", shape=(200_000_000,), dtype="f8", chunks=(1 << 20,), compression="gzip"
+        )
+    return p
+
+
+HOSTILE = {
+    "csr_index_2e9_and_negative": (
+        lambda t: _patch_csr(t / "x.h5ad", indices=[(0, 2_000_000_000), (1, -5)]),
+        ["info"],
+        "outside 0..11",
+    ),
+    "csr_index_just_out_of_range": (
+        lambda t: _patch_csr(t / "x.h5ad", indices=[(3, 12)]),
+        ["info"],
+        "index 12 outside 0..11",
+    ),
+    "indptr_not_monotonic": (lambda t: _indptr_swap(t / "x.h5ad"), ["info"], "decreasing indptr"),
+    "indptr_not_ending_at_nnz": (
+        lambda t: _indptr_short_end(t / "x.h5ad"),
+        ["info"],
+        "indptr ending at",
+    ),
+    "indptr_not_starting_at_0": (
+        lambda t: _patch_csr(t / "x.h5ad", indptr=[(0, 1)]),
+        ["info"],
+        "does not start at 0",
+    ),
+    "mtx_header_2e9_rows": (
+        lambda t: _mtx_zip(t / "m.zip", 2_000_000_000),
+        ["info"],
+        "declares 2000000000 genes",
+    ),
+    "mtx_entry_outside_header": (
+        lambda t: _mtx_zip(t / "m.zip", 1, n_genes=1),
+        ["info"],
+        "outside its declared",
+    ),
+    "obsm_compression_bomb": (
+        lambda t: _obsm_bomb(t / "o.h5ad"),
+        ["info"],
+        "obsm['X_bomb'] (dense 100 x 5000000) needs 3.7 GB",
+    ),
+    "sparse_x_40M_nnz": (
+        lambda t: _nnz_bomb(t / "s.h5ad"),
+        ["info"],
+        "40,000,000 non-zeros) needs 305.2 MB",
+    ),
+    "csv_gz_4000x4000": (lambda t: _csv_gz_bomb(t / "b.csv.gz"), ["info"], "dense 4000 x 4000"),
+    "x_of_strings": (
+        lambda t: _replace_x(t / "s.h5ad", np.full((6, 4), "text", dtype=object).astype("S4")),
+        ["info"],
+        "X holds text",
+    ),
+    "complex_x": (
+        lambda t: _replace_x(t / "c.h5ad", np.ones((6, 4), np.complex64)),
+        ["info"],
+        "complex numbers",
+    ),
+    "sparse_obsm": (
+        lambda t: _sparse_obsm(t / "o.h5ad"),
+        ["info"],
+        "obsm['X_sparse'] is a sparse matrix",
+    ),
+    "obsm_external_link": (
+        lambda t: _external_link(t / "l.h5ad"),
+        ["info"],
+        "obsm['X_theirs'] links to another file",
+    ),
+    "uns_compression_bomb": (lambda t: _uns_bomb(t / "u.h5ad"), ["info"], "uns needs 1.5 GB"),
+    "x_in_external_file": (
+        lambda t: _external_x(t / "e.h5ad"),
+        ["info"],
+        "stores its values in another file",
+    ),
+}
+
 # id: (make(tmp) -> file, command args (file appended), expected words)
 CORPUS = {
     "truncated_h5ad": (lambda t: _trunc(t / "t.h5ad"), ["info"], "truncated"),
@@ -255,19 +464,50 @@ CORPUS = {
         "could not be read",
     ),
     "scaled_data_for_scgen_counts": (lambda t: _write(_adata(), t / "c.h5ad"), SCGEN, "raw counts"),
+    **HOSTILE,
 }
+CLI_MEMORY_CAP = 4 * 2**30  # address space of each CLI subprocess (torch needs ~1.2 GB)
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CLI_MEMORY_CAP, CLI_MEMORY_CAP))
+
+
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` in a subprocess under a memory cap."""
+    env = {**os.environ, "SCWB_MEMORY_BUDGET_GB": BUDGET_GB, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_cap_memory,
+    )
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
-def test_cli_one_line_nonzero(case, tmp_path, capsys):
+def test_cli_one_line_exit_2(case, tmp_path):
     make, args, words = CORPUS[case]
     path = make(tmp_path)
     argv = [a.format(tmp=tmp_path) for a in args] + [str(path)]
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
+    proc = run_cli(argv)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert not (tmp_path / "run" / "results.h5ad").exists()
+
+
+def test_hostile_files_are_small(tmp_path):
+    """The bombs are small files (what makes them bombs); the mtx zip is the 437-byte kind."""
+    sizes = {}
+    for case, (make, _, _) in HOSTILE.items():
+        (tmp_path / case).mkdir()
+        sizes[case] = make(tmp_path / case).stat().st_size
+    assert sizes["mtx_header_2e9_rows"] < 1000
+    assert sizes["csv_gz_4000x4000"] < 80_000
+    assert sizes["obsm_compression_bomb"] < 200_000 and sizes["sparse_x_40M_nnz"] < 200_000
 
 
 def test_memory_budget_is_checked_before_loading(tmp_path, monkeypatch, capsys):
@@ -336,13 +576,27 @@ FILE_CASES = [
 ]
 
 
+def plain(text: str) -> str:
+    """A message as the user reads it (``ui.state.md`` escapes markdown with backslashes)."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def workspace_files(home: Path) -> list[str]:
+    """Every file under the workspace's datasets folder, hidden ones included."""
+    root = home / "datasets"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 @pytest.mark.parametrize("case", FILE_CASES)
-def test_app_upload_shows_one_line_and_keeps_working(case, tmp_path):
+def test_app_upload_shows_one_line_and_keeps_working(case, tmp_path, monkeypatch, workspace):
     from streamlit.testing.v1 import AppTest
 
     from engine import datasets
     from tests.conftest import ROOT
 
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", BUDGET_GB)
     path = CORPUS[case][0](tmp_path)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()
@@ -350,13 +604,15 @@ def test_app_upload_shows_one_line_and_keeps_working(case, tmp_path):
     at.file_uploader[0].upload(path.name, path.read_bytes()).run()
     next(b for b in at.button if b.label == "Load file").click().run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [plain(e.value) for e in at.error]
     assert len(errors) == 1 and "\n" not in errors[0] and CORPUS[case][2] in errors[0], errors
-    assert datasets.list_datasets() == []
+    assert datasets.list_datasets() == [] and workspace_files(workspace) == []
     good = _write(_adata(), tmp_path / "good.h5ad")
     at.file_uploader[0].clear().upload("good.h5ad", good.read_bytes()).run()
     next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception and not at.error
     assert [d["name"] for d in datasets.list_datasets()] == ["good"]
+    assert {m.label: m.value for m in at.metric}["Cells"] == "60"
 
 
 @pytest.mark.parametrize(
@@ -384,7 +640,7 @@ def test_app_train_refuses_at_once(case, tmp_path):
     assert not at.exception
     if case != "one_class_label":
         next(b for b in at.button if b.label == "Submit").click().run()
-        errors = [e.value for e in at.error]
+        errors = [plain(e.value) for e in at.error]
         assert len(errors) == 1 and CORPUS[case][2] in errors[0], errors
     else:  # a one-value column is no label column: the page never offers it
         label_box = next(b for b in at.selectbox if b.label == "Label column")

@@ -165,3 +165,42 @@ def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, args, message):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_train_on_values_may_hold_commas_and_seeds_make_a_group(monkeypatch, lognorm_file):
+    from engine import cli, jobs
+
+    args = cli.parser().parse_args(
+        ["train", "--model", "autoencoder", "--data", lognorm_file, "--out", "x",
+         "--train-on", "cell_type=CD4,CD8", "--train-on", "cell_type=B cell",
+         "--param", "widths=8,4"]
+    )  # fmt: skip
+    spec = cli._spec(args, "x")
+    assert spec.train_on == {"cell_type": ["CD4,CD8", "B cell"]}
+    assert spec.params["widths"] == "8,4"
+
+    submitted = []
+    monkeypatch.setattr(jobs, "submit", lambda s: submitted.append(s) or f"run-{s.seed}")
+    code = cli.main(
+        ["submit", "--model", "mlp", "--data", lognorm_file, "--label-key", "cell_type",
+         "--seeds", "0,1,2"]
+    )  # fmt: skip
+    assert code == 0 and [s.seed for s in submitted] == [0, 1, 2]
+    assert len({s.group for s in submitted}) == 1 and submitted[0].group
+
+
+def test_train_on_a_label_with_a_comma_selects_exactly_those_cells(tmp_path, lognorm_adata):
+    import numpy as np
+
+    from engine import io, train
+    from engine.spec import RunSpec
+
+    a = lognorm_adata.copy()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str).replace({"T cell": "CD4,CD8"})
+    path = io.write_h5ad(a, tmp_path / "comma.h5ad")
+    spec = RunSpec(
+        model="pca", data=str(path), out=str(tmp_path / "r"), train_on={"cell_type": ["CD4,CD8"]}
+    )
+    train.run(spec)
+    split = np.load(tmp_path / "r" / "split.npz")
+    assert set(a.obs["cell_type"].iloc[split["train"]]) == {"CD4,CD8"}

@@ -12,7 +12,6 @@ import pytest
 
 from engine import export, train
 from engine.spec import RunSpec
-from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -31,7 +30,7 @@ def test_script_reproduces_metrics(tmp_path, lognorm_file, model, kw):
         [sys.executable, str(script), lognorm_file, str(tmp_path / "again")],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,  # any folder: the script finds the engine by itself
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -58,7 +57,89 @@ def test_bundle_and_annotated_h5ad(tmp_path, lognorm_file):
         res = ad.read_h5ad(pyio.BytesIO(zf.read("results.h5ad")))
     assert (
         "X_autoencoder" in res.obsm
-        and {"reconstruction", "abnormality"} <= set(res.layers)
+        and {"reconstruction", "residual"} <= set(res.layers)
         and "abnormality" in res.obs
     )
     assert export.metrics_csv(run_dir).startswith("metric,value\ntest_mse,")
+
+
+def test_zip_has_regular_files_only(tmp_path, lognorm_file):
+    run_dir = tmp_path / "run"
+    train.run(RunSpec(model="pca", data=lognorm_file, out=str(run_dir)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not ship me")
+    (run_dir / "passwd").symlink_to(secret)
+    (run_dir / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
+        names = zf.namelist()
+        assert "passwd" not in names and not any(n.startswith("linked_dir") for n in names)
+        assert all(b"do not ship me" not in zf.read(n) for n in names)
+
+
+def test_csv_cells_never_become_formulas(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(
+        json.dumps({'=HYPERLINK("http://x")': 1.0, "note": "+cmd|' /C calc'!A0", "ok": "-1"})
+    )
+    rows = export.metrics_csv(run_dir).splitlines()[1:]
+    assert all(not r.lstrip('"').startswith(("=", "+", "-", "@")) for r in rows)
+    assert any("'=HYPERLINK" in r for r in rows) and any(",'+cmd" in r for r in rows)
+
+
+HOSTILE = "x'''\"\"\"; import os; os.system('touch PWNED'); '''"
+
+
+def test_reproduce_script_with_hostile_names_runs_no_injected_code(tmp_path, lognorm_adata):
+    from engine import io
+
+    a = lognorm_adata.copy()
+    a.obs[HOSTILE] = a.obs["cell_type"]
+    data = io.write_h5ad(a, tmp_path / "data.h5ad")
+    run_dir = tmp_path / "run's\"dir"
+    metrics = train.run(
+        RunSpec(model="sk_logreg", data=str(data), out=str(run_dir), label_key=HOSTILE)
+    )
+    script = tmp_path / "reproduce.py"
+    script.write_text(export.script(run_dir))
+    compile(script.read_text(), str(script), "exec")  # valid Python whatever the names
+    out = subprocess.run(
+        [sys.executable, str(script), str(data), str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "PWNED").exists()
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_reproduce_script_rebuilds_the_input_from_raw_data(tmp_path, counts_adata):
+    from engine import io
+    from engine import preprocess as pp
+
+    raw = io.write_h5ad(counts_adata, tmp_path / "raw.h5ad")
+    recipe = pp.Recipe([pp.Step("normalize", {"target_sum": 1e4}), pp.Step("hvg", {"n_top": 50})])
+    pre, _ = pp.apply(counts_adata, recipe)
+    data = io.write_h5ad(pre, tmp_path / "pre.h5ad")
+    run_dir = tmp_path / "run"
+    metrics = train.run(
+        RunSpec(model="sk_logreg", data=str(data), out=str(run_dir), label_key="cell_type")
+    )
+    text = export.script(run_dir)
+    assert '"hvg"' in text, "the recipe that made the input travels with the script"
+    script = tmp_path / "reproduce.py"
+    script.write_text(text)
+    rebuilt, again = tmp_path / "rebuilt.h5ad", tmp_path / "again"
+    out = subprocess.run(
+        [sys.executable, str(script), "--raw", str(raw), str(rebuilt), str(again)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads((again / "metrics.json").read_text())
+    assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"])

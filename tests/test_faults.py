@@ -2,6 +2,7 @@
 restart (see test_jobs). Nothing finished is lost and every state shown is true."""
 
 import errno
+import os
 
 import pytest
 
@@ -55,3 +56,117 @@ def test_missing_status_json_is_listed_not_fatal(workspace, lognorm_file):
         and "missing or corrupt" in rows[run_dir.name]["error"]
     )
     assert (run_dir / "metrics.json").exists() and (run_dir / "results.h5ad").exists()
+
+
+# ----------------------------------------------------------------------------- real faults
+LONG_MLP = dict(model="mlp", label_key="cell_type", epochs=5000, patience=5000)
+
+
+def _files(folder):
+    return {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_listing_never_writes_and_recover_persists(workspace):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = workspace / "runs" / "20260101-000000-mlp-dead"
+    orphan.mkdir(parents=True)
+    runs.write_json(orphan / "run.json", {"model": "mlp", "created": "2026-01-01T00:00:00"})
+    runs.write_json(
+        orphan / "status.json", {"state": "running", "supervisor_pid": dead.pid, "epoch": 3}
+    )
+    before = _files(workspace)
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows[orphan.name]["state"] == "interrupted"
+    assert jobs.status(orphan.name)["state"] == "interrupted"
+    assert _files(workspace) == before, "listing wrote to the workspace"
+    assert jobs.recover() == [orphan.name]
+    assert runs.read_json(orphan / "status.json")["state"] == "interrupted"
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 6 MB tmpfs the test owns (skipped where mounting is not allowed)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command here")
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {out.stderr.strip()[:120]}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(folder):
+    """Write until the filesystem is full; return the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    try:  # the last few bytes too
+        with open(folder / "filler2", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 512)
+                fh.flush()
+    except OSError:
+        pass
+    return filler
+
+
+def test_real_disk_full_fails_the_run_lists_without_writing_and_leaks_nothing(
+    small_fs, monkeypatch, lognorm_file
+):
+    import time
+
+    from engine.errors import ScwbError
+
+    home = small_fs / "scwb"
+    monkeypatch.setenv("SCWB_HOME", str(home))
+    run_dir = jobs.submit(RunSpec(data=lognorm_file, **LONG_MLP))
+    t0 = time.time()
+    while runs.read_status(run_dir).get("epoch", 0) < 1 and time.time() - t0 < 120:
+        time.sleep(0.2)
+    assert runs.read_status(run_dir)["state"] == "running"
+    filler = _fill(small_fs)
+
+    t0 = time.time()  # the run cannot write: every reader sees it failed, at once
+    while jobs.status(run_dir)["state"] in runs.ACTIVE and time.time() - t0 < 60:
+        time.sleep(0.3)
+    st = jobs.status(run_dir)
+    assert st["state"] == "failed" and "disk is full" in st["error"], st
+    rows = jobs.list_jobs()  # listing works on a full disk (it never writes)
+    assert [r["state"] for r in rows] == ["failed"]
+    with pytest.raises(ScwbError, match="disk is full") as exc:
+        jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1))
+    assert "\n" not in str(exc.value)
+    assert [r["id"] for r in jobs.list_jobs()] == [run_dir.name]  # no empty folder listed
+    assert not [p for p in (home / "runs").iterdir() if p.name.endswith(".partial")]
+
+    filler.unlink()
+    (small_fs / "filler2").unlink(missing_ok=True)
+    t0 = time.time()  # as soon as space allows, status.json itself says so
+    while runs.read_json(run_dir / "status.json", {}).get("state") != "failed":
+        assert time.time() - t0 < 30, runs.read_json(run_dir / "status.json")
+        time.sleep(0.3)
+    assert "disk is full" in runs.read_json(run_dir / "status.json")["error"]
+    leaked = [str(p) for p in home.rglob("*.tmp")]
+    assert not leaked, leaked

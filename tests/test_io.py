@@ -1,5 +1,7 @@
 import gzip
 import io as pyio
+import json
+import os
 import zipfile
 
 import anndata as ad
@@ -240,13 +242,286 @@ def test_validation_messages():
 def test_qc_metrics_from_counts_and_from_obs(counts_adata):
     qc = io.qc_metrics(counts_adata)
     x = counts_adata.X.toarray()
-    np.testing.assert_array_equal(qc["n_genes"], (x > 0).sum(1))
+    np.testing.assert_array_equal(qc["n_genes_by_counts"], (x > 0).sum(1))
     np.testing.assert_allclose(qc["total_counts"], x.sum(1))
-    assert qc["pct_mito"].between(0, 100).all()
+    mt = counts_adata.var_names.str.startswith("MT-")
+    np.testing.assert_allclose(qc["pct_counts_mt"], 100 * x[:, mt].sum(1) / x.sum(1), rtol=1e-5)
     from engine.demos import load_demo
 
     pbmc = load_demo("pbmc68k_reduced")  # scaled X, QC columns in obs (percent_mito as a fraction)
     qc2 = io.qc_metrics(pbmc)
-    np.testing.assert_allclose(qc2["pct_mito"], pbmc.obs["percent_mito"] * 100)
+    np.testing.assert_allclose(qc2["pct_counts_mt"], pbmc.obs["percent_mito"] * 100)
     scaled = ad.AnnData(X=np.random.default_rng(0).normal(size=(20, 5)).astype(np.float32))
     assert io.qc_metrics(scaled).empty
+
+
+# ----------------------------------------------------------------------------- structure checks
+def test_structural_checks_run_before_in_process_reads(tmp_path):
+    """``io.read`` (trusted paths, in this process) validates like the reader child does."""
+    from tests.test_bad_input import _indptr_swap, _patch_csr
+
+    with pytest.raises(ScwbError, match="outside 0..11"):
+        io.read(_patch_csr(tmp_path / "a.h5ad", indices=[(0, 2_000_000_000), (1, -5)]))
+    with pytest.raises(ScwbError, match="decreasing indptr"):
+        io.read(_indptr_swap(tmp_path / "b.h5ad"))
+
+
+def test_every_matrix_is_sized_with_its_dtype(tmp_path, monkeypatch):
+    """float64 counts 8 bytes; layers, obsm, varm and raw count, alone and together."""
+    from engine import reader
+
+    a = _small(n=40, g=10)
+    a.layers["f64"] = np.ones((40, 10), np.float64)
+    a.obsm["X_e"] = np.ones((40, 3), np.float64)
+    a.varm["PCs"] = np.ones((10, 2), np.float32)
+    a.raw = a.copy()
+    p = io.write_h5ad(a, tmp_path / "a.h5ad")
+    sizes = reader.check_h5ad(p, "a.h5ad")
+    assert sizes["layers['f64']"] == 40 * 10 * 8
+    assert sizes["obsm['X_e']"] == 40 * 3 * 8 and sizes["varm['PCs']"] == 10 * 2 * 4
+    x = a.X
+    assert sizes["X"] == x.nnz * (x.data.itemsize + x.indices.itemsize) + x.indptr.nbytes
+    assert sizes["raw.X"] == sizes["X"]
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(3000 / 2**30))  # under the layer alone
+    with pytest.raises(ScwbError, match=r"layers\['f64'\] \(dense 40 x 10\) needs 3.1 KB"):
+        io.read(p)
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str((sum(sizes.values()) - 1) / 2**30))
+    with pytest.raises(ScwbError, match="the whole file"):
+        io.read(p)
+
+
+def test_mtx_folder_is_parsed_and_checked(tmp_path):
+    a = _small()
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    scipy.io.mmwrite(folder / "matrix.mtx", sp.csr_matrix(a.X).T.tocoo())
+    pd.DataFrame({"id": a.var_names, "name": a.var_names}).to_csv(
+        folder / "genes.tsv", sep="\t", header=False, index=False
+    )
+    pd.Series(a.obs_names).to_csv(folder / "barcodes.tsv", sep="\t", header=False, index=False)
+    b = io.read(folder)
+    np.testing.assert_allclose(b.X.toarray(), a.X.toarray())
+    assert list(b.obs_names) == list(a.obs_names) and list(b.var_names) == list(a.var_names)
+    (folder / "barcodes.tsv").write_text("only_one\n")
+    with pytest.raises(ScwbError, match="do not belong together"):
+        io.read(folder)
+
+
+def test_gzip_table_is_bounded_by_streaming(tmp_path, monkeypatch):
+    """A highly compressible .csv.gz is measured by decompressing it (stopping past the
+    budget), not by guessing a ratio."""
+    body = "cell," + ",".join(f"g{i}" for i in range(300)) + "\n"
+    body += "".join(f"c{i}," + ",".join(["0"] * 300) + "\n" for i in range(3000))
+    p = tmp_path / "z.csv.gz"
+    p.write_bytes(gzip.compress(body.encode(), 9))
+    assert p.stat().st_size * 5 < len(body) / 10  # the old 5x guess would have let it through
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(len(body) / 2 / 2**30))
+    with pytest.raises(ScwbError, match="decompressed text, at least"):
+        io.read(p)
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(3000 * 300 * 20 / 2 / 2**30))
+    with pytest.raises(ScwbError, match="dense 3000 x 300"):
+        io.read(p)
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", "1")
+    assert io.read(p).shape == (3000, 300)
+
+
+def test_uploads_are_streamed_in_chunks(tmp_path):
+    """A file object is copied to disk in bounded chunks, never read whole."""
+    data = io.write_h5ad(_small(), tmp_path / "a.h5ad").read_bytes()
+
+    class Upload(pyio.BytesIO):
+        def read(self, size=-1):
+            assert size is not None and 0 < size <= 1 << 20, size
+            return super().read(size)
+
+    assert io.read(Upload(data), filename="a.h5ad").shape == (30, 12)
+
+
+# ----------------------------------------------------------------------------- the reader child
+def test_reader_child_crash_is_one_line_and_saves_nothing(tmp_path, monkeypatch, workspace):
+    """Whatever slips past the checks costs one child: a crash by signal is one line."""
+    import sys
+
+    from engine import datasets
+
+    p = io.write_h5ad(_small(), tmp_path / "a.h5ad")
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))
+    with pytest.raises(ScwbError) as err:
+        datasets.import_file(p, "a")
+    assert str(err.value) == (
+        "a.h5ad could not be read safely (the reader crashed with SIGSEGV); the file is malformed."
+    )
+    assert datasets.list_datasets() == []
+    assert [q for q in (workspace / "datasets").rglob("*") if q.is_file()] == []
+
+
+def test_reader_child_runs_under_a_memory_cap(tmp_path, monkeypatch):
+    """The child sets RLIMIT_AS itself: with a cap too small to import numpy it fails, as one
+    line, and the parent is untouched."""
+    from engine import reader
+
+    p = io.write_h5ad(_small(), tmp_path / "a.h5ad")
+    monkeypatch.setattr(reader, "child_memory_limit", lambda: 64 * 2**20)
+    with pytest.raises(ScwbError) as err:
+        reader.describe_file(p)
+    assert "\n" not in str(err.value) and "a.h5ad" in str(err.value)
+    monkeypatch.undo()
+    assert reader.describe_file(p)["n_obs"] == 30
+
+
+# ----------------------------------------------------------------------------- identity
+def test_dataset_keys_never_collide_and_load_exactly(workspace):
+    from engine import datasets
+
+    a, b = _small(seed=0), _small(seed=1)
+    ka, kb = datasets.save(a, "same name"), datasets.save(b, "same name")
+    assert ka != kb
+    np.testing.assert_array_equal(datasets.load(ka).X.toarray(), a.X.toarray())
+    np.testing.assert_array_equal(datasets.load(kb).X.toarray(), b.X.toarray())
+    assert datasets.save(a, "same name") == ka  # identical content and name: the same key
+    # the same matrix with other labels is another dataset
+    c = _small(seed=0)
+    c.obs["t"] = pd.Categorical(["x", "y"] * 15)
+    kc = datasets.save(c, "same name")
+    assert kc not in (ka, kb)
+    assert list(datasets.load(kc).obs["t"][:2]) == ["x", "y"]
+    rows = {r["key"]: r for r in datasets.list_datasets()}
+    assert set(rows) == {ka, kb, kc}
+    assert {r["name"] for r in rows.values()} == {"same name"}
+    assert rows[ka]["fingerprint"] == io.fingerprint(a) == datasets.fingerprint(ka)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("α1", "β1"),
+        ("T細胞", "B細胞"),
+        ("x" * 76 + ".h5ad", "x" * 76 + ".csv"),
+        ("../../etc/passwd", "..\\..\\evil"),
+        ("[click](http://evil.example)", "**bold**"),
+    ],
+)
+def test_any_name_is_a_label_beside_a_safe_key(workspace, names):
+    from engine import datasets
+
+    keys = [datasets.save(_small(seed=i), n) for i, n in enumerate(names)]
+    assert len(set(keys)) == 2
+    for key, name in zip(keys, names, strict=True):
+        assert key.isascii() and "/" not in key and "\\" not in key and len(key) <= 80
+        assert datasets.label(key) == name
+        assert datasets.path(key).parent == workspace / "datasets"
+        assert datasets.load(key).n_obs == 30
+        datasets.delete(key)
+        assert not datasets.path(key).exists()
+    assert datasets.list_datasets() == []
+
+
+def test_keys_are_checked_not_rewritten(workspace):
+    from engine import datasets
+
+    for bad in ("../x", "a/b", "", "é", ".hidden"):
+        with pytest.raises(ScwbError, match="not a dataset key"):
+            datasets.path(bad)
+
+
+def _fake_run(workspace, run_id, state, **spec):
+    from engine import runs
+
+    d = workspace / "runs" / run_id
+    d.mkdir(parents=True)
+    runs.write_json(d / "run.json", spec)
+    runs.write_json(d / "status.json", {"state": state})
+    return d
+
+
+def test_delete_refuses_while_a_run_uses_the_dataset(workspace, capsys):
+    from engine import datasets, runs
+    from engine.cli import main
+
+    key = datasets.save(_small(), "used")
+    other = datasets.save(_small(seed=3), "other")
+    run = _fake_run(workspace, "r1", "queued", dataset_key=key)
+    _fake_run(workspace, "r2", "running", data=str(datasets.path(key)))
+    _fake_run(workspace, "r3", "running", dataset_key=other)
+    with pytest.raises(ScwbError, match="used by the queued run r1 and 1 more"):
+        datasets.delete(key)
+    assert main(["datasets", "delete", key]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "used by" in err[0]
+    assert datasets.path(key).exists()
+    runs.write_json(run / "status.json", {"state": "completed"})
+    runs.write_json(workspace / "runs" / "r2" / "status.json", {"state": "failed"})
+    assert main(["datasets", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["key"] for r in listed} == {key, other} and all("fingerprint" in r for r in listed)
+    assert main(["datasets", "delete", key]) == 0
+    assert not datasets.path(key).exists() and datasets.path(other).exists()
+    assert main(["datasets", "delete", key]) == 2  # gone: one line, not a traceback
+    assert "No dataset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- disk full
+def test_disk_full_on_upload_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, workspace):
+    import errno
+
+    from engine import datasets
+
+    data = io.write_h5ad(_small(), tmp_path / "a.h5ad").read_bytes()
+
+    def full(fh, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "_write_chunk", full)
+    with pytest.raises(ScwbError, match="The disk is full"):
+        datasets.import_upload(pyio.BytesIO(data), "a", filename="a.h5ad")
+    assert [q for q in (workspace / "datasets").rglob("*") if q.is_file()] == []
+    monkeypatch.undo()
+    real_replace = os.replace
+
+    def full_replace(src, dst):
+        if str(dst).endswith(".h5ad"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_replace)
+    with pytest.raises(ScwbError, match="The disk is full"):
+        datasets.save(_small(), "b")
+    assert [q for q in (workspace / "datasets").rglob("*") if q.is_file()] == []
+
+
+def test_hdf5_links_and_10x_h5_structure_are_checked(tmp_path):
+    other = io.write_h5ad(_small(seed=5), tmp_path / "someone_elses.h5ad")
+    p = io.write_h5ad(_small(), tmp_path / "a.h5ad")
+    with h5py.File(p, "r+") as f:
+        f["obsm/X_theirs"] = h5py.ExternalLink(str(other), "/X")
+    with pytest.raises(ScwbError, match=r"obsm\['X_theirs'\] links to another file"):
+        io.read(p)
+    a = _small()
+    m = sp.csc_matrix(a.X.T)
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        indices = m.indices.copy()
+        indices[0] = 2_000_000_000
+        g["data"], g["indices"], g["indptr"], g["shape"] = m.data, indices, m.indptr, m.shape
+    with pytest.raises(ScwbError, match="index 2000000000 outside 0..11"):
+        io.read(path)
+
+
+def test_incoming_files_left_by_a_killed_server_are_swept(workspace):
+    import time
+
+    from engine import datasets
+
+    incoming = workspace / "datasets" / ".incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh = incoming / "old.h5ad", incoming / "busy.h5ad"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")  # another session's upload in progress: kept
+    old = time.time() - datasets.STALE_S - 60
+    os.utime(stale, (old, old))
+    datasets.save(_small(), "a")
+    assert not stale.exists() and fresh.exists()

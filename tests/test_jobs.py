@@ -202,3 +202,159 @@ def test_batches_shard_disjointly_across_ranks():
         len(seen[0]) == len(seen[1]) == 50
     )  # 51 each; a last batch of one cell is skipped (BatchNorm)
     assert not set(seen[0].flatten().tolist()) & set(seen[1].flatten().tolist())
+
+
+# ----------------------------------------------------------------------------- queue, lanes, hosts
+LONG_MLP = dict(model="mlp", label_key="cell_type", epochs=5000, patience=5000)
+
+
+def _procs() -> list[str]:
+    return subprocess.run(
+        ["ps", "-eww", "-o", "args"], capture_output=True, text=True
+    ).stdout.splitlines()
+
+
+def test_queued_runs_cost_no_process_and_the_queue_is_capped(workspace, monkeypatch, lognorm_file):
+    from engine.errors import ScwbError
+
+    monkeypatch.setenv("SCWB_SLOTS", "1")
+    monkeypatch.setenv("SCWB_MAX_QUEUED", "3")
+    a = jobs.submit(RunSpec(data=lognorm_file, **LONG_MLP))
+    _wait_state(a, {"running"})
+    queued = [
+        jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1))
+        for _ in range(3)
+    ]
+    with pytest.raises(ScwbError, match="3 runs are already waiting") as exc:
+        jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1))
+    assert "SCWB_MAX_QUEUED" in str(exc.value) and "\n" not in str(exc.value)
+    time.sleep(1.0)
+    procs = _procs()
+    assert not [p for p in procs if any(q.name in p for q in queued)], "a queued run has a process"
+    dispatchers = [p for p in procs if "--dispatch" in p and str(workspace) in p]
+    assert len(dispatchers) == 1, dispatchers
+    assert [runs.read_status(q)["state"] for q in queued] == ["queued"] * 3
+    for q in queued:
+        jobs.cancel(q)
+        assert runs.read_status(q)["state"] == "cancelled"  # at once: nothing was running
+    jobs.cancel(a)
+    assert jobs.wait(a, timeout=60)["state"] == "cancelled"
+    t0 = time.time()  # the dispatcher leaves once the queue is empty
+    while [p for p in _procs() if "--dispatch" in p and str(workspace) in p]:
+        assert time.time() - t0 < 20, "the dispatcher outlived its queue"
+        time.sleep(0.3)
+
+
+def test_sklearn_baselines_never_wait_behind_long_runs(monkeypatch, lognorm_file):
+    monkeypatch.setenv("SCWB_SLOTS", "1")
+    a = jobs.submit(RunSpec(data=lognorm_file, **LONG_MLP))
+    _wait_state(a, {"running"})
+    b = jobs.submit(RunSpec(model="sk_logreg", data=lognorm_file, label_key="cell_type"))
+    st = jobs.wait(b, timeout=120)
+    assert st["state"] == "completed" and st["lane"] == "light", st
+    assert runs.read_status(a)["state"] == "running"  # the long run holds the only device slot
+    jobs.cancel(a)
+    assert jobs.wait(a, timeout=60)["state"] == "cancelled"
+
+
+def _foreign_run(root, name, state, **status):
+    d = root / name
+    d.mkdir(parents=True)
+    runs.write_json(d / "run.json", {"model": "mlp", "created": "2026-01-01T00:00:00"})
+    runs.write_json(d / "status.json", {"state": state, "launcher": "local", **status})
+    return d
+
+
+def test_two_hosts_sharing_a_workspace_never_interrupt_each_others_live_runs(workspace):
+    from engine import launchers
+
+    root = workspace / "runs"
+    live = _foreign_run(
+        root, "20260101-000001-mlp-live", "running", host="other-host", supervisor_pid=os.getpid()
+    )
+    (live / "heartbeat").write_text("1")
+    gone = _foreign_run(
+        root, "20260101-000002-mlp-gone", "running", host="other-host", supervisor_pid=os.getpid()
+    )
+    (gone / "heartbeat").write_text("1")
+    old = time.time() - 3600
+    os.utime(gone / "heartbeat", (old, old))  # its host stopped beating an hour ago
+    waiting = _foreign_run(root, "20260101-000003-mlp-wait", "queued", host="other-host")
+    qdir = launchers.queue_dir(root, "other-host")
+    qdir.mkdir(parents=True)
+    runs.write_json(qdir / ".dispatcher.json", {"pid": 1, "host": "other-host"})
+
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows[live.name]["state"] == "running"  # a pid is never checked across hosts
+    assert rows[waiting.name]["state"] == "queued"
+    assert rows[gone.name]["state"] == "interrupted"
+    assert "other-host" in rows[gone.name]["error"] and rows[gone.name]["host"] == "other-host"
+    assert jobs.recover() == [gone.name]
+    assert runs.read_status(live)["state"] == "running"
+    assert launchers.slots_dir(root).name == launchers.host()  # slot locks are per host
+
+
+def test_gpu_count_is_asked_once_per_process(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(jobs, "_GPU_COUNT", {})
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return SimpleNamespace(stdout="GPU 0: H100 (UUID: a)\nGPU 1: H100 (UUID: b)\n")
+
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    assert [jobs.gpu_count() for _ in range(5)] == [2] * 5
+    assert [jobs.n_slots() for _ in range(3)] == [2] * 3
+    assert calls == [["nvidia-smi", "-L"]]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert jobs.gpu_count() == 1 and len(calls) == 1
+
+
+def test_listing_many_runs_is_cached_and_cheap(workspace, monkeypatch):
+    import json
+
+    root = workspace / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(3000):
+        d = root / f"20260101-{i:06d}-mlp-x"
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"model": "mlp", "created": f"2026-01-01 {i:06d}"}))
+        (d / "status.json").write_text(json.dumps({"state": "completed", "epoch": 3}))
+    t0 = time.perf_counter()
+    first = jobs.list_jobs()
+    t1 = time.perf_counter()
+    again = jobs.list_jobs()
+    t2 = time.perf_counter()
+    assert len(first) == len(again) == 3000 and first == again
+    assert t2 - t1 < 0.5 and t2 - t1 < (t1 - t0) / 3, (t1 - t0, t2 - t1)
+    new = root / "20270101-000000-mlp-new"  # a new run is seen at once (the folder's mtime moved)
+    new.mkdir()
+    runs.write_json(new / "run.json", {"model": "mlp", "created": "2027-01-01"})
+    runs.write_json(new / "status.json", {"state": "completed"})
+    assert jobs.list_jobs()[0]["id"] == new.name
+    monkeypatch.setattr(runs, "RESCAN_S", 0.0)  # a finished run edited in place: at the next rescan
+    (root / first[5]["id"] / "status.json").unlink()
+    runs.write_json(root / first[6]["id"] / "status.json", {"state": "failed", "error": "x"})
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows[first[5]["id"]]["state"] == "failed" and rows[first[6]["id"]]["error"] == "x"
+
+
+def test_runs_left_queued_by_a_restart_wait_and_resume(monkeypatch, lognorm_file):
+    from engine import launchers
+
+    real = jobs.ensure_dispatcher
+    jobs.ensure_dispatcher = lambda root=None: None  # as if the dispatcher died with the machine
+    try:
+        run_dir = jobs.submit(
+            RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1)
+        )
+    finally:
+        jobs.ensure_dispatcher = real
+    monkeypatch.setattr(launchers, "START_GRACE_S", 0.0)
+    assert jobs.status(run_dir)["state"] == "queued"  # still in its queue: nothing was lost
+    assert jobs.resume_queue() is True  # the app's sidebar calls this once per process
+    assert jobs.wait(run_dir, timeout=120)["state"] == "completed"

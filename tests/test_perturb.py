@@ -9,6 +9,7 @@ import pytest
 
 from engine import evaluate, predict, train
 from engine.errors import ScwbError
+from engine.io import dense
 from engine.spec import RunSpec
 
 SMALL = {"n_hidden": 128, "n_latent": 10}
@@ -98,11 +99,50 @@ def test_predict_new_control_cells_with_saved_model(tmp_path, lognorm_file, logn
         **DESIGN,
     )
     train.run(spec)
-    ctrl = lognorm_adata[
-        (lognorm_adata.obs["condition"] == "control") & (lognorm_adata.obs["cell_type"] == "T cell")
-    ].copy()
+    ctrl = lognorm_adata[lognorm_adata.obs["condition"] == "control"].copy()
     out = predict.predict(spec.out, ctrl)
-    assert out.n_obs == ctrl.n_obs and set(out.obs["condition"]) == {"predicted"}
+    pred = out[out.obs["condition"] == "predicted"]
+    n_nk = int((ctrl.obs["cell_type"] == "NK cell").sum())
+    assert pred.n_obs == n_nk and set(pred.obs["cell_type"]) == {"NK cell"}
+    assert out.n_obs == ctrl.n_obs + n_nk and np.isfinite(out.obsm["X_scgen"]).all()
+    res = ad.read_h5ad(tmp_path / "run" / "results.h5ad")
+    same = res[pred.obs_names]  # the same control cells predicted in training
+    np.testing.assert_allclose(dense(pred.X), dense(same.X), atol=1e-4)
+
+
+def test_leave_one_out_targets_never_share_a_folder(tmp_path, lognorm_adata):
+    a = lognorm_adata.copy()
+    names = {
+        "T cell": "α-cell",
+        "B cell": "β-cell",
+        "Monocyte": "δ-cell",
+        "NK cell": "细胞 CD4,CD8",
+    }
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str).map(names).astype("category")
+    path = tmp_path / "greek.h5ad"
+    a.write_h5ad(path)
+    spec = RunSpec(
+        model="scgen",
+        data=str(path),
+        out=str(tmp_path / "loo"),
+        predict="all",
+        epochs=1,
+        params=SMALL,
+        **DESIGN,
+    )
+    train.run(spec)
+    table = pd.read_csv(tmp_path / "loo" / "loo.csv")
+    assert sorted(table["cell_type"]) == sorted(names.values())
+    assert table["folder"].nunique() == 4
+    for folder, target in zip(table["folder"], table["cell_type"], strict=True):
+        meta = json.loads((tmp_path / "loo" / folder / "model.json").read_text())
+        assert meta["target"] == target
+        assert (tmp_path / "loo" / folder / "metrics.json").exists()
+    res = ad.read_h5ad(tmp_path / "loo" / "results.h5ad")
+    info = res.uns["scwb"]["perturb"]
+    assert list(info["targets"]) == list(table["cell_type"])
+    assert list(info["target_dirs"]) == list(table["folder"])
+    assert list(res.uns["scwb"]["loo_table"]["cell_type"]) == list(table["cell_type"])
 
 
 def test_metric_definitions():

@@ -110,9 +110,9 @@ def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
     sub = qc.iloc[idx]
     figs = []
     for col, label in (
-        ("n_genes", "Genes detected per cell"),
+        ("n_genes_by_counts", "Genes detected per cell"),
         ("total_counts", "Counts per cell"),
-        ("pct_mito", "% mitochondrial counts"),
+        ("pct_counts_mt", "% mitochondrial counts"),
     ):
         if col in sub:
             fig = px.violin(

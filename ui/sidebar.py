@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from engine import jobs
@@ -12,6 +14,15 @@ def device_info() -> dict:
     from engine.device import detect
 
     return detect()
+
+
+@st.cache_resource(show_spinner=False)
+def resume_queue(home: str) -> bool:
+    """Once per app process and workspace: runs left queued by a restart start again."""
+    try:
+        return jobs.resume_queue()
+    except OSError:  # a full or read-only workspace: the queue waits for the next submit
+        return False
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -29,7 +40,12 @@ def active_runs() -> None:
         return
     for r in active[:6]:
         frac = min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1))
-        label = f"{r['model']} · {r['state']}" + (
+        where = (
+            f" · SLURM job {r['job_id']}"
+            if r.get("launcher") == "slurm" and r.get("job_id")
+            else ""
+        )
+        label = f"{r['model']} · {r['state']}{where}" + (
             f" · ETA {fmt_s(r['eta_s'])}"
             if r["state"] == "running" and r["eta_s"] is not None
             else ""
@@ -38,6 +54,7 @@ def active_runs() -> None:
 
 
 def draw() -> None:
+    resume_queue(os.environ.get("SCWB_HOME", ""))
     with st.sidebar:
         info = device_info()
         icon = ":material/memory:" if info["kind"] != "cpu" else ":material/computer:"

@@ -1,11 +1,16 @@
-"""What the user is working on, kept where a refresh or a restart finds it again.
+"""What the user is working on, per browser session, and safe rendering of user strings.
 
-The current dataset lives in the URL (``?dataset=NAME``) and in the workspace's ``state.json``;
-loaded datasets are cached by file content (path, size, mtime), so reruns do not read them again.
+The current dataset is a dataset **key** (``engine.datasets``) kept in the session
+(``st.session_state``) and in the URL (``?dataset=KEY``, so a refresh keeps it). Each tab is its
+own session: one tab's choice never changes another's. The workspace's ``state.json`` remembers
+the last choice only to seed a brand-new session. Loaded datasets are cached by file content
+(path, size, mtime), so reruns do not read them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +20,55 @@ import streamlit as st
 from engine import datasets, io, runs, workspace
 from engine.errors import ScwbError
 
+_MD_SPECIAL = re.compile(r"([\\`*~$|{}\[\]()!<>#])")
+_LOOSE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md(text: Any) -> str:
+    """``text`` made inert for ``st.markdown``/``st.error``/``st.caption``/button labels: one
+    line, every markdown special (``\\ ` * ~ $ | { } [ ] ( ) ! < > #``, an emphasis ``_``, a
+    leading list or quote marker) escaped, so a user's name never becomes a link, an image,
+    bold text, LaTeX or HTML."""
+    s = " ".join(str(text).split())
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    s = _LOOSE_UNDERSCORE.sub(r"\\_", s)
+    s = re.sub(r"^([-+=])", r"\\\1", s)  # a list item or a heading underline
+    s = re.sub(r"^(\d+)([.)])", r"\1\\\2", s)  # an ordered list item
+    s = re.sub(r"://", r"\\://", s)  # no bare-URL autolinks
+    s = re.sub(r"(?i)\b(www)\.", r"\1\\.", s)
+    return s
+
 
 def _state_file() -> Path:
     return workspace.home() / "state.json"
 
 
 def current_dataset() -> str | None:
-    name = (
-        st.query_params.get("dataset")
-        or st.session_state.get("dataset")
-        or (runs.read_json(_state_file(), {}) or {}).get("dataset")
-    )
-    if name and datasets.path(name).exists():
-        return name
+    """This session's dataset key: the URL, then the session, then (only for a session that
+    has just started) the workspace's last choice."""
+    if "_dataset_seeded" not in st.session_state:
+        st.session_state["_dataset_seeded"] = True
+        if not st.query_params.get("dataset") and not st.session_state.get("dataset"):
+            seed = (runs.read_json(_state_file(), {}) or {}).get("dataset")
+            if seed and datasets.exists(seed):
+                st.session_state["dataset"] = seed
+    for key in (st.query_params.get("dataset"), st.session_state.get("dataset")):
+        if key and datasets.exists(key):
+            if st.session_state.get("dataset") != key:
+                st.session_state["dataset"] = key
+            return key
     return None
 
 
-def set_dataset(name: str) -> None:
-    st.session_state["dataset"] = name
-    st.query_params["dataset"] = name
-    runs.write_json(_state_file(), {**(runs.read_json(_state_file(), {}) or {}), "dataset": name})
+def set_dataset(key: str) -> None:
+    """Make ``key`` this session's dataset (and the seed of the next new session)."""
+    st.session_state["dataset"] = key
+    st.session_state["_dataset_seeded"] = True
+    st.query_params["dataset"] = key
+    with contextlib.suppress(OSError):  # only a seed for new sessions: never break the page
+        runs.write_json(
+            _state_file(), {**(runs.read_json(_state_file(), {}) or {}), "dataset": key}
+        )
 
 
 def _key(name: str) -> tuple[str, int, float]:
@@ -53,42 +87,81 @@ def _describe(path: str, size: int, mtime: float) -> dict[str, Any]:
     return io.describe(_load(path, size, mtime))
 
 
+class DatasetKey(str):
+    """A dataset key (its ``str`` value: use it for ``datasets.path``, ``load``, run specs) that
+    formats as its label in f-strings (``f"{key}_pp"`` -> ``"my data_pp"``), so pages that name
+    things after the dataset keep the user's name. ``.key`` and ``.label`` say which is which."""
+
+    label: str
+
+    def __new__(cls, key: str, label: str | None = None) -> DatasetKey:
+        obj = super().__new__(cls, key)
+        obj.label = label if label is not None else datasets.label(key)
+        return obj
+
+    @property
+    def key(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.label, spec)
+
+
 def load_current() -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
-    """The current dataset (shared, read-only: copy before changing it) and its description."""
-    name = current_dataset()
-    if not name:
+    """The current dataset's key (a ``DatasetKey``), data (shared, read-only: copy before
+    changing it) and description."""
+    key = current_dataset()
+    if not key:
         return None, None, None
     try:
-        key = _key(name)
-        return name, _load(*key), _describe(*key)
-    except ScwbError as exc:
-        st.error(str(exc))
+        k = _key(key)
+        return DatasetKey(key), _load(*k), _describe(*k)
+    except (ScwbError, OSError) as exc:
+        show_error(exc)
         return None, None, None
+
+
+def dataset_label(row: dict[str, Any], same_name: int = 1) -> str:
+    """How a dataset is shown in pickers: its name, with its key when names repeat."""
+    name = str(row.get("name") or row.get("key"))
+    return f"{name} ({row['key']})" if same_name > 1 else name
 
 
 def dataset_picker(
     label: str = "Dataset",
     empty_hint: str = "No dataset yet: open **Data** to upload a file or pick a demo.",
 ) -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
-    """A selectbox of workspace datasets bound to the current dataset."""
-    names = [d["name"] for d in datasets.list_datasets()]
-    if not names:
+    """A selectbox of workspace datasets bound to this session's current dataset; returns
+    (key, data, description)."""
+    rows = datasets.list_datasets()
+    if not rows:
         st.info(empty_hint)
         return None, None, None
+    keys = [r["key"] for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["name"]] = counts.get(r["name"], 0) + 1
+    shown = {r["key"]: dataset_label(r, counts[r["name"]]) for r in rows}
     cur = current_dataset()
-    choice = st.selectbox(label, names, index=names.index(cur) if cur in names else 0)
+    choice = st.selectbox(
+        label,
+        keys,
+        index=keys.index(cur) if cur in keys else 0,
+        format_func=lambda k: shown.get(k, k),
+    )
     if choice != cur:
         set_dataset(choice)
     return load_current()
 
 
-def show_error(exc: Exception) -> None:
-    """Engine errors as one readable line; anything else as a short message, never a traceback."""
+def show_error(exc: BaseException) -> None:
+    """Engine errors as one readable, escaped line; anything else as a short message, never a
+    traceback."""
     if isinstance(exc, ScwbError):
-        st.error(str(exc))
+        st.error(md(str(exc)))
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        st.error(f"Unexpected {type(exc).__name__}: {first}")
+        st.error(md(f"Unexpected {type(exc).__name__}: {first}"))
 
 
 def ensure_app_navigation() -> None:

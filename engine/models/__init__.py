@@ -1,10 +1,15 @@
 """The model registry: name -> task, the input it needs, defaults with help text, and a builder.
 
-Adding a model is one entry here and one module beside this file.
+Torch-free: the app process reads it to draw forms and validate them. ``ModelInfo.builder``
+names the function (``module:function``) that builds the network, imported only when a run
+trains or a saved model is loaded. Adding a model is one entry here and one module beside this
+file (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +38,8 @@ class ModelInfo:
     task: str
     title: str
     doc: str
-    needs: str = "any"  # 'any' | 'counts' (raw integer counts) | 'lognorm'
+    builder: str = ""  # "engine.models.module:function" building the network (or estimator)
+    needs: str = "any"  # 'any' | 'counts' (raw integer counts) | 'lognorm' (not raw counts)
     kind: str = "torch"  # 'torch' | 'sklearn'
     baseline: bool = False
     params: dict[str, Param] = field(default_factory=dict)
@@ -41,9 +47,20 @@ class ModelInfo:
     batch_size: int = 128
     lr: float = 1e-3
     patience: int = 10
+    obsm_key: str = ""  # where the latent goes; default X_<name>
 
     def defaults(self) -> dict[str, Any]:
         return {k: p.default for k, p in self.params.items()}
+
+    @property
+    def latent_key(self) -> str:
+        return self.obsm_key or f"X_{self.name}"
+
+    def needs_for(self, params: dict[str, Any]) -> str:
+        """What the input must hold with these parameters (a Gaussian VAE takes any values)."""
+        if self.needs == "counts" and params.get("likelihood") == "gaussian":
+            return "any"
+        return self.needs
 
 
 def _widths(text: Any) -> tuple[int, ...]:
@@ -53,7 +70,9 @@ def _widths(text: Any) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
+MAX_WIDTH = 65_536
 ACTIVATION = Param("relu", "hidden activation", choices=("relu", "sigmoid", "tanh"))
+WEIGHT_DECAY = Param(0.0, "L2 penalty on the weights", low=0, high=10)
 
 REGISTRY: dict[str, ModelInfo] = {
     m.name: m
@@ -63,7 +82,8 @@ REGISTRY: dict[str, ModelInfo] = {
             "classify",
             "Logistic regression (torch)",
             "One linear layer; softmax + cross-entropy (sigmoid + BCE for two classes), Adam.",
-            params={"weight_decay": Param(0.0, "L2 penalty on the weights", low=0)},
+            builder="engine.models.classifier:build_logreg",
+            params={"weight_decay": WEIGHT_DECAY},
             epochs=50,
             lr=1e-2,
         ),
@@ -72,11 +92,12 @@ REGISTRY: dict[str, ModelInfo] = {
             "classify",
             "MLP classifier",
             "Fully connected hidden layers (default one of 50) with a chosen activation and dropout.",
+            builder="engine.models.classifier:build_mlp",
             params={
                 "hidden": Param("50", "hidden layer widths, comma-separated"),
                 "activation": ACTIVATION,
                 "dropout": Param(0.1, "dropout after each hidden layer", low=0, high=0.9),
-                "weight_decay": Param(0.0, "L2 penalty on the weights", low=0),
+                "weight_decay": WEIGHT_DECAY,
             },
             epochs=50,
         ),
@@ -85,11 +106,12 @@ REGISTRY: dict[str, ModelInfo] = {
             "classify",
             "Baseline: scikit-learn LogisticRegression",
             "sklearn LogisticRegression (lbfgs, L2) on the same training cells.",
+            builder="engine.models.baselines:build_sk_logreg",
             kind="sklearn",
             baseline=True,
             params={
-                "C": Param(1.0, "inverse regularisation strength", low=1e-6),
-                "max_iter": Param(1000, "solver iterations", low=1),
+                "C": Param(1.0, "inverse regularisation strength", low=1e-6, high=1e6),
+                "max_iter": Param(1000, "solver iterations", low=1, high=100_000),
             },
         ),
         ModelInfo(
@@ -97,6 +119,7 @@ REGISTRY: dict[str, ModelInfo] = {
             "reconstruct",
             "Autoencoder (scQUEST)",
             "Encoder n_in->32->16->8->4 mirrored; MSE; per-cell reconstruction error = abnormality.",
+            builder="engine.models.autoencoder:build",
             params={
                 "widths": Param("32,16,8,4", "encoder widths, the last is the latent size"),
                 "activation": ACTIVATION,
@@ -113,11 +136,13 @@ REGISTRY: dict[str, ModelInfo] = {
             "reconstruct",
             "Baseline: PCA",
             "sklearn PCA with the same latent size; reconstruction = inverse transform.",
+            builder="engine.models.baselines:build_pca",
             kind="sklearn",
             baseline=True,
+            obsm_key="X_pca_baseline",
             params={
                 "n_components": Param(
-                    4, "number of components (match the network's latent size)", low=1
+                    4, "number of components (match the network's latent size)", low=1, high=4096
                 )
             },
         ),
@@ -126,10 +151,11 @@ REGISTRY: dict[str, ModelInfo] = {
             "embed",
             "VAE on counts (scVI-style)",
             "Library-size aware VAE with NB (default), ZINB or Gaussian likelihood; optional batch covariate.",
+            builder="engine.models.vae:build",
             needs="counts",
             params={
-                "n_hidden": Param(128, "hidden units per layer", low=1),
-                "n_latent": Param(10, "latent dimensions", low=1),
+                "n_hidden": Param(128, "hidden units per layer", low=1, high=MAX_WIDTH),
+                "n_latent": Param(10, "latent dimensions", low=1, high=4096),
                 "n_layers": Param(1, "hidden layers", low=1, high=5),
                 "dropout": Param(0.1, "encoder dropout", low=0, high=0.9),
                 "likelihood": Param(
@@ -138,7 +164,9 @@ REGISTRY: dict[str, ModelInfo] = {
                     choices=("nb", "zinb", "gaussian"),
                 ),
                 "batch_key": Param("", "obs column with the batch (optional)"),
-                "kl_warmup": Param(20, "epochs over which the KL weight rises to 1", low=0),
+                "kl_warmup": Param(
+                    20, "epochs over which the KL weight rises to 1", low=0, high=10_000
+                ),
             },
             epochs=100,
         ),
@@ -147,9 +175,10 @@ REGISTRY: dict[str, ModelInfo] = {
             "embed",
             "Baseline: PCA embedding",
             "sklearn PCA on log-normalised counts with the VAE's latent size.",
+            builder="engine.models.baselines:build_pca",
             kind="sklearn",
             baseline=True,
-            params={"n_components": Param(10, "number of components", low=1)},
+            params={"n_components": Param(10, "number of components", low=1, high=4096)},
         ),
         ModelInfo(
             "scgen",
@@ -157,13 +186,14 @@ REGISTRY: dict[str, ModelInfo] = {
             "scGen (VAE + latent arithmetic)",
             "VAE on log-normalised expression (2x800, BatchNorm, LeakyReLU, dropout 0.2, latent 100, KL 5e-5); "
             "prediction = decode(latent of control cells + stimulation vector).",
+            builder="engine.models.scgen:build",
             needs="lognorm",
             params={
-                "n_hidden": Param(800, "hidden units per layer", low=1),
+                "n_hidden": Param(800, "hidden units per layer", low=1, high=MAX_WIDTH),
                 "n_layers": Param(2, "hidden layers", low=1, high=5),
-                "n_latent": Param(100, "latent dimensions", low=1),
+                "n_latent": Param(100, "latent dimensions", low=1, high=4096),
                 "dropout": Param(0.2, "dropout", low=0, high=0.9),
-                "kl_weight": Param(5e-5, "weight of the KL term", low=0),
+                "kl_weight": Param(5e-5, "weight of the KL term", low=0, high=1e3),
                 "delta_cell_types": Param(
                     "",
                     "cell types the stimulation vector is computed from (empty: all training types)",
@@ -187,8 +217,32 @@ def for_task(task: str) -> list[ModelInfo]:
     return [m for m in REGISTRY.values() if m.task == task]
 
 
+def _cast(info: ModelInfo, key: str, p: Param, value: Any) -> Any:
+    try:
+        if isinstance(p.default, bool):
+            return str(value).lower() in ("1", "true", "yes")
+        if isinstance(p.default, int):
+            f = float(value)
+            if not math.isfinite(f) or f != int(f):
+                raise ValueError
+            return int(f)
+        if isinstance(p.default, float):
+            f = float(value)
+            if not math.isfinite(f):
+                raise ScwbError(f"{info.name}: {key} must be a finite number, not {value!r}.")
+            return f
+        return str(value)
+    except ScwbError:
+        raise
+    except (TypeError, ValueError, OverflowError):
+        raise ScwbError(
+            f"{info.name}: {key} must be a {'whole number' if isinstance(p.default, int) else type(p.default).__name__}, not {value!r}."
+        ) from None
+
+
 def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with ``given``, each cast to the default's type and range-checked."""
+    """Defaults overlaid with ``given``, each cast to the default's type and range-checked;
+    NaN and infinite values are refused."""
     out = info.defaults()
     for key, value in given.items():
         if key not in info.params:
@@ -196,19 +250,7 @@ def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
                 f"{info.name} has no parameter {key!r}; it takes {', '.join(info.params) or 'none'}."
             )
         p = info.params[key]
-        try:
-            if isinstance(p.default, bool):
-                value = str(value).lower() in ("1", "true", "yes")
-            elif isinstance(p.default, int):
-                value = int(float(value))
-            elif isinstance(p.default, float):
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            raise ScwbError(
-                f"{info.name}: {key} must be a {type(p.default).__name__}, not {value!r}."
-            ) from None
+        value = _cast(info, key, p, value)
         if p.choices and value not in p.choices:
             raise ScwbError(
                 f"{info.name}: {key} must be one of {', '.join(p.choices)}, not {value!r}."
@@ -226,58 +268,56 @@ def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
 def _check_widths(model: str, key: str, text: str, allow_empty: bool) -> None:
     try:
         w = _widths(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ScwbError(
             f"{model}: {key} must be comma-separated integers like 64,32, not {text!r}."
         ) from None
     if (not w and not allow_empty) or any(v < 1 for v in w):
         raise ScwbError(f"{model}: {key} needs positive widths, not {text!r}.")
+    if any(v > MAX_WIDTH for v in w) or len(w) > 20:
+        raise ScwbError(f"{model}: {key}={text} is too large (at most 20 layers of {MAX_WIDTH}).")
 
 
-def build(
-    info: ModelInfo,
-    n_in: int,
-    params: dict[str, Any],
-    n_classes: int = 0,
-    n_batch: int = 0,
-    sigmoid_output: bool = False,
-):
-    """The torch network (or sklearn baseline) for ``info`` with ``params``."""
+def dense_layers(
+    info: ModelInfo, params: dict[str, Any], n_in: int, n_out: int = 0, n_batch: int = 0
+) -> list[tuple[int, int]]:
+    """The (fan_in, fan_out) of every dense layer the network has: its size and FLOPs per cell
+    follow without building it (torch-free, for preflight and time estimates)."""
+    p = {**info.defaults(), **params}
     if info.name == "logreg":
-        from engine.models.classifier import Classifier
-
-        return Classifier(n_in, n_classes)
+        return [(n_in, 1 if n_out == 2 else max(n_out, 1))]
     if info.name == "mlp":
-        from engine.models.classifier import Classifier
-
-        return Classifier(
-            n_in, n_classes, _widths(params["hidden"]), params["activation"], params["dropout"]
-        )
+        widths = [n_in, *_widths(p["hidden"])]
+        head = 1 if n_out == 2 else max(n_out, 1)
+        return [*zip(widths[:-1], widths[1:], strict=True), (widths[-1], head)]
     if info.name == "autoencoder":
-        from engine.models.autoencoder import Autoencoder
+        w = [n_in, *_widths(p["widths"])]
+        enc = list(zip(w[:-1], w[1:], strict=True))
+        return enc + [(b, a) for a, b in reversed(enc)]
+    if info.name in ("vae", "scgen"):
+        h, n_lat, n_layers = int(p["n_hidden"]), int(p["n_latent"]), int(p["n_layers"])
+        enc = [(n_in + n_batch, h)] + [(h, h)] * (n_layers - 1) + [(h, n_lat)] * 2
+        dec = [(n_lat + n_batch, h)] + [(h, h)] * (n_layers - 1) + [(h, n_in)]
+        if p.get("likelihood") == "zinb":
+            dec.append((h, n_in))
+        return enc + dec
+    if info.kind == "sklearn":
+        k = int(p.get("n_components", 0)) or max(n_out, 1)
+        return [(n_in, k)]
+    return []
 
-        return Autoencoder(n_in, _widths(params["widths"]), params["activation"], sigmoid_output)
-    if info.name == "vae":
-        from engine.models.vae import VAE
 
-        return VAE(
-            n_in,
-            params["n_hidden"],
-            params["n_latent"],
-            params["n_layers"],
-            params["dropout"],
-            params["likelihood"],
-            n_batch,
-        )
-    if info.name == "scgen":
-        from engine.models.scgen import SCGEN
+def n_parameters(info: ModelInfo, params: dict[str, Any], n_in: int, n_out: int = 0) -> int:
+    return sum(a * b + b for a, b in dense_layers(info, params, n_in, n_out))
 
-        return SCGEN(
-            n_in,
-            params["n_hidden"],
-            params["n_layers"],
-            params["n_latent"],
-            params["dropout"],
-            params["kl_weight"],
-        )
-    raise ScwbError(f"{info.name} is not a torch model.")
+
+def builder(info: ModelInfo):
+    """The function that builds ``info``'s network: ``f(n_in, params, dims) -> module``."""
+    module, _, func = info.builder.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build(info: ModelInfo, n_in: int, params: dict[str, Any], dims: dict[str, Any] | None = None):
+    """The torch network (or scikit-learn baseline) for ``info``; ``dims`` holds what the data
+    decides (number of classes, of batches, output activation), saved with the model."""
+    return builder(info)(n_in, params, dict(dims or {}))

@@ -41,3 +41,11 @@ class Autoencoder(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], **_: float) -> dict[str, torch.Tensor]:
         return {"loss": F.mse_loss(self(batch["x"]), batch["x"])}
+
+
+def build(n_in: int, params: dict, dims: dict) -> Autoencoder:
+    from engine.models import _widths
+
+    return Autoencoder(
+        n_in, _widths(params["widths"]), params["activation"], bool(dims.get("sigmoid_output"))
+    )

@@ -67,3 +67,11 @@ class PCABaseline:
         self.est.mean_ = state["mean"].numpy()
         self.est.n_components_ = self.est.components_.shape[0]
         self.est.whiten = False
+
+
+def build_sk_logreg(n_in: int, params: dict, dims: dict) -> SkLogReg:
+    return SkLogReg(params["C"], params["max_iter"], int(dims.get("seed", 0)))
+
+
+def build_pca(n_in: int, params: dict, dims: dict) -> PCABaseline:
+    return PCABaseline(params["n_components"], int(dims.get("seed", 0)))

@@ -51,3 +51,19 @@ class Classifier(nn.Module):
             loss = F.cross_entropy(logits, y)
             pred = logits.argmax(1)
         return {"loss": loss, "accuracy": (pred == y).float().mean()}
+
+
+def build_logreg(n_in: int, params: dict, dims: dict) -> Classifier:
+    return Classifier(n_in, int(dims["n_classes"]))
+
+
+def build_mlp(n_in: int, params: dict, dims: dict) -> Classifier:
+    from engine.models import _widths
+
+    return Classifier(
+        n_in,
+        int(dims["n_classes"]),
+        _widths(params["hidden"]),
+        params["activation"],
+        params["dropout"],
+    )

@@ -48,7 +48,11 @@ class LitModel(pl.LightningModule):
         if self.trainer.sanity_checking or not getattr(self, "_count", 0):
             return
         for key, total in self._sums.items():
-            self.log("train_loss" if key == "loss" else f"train_{key}", total / self._count)
+            self.log(
+                "train_loss" if key == "loss" else f"train_{key}",
+                total / self._count,
+                sync_dist=True,  # ranks train equal shares: the mean of their means
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.module.loss(batch, kl_weight=self.kl_weight())
@@ -60,6 +64,7 @@ class LitModel(pl.LightningModule):
                 on_step=False,
                 on_epoch=True,
                 batch_size=n,
+                sync_dist=True,
             )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

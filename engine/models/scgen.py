@@ -82,3 +82,14 @@ def latent_delta(
     ci = rng.choice(ci, size=n, replace=False)
     si = rng.choice(si, size=n, replace=False)
     return encode(x_stim[si]).mean(0) - encode(x_ctrl[ci]).mean(0)
+
+
+def build(n_in: int, params: dict, dims: dict) -> SCGEN:
+    return SCGEN(
+        n_in,
+        params["n_hidden"],
+        params["n_layers"],
+        params["n_latent"],
+        params["dropout"],
+        params["kl_weight"],
+    )

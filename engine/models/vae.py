@@ -73,6 +73,10 @@ class VAE(nn.Module):
         library = x.sum(1, keepdim=True)
         return self.decode(z, library, batch), mu, logvar
 
+    def decoded_pair(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-gene proportions and expected counts side by side (one array to move to host)."""
+        return torch.cat([out["proportion"], out["mean"]], dim=1)
+
     def reconstruction_nll(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.likelihood == "gaussian":
             return 0.5 * (x - out["mean"]).pow(2).sum(-1)
@@ -94,3 +98,15 @@ class VAE(nn.Module):
             "kl": kl.mean(),
             "elbo": -(rec + kl).mean(),
         }
+
+
+def build(n_in: int, params: dict, dims: dict) -> VAE:
+    return VAE(
+        n_in,
+        params["n_hidden"],
+        params["n_latent"],
+        params["n_layers"],
+        params["dropout"],
+        params["likelihood"],
+        int(dims.get("n_batch", 0)),
+    )

@@ -1,0 +1,48 @@
+"""Every check that can refuse a run before a worker starts, torch-free so the app process can
+validate a form at once (it never imports torch or Lightning).
+
+The checks read the registry (``ModelInfo.needs`` through ``InputSetup.register``): a model that
+needs counts refuses normalised data, scGen refuses raw counts, and so on, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+
+from engine import io, models
+from engine.errors import ScwbError
+from engine.setup import InputSetup
+from engine.split import make_split, restrict, train_on_mask
+
+ADAM_COPIES = 4  # weights, gradients and Adam's two moments, float32 each
+
+
+def preflight(spec: Any, adata: ad.AnnData) -> None:
+    """Raise ``ScwbError`` with one line for anything that would make ``spec`` fail on
+    ``adata``; return quietly otherwise."""
+    info = spec.info
+    setup = InputSetup.register(adata, spec, label_classes=info.task == "classify")
+    check_size(info, spec.params, adata.n_vars, len(setup.classes))
+    if info.task == "perturb":
+        from engine.perturb import check_design
+
+        check_design(adata, spec)
+        return
+    keep = train_on_mask(adata.obs, spec.train_on)
+    strat = adata.obs[spec.label_key].astype(str).to_numpy() if spec.label_key else None
+    restrict(make_split(adata.n_obs, spec.seed, stratify=strat), keep)
+
+
+def check_size(info: models.ModelInfo, params: dict, n_in: int, n_out: int = 0) -> None:
+    """Refuse a network whose parameters (with gradients and optimiser state) would not fit the
+    memory budget."""
+    n = models.n_parameters(info, params, n_in, n_out)
+    need = n * 4 * ADAM_COPIES
+    budget = io.memory_budget()
+    if need > budget:
+        raise ScwbError(
+            f"{info.name} with these settings has {n:,} parameters ({need / 2**30:.1f} GB to train), "
+            f"over the memory budget ({budget / 2**30:.1f} GB): choose smaller layers."
+        )

@@ -1,0 +1,186 @@
+"""What every task shares: creation from a spec, saving and loading, and writing result slots
+without ever clobbering what the input already had."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from engine import io, models, runs
+from engine.setup import InputSetup
+from engine.split import make_split, restrict, train_on_mask
+
+
+class Task:
+    """A model of ``info`` with its input setup; subclasses implement fit/annotate/evaluate."""
+
+    name = ""
+    label_classes = False  # whether the setup records the label's classes (classifiers)
+
+    def __init__(
+        self,
+        info: models.ModelInfo,
+        params: dict[str, Any],
+        setup: InputSetup,
+        dims: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        self.info = info
+        self.params = params
+        self.setup = setup
+        self.dims = dict(dims or {})  # what the data decided: classes, batches, output activation
+        self.extra = dict(extra or {})  # provenance and task state saved in model.json
+        self.module: Any = None
+        self.device = "cpu"
+
+    # ------------------------------------------------------------------------- creating
+    @classmethod
+    def create(cls, spec: Any, adata: ad.AnnData) -> Task:
+        setup = InputSetup.register(adata, spec, label_classes=cls.label_classes)
+        task = cls(
+            spec.info,
+            dict(spec.params),
+            setup,
+            dims={"seed": spec.seed},
+            extra={
+                "run_id": Path(spec.out).name if spec.out else "",
+                "recipe": recipe_text(adata),
+            },
+        )
+        task.configure(spec, adata)
+        return task
+
+    def configure(self, spec: Any, adata: ad.AnnData) -> None:
+        """Task-specific choices made from the spec and the data (saved in dims/extra)."""
+
+    def build(self) -> Any:
+        return models.build(self.info, len(self.setup.var_names), self.params, self.dims)
+
+    # ------------------------------------------------------------------------- the split
+    def stratify(self, adata: ad.AnnData) -> np.ndarray | None:
+        if self.setup.label_key:
+            return adata.obs[self.setup.label_key].astype(str).to_numpy()
+        return None
+
+    def make_split(self, adata: ad.AnnData, spec: Any) -> dict[str, np.ndarray]:
+        split = make_split(adata.n_obs, spec.seed, stratify=self.stratify(adata))
+        return restrict(split, train_on_mask(adata.obs, spec.train_on))
+
+    # ------------------------------------------------------------------------- the work
+    def fit(self, adata: ad.AnnData, split: dict, ctx: Any) -> bool:
+        """Train on ``split['train']`` (validate on ``split['val']``); return whether a cancel
+        stopped it."""
+        raise NotImplementedError
+
+    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+        """A copy of ``adata`` with every result slot written."""
+        raise NotImplementedError
+
+    def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
+        """Test metrics from an annotated copy of the training data."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------- slots
+    def start_output(self, adata: ad.AnnData) -> tuple[ad.AnnData, dict[str, str]]:
+        return adata.copy(), {}
+
+    def put(self, out: ad.AnnData, slots: dict, where: str, role: str, key: str, value) -> str:
+        """Write ``value`` to ``out.<where>[key]`` unless the input already has that key: then
+        under ``key_<model>`` (and a counter), so an input slot is never overwritten."""
+        container = getattr(out, where)
+        final, i = key, 1
+        while final in container and final not in slots.values():
+            final = f"{key}_{self.info.name}" if i == 1 else f"{key}_{self.info.name}_{i}"
+            i += 1
+        container[final] = value
+        slots[role] = final
+        return final
+
+    def finish_output(self, out: ad.AnnData, slots: dict, missing: list[str]) -> ad.AnnData:
+        prov = {
+            "model": self.info.name,
+            "task": self.info.task,
+            "params": {k: v for k, v in self.params.items() if v is not None},
+            "run_id": self.extra.get("run_id", ""),
+            "recipe": self.extra.get("recipe", ""),
+            "layer": self.setup.layer,
+            "slots": dict(slots),
+        }
+        if self.setup.label_key:
+            prov["label_key"] = self.setup.label_key
+        if self.setup.classes:
+            prov["classes"] = list(self.setup.classes)
+        if missing:
+            prov["missing_genes"] = list(missing)
+        out.uns["scwb"] = {**prov, **self.provenance()}
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """Task-specific entries of ``uns['scwb']``."""
+        return {}
+
+    # ------------------------------------------------------------------------- persistence
+    def save(self, run_dir: Path) -> None:
+        """``model.pt`` (plain tensors) and ``model.json`` (how to rebuild it and read data)."""
+        from engine import toolkit
+
+        run_dir = Path(run_dir)
+        toolkit.save_weights(run_dir / "model.pt", self.module)
+        runs.write_json(run_dir / "model.json", self.metadata())
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model": self.info.name,
+            "task": self.info.task,
+            "params": self.params,
+            "n_in": len(self.setup.var_names),
+            "setup": self.setup.to_dict(),
+            "dims": self.dims,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def load(cls, run_dir: Path, meta: dict[str, Any]) -> Task:
+        from engine import toolkit
+
+        info = models.get(meta["model"])
+        task = cls(
+            info,
+            models.coerce_params(info, meta.get("params") or {}),
+            InputSetup.from_dict(meta["setup"]),
+            dims=meta.get("dims"),
+            extra=meta.get("extra"),
+        )
+        task.module = task.build()
+        task.module.load_state_dict(toolkit.load_weights(Path(run_dir) / "model.pt"))
+        if hasattr(task.module, "eval"):
+            task.module.eval()
+        return task
+
+
+def recipe_text(adata: ad.AnnData) -> str:
+    """The preprocessing recipe the data records (``uns['recipe']``) as JSON text, or ''."""
+    value = adata.uns.get("recipe")
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return ""
+
+
+def dense_ok(n_obs: int, n_vars: int) -> bool:
+    """Whether a dense cells x genes output layer fits half the memory budget."""
+    return n_obs * n_vars * 4 <= io.memory_budget() // 2
+
+
+def baseline_epoch(run_dir: Path, **scores: float) -> None:
+    """A scikit-learn baseline has no epochs; one row keeps the metrics.csv contract."""
+    runs.write_metrics_csv(run_dir, [{"epoch": 1, **scores}])
+    runs.update_status(run_dir, epoch=1, max_epochs=1)

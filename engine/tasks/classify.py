@@ -1,0 +1,74 @@
+"""Classify cells: predicted label, confidence and class probabilities per cell."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from engine import evaluate, io
+from engine.tasks.base import Task, baseline_epoch
+
+
+class Classify(Task):
+    name = "classify"
+    label_classes = True
+
+    def configure(self, spec: Any, adata: ad.AnnData) -> None:
+        self.dims["n_classes"] = len(self.setup.classes)
+
+    def fit(self, adata: ad.AnnData, split: dict, ctx: Any) -> bool:
+        x, _ = self.setup.matrix(adata)
+        y = self.setup.label_codes(adata)
+        self.device = ctx.device
+        self.module = self.build()
+        if self.info.kind == "sklearn":
+            dense = io.dense(x)
+            self.module.fit(dense[split["train"]], y[split["train"]])
+            proba = self.module.proba(dense)
+            baseline_epoch(
+                ctx.run_dir,
+                train_accuracy=_accuracy(proba, y, split["train"]),
+                val_accuracy=_accuracy(proba, y, split["val"]),
+            )
+            return False
+        import torch
+
+        from engine import toolkit
+        from engine.data import DeviceMatrix
+
+        xm = DeviceMatrix(x, ctx.device)
+        columns = {"x": xm, "y": torch.as_tensor(y, device=xm.device)}
+        self.module, progress = toolkit.fit(self.module, ctx, columns, split)
+        return progress.cancelled
+
+    def proba(self, x: Any) -> np.ndarray:
+        if self.info.kind == "sklearn":
+            return self.module.proba(io.dense(x))
+        from engine import toolkit
+        from engine.data import DeviceMatrix
+
+        return toolkit.infer(self.module.proba, DeviceMatrix(x, self.device))
+
+    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+        x, missing = self.setup.matrix(adata, align)
+        proba = self.proba(x).astype(np.float32)
+        classes = list(self.setup.classes)
+        out, slots = self.start_output(adata)
+        label = self.setup.label_key or "label"
+        pred = pd.Categorical(np.asarray(classes)[proba.argmax(1)], categories=classes)
+        self.put(out, slots, "obs", "prediction", f"pred_{label}", pred)
+        self.put(out, slots, "obs", "confidence", "pred_confidence", proba.max(1))
+        self.put(out, slots, "obsm", "proba", f"proba_{self.info.name}", proba)
+        return self.finish_output(out, slots, missing)
+
+    def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
+        y = self.setup.label_codes(out)
+        proba = np.asarray(out.obsm[out.uns["scwb"]["slots"]["proba"]])
+        return evaluate.classification(y[split["test"]], proba[split["test"]], self.setup.classes)
+
+
+def _accuracy(proba: np.ndarray, y: np.ndarray, idx: np.ndarray) -> float:
+    return float((proba[idx].argmax(1) == y[idx]).mean()) if len(idx) else float("nan")

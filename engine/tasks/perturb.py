@@ -1,0 +1,331 @@
+"""Predict a perturbation (scGen): for each target cell type, hold its stimulated cells out,
+train, and predict them from its control cells by latent vector arithmetic; measure the
+prediction against the real cells and the two baselines (engine.perturb)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from engine import evaluate, io, models, runs
+from engine.errors import ScwbError
+from engine.perturb import (
+    MIN_CELLS,
+    check_design,
+    mean_shift,
+    target_folder,
+    targets_with_enough_cells,
+)
+from engine.split import make_split
+from engine.tasks.base import Task
+
+
+class Perturb(Task):
+    name = "perturb"
+
+    def configure(self, spec: Any, adata: ad.AnnData) -> None:
+        cond, types = check_design(adata, spec)
+        if spec.predict == "all":
+            targets = targets_with_enough_cells(cond, types, spec.ctrl, spec.stim)
+            if not targets:
+                raise ScwbError(
+                    f"No cell type has at least {MIN_CELLS} control and {MIN_CELLS} stimulated cells."
+                )
+        else:
+            targets = [spec.predict]
+        self.extra["design"] = {
+            "condition_key": spec.condition_key,
+            "cell_type_key": spec.cell_type_key,
+            "ctrl": spec.ctrl,
+            "stim": spec.stim,
+        }
+        self.extra["targets"] = targets
+        self.extra["folders"] = (
+            ["."] if len(targets) == 1 else [target_folder(i, t) for i, t in enumerate(targets)]
+        )
+        self.extra["delta_cell_types"] = [
+            t for t in str(self.params.get("delta_cell_types") or "").split(",") if t
+        ]
+        self.parts: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------- design
+    def _columns(self, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+        d = self.extra["design"]
+        for key in (d["condition_key"], d["cell_type_key"]):
+            if key not in adata.obs:
+                raise ScwbError(f"The model needs the obs column {key!r}, which this data lacks.")
+        cond = adata.obs[d["condition_key"]].astype(str).to_numpy()
+        return cond, adata.obs[d["cell_type_key"]].astype(str).to_numpy()
+
+    def target_split(self, adata: ad.AnnData, target: str, seed: int) -> dict[str, np.ndarray]:
+        """Train and validate on every control and stimulated cell but the target's stimulated
+        ones; those are the test cells."""
+        d = self.extra["design"]
+        cond, types = self._columns(adata)
+        held_out = (types == target) & (cond == d["stim"])
+        train_idx = np.flatnonzero(np.isin(cond, [d["ctrl"], d["stim"]]) & ~held_out)
+        inner = make_split(len(train_idx), seed, val=0.1, test=0.0)
+        return {
+            "train": train_idx[inner["train"]],
+            "val": train_idx[inner["val"]],
+            "test": np.flatnonzero(held_out),
+        }
+
+    def make_split(self, adata: ad.AnnData, spec: Any) -> dict[str, np.ndarray]:
+        return self.target_split(adata, self.extra["targets"][0], spec.seed)
+
+    # ------------------------------------------------------------------------- training
+    def fit(self, adata: ad.AnnData, split: dict, ctx: Any) -> bool:
+        import torch
+
+        from engine import toolkit
+        from engine.data import DeviceMatrix
+        from engine.models.scgen import latent_delta
+
+        self.device = ctx.device
+        x, _ = self.setup.matrix(adata)
+        xm = DeviceMatrix(x, ctx.device)
+        dense = io.dense(x)
+        cond, types = self._columns(adata)
+        d = self.extra["design"]
+        targets, folders = self.extra["targets"], self.extra["folders"]
+        rows: list[dict] = []
+        cancelled = False
+        for i, (target, folder) in enumerate(zip(targets, folders, strict=True)):
+            sub_split = self.target_split(adata, target, ctx.seed)
+            sub_dir = ctx.run_dir / folder
+            if toolkit.is_rank_zero():
+                sub_dir.mkdir(parents=True, exist_ok=True)
+                np.savez(sub_dir / "split.npz", **sub_split)
+            torch.manual_seed(ctx.seed)
+            net = self.build()
+            sub_ctx = replace(
+                ctx,
+                progress={
+                    "epoch_offset": i * ctx.epochs,
+                    "total_epochs": len(targets) * ctx.epochs,
+                    "rows": rows,
+                    "extra": {"cell_type": target} if len(targets) > 1 else {},
+                },
+            )
+            module, progress = toolkit.fit(net, sub_ctx, {"x": xm}, sub_split)
+            trained = np.zeros(adata.n_obs, dtype=bool)
+            trained[np.concatenate([sub_split["train"], sub_split["val"]])] = True
+            basis = trained & (
+                np.isin(types, self.extra["delta_cell_types"])
+                if self.extra["delta_cell_types"]
+                else True
+            )
+            is_ctrl, is_stim = basis & (cond == d["ctrl"]), basis & (cond == d["stim"])
+            if not is_ctrl.any() or not is_stim.any():
+                raise ScwbError(
+                    "The stimulation vector needs training cells of both conditions; widen the delta cell types."
+                )
+            delta = latent_delta(
+                lambda arr, m=module: _encode(m, arr, self.device),
+                dense[is_ctrl],
+                types[is_ctrl],
+                dense[is_stim],
+                types[is_stim],
+                ctx.seed,
+            )
+            epochs = sum(1 for r in rows if r["epoch"] > i * ctx.epochs)
+            self.parts.append(
+                {
+                    "target": target,
+                    "folder": folder,
+                    "module": module,
+                    "delta": np.asarray(delta, dtype=np.float32),
+                    "split": sub_split,
+                    "epochs": epochs,
+                }
+            )
+            if progress.cancelled:
+                cancelled = True
+                break
+        self.module = self.parts[0]["module"]
+        return cancelled
+
+    # ------------------------------------------------------------------------- annotating
+    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+        x, missing = self.setup.matrix(adata, align)
+        dense = io.dense(x)
+        cond, types = self._columns(adata)
+        d = self.extra["design"]
+        key = self.info.latent_key
+        out, slots = self.start_output(adata)
+        self.put(out, slots, "obsm", "latent", key, _encode(self.module, dense, self.device))
+        predicted = []
+        for part in self.parts:
+            rows = np.flatnonzero((types == part["target"]) & (cond == d["ctrl"]))
+            if not len(rows):
+                continue
+            z = _encode(part["module"], dense[rows], self.device) + part["delta"]
+            pred = ad.AnnData(
+                X=_decode(part["module"], z, self.device),
+                obs=adata.obs.iloc[rows].copy(),
+                var=pd.DataFrame(index=adata.var_names.copy()),
+            )
+            pred.obs_names = [f"{n}-pred" for n in adata.obs_names[rows]]
+            pred.obs[d["condition_key"]] = "predicted"
+            if self.setup.layer != "X":  # predictions live in the space the model reads
+                pred.layers[self.setup.layer] = pred.X.copy()
+            pred.obsm[slots["latent"]] = z.astype(np.float32)
+            predicted.append(pred)
+        if predicted:
+            out = ad.concat([out, *predicted], join="outer", merge="first", uns_merge="first")
+        out.obs[d["condition_key"]] = pd.Categorical(out.obs[d["condition_key"]].astype(str))
+        slots["predicted_condition"] = "predicted"
+        return self.finish_output(out, slots, missing)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "perturb": {
+                **self.extra["design"],
+                "targets": [p["target"] for p in self.parts],
+                "target_dirs": [p["folder"] for p in self.parts],
+            }
+        }
+
+    # ------------------------------------------------------------------------- evaluating
+    def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
+        d = self.extra["design"]
+        cond, types = self._columns(out)
+        n_input = int(np.sum(cond != "predicted"))  # the input cells come first, then predictions
+        pred_x = out.layers[self.setup.layer] if self.setup.layer != "X" else out.X
+        x = np.vstack([io.dense(self.setup.matrix(out[:n_input])[0]), io.dense(pred_x[n_input:])])
+        rows, metrics = [], {}
+        for part in self.parts:
+            target = part["target"]
+            is_t = types == target
+            real, ctrl = np.flatnonzero(is_t & (cond == d["stim"])), is_t & (cond == d["ctrl"])
+            pred = is_t & (cond == "predicted")
+            m: dict[str, Any] = {}
+            if len(real) >= 2 and pred.any():
+                trained = np.zeros(len(cond), dtype=bool)
+                trained[np.concatenate([part["split"]["train"], part["split"]["val"]])] = True
+                trained[n_input:] = False
+                shift = mean_shift(x, cond, types, trained, d["ctrl"], d["stim"])
+                m = score_prediction(x[pred], x[real], x[ctrl], out.var_names, shift, spec.seed)
+                runs.write_json(Path(spec.out) / part["folder"] / "top_degs.json", m.pop("degs"))
+            if len(self.parts) > 1:
+                runs.write_json(Path(spec.out) / part["folder"] / "metrics.json", m)
+            else:
+                metrics = m
+            rows.append(
+                {
+                    "cell_type": target,
+                    "folder": part["folder"],
+                    "n_ctrl": int(ctrl.sum()),
+                    "n_stim": len(real),
+                    "epochs": part["epochs"],
+                    **m,
+                }
+            )
+        table = pd.DataFrame(rows)
+        if len(self.parts) > 1:
+            table.to_csv(Path(spec.out) / "loo.csv", index=False)
+            num = table.select_dtypes("number").drop(
+                columns=["n_ctrl", "n_stim", "epochs"], errors="ignore"
+            )
+            metrics = {k: float(v) for k, v in num.mean().items()}
+            metrics["cell_types"] = list(table["cell_type"])
+        out.uns["scwb"]["loo_table"] = table.drop(
+            columns=[c for c in table if table[c].dtype == bool]
+        )
+        return metrics
+
+    # ------------------------------------------------------------------------- persistence
+    def save(self, run_dir: Path) -> None:
+        from engine import toolkit
+
+        run_dir = Path(run_dir)
+        for part in self.parts:
+            sub = run_dir / part["folder"]
+            sub.mkdir(parents=True, exist_ok=True)
+            toolkit.save_weights(sub / "model.pt", part["module"])
+            if part["folder"] != ".":
+                runs.write_json(sub / "model.json", {**self._part_meta(part), "parent": ".."})
+        if self.parts[0]["folder"] != ".":  # the contract: weights at the top of the run too
+            toolkit.save_weights(run_dir / "model.pt", self.parts[0]["module"])
+        runs.write_json(run_dir / "model.json", self.metadata())
+
+    def _part_meta(self, part: dict[str, Any]) -> dict[str, Any]:
+        return {"target": part["target"], "folder": part["folder"], "delta": part["delta"].tolist()}
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta["extra"] = {
+            **self.extra,
+            "targets": [p["target"] for p in self.parts],
+            "folders": [p["folder"] for p in self.parts],
+            "parts": [self._part_meta(p) for p in self.parts],
+        }
+        return meta
+
+    @classmethod
+    def load(cls, run_dir: Path, meta: dict[str, Any]) -> Perturb:
+        from engine import toolkit
+        from engine.setup import InputSetup
+
+        info = models.get(meta["model"])
+        task = cls(
+            info,
+            models.coerce_params(info, meta.get("params") or {}),
+            InputSetup.from_dict(meta["setup"]),
+            dims=meta.get("dims"),
+            extra=meta.get("extra"),
+        )
+        task.parts = []
+        for p in task.extra.get("parts", []):
+            module = task.build()
+            module.load_state_dict(toolkit.load_weights(Path(run_dir) / p["folder"] / "model.pt"))
+            module.eval()
+            task.parts.append({**p, "module": module, "delta": np.asarray(p["delta"], np.float32)})
+        if not task.parts:
+            raise ScwbError(f"{run_dir} holds no trained perturbation model.")
+        task.module = task.parts[0]["module"]
+        return task
+
+
+def score_prediction(
+    pred: np.ndarray,
+    real: np.ndarray,
+    ctrl: np.ndarray,
+    var_names: Any,
+    shift: np.ndarray,
+    seed: int,
+) -> dict[str, Any]:
+    """scGen's metrics for the prediction and both baselines, on the target's top-100 DEGs
+    (real stimulated vs real control) and on all genes."""
+    degs = evaluate.top_degs(ctrl, real, var_names, n=100)
+    m = evaluate.perturbation(pred, real, ctrl, var_names, degs)
+    m.update(evaluate.perturbation(ctrl, real, ctrl, var_names, degs, prefix="baseline_noshift_"))
+    m.update(
+        evaluate.perturbation(
+            ctrl + shift, real, ctrl, var_names, degs, prefix="baseline_meanshift_"
+        )
+    )
+    m["beats_noshift"] = bool(m["r2_mean_all"] > m["baseline_noshift_r2_mean_all"])
+    m["beats_meanshift"] = bool(m["r2_mean_all"] > m["baseline_meanshift_r2_mean_all"])
+    m["degs"] = degs
+    return m
+
+
+def _encode(module: Any, x: np.ndarray, device: str) -> np.ndarray:
+    from engine import toolkit
+    from engine.data import DeviceMatrix
+
+    return toolkit.infer(module.encode, DeviceMatrix(x, device)).astype(np.float32)
+
+
+def _decode(module: Any, z: np.ndarray, device: str) -> np.ndarray:
+    from engine import toolkit
+    from engine.data import DeviceMatrix
+
+    return toolkit.infer(module.decode, DeviceMatrix(z, device)).astype(np.float32)

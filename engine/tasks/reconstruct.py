@@ -1,0 +1,102 @@
+"""Reconstruct cells (scQUEST): a latent code, the reconstruction, the signed residual per gene
+and the per-cell abnormality score (reconstruction MSE)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from engine import evaluate, io
+from engine.split import train_on_mask
+from engine.tasks.base import Task, baseline_epoch, dense_ok
+
+
+class Reconstruct(Task):
+    name = "reconstruct"
+
+    def configure(self, spec: Any, adata: ad.AnnData) -> None:
+        if self.info.kind == "torch":
+            x, _ = self.setup.matrix(adata)
+            out = self.params.get("output", "auto")
+            self.dims["sigmoid_output"] = out == "sigmoid" or (
+                out == "auto" and io.matrix_kind(x) == "scaled (MinMax)"
+            )
+        if spec.train_on:
+            self.extra["train_on"] = spec.train_on
+
+    def fit(self, adata: ad.AnnData, split: dict, ctx: Any) -> bool:
+        x, _ = self.setup.matrix(adata)
+        self.device = ctx.device
+        self.module = self.build()
+        if self.info.kind == "sklearn":
+            dense = io.dense(x)
+            self.module.fit(dense[split["train"]])
+            err = evaluate.mse_per_cell(dense, self.module.reconstruct(dense))
+            baseline_epoch(
+                ctx.run_dir,
+                train_mse=float(err[split["train"]].mean()),
+                val_mse=float(err[split["val"]].mean()),
+            )
+            return False
+        from engine import toolkit
+        from engine.data import DeviceMatrix
+
+        columns = {"x": DeviceMatrix(x, ctx.device)}
+        self.module, progress = toolkit.fit(self.module, ctx, columns, split)
+        return progress.cancelled
+
+    def outputs(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Latent codes and reconstructions of the rows of ``x``."""
+        if self.info.kind == "sklearn":
+            dense = io.dense(x)
+            return self.module.encode(dense), self.module.reconstruct(dense)
+        from engine import toolkit
+        from engine.data import DeviceMatrix
+
+        xm = DeviceMatrix(x, self.device)
+        return toolkit.infer(self.module.encode, xm), toolkit.infer(self.module, xm)
+
+    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+        x, missing = self.setup.matrix(adata, align)
+        latent, recon = self.outputs(x)
+        recon = recon.astype(np.float32)
+        dense_x = io.dense(x)
+        out, slots = self.start_output(adata)
+        self.put(out, slots, "obsm", "latent", self.info.latent_key, latent.astype(np.float32))
+        score = evaluate.mse_per_cell(dense_x, recon).astype(np.float32)
+        self.put(out, slots, "obs", "score", "abnormality", score)
+        if dense_ok(*dense_x.shape):
+            self.put(out, slots, "layers", "reconstruction", "reconstruction", recon)
+            self.put(out, slots, "layers", "residual", "residual", dense_x - recon)
+        return self.finish_output(out, slots, missing)
+
+    def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
+        score = out.obs[out.uns["scwb"]["slots"]["score"]].to_numpy(dtype=np.float64)
+        metrics: dict[str, Any] = {
+            "test_mse": float(score[split["test"]].mean()),
+            "train_mse": float(score[split["train"]].mean()),
+        }
+        inside = train_on_mask(out.obs, spec.train_on)
+        if inside is not None:
+            metrics.update(reference_scores(score, inside, split))
+        return metrics
+
+
+def reference_scores(score: np.ndarray, inside: np.ndarray, split: dict) -> dict[str, float]:
+    """Abnormality of the reference group (the cells trained on) and of the others, and the
+    AUROC of telling the others from held-out reference cells (test cells of the group)."""
+    metrics = {
+        "abnormality_trained_on": float(score[inside].mean()),
+        "abnormality_others": float(score[~inside].mean()) if (~inside).any() else float("nan"),
+    }
+    test = np.zeros(len(score), dtype=bool)
+    test[split["test"]] = True
+    held_out = test & inside
+    if (~inside).any() and held_out.any():
+        from sklearn.metrics import roc_auc_score
+
+        pick = held_out | ~inside
+        metrics["abnormality_auroc"] = float(roc_auc_score(~inside[pick], score[pick]))
+    return metrics

@@ -1,0 +1,290 @@
+"""Train and Runs through AppTest: defaults from the data, choices kept per session, the time
+estimate before Submit, and Runs controls that follow each run's current state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import datasets, estimate, jobs, models, runs, workspace
+from tests.conftest import ROOT
+
+T = 60
+
+
+@pytest.fixture(autouse=True)
+def _no_background_benchmark(monkeypatch):
+    monkeypatch.setenv("SCWB_BENCHMARK", "0")  # tests/test_estimate.py runs the real one
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    ok(at)
+    return at
+
+
+def ok(at) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not [e.value for e in at.error], [e.value for e in at.error]
+
+
+def box(at, label: str):
+    return next(s for s in at.selectbox if s.label == label)
+
+
+def button(at, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+@pytest.fixture
+def seurat_like(lognorm_adata):
+    """orig.ident first; 'stimulated' is the most frequent condition (listed first)."""
+    a = lognorm_adata.copy()
+    rng = np.random.default_rng(0)
+    cond = np.where(rng.random(a.n_obs) < 0.6, "stimulated", "control")
+    a.obs = pd.DataFrame(
+        {
+            "orig.ident": pd.Categorical(rng.choice(["SeuratProject", "pbmc2"], a.n_obs)),
+            "nCount_RNA": rng.gamma(2, 1000, a.n_obs),
+            "condition": pd.Categorical(cond),
+            "cell_type": a.obs["cell_type"].to_numpy(),
+        },
+        index=a.obs_names,
+    )
+    name = datasets.save(a, "seurat_like", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    return a
+
+
+@pytest.fixture
+def submitted(monkeypatch):
+    """What Submit hands to the job queue (no worker is started)."""
+    specs: list[dict] = []
+
+    def fake_submit(spec, root=None):
+        specs.append(spec.to_dict())
+        d = workspace.runs_dir() / f"fake-{len(specs)}"
+        d.mkdir(parents=True)
+        return d
+
+    monkeypatch.setattr(jobs, "submit", fake_submit)
+    return specs
+
+
+def test_perturb_form_defaults_come_from_the_data(seurat_like, submitted):
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    ok(at)
+    assert box(at, "Condition column").value == "condition"
+    assert box(at, "Control value").value == "control"
+    assert box(at, "Stimulated value").value == "stimulated"
+    assert box(at, "Cell-type column").value == "cell_type"
+    target = box(at, "Cell type to predict")
+    counts = pd.crosstab(seurat_like.obs["cell_type"], seurat_like.obs["condition"])
+    assert target.value == counts.sum(axis=1).idxmax() != "all"
+    assert target.options[-1].startswith("every cell type, leave-one-out")
+    assert any("control → stimulated" in c.value for c in at.caption)
+    button(at, "Submit").click().run()
+    ok(at)
+    (spec,) = submitted
+    assert (spec["ctrl"], spec["stim"], spec["predict"]) == ("control", "stimulated", target.value)
+    assert (spec["condition_key"], spec["cell_type_key"]) == ("condition", "cell_type")
+    assert spec["epochs"] == models.get("scgen").epochs  # explicit, from the estimate
+
+
+def test_leave_one_out_is_an_explicit_choice(seurat_like, submitted):
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    box(at, "Cell type to predict").set_value("all").run()
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted[0]["predict"] == "all"
+
+
+def test_classifier_label_is_the_cell_type_column_not_orig_ident(seurat_like, submitted):
+    at = app("train")
+    assert at.radio[0].value == "classify"
+    assert box(at, "Label column").value == "cell_type"
+    at.multiselect[0].set_value(["sk_logreg"]).run()
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted[0]["label_key"] == "cell_type"
+
+
+def test_choices_survive_leaving_train_and_are_per_session(seurat_like):
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    box(at, "Cell type to predict").set_value("B cell").run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/train.py").run()
+    ok(at)
+    assert at.radio[0].value == "perturb"
+    assert box(at, "Cell type to predict").value == "B cell"
+    other = app("train")  # another browser session starts from its own defaults
+    assert other.radio[0].value == "classify"
+
+
+def _slow_earlier_run(model: str, cells_per_s: float) -> None:
+    d = workspace.runs_dir() / f"2020-earlier-{model}"
+    d.mkdir(parents=True)
+    info = models.get(model)
+    runs.write_json(
+        d / "run.json",
+        {
+            "model": model,
+            "data_shape": [600, 200],
+            "params": info.defaults(),
+            "batch_size": info.batch_size,
+            "device_name": estimate.device("auto").name,
+            "task": info.task,
+        },
+    )
+    runs.write_json(
+        d / "status.json",
+        {"state": "completed", "cells_per_s": cells_per_s, "epoch": 50, "max_epochs": 50},
+    )
+
+
+def test_estimate_before_submit_and_shortened_cpu_epochs(seurat_like, submitted):
+    if estimate.device("auto").kind != "cpu":
+        pytest.skip("the CPU budget applies on a CPU-only machine")
+    _slow_earlier_run("mlp", 20.0)  # 20 cells/s: 50 epochs of 480 cells would take 20 min
+    at = app("train")
+    text = " ".join(m.value for m in at.markdown)
+    assert "**mlp** · epochs:" in text and "shortened to fit ~3 min on this CPU" in text
+    assert "published default 50" in text and "measured from 1 earlier run" in text
+    assert "**sk_logreg** · no epochs (fitted in one step)" in text
+    at.multiselect[0].set_value(["mlp", "sk_logreg"]).run()
+    button(at, "Submit").click().run()
+    ok(at)
+    by_model = {s["model"]: s for s in submitted}
+    n_train = int(0.8 * seurat_like.n_obs)
+    expected = estimate.estimate("mlp", 200, n_train, n_classes=4, start=False).epochs
+    assert by_model["mlp"]["epochs"] == expected < 50
+    # a number typed in the box wins
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(7).run()
+    assert "**mlp** · epochs: 7 ·" in " ".join(m.value for m in at.markdown)
+
+
+# ----------------------------------------------------------------------------- Runs
+def _fake_run(
+    run_id: str,
+    state: str,
+    model: str = "mlp",
+    status: dict | str | None = None,
+    metrics: pd.DataFrame | None = None,
+    results: bool = False,
+) -> Path:
+    d = workspace.runs_dir() / run_id
+    d.mkdir(parents=True)
+    runs.write_json(
+        d / "run.json",
+        {"model": model, "task": models.get(model).task, "dataset_name": "syn", "created": run_id},
+    )
+    if isinstance(status, str):
+        (d / "status.json").write_text(status)
+    elif status is not False:
+        runs.write_json(d / "status.json", {"state": state, **(status or {})})
+    if metrics is not None:
+        runs.write_metrics_csv(d, metrics.to_dict("records"))
+    if results:
+        (d / "results.h5ad").write_bytes(b"")
+        runs.write_json(d / "metrics.json", {"test_accuracy": 0.9})
+    return d
+
+
+def _early_stopped_curve(n: int = 11, best: int = 8) -> pd.DataFrame:
+    val = [abs(e - best) + 1.0 for e in range(1, n + 1)]
+    return pd.DataFrame({"epoch": range(1, n + 1), "train_loss": val, "val_loss": val})
+
+
+def test_runs_page_every_run_state_without_raising(monkeypatch):
+    _fake_run(
+        "2026-01-01-a-early",
+        "completed",
+        status={"epoch": 11, "max_epochs": 50, "cells_per_s": 1000.0},
+        metrics=_early_stopped_curve(),
+        results=True,
+    )
+    _fake_run("2026-01-02-b-sklearn", "completed", "sk_logreg", {"epoch": 1, "max_epochs": 1})
+    _fake_run("2026-01-03-c-cancelled", "cancelled", status={"epoch": 3.7, "max_epochs": 50})
+    _fake_run("2026-01-04-d-failed", "failed", status={"error": "boom", "log_tail": "line"})
+    _fake_run("2026-01-05-e-interrupted", "interrupted", status={"epoch": "x"})
+    _fake_run("2026-01-06-f-corrupt", "?", status="{not json")
+    _fake_run("2026-01-07-g-nostatus", "?", status=False)
+    bad = _fake_run("2026-01-08-h-badcsv", "completed", status={"epoch": 2, "max_epochs": 2})
+    (bad / "metrics.csv").write_text('epoch,train_loss\n1,"oops\n\x00\x00')
+    summary = runs.summary
+
+    def with_launcher(run_dir):  # helper "jobs" adds these to runs.summary
+        row = summary(run_dir)
+        return {**row, "launcher": "slurm", "job_id": f"42{len(row['id'])}"}
+
+    monkeypatch.setattr(runs, "summary", with_launcher)
+    at = app("runs")
+    df = at.dataframe[0].value
+    assert {"launcher", "job_id"} <= set(df.columns)
+    said = dict(zip(df["run"], df["epochs"], strict=True))
+    assert said["2026-01-01-a-early"] == "stopped early at epoch 11 of 50 (best epoch 8)"
+    assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 1.0
+    assert said["2026-01-02-b-sklearn"] == "fitted in one step"
+    assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
+    for run_id in df["run"]:
+        at.selectbox(key="run_selected").set_value(run_id).run()
+        assert not at.exception, (run_id, [e.message for e in at.exception])
+        link = at.get("page_link")[0].proto
+        assert link.disabled == (run_id != "2026-01-01-a-early"), run_id
+    monkeypatch.setattr(runs, "summary", summary)
+    no_launcher = app("runs").dataframe[0].value
+    assert "launcher" not in no_launcher.columns
+
+
+def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(lognorm_adata):
+    from engine.spec import RunSpec
+
+    name = datasets.save(lognorm_adata, "syn")
+    _fake_run("2020-01-01-older", "completed", "sk_logreg", {"epoch": 1}, results=True)
+    run = jobs.submit(
+        RunSpec(
+            model="logreg",
+            data=str(datasets.path(name)),
+            dataset_name=name,
+            label_key="cell_type",
+            epochs=2,
+        )
+    )
+    at = app("runs")
+    sel = at.selectbox(key="run_selected")
+    assert sel.value == run.name and sel.format_func(run.name).split(" · ")[-1] in runs.ACTIVE
+    assert not button(at, "Cancel run").disabled and button(at, "Delete run").disabled
+    assert at.get("page_link")[0].proto.disabled
+    assert jobs.wait(run, timeout=180)["state"] == "completed"
+    at.run()  # the fragment's next tick
+    ok(at)
+    sel = at.selectbox(key="run_selected")
+    assert sel.value == run.name and sel.format_func(run.name).endswith("· completed")
+    assert button(at, "Cancel run").disabled and not button(at, "Delete run").disabled
+    link = at.get("page_link")[0].proto
+    assert not link.disabled and link.query_string == f"run={run.name}"
+    assert any(c.value.startswith(("2 of 2 epochs", "stopped early")) for c in at.caption)
+    # the first pick after the state change is taken
+    sel.set_value("2020-01-01-older").run()
+    ok(at)
+    assert at.selectbox(key="run_selected").value == "2020-01-01-older"
+    assert at.get("page_link")[0].proto.query_string == "run=2020-01-01-older"
+    assert at.subheader[0].value.startswith("sk_logreg")
+    assert any(c.value == "fitted in one step" for c in at.caption)
+    # deleting the selected run moves the selection to one that exists
+    button(at, "Delete run").click().run()
+    ok(at)
+    assert at.selectbox(key="run_selected").value == run.name
+    assert json.loads((run / "run.json").read_text())["epochs"] == 2

@@ -1,0 +1,212 @@
+"""Defaults chosen from the data (engine.defaults) on realistic obs tables and the real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine import defaults
+from tests.conftest import shared_file
+
+
+def _obs(n: int = 400, seed: int = 0, **cols) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, v in cols.items():
+        if callable(v):
+            out[k] = v(rng, n)
+        else:
+            out[k] = pd.Categorical(rng.choice(v, n))
+    return pd.DataFrame(out, index=[f"AAAC{i:06d}-1" for i in range(n)])
+
+
+KANG = dict(
+    cluster_id=["CD14+ Monocytes", "CD4 T cells", "B cells", "NK cells", "CD8 T cells"],
+    sample_id=["ctrl101", "stim101", "ctrl107", "stim107"],
+    group_id=["ctrl", "stim"],
+    condition=["stimulated", "control"],
+    cell_type=["CD14+ Monocytes", "CD4 T cells", "B cells", "NK cells", "CD8 T cells"],
+)
+
+
+@pytest.mark.parametrize(
+    "values, ctrl",
+    [
+        (["stimulated", "control"], "control"),
+        (["control", "stimulated"], "control"),
+        (["stim", "ctrl"], "ctrl"),
+        (["STIM", "unstim"], "unstim"),
+        (["stimulated", "unstimulated"], "unstimulated"),
+        (["Hpoly.Day10", "Control"], "Control"),
+        (["Salmonella", "Ref"], "Ref"),
+        (["COVID-19", "healthy"], "healthy"),
+        (["LPS", "basal"], "basal"),
+        (["drugA", "DMSO", "drugB"], "DMSO"),
+        (["IFN-beta", "PBS"], "PBS"),
+        (["infected", "mock"], "mock"),
+        (["KO", "WT"], "WT"),
+        (["treated", "Untreated"], "Untreated"),
+        (["drug", "vehicle"], "vehicle"),
+        (["day3", "baseline"], "baseline"),
+    ],
+)
+def test_control_value_recognises_controls(values, ctrl):
+    assert defaults.control_value(values) == ctrl
+    stim = defaults.stimulated_value(values, ctrl)
+    assert stim != ctrl and stim in values
+
+
+def test_control_value_falls_back_to_the_most_frequent():
+    s = pd.Series(["a"] * 3 + ["b"] * 7 + ["c"] * 5)
+    assert defaults.control_value(s) == "b"
+    assert defaults.control_value({"x": 2, "y": 9}) == "y"
+    assert defaults.stimulated_value(s, "b") == "c"  # the most frequent other value
+
+
+def test_stimulated_prefers_stimulated_looking_values_and_never_the_control():
+    vals = {"control": 100, "day3": 500, "stimulated": 50}
+    assert defaults.control_value(vals) == "control"
+    assert defaults.stimulated_value(vals, "control") == "stimulated"
+    # "stimulated" contains "stim" but is not a control; "unstim" is
+    assert defaults.control_value({"stimulated": 900, "unstim_A": 10}) == "unstim_A"
+    assert defaults.stimulated_value({"only": 3}, "only") is None
+    assert defaults.control_value([]) is None
+
+
+def test_kang_like_obs():
+    obs = _obs(**KANG)
+    assert defaults.condition_column(obs) == "condition"
+    assert defaults.cell_type_column(obs) == "cell_type"
+    assert defaults.label_column(obs) == "cell_type"
+
+
+def test_hpoly_like_obs():
+    obs = _obs(
+        batch=["0", "1"],
+        barcode=lambda rng, n: [f"BC{i}" for i in range(n)],
+        condition=["Control", "Hpoly.Day10"],
+        cell_label=["Stem", "TA.Early", "Enterocyte.Progenitor", "TA", "Enterocyte", "Goblet"],
+        n_counts=lambda rng, n: rng.gamma(2, 1000, n).astype(np.float32),
+        n_genes=lambda rng, n: rng.integers(500, 3000, n),
+    )
+    assert defaults.condition_column(obs) == "condition"
+    assert defaults.cell_type_column(obs) == "cell_label"
+    cond = "condition"
+    ctrl = defaults.control_value(obs[cond])
+    assert (ctrl, defaults.stimulated_value(obs[cond], ctrl)) == ("Control", "Hpoly.Day10")
+
+
+def test_pbmc68k_like_obs_prefers_bulk_labels_over_louvain_and_never_phase():
+    obs = _obs(
+        bulk_labels=["CD14+ Monocyte", "Dendritic", "CD19+ B", "CD8+ Cytotoxic T", "CD56+ NK"],
+        n_genes=lambda rng, n: rng.integers(500, 1500, n),
+        percent_mito=lambda rng, n: rng.random(n).astype(np.float32),
+        phase=["G1", "S", "G2M"],
+        louvain=[str(i) for i in range(11)],
+    )
+    assert defaults.cell_type_column(obs) == "bulk_labels"
+    assert defaults.condition_column(obs) is None
+    no_bulk = obs.drop(columns="bulk_labels")
+    assert defaults.cell_type_column(no_bulk) == "louvain"
+
+
+def test_seurat_file_whose_first_column_is_orig_ident():
+    obs = _obs(
+        **{
+            "orig.ident": ["pbmc_A", "pbmc_B", "pbmc_C"],
+            "nCount_RNA": lambda rng, n: rng.gamma(2, 1000, n),
+            "nFeature_RNA": lambda rng, n: rng.integers(200, 2000, n),
+            "percent.mt": lambda rng, n: rng.random(n) * 5,
+            "seurat_clusters": [str(i) for i in range(8)],
+            "seurat_annotations": ["Naive CD4 T", "Memory CD4 T", "CD14 Mono", "B", "NK"],
+        }
+    )
+    assert defaults.cell_type_column(obs) == "seurat_annotations"
+    assert defaults.label_column(obs) == "seurat_annotations"
+    only_ident = obs[["orig.ident", "nCount_RNA"]]
+    assert defaults.cell_type_column(only_ident) is None
+    assert defaults.label_column(only_ident) == "orig.ident"  # the only usable one, as a fallback
+
+
+def test_never_numeric_never_per_cell_id_never_sample_or_donor():
+    obs = _obs(
+        cell_id=lambda rng, n: [f"cell{i}" for i in range(n)],
+        labels=lambda rng, n: [f"l{i}" for i in range(n)],  # unique per cell: an id
+        cluster=lambda rng, n: rng.integers(0, 5, n),  # integer dtype: numeric
+        donor=["d1", "d2", "d3"],
+        sample=["s1", "s2"],
+        replicate=["r1", "r2"],
+    )
+    assert defaults.cell_type_column(obs) is None
+    obs["celltype"] = pd.Categorical(np.resize(["T", "B", "Mono"], len(obs)))
+    assert defaults.cell_type_column(obs) == "celltype"
+
+
+def test_too_many_or_too_few_classes():
+    obs = _obs(cell_type=[f"type{i}" for i in range(80)], n=2000)
+    assert defaults.cell_type_column(obs) is None
+    assert defaults.cell_type_column(_obs(cell_type=["T"])) is None
+
+
+def test_perturb_target_is_the_largest_type_with_both_conditions():
+    rows = (
+        [("A", "control")] * 300  # the largest, but no stimulated cells
+        + [("B", "control")] * 60
+        + [("B", "stimulated")] * 70
+        + [("C", "control")] * 100
+        + [("C", "stimulated")] * 90
+        + [("D", "control")] * 400
+        + [("D", "stimulated")] * 3  # too few stimulated cells to score
+    )
+    obs = pd.DataFrame(rows, columns=["cell_type", "condition"])
+    assert defaults.perturb_target(obs, "condition", "cell_type", "control", "stimulated") == "C"
+    assert defaults.perturb_targets(obs, "condition", "cell_type", "control", "stimulated") == [
+        "C",
+        "B",
+    ]
+    assert defaults.perturb_target(obs, "condition", "cell_type", "control", "nope") is None
+    assert defaults.perturb_target(obs, "condition", "missing", "control", "stimulated") is None
+
+
+def test_describe_output_gives_the_same_answers(lognorm_adata):
+    from engine import io
+
+    d = io.describe(lognorm_adata)
+    assert defaults.condition_column(d) == defaults.condition_column(lognorm_adata) == "condition"
+    assert defaults.cell_type_column(d) == defaults.cell_type_column(lognorm_adata) == "cell_type"
+    vals = d["labels"]["condition"]
+    assert defaults.control_value(vals) == "control"
+    assert defaults.stimulated_value(vals, "control") == "stimulated"
+
+
+@pytest.mark.parametrize(
+    "name, cond, ctrl, stim, cell_type",
+    [
+        ("kang_counts_small.h5ad", "condition", "control", "stimulated", "cell_type"),
+        ("hpoly_small.h5ad", "condition", "Control", "Hpoly.Day10", "cell_label"),
+        ("kang_control_counts.h5ad", None, None, None, "cell_type"),
+        ("cytof_phenograph.h5ad", None, None, None, "phenograph_cluster"),
+    ],
+)
+def test_real_files(name, cond, ctrl, stim, cell_type):
+    import anndata as ad
+
+    a = ad.read_h5ad(shared_file(name), backed="r")
+    obs = a.obs.copy()
+    assert defaults.condition_column(obs) == cond
+    assert defaults.cell_type_column(obs) == cell_type
+    if cond:
+        c = defaults.control_value(obs[cond])
+        assert (c, defaults.stimulated_value(obs[cond], c)) == (ctrl, stim)
+        target = defaults.perturb_target(obs, cond, cell_type, ctrl, stim)
+        counts = pd.crosstab(obs[cell_type], obs[cond])
+        both = counts[(counts[ctrl] >= 20) & (counts[stim] >= 20)]
+        assert target == both.sum(axis=1).idxmax()
+
+
+def test_pbmc68k_reduced():
+    sc = pytest.importorskip("scanpy")
+    a = sc.datasets.pbmc68k_reduced()
+    assert defaults.cell_type_column(a) == "bulk_labels"
+    assert defaults.condition_column(a) is None

@@ -1,0 +1,138 @@
+"""Time before Submit (engine.estimate): the cost model, earlier runs, the warm-up benchmark."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine import estimate, models, runs, workspace
+from tests.conftest import ROOT
+
+CPU = estimate.Device("cpu", "CPU (2 threads)")
+GPU = estimate.Device("cuda", "NVIDIA H100 80GB HBM3")
+
+
+@pytest.mark.parametrize("model", [m for m, i in models.REGISTRY.items() if i.kind == "torch"])
+def test_dense_layers_match_the_built_network(model):
+    from torch import nn
+
+    info = models.get(model)
+    kw = {"n_classes": 5} if info.task == "classify" else {}
+    net = models.build(info, 123, info.defaults(), **kw)
+    built = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]
+    counted = estimate.dense_layers(model, 123, None, **kw)
+    assert sorted(built) == sorted(counted)
+    assert estimate.flops_per_cell(model, 123, None, **kw) == 3 * sum(2 * a * b for a, b in built)
+
+
+def test_sklearn_baselines_are_one_step():
+    est = estimate.estimate("sk_logreg", 200, 480, dev=CPU, start=False)
+    assert est.epochs is None and "one step" in est.text() and "one step" in est.epochs_text()
+
+
+def _earlier(model: str, cells_per_s: float, n_genes: int = 200, name: str | None = None, **kw):
+    d = workspace.runs_dir() / (name or f"2026-{model}-{len(list(workspace.runs_dir().iterdir()))}")
+    d.mkdir(parents=True)
+    info = models.get(model)
+    runs.write_json(
+        d / "run.json",
+        {
+            "model": model,
+            "data_shape": [600, n_genes],
+            "params": info.defaults(),
+            "batch_size": info.batch_size,
+            "device_name": kw.pop("device_name", CPU.name),
+        },
+    )
+    runs.write_json(
+        d / "status.json",
+        {
+            "state": kw.pop("state", "completed"),
+            "cells_per_s": cells_per_s,
+            "elapsed_s": 100.0,
+            "started": "2026-01-01T10:00:00+00:00",
+            "finished": "2026-01-01T10:01:50+00:00",  # 10 s after the loop
+            "host": kw.pop("host", socket.gethostname()),
+        },
+    )
+
+
+def test_estimate_from_earlier_runs_of_the_same_model():
+    _earlier("mlp", 1000.0)
+    _earlier("mlp", 3000.0)
+    _earlier("mlp", 1e9, state="failed")  # not completed: ignored
+    _earlier("mlp", 1e9, host="another-host")  # another machine: ignored
+    _earlier("mlp", 1e9, device_name="CPU (64 threads)")  # another device: ignored
+    est = estimate.estimate("mlp", 200, 1000, epochs=40, dev=CPU, start=False)
+    assert est.source == "measured from 2 earlier runs"
+    startup = estimate.DEFAULT_STARTUP_S["cpu"] + 10.0
+    assert est.seconds == pytest.approx(startup + 40 * 1000 / 2000.0)
+    assert est.text().startswith("about 50 s on CPU (2 threads) for 40 epochs x 1,000 training")
+
+
+def test_cpu_epochs_shortened_to_the_budget_gpu_keeps_published(monkeypatch):
+    monkeypatch.setenv("SCWB_CPU_BUDGET_S", "180")
+    _earlier("scgen", 100.0)  # 100 cells/s: 100 epochs of 1,000 cells would take 17 min
+    est = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False)
+    assert est.shortened and est.published_epochs == 100
+    assert est.epochs == int((180 - estimate.DEFAULT_STARTUP_S["cpu"] - 10) / 10)
+    assert est.seconds <= 180
+    assert "shortened to fit ~3 min on this CPU; published default 100" in est.epochs_text()
+    assert "about 3 min" in est.text()
+    # an explicit choice is kept as it is
+    assert estimate.estimate("scgen", 200, 1000, epochs=80, dev=CPU, start=False).epochs == 80
+    gpu = estimate.estimate("scgen", 200, 1000, dev=GPU, start=False)
+    assert gpu.epochs == 100 and not gpu.shortened
+    # the leave-one-out run trains one model per cell type
+    loo = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False, n_models=4)
+    assert loo.epochs < est.epochs and "x 4 models (leave-one-out)" in loo.text()
+
+
+def test_published_default_kept_when_it_fits():
+    _earlier("mlp", 50_000.0)
+    est = estimate.estimate("mlp", 200, 480, dev=CPU, start=False)
+    assert est.epochs == 50 and not est.shortened
+    assert est.epochs_text() == "epochs: 50 (published default, fits on this CPU)"
+
+
+def test_no_speed_known_says_so(monkeypatch):
+    monkeypatch.setenv("SCWB_BENCHMARK", "0")
+    est = estimate.estimate("vae", 200, 480, dev=CPU)
+    assert est.seconds is None and est.epochs == 100 and not est.pending
+    assert "no estimate yet" in est.text()
+
+
+def test_benchmark_runs_in_a_subprocess_and_calibrates():
+    assert estimate.start_benchmark("cpu")
+    assert estimate.start_benchmark("cpu")  # already running: not started twice
+    t0 = time.time()
+    while "cpu" not in estimate.read_benchmarks() and time.time() - t0 < 120:
+        time.sleep(0.5)
+    bench = estimate.read_benchmarks()["cpu"]
+    assert bench["step_s"] > 0 and bench["flop_rate"] > 1e8 and bench["name"].startswith("CPU")
+    assert not estimate.start_benchmark("cpu")  # cached in the workspace
+    est = estimate.estimate("vae", 200, 480, dev=CPU)
+    assert est.seconds and est.source == "from a warm-up benchmark of this machine"
+    _earlier("autoencoder", 5000.0)
+    est = estimate.estimate("vae", 200, 480, dev=CPU)
+    assert "calibrated by 1 earlier run" in est.source
+
+
+def test_modules_never_import_torch():
+    code = (
+        "import sys, engine.estimate, engine.defaults\n"
+        "engine.estimate.estimate('mlp', 100, 100, dev=engine.estimate.Device('cpu','CPU'), start=False)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize(
+    "s, text", [(3, "5 s"), (44, "45 s"), (170, "3 min"), (3600 * 1.5, "1 h 30 min"), (7200, "2 h")]
+)
+def test_fmt_duration(s, text):
+    assert estimate.fmt_duration(s) == text

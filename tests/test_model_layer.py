@@ -1,0 +1,191 @@
+"""One model layer: training and ``engine predict`` write the same slots with the same values,
+for every model in the registry; the input's own slots are never changed; no import cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from engine import io, models, predict, train
+from engine.cli import main
+from engine.spec import RunSpec
+from tests.conftest import ROOT
+
+SCGEN = dict(
+    condition_key="condition",
+    ctrl="control",
+    stim="stimulated",
+    cell_type_key="cell_type",
+    predict="B cell",
+    params={"n_hidden": 32, "n_latent": 8},
+)
+CASES = {
+    "logreg": dict(model="logreg", label_key="cell_type"),
+    "mlp": dict(model="mlp", label_key="cell_type"),
+    "sk_logreg": dict(model="sk_logreg", label_key="cell_type"),
+    "autoencoder": dict(model="autoencoder", train_on={"condition": ["control"]}),
+    "pca": dict(model="pca"),
+    "vae_X": dict(model="vae", data="counts", label_key="cell_type"),
+    "vae_layer_batch": dict(
+        model="vae", layer="counts", label_key="cell_type", params={"batch_key": "sample"}
+    ),
+    "pca_embed_counts": dict(model="pca_embed", data="counts"),
+    "scgen": dict(model="scgen", **SCGEN),
+}
+
+
+def _values(v):
+    return np.asarray(v.toarray() if sp.issparse(v) else v)
+
+
+def _assert_same_slots(a: ad.AnnData, b: ad.AnnData, where: str, keys) -> None:
+    for key in keys:
+        x, y = getattr(a, where)[key], getattr(b, where)[key]
+        if where == "obs" and not pd.api.types.is_numeric_dtype(x):
+            assert list(x.astype(str)) == list(y.astype(str)), key
+        else:
+            np.testing.assert_allclose(_values(x), _values(y), rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_every_registry_model_is_covered():
+    covered = {c["model"] for c in CASES.values()}
+    assert covered == set(models.REGISTRY)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_predict_on_training_cells_equals_results(tmp_path, case, lognorm_adata, counts_adata):
+    kw = dict(CASES[case])
+    source = counts_adata if kw.pop("data", "lognorm") == "counts" else lognorm_adata
+    source = source.copy()
+    source.obsm["X_pca"] = np.ones((source.n_obs, 50), dtype=np.float32)  # the input's own
+    path = io.write_h5ad(source, tmp_path / "in.h5ad")
+    out = tmp_path / "run"
+    train.run(RunSpec(data=str(path), out=str(out), epochs=2, **kw))
+    res = ad.read_h5ad(out / "results.h5ad")
+    slots = dict(res.uns["scwb"]["slots"])
+    assert slots, "uns['scwb'] names the slots it wrote"
+    # the input's own slots are untouched
+    np.testing.assert_array_equal(res.obsm["X_pca"][: source.n_obs], source.obsm["X_pca"])
+    assert set(source.obs.columns) <= set(res.obs.columns)
+    for layer in source.layers:
+        np.testing.assert_allclose(
+            _values(res.layers[layer])[: source.n_obs], _values(source.layers[layer])
+        )
+
+    data = io.read(path)
+    again = predict.predict(out, data)
+    shuffled = data[:, np.random.default_rng(0).permutation(data.n_vars)].copy()
+    aligned = predict.predict(out, shuffled, align=True)
+    for other in (again, aligned):
+        assert list(other.obs_names) == list(res.obs_names)
+        assert dict(other.uns["scwb"]["slots"]) == slots
+        for where in ("obs", "obsm", "layers"):
+            written = [v for v in slots.values() if v in getattr(res, where)]
+            _assert_same_slots(res, other, where, written)
+        assert other.uns["scwb"]["run_id"] == res.uns["scwb"]["run_id"] == "run"
+    if case == "scgen":
+        pred = res.obs["condition"] == "predicted"
+        assert pred.sum() > 0 and np.isfinite(res.obsm["X_scgen"]).all()
+        _assert_same_slots(res[pred.to_numpy()], again[pred.to_numpy()], "obsm", ["X_scgen"])
+        np.testing.assert_allclose(
+            _values(res.X)[pred.to_numpy()], _values(again.X)[pred.to_numpy()], atol=1e-4
+        )
+
+
+def test_predict_cli_on_a_vae_with_batch_and_counts_layer(tmp_path, lognorm_adata, capsys):
+    """Both bugs of the old predict: the batch covariate and the counts layer with --align."""
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    shuffled = lognorm_adata[:, lognorm_adata.var_names[::-1]].copy()
+    io.write_h5ad(shuffled, tmp_path / "shuffled.h5ad")
+    run = tmp_path / "vae"
+    args = ["train", "--model", "vae", "--data", str(path), "--out", str(run), "--epochs", "1"]
+    assert main([*args, "--param", "batch_key=sample", "--layer", "counts"]) == 0
+    out = tmp_path / "pred.h5ad"
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--data",
+                str(tmp_path / "shuffled.h5ad"),
+                "-o",
+                str(out),
+                "--align",
+            ]
+        )
+        == 0
+    )
+    res, pred = ad.read_h5ad(run / "results.h5ad"), ad.read_h5ad(out)
+    np.testing.assert_allclose(pred.obsm["X_vae"], res.obsm["X_vae"], atol=1e-4)
+
+
+def test_predict_refuses_an_unknown_batch(tmp_path, lognorm_adata):
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "vae"
+    train.run(
+        RunSpec(model="vae", data=str(path), out=str(run), epochs=1, params={"batch_key": "sample"})
+    )
+    other = lognorm_adata.copy()
+    other.obs["sample"] = "donor9"
+    with pytest.raises(ValueError, match="never saw"):
+        predict.predict(run, other)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every engine module ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("engine"):
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("engine")}
+    return found
+
+
+def test_no_import_cycle_in_engine():
+    files = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / "engine").rglob("*.py")
+    }
+    graph = {m: {i for i in _imports(p) if i in files and i != m} for m, p in files.items()}
+    for m in graph:  # a package imports its own modules' parents: ignore `engine` itself
+        graph[m].discard("engine")
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, m, n]))
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_app_side_modules_do_not_import_torch():
+    """The app validates forms with engine.preflight; none of these may load torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import engine.preflight, engine.spec, engine.models, engine.setup, "
+        "engine.split, engine.perturb, engine.export, engine.runs, engine.jobs; "
+        "print('torch' in sys.modules or 'pytorch_lightning' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "False"
