@@ -109,6 +109,13 @@ options = [
 if options:
     metric = st.selectbox("Curve", options, format_func=metric_names.name)
     figures.show("overlaid_curves", lambda: figures.overlaid_curves(curves, metric))
+    without = [name for name, df in curves.items() if metric not in df]
+    if without:
+        st.caption(
+            "No per-epoch curve for "
+            + ", ".join(figures.esc(n) for n in without)
+            + " (fitted in one step, or no epoch finished)."
+        )
 st.download_button(
     "Comparison table (CSV)",
     csvsafe.to_csv(table, index=False),

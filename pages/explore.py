@@ -75,7 +75,13 @@ def _sources() -> list[Source]:
     out.append(Source("UMAP of X (computed)", "X", "umap", cache, src))
     for r in _finished_runs(name):
         model = r["spec"].get("model") or r["model"]
-        for key in (f"X_{model}", "X_pca_baseline"):
+        p = Path(r["path"]) / "results.h5ad"
+        try:
+            _, keys, latent = _run_obs(str(p), p.stat().st_mtime)
+        except Exception:  # an unreadable results file: nothing to offer from this run
+            continue
+        key = next((k for k in (latent, f"X_{model}", "X_pca_baseline") if k and k in keys), None)
+        if key:
             out.append(
                 Source(
                     f"UMAP of the {model} latent space · run {r['id']}",
@@ -87,35 +93,22 @@ def _sources() -> list[Source]:
                     auto=(r["spec"].get("data_shape") or [0])[0] <= AUTO_UMAP_CELLS,
                 )
             )
-            if model != "pca":
-                break
     return out
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _run_obs(path: str, mtime: float) -> tuple[pd.DataFrame, list[str]]:
-    """A run's results: its obs table and the obsm keys (read backed: no matrix is loaded)."""
+def _run_obs(path: str, mtime: float) -> tuple[pd.DataFrame, list[str], str | None]:
+    """A run's results: its obs table, its obsm keys and the latent slot the engine recorded
+    (read backed: no matrix is loaded)."""
     res = ad.read_h5ad(path, backed="r")
     try:
-        return res.obs.copy(), list(res.obsm.keys())
+        slots = dict((res.uns.get("scwb") or {}).get("slots") or {})
+        return res.obs.copy(), list(res.obsm.keys()), slots.get("latent")
     finally:
         res.file.close()
 
 
-sources = _sources()
-run_keys: dict[str, list[str]] = {}
-usable = []
-for s in sources:
-    if s.run:
-        p = Path(s.folder) / "results.h5ad"
-        try:
-            if s.folder not in run_keys:
-                run_keys[s.folder] = _run_obs(str(p), p.stat().st_mtime)[1]
-        except Exception:
-            run_keys[s.folder] = []
-        if s.key not in run_keys[s.folder]:
-            continue
-    usable.append(s)
+usable = _sources()
 labels = [s.label for s in usable]
 preferred = next(
     (i for i, s in enumerate(usable) if s.method is None and "umap" in s.key.lower()),
@@ -178,10 +171,10 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
             return col.to_numpy()[rows]
         return col.astype(str).to_numpy()[rows]
     j = adata.var_names.get_loc(color_name)
-    if source.run:
+    if source.run and adata.obs_names.is_unique:
         at = adata.obs_names.get_indexer(obs.index[rows])
-    else:
-        at = rows
+    else:  # the dataset's own rows (or, with duplicate names, a run's first n_obs rows)
+        at = np.where(rows < adata.n_obs, rows, -1)
     found = at >= 0
     out = np.full(len(rows), np.nan, dtype=np.float32)
     col = adata.X[at[found]][:, j]

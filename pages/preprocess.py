@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import datasets, io
 from engine import preprocess as pp
+from ui import figures
 from ui.figures import esc
 from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
 
@@ -162,18 +163,24 @@ if result and result[0] == name and result[1] == recipe.to_json():
     )
     before, after = _values(adata), _values(out)
     h = st.columns(2)
-    for col, vals, label in (
-        (h[0], before, f"Before: {d['x_kind']}"),
-        (h[1], after, f"After: {io.matrix_kind(out.X)}"),
-    ):
-        fig = px.histogram(
-            pd.DataFrame({"value": vals}),
-            x="value",
-            nbins=60,
-            log_y=True,
-            title=f"{label} (sample of entries)",
+    for i, (col, vals, label) in enumerate(
+        (
+            (h[0], before, f"Before: {d['x_kind']}"),
+            (h[1], after, f"After: {io.matrix_kind(out.X)}"),
         )
-        col.plotly_chart(fig, width="stretch")
+    ):
+        figures.show(
+            f"pp_hist_{i}",
+            lambda v=vals, t=label: px.histogram(
+                pd.DataFrame({"value": v}),
+                x="value",
+                nbins=60,
+                log_y=True,
+                title=f"{t} (sample of entries)",
+            ),
+            where=col,
+            what="the value histogram",
+        )
     new_name = st.text_input("Save as dataset", value=f"{name}_pp")
     if st.button("Save"):
         try:

@@ -83,7 +83,7 @@ if state in runs.ACTIVE:
     ep, mx = status.get("epoch"), status.get("max_epochs")
     st.info(
         f"This run is {state}"
-        + (f" (epoch {ep} of {mx})" if ep is not None and mx else "")
+        + (f" (epoch {esc(ep)} of {esc(mx)})" if ep is not None and mx else "")
         + ": its results appear here when it finishes."
     )
     st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
@@ -234,32 +234,32 @@ if res is not None and task == "classify":
                 "per_class_f1", lambda: figures.per_class_f1(metrics["per_class_f1"]), figs, c[1]
             )
 
+# where the engine put each output (uns['scwb']['slots']: role -> key; the usual names otherwise)
+scwb = dict(res.uns.get("scwb") or {}) if res is not None else {}
+slots = dict(scwb.get("slots") or {})
+REC, SCORE = slots.get("reconstruction", "reconstruction"), slots.get("score", "abnormality")
+
 if res is not None and task in ("reconstruct", "embed"):
     with guard("the reconstruction figures"):
         groups_opts = [
             "(none)",
-            *[
-                c
-                for c in res.obs.columns
-                if res.obs[c].astype(str).nunique() <= 200 and c != "abnormality"
-            ],
+            *[c for c in res.obs.columns if res.obs[c].astype(str).nunique() <= 200 and c != SCORE],
         ]
         group = st.selectbox(
             "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
         )
         grp = None if group == "(none)" else res.obs[group].astype(str)
-        if "reconstruction" in res.layers:
+        if REC in res.layers:
             from engine import io
 
             model_json = runs.read_json(run_dir / "model.json", {}) or {}
-            layer = (
-                (res.uns.get("scwb") or {}).get("layer")
-                or (model_json.get("setup") or {}).get("layer")
-                or spec.get("layer")
-                or "X"
-            )
+            layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer")
+            if not layer:  # a count model reads layers['counts'] when there is one
+                likelihood = (spec.get("params") or {}).get("likelihood", "nb")
+                count_model = task == "embed" and likelihood != "gaussian"
+                layer = "counts" if count_model and "counts" in res.layers else "X"
             x = res.layers.get(layer, res.X)
-            recon = res.layers["reconstruction"]
+            recon = res.layers[REC]
             counts = io.matrix_kind(x) == "counts"
             if counts:  # a few genes dominate raw counts: compare log-normalised values
                 x, recon = (
@@ -274,14 +274,14 @@ if res is not None and task in ("reconstruct", "embed"):
                 )
             for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
                 figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
-        if "abnormality" in res.obs and grp is not None:
+        if SCORE in res.obs and grp is not None:
             import plotly.express as px
 
             def _abn():
                 label = figures.plain(group)
                 df = pd.DataFrame(
                     {
-                        "abnormality": res.obs["abnormality"].to_numpy(),
+                        "abnormality": res.obs[SCORE].to_numpy(),
                         label: grp.map(figures.plain).to_numpy(),
                     }
                 )
@@ -290,17 +290,14 @@ if res is not None and task in ("reconstruct", "embed"):
                     x=label,
                     y="abnormality",
                     color=label,
+                    category_orders={label: sorted(df[label].unique())},
                     title="Per-cell abnormality (reconstruction MSE) by group",
                 ).update_layout(showlegend=False)
 
             figures.show("abnormality", _abn, figs)
 
     model = spec.get("model") or row.get("model")
-    keys = [
-        k
-        for k in (f"X_{model}", "X_pca_baseline", (res.uns.get("scwb") or {}).get("latent_key"))
-        if k and k in res.obsm
-    ]
+    keys = [k for k in (slots.get("latent"), f"X_{model}", "X_pca_baseline") if k and k in res.obsm]
     if keys:
         with guard("the latent space"):
             key = keys[0]
@@ -525,19 +522,20 @@ if res is not None and task == "perturb":
             if genes:
                 figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
 
-        if "X_scgen" in res.obsm:
-            st.subheader(f"Latent space of {esc(target)} cells")
+        LAT = slots.get("latent", "X_scgen")
+        if LAT in res.obsm:
+            st.subheader(f"Latent space: {esc(target)}")
             keep = (res.obs[info["cell_type_key"]].astype(str) == target).to_numpy()
             cond_all = res.obs[info["condition_key"]].astype(str).to_numpy()
 
             def draw_scgen(out: dict) -> None:
                 cells = out["cells"]
                 sel = keep[cells]
-                n_bad = int((~np.isfinite(np.asarray(res.obsm["X_scgen"])[keep]).all(1)).sum())
+                n_bad = int((~np.isfinite(np.asarray(res.obsm[LAT])[keep]).all(1)).sum())
                 if n_bad:
                     st.caption(
-                        f"{n_bad:,} {esc(target)} cell(s) without a finite latent code "
-                        "(predicted cells of an older run) are left out."
+                        f"{n_bad:,} {esc(target)} cells have no finite latent code (predicted "
+                        "cells of a run made before latents were written for them): left out."
                     )
                 figures.show(
                     "latent_umap",
@@ -546,11 +544,18 @@ if res is not None and task == "perturb":
                         cond_all[cells][sel],
                         "condition",
                         f"UMAP of the scGen latent space, {target}",
+                        dict(
+                            zip(
+                                [str(info["ctrl"]), "predicted", str(info["stim"])],
+                                figures.CONDITION_COLOURS,
+                                strict=True,
+                            )
+                        ),
                     ),
                     figs,
                 )
 
-            latent_embedding("X_scgen", res.n_obs, draw_scgen)
+            latent_embedding(LAT, res.n_obs, draw_scgen)
 
 st.divider()
 st.subheader("Export")

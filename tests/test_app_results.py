@@ -324,8 +324,10 @@ def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
     heat = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("Input"))
     z = arr(heat["data"][0]["z"])
     assert z.max() <= np.log1p(1e4) + 1e-6 and not np.allclose(z, np.round(z))
-    rec = next(s for s in specs(at) if s["layout"]["title"]["text"] == "Reconstruction")
+    rec = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("Reconstruction"))
     assert arr(rec["data"][0]["z"]).max() <= np.log1p(1e4) + 1e-6
+    # one colour scale for both: equal colours mean equal values
+    assert rec["data"][0]["zmax"] == heat["data"][0]["zmax"] >= z.max()
     # the UMAP is computed by a background process: the page shows a progress line at once
     assert embedding.read(run, "X_vae")["state"] in ("computing", "done")
     assert not any(t.startswith("UMAP of X_vae") for t in titles(at)) or (
@@ -378,7 +380,7 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset):
         assert t["scalemode"] == "width" and t["width"] > 0.5
         ys = arr(t["y"])
         assert len(np.unique(ys)) > 1, t["name"]
-    assert any("without a finite latent code" in c for c in texts(at, "caption"))
+    assert any("have no finite latent code" in c for c in texts(at, "caption"))
     umap = next(s for s in specs(at) if "scGen latent space" in s["layout"]["title"]["text"])
     names = {t["name"] for t in umap["data"]}
     assert names == {"control", "stimulated"}, names  # the NaN predicted cells are left out
@@ -530,29 +532,71 @@ def test_browser_results_of_three_runs_compare_and_explore(server, lognorm_adata
     _finished(name, "sk_logreg", label_key="cell_type")
     for run, key in ((made["autoencoder"], "X_autoencoder"), (made["scgen"], "X_scgen")):
         assert embedding.compute(run, key)["state"] == "done"
+    cache = workspace / "embeddings" / name
+    assert embedding.compute(cache, "X", source=datasets.path(name))["state"] == "done"
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page = browser.new_page(viewport={"width": 1400, "height": 3300})
         for what, run in made.items():
             page.goto(f"{server}/results?run={run.name}")
             expect(page.get_by_text("Export", exact=True)).to_be_visible(timeout=90_000)
             _wait_idle(page, timeout=120_000)
-            expect(page.get_by_test_id("stSelectbox").first).to_contain_text(run.name)
+            assert run.name in page.get_by_test_id("stSelectbox").first.aria_snapshot()
             expect(page.get_by_text("Traceback")).to_have_count(0)
             page.screenshot(path=SHOTS / f"results_{what}.png", full_page=True)
+        page.set_viewport_size({"width": 1400, "height": 1500})
         _go(page, "Compare")
         expect(page.get_by_text("same test cells")).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
         _wait_idle(page)
+        page.wait_for_timeout(1000)
         page.screenshot(path=SHOTS / "compare.png", full_page=True)
         _go(page, "Explore")
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
-        page.get_by_test_id("stSelectbox").nth(1).click()
-        page.get_by_role("option", name="UMAP of the autoencoder latent space", exact=False).click()
-        _wait_idle(page)
-        expect(page.get_by_text("UMAP of the autoencoder latent space").last).to_be_visible(
-            timeout=60_000
-        )
+        for option in ("UMAP of the autoencoder latent space", "UMAP of X (computed)"):
+            page.get_by_test_id("stSelectbox").nth(1).click()
+            page.get_by_role("option", name=option, exact=False).click()
+            _wait_idle(page)
+            expect(page.locator(".js-plotly-plot .gtitle").first).to_contain_text(
+                option, timeout=60_000
+            )
         page.wait_for_timeout(1500)
         page.screenshot(path=SHOTS / "explore.png", full_page=True)
         browser.close()
+
+
+def test_results_opens_the_requested_run_every_time(dataset):
+    """Runs -> Open results: the run asked for is shown, not the first or the last viewed."""
+    a = _finished(dataset, "sk_logreg", suffix="-a", label_key="cell_type").name
+    b = _finished(dataset, "pca", suffix="-b", label_key="cell_type").name
+    at = app("results", run=a)
+    assert at.selectbox[0].value == a
+    at.session_state["results_run_request"] = b  # what Runs sets before switch_page
+    at.run()
+    assert at.selectbox[0].value == b and not at.exception
+    at.selectbox[0].set_value(a).run()
+    assert at.selectbox[0].value == a
+    at.session_state["results_run_request"] = b
+    at.run()
+    assert at.selectbox[0].value == b
+    at.query_params["run"] = a  # a link with ?run=
+    at.run()
+    assert at.selectbox[0].value == a
+
+
+def test_user_strings_are_escaped_for_markdown_and_figures():
+    from ui import figures
+
+    hostile = "**b** [x](http://evil.example) ![i](http://evil.example/p.png) :red[r] $x$ <b>"
+    out = figures.esc(hostile)
+    for raw in ("**", "](", "![", ":red[", "$x$", "<b>"):
+        assert raw not in out, raw
+    assert figures.esc("B cell") == "B cell" and figures.esc("a\nb") == "a b"
+    fig = figures.confusion([[1, 0], [0, 1]], ["<a href='http://evil'>x</a>", "T"])
+    assert "&lt;a href" in fig.data[0].x[0]
+    emb = figures.embedding(
+        np.zeros((3, 2)), np.array(["<b>a</b>", "b", "b"]), "<i>col</i>", "<a href='x'>t</a>"
+    )
+    assert "<a" not in emb.layout.title.text and "<i>" not in emb.layout.legend.title.text
+    assert {t.name for t in emb.data} == {"&lt;b&gt;a&lt;/b&gt;", "b"}

@@ -128,8 +128,15 @@ def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
     return figs
 
 
+CONDITION_COLOURS = ["#9fb3c8", "#d62728", "#1f4e79"]  # control, predicted, stimulated
+
+
 def embedding(
-    coords: np.ndarray, color: pd.Series | np.ndarray, color_name: str, title: str
+    coords: np.ndarray,
+    color: pd.Series | np.ndarray,
+    color_name: str,
+    title: str,
+    colours: dict[str, str] | None = None,
 ) -> go.Figure:
     idx = sample_index(coords.shape[0], MAX_POINTS)
     label = plain(color_name)
@@ -147,6 +154,7 @@ def embedding(
         render_mode="webgl",
         category_orders={label: sorted(df[label].unique())} if not numeric else None,
         color_continuous_scale="Viridis" if numeric else None,
+        color_discrete_map={plain(k): v for k, v in colours.items()} if colours else None,
     )
     fig.update_traces(marker={"size": 4})
     fig.update_layout(legend_title=label, showlegend=True, legend={"itemsizing": "constant"})
@@ -179,13 +187,19 @@ def recon_heatmaps(
         "y": list(range(len(idx))),
         "text": [[yl] * len(top) for yl in ylabels] if ylabels else None,
     }
+    xin, xrec = x[np.ix_(idx, top)], recon[np.ix_(idx, top)]
+    # one colour scale for input and reconstruction, so that equal colours mean equal values
+    shared = {
+        "zmin": float(min(np.nanmin(xin), np.nanmin(xrec))),
+        "zmax": float(max(np.nanmax(xin), np.nanmax(xrec))),
+    }
     figs = [
-        go.Figure(go.Heatmap(z=x[np.ix_(idx, top)], colorscale="Viridis", **common)).update_layout(
+        go.Figure(go.Heatmap(z=xin, colorscale="Viridis", **shared, **common)).update_layout(
             title=f"Input ({note})"
         ),
-        go.Figure(
-            go.Heatmap(z=recon[np.ix_(idx, top)], colorscale="Viridis", **common)
-        ).update_layout(title="Reconstruction"),
+        go.Figure(go.Heatmap(z=xrec, colorscale="Viridis", **shared, **common)).update_layout(
+            title="Reconstruction (same colour scale as the input)"
+        ),
         go.Figure(
             go.Heatmap(z=err, colorscale="RdBu_r", zmin=-lim, zmax=lim, **common)
         ).update_layout(title="Error (input - reconstruction)"),
@@ -267,7 +281,7 @@ def deg_violins(
 ) -> go.Figure:
     """Violins per gene, conditions side by side in ``order`` (control, predicted, stimulated):
     each with its width (same for all), box and median line, so the distributions are visible."""
-    colours = ["#9fb3c8", "#d62728", "#1f4e79", "#6b8e23", "#9467bd"]
+    colours = [*CONDITION_COLOURS, "#6b8e23", "#9467bd"]
     groups = list(order or []) + sorted(
         set(values[condition].astype(str)) - set(order or []), key=str
     )
