@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import engine
-from engine import runs
+from engine import csvsafe, runs
 
 # fields a rerun must not inherit: where the data and the run folder were, and identity checks
 NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
@@ -104,13 +104,6 @@ def bundle(run_dir: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def csv_cell(value: object) -> object:
-    """A value safe to open in a spreadsheet: text that starts like a formula is quoted."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def metrics_csv(run_dir: str | Path) -> str:
     metrics = runs.read_json(Path(run_dir) / "metrics.json", {}) or {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
@@ -118,5 +111,5 @@ def metrics_csv(run_dir: str | Path) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["metric", "value"])
     for k, v in flat.items():
-        w.writerow([csv_cell(k), csv_cell(v)])
+        w.writerow([csvsafe.cell(k), csvsafe.cell(v)])
     return buf.getvalue()
