@@ -351,8 +351,9 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
 # ----------------------------------------------------------------------------- describing
 def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     """What a matrix holds: 'counts', 'log-normalised', 'normalised (not log)', 'raw intensities'
-    (cytometry), 'scaled (MinMax)', 'scaled (z-score)', 'centred or signed values', 'empty' or
-    'invalid (NaN/inf)', judged on up to ``max_rows`` rows."""
+    (cytometry), 'arcsinh-transformed' (cytometry after asinh(x / cofactor)), 'scaled (MinMax)',
+    'scaled (z-score)', 'centred or signed values', 'empty' or 'invalid (NaN/inf)', judged on up
+    to ``max_rows`` rows."""
     if x is None or x.shape[0] == 0 or x.shape[1] == 0:
         return "empty"
     rows = x[: min(max_rows, x.shape[0])]
@@ -366,8 +367,13 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     if vmin < 0 and vmax > 30:
         return "raw intensities"  # cytometry: large values with small negative noise
     if vmin < 0:
-        means = np.abs(dense(rows).mean(axis=0))
-        return "scaled (z-score)" if np.median(means) < 0.25 else "centred or signed values"
+        d = dense(rows)
+        means, stds = np.abs(d.mean(axis=0)), d.std(axis=0)
+        if np.median(means) < 0.25 and 0.5 < np.median(stds) < 1.5:
+            return "scaled (z-score)"  # every gene centred with unit spread
+        if vmin > -3.0 and vmax < 15:
+            return "arcsinh-transformed"  # asinh of intensities: small negative noise, < ~10
+        return "centred or signed values"
     if np.all(np.mod(vals, 1) == 0):
         return "counts"
     if vmax <= 1.0 + 1e-6:

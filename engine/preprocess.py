@@ -233,6 +233,8 @@ class Recipe:
                 steps.append(Step("hvg", {"n_top": n_top}))
         elif kind == "raw intensities":  # cytometry, as scQUEST: arcsinh then MinMax
             steps = [Step("arcsinh", {"cofactor": 5.0}), Step("scale", {"method": "minmax"})]
+        elif kind == "arcsinh-transformed":  # already asinh(x / cofactor): MinMax, as scQUEST
+            steps = [Step("scale", {"method": "minmax"})]
         elif kind == "normalised (not log)":
             steps = [Step("normalize", {"target_sum": 1e6, "log": True})]
         return cls(steps)

@@ -550,3 +550,26 @@ def test_wide_table_header_spanning_chunks_is_counted(tmp_path, monkeypatch):
     from engine import reader
 
     assert reader.table_bounds(p, "wide.csv", ",") == (1, n_genes)
+
+
+def test_cytometry_arcsinh_layer_is_recognised_not_called_zscore():
+    rng = np.random.default_rng(0)
+    raw = np.concatenate(
+        [rng.normal(0, 2, (500, 10)), rng.lognormal(5, 1, (500, 10))], axis=1
+    ).astype(np.float32)  # negative noise around zero, and bright markers
+    assert io.matrix_kind(raw) == "raw intensities"
+    assert io.matrix_kind(np.arcsinh(raw / 5)) == "arcsinh-transformed"
+    z = (raw - raw.mean(0)) / raw.std(0)
+    assert io.matrix_kind(z) == "scaled (z-score)"
+    from engine import preprocess as pp
+
+    steps = pp.Recipe.suggest({"x_kind": "arcsinh-transformed"}).steps
+    assert [s.name for s in steps] == ["scale"] and steps[0].params["method"] == "minmax"
+
+
+def test_real_cytof_arcsinh_layer():
+    from tests.conftest import shared_file
+
+    a = ad.read_h5ad(shared_file("cytof_phenograph.h5ad"))
+    assert io.matrix_kind(a.X) == "raw intensities"
+    assert io.matrix_kind(a.layers["arcsinh5"]) == "arcsinh-transformed"
