@@ -154,10 +154,10 @@ def read_benchmarks() -> dict[str, dict]:
 
 
 def benchmark_pending(kind: str) -> bool:
-    from engine import jobs
+    from engine import procs
 
     lock = runs.read_json(bench_path().with_suffix(f".{kind}.lock"), {}) or {}
-    return bool(lock.get("pid")) and jobs.pid_alive(lock["pid"], "engine.estimate")
+    return bool(lock.get("pid")) and procs.pid_alive(lock["pid"], "engine.estimate")
 
 
 def start_benchmark(kind: str = "cpu") -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from engine import reader
+from engine import checks
 from engine.errors import ScwbError
 
 READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.gz")
@@ -34,7 +34,7 @@ MAX_ZIP_BYTES = 20 * 2**30
 def memory_budget() -> int:
     """Bytes one dataset may take in memory, all its matrices together
     (``$SCWB_MEMORY_BUDGET_GB``, default 4 GB, read at call time)."""
-    return reader.memory_budget()
+    return checks.memory_budget()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -141,7 +141,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _read_h5ad(path: Path, display: str) -> ad.AnnData:
     name = Path(display).name
-    reader.check_h5ad(path, name)  # sizes and sparse structure, before anndata reads anything
+    checks.check_h5ad(path, name)  # sizes and sparse structure, before anndata reads anything
     try:
         adata = ad.read_h5ad(path)
     except Exception as exc:
@@ -168,7 +168,7 @@ def _check_loaded(adata: ad.AnnData, name: str) -> None:
 def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
     import scanpy as sc
 
-    reader.check_10x_h5(path, Path(display).name)
+    checks.check_10x_h5(path, Path(display).name)
     try:
         adata = sc.read_10x_h5(path)
     except Exception as exc:
@@ -244,9 +244,9 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
         raise ScwbError(f"{name}: a 10x folder needs genes.tsv or features.tsv(.gz).")
     if mtx is None or barcodes is None:
         raise ScwbError(f"{name}: a 10x folder needs matrix.mtx and barcodes.tsv (maybe .gz).")
-    rows, cols, nnz, field, header_lines = reader.mtx_header(mtx, name)
-    n_genes = reader.count_lines(genes, name)
-    n_cells = reader.count_lines(barcodes, name)
+    rows, cols, nnz, field, header_lines = checks.mtx_header(mtx, name)
+    n_genes = checks.count_lines(genes, name)
+    n_cells = checks.count_lines(barcodes, name)
     if rows != n_genes or cols != n_cells:
         raise ScwbError(
             f"{name}: matrix.mtx declares {rows} genes x {cols} cells, but {genes.name} has "
@@ -255,12 +255,12 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
     if nnz > rows * cols:
         raise ScwbError(f"{name}: matrix.mtx declares more entries than genes x cells.")
     # parsing holds int64 rows + cols + float64 values, then a float32/int32 CSR
-    reader.check_budget(
+    checks.check_budget(
         name, "matrix.mtx", nnz * (8 + 8 + 8 + 4 + 4) + (cols + 1) * 8, f"({nnz:,} entries)"
     )
     ncol = 2 if field == "pattern" else 3
     try:
-        with reader.open_text(mtx) as fh:
+        with checks.open_text(mtx) as fh:
             for _ in range(header_lines):
                 fh.readline()
             table = pd.read_csv(
@@ -317,9 +317,9 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
 
 def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     name = Path(display).name
-    n_rows, n_cols = reader.table_bounds(path, name, sep)
+    n_rows, n_cols = checks.table_bounds(path, name, sep)
     # pandas parses to float64, the numeric check makes a second float64 frame, X is float32
-    reader.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
+    checks.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
     try:
         df = pd.read_csv(path, sep=sep, index_col=0, engine="c")
     except UnicodeDecodeError:

@@ -20,22 +20,32 @@ import contextlib
 import errno
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from engine import launchers, runs, workspace
+from engine import launchers, queue, runs, settings, workspace
 from engine.errors import ScwbError
-from engine.launchers import pid_alive  # noqa: F401 - kept for callers of jobs.pid_alive
+from engine.launchers import pid_alive  # noqa: F401 - kept for callers of procs.pid_alive
+from engine.queue import (  # noqa: F401 - gpu_count, n_slots: part of the jobs API
+    _marker_name,
+    clean_partial,
+    dispatcher_alive,
+    ensure_dispatcher,
+    gpu_count,
+    marker_run,
+    n_light_slots,
+    n_slots,
+    queue_items,
+    unqueue,
+)
 from engine.spec import RunSpec
 
 START_GRACE_S = launchers.START_GRACE_S
 
 
 def cancel_grace_s() -> float:
-    return float(os.environ.get("SCWB_CANCEL_GRACE_S", "20"))
+    return settings.get().cancel_grace_s
 
 
 def __getattr__(name: str) -> Any:  # CANCEL_GRACE_S, read when used (settings at call time)
@@ -44,42 +54,8 @@ def __getattr__(name: str) -> Any:  # CANCEL_GRACE_S, read when used (settings a
     raise AttributeError(name)
 
 
-_GPU_COUNT: dict[str | None, int] = {}
-
-
-def gpu_count() -> int:
-    """GPUs visible to workers, without importing torch: ``CUDA_VISIBLE_DEVICES`` when set,
-    else ``nvidia-smi -L`` asked once per process (cached, never polled)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
-    if None not in _GPU_COUNT:
-        n = 0
-        if shutil.which("nvidia-smi"):
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
-                )
-                n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-            except (OSError, subprocess.SubprocessError):
-                n = 0
-        _GPU_COUNT[None] = n
-    return _GPU_COUNT[None]
-
-
-def n_slots() -> int:
-    env = os.environ.get("SCWB_SLOTS")
-    if env:
-        return max(1, int(env))
-    return max(1, gpu_count())
-
-
-def n_light_slots() -> int:
-    return max(1, int(os.environ.get("SCWB_LIGHT_SLOTS", "1")))
-
-
 def max_queued() -> int:
-    return max(1, int(os.environ.get("SCWB_MAX_QUEUED", "100")))
+    return settings.get().max_queued
 
 
 def resolve_run(run: str | Path, root: Path | None = None) -> Path:
@@ -96,54 +72,11 @@ def resolve_run(run: str | Path, root: Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- the queue
 # A queued run has a marker file ``RUNS/.queue/<host or slurm>/<submitted_ns>-<lane>-<devices>-<id>``:
 # the dispatcher reads this small folder, never the whole workspace.
-def _marker_name(ns: int, lane: str, devices: int, run_id: str) -> str:
-    return f"{ns:020d}-{lane}-{devices}-{run_id}"
-
-
-def marker_run(marker: Path) -> str:
-    return marker.name.split("-", 3)[3]
-
-
-def marker_lane(marker: Path) -> str:
-    return marker.name.split("-", 3)[1]
-
-
-def marker_devices(marker: Path) -> int:
-    return int(marker.name.split("-", 3)[2])
-
-
-def queue_items(qdir: Path) -> list[Path]:
-    try:
-        return sorted(p for p in Path(qdir).iterdir() if not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def unqueue(run_dir: Path) -> None:
-    """Remove the queue marker(s) of ``run_dir`` (it started, or ended while queued)."""
-    base = Path(run_dir).parent / ".queue"
-    with contextlib.suppress(OSError):
-        for q in base.iterdir():
-            for m in q.glob(f"*-{Path(run_dir).name}"):
-                with contextlib.suppress(OSError):
-                    m.unlink()
-
-
-def queued_marker(run_dir: Path) -> Path | None:
-    """The queue marker of ``run_dir``, if it is still in a queue."""
-    base = Path(run_dir).parent / ".queue"
-    with contextlib.suppress(OSError):
-        for q in base.iterdir():
-            for m in q.glob(f"*-{Path(run_dir).name}"):
-                return m
-    return None
-
-
 def resume_queue(root: Path | None = None) -> bool:
     """Start this host's dispatcher when runs wait in its queue and none serves it (after an
     app or machine restart). Returns whether one was started."""
     root = Path(root or workspace.runs_dir())
-    if queue_items(launchers.queue_dir(root, launchers.host())) and not dispatcher_alive(root):
+    if queue_items(queue.queue_dir(root, launchers.host())) and not dispatcher_alive(root):
         ensure_dispatcher(root)
         return True
     return False
@@ -163,47 +96,6 @@ def _queued_count(root: Path) -> int:
     if any(ids):
         launchers.scheduler_states([i for i in ids if i])  # one scheduler call for all
     return sum(effective_status(d, st).get("state") == "queued" for d, st in waiting)
-
-
-def dispatcher_alive(root: Path, host: str | None = None) -> bool:
-    info = runs.read_json(launchers.queue_dir(root, host or launchers.host()) / ".dispatcher.json")
-    return isinstance(info, dict) and pid_alive(info.get("pid"), "--dispatch")
-
-
-def ensure_dispatcher(root: Path | None = None) -> None:
-    """Start this host's dispatcher for ``root`` unless one runs (it exits by itself when the
-    queue is empty; a second one exits at once, so racing starts are harmless)."""
-    root = Path(root or workspace.runs_dir())
-    if dispatcher_alive(root):
-        return  # it sees the new marker in its loop, or in its last look before leaving
-    qdir = launchers.queue_dir(root, launchers.host())
-    try:
-        log = open(qdir / ".dispatcher.log", "ab")  # noqa: SIM115 - handed to the child
-    except OSError:
-        log = subprocess.DEVNULL
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", "--dispatch", str(root)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=launchers.child_env(),
-            close_fds=True,
-        )
-    finally:
-        if log is not subprocess.DEVNULL:
-            log.close()
-
-
-def clean_partial(root: Path, older_than_s: float = 60.0) -> None:
-    """Remove submits that never finished writing (``.*.partial`` folders)."""
-    with contextlib.suppress(OSError):
-        for p in Path(root).iterdir():
-            if p.name.startswith(".") and p.name.endswith(".partial"):
-                age = launchers.file_age_s(p)
-                if age is not None and age > older_than_s:
-                    shutil.rmtree(p, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- submit
@@ -264,7 +156,7 @@ def submit(spec: RunSpec, root: Path | None = None) -> Path:
             },
         )
         os.replace(partial, run_dir)
-        qdir = launchers.queue_dir(root, launchers.host() if name == "local" else "slurm")
+        qdir = queue.queue_dir(root, launchers.host() if name == "local" else "slurm")
         qdir.mkdir(parents=True, exist_ok=True)
         (qdir / _marker_name(ns, lane, spec.devices, run_id)).touch()
     except OSError as exc:

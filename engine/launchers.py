@@ -23,10 +23,7 @@ Settings are environment variables read at call time: ``SCWB_LAUNCHER`` (default
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -34,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import runs
+from engine import queue, runs, settings
 from engine.errors import ScwbError
+from engine.procs import Heartbeat, child_env, file_age_s, pid_alive, repo_root, scancel, touch  # noqa: F401
 
 NAMES = ("local", "slurm")
 START_GRACE_S = 30.0
@@ -43,18 +41,18 @@ START_GRACE_S = 30.0
 
 # ----------------------------------------------------------------------------- settings
 def host() -> str:
-    return os.environ.get("SCWB_HOST") or socket.gethostname()
+    return settings.get().host
 
 
 def default_name() -> str:
-    name = os.environ.get("SCWB_LAUNCHER", "local").strip().lower() or "local"
+    name = settings.get().launcher
     if name not in NAMES:
         raise ScwbError(f"SCWB_LAUNCHER={name!r} is not a launcher; use one of {', '.join(NAMES)}.")
     return name
 
 
 def heartbeat_s() -> float:
-    return max(0.5, float(os.environ.get("SCWB_HEARTBEAT_S", "10")))
+    return settings.get().heartbeat_s
 
 
 def heartbeat_timeout_s() -> float:
@@ -67,98 +65,12 @@ def slurm_available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("sinfo") is not None
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def child_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p]
-        ),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 # ----------------------------------------------------------------------------- helpers
-def pid_alive(pid: int | None, marker: str | None = None) -> bool:
-    """Whether ``pid`` runs on this host (and, where /proc exists, is ours: its command line
-    names ``marker``)."""
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if marker and cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = Path(f"/proc/{pid}/stat").read_text().split()
-            if len(stat) > 2 and stat[2] == "Z":  # a zombie has finished
-                return False
-            return marker in text
-        except OSError:
-            return False
-    return True
-
-
-def file_age_s(path: Path) -> float | None:
-    try:
-        return time.time() - Path(path).stat().st_mtime
-    except OSError:
-        return None
-
-
-def touch(path: Path) -> None:
-    """Refresh a heartbeat file (its mtime is the beat; touching an existing file writes no data)."""
-    with contextlib.suppress(OSError):
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            Path(path).write_text(str(os.getpid()))
-
-
-class Heartbeat:
-    """A daemon thread that touches ``path`` every ``heartbeat_s()`` seconds."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="scwb-heartbeat")
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            touch(self.path)
-            self._stop.wait(heartbeat_s())
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-
-
 def _submitted_age_s(run_dir: Path, st: dict[str, Any]) -> float:
     ns = (runs.read_json(run_dir / "run.json", {}) or {}).get("submitted_ns")
     if ns:
         return time.time() - ns / 1e9
     return file_age_s(run_dir / "status.json") or 0.0
-
-
-def queue_dir(runs_root: Path, name: str) -> Path:
-    return Path(runs_root) / ".queue" / name
-
-
-def slots_dir(runs_root: Path) -> Path:
-    """This host's slot locks (hosts sharing one workspace never share slots)."""
-    runs_root = Path(runs_root)
-    base = runs_root.parent / "slots" if runs_root.name == "runs" else runs_root / ".slots"
-    return base / host()
 
 
 _GONE = (
@@ -171,27 +83,24 @@ class Local:
     name = "local"
 
     def start(self, run_dir: Path, spec: Any) -> None:
-        from engine import jobs
 
-        jobs.ensure_dispatcher(run_dir.parent)
+        queue.ensure_dispatcher(run_dir.parent)
 
     def cancel(self, run_dir: Path, st: dict[str, Any]) -> None:
         """A queued run ends at once (the dispatcher skips it); a running one is stopped by its
         training loop, or by its supervisor after the grace period."""
         if st.get("state") == "queued" and not pid_alive(st.get("supervisor_pid"), run_dir.name):
             runs.record_end(run_dir, state="cancelled")
-            from engine import jobs
 
-            jobs.unqueue(run_dir)
+            queue.unqueue(run_dir)
 
     def alive(self, run_dir: Path, st: dict[str, Any]) -> dict[str, Any] | None:
         pid = st.get("supervisor_pid")
         if st.get("state") == "queued" and not pid:
             # waiting costs no process: it waits as long as its queue marker does (a dispatcher
             # of its host starts it; after a restart, the next submit or app start does)
-            from engine import jobs
 
-            if jobs.queued_marker(run_dir) or _submitted_age_s(run_dir, st) < START_GRACE_S:
+            if queue.queued_marker(run_dir) or _submitted_age_s(run_dir, st) < START_GRACE_S:
                 return None
             return {"state": "interrupted", "error": _GONE}
         if (st.get("host") or host()) == host():
@@ -331,7 +240,11 @@ class Slurm:
         """submitit ``slurm_*`` parameters for one run, from the settings read now."""
         from engine import models
 
-        env = os.environ.get
+        slurm = settings.get().slurm
+
+        def env(name: str, default: str = "") -> str:
+            return slurm.get(name.removeprefix("SCWB_SLURM_"), default)
+
         light = models.get(spec.model).kind == "sklearn"
         wants_gpu = not light and spec.device != "cpu"
         gpus = int(env("SCWB_SLURM_GPUS_PER_NODE", "0") or 0) if wants_gpu else 0
@@ -401,9 +314,8 @@ class Slurm:
         if pending:
             scancel(job)
             runs.record_end(run_dir, state="cancelled")
-            from engine import jobs
 
-            jobs.unqueue(run_dir)
+            queue.unqueue(run_dir)
             return
         subprocess.Popen(
             [sys.executable, "-m", "engine.worker", "--reap", str(run_dir)],
@@ -447,20 +359,6 @@ class Slurm:
         if state == "CANCELLED" and (run_dir / "cancel").exists():
             return {"state": "cancelled", "error": None}
         return {"state": "failed", "error": describe_end(job, rec), "scheduler": rec}
-
-
-def scancel(job_id: str | None, *args: str) -> bool:
-    if not job_id or not shutil.which("scancel"):
-        return False
-    try:
-        return (
-            subprocess.run(
-                ["scancel", *args, str(job_id)], capture_output=True, timeout=15
-            ).returncode
-            == 0
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 LAUNCHERS = {"local": Local(), "slurm": Slurm()}

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import submitit
 
-from engine import launchers, runs
+from engine import procs, queue, runs, settings
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
     def __call__(self, run_dir: str) -> int:
-        from engine import jobs, worker
+        from engine import worker
 
         run_dir = Path(run_dir)
         env = submitit.JobEnvironment()
@@ -34,7 +34,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
         if rank == 0:
             runs.clean_tmp(run_dir)
             runs.reserve_end(run_dir)
-            jobs.unqueue(run_dir)
+            queue.unqueue(run_dir)
             if (run_dir / "cancel").exists():
                 runs.record_end(run_dir, state="cancelled")
                 self._end_cancelled(job_id)
@@ -42,7 +42,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
             runs.update_status(
                 run_dir,
                 state="running",
-                host=launchers.host(),
+                host=settings.get().host,
                 launcher="slurm",
                 job_id=job_id,
                 pid=os.getpid(),
@@ -50,7 +50,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 tasks=env.num_tasks,
                 started=runs.read_status(run_dir).get("started") or runs.now(),
             )
-            beat = launchers.Heartbeat(run_dir / "heartbeat").__enter__()
+            beat = procs.Heartbeat(run_dir / "heartbeat").__enter__()
         try:
             rc = worker.run_training(run_dir)
         finally:
@@ -68,7 +68,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
     @staticmethod
     def _end_cancelled(job_id: str) -> None:
         """End the job CANCELLED in the scheduler too (sacct then says what the user did)."""
-        if launchers.scancel(job_id):
+        if procs.scancel(job_id):
             time.sleep(600)  # SLURM kills the job after KillWait; submitit ignores SIGTERM
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:

@@ -23,7 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from engine import runs
+from engine import runs, settings
 from engine.data import Batches, DeviceMatrix
 from engine.errors import ScwbError
 from engine.models.lit import LitModel
@@ -80,7 +80,7 @@ class FitContext:
             patience=spec.patience,
             seed=spec.seed,
             devices=spec.devices,
-            num_nodes=max(1, int(os.environ.get("SCWB_NUM_NODES") or 1)),
+            num_nodes=settings.get().num_nodes,
             precision=spec.precision,
             weight_decay=float(spec.params.get("weight_decay", 0.0)),
             kl_warmup=int(spec.params.get("kl_warmup", 0)),

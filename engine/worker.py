@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from engine import jobs, launchers, runs
+from engine import procs, queue, runs, settings
 
 POLL_S = 0.25
 
@@ -65,13 +65,13 @@ def _try_lock(path: Path):
 
 def _lane_slots(lane: str) -> list[str]:
     if lane == "light":
-        return [f"light-{i}" for i in range(jobs.n_light_slots())]
-    return [f"slot-{i}" for i in range(jobs.n_slots())]
+        return [f"light-{i}" for i in range(queue.n_light_slots())]
+    return [f"slot-{i}" for i in range(queue.n_slots())]
 
 
 def _start(runs_root: Path, marker: Path, held: list) -> None:
     """Start the supervisor of a queued run, handing it the locked slot files."""
-    run_dir = runs_root / jobs.marker_run(marker)
+    run_dir = runs_root / queue.marker_run(marker)
     fds = [fh.fileno() for _, fh in held]
     with open(run_dir / "worker.log", "ab") as log:
         proc = subprocess.Popen(
@@ -87,7 +87,7 @@ def _start(runs_root: Path, marker: Path, held: list) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # detached: survives the app and its browser tabs
-            env=launchers.child_env(),
+            env=procs.child_env(),
             pass_fds=fds,
         )
     runs.update_status(run_dir, supervisor_pid=proc.pid)
@@ -100,10 +100,10 @@ def _start(runs_root: Path, marker: Path, held: list) -> None:
 def _dispatch_round(runs_root: Path, qdir: Path, sdir: Path) -> bool:
     """One look at this host's queue; start each lane's head when its slots are free. Returns
     whether queued runs remain."""
-    items = jobs.queue_items(qdir)
+    items = queue.queue_items(qdir)
     heads: dict[str, Path] = {}
     for m in items:
-        run_dir = runs_root / jobs.marker_run(m)
+        run_dir = runs_root / queue.marker_run(m)
         st = runs.read_status(run_dir)
         if st.get("state") != "queued" or st.get("supervisor_pid"):
             with contextlib.suppress(OSError):
@@ -114,9 +114,9 @@ def _dispatch_round(runs_root: Path, qdir: Path, sdir: Path) -> bool:
             with contextlib.suppress(OSError):
                 m.unlink()
             continue
-        heads.setdefault(jobs.marker_lane(m), m)
+        heads.setdefault(queue.marker_lane(m), m)
     for lane, m in heads.items():
-        needed = jobs.marker_devices(m) if lane == "heavy" else 1
+        needed = queue.marker_devices(m) if lane == "heavy" else 1
         held = []
         for name in _lane_slots(lane):
             fh = _try_lock(sdir / f"{name}.lock")
@@ -129,14 +129,14 @@ def _dispatch_round(runs_root: Path, qdir: Path, sdir: Path) -> bool:
         else:  # all or nothing: never hold some slots while waiting for more
             for _, fh in held:
                 fh.close()
-    return bool(jobs.queue_items(qdir))
+    return bool(queue.queue_items(qdir))
 
 
 def dispatch(runs_root: Path) -> int:
     runs_root = Path(runs_root)
-    qdir = launchers.queue_dir(runs_root, launchers.host())
+    qdir = queue.queue_dir(runs_root, settings.get().host)
     qdir.mkdir(parents=True, exist_ok=True)
-    sdir = launchers.slots_dir(runs_root)
+    sdir = queue.slots_dir(runs_root)
     sdir.mkdir(parents=True, exist_ok=True)
     while True:
         lock = _try_lock(qdir / ".dispatcher.lock")
@@ -145,13 +145,13 @@ def dispatch(runs_root: Path) -> int:
         try:
             runs.write_json(
                 qdir / ".dispatcher.json",
-                {"pid": os.getpid(), "host": launchers.host(), "started": runs.now()},
+                {"pid": os.getpid(), "host": settings.get().host, "started": runs.now()},
             )
-            jobs.clean_partial(runs_root)
+            queue.clean_partial(runs_root)
             beat = 0.0
             while _dispatch_round(runs_root, qdir, sdir):
-                if time.time() - beat > launchers.heartbeat_s():
-                    launchers.touch(qdir / ".dispatcher.json")
+                if time.time() - beat > settings.get().heartbeat_s:
+                    procs.touch(qdir / ".dispatcher.json")
                     beat = time.time()
                 time.sleep(POLL_S)
         except OSError as exc:  # a full disk: the queue waits; the next submit restarts us
@@ -160,7 +160,7 @@ def dispatch(runs_root: Path) -> int:
         finally:
             lock.close()
         # a submit that saw our lock just before we let go relies on this second look
-        if not jobs.queue_items(qdir):
+        if not queue.queue_items(qdir):
             return 0
 
 
@@ -197,8 +197,8 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
     heavy = sorted(int(n.split("-")[1]) for n in slot_fds if n.startswith("slot-"))
     # a local run is ours alone, even when the app itself runs inside a SLURM allocation:
     # Lightning must not take its ranks from that allocation's environment
-    env = {k: v for k, v in launchers.child_env().items() if not k.startswith("SLURM_")}
-    if heavy and jobs.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
+    env = {k: v for k, v in procs.child_env().items() if not k.startswith("SLURM_")}
+    if heavy and queue.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, heavy))  # slot i is GPU i
     runs.update_status(
         run_dir,
@@ -206,11 +206,11 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
         slot=heavy[0] if heavy else None,
         slots=heavy,
         lane="heavy" if heavy else "light",
-        host=launchers.host(),
+        host=settings.get().host,
         launcher="local",
         started=runs.now(),
     )
-    with launchers.Heartbeat(run_dir / "heartbeat"):
+    with procs.Heartbeat(run_dir / "heartbeat"):
         child = subprocess.Popen(
             [sys.executable, "-m", "engine.worker", "--train", str(run_dir)],
             env=env,
@@ -221,7 +221,7 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
         while child.poll() is None:
             if (run_dir / "cancel").exists():
                 cancel_seen = cancel_seen or time.time()
-                if time.time() - cancel_seen > jobs.cancel_grace_s():
+                if time.time() - cancel_seen > settings.get().cancel_grace_s:
                     child.kill()
                     child.wait()
                     runs.clean_tmp(run_dir)
@@ -331,7 +331,7 @@ def reap(run_dir: Path) -> int:
     then make sure the scheduler ends the job (CANCELLED in sacct)."""
     t0 = time.time()
     job = runs.read_status(run_dir).get("job_id")
-    while time.time() - t0 < jobs.cancel_grace_s():
+    while time.time() - t0 < settings.get().cancel_grace_s:
         if runs.read_status(run_dir).get("state") not in runs.ACTIVE:
             break
         time.sleep(POLL_S)
@@ -341,7 +341,7 @@ def reap(run_dir: Path) -> int:
             state="cancelled",
             error="stopped by force after the cancel grace period (scancel)",
         )
-    launchers.scancel(job)
+    procs.scancel(job)
     return 0
 
 

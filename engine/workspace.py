@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from engine import settings
 from engine.errors import ScwbError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -13,7 +13,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def home() -> Path:
     """``$SCWB_HOME`` or ``~/.scworkbench``; created on first use."""
-    root = Path(os.environ.get("SCWB_HOME") or Path.home() / ".scworkbench").expanduser()
+    root = settings.get().home
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -50,8 +50,7 @@ def inside(base: Path, name: str) -> Path:
 
 def allowed_server_roots() -> list[Path]:
     """Folders the app may read server-side paths from (``$SCWB_DATA_ROOTS``, ':'-separated)."""
-    raw = os.environ.get("SCWB_DATA_ROOTS", "")
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    return list(settings.get().data_roots)
 
 
 def check_server_path(path: str | Path) -> Path:

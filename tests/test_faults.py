@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine import jobs, runs, train
+from engine import jobs, procs, runs, train
 from engine.spec import RunSpec
 from engine.worker import train_child
 
@@ -142,7 +142,7 @@ def test_real_disk_full_fails_the_run_lists_without_writing_and_leaks_nothing(
         _disk_full_scenario(small_fs, home, run_dir, lognorm_file)
     finally:  # never leave its supervisor retrying on a filesystem that goes away
         pid = runs.read_status(run_dir).get("supervisor_pid")
-        if pid and jobs.pid_alive(pid, run_dir.name):
+        if pid and procs.pid_alive(pid, run_dir.name):
             os.kill(pid, 9)
 
 

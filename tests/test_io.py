@@ -268,7 +268,7 @@ def test_structural_checks_run_before_in_process_reads(tmp_path):
 
 def test_every_matrix_is_sized_with_its_dtype(tmp_path, monkeypatch):
     """float64 counts 8 bytes; layers, obsm, varm and raw count, alone and together."""
-    from engine import reader
+    from engine import checks
 
     a = _small(n=40, g=10)
     a.layers["f64"] = np.ones((40, 10), np.float64)
@@ -276,7 +276,7 @@ def test_every_matrix_is_sized_with_its_dtype(tmp_path, monkeypatch):
     a.varm["PCs"] = np.ones((10, 2), np.float32)
     a.raw = a.copy()
     p = io.write_h5ad(a, tmp_path / "a.h5ad")
-    sizes = reader.check_h5ad(p, "a.h5ad")
+    sizes = checks.check_h5ad(p, "a.h5ad")
     assert sizes["layers['f64']"] == 40 * 10 * 8
     assert sizes["obsm['X_e']"] == 40 * 3 * 8 and sizes["varm['PCs']"] == 10 * 2 * 4
     x = a.X
@@ -547,9 +547,9 @@ def test_wide_table_header_spanning_chunks_is_counted(tmp_path, monkeypatch):
     header = "cell," + ",".join(f"gene{i}" for i in range(n_genes)) + "\n"
     p = tmp_path / "wide.csv"
     p.write_text(header + "c0," + ",".join(["1"] * n_genes) + "\n")
-    from engine import reader
+    from engine import checks
 
-    assert reader.table_bounds(p, "wide.csv", ",") == (1, n_genes)
+    assert checks.table_bounds(p, "wide.csv", ",") == (1, n_genes)
 
 
 def test_cytometry_arcsinh_layer_is_recognised_not_called_zscore():

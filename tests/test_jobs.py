@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from engine import jobs, runs
+from engine import jobs, queue, runs
 from engine.spec import RunSpec
 
 LONG = dict(
@@ -280,7 +280,7 @@ def test_two_hosts_sharing_a_workspace_never_interrupt_each_others_live_runs(wor
     old = time.time() - 3600
     os.utime(gone / "heartbeat", (old, old))  # its host stopped beating an hour ago
     waiting = _foreign_run(root, "20260101-000003-mlp-wait", "queued", host="other-host")
-    qdir = launchers.queue_dir(root, "other-host")
+    qdir = queue.queue_dir(root, "other-host")
     qdir.mkdir(parents=True)
     runs.write_json(qdir / ".dispatcher.json", {"pid": 1, "host": "other-host"})
 
@@ -291,7 +291,7 @@ def test_two_hosts_sharing_a_workspace_never_interrupt_each_others_live_runs(wor
     assert "other-host" in rows[gone.name]["error"] and rows[gone.name]["host"] == "other-host"
     assert jobs.recover() == [gone.name]
     assert runs.read_status(live)["state"] == "running"
-    assert launchers.slots_dir(root).name == launchers.host()  # slot locks are per host
+    assert queue.slots_dir(root).name == launchers.host()  # slot locks are per host
 
 
 def test_gpu_count_is_asked_once_per_process(monkeypatch):
@@ -348,14 +348,14 @@ def test_listing_many_runs_is_cached_and_cheap(workspace, monkeypatch):
 def test_runs_left_queued_by_a_restart_wait_and_resume(monkeypatch, lognorm_file):
     from engine import launchers
 
-    real = jobs.ensure_dispatcher
-    jobs.ensure_dispatcher = lambda root=None: None  # as if the dispatcher died with the machine
+    real = queue.ensure_dispatcher
+    queue.ensure_dispatcher = lambda root=None: None  # as if the dispatcher died with the machine
     try:
         run_dir = jobs.submit(
             RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1)
         )
     finally:
-        jobs.ensure_dispatcher = real
+        queue.ensure_dispatcher = real
     monkeypatch.setattr(launchers, "START_GRACE_S", 0.0)
     assert jobs.status(run_dir)["state"] == "queued"  # still in its queue: nothing was lost
     assert jobs.resume_queue() is True  # the app's sidebar calls this once per process

@@ -1,0 +1,460 @@
+"""Checks of untrusted files before any library reads them, so that a refusal comes from a
+check and never from a failed allocation or a signal.
+
+Every matrix of an ``.h5ad`` (``X``, ``layers``, ``obsm``, ``varm``, ``obsp``, ``varp``, ``raw``)
+is inspected with h5py alone (``check_h5ad``, ``check_10x_h5``, ``check_sparse``): its in-memory
+size is computed from dtype and shape/nnz and checked against the memory budget (each entry and
+the total), its dtype must be numeric, and a sparse matrix must have a valid structure
+(``indptr`` starting at 0, monotonic, ending at nnz, one entry per row + 1, indices in
+``[0, n_cols)``), read in chunks. Text formats are bounded before they are parsed
+(``mtx_header``, ``count_lines``, ``table_bounds``). ``engine.io.read`` runs these checks first,
+so scipy, scanpy and anndata only ever see well-formed matrices; ``engine.reader`` adds the
+memory-capped child process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ScwbError
+
+CHUNK = 1 << 22  # elements per chunk when scanning indptr/indices
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX_GROUPS = ("layers", "obsm", "varm", "obsp", "varp")
+VLEN_BYTES = 64  # in-memory cost counted for one variable-length string or object
+
+
+def memory_budget() -> int:
+    """Bytes one dataset may take in memory, all its matrices together
+    (``$SCWB_MEMORY_BUDGET_GB``, default 4 GB; read at call time)."""
+    from engine import settings
+
+    return settings.get().memory_budget
+
+
+def human(nbytes: float) -> str:
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+def over_budget(name: str, entry: str, nbytes: float, what: str = "") -> ScwbError:
+    budget = memory_budget()
+    return ScwbError(
+        f"{name}: {entry}{' ' + what if what else ''} needs {human(nbytes)} in memory, over the "
+        f"memory budget ({human(budget)}); use a smaller or sparse file or raise "
+        "SCWB_MEMORY_BUDGET_GB."
+    )
+
+
+def check_budget(name: str, entry: str, nbytes: float, what: str = "") -> None:
+    if nbytes > memory_budget():
+        raise over_budget(name, entry, nbytes, what)
+
+
+# ----------------------------------------------------------------------------- HDF5 helpers
+def _itemsize(dtype: np.dtype) -> int:
+    if dtype.kind in "OV":  # variable-length strings and objects
+        return max(dtype.itemsize, VLEN_BYTES)
+    return max(dtype.itemsize, 1)
+
+
+def _dataset_bytes(ds: Any) -> int:
+    n = int(np.prod(ds.shape, dtype=np.float64)) if ds.shape else 1
+    return n * _itemsize(ds.dtype)
+
+
+def _entry(path: str) -> str:
+    """``layers/counts`` -> ``layers['counts']`` (how users know the entry)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "raw" and len(parts) > 1:
+        return "raw." + _entry("/".join(parts[1:]))
+    if len(parts) == 1:
+        return parts[0]
+    return f"{parts[0]}[{parts[1]!r}]" + "".join(f"/{p}" for p in parts[2:])
+
+
+def _refuse_external(name: str, entry: str, ds: Any) -> None:
+    """Datasets whose bytes live in another file (external storage, virtual datasets)."""
+    try:
+        external = ds.external
+    except Exception:
+        external = None
+    if external or getattr(ds, "is_virtual", False):
+        raise ScwbError(f"{name}: {entry} stores its values in another file; refused.")
+
+
+def _refuse_links(name: str, f: Any) -> None:
+    """HDF5 links into other files (``ExternalLink``) would read a file the user never sent."""
+    import h5py
+
+    def visit(path: str, link: Any) -> str | None:
+        return path if isinstance(link, h5py.ExternalLink) else None  # non-None stops the walk
+
+    found = f.visititems_links(visit)
+    if found:
+        raise ScwbError(f"{name}: {_entry(found)} links to another file; refused.")
+
+
+def _numeric(name: str, entry: str, dtype: np.dtype, what: str = "values") -> None:
+    if dtype.kind == "c":
+        raise ScwbError(
+            f"{name}: {entry} holds complex numbers; expression {what} must be real numbers."
+        )
+    if dtype.kind not in "biuf":
+        raise ScwbError(
+            f"{name}: {entry} holds text or objects ({dtype}), not numbers; "
+            "the matrix must be numeric."
+        )
+
+
+def _scan_1d(ds: Any, fn: Any) -> None:
+    n = ds.shape[0]
+    for start in range(0, n, CHUNK):
+        fn(np.asarray(ds[start : min(n, start + CHUNK)]), start)
+
+
+def check_sparse(
+    name: str,
+    entry: str,
+    data: Any,
+    indices: Any,
+    indptr: Any,
+    shape: tuple[int, int],
+    fmt: str,
+) -> int:
+    """Validate a CSR/CSC matrix stored as three HDF5 datasets, reading only ``indptr`` and
+    ``indices`` in chunks; return its in-memory size. ``fmt`` is 'csr' or 'csc'."""
+    for part, ds in (("data", data), ("indices", indices), ("indptr", indptr)):
+        if ds is None or not hasattr(ds, "shape"):
+            raise ScwbError(
+                f"{name}: the sparse matrix {entry} has no {part} array; it is damaged."
+            )
+        if len(ds.shape) != 1:
+            raise ScwbError(f"{name}: {entry}/{part} is not one-dimensional; it is damaged.")
+        _refuse_external(name, f"{entry}/{part}", ds)
+    _numeric(name, entry, data.dtype)
+    for part, ds in (("indices", indices), ("indptr", indptr)):
+        if ds.dtype.kind not in "iu":
+            raise ScwbError(f"{name}: {entry}/{part} is not an integer array ({ds.dtype}).")
+    n_rows, n_cols = shape
+    major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
+    nnz = int(data.shape[0])
+    size = nnz * (_itemsize(data.dtype) + _itemsize(indices.dtype)) + int(
+        indptr.shape[0]
+    ) * _itemsize(indptr.dtype)
+    check_budget(name, entry, size, f"(sparse {n_rows} x {n_cols}, {nnz:,} non-zeros)")
+    if int(indices.shape[0]) != nnz:
+        raise ScwbError(
+            f"{name}: {entry} has {nnz} values but {indices.shape[0]} indices; it is damaged."
+        )
+    if int(indptr.shape[0]) != major + 1:
+        raise ScwbError(
+            f"{name}: {entry} has an indptr of length {indptr.shape[0]}, not "
+            f"{major + 1} ({'rows' if fmt == 'csr' else 'columns'} + 1); it is damaged."
+        )
+    if nnz > n_rows * n_cols:
+        raise ScwbError(f"{name}: {entry} declares more non-zeros than cells; it is damaged.")
+    state = {"last": 0}
+
+    def indptr_chunk(a: np.ndarray, start: int) -> None:
+        a = a.astype(np.int64, copy=False)
+        if start == 0 and a.size and a[0] != 0:
+            raise ScwbError(f"{name}: {entry} has an indptr that does not start at 0; damaged.")
+        if a.size and (a[0] < state["last"] or np.any(np.diff(a) < 0)):
+            raise ScwbError(f"{name}: {entry} has a decreasing indptr; it is damaged.")
+        if a.size:
+            state["last"] = int(a[-1])
+
+    _scan_1d(indptr, indptr_chunk)
+    if major + 1 > 0 and state["last"] != nnz:
+        raise ScwbError(
+            f"{name}: {entry} has an indptr ending at {state['last']}, not at its {nnz} "
+            "non-zeros; it is damaged."
+        )
+
+    def indices_chunk(a: np.ndarray, start: int) -> None:
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= minor):
+            bad = int(a.min()) if int(a.min()) < 0 else int(a.max())
+            raise ScwbError(
+                f"{name}: {entry} has an index {bad} outside 0..{minor - 1}; it is damaged."
+            )
+
+    _scan_1d(indices, indices_chunk)
+    return size
+
+
+def _shape_attr(name: str, entry: str, raw: Any) -> tuple[int, int]:
+    try:
+        shape = tuple(int(v) for v in np.asarray(raw).ravel())
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 2 or min(shape) < 0:
+        raise ScwbError(f"{name}: {entry} has no valid 2-D shape; it is damaged.")
+    return shape  # type: ignore[return-value]
+
+
+def _sparse_format(group: Any) -> str | None:
+    enc = group.attrs.get("encoding-type", group.attrs.get("h5sparse_format"))
+    if isinstance(enc, bytes):
+        enc = enc.decode()
+    enc = str(enc) if enc is not None else ""
+    if enc in ("csr_matrix", "csr"):
+        return "csr"
+    if enc in ("csc_matrix", "csc"):
+        return "csc"
+    return None
+
+
+def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
+    """One matrix entry (dense dataset, sparse group, or data frame group); its size in memory."""
+    import h5py
+
+    entry = _entry(path)
+    if isinstance(obj, h5py.Dataset):
+        _refuse_external(name, entry, obj)
+        _numeric(name, entry, obj.dtype)
+        size = _dataset_bytes(obj)
+        check_budget(name, entry, size, f"(dense {' x '.join(map(str, obj.shape))})")
+        return size
+    if not isinstance(obj, h5py.Group):
+        raise ScwbError(f"{name}: {entry} is not a matrix; it is damaged.")
+    fmt = _sparse_format(obj)
+    if fmt is not None:
+        if dense_only:
+            raise ScwbError(
+                f"{name}: {entry} is a sparse matrix; embeddings in obsm/varm must be dense "
+                "arrays (convert with .toarray())."
+            )
+        shape = _shape_attr(name, entry, obj.attrs.get("shape", obj.attrs.get("h5sparse_shape")))
+        return check_sparse(
+            name, entry, obj.get("data"), obj.get("indices"), obj.get("indptr"), shape, fmt
+        )
+    # a data frame (obsm may hold one) or another encoding: count every array inside it
+    return _group_bytes(name, entry, obj)
+
+
+def _group_bytes(name: str, entry: str, group: Any) -> int:
+    import h5py
+
+    found: list[Any] = []
+
+    def visit(_: str, obj: Any) -> None:  # never raise in here: h5py would mangle it
+        if isinstance(obj, h5py.Dataset):
+            found.append(obj)
+
+    group.visititems(visit)
+    total = 0
+    for ds in found:
+        _refuse_external(name, entry, ds)
+        total += _dataset_bytes(ds)
+    check_budget(name, entry, total)
+    return total
+
+
+def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
+    """Check every matrix of an ``.h5ad`` before it is read (see the module docstring);
+    return the in-memory size of each entry. Raises ``ScwbError`` naming the entry."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ScwbError(f"{name} is not a readable .h5ad file (truncated or not HDF5).") from None
+    sizes: dict[str, int] = {}
+    with f:
+        _refuse_links(name, f)
+        keys = set(f.keys())
+        if "X" not in keys and "obs" not in keys:
+            raise ScwbError(
+                f"{name} is an HDF5 file but not AnnData (no X or obs); is it a 10x .h5?"
+            )
+        matrices: list[tuple[str, Any, bool]] = []
+        if "X" in f:
+            matrices.append(("X", f["X"], False))
+        for group in MATRIX_GROUPS:
+            if group in f and isinstance(f[group], h5py.Group):
+                for k in f[group]:
+                    matrices.append((f"{group}/{k}", f[group][k], group in ("obsm", "varm")))
+        raw = f.get("raw")
+        if isinstance(raw, h5py.Group):
+            if "X" in raw:
+                matrices.append(("raw/X", raw["X"], False))
+            if isinstance(raw.get("varm"), h5py.Group):
+                for k in raw["varm"]:
+                    matrices.append((f"raw/varm/{k}", raw["varm"][k], True))
+        for p, obj, dense_only in matrices:
+            sizes[_entry(p)] = _check_matrix(name, p, obj, dense_only)
+        # everything else (obs, var, uns, raw/var): counted too, so no entry can hide a bomb
+        checked = {p for p, _, _ in matrices}
+        for top in sorted(keys):
+            obj = f[top]
+            if top in checked or top in MATRIX_GROUPS:
+                continue
+            if isinstance(obj, h5py.Dataset):
+                _refuse_external(name, top, obj)
+                sizes[top] = _dataset_bytes(obj)
+                check_budget(name, top, sizes[top])
+            elif isinstance(obj, h5py.Group):
+                rest = 0
+                for k in obj:
+                    if f"{top}/{k}" in checked or (top == "raw" and k == "varm"):
+                        continue
+                    sub = obj[k]
+                    if isinstance(sub, h5py.Dataset):
+                        _refuse_external(name, f"{top}/{k}", sub)
+                        rest += _dataset_bytes(sub)
+                    else:
+                        rest += _group_bytes(name, _entry(f"{top}/{k}"), sub)
+                check_budget(name, top, rest)
+                sizes[top] = rest
+    total = sum(sizes.values())
+    check_budget(name, "the whole file", total, "(all matrices together)")
+    return sizes
+
+
+def check_10x_h5(path: str | os.PathLike, name: str) -> int:
+    """Check the CSC matrix of a 10x Genomics ``.h5`` (v2: one group per genome; v3: ``matrix``)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ScwbError(f"{name} is not a readable 10x .h5 file (truncated or not HDF5).") from None
+    total = 0
+    with f:
+        _refuse_links(name, f)
+        groups = [g for g in f.values() if isinstance(g, h5py.Group) and "indptr" in g]
+        if not groups:
+            raise ScwbError(f"{name} is not a 10x Genomics .h5 file (no matrix group with indptr).")
+        for g in groups:
+            entry = g.name.strip("/")
+            if "shape" not in g:
+                raise ScwbError(f"{name}: {entry} has no shape; it is damaged.")
+            if _dataset_bytes(g["shape"]) > 64:
+                raise ScwbError(f"{name}: {entry}/shape is not two numbers; it is damaged.")
+            n_genes, n_cells = _shape_attr(name, entry, g["shape"][()])
+            total += check_sparse(
+                name,
+                entry,
+                g.get("data"),
+                g.get("indices"),
+                g.get("indptr"),
+                (n_genes, n_cells),
+                "csc",
+            )
+            for k in ("barcodes", "genes", "gene_names"):
+                if k in g:
+                    total += _dataset_bytes(g[k])
+            if isinstance(g.get("features"), h5py.Group):
+                total += _group_bytes(name, f"{entry}/features", g["features"])
+    check_budget(name, "the whole file", total)
+    return total
+
+
+# ----------------------------------------------------------------------------- text formats
+def open_text(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def count_lines(path: Path, name: str, limit: int | None = None) -> int:
+    """Non-empty lines of a (gzipped) text file, streamed; refuses past ``limit`` bytes."""
+    limit = memory_budget() if limit is None else limit
+    n, size, last = 0, 0, b"\n"
+    try:
+        with open_text(path) as fh:
+            while chunk := fh.read(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise over_budget(name, path.name, size, "(decompressed, at least)")
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ScwbError(f"{name}: {path.name} is not readable ({_first_line(exc)}).") from None
+    return n + (0 if last == b"\n" else 1)
+
+
+def mtx_header(path: Path, name: str) -> tuple[int, int, int, str, int]:
+    """The MatrixMarket banner and size line, parsed here: (rows, cols, nnz, field, header lines)."""
+    try:
+        with open_text(path) as fh:
+            banner = fh.readline(4096).decode("ascii", "replace").split()
+            lines = 1
+            if (
+                len(banner) < 5
+                or banner[0] != "%%MatrixMarket"
+                or banner[1].lower() != "matrix"
+                or banner[2].lower() != "coordinate"
+            ):
+                raise ScwbError(
+                    f"{name}: {path.name} is not a MatrixMarket coordinate matrix "
+                    "(first line '%%MatrixMarket matrix coordinate real general')."
+                )
+            field, symmetry = banner[3].lower(), banner[4].lower()
+            if field not in ("real", "integer", "double", "pattern") or symmetry != "general":
+                raise ScwbError(
+                    f"{name}: {path.name} is a '{field} {symmetry}' matrix; a 10x matrix is "
+                    "'real/integer general'."
+                )
+            while True:
+                line = fh.readline(4096)
+                lines += 1
+                if not line:
+                    raise ScwbError(f"{name}: {path.name} has no size line.")
+                if line.startswith(b"%") or not line.strip():
+                    if lines > 10_000:
+                        raise ScwbError(f"{name}: {path.name} has no size line.")
+                    continue
+                parts = line.split()
+                break
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ScwbError(f"{name}: {path.name} is not readable ({_first_line(exc)}).") from None
+    try:
+        rows, cols, nnz = (int(p) for p in parts)
+    except ValueError:
+        raise ScwbError(
+            f"{name}: {path.name} has a size line that is not three whole numbers."
+        ) from None
+    if min(rows, cols, nnz) < 0:
+        raise ScwbError(f"{name}: {path.name} declares a negative size.")
+    return rows, cols, nnz, field, lines
+
+
+def table_bounds(path: Path, name: str, sep: str) -> tuple[int, int]:
+    """Rows and columns of a (gzipped) text table, streaming it once and stopping as soon as
+    the decompressed text passes the memory budget (no guessing from the compressed size)."""
+    budget = memory_budget()
+    size, lines, header, last, header_done = 0, 0, b"", b"\n", False
+    try:
+        with open_text(path) as fh:
+            while chunk := fh.read(1 << 20):
+                size += len(chunk)
+                if size > budget:
+                    raise over_budget(name, "the table", size, "(decompressed text, at least)")
+                if not header_done:  # the header may span chunks (wide tables)
+                    header += chunk.split(b"\n", 1)[0]
+                    header_done = b"\n" in chunk
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError, gzip.BadGzipFile, zlib_error()) as exc:
+        raise ScwbError(f"{name} could not be read: {_first_line(exc)}") from None
+    lines += 0 if last == b"\n" or not size else 1
+    cols = max(header.count(sep.encode()), header.count(b"\t"), header.count(b","))
+    return max(lines - 1, 0), cols
+
+
+def zlib_error() -> type[BaseException]:
+    import zlib
+
+    return zlib.error
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,104 @@
+"""Process and file helpers the job system shares: the environment a child process gets,
+whether a pid is alive (and ours), file ages and touches."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import settings
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p]
+        ),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def pid_alive(pid: int | None, marker: str | None = None) -> bool:
+    """Whether ``pid`` runs on this host (and, where /proc exists, is ours: its command line
+    names ``marker``)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if marker and cmdline.exists():
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text().split()
+            if len(stat) > 2 and stat[2] == "Z":  # a zombie has finished
+                return False
+            return marker in text
+        except OSError:
+            return False
+    return True
+
+
+def file_age_s(path: Path) -> float | None:
+    try:
+        return time.time() - Path(path).stat().st_mtime
+    except OSError:
+        return None
+
+
+def touch(path: Path) -> None:
+    """Refresh a heartbeat file (its mtime is the beat; touching an existing file writes no data)."""
+    with contextlib.suppress(OSError):
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            Path(path).write_text(str(os.getpid()))
+
+
+class Heartbeat:
+    """A daemon thread that touches ``path`` every ``SCWB_HEARTBEAT_S`` seconds."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="scwb-heartbeat")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            touch(self.path)
+            self._stop.wait(settings.get().heartbeat_s)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+
+def scancel(job_id: str | None, *args: str) -> bool:
+    if not job_id or not shutil.which("scancel"):
+        return False
+    try:
+        return (
+            subprocess.run(
+                ["scancel", *args, str(job_id)], capture_output=True, timeout=15
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
