@@ -163,12 +163,14 @@ def live() -> None:
     r = by_id[sel]
     state = r.get("state") or "failed"
     active = state in runs.ACTIVE
+    # stable keys: a click right after a pick acts on the run the selector shows (the pick
+    # travels with the click); a state the page has not redrawn yet is refused in one line
     c = st.columns([1, 1, 1, 3])
     if c[0].button(
         "Cancel run",
         disabled=not active,
         help=None if active else f"the run is {state}",
-        key=f"cancel-{sel}",
+        key="runs-cancel",
     ):
         try:
             jobs.cancel(sel)
@@ -176,10 +178,7 @@ def live() -> None:
         except Exception as exc:
             show_error(exc)
     if c[1].button(
-        "Delete run",
-        disabled=active,
-        help="cancel it first" if active else None,
-        key=f"delete-{sel}",
+        "Delete run", disabled=active, help="cancel it first" if active else None, key="runs-delete"
     ):
         try:
             jobs.delete(sel)
@@ -188,18 +187,22 @@ def live() -> None:
         except Exception as exc:
             show_error(exc)
     ready = has_results(r)
-    c[2].page_link(
-        "pages/results.py",
-        label="Open results",
+    if c[2].button(
+        "Open results",
         icon=":material/insights:",
-        query_params={"run": sel},
         disabled=not ready,
         help=None
         if ready
         else "no results yet"
         if active
         else f"the run is {state} without results",
-    )
+        key="runs-open",
+    ):
+        if has_results(by_id[sel]):
+            ss["results_run"] = sel
+            st.switch_page("pages/results.py", query_params={"run": sel})
+        else:
+            st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)
     st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
     st.caption(text)
