@@ -93,6 +93,7 @@ def has_results(r: dict[str, Any]) -> bool:
 
 def table(rows: list[dict]) -> pd.DataFrame:
     extra = [k for k in ("launcher", "job_id") if any(r.get(k) for r in rows)]
+    one_device = len({r.get("device") for r in rows}) == 1
     out = []
     for r in rows:
         frac, text = progress(r)
@@ -101,6 +102,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
             _num(r.get("elapsed_s")),
             _num(r.get("eta_s")),
         )
+        running = r.get("state") == "running" and eta is not None
         out.append(
             {
                 "run": r["id"],
@@ -110,13 +112,26 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "progress": frac,
                 "epochs": text,
                 "cells/s": f"{cps:,.0f}" if cps else "-",
-                "elapsed": fmt_s(elapsed),
-                "ETA": fmt_s(eta) if r.get("state") == "running" else "-",
-                "device": r.get("device") or "-",
+                "time": fmt_s(elapsed) + (f" · ETA {fmt_s(eta)}" if running else ""),
+                **({} if one_device else {"device": r.get("device") or "-"}),
                 **{k: str(r.get(k) or "-") for k in extra},
             }
         )
     return pd.DataFrame(out)
+
+
+COLUMNS = {
+    "run": st.column_config.TextColumn("run", width=185),
+    "state": st.column_config.TextColumn("state", width=85),
+    "model": st.column_config.TextColumn("model", width=85),
+    "dataset": st.column_config.TextColumn("dataset", width=120),
+    "progress": st.column_config.ProgressColumn(
+        "progress", min_value=0, max_value=1, format="percent", width=105
+    ),
+    "epochs": st.column_config.TextColumn("epochs", width=285),
+    "cells/s": st.column_config.TextColumn("cells/s", width=65),
+    "time": st.column_config.TextColumn("time", width=110, help="elapsed, and ETA while running"),
+}
 
 
 def label(r: dict[str, Any]) -> str:
@@ -140,16 +155,7 @@ def live() -> None:
     if not rows:
         st.info("No run yet: submit one on **Train**.")
         return
-    st.dataframe(
-        table(rows),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "progress": st.column_config.ProgressColumn(
-                "progress", min_value=0, max_value=1, format="percent"
-            )
-        },
-    )
+    st.dataframe(table(rows), hide_index=True, width="stretch", column_config=COLUMNS)
     by_id = {r["id"]: r for r in rows}
     if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
         active = [r["id"] for r in rows if r.get("state") == "running"] or [
@@ -205,7 +211,7 @@ def live() -> None:
             st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)
     st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
-    st.caption(text)
+    st.caption(f"{text} · {r.get('device') or 'device not known yet'}")
     try:
         st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
     except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise

@@ -274,13 +274,14 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(lognorm
     assert button(at, "Cancel run").disabled and not button(at, "Delete run").disabled
     assert not button(at, "Open results").disabled
     assert any(c.value.startswith(("2 of 2 epochs", "stopped early")) for c in at.caption)
+    assert "completed" in at.dataframe[0].value.set_index("run").loc[run.name, "state"]
     # the first pick after the state change is taken
     sel.set_value("2020-01-01-older").run()
     ok(at)
     assert at.selectbox(key="run_selected").value == "2020-01-01-older"
     assert not button(at, "Open results").disabled
     assert at.subheader[0].value.startswith("sk_logreg")
-    assert any(c.value == "fitted in one step" for c in at.caption)
+    assert any(c.value.startswith("fitted in one step") for c in at.caption)
     # deleting the selected run moves the selection to one that exists
     button(at, "Delete run").click().run()
     ok(at)

@@ -133,6 +133,7 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         epochs = page.get_by_role("spinbutton", name="Max epochs")
         epochs.fill("60")
         epochs.press("Enter")
+        expect(page.get_by_text("mlp · epochs: 60").first).to_be_visible(timeout=30_000)
         _wait_idle(page)
         page.screenshot(path=SHOTS / "train.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
