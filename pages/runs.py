@@ -97,11 +97,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
     out = []
     for r in rows:
         frac, text = progress(r)
-        cps, elapsed, eta = (
-            _num(r.get("cells_per_s")),
-            _num(r.get("elapsed_s")),
-            _num(r.get("eta_s")),
-        )
+        elapsed, eta = _num(r.get("elapsed_s")), _num(r.get("eta_s"))
         running = r.get("state") == "running" and eta is not None
         out.append(
             {
@@ -111,7 +107,6 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "dataset": r.get("dataset") or "?",
                 "progress": frac,
                 "epochs": text,
-                "cells/s": f"{cps:,.0f}" if cps else "-",
                 "time": fmt_s(elapsed) + (f" · ETA {fmt_s(eta)}" if running else ""),
                 **({} if one_device else {"device": r.get("device") or "-"}),
                 **{k: str(r.get(k) or "-") for k in extra},
@@ -120,16 +115,15 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-COLUMNS = {
-    "run": st.column_config.TextColumn("run", width=185),
-    "state": st.column_config.TextColumn("state", width=85),
-    "model": st.column_config.TextColumn("model", width=85),
-    "dataset": st.column_config.TextColumn("dataset", width=120),
+COLUMNS = {  # about 930 px: the whole table fits beside the sidebar on a 1400 px screen
+    "run": st.column_config.TextColumn("run", width=175),
+    "state": st.column_config.TextColumn("state", width=80),
+    "model": st.column_config.TextColumn("model", width=80),
+    "dataset": st.column_config.TextColumn("dataset", width=100),
     "progress": st.column_config.ProgressColumn(
-        "progress", min_value=0, max_value=1, format="percent", width=105
+        "progress", min_value=0, max_value=1, format="percent", width=95
     ),
-    "epochs": st.column_config.TextColumn("epochs", width=285),
-    "cells/s": st.column_config.TextColumn("cells/s", width=65),
+    "epochs": st.column_config.TextColumn("epochs", width=290),
     "time": st.column_config.TextColumn("time", width=110, help="elapsed, and ETA while running"),
 }
 
@@ -211,7 +205,13 @@ def live() -> None:
             st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)
     st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
-    st.caption(f"{text} · {r.get('device') or 'device not known yet'}")
+    cps = _num(r.get("cells_per_s"))
+    st.caption(
+        " · ".join(
+            [text, r.get("device") or "device not known yet"]
+            + ([f"{cps:,.0f} cells/s"] if cps else [])
+        )
+    )
     try:
         st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
     except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise
