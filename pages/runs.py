@@ -115,15 +115,15 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-COLUMNS = {  # about 930 px: the whole table fits beside the sidebar on a 1400 px screen
-    "run": st.column_config.TextColumn("run", width=175),
+COLUMNS = {  # about 915 px: the whole table fits beside the sidebar on a 1400 px screen
+    "run": st.column_config.TextColumn("run", width=195),
     "state": st.column_config.TextColumn("state", width=80),
     "model": st.column_config.TextColumn("model", width=80),
-    "dataset": st.column_config.TextColumn("dataset", width=100),
+    "dataset": st.column_config.TextColumn("dataset", width=90),
     "progress": st.column_config.ProgressColumn(
-        "progress", min_value=0, max_value=1, format="percent", width=95
+        "progress", min_value=0, max_value=1, format="percent", width=90
     ),
-    "epochs": st.column_config.TextColumn("epochs", width=290),
+    "epochs": st.column_config.TextColumn("epochs", width=270),
     "time": st.column_config.TextColumn("time", width=110, help="elapsed, and ETA while running"),
 }
 
