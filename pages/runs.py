@@ -93,7 +93,7 @@ def has_results(r: dict[str, Any]) -> bool:
 
 def table(rows: list[dict]) -> pd.DataFrame:
     extra = [k for k in ("launcher", "job_id") if any(r.get(k) for r in rows)]
-    one_device = len({r.get("device") for r in rows}) == 1
+    one_device = len({r.get("device") for r in rows if r.get("device")}) <= 1
     out = []
     for r in rows:
         frac, text = progress(r)

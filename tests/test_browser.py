@@ -265,6 +265,9 @@ def test_untouched_forms_train_the_expected_experiment(
         page.get_by_text("Predict a perturbation").click()
         _wait_idle(page)
         expect(page.get_by_text("control → stimulated")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("scgen · epochs:")).to_be_visible(timeout=30_000)
+        _wait_idle(page)
+        expect(page.get_by_text("logreg · epochs:")).to_have_count(0)  # no stale form left
         page.screenshot(path=SHOTS / "train_perturb.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
         expect(page.get_by_text("Submitted 1 run(s)")).to_be_visible(timeout=60_000)
