@@ -221,6 +221,8 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     _fake_run("2026-01-05-e-interrupted", "interrupted", status={"epoch": "x"})
     _fake_run("2026-01-06-f-corrupt", "?", status="{not json")
     _fake_run("2026-01-07-g-nostatus", "?", status=False)
+    loo = pd.concat([_early_stopped_curve(4, 3).assign(cell_type=t) for t in ("B cell", "T cell")])
+    _fake_run("2026-01-09-i-loo", "completed", "scgen", {"epoch": 8, "max_epochs": 200}, loo)
     bad = _fake_run("2026-01-08-h-badcsv", "completed", status={"epoch": 2, "max_epochs": 2})
     (bad / "metrics.csv").write_text('epoch,train_loss\n1,"oops\n\x00\x00')
     summary = runs.summary
@@ -238,6 +240,7 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 1.0
     assert said["2026-01-02-b-sklearn"] == "fitted in one step"
     assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
+    assert said["2026-01-09-i-loo"] == "leave-one-out: 2 models trained"
     for run_id in df["run"]:
         at.selectbox(key="run_selected").set_value(run_id).run()
         assert not at.exception, (run_id, [e.message for e in at.exception])
