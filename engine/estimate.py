@@ -354,6 +354,8 @@ class Estimate:
                 f"published default {self.published_epochs})"
             )
         if self.published_epochs and self.epochs == self.published_epochs:
+            if self.seconds is None:
+                return f"epochs: {self.epochs} (published default)"
             why = "on this GPU" if self.device.kind == "cuda" else "fits on this CPU"
             return f"epochs: {self.epochs} (published default, {why})"
         return f"epochs: {self.epochs}"

@@ -93,14 +93,12 @@ def has_results(r: dict[str, Any]) -> bool:
 
 def table(rows: list[dict]) -> pd.DataFrame:
     extra = [k for k in ("launcher", "job_id") if any(r.get(k) for r in rows)]
+    one_device = len({r.get("device") for r in rows if r.get("device")}) <= 1
     out = []
     for r in rows:
         frac, text = progress(r)
-        cps, elapsed, eta = (
-            _num(r.get("cells_per_s")),
-            _num(r.get("elapsed_s")),
-            _num(r.get("eta_s")),
-        )
+        elapsed, eta = _num(r.get("elapsed_s")), _num(r.get("eta_s"))
+        running = r.get("state") == "running" and eta is not None
         out.append(
             {
                 "run": r["id"],
@@ -109,14 +107,25 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "dataset": r.get("dataset") or "?",
                 "progress": frac,
                 "epochs": text,
-                "cells/s": f"{cps:,.0f}" if cps else "-",
-                "elapsed": fmt_s(elapsed),
-                "ETA": fmt_s(eta) if r.get("state") == "running" else "-",
-                "device": r.get("device") or "-",
+                "time": fmt_s(elapsed) + (f" · ETA {fmt_s(eta)}" if running else ""),
+                **({} if one_device else {"device": r.get("device") or "-"}),
                 **{k: str(r.get(k) or "-") for k in extra},
             }
         )
     return pd.DataFrame(out)
+
+
+COLUMNS = {  # about 915 px: the whole table fits beside the sidebar on a 1400 px screen
+    "run": st.column_config.TextColumn("run", width=195),
+    "state": st.column_config.TextColumn("state", width=80),
+    "model": st.column_config.TextColumn("model", width=80),
+    "dataset": st.column_config.TextColumn("dataset", width=90),
+    "progress": st.column_config.ProgressColumn(
+        "progress", min_value=0, max_value=1, format="percent", width=90
+    ),
+    "epochs": st.column_config.TextColumn("epochs", width=270),
+    "time": st.column_config.TextColumn("time", width=110, help="elapsed, and ETA while running"),
+}
 
 
 def label(r: dict[str, Any]) -> str:
@@ -140,16 +149,7 @@ def live() -> None:
     if not rows:
         st.info("No run yet: submit one on **Train**.")
         return
-    st.dataframe(
-        table(rows),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "progress": st.column_config.ProgressColumn(
-                "progress", min_value=0, max_value=1, format="percent"
-            )
-        },
-    )
+    st.dataframe(table(rows), hide_index=True, width="stretch", column_config=COLUMNS)
     by_id = {r["id"]: r for r in rows}
     if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
         active = [r["id"] for r in rows if r.get("state") == "running"] or [
@@ -163,12 +163,14 @@ def live() -> None:
     r = by_id[sel]
     state = r.get("state") or "failed"
     active = state in runs.ACTIVE
+    # stable keys: a click right after a pick acts on the run the selector shows (the pick
+    # travels with the click); a state the page has not redrawn yet is refused in one line
     c = st.columns([1, 1, 1, 3])
     if c[0].button(
         "Cancel run",
         disabled=not active,
         help=None if active else f"the run is {state}",
-        key=f"cancel-{sel}",
+        key="runs-cancel",
     ):
         try:
             jobs.cancel(sel)
@@ -176,10 +178,7 @@ def live() -> None:
         except Exception as exc:
             show_error(exc)
     if c[1].button(
-        "Delete run",
-        disabled=active,
-        help="cancel it first" if active else None,
-        key=f"delete-{sel}",
+        "Delete run", disabled=active, help="cancel it first" if active else None, key="runs-delete"
     ):
         try:
             jobs.delete(sel)
@@ -188,21 +187,31 @@ def live() -> None:
         except Exception as exc:
             show_error(exc)
     ready = has_results(r)
-    c[2].page_link(
-        "pages/results.py",
-        label="Open results",
+    if c[2].button(
+        "Open results",
         icon=":material/insights:",
-        query_params={"run": sel},
         disabled=not ready,
         help=None
         if ready
         else "no results yet"
         if active
         else f"the run is {state} without results",
-    )
+        key="runs-open",
+    ):
+        if has_results(by_id[sel]):
+            ss["results_run"] = sel
+            st.switch_page("pages/results.py", query_params={"run": sel})
+        else:
+            st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)
     st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
-    st.caption(text)
+    cps = _num(r.get("cells_per_s"))
+    st.caption(
+        " · ".join(
+            [text, r.get("device") or "device not known yet"]
+            + ([f"{cps:,.0f} cells/s"] if cps else [])
+        )
+    )
     try:
         st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
     except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise

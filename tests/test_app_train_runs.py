@@ -221,6 +221,8 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     _fake_run("2026-01-05-e-interrupted", "interrupted", status={"epoch": "x"})
     _fake_run("2026-01-06-f-corrupt", "?", status="{not json")
     _fake_run("2026-01-07-g-nostatus", "?", status=False)
+    loo = pd.concat([_early_stopped_curve(4, 3).assign(cell_type=t) for t in ("B cell", "T cell")])
+    _fake_run("2026-01-09-i-loo", "completed", "scgen", {"epoch": 8, "max_epochs": 200}, loo)
     bad = _fake_run("2026-01-08-h-badcsv", "completed", status={"epoch": 2, "max_epochs": 2})
     (bad / "metrics.csv").write_text('epoch,train_loss\n1,"oops\n\x00\x00')
     summary = runs.summary
@@ -238,11 +240,11 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 1.0
     assert said["2026-01-02-b-sklearn"] == "fitted in one step"
     assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
+    assert said["2026-01-09-i-loo"] == "leave-one-out: 2 models trained"
     for run_id in df["run"]:
         at.selectbox(key="run_selected").set_value(run_id).run()
         assert not at.exception, (run_id, [e.message for e in at.exception])
-        link = at.get("page_link")[0].proto
-        assert link.disabled == (run_id != "2026-01-01-a-early"), run_id
+        assert button(at, "Open results").disabled == (run_id != "2026-01-01-a-early"), run_id
     monkeypatch.setattr(runs, "summary", summary)
     no_launcher = app("runs").dataframe[0].value
     assert "launcher" not in no_launcher.columns
@@ -266,25 +268,51 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(lognorm
     sel = at.selectbox(key="run_selected")
     assert sel.value == run.name and sel.format_func(run.name).split(" · ")[-1] in runs.ACTIVE
     assert not button(at, "Cancel run").disabled and button(at, "Delete run").disabled
-    assert at.get("page_link")[0].proto.disabled
+    assert button(at, "Open results").disabled
     assert jobs.wait(run, timeout=180)["state"] == "completed"
     at.run()  # the fragment's next tick
     ok(at)
     sel = at.selectbox(key="run_selected")
     assert sel.value == run.name and sel.format_func(run.name).endswith("· completed")
     assert button(at, "Cancel run").disabled and not button(at, "Delete run").disabled
-    link = at.get("page_link")[0].proto
-    assert not link.disabled and link.query_string == f"run={run.name}"
+    assert not button(at, "Open results").disabled
     assert any(c.value.startswith(("2 of 2 epochs", "stopped early")) for c in at.caption)
+    assert "completed" in at.dataframe[0].value.set_index("run").loc[run.name, "state"]
     # the first pick after the state change is taken
     sel.set_value("2020-01-01-older").run()
     ok(at)
     assert at.selectbox(key="run_selected").value == "2020-01-01-older"
-    assert at.get("page_link")[0].proto.query_string == "run=2020-01-01-older"
+    assert not button(at, "Open results").disabled
     assert at.subheader[0].value.startswith("sk_logreg")
-    assert any(c.value == "fitted in one step" for c in at.caption)
+    assert any(c.value.startswith("fitted in one step") for c in at.caption)
     # deleting the selected run moves the selection to one that exists
     button(at, "Delete run").click().run()
     ok(at)
     assert at.selectbox(key="run_selected").value == run.name
     assert json.loads((run / "run.json").read_text())["epochs"] == 2
+    # Open results opens exactly the selected run
+    button(at, "Open results").click().run()
+    ok(at)
+    assert at.query_params["run"] in (run.name, [run.name])
+    assert at.selectbox[0].value == run.name  # the Results page's run selector
+
+
+def test_open_results_takes_the_pick_that_came_with_the_click(lognorm_adata):
+    """Several finished runs; each pick followed at once by Open results opens that run."""
+    from engine import train
+    from engine.spec import RunSpec
+
+    name = datasets.save(lognorm_adata, "syn")
+    ids = []
+    for i, model in enumerate(("pca", "sk_logreg")):
+        out = workspace.runs_dir() / f"2020-01-0{i}-{model}"
+        kw = {"label_key": "cell_type"} if model == "sk_logreg" else {}
+        train.run(RunSpec(model=model, data=str(datasets.path(name)), out=str(out), **kw))
+        ids.append(out.name)
+    for run_id in ids:
+        at = app("runs")
+        at.selectbox(key="run_selected").set_value(run_id)
+        button(at, "Open results").click().run()  # one round trip: pick and click together
+        ok(at)
+        assert at.query_params["run"] in (run_id, [run_id])
+        assert at.selectbox[0].value == run_id

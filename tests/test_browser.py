@@ -6,7 +6,9 @@ on Runs. Screenshots of each page land in docs/screenshots/ (look at them).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -40,6 +42,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """Request before ``server``: the app measures no warm-up benchmark in the background."""
+    monkeypatch.setenv("SCWB_BENCHMARK", "0")
 
 
 @pytest.fixture
@@ -120,9 +128,12 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         expect(page.get_by_text("Models (compared on the same split)")).to_be_visible(
             timeout=60_000
         )
+        # the time estimate appears once the background warm-up benchmark has measured this CPU
+        expect(page.get_by_text("about ", exact=False).first).to_be_visible(timeout=120_000)
         epochs = page.get_by_role("spinbutton", name="Max epochs")
         epochs.fill("60")
         epochs.press("Enter")
+        expect(page.get_by_text("mlp · epochs: 60").first).to_be_visible(timeout=30_000)
         _wait_idle(page)
         page.screenshot(path=SHOTS / "train.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
@@ -186,3 +197,166 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
         browser.close()
     res = ad.read_h5ad(path)
     assert "X_autoencoder" in res.obsm and "abnormality" in res.layers and "abnormality" in res.obs
+
+
+def _pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the Streamlit selectbox labelled ``label``."""
+    box = page.get_by_role("combobox", name=label)
+    for _ in range(3):  # a run changing state while the list is open redraws the list
+        box.click()
+        box.fill(option)  # typing filters the options; Enter takes the first match
+        try:
+            page.get_by_role("option", name=option).first.wait_for(timeout=5_000)
+        except Exception:
+            page.keyboard.press("Escape")
+            continue
+        box.press("Enter")
+        break
+    _wait_idle(page)
+
+
+def test_untouched_forms_train_the_expected_experiment(
+    no_benchmark, server, lognorm_adata, workspace, tmp_path
+):
+    """Upload a Seurat-like file (orig.ident first, 'stimulated' the most frequent condition),
+    pick a task and submit without touching anything else."""
+    import numpy as np
+    import pandas as pd
+    from playwright.sync_api import expect, sync_playwright
+
+    from engine import jobs
+    from engine.io import write_h5ad
+
+    a = lognorm_adata.copy()
+    rng = np.random.default_rng(0)
+    a.obs = pd.DataFrame(
+        {
+            "orig.ident": pd.Categorical(rng.choice(["SeuratProject", "pbmc2"], a.n_obs)),
+            "condition": pd.Categorical(
+                np.where(rng.random(a.n_obs) < 0.6, "stimulated", "control")
+            ),
+            "cell_type": a.obs["cell_type"].to_numpy(),
+        },
+        index=a.obs_names,
+    )
+    counts = pd.crosstab(a.obs["cell_type"], a.obs["condition"])
+    largest = counts.sum(axis=1).idxmax()
+    upload = write_h5ad(a, tmp_path / "pbmc_stim.h5ad")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def specs() -> dict[str, dict]:
+        out = {}
+        for r in jobs.list_jobs():
+            out[r["model"]] = json.loads((Path(r["path"]) / "run.json").read_text())
+            if r["state"] in ("queued", "running"):
+                jobs.cancel(r["path"])  # only the form's choices matter here
+        return out
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(server)
+        _go(page, "Data")
+        page.locator('input[type="file"]').set_input_files(str(upload))
+        page.get_by_role("button", name="Load file").click()
+        expect(page.get_by_text(f"Loaded {a.n_obs} cells")).to_be_visible(timeout=60_000)
+
+        _go(page, "Train")
+        page.get_by_text("Predict a perturbation").click()
+        _wait_idle(page)
+        expect(page.get_by_text("control → stimulated")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("scgen · epochs:")).to_be_visible(timeout=30_000)
+        _wait_idle(page)
+        expect(page.get_by_text("logreg · epochs:")).to_have_count(0)  # no stale form left
+        page.screenshot(path=SHOTS / "train_perturb.png", full_page=True)
+        page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_text("Submitted 1 run(s)")).to_be_visible(timeout=60_000)
+        scgen = specs()["scgen"]
+        assert (scgen["ctrl"], scgen["stim"]) == ("control", "stimulated")
+        assert scgen["predict"] == largest and scgen["predict"] != "all"
+        assert isinstance(scgen["epochs"], int)
+
+        _go(page, "Runs")
+        _go(page, "Train")  # the task picked stays picked after leaving the page
+        expect(page.get_by_text("control → stimulated")).to_be_visible(timeout=30_000)
+        page.get_by_text("Classify cells").click()
+        _wait_idle(page)
+        page.get_by_role("button", name="Submit").click()
+        expect(page.get_by_text("Submitted 3 run(s)")).to_be_visible(timeout=60_000)
+        browser.close()
+    got = specs()
+    for model in ("logreg", "mlp", "sk_logreg"):
+        assert got[model]["label_key"] == "cell_type", got[model]
+
+
+def test_runs_controls_follow_state_and_open_the_selected_results(
+    no_benchmark, server, lognorm_adata, workspace
+):
+    """Three finished runs and one that finishes while Runs is open: every control follows the
+    run's state without a click, and Open results opens exactly the selected run."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from engine import datasets, jobs, train
+    from engine.spec import RunSpec
+
+    name = datasets.save(lognorm_adata, "syn")
+    finished = []
+    for i, (model, kw) in enumerate(
+        (("sk_logreg", {"label_key": "cell_type"}), ("pca", {}), ("pca_embed", {}))
+    ):
+        out = workspace / "runs" / f"2020-01-0{i + 1}-{model}"
+        train.run(
+            RunSpec(
+                model=model, data=str(datasets.path(name)), dataset_name=name, out=str(out), **kw
+            )
+        )
+        finished.append(out.name)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(f"{server}/runs")
+        selector = page.get_by_role("combobox", name="Run")
+        expect(selector).to_have_value(re.compile(finished[-1]), timeout=60_000)
+        live = jobs.submit(
+            RunSpec(
+                model="mlp",
+                data=str(datasets.path(name)),
+                dataset_name=name,
+                label_key="cell_type",
+                epochs=40,
+                patience=100,
+                params={"hidden": "512,512"},
+            )
+        )
+        # the new run appears in the open page; pick it while it is queued or running
+        page.wait_for_timeout(4500)  # two ticks of the live fragment
+        _pick(page, "Run", live.name)
+        expect(selector).to_have_value(re.compile(live.name), timeout=10_000)
+        cancel = page.get_by_role("button", name="Cancel run")
+        delete = page.get_by_role("button", name="Delete run")
+        if jobs.status(live)["state"] in ("queued", "running"):
+            expect(selector).to_have_value(re.compile("queued|running"))
+            expect(cancel).to_be_enabled()
+            expect(delete).to_be_disabled()
+        # no click: the live fragment must bring every control up to date by itself
+        expect(selector).to_have_value(re.compile(f"{live.name} .* completed"), timeout=240_000)
+        expect(cancel).to_be_disabled(timeout=10_000)
+        expect(delete).to_be_enabled(timeout=10_000)
+        page.wait_for_timeout(2500)
+        page.screenshot(path=SHOTS / "runs_finished.png", full_page=True)
+        for run_id in [live.name, *finished]:
+            _pick(page, "Run", run_id)  # the first pick after the state change counts
+            expect(selector).to_have_value(re.compile(run_id), timeout=10_000)
+            # clicked at once: the pick travels with the click, no redraw is awaited
+            page.get_by_role("button", name="Open results").click()
+            expect(page).to_have_url(
+                re.compile(rf"/results\?run={re.escape(run_id)}"), timeout=30_000
+            )
+            expect(page.get_by_role("combobox", name="Run")).to_have_value(
+                re.compile(run_id), timeout=60_000
+            )
+            _go(page, "Runs")
+            selector = page.get_by_role("combobox", name="Run")
+            expect(selector).to_be_visible(timeout=30_000)
+        browser.close()
