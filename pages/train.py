@@ -13,7 +13,8 @@ from typing import Any
 
 import streamlit as st
 
-from engine import datasets, defaults, estimate, jobs, models
+from engine import datasets, defaults, estimate, jobs, models, settings
+from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
 from ui.state import dataset_picker, ensure_app_navigation, show_error
@@ -250,6 +251,18 @@ with st.container(border=True):
         help="auto uses the GPU when there is one",
     )
     keep("device", device)
+    launcher = "local"
+    if slurm_available():
+        where = ["local", "slurm"]
+        launcher = st.radio(
+            "Where runs train",
+            where,
+            key=remember("launcher", settings.get().launcher, where),
+            format_func={"local": "this machine", "slurm": "the SLURM cluster"}.get,
+            horizontal=True,
+            help="SLURM: the run is submitted as a job (SCWB_SLURM_* settings); see docs/CLUSTER.md",
+        )
+        keep("launcher", launcher)
     estimates_box = st.container()
 
 params: dict[str, dict] = {}
@@ -331,6 +344,7 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 data=str(datasets.path(name)),
                 dataset_name=datasets.label(name),
                 dataset_key=str(name),
+                launcher=launcher,
                 data_fingerprint=datasets.fingerprint(name),
                 epochs=(
                     None

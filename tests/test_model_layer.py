@@ -189,3 +189,32 @@ def test_app_side_modules_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_app_process_never_imports_torch(tmp_path):
+    """Every page rendered in one process (AppTest), with a dataset and a finished run: torch
+    and Lightning stay out of the app process (a worker trains in its own process)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+os.environ["SCWB_HOME"] = {str(tmp_path / "home")!r}
+os.environ["SCWB_BENCHMARK"] = "0"
+from streamlit.testing.v1 import AppTest
+from engine import datasets
+from engine.demos import synthetic_perturbation
+datasets.save(synthetic_perturbation(n_cells=200, n_genes=50), "syn")
+at = AppTest.from_file("app.py", default_timeout=120)
+at.run()
+for page in ("data", "preprocess", "train", "runs", "results", "compare", "explore"):
+    at.switch_page(f"pages/{{page}}.py")
+    at.run()
+    assert not at.exception, (page, [e.message for e in at.exception])
+print(sorted(m for m in ("torch", "pytorch_lightning", "lightning") if m in sys.modules))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

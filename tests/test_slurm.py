@@ -249,3 +249,28 @@ def test_slurm_launcher_without_slurm_is_one_line_and_leaves_nothing(
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "Unknown launcher 'cloud'" in bad.stderr
+
+
+def test_train_page_submits_to_slurm_and_runs_page_shows_the_job(cluster, lognorm_adata):
+    from streamlit.testing.v1 import AppTest
+
+    from engine import datasets, workspace
+
+    key = datasets.save(lognorm_adata, "syn", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": key})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/train.py").run()
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["sk_logreg"]).run()
+    next(r for r in at.radio if r.label == "Where runs train").set_value("slurm").run()
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (row,) = jobs.list_jobs()
+    assert json.loads((Path(row["path"]) / "run.json").read_text())["launcher"] == "slurm"
+    st = jobs.wait(row["path"], timeout=120)
+    assert st["state"] == "completed", st
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert "job_id" in table.columns and str(st["job_id"]) in set(table["job_id"].astype(str))

@@ -11,9 +11,11 @@ from engine import jobs
 
 @st.cache_resource(show_spinner=False)
 def device_info() -> dict:
-    from engine.device import detect
+    """The compute device, found without importing torch into the app process."""
+    from engine.estimate import device
 
-    return detect()
+    d = device("auto")
+    return {"kind": d.kind, "name": d.name}
 
 
 @st.cache_resource(show_spinner=False)
