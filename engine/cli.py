@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import MISSING
 from pathlib import Path
@@ -414,18 +413,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # the libraries' own chatter is not the user's concern on the command line; our warnings stay
-    for module in (
-        "anndata",
-        "scanpy",
-        "pytorch_lightning",
-        "lightning_fabric",
-        "torch",
-        "sklearn",
-        "umap",
-        "numba",
-    ):
-        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+    from engine import quiet
+
+    quiet.library_warnings_off()  # the libraries' chatter is not the user's concern here
     args = parser().parse_args(argv)
     try:
         return run_command(args)

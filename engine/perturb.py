@@ -35,6 +35,11 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
             raise ScwbError(
                 f"The condition column {spec.condition_key!r} has no {what} value {value!r}; it holds {', '.join(sorted(set(cond)))}."
             )
+    if "predicted" in set(cond):
+        raise ScwbError(
+            f"The condition column {spec.condition_key!r} already holds 'predicted' cells (a results file?): "
+            "train on the original data."
+        )
     if spec.ctrl == spec.stim:
         raise ScwbError("The control and stimulated values must differ.")
     if spec.predict != "all":
@@ -85,13 +90,20 @@ def mean_shift(
 
 
 def gene_means(
-    results: ad.AnnData, condition_key: str, cell_type_key: str, ctrl: str, stim: str, target: str
+    results: ad.AnnData,
+    condition_key: str,
+    cell_type_key: str,
+    ctrl: str,
+    stim: str,
+    target: str,
+    layer: str = "X",
 ) -> pd.DataFrame:
     """Per-gene means of the target's control, predicted and real stimulated cells, and the
-    mean-shift baseline (control + mean shift of the other cell types), from a results AnnData."""
+    mean-shift baseline (control + mean shift of the other cell types), from a results AnnData,
+    in the matrix the model read (``layer``, as its metrics)."""
     cond = results.obs[condition_key].astype(str).to_numpy()
     types = results.obs[cell_type_key].astype(str).to_numpy()
-    x = results.X
+    x = results.layers[layer] if layer != "X" and layer in results.layers else results.X
 
     def mean(mask: np.ndarray) -> np.ndarray:
         return (

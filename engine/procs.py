@@ -15,6 +15,16 @@ from typing import Any
 from engine import settings
 
 
+def rank() -> int:
+    """This process's rank in a multi-device run (0 when alone), from the variables Lightning,
+    torchrun and SLURM set (torch-free, as Lightning's own ``_get_rank``)."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

@@ -30,6 +30,7 @@ class InputSetup:
     layer: str = "X"  # "X" or a key of adata.layers
     needs: str = "any"  # 'any' | 'counts' | 'lognorm'
     transform: str = "none"  # applied after reading: 'log1p_cp10k' = log1p(x / total * 1e4)
+    counts: bool | None = None  # whether the training matrix held raw counts
     label_key: str | None = None
     classes: list[str] = field(default_factory=list)
     batch_key: str | None = None
@@ -52,6 +53,7 @@ class InputSetup:
             layer=layer,
             needs=needs,
             transform=transform,
+            counts=io.matrix_kind(x) == "counts",
         )
         setup.check_values(x)
         if spec.label_key:
@@ -101,6 +103,13 @@ class InputSetup:
         src = adata.X if self.layer == "X" else adata.layers[self.layer]
         x, missing = align_columns(src, adata.var_names, self.var_names, align)
         self.check_values(x)
+        if self.counts is not None and (io.matrix_kind(x) == "counts") != self.counts:
+            trained = "raw counts" if self.counts else "transformed values (not counts)"
+            given = "raw counts" if not self.counts else "values that are not counts"
+            raise ScwbError(
+                f"The model was trained on {trained} in {self.where}, and this data holds {given} "
+                "there: preprocess it the same way (or pick the matching layer)."
+            )
         if self.transform == "log1p_cp10k":
             x = log1p_cp10k(x)
         return x, missing

@@ -39,9 +39,9 @@ warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` de
 
 def is_rank_zero() -> bool:
     """Whether this process is the one that writes (rank 0 of a multi-device run, or alone)."""
-    from lightning_fabric.utilities.rank_zero import _get_rank
+    from engine import procs
 
-    return (_get_rank() or 0) == 0
+    return procs.rank() == 0
 
 
 def versions() -> dict[str, str]:

@@ -267,10 +267,13 @@ def _release(slot_fds: dict[str, int]) -> None:
 
 # ----------------------------------------------------------------------------- training
 def run_training(run_dir: Path) -> int:
-    """Train the run folder in this process; every end is recorded (0: done or cancelled)."""
-    import warnings
+    """Train the run folder in this process; every end is recorded (0: done or cancelled).
+    In a multi-device run every rank calls this and only rank 0 records the end."""
+    from engine import quiet
 
-    warnings.filterwarnings("ignore")
+    quiet.library_warnings_off()
+    if procs.rank() != 0:  # the extra ranks only help to train; rank 0 writes the run folder
+        return _train_quietly(run_dir)
     from engine.errors import ScwbError
     from engine.spec import RunSpec
     from engine.train import run
@@ -299,6 +302,20 @@ def run_training(run_dir: Path) -> int:
             return 1
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         _fail(run_dir, msg)
+        return 1
+
+
+def _train_quietly(run_dir: Path) -> int:
+    from engine.spec import RunSpec
+    from engine.train import run
+
+    try:
+        spec = RunSpec.from_dict(runs.read_json(run_dir / "run.json", {}))
+        spec.out = str(run_dir)
+        run(spec)
+        return 0
+    except Exception:  # rank 0 meets the same failure and records it
+        _log(traceback.print_exc)
         return 1
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import embedding, export, jobs, metric_names, runs
+from engine.perturb import gene_means  # torch-free
 from ui import figures
 from ui.figures import esc
 from ui.state import ensure_app_navigation
@@ -353,38 +354,6 @@ if res is not None and task in ("reconstruct", "embed"):
                 latent_embedding(key, res.n_obs, draw)
 
 
-def _gene_means(
-    results: ad.AnnData, condition_key: str, cell_type_key: str, ctrl: str, stim: str, target: str
-) -> pd.DataFrame:
-    """Per-gene means of the target's control, predicted and real stimulated cells, and the
-    mean-shift baseline (as engine.perturb.gene_means, which this page must not import: torch)."""
-    cond = results.obs[condition_key].astype(str).to_numpy()
-    types = results.obs[cell_type_key].astype(str).to_numpy()
-    x = results.X
-
-    def mean(mask: np.ndarray) -> np.ndarray:
-        return (
-            np.asarray(x[mask].mean(0)).ravel() if mask.any() else np.full(results.n_vars, np.nan)
-        )
-
-    is_t = types == target
-    shifts = [
-        mean((types == t) & (cond == stim)) - mean((types == t) & (cond == ctrl))
-        for t in sorted(set(types[~is_t]))
-        if ((types == t) & (cond == stim)).any() and ((types == t) & (cond == ctrl)).any()
-    ]
-    ctrl_mean = mean(is_t & (cond == ctrl))
-    return pd.DataFrame(
-        {
-            "control": ctrl_mean,
-            "predicted": mean(is_t & (cond == "predicted")),
-            "real": mean(is_t & (cond == stim)),
-            "meanshift": ctrl_mean + (np.mean(shifts, 0) if shifts else 0),
-        },
-        index=results.var_names.astype(str),
-    )
-
-
 PERTURB_COLS = (
     "r2_mean_all",
     "r2_mean_top100",
@@ -468,13 +437,14 @@ if res is not None and task == "perturb":
                     f"For {esc(target)}, scGen does not beat the simple mean-shift baseline "
                     "on R² of mean expression (all genes)."
                 )
-            means = _gene_means(
+            means = gene_means(
                 res,
                 info["condition_key"],
                 info["cell_type_key"],
                 info["ctrl"],
                 info["stim"],
                 target,
+                layer=str(scwb.get("layer") or "X"),
             )
             top = runs.read_json(sub_dir / "top_degs.json", []) or []
             top = [str(g) for g in top] if isinstance(top, list) else []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-warnings.filterwarnings("ignore")
+from engine import quiet  # noqa: E402
+
+quiet.library_warnings_off()  # the libraries' chatter; our own warnings stay visible
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 os.environ.setdefault("SCWB_CANCEL_GRACE_S", "20")

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from engine import io, models, predict, train
 from engine.cli import main
+from engine.errors import ScwbError
 from engine.spec import RunSpec
 from tests.conftest import ROOT
 
@@ -85,17 +86,17 @@ def test_predict_on_training_cells_equals_results(tmp_path, case, lognorm_adata,
     for other in (again, aligned):
         assert list(other.obs_names) == list(res.obs_names)
         assert dict(other.uns["scwb"]["slots"]) == slots
+        other = other[:, res.var_names]  # per-gene outputs are compared gene by gene
         for where in ("obs", "obsm", "layers"):
             written = [v for v in slots.values() if v in getattr(res, where)]
             _assert_same_slots(res, other, where, written)
         assert other.uns["scwb"]["run_id"] == res.uns["scwb"]["run_id"] == "run"
     if case == "scgen":
-        pred = res.obs["condition"] == "predicted"
+        pred = (res.obs["condition"] == "predicted").to_numpy()
         assert pred.sum() > 0 and np.isfinite(res.obsm["X_scgen"]).all()
-        _assert_same_slots(res[pred.to_numpy()], again[pred.to_numpy()], "obsm", ["X_scgen"])
-        np.testing.assert_allclose(
-            _values(res.X)[pred.to_numpy()], _values(again.X)[pred.to_numpy()], atol=1e-4
-        )
+        for other in (again, aligned[:, res.var_names]):
+            _assert_same_slots(res[pred], other[pred], "obsm", ["X_scgen"])
+            np.testing.assert_allclose(_values(res.X)[pred], _values(other.X)[pred], atol=1e-4)
 
 
 def test_predict_cli_on_a_vae_with_batch_and_counts_layer(tmp_path, lognorm_adata, capsys):
@@ -134,8 +135,75 @@ def test_predict_refuses_an_unknown_batch(tmp_path, lognorm_adata):
     )
     other = lognorm_adata.copy()
     other.obs["sample"] = "donor9"
-    with pytest.raises(ValueError, match="never saw"):
+    with pytest.raises(ScwbError, match="never saw"):
         predict.predict(run, other)
+
+
+def test_extra_and_missing_genes_keep_the_datas_own_gene_order(tmp_path, lognorm_adata):
+    """Per-gene outputs land on the right genes of the new data: genes the model lacks get NaN,
+    genes the data lacks are filled for the model and dropped from the outputs."""
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "pca"
+    train.run(RunSpec(model="pca", data=str(path), out=str(run)))
+    res = ad.read_h5ad(run / "results.h5ad")
+    new = lognorm_adata[:, lognorm_adata.var_names[10:][::-1]].copy()  # 10 missing, reversed
+    extra = ad.AnnData(
+        X=np.ones((new.n_obs, 3), np.float32),
+        obs=new.obs[[]],
+        var=pd.DataFrame(index=["x1", "x2", "x3"]),
+    )
+    new = ad.concat([new, extra], axis=1, merge="first")
+    out = predict.predict(run, new, align=True)
+    assert list(out.var_names) == list(new.var_names), "the data's own genes, in its order"
+    assert np.isnan(out[:, ["x1", "x2", "x3"]].layers["reconstruction"]).all()
+    shared = list(new.var_names[:5])
+    assert np.isfinite(out[:, shared].layers["reconstruction"]).all()
+    assert len(out.uns["scwb"]["missing_genes"]) == 10
+    # the same cells with every gene: the reconstruction of a gene does not depend on order
+    same = predict.predict(run, lognorm_adata[:, lognorm_adata.var_names[::-1]].copy())
+    np.testing.assert_allclose(
+        same[:, res.var_names].layers["reconstruction"], res.layers["reconstruction"], atol=1e-4
+    )
+
+
+def test_sk_logreg_trained_without_a_class_labels_cells_right(tmp_path, lognorm_adata):
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "sk"
+    train.run(
+        RunSpec(
+            model="sk_logreg",
+            data=str(path),
+            out=str(run),
+            label_key="cell_type",
+            train_on={"cell_type": ["T cell", "B cell", "Monocyte"]},
+        )
+    )
+    res = ad.read_h5ad(run / "results.h5ad")
+    assert res.obsm["proba_sk_logreg"].shape[1] == 4
+    seen = res.obs["cell_type"].astype(str) != "NK cell"
+    agree = (res.obs["pred_cell_type"].astype(str) == res.obs["cell_type"].astype(str))[seen]
+    assert agree.mean() > 0.9, "columns follow the classes the estimator saw"
+    assert set(res.obs["pred_cell_type"].astype(str)) <= {"T cell", "B cell", "Monocyte"}
+
+
+def test_predict_refuses_counts_for_a_model_trained_on_log_values(
+    tmp_path, lognorm_adata, counts_adata
+):
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "mlp"
+    train.run(RunSpec(model="mlp", data=str(path), out=str(run), label_key="cell_type", epochs=1))
+    with pytest.raises(ScwbError, match="trained on transformed values"):
+        predict.predict(run, counts_adata)
+    run2 = tmp_path / "pe"
+    train.run(
+        RunSpec(
+            model="pca_embed",
+            data=str(io.write_h5ad(counts_adata, tmp_path / "c.h5ad")),
+            out=str(run2),
+        )
+    )
+    with pytest.raises(ScwbError, match="trained on raw counts"):
+        predict.predict(run2, lognorm_adata)
 
 
 def _imports(path: Path) -> set[str]:

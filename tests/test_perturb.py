@@ -218,3 +218,23 @@ def test_scgen_refuses_counts(tmp_path, counts_file):
                 **DESIGN,
             )
         )
+
+
+def test_a_results_file_with_predicted_cells_is_refused(tmp_path, lognorm_adata):
+    a = lognorm_adata.copy()
+    a.obs["condition"] = a.obs["condition"].astype(str)
+    a.obs.iloc[:5, a.obs.columns.get_loc("condition")] = "predicted"
+    path = tmp_path / "results_like.h5ad"
+    a.write_h5ad(path)
+    with pytest.raises(ScwbError, match="already holds 'predicted' cells"):
+        train.run(
+            RunSpec(
+                model="scgen",
+                data=str(path),
+                out=str(tmp_path / "r"),
+                epochs=1,
+                params=SMALL,
+                predict="B cell",
+                **DESIGN,
+            )
+        )

@@ -21,8 +21,15 @@ class SkLogReg:
         self.est.fit(x, y)
         return self
 
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        return self.est.predict_proba(x)
+    def proba(self, x: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+        """Probabilities with one column per class code 0..n_classes-1 (a class absent from
+        the training cells gets 0)."""
+        p = self.est.predict_proba(x)
+        if n_classes is None or p.shape[1] == n_classes:
+            return p
+        full = np.zeros((p.shape[0], n_classes), dtype=p.dtype)
+        full[:, self.est.classes_.astype(int)] = p
+        return full
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

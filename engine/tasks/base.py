@@ -9,6 +9,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from engine import io, models, runs
 from engine.setup import InputSetup
@@ -87,6 +88,19 @@ class Task:
     # ------------------------------------------------------------------------- slots
     def start_output(self, adata: ad.AnnData) -> tuple[ad.AnnData, dict[str, str]]:
         return adata.copy(), {}
+
+    def to_data_genes(self, values: np.ndarray, adata: ad.AnnData) -> np.ndarray:
+        """Per-gene outputs (in the model's gene order) laid out on ``adata``'s own genes: a
+        gene the model does not know gets NaN, a model gene the data lacks is dropped."""
+        genes = pd.Index(self.setup.var_names)
+        have = pd.Index(adata.var_names.astype(str))
+        if len(have) == len(genes) and (have == genes).all():
+            return values
+        pos = genes.get_indexer(have)
+        out = np.full((values.shape[0], len(have)), np.nan, dtype=np.float32)
+        known = pos >= 0
+        out[:, known] = values[:, pos[known]]
+        return out
 
     def put(self, out: ad.AnnData, slots: dict, where: str, role: str, key: str, value) -> str:
         """Write ``value`` to ``out.<where>[key]`` unless the input already has that key: then

@@ -27,7 +27,7 @@ class Classify(Task):
         if self.info.kind == "sklearn":
             dense = io.dense(x)
             self.module.fit(dense[split["train"]], y[split["train"]])
-            proba = self.module.proba(dense)
+            proba = self.module.proba(dense, len(self.setup.classes))
             baseline_epoch(
                 ctx.run_dir,
                 train_accuracy=_accuracy(proba, y, split["train"]),
@@ -46,7 +46,7 @@ class Classify(Task):
 
     def proba(self, x: Any) -> np.ndarray:
         if self.info.kind == "sklearn":
-            return self.module.proba(io.dense(x))
+            return self.module.proba(io.dense(x), len(self.setup.classes))
         from engine import toolkit
         from engine.data import DeviceMatrix
 

@@ -72,8 +72,11 @@ class Embed(Task):
             both = toolkit.infer(decoded, xm, b)
             n = xm.shape[1]
             scale = 1e4 if self.params.get("likelihood") != "gaussian" else 1.0
-            self.put(out, slots, "layers", "denoised", "denoised", both[:, :n] * scale)
-            self.put(out, slots, "layers", "reconstruction", "reconstruction", both[:, n:])
+            for role, values in (
+                ("denoised", both[:, :n] * scale),
+                ("reconstruction", both[:, n:]),
+            ):
+                self.put(out, slots, "layers", role, role, self.to_data_genes(values, adata))
         return self.finish_output(out, slots, missing)
 
     def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:

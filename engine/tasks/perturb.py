@@ -166,8 +166,9 @@ class Perturb(Task):
             if not len(rows):
                 continue
             z = _encode(part["module"], dense[rows], self.device) + part["delta"]
+            pred_x = _decode(part["module"], z, self.device)
             pred = ad.AnnData(
-                X=_decode(part["module"], z, self.device),
+                X=self.to_data_genes(pred_x, adata),
                 obs=adata.obs.iloc[rows].copy(),
                 var=pd.DataFrame(index=adata.var_names.copy()),
             )
@@ -175,7 +176,10 @@ class Perturb(Task):
             pred.obs[d["condition_key"]] = "predicted"
             if self.setup.layer != "X":  # predictions live in the space the model reads
                 pred.layers[self.setup.layer] = pred.X.copy()
-            pred.obsm[slots["latent"]] = z.astype(np.float32)
+            # in the latent space of the first model, where every input cell is placed
+            pred.obsm[slots["latent"]] = (
+                z if part is self.parts[0] else _encode(self.module, pred_x, self.device)
+            ).astype(np.float32)
             predicted.append(pred)
         if predicted:
             out = ad.concat([out, *predicted], join="outer", merge="first", uns_merge="first")

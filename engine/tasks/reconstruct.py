@@ -12,6 +12,8 @@ from engine import evaluate, io
 from engine.split import train_on_mask
 from engine.tasks.base import Task, baseline_epoch, dense_ok
 
+CHUNK = 8192  # cells per block when scoring
+
 
 class Reconstruct(Task):
     name = "reconstruct"
@@ -48,10 +50,9 @@ class Reconstruct(Task):
         return progress.cancelled
 
     def outputs(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Latent codes and reconstructions of the rows of ``x``."""
+        """Latent codes and reconstructions of the rows of ``x`` (a dense block)."""
         if self.info.kind == "sklearn":
-            dense = io.dense(x)
-            return self.module.encode(dense), self.module.reconstruct(dense)
+            return self.module.encode(x), self.module.reconstruct(x)
         from engine import toolkit
         from engine.data import DeviceMatrix
 
@@ -60,16 +61,23 @@ class Reconstruct(Task):
 
     def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
         x, missing = self.setup.matrix(adata, align)
-        latent, recon = self.outputs(x)
-        recon = recon.astype(np.float32)
-        dense_x = io.dense(x)
+        keep = dense_ok(*x.shape)  # full reconstruction layers only when they fit
+        latent, score, recon, residual = [], [], [], []
+        for start in range(0, x.shape[0], CHUNK):  # never the whole matrix densified at once
+            block = io.dense(x[start : start + CHUNK])
+            z, r = self.outputs(block)
+            latent.append(z.astype(np.float32))
+            score.append(evaluate.mse_per_cell(block, r).astype(np.float32))
+            if keep:
+                recon.append(r.astype(np.float32))
+                residual.append((block - r).astype(np.float32))
         out, slots = self.start_output(adata)
-        self.put(out, slots, "obsm", "latent", self.info.latent_key, latent.astype(np.float32))
-        score = evaluate.mse_per_cell(dense_x, recon).astype(np.float32)
-        self.put(out, slots, "obs", "score", "abnormality", score)
-        if dense_ok(*dense_x.shape):
-            self.put(out, slots, "layers", "reconstruction", "reconstruction", recon)
-            self.put(out, slots, "layers", "residual", "residual", dense_x - recon)
+        self.put(out, slots, "obsm", "latent", self.info.latent_key, np.concatenate(latent))
+        self.put(out, slots, "obs", "score", "abnormality", np.concatenate(score))
+        if keep:
+            for role, parts in (("reconstruction", recon), ("residual", residual)):
+                values = self.to_data_genes(np.concatenate(parts), adata)
+                self.put(out, slots, "layers", role, role, values)
         return self.finish_output(out, slots, missing)
 
     def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
