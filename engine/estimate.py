@@ -59,33 +59,15 @@ def dense_layers(
     n_classes: int = 2,
     n_batch: int = 0,
 ) -> list[tuple[int, int]]:
-    """(in, out) of every linear layer of ``model`` on ``n_genes`` inputs (as engine.models builds
-    it); empty for the scikit-learn baselines."""
+    """(in, out) of every linear layer of ``model`` on ``n_genes`` inputs (the registry's
+    ``models.dense_layers``); empty for the scikit-learn baselines."""
     info = models.get(model)
-    p = {**info.defaults(), **(params or {})}
-    g = int(n_genes)
     if info.kind == "sklearn":
         return []
-    if model in ("logreg", "mlp"):
-        hidden = _widths(p.get("hidden", "")) if model == "mlp" else []
-        chain = [g, *hidden, 1 if n_classes == 2 else max(int(n_classes), 2)]
-        return list(zip(chain[:-1], chain[1:], strict=True))
-    if model == "autoencoder":
-        widths = _widths(p["widths"])
-        chain = [g, *widths, *reversed(widths[:-1]), g]
-        return list(zip(chain[:-1], chain[1:], strict=True))
-    if model in ("vae", "scgen"):
-        h, lat, n = int(p["n_hidden"]), int(p["n_latent"]), int(p["n_layers"])
-        nb = int(n_batch) if model == "vae" else 0
-        enc = [g + nb, *[h] * n]
-        dec = [lat + nb, *[h] * n]
-        layers = list(zip(enc[:-1], enc[1:], strict=True)) + [(h, lat), (h, lat)]
-        layers += list(zip(dec[:-1], dec[1:], strict=True)) + [(h, g)]
-        if model == "vae" and p.get("likelihood") == "zinb":
-            layers.append((h, g))
-        return layers
+    p = {**info.defaults(), **(params or {})}
+    layers = models.dense_layers(info, p, int(n_genes), int(n_classes), int(n_batch))
     # a model added to the registry without a cost formula: a one-layer guess, never a crash
-    return [(g, 128), (128, g)]
+    return layers or [(int(n_genes), 128), (128, int(n_genes))]
 
 
 def flops_per_cell(model: str, n_genes: int, params=None, n_classes: int = 2, n_batch: int = 0):

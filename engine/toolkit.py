@@ -67,6 +67,8 @@ class FitContext:
     precision: str = "32"
     weight_decay: float = 0.0
     kl_warmup: int = 0
+    resume: bool = False  # keep a full last checkpoint and resume from it (SLURM requeue)
+    ckpt_tag: str = ""  # one checkpoint folder per fit of a run (scGen's leave-one-out targets)
     progress: dict[str, Any] = field(default_factory=dict)  # RunFolderCallback options
 
     @classmethod
@@ -84,6 +86,7 @@ class FitContext:
             precision=spec.precision,
             weight_decay=float(spec.params.get("weight_decay", 0.0)),
             kl_warmup=int(spec.params.get("kl_warmup", 0)),
+            resume=spec.launcher == "slurm",
         )
 
 
@@ -203,8 +206,15 @@ def fit(
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     lit = LitModel(module, lr=ctx.lr, weight_decay=ctx.weight_decay, kl_warmup_epochs=ctx.kl_warmup)
-    ckpt_dir = ctx.run_dir / "checkpoints"
-    progress = RunFolderCallback(ctx.run_dir, ctx.epochs, **ctx.progress)
+    ckpt_dir = (
+        ctx.run_dir / "checkpoints" / ctx.ckpt_tag if ctx.ckpt_tag else ctx.run_dir / "checkpoints"
+    )
+    last = ckpt_dir / "last.ckpt"
+    resume_from = str(last) if ctx.resume and last.exists() else None
+    options = dict(ctx.progress)
+    if resume_from and "rows" not in options:  # the epochs already trained stay in metrics.csv
+        options["rows"] = _rows_before(ctx.run_dir, last)
+    progress = RunFolderCallback(ctx.run_dir, ctx.epochs, **options)
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -232,9 +242,18 @@ def fit(
             progress,
             EarlyStopping(monitor="val_loss", patience=ctx.patience, mode="min", check_finite=True),
             ckpt,
+            *(
+                [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+                if ctx.resume
+                else []
+            ),
         ],
     )
-    trainer.fit(lit, datamodule=CellData(columns, split, ctx.batch_size, ctx.seed))
+    if resume_from and trainer.is_global_zero:
+        runs.update_status(ctx.run_dir, resumed_after_epoch=len(options["rows"]))
+    trainer.fit(
+        lit, datamodule=CellData(columns, split, ctx.batch_size, ctx.seed), ckpt_path=resume_from
+    )
     best = ckpt.best_model_path
     if best and os.path.exists(best):
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -246,6 +265,18 @@ def fit(
     module = lit.module.to(torch.device(ctx.device if ctx.device != "cuda" else "cuda:0"))
     module.eval()
     return module, progress
+
+
+def _rows_before(run_dir: Path, last: Path) -> list[dict]:
+    """metrics.csv rows of the epochs a last checkpoint already holds."""
+    rows = runs.read_metrics_csv(run_dir)
+    if rows.empty:
+        return []
+    try:
+        done = int(torch.load(last, map_location="cpu", weights_only=True).get("epoch", 0)) + 1
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: keep every row written
+        return rows.to_dict("records")
+    return [r for r in rows.to_dict("records") if r.get("epoch", 0) <= done]
 
 
 # ----------------------------------------------------------------------------- inference

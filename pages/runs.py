@@ -92,7 +92,9 @@ def has_results(r: dict[str, Any]) -> bool:
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
-    extra = [k for k in ("launcher", "job_id") if any(r.get(k) for r in rows)]
+    # where runs trained matters only once some ran elsewhere than this machine
+    elsewhere = any(r.get("launcher") not in (None, "", "local") for r in rows)
+    extra = [k for k in ("launcher", "job_id") if elsewhere and any(r.get(k) for r in rows)]
     one_device = len({r.get("device") for r in rows if r.get("device")}) <= 1
     out = []
     for r in rows:

@@ -196,7 +196,7 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
         dl.value.save_as(path)
         browser.close()
     res = ad.read_h5ad(path)
-    assert "X_autoencoder" in res.obsm and "abnormality" in res.layers and "abnormality" in res.obs
+    assert "X_autoencoder" in res.obsm and "residual" in res.layers and "abnormality" in res.obs
 
 
 def _pick(page, label: str, option: str) -> None:

@@ -22,7 +22,7 @@ def test_dense_layers_match_the_built_network(model):
 
     info = models.get(model)
     kw = {"n_classes": 5} if info.task == "classify" else {}
-    net = models.build(info, 123, info.defaults(), **kw)
+    net = models.build(info, 123, info.defaults(), dims=kw)
     built = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]
     counted = estimate.dense_layers(model, 123, None, **kw)
     assert sorted(built) == sorted(counted)

@@ -298,15 +298,15 @@ def test_gpu_count_is_asked_once_per_process(monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(jobs, "_GPU_COUNT", {})
+    monkeypatch.setattr(queue, "_GPU_COUNT", {})
     calls = []
 
     def fake_run(cmd, **kw):
         calls.append(cmd)
         return SimpleNamespace(stdout="GPU 0: H100 (UUID: a)\nGPU 1: H100 (UUID: b)\n")
 
-    monkeypatch.setattr(jobs.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    monkeypatch.setattr(queue.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(queue.subprocess, "run", fake_run)
     assert [jobs.gpu_count() for _ in range(5)] == [2] * 5
     assert [jobs.n_slots() for _ in range(3)] == [2] * 3
     assert calls == [["nvidia-smi", "-L"]]

@@ -274,3 +274,32 @@ def test_train_page_submits_to_slurm_and_runs_page_shows_the_job(cluster, lognor
     assert not at.exception
     table = at.dataframe[0].value
     assert "job_id" in table.columns and str(st["job_id"]) in set(table["job_id"].astype(str))
+
+
+def test_slurm_preemption_requeues_and_resumes_from_the_last_checkpoint(cluster, lognorm_file):
+    run = _submit(
+        lognorm_file,
+        "--model", "mlp", "--label-key", "cell_type", "--epochs", "300",
+        "--batch-size", "8", "--patience", "1000",
+    )  # fmt: skip
+    t0 = time.time()
+    while len(runs.read_metrics_csv(run)) < 3:
+        assert time.time() - t0 < 120, runs.read_status(run)
+        time.sleep(0.5)
+    job_id = runs.read_status(run)["job_id"]
+    before = len(runs.read_metrics_csv(run))
+    # what SLURM sends before a preemption or time limit: submitit checkpoints and requeues
+    subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True, timeout=15)
+    t0 = time.time()
+    while not runs.read_status(run).get("resumed_after_epoch"):
+        assert time.time() - t0 < 120, runs.read_status(run)
+        time.sleep(0.5)
+    while len(runs.read_metrics_csv(run)) < before + 2:
+        assert time.time() - t0 < 180, runs.read_status(run)
+        time.sleep(0.5)
+    jobs.cancel(run)
+    st = jobs.wait(run, timeout=120)
+    epochs = runs.read_metrics_csv(run)["epoch"].tolist()
+    assert st["state"] == "cancelled" and int(st.get("requeued") or 0) >= 1
+    assert epochs == list(range(1, len(epochs) + 1)), "resumed, not restarted at epoch 1"
+    assert st["resumed_after_epoch"] >= 3 and (run / "model.pt").exists()

@@ -106,6 +106,7 @@ class Perturb(Task):
             net = self.build()
             sub_ctx = replace(
                 ctx,
+                ckpt_tag=folder if folder != "." else "",
                 progress={
                     "epoch_offset": i * ctx.epochs,
                     "total_epochs": len(targets) * ctx.epochs,
