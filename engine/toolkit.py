@@ -243,7 +243,14 @@ def fit(
             EarlyStopping(monitor="val_loss", patience=ctx.patience, mode="min", check_finite=True),
             ckpt,
             *(
-                [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+                [  # the latest epoch, whole (optimizer and callbacks too): what a requeue resumes
+                    ModelCheckpoint(
+                        dirpath=ckpt_dir,
+                        filename="last",
+                        save_top_k=1,
+                        enable_version_counter=False,
+                    )
+                ]
                 if ctx.resume
                 else []
             ),

@@ -291,6 +291,12 @@ def test_slurm_preemption_requeues_and_resumes_from_the_last_checkpoint(cluster,
     # what SLURM sends before a preemption or time limit: submitit checkpoints and requeues
     subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True, timeout=15)
     t0 = time.time()
+    while runs.read_status(run).get("state") != "queued":  # submitit checkpointed and requeued
+        assert time.time() - t0 < 60, runs.read_status(run)
+        time.sleep(0.5)
+    # SLURM holds a requeued job for a while (Reason=BeginTime): let it start now
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=15)
     while not runs.read_status(run).get("resumed_after_epoch"):
         assert time.time() - t0 < 120, runs.read_status(run)
         time.sleep(0.5)
