@@ -158,17 +158,22 @@ class Task:
         }
 
     @classmethod
-    def load(cls, run_dir: Path, meta: dict[str, Any]) -> Task:
-        from engine import toolkit
-
+    def from_metadata(cls, meta: dict[str, Any]) -> Task:
+        """The task object ``model.json`` describes, without its weights."""
         info = models.get(meta["model"])
-        task = cls(
+        return cls(
             info,
             models.coerce_params(info, meta.get("params") or {}),
             InputSetup.from_dict(meta["setup"]),
             dims=meta.get("dims"),
             extra=meta.get("extra"),
         )
+
+    @classmethod
+    def load(cls, run_dir: Path, meta: dict[str, Any]) -> Task:
+        from engine import toolkit
+
+        task = cls.from_metadata(meta)
         task.module = task.build()
         task.module.load_state_dict(toolkit.load_weights(Path(run_dir) / "model.pt"))
         if hasattr(task.module, "eval"):
@@ -192,6 +197,19 @@ def recipe_text(adata: ad.AnnData) -> str:
 def dense_ok(n_obs: int, n_vars: int) -> bool:
     """Whether a dense cells x genes output layer fits half the memory budget."""
     return n_obs * n_vars * 4 <= io.memory_budget() // 2
+
+
+def fit_pca(est: Any, dense: np.ndarray, split: dict, run_dir: Path) -> None:
+    """Fit a PCA baseline on the training cells and record its one-step scores."""
+    est.fit(dense[split["train"]])
+    from engine import evaluate
+
+    err = evaluate.mse_per_cell(dense, est.reconstruct(dense))
+    baseline_epoch(
+        run_dir,
+        train_mse=float(err[split["train"]].mean()),
+        val_mse=float(err[split["val"]].mean()),
+    )
 
 
 def baseline_epoch(run_dir: Path, **scores: float) -> None:

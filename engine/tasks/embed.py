@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 
 from engine import evaluate, io
-from engine.tasks.base import Task, baseline_epoch, dense_ok
+from engine.tasks.base import Task, dense_ok, fit_pca
 
 
 class Embed(Task):
@@ -35,13 +35,7 @@ class Embed(Task):
         self.module = self.build()
         if self.info.kind == "sklearn":
             dense = io.dense(self.setup.matrix(adata)[0])
-            self.module.fit(dense[split["train"]])
-            err = evaluate.mse_per_cell(dense, self.module.reconstruct(dense))
-            baseline_epoch(
-                ctx.run_dir,
-                train_mse=float(err[split["train"]].mean()),
-                val_mse=float(err[split["val"]].mean()),
-            )
+            fit_pca(self.module, dense, split, ctx.run_dir)
             return False
         from engine import toolkit
 

@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from engine import evaluate, io, models, runs
+from engine import evaluate, io, runs
 from engine.errors import ScwbError
 from engine.perturb import (
     MIN_CELLS,
@@ -276,16 +276,8 @@ class Perturb(Task):
     @classmethod
     def load(cls, run_dir: Path, meta: dict[str, Any]) -> Perturb:
         from engine import toolkit
-        from engine.setup import InputSetup
 
-        info = models.get(meta["model"])
-        task = cls(
-            info,
-            models.coerce_params(info, meta.get("params") or {}),
-            InputSetup.from_dict(meta["setup"]),
-            dims=meta.get("dims"),
-            extra=meta.get("extra"),
-        )
+        task = cls.from_metadata(meta)
         task.parts = []
         for p in task.extra.get("parts", []):
             module = task.build()

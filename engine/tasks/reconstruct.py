@@ -10,7 +10,7 @@ import numpy as np
 
 from engine import evaluate, io
 from engine.split import train_on_mask
-from engine.tasks.base import Task, baseline_epoch, dense_ok
+from engine.tasks.base import Task, dense_ok, fit_pca
 
 CHUNK = 8192  # cells per block when scoring
 
@@ -34,13 +34,7 @@ class Reconstruct(Task):
         self.module = self.build()
         if self.info.kind == "sklearn":
             dense = io.dense(x)
-            self.module.fit(dense[split["train"]])
-            err = evaluate.mse_per_cell(dense, self.module.reconstruct(dense))
-            baseline_epoch(
-                ctx.run_dir,
-                train_mse=float(err[split["train"]].mean()),
-                val_mse=float(err[split["val"]].mean()),
-            )
+            fit_pca(self.module, dense, split, ctx.run_dir)
             return False
         from engine import toolkit
         from engine.data import DeviceMatrix
