@@ -139,3 +139,15 @@ def slots_dir(runs_root: Path) -> Path:
     runs_root = Path(runs_root)
     base = runs_root.parent / "slots" if runs_root.name == "runs" else runs_root / ".slots"
     return base / settings.get().host
+
+
+def gpu_ids(slots: list[int]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for these slots: slot i is the i-th GPU this process may use
+    (the i-th entry of an inherited ``CUDA_VISIBLE_DEVICES``, such as a scheduler's "2,3"), else
+    GPU i."""
+    visible = [
+        v.strip()
+        for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        if v.strip() and v.strip() != "-1"
+    ]
+    return ",".join(visible[i] if i < len(visible) else str(i) for i in slots)

@@ -199,7 +199,7 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
     # Lightning must not take its ranks from that allocation's environment
     env = {k: v for k, v in procs.child_env().items() if not k.startswith("SLURM_")}
     if heavy and queue.gpu_count() > 0 and "SCWB_SLOTS" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, heavy))  # slot i is GPU i
+        env["CUDA_VISIBLE_DEVICES"] = queue.gpu_ids(heavy)  # slot i is the i-th visible GPU
     runs.update_status(
         run_dir,
         state="running",

@@ -360,3 +360,14 @@ def test_runs_left_queued_by_a_restart_wait_and_resume(monkeypatch, lognorm_file
     assert jobs.status(run_dir)["state"] == "queued"  # still in its queue: nothing was lost
     assert jobs.resume_queue() is True  # the app's sidebar calls this once per process
     assert jobs.wait(run_dir, timeout=120)["state"] == "completed"
+
+
+def test_slots_map_to_the_gpus_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert queue.gpu_ids([0, 1]) == "0,1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # e.g. a scheduler's allocation
+    assert (
+        queue.gpu_ids([0]) == "2" and queue.gpu_ids([1]) == "3" and queue.gpu_ids([0, 1]) == "2,3"
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaa,GPU-bbb")
+    assert queue.gpu_ids([1]) == "GPU-bbb"
