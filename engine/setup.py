@@ -95,6 +95,8 @@ class InputSetup:
     def matrix(self, adata: ad.AnnData, align: bool = False) -> tuple[Any, list[str]]:
         """The model's input from ``adata``: its layer, its genes in its order, its transform;
         with the genes that were missing (filled with zeros, only when ``align``)."""
+        if adata.n_obs == 0:
+            raise ScwbError("The data has no cells: there is nothing to apply the model to.")
         if self.layer != "X" and self.layer not in adata.layers:
             raise ScwbError(
                 f"The model reads layers['{self.layer}'] and this data has no such layer "

@@ -286,3 +286,11 @@ print(sorted(m for m in ("torch", "pytorch_lightning", "lightning") if m in sys.
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_predict_on_no_cells_says_so(tmp_path, lognorm_adata):
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "pca"
+    train.run(RunSpec(model="pca", data=str(path), out=str(run)))
+    with pytest.raises(ScwbError, match="no cells"):
+        predict.predict(run, lognorm_adata[:0].copy())
