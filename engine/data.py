@@ -16,7 +16,6 @@ import torch
 
 from engine.errors import ScwbError
 from engine.io import memory_budget
-from engine.split import make_split  # noqa: F401 - re-exported for older imports
 
 
 class DeviceMatrix:

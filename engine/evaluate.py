@@ -14,12 +14,6 @@ import numpy as np
 
 from engine.io import dense
 
-LOWER_IS_BETTER = ("mse", "loss", "abnormality")
-
-
-def higher_is_better(metric: str) -> bool:
-    return not any(t in metric for t in LOWER_IS_BETTER)
-
 
 def classification(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score

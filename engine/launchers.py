@@ -150,51 +150,43 @@ _SCHED_LOCK = threading.Lock()
 SCHED_TTL_S = 2.0
 
 
+def _ask(cmd: list[str]) -> list[list[str]] | None:
+    """The ``|``-separated rows a SLURM client command prints, or None when it cannot answer."""
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return [line.split("|") for line in out.stdout.splitlines()]
+
+
 def _sacct(ids: list[str]) -> dict[str, dict[str, str]] | None:
     """The scheduler's record of each job (``State``, ``Reason``, ``ExitCode``), or None when
     this host cannot ask (no sacct, no accounting)."""
-    if not shutil.which("sacct"):
+    rows = _ask(
+        ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Reason,ExitCode"]
+    )
+    if rows is None:
         return None
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Reason,ExitCode"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    found = {}
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 4:
-            jid = parts[0].split("_")[0].split(".")[0]
-            found[jid] = {"state": parts[1], "reason": parts[2], "exit_code": parts[3]}
-    return found
+    return {
+        p[0].split("_")[0].split(".")[0]: {"state": p[1], "reason": p[2], "exit_code": p[3]}
+        for p in rows
+        if len(p) >= 4
+    }
 
 
 def _squeue(ids: list[str]) -> dict[str, dict[str, str]] | None:
-    if not shutil.which("squeue"):
+    rows = _ask(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r"])
+    if rows is None:
         return None
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-t", "all", "-o", "%i|%T|%r"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    found = {}
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 3 and parts[0] in ids:
-            found[parts[0]] = {"state": parts[1], "reason": parts[2], "exit_code": ""}
-    return found
+    return {
+        p[0]: {"state": p[1], "reason": p[2], "exit_code": ""}
+        for p in rows
+        if len(p) >= 3 and p[0] in ids
+    }
 
 
 def scheduler_states(ids: list[str], fresh: bool = False) -> dict[str, dict[str, str] | None]:

@@ -330,14 +330,8 @@ def metrics_table_style(df: pd.DataFrame, better=metric_names.better) -> pd.io.f
     a column with fewer than two values marks nothing; unranked metrics are never marked."""
     num = df.select_dtypes("number")
 
-    def direction(col: str) -> str | None:
-        b = better(col)
-        if isinstance(b, bool):  # an older higher_is_better(col) -> bool
-            return "higher" if b else "lower"
-        return b
-
     def best(col: pd.Series) -> list[str]:
-        d = direction(col.name)
+        d = better(col.name)
         if col.name not in num or d is None or col.notna().sum() < 2 or col.nunique() < 2:
             return [""] * len(col)
         target = col.max() if d == "higher" else col.min()
