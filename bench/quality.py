@@ -1,8 +1,11 @@
-"""Model quality on the real datasets of ../shared/data, each model beside its baseline.
+"""Model quality on real data, each model beside its honest baselines, over several seeds.
 
-    python -m bench.quality [--epochs N] [--only scgen|classify|reconstruct|embed]
+    python -m bench.quality [--seeds 0,1,2] [--only classify,abnormality,reconstruct,embed,scgen]
 
-Writes bench/results/quality.json and prints Markdown tables for docs/BENCHMARKS.md.
+Every figure is the mean over the seeds with its standard deviation; a seed drives the split,
+so models are compared seed by seed on the same test cells (``engine.seeds``). Writes
+bench/results/quality.json; ``python -m bench.report`` renders docs/BENCHMARKS.md from it.
+Data: ../shared/data (real sets) and scanpy's bundled ``pbmc68k_reduced``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from engine import io, train
@@ -23,139 +27,331 @@ from engine.spec import RunSpec
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results"
 
+LOGCPM_HVG_Z = pp.Recipe(
+    [
+        pp.Step("filter_genes", {"min_cells": 3}),
+        pp.Step("normalize", {"target_sum": 1e6}),
+        pp.Step("hvg", {"n_top": 2000}),
+        pp.Step("scale", {"method": "zscore", "max_value": 10}),
+    ]
+)
+LOGCPM_HVG_MINMAX = pp.Recipe(
+    [
+        pp.Step("filter_genes", {"min_cells": 3}),
+        pp.Step("normalize", {"target_sum": 1e6}),
+        pp.Step("hvg", {"n_top": 2000}),
+        pp.Step("scale", {"method": "minmax"}),
+    ]
+)
+CYTOF = pp.Recipe([pp.Step("arcsinh", {"cofactor": 5}), pp.Step("scale", {"method": "minmax"})])
+
+
+def _source(name: str):
+    if name == "pbmc68k_reduced":
+        import scanpy as sc
+
+        return sc.datasets.pbmc68k_reduced()  # already log-normalised and scaled by scanpy
+    return io.read(DATA / name)
+
 
 def prepared(name: str, recipe: pp.Recipe, tmp: Path) -> str:
-    out, _ = pp.apply(io.read(DATA / name), recipe)
-    return str(
-        io.write_h5ad(out, tmp / f"{Path(name).stem}-{abs(hash(recipe.to_json())) % 10**6}.h5ad")
-    )
+    out, _ = pp.apply(_source(name), recipe)
+    path = tmp / f"{Path(name).stem}-{abs(hash(recipe.to_json())) % 10**6}.h5ad"
+    if not path.exists():
+        io.write_h5ad(out, path)
+    return str(path)
 
 
-def scgen_loo(tmp: Path, epochs: int, seed: int) -> dict:
-    designs = {
-        "hpoly_small": (
-            "hpoly_small.h5ad",
-            pp.Recipe([]),
-            dict(
-                condition_key="condition",
-                ctrl="Control",
-                stim="Hpoly.Day10",
-                cell_type_key="cell_label",
-            ),
+def _run(tmp: Path, tag: str, **kw) -> dict:
+    t0 = time.time()
+    out = tmp / tag
+    metrics = train.run(RunSpec(out=str(out), **kw))
+    return {**metrics, "seconds": round(time.time() - t0, 2), "out": str(out)}
+
+
+# ----------------------------------------------------------------------------- classification
+CLASSIFY = {
+    "pbmc68k_bulk_labels": (
+        "scanpy's pbmc68k_reduced (700 cells x 765 genes, as shipped: log-normalised, scaled), "
+        "`bulk_labels`, 10 classes",
+        "pbmc68k_reduced",
+        pp.Recipe([]),
+        "bulk_labels",
+    ),
+    "hpoly_cell_label": (
+        "Haber H. poly (892 cells; 2,000 HVG of the log-normalised values, z-score), "
+        "`cell_label`, 8 epithelial types",
+        "hpoly_small.h5ad",
+        pp.Recipe(
+            [
+                pp.Step("hvg", {"n_top": 2000}),
+                pp.Step("scale", {"method": "zscore", "max_value": 10}),
+            ]
         ),
-        "kang_counts_small": (
-            "kang_counts_small.h5ad",
-            pp.Recipe([pp.Step("normalize", {"target_sum": 1e6})]),
-            dict(
-                condition_key="condition",
-                ctrl="control",
-                stim="stimulated",
-                cell_type_key="cell_type",
-            ),
-        ),
+        "cell_label",
+    ),
+    "kang_small_cell_type": (
+        "Kang PBMC control + stimulated (1,556 cells; logCPM, 2,000 HVG, z-score), `cell_type`, "
+        "5 types",
+        "kang_counts_small.h5ad",
+        LOGCPM_HVG_Z,
+        "cell_type",
+    ),
+    "kang_control_cell_type": (
+        "Kang PBMC control (8,684 cells; logCPM, 2,000 HVG, z-score), `cell_type`, 4 types",
+        "kang_control_counts.h5ad",
+        LOGCPM_HVG_Z,
+        "cell_type",
+    ),
+}
+CLASSIFIERS = {
+    "logreg": {"model": "logreg"},
+    "mlp": {"model": "mlp"},
+    "sk_logreg": {"model": "sk_logreg"},
+    # the previous default, for the before/after notes: Adam on mini-batches, no L2 penalty
+    "logreg (old default)": {"model": "logreg", "params": {"solver": "adam", "C": 1e6}},
+}
+
+
+def majority(data: str, label: str, split_dir: str) -> dict:
+    """The majority class of the training cells predicted for every test cell."""
+    from sklearn.metrics import f1_score
+
+    y = io.read(data).obs[label].astype(str).to_numpy()
+    split = np.load(Path(split_dir) / "split.npz")
+    values, counts = np.unique(y[split["train"]], return_counts=True)
+    pred = np.full(len(split["test"]), values[counts.argmax()])
+    truth = y[split["test"]]
+    return {
+        "test_accuracy": float((pred == truth).mean()),
+        "test_f1_macro": float(f1_score(truth, pred, average="macro", labels=np.unique(y))),
     }
-    results = {}
-    for key, (name, recipe, design) in designs.items():
+
+
+def classify(tmp: Path, seeds: list[int]) -> dict:
+    out = {}
+    for key, (title, name, recipe, label) in CLASSIFY.items():
         data = prepared(name, recipe, tmp)
-        t0 = time.time()
-        train.run(
-            RunSpec(
-                model="scgen",
-                data=data,
-                predict="all",
-                epochs=epochs,
-                seed=seed,
-                out=str(tmp / f"scgen-{key}"),
-                **design,
+        rows = []
+        for seed in seeds:
+            ref = None
+            for model, kw in CLASSIFIERS.items():
+                m = _run(tmp, f"{key}-{model}-{seed}", data=data, label_key=label, seed=seed, **kw)
+                ref = ref or m["out"]
+                rows.append(
+                    {"model": model, "seed": seed, "baseline": model == "sk_logreg"}
+                    | {k: m[k] for k in ("test_accuracy", "test_f1_macro", "seconds")}
+                )
+            rows.append(
+                {"model": "majority class", "seed": seed, "baseline": True, "seconds": 0.0}
+                | majority(data, label, ref)
             )
-        )
-        table = pd.read_csv(tmp / f"scgen-{key}" / "loo.csv")
-        results[key] = {
-            "seconds": round(time.time() - t0, 1),
-            "epochs_max": epochs,
-            "seed": seed,
-            "table": table.to_dict(orient="records"),
-        }
-    return results
+        out[key] = {"title": title, "reference": "sk_logreg", "rows": rows}
+        print(key, pd.DataFrame(rows).groupby("model").mean(numeric_only=True), flush=True)
+    return out
 
 
-def side_by_side(
-    tmp: Path, data: str, label_key: str, seed: int, models: dict[str, dict], keep: tuple[str, ...]
-) -> dict:
-    """Train each model (name -> RunSpec options) on the same data and split; keep these metrics
-    and the wall time of each."""
-    rows = {}
-    for model, kw in models.items():
-        t0 = time.time()
-        m = train.run(
-            RunSpec(
+# ----------------------------------------------------------------------------- abnormality
+ABNORMALITY = {
+    "cytof_phenograph": (
+        "CyTOF (3,000 cells x 23 markers; arcsinh(x/5), MinMax), 3 PhenoGraph clusters",
+        "cytof_phenograph.h5ad",
+        CYTOF,
+        "phenograph_cluster",
+        {"autoencoder": {"epochs": 100}, "pca": {"params": {"n_components": 4}}},
+    ),
+    "kang_control_cell_type": (
+        "Kang PBMC control (8,684 cells; logCPM, 2,000 HVG, MinMax), 4 cell types",
+        "kang_control_counts.h5ad",
+        LOGCPM_HVG_MINMAX,
+        "cell_type",
+        {"autoencoder": {"epochs": 100}, "pca": {"params": {"n_components": 4}}},
+    ),
+}
+
+
+def isolation_forest(data: str, split_dir: str, seed: int, inside: np.ndarray) -> float:
+    """scikit-learn's IsolationForest fitted on the same reference training cells; AUROC as
+    the engine computes it (left-out cells against held-out reference test cells)."""
+    from sklearn.ensemble import IsolationForest
+
+    from engine.tasks.reconstruct import reference_scores
+
+    x = io.dense(io.read(data).X)
+    split = dict(np.load(Path(split_dir) / "split.npz"))
+    est = IsolationForest(random_state=seed).fit(x[split["train"]])
+    return reference_scores(-est.score_samples(x), inside, split)["abnormality_auroc"]
+
+
+def abnormality(tmp: Path, seeds: list[int]) -> dict:
+    """Leave one population out: train on every other cluster (the reference group), score
+    the left-out one as the abnormal cells; AUROC averaged over the left-out clusters."""
+    out = {}
+    for key, (title, name, recipe, label, models) in ABNORMALITY.items():
+        data = prepared(name, recipe, tmp)
+        col = io.read(data).obs[label].astype(str)
+        groups = sorted(col.unique())
+        rows = []
+        for seed in seeds:
+            per: dict[str, list[float]] = {}
+            for left in groups:
+                train_on = {label: [g for g in groups if g != left]}
+                ref = None
+                for model, kw in models.items():
+                    m = _run(
+                        tmp,
+                        f"abn-{key}-{model}-{left}-{seed}".replace(" ", "_").replace("/", "_"),
+                        model=model,
+                        data=data,
+                        seed=seed,
+                        train_on=train_on,
+                        **kw,
+                    )
+                    ref = ref or m["out"]
+                    per.setdefault(model, []).append(m["abnormality_auroc"])
+                inside = (col != left).to_numpy()
+                per.setdefault("isolation_forest", []).append(
+                    isolation_forest(data, ref, seed, inside)
+                )
+            for model, aurocs in per.items():
+                rows.append(
+                    {
+                        "model": model,
+                        "seed": seed,
+                        "baseline": model != "autoencoder",
+                        "abnormality_auroc": float(np.mean(aurocs)),
+                        "per_left_out": dict(zip(groups, aurocs, strict=True)),
+                    }
+                )
+        out[key] = {"title": title, "reference": "pca", "rows": rows}
+        print(key, pd.DataFrame(rows).groupby("model").mean(numeric_only=True), flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- others
+def side_by_side(tmp, key, title, data, label, seeds, models, keep, reference) -> dict:
+    rows = []
+    for seed in seeds:
+        for model, kw in models.items():
+            m = _run(
+                tmp,
+                f"{key}-{model}-{seed}",
                 model=model,
                 data=data,
-                label_key=label_key,
+                label_key=label,
                 seed=seed,
-                out=str(tmp / model),
                 **kw,
             )
-        )
-        rows[model] = {k: m[k] for k in keep} | {"seconds": round(time.time() - t0, 1)}
-    return rows
+            rows.append(
+                {"model": model, "seed": seed, "baseline": model == reference}
+                | {k: m[k] for k in (*keep, "seconds")}
+            )
+    print(key, pd.DataFrame(rows).groupby("model").mean(numeric_only=True), flush=True)
+    return {key: {"title": title, "reference": reference, "rows": rows}}
 
 
-def classify(tmp: Path, seed: int) -> dict:
-    recipe = pp.Recipe(
-        [
-            pp.Step("filter_genes", {"min_cells": 3}),
-            pp.Step("normalize", {"target_sum": 1e6}),
-            pp.Step("hvg", {"n_top": 2000}),
-            pp.Step("scale", {"method": "zscore", "max_value": 10}),
-        ]
-    )
-    data = prepared("kang_control_counts.h5ad", recipe, tmp)
-    models = {"mlp": {"epochs": 50}, "logreg": {"epochs": 50}, "sk_logreg": {}}
-    return side_by_side(tmp, data, "cell_type", seed, models, ("test_accuracy", "test_f1_macro"))
-
-
-def reconstruct(tmp: Path, seed: int) -> dict:
-    recipe = pp.Recipe(
-        [pp.Step("arcsinh", {"cofactor": 5}), pp.Step("scale", {"method": "minmax"})]
-    )
-    data = prepared("cytof_phenograph.h5ad", recipe, tmp)
+def reconstruct(tmp: Path, seeds: list[int]) -> dict:
+    data = prepared("cytof_phenograph.h5ad", CYTOF, tmp)
     models = {"autoencoder": {"epochs": 100}, "pca": {"params": {"n_components": 4}}}
-    return side_by_side(tmp, data, "phenograph_cluster", seed, models, ("test_mse",))
+    title = "CyTOF (3,000 cells x 23 markers; arcsinh(x/5), MinMax), latent size 4"
+    return side_by_side(
+        tmp, "cytof", title, data, "phenograph_cluster", seeds, models, ("test_mse",), "pca"
+    )
 
 
-def embed(tmp: Path, seed: int) -> dict:
+def embed(tmp: Path, seeds: list[int]) -> dict:
     data = prepared(
         "kang_control_counts.h5ad", pp.Recipe([pp.Step("filter_genes", {"min_cells": 20})]), tmp
     )
     models = {"vae": {"epochs": 60}, "pca_embed": {}}
+    title = "Kang PBMC control counts (genes in >= 20 cells), latent size 10"
+    keep = ("latent_knn_accuracy", "latent_silhouette")
     return side_by_side(
-        tmp, data, "cell_type", seed, models, ("latent_knn_accuracy", "latent_silhouette")
+        tmp, "kang_control", title, data, "cell_type", seeds, models, keep, "pca_embed"
     )
+
+
+SCGEN = {
+    "kang_counts_small": (
+        "kang_counts_small.h5ad",
+        pp.Recipe([pp.Step("normalize", {"target_sum": 1e6})]),
+        dict(
+            condition_key="condition", ctrl="control", stim="stimulated", cell_type_key="cell_type"
+        ),
+    ),
+    "hpoly_small": (
+        "hpoly_small.h5ad",
+        pp.Recipe([]),
+        dict(
+            condition_key="condition",
+            ctrl="Control",
+            stim="Hpoly.Day10",
+            cell_type_key="cell_label",
+        ),
+    ),
+}
+
+
+def scgen(tmp: Path, seeds: list[int], sets: list[str] | None = None) -> dict:
+    """scGen leave-one-cell-type-out: every cell type's stimulated cells held out in turn."""
+    out = {}
+    for key, (name, recipe, design) in SCGEN.items():
+        if sets and key not in sets:
+            continue
+        data = prepared(name, recipe, tmp)
+        per_seed = {}
+        for seed in seeds:
+            t0 = time.time()
+            run = tmp / f"scgen-{key}-{seed}"
+            train.run(
+                RunSpec(model="scgen", data=data, predict="all", seed=seed, out=str(run), **design)
+            )
+            per_seed[str(seed)] = {
+                "seconds": round(time.time() - t0, 1),
+                "table": pd.read_csv(run / "loo.csv").to_dict(orient="records"),
+            }
+        out[key] = {"seeds": per_seed}
+    return out
+
+
+STEPS = {
+    "classify": classify,
+    "abnormality": abnormality,
+    "reconstruct": reconstruct,
+    "embed": embed,
+    "scgen": scgen,
+}
 
 
 def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=["scgen", "classify", "reconstruct", "embed"])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--only", help="comma-separated: " + ",".join(STEPS))
+    ap.add_argument("--scgen-sets", help="comma-separated: " + ",".join(SCGEN))
     args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    only = args.only.split(",") if args.only else list(STEPS)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "quality.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, fn in (
-            ("classify", lambda: classify(tmp, args.seed)),
-            ("reconstruct", lambda: reconstruct(tmp, args.seed)),
-            ("embed", lambda: embed(tmp, args.seed)),
-            ("scgen", lambda: scgen_loo(tmp, args.epochs, args.seed)),
-        ):
-            if args.only in (None, name):
-                results[name] = fn()
-                path.write_text(json.dumps(results, indent=2))
-                print(name, json.dumps(results[name], indent=1)[:2000], flush=True)
+        for name, fn in STEPS.items():
+            if name not in only:
+                continue
+            t0 = time.time()
+            if name == "scgen":
+                block = fn(tmp, seeds, args.scgen_sets.split(",") if args.scgen_sets else None)
+                results["scgen"] = {**results.get("scgen", {}), **block}
+            else:
+                results[name] = fn(tmp, seeds)
+            results.setdefault("meta", {})[name] = {
+                "seeds": seeds,
+                "minutes": round((time.time() - t0) / 60, 1),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

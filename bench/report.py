@@ -24,66 +24,153 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
     return df.round(digits).to_markdown(index=False)
 
 
+def _configs(rows: list[dict]):
+    """Per-seed rows of one benchmark as ``engine.seeds`` configurations (one per model)."""
+    from engine import seeds
+
+    configs: dict[str, seeds.Config] = {}
+    for r in rows:
+        c = configs.setdefault(
+            r["model"],
+            seeds.Config(r["model"], r["model"], "", r["model"], r.get("baseline", False)),
+        )
+        c.runs[int(r["seed"])] = {
+            k: v for k, v in r.items() if isinstance(v, (int, float)) and k not in ("seed",)
+        }
+    return list(configs.values())
+
+
+def seed_table(block: dict, metrics: list[str]) -> list[str]:
+    """Mean ± sd over seeds of each model, and each model paired against the reference
+    baseline on the same seeds (same splits)."""
+    from engine import metric_names, seeds
+
+    configs = _configs(block["rows"])
+    ref = next((c for c in configs if c.model == block.get("reference")), None)
+    rows = []
+    for c in configs:
+        row = {"model": c.model, "seeds": len(c.runs)}
+        for m in metrics:
+            mean, sd, n = c.summary(m)
+            if n:
+                row[metric_names.name(m)] = f"{mean:.3f} ± {sd:.3f}"
+        if ref is not None and c is not ref and metrics:
+            p = seeds.paired(c, ref, metrics[0])
+            verdict = (
+                "better"
+                if p.n > 1 and p.p < 0.05 and p.wins > p.n / 2
+                else "worse"
+                if p.n > 1 and p.p < 0.05
+                else "within spread"
+            )
+            row[f"Δ {metric_names.name(metrics[0])} vs {ref.model} (paired)"] = (
+                f"{p.diff:+.3f} ± {p.sd:.3f}, p={p.p:.2g}, {verdict}"
+                if p.n > 1 and p.p == p.p
+                else f"{p.diff:+.3f} (no spread)"
+            )
+        mean_s, _, n_s = c.summary("seconds")
+        if n_s:
+            row["seconds"] = f"{mean_s:.1f}"
+        rows.append(row)
+    return [pd.DataFrame(rows).to_markdown(index=False), ""]
+
+
+def _scgen_tables(name: str, block: dict) -> list[str]:
+    per_seed = block.get("seeds") or {str(block.get("seed", 0)): block}
+    frames = []
+    for seed, b in per_seed.items():
+        t = pd.DataFrame(b["table"])
+        t["seed"] = int(seed)
+        frames.append(t)
+    t = pd.concat(frames)
+    cols = {
+        "r2_mean_all": "scGen R² all",
+        "baseline_noshift_r2_mean_all": "noshift R² all",
+        "baseline_meanshift_r2_mean_all": "meanshift R² all",
+        "r2_mean_top100": "scGen R² top100",
+        "baseline_meanshift_r2_mean_top100": "meanshift R² top100",
+    }
+    g = t.groupby("cell_type")
+    out = g[["n_ctrl", "n_stim"]].first()
+    out["epochs"] = g["epochs"].mean().round(0)
+    for k, label in cols.items():
+        m, sd = g[k].mean(), g[k].std(ddof=1).fillna(0)
+        out[label] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(m, sd, strict=True)]
+    beats = (t["r2_mean_all"] > t["baseline_meanshift_r2_mean_all"]).groupby(t["cell_type"])
+    out["beats meanshift (seeds)"] = [f"{int(v.sum())}/{len(v)}" for _, v in beats]
+    out = out.reset_index().rename(
+        columns={"cell_type": "cell type", "n_ctrl": "ctrl cells", "n_stim": "stim cells"}
+    )
+    n = len(per_seed)
+    minutes = sum(b.get("seconds", 0) for b in per_seed.values()) / 60
+    mean_beats = g.apply(
+        lambda d: d["r2_mean_all"].mean() > d["baseline_meanshift_r2_mean_all"].mean()
+    )
+    return [
+        f"#### {name} ({n} seed{'s' if n > 1 else ''}: {', '.join(per_seed)}; {minutes:.1f} min on this CPU)",
+        "",
+        out.to_markdown(index=False),
+        "",
+        f"Mean over seeds: scGen above the mean-shift baseline on {int(mean_beats.sum())}/{len(mean_beats)} cell types.",
+        "",
+    ]
+
+
 def quality(q: dict) -> list[str]:
-    out = ["## Model quality on real data (`python -m bench.quality`)", ""]
-    if "classify" in q:
-        out += [
-            "### Classification: Kang PBMC control cells (8,684 cells; logCPM, 2,000 HVG, z-score), 4 cell types",
-            "",
-        ]
-        out += [_md(pd.DataFrame([{"model": k, **v} for k, v in q["classify"].items()])), ""]
-    if "reconstruct" in q:
-        out += [
-            "### Reconstruction: CyTOF (3,000 cells x 23 markers; arcsinh(x/5), MinMax), latent size 4",
-            "",
-        ]
-        out += [_md(pd.DataFrame([{"model": k, **v} for k, v in q["reconstruct"].items()]), 5), ""]
-    if "embed" in q:
-        out += [
-            "### Latent embedding: Kang PBMC control counts (genes in >= 20 cells), latent size 10",
-            "",
-            "kNN accuracy: a 15-NN classifier fitted on the training cells' latent codes predicts the test cells' cell types. Silhouette: by cell type, on up to 5,000 cells.",
-            "",
-        ]
-        out += [_md(pd.DataFrame([{"model": k, **v} for k, v in q["embed"].items()])), ""]
+    out = [
+        "## Model quality on real data (`python -m bench.quality`)",
+        "",
+        "Each figure is the mean ± standard deviation over the seeds named in its section; a seed "
+        "drives the split, so every model of a row set was scored on the same test cells per seed, "
+        "and the Δ column is the paired difference to the reference baseline (two-sided paired "
+        "t-test over seeds: `engine.seeds.paired`, as the Compare page shows it).",
+        "",
+    ]
+    meta = q.get("meta", {})
+
+    def seeds_of(step: str) -> str:
+        s = meta.get(step, {}).get("seeds")
+        return f" (seeds {', '.join(map(str, s))})" if s else ""
+
+    sections = (
+        ("classify", "Classification", ["test_accuracy", "test_f1_macro"]),
+        ("abnormality", "Abnormality, leave one population out", ["abnormality_auroc"]),
+        ("reconstruct", "Reconstruction", ["test_mse"]),
+        ("embed", "Latent embedding", ["latent_knn_accuracy", "latent_silhouette"]),
+    )
+    notes = {
+        "abnormality": "Train on every population but one (the reference group), score the "
+        "left-out population as the abnormal cells: AUROC of its cells against held-out test "
+        "cells of the reference group, averaged over every left-out population, then over seeds. "
+        "IsolationForest (scikit-learn defaults) is fitted on the same reference training cells.",
+        "embed": "kNN accuracy: a 15-NN classifier fitted on the training cells' latent codes "
+        "predicts the test cells' cell types. Silhouette: by cell type, on up to 5,000 cells.",
+        "classify": "`logreg (old default)` is the previous default (Adam on mini-batches, no L2 "
+        "penalty) measured in the same run; `majority class` predicts the training cells' most "
+        "frequent type for every test cell.",
+    }
+    for step, title, metrics in sections:
+        if step not in q or not isinstance(q[step], dict):
+            continue
+        out += [f"### {title}{seeds_of(step)}", ""]
+        if step in notes:
+            out += [notes[step], ""]
+        for block in q[step].values():
+            if not isinstance(block, dict) or "rows" not in block:
+                continue
+            out += [f"#### {block['title']}", ""]
+            out += seed_table(block, metrics)
     if "scgen" in q:
         out += [
             "### Perturbation: scGen leave-one-cell-type-out against both baselines",
             "",
             "Each row trains a fresh scGen (published defaults: 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25) without that cell type's stimulated cells, then predicts them. "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
-            "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type.",
+            "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds.",
             "",
         ]
         for name, block in q["scgen"].items():
-            t = pd.DataFrame(block["table"])
-            cols = {
-                "cell_type": "cell type",
-                "n_ctrl": "ctrl cells",
-                "n_stim": "stim cells",
-                "epochs": "epochs",
-                "r2_mean_all": "scGen R² all",
-                "baseline_noshift_r2_mean_all": "noshift R² all",
-                "baseline_meanshift_r2_mean_all": "meanshift R² all",
-                "r2_mean_top100": "scGen R² top100",
-                "baseline_noshift_r2_mean_top100": "noshift R² top100",
-                "baseline_meanshift_r2_mean_top100": "meanshift R² top100",
-                "pearson_delta": "scGen Pearson Δ",
-                "direction_top20": "scGen direction top20",
-            }
-            t = t[list(cols)].rename(columns=cols)
-            t["beats noshift"] = t["scGen R² all"] > t["noshift R² all"]
-            t["beats meanshift"] = t["scGen R² all"] > t["meanshift R² all"]
-            out += [
-                f"#### {name} (seed {block['seed']}, at most {block['epochs_max']} epochs per cell type, {block['seconds'] / 60:.1f} min on this CPU)",
-                "",
-                _md(t),
-                "",
-            ]
-            out += [
-                f"scGen beats the no-shift baseline on {int(t['beats noshift'].sum())}/{len(t)} cell types and the mean-shift baseline on {int(t['beats meanshift'].sum())}/{len(t)}.",
-                "",
-            ]
+            out += _scgen_tables(name, block)
     return out
 
 

@@ -144,6 +144,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs in the workspace ($SCWB_HOME)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "compare",
+        help="finished runs side by side: each metric as mean +- sd over seeds, and paired "
+        "comparisons of every model against the baselines",
+    )
+    p.add_argument("runs", nargs="*", help="run ids or folders (default: those of --group)")
+    p.add_argument("--group", help="every run of this comparison group (as submit --seeds made)")
+    p.add_argument("--metric", help="the metric of the paired comparisons (default: the task's)")
+    p.add_argument("--json", action="store_true")
+
     for name, text in (
         ("cancel", "stop a queued or running run"),
         ("delete", "delete a finished run"),
@@ -322,6 +332,50 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine import jobs, metric_names, seeds
+
+    if not args.runs and not args.group:
+        raise ScwbError("compare: name runs, or a group with --group.")
+    rows = jobs.list_jobs()
+    if args.group:
+        dirs = [r["path"] for r in rows if r.get("group") == args.group]
+        if not dirs:
+            raise ScwbError(f"compare: no run belongs to the group {args.group!r}.")
+    else:
+        dirs = [str(jobs.resolve_run(r)) for r in args.runs]
+    configs = seeds.group([Path(d) for d in dirs], parts=metric_names.split_baselines)
+    if not configs:
+        raise ScwbError("compare: none of these runs has finished with metrics.")
+    metric = args.metric or seeds.primary_metric(configs)
+    table = seeds.table(configs)
+    pairs = seeds.pairs(configs, metric) if metric else []
+    if args.json:
+        out = {
+            "metric": metric,
+            "table": table,
+            "paired": [p.__dict__ | {"verdict": p.verdict} for p in pairs],
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    keys = [
+        k
+        for k in table[0]
+        if k not in ("model", "baseline", "seeds") and not k.endswith(("_sd", "_values"))
+    ]
+    for row in table:
+        cells = [
+            f"{metric_names.name(k)} {row[k]:.4g} ± {row[k + '_sd']:.2g}" for k in keys if k in row
+        ]
+        print(
+            f"{row['model']} ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''}): "
+            + "; ".join(cells)
+        )
+    for p in pairs:
+        print(p.text())
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from engine import jobs
 
@@ -398,6 +452,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "submit": cmd_submit,
     "runs": cmd_runs,
+    "compare": cmd_compare,
     "cancel": cmd_cancel,
     "delete": cmd_delete,
     "wait": cmd_wait,

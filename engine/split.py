@@ -17,30 +17,48 @@ def make_split(
     test: float = 0.1,
     stratify: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded train/val/test row indices, stratified by ``stratify`` when given."""
-    from sklearn.model_selection import train_test_split
+    """Seeded train/val/test row indices, stratified by ``stratify`` when given.
 
-    idx = np.arange(n_obs)
+    Each class is shuffled and cut on its own (``val`` and ``test`` shares, rounded, at least one
+    cell each), so a class of three cells still lands in all three parts: no two-step split can
+    leave a rare class with a single held-out cell to divide.
+    """
     min_needed = 3 if test > 0 else 2
     if n_obs < min_needed * 2:
         raise ScwbError(
             f"Only {n_obs} cells: a train/validation/test split needs at least {min_needed * 2}."
         )
-    if stratify is not None:
-        values, counts = np.unique(stratify, return_counts=True)
-        if counts.min() < min_needed:
-            small = str(values[counts.argmin()])
-            raise ScwbError(
-                f"The class {small!r} has {counts.min()} cell(s); the split needs at least {min_needed} per class: "
-                "drop it (Preprocess > subset) or merge it."
-            )
-    hold = val + test
-    train, rest = train_test_split(idx, test_size=hold, random_state=seed, stratify=stratify)
-    if test <= 0:
-        return {"train": np.sort(train), "val": np.sort(rest), "test": np.array([], dtype=int)}
-    strat_rest = stratify[rest] if stratify is not None else None
-    v, t = train_test_split(rest, test_size=test / hold, random_state=seed, stratify=strat_rest)
-    return {"train": np.sort(train), "val": np.sort(v), "test": np.sort(t)}
+    groups = np.zeros(n_obs, dtype=int) if stratify is None else np.asarray(stratify)
+    values, codes, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if counts.min() < min_needed:
+        small = str(values[counts.argmin()])
+        raise ScwbError(
+            f"The class {small!r} has {counts.min()} cell(s); the split needs at least {min_needed} per class: "
+            "drop it (Preprocess > subset) or merge it."
+        )
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for code, n in enumerate(counts):
+        rows = rng.permutation(np.flatnonzero(codes == code))
+        n_test, n_val = _shares(int(n), val, test)
+        parts["test"].append(rows[:n_test])
+        parts["val"].append(rows[n_test : n_test + n_val])
+        parts["train"].append(rows[n_test + n_val :])
+    return {k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
+
+
+def _shares(n: int, val: float, test: float) -> tuple[int, int]:
+    """How many of a class's ``n`` cells go to test and to validation (the rest train)."""
+    n_test = max(int(round(n * test)), 1) if test > 0 else 0
+    n_val = max(int(round(n * val)), 1)
+    while n_test + n_val > n - 1:  # keep at least one training cell
+        if n_val >= n_test and n_val > 1:
+            n_val -= 1
+        elif n_test > 1:
+            n_test -= 1
+        else:
+            break
+    return n_test, n_val
 
 
 def train_on_mask(obs: Any, train_on: dict[str, list[str]] | None) -> np.ndarray | None:

@@ -67,6 +67,9 @@ class FitContext:
     precision: str = "32"
     weight_decay: float = 0.0
     kl_warmup: int = 0
+    optimizer: str = (
+        "adam"  # 'lbfgs': one full batch per epoch (convex models, engine.tasks.classify)
+    )
     resume: bool = False  # keep a full last checkpoint and resume from it (SLURM requeue)
     ckpt_tag: str = ""  # one checkpoint folder per fit of a run (scGen's leave-one-out targets)
     progress: dict[str, Any] = field(default_factory=dict)  # RunFolderCallback options
@@ -205,7 +208,13 @@ def fit(
     progress, stop requests. Every rank returns; only rank 0 should write afterwards."""
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    lit = LitModel(module, lr=ctx.lr, weight_decay=ctx.weight_decay, kl_warmup_epochs=ctx.kl_warmup)
+    lit = LitModel(
+        module,
+        lr=ctx.lr,
+        weight_decay=ctx.weight_decay,
+        kl_warmup_epochs=ctx.kl_warmup,
+        optimizer=ctx.optimizer,
+    )
     ckpt_dir = (
         ctx.run_dir / "checkpoints" / ctx.ckpt_tag if ctx.ckpt_tag else ctx.run_dir / "checkpoints"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import csvsafe, jobs, metric_names, runs
+from engine import csvsafe, jobs, metric_names, runs, seeds
 from engine import models as registry
 from ui import figures
 from ui.state import ensure_app_navigation
@@ -47,6 +47,48 @@ def _is_baseline(model: str) -> bool:
         return False
 
 
+def seed_section(configs: list[seeds.Config]) -> None:
+    """Each configuration over its seeds (mean ± sd, every seed on hover) and paired tests."""
+    st.markdown("**Over seeds**")
+    rows = seeds.table(configs)
+    metrics = [
+        k
+        for k in rows[0]
+        if k not in ("model", "baseline", "seeds")
+        and not k.endswith(("_sd", "_values"))
+        and metric_names.better(k)
+    ]
+    text, means = figures.mean_sd_text(rows, metrics)
+    st.dataframe(
+        figures.metrics_table_style(text, values=means),
+        hide_index=True,
+        width="stretch",
+        column_config=figures.metric_columns(
+            text.columns,
+            {
+                "baseline": st.column_config.CheckboxColumn("baseline"),
+                "seeds": st.column_config.NumberColumn("seeds", help="runs (seeds) averaged"),
+            },
+        ),
+    )
+    first = seeds.primary_metric(configs)
+    if not metrics or first is None:
+        return
+    metric = st.selectbox(
+        "Metric over seeds",
+        metrics,
+        index=metrics.index(first) if first in metrics else 0,
+        format_func=metric_names.name,
+    )
+    figures.show("seed_spread", lambda: figures.seed_spread(rows, metric))
+    for p in seeds.pairs(configs, metric):
+        st.markdown("- " + figures.esc(p.text()))
+    st.caption(
+        "Paired by seed: the same seed gives the same split, so each difference is measured on "
+        "the same test cells; p is a two-sided paired t-test over the shared seeds."
+    )
+
+
 rows, curves, splits = [], {}, []
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
@@ -71,12 +113,25 @@ for rid in chosen:
     splits.append((spec.get("data_fingerprint"), spec.get("seed"), spec.get("label_key")))
 if not rows:
     st.stop()
-if len(set(splits)) > 1:
+configs = seeds.group(
+    [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in chosen],
+    parts=metric_names.split_baselines if task == "perturb" else None,
+)
+repeated = any(len(c.runs) > 1 for c in configs)
+if len({(data, label) for data, _, label in splits}) > 1:
     st.warning(
-        "These runs did not all use the same data, seed and label column, so their test cells differ: compare with care."
+        "These runs did not all use the same data and label column, so their test cells differ: compare with care."
+    )
+elif len({seed for _, seed, _ in splits}) > 1:
+    st.caption(
+        "Same data and label column; each seed draws its own split, so runs are compared seed "
+        "by seed (runs with the same seed were scored on the same test cells)."
     )
 else:
     st.caption("Same data, seed and label column: every run was scored on the same test cells.")
+if repeated:
+    seed_section(configs)
+    st.markdown("**Every run**")
 table = pd.DataFrame(rows)
 # separation of the other cells from the reference group is what matters: where AUROC exists,
 # it stands for the two mean scores (kept in the CSV)

@@ -243,6 +243,15 @@ with st.container(border=True):
     seed = c[3].number_input(
         "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy"
     )
+    n_seeds = st.radio(
+        "Seeds per model",
+        [1, 3, 5],
+        horizontal=True,
+        format_func=lambda k: "1 run" if k == 1 else f"{k} runs (seeds {seed}…{seed + k - 1})",
+        help="repeat each model over several seeds (each a new split and initialisation): "
+        "Compare then shows every metric as mean ± sd and says whether two models differ by "
+        "more than the seed-to-seed spread",
+    )
     options = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
     device = c[4].selectbox(
         "Device",
@@ -320,9 +329,11 @@ def draw_estimates(measuring: bool) -> None:
     for n, e in ests.items():
         st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
     known = [e.seconds for e in ests.values() if e.kind == "torch" and e.seconds]
-    if len(ests) > 1 and known:
+    if (len(ests) > 1 or n_seeds > 1) and known:
+        runs_text = f"{len(ests) * n_seeds} runs" if n_seeds > 1 else "they"
         st.caption(
-            f"Together about {estimate.fmt_duration(sum(known))} when they run one after another."
+            f"Together about {estimate.fmt_duration(sum(known) * n_seeds)} when {runs_text} "
+            "run one after another."
         )
     if measuring and not any(estimate.benchmark_pending(k) for k in ("cpu", "cuda")):
         st.rerun()  # the benchmark has finished: redraw the form with the epochs it allows
@@ -334,7 +345,7 @@ with estimates_box:
 
 reason = None if picked else "pick at least one model"
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
-    group = secrets.token_hex(3)
+    group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
     submitted = []
     try:
         chosen = estimates()
@@ -357,12 +368,13 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 ),
                 batch_size=None if batch is None else int(batch),
                 lr=None if lr is None else float(lr),
-                seed=int(seed),
+                seed=int(seed) + k,
                 device=device,
                 params=params.get(n, {}),
                 group=group,
                 **spec_kw,
             )
+            for k in range(int(n_seeds))
             for n in picked
         ]
         for spec in specs:

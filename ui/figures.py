@@ -325,19 +325,86 @@ def deg_violins(
     )
 
 
-def metrics_table_style(df: pd.DataFrame, better=metric_names.better) -> pd.io.formats.style.Styler:
+def metrics_table_style(
+    df: pd.DataFrame, better=metric_names.better, values: pd.DataFrame | None = None
+) -> pd.io.formats.style.Styler:
     """``df`` with the best value of each ranked metric column marked, where there is a choice:
-    a column with fewer than two values marks nothing; unranked metrics are never marked."""
-    num = df.select_dtypes("number")
+    a column with fewer than two values marks nothing; unranked metrics are never marked.
+    ``values`` (same index and columns) ranks cells whose shown text is not the number itself
+    (``mean ± sd``)."""
+    num = (df if values is None else values).select_dtypes("number")
 
     def best(col: pd.Series) -> list[str]:
         d = better(col.name)
-        if col.name not in num or d is None or col.notna().sum() < 2 or col.nunique() < 2:
+        if col.name not in num or d is None:
             return [""] * len(col)
-        target = col.max() if d == "higher" else col.min()
-        return ["background-color: #c7e9c0; font-weight: bold" if v == target else "" for v in col]
+        v = num[col.name]
+        if v.notna().sum() < 2 or v.nunique() < 2:
+            return [""] * len(col)
+        target = v.max() if d == "higher" else v.min()
+        return ["background-color: #c7e9c0; font-weight: bold" if x == target else "" for x in v]
 
     return df.style.apply(best, axis=0).format(precision=4, na_rep="-")
+
+
+def mean_sd_text(rows: list[dict], metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of ``engine.seeds.table`` as shown text (``mean ± sd``) and as the means that rank
+    them, with the same columns."""
+    shown, means = [], []
+    for r in rows:
+        head = {"model": r["model"], "baseline": r["baseline"], "seeds": r["seeds"]}
+        shown.append(
+            head
+            | {
+                k: f"{r[k]:.4g} ± {r[k + '_sd']:.2g}"
+                if k in r and r["seeds"] > 1
+                else (f"{r[k]:.4g}" if k in r else None)
+                for k in metrics
+            }
+        )
+        means.append(head | {k: r.get(k) for k in metrics})
+    return pd.DataFrame(shown), pd.DataFrame(means)
+
+
+def seed_spread(rows: list[dict], metric: str) -> go.Figure:
+    """Each configuration's seeds as points (hover: each seed's value) and its mean +- sd."""
+    fig = go.Figure()
+    label = plain(metric_names.name(metric))
+    for r in rows:
+        if metric not in r:
+            continue
+        name = plain(r["model"])
+        per_seed = r[f"{metric}_values"]
+        vals = list(per_seed.values())
+        seeds_text = [f"seed {s}" for s in per_seed]
+        fig.add_trace(
+            go.Scatter(
+                x=vals,
+                y=[name] * len(vals),
+                mode="markers",
+                marker={"size": 9, "opacity": 0.6},
+                text=seeds_text,
+                hovertemplate="%{text}: %{x:.4g}<extra>" + name + "</extra>",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[r[metric]],
+                y=[name],
+                mode="markers",
+                marker={"symbol": "line-ns-open", "size": 18, "color": "black"},
+                error_x={"type": "data", "array": [r[f"{metric}_sd"]], "visible": True},
+                hovertemplate=f"mean %{{x:.4g}} ± {r[f'{metric}_sd']:.2g} over {r['seeds']} seed(s)"
+                + "<extra></extra>",
+                showlegend=False,
+            )
+        )
+    return fig.update_layout(
+        title=f"{label}: every seed, mean ± sd",
+        xaxis_title=label,
+        height=140 + 40 * len(rows),
+    )
 
 
 def metric_columns(columns, extra: dict | None = None) -> dict:

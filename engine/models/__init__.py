@@ -81,9 +81,23 @@ REGISTRY: dict[str, ModelInfo] = {
             "logreg",
             "classify",
             "Logistic regression (torch)",
-            "One linear layer; softmax + cross-entropy (sigmoid + BCE for two classes), Adam.",
+            "One linear layer; softmax + cross-entropy (sigmoid + BCE for two classes) with an L2 "
+            "penalty as scikit-learn's (C); convex, so fitted full-batch with L-BFGS to its optimum.",
             builder="engine.models.classifier:build_logreg",
-            params={"weight_decay": WEIGHT_DECAY},
+            params={
+                "C": Param(
+                    1.0,
+                    "inverse L2 strength, as scikit-learn's C: penalty ||W||^2 / (2 C n_train)",
+                    low=1e-6,
+                    high=1e6,
+                ),
+                "solver": Param(
+                    "lbfgs",
+                    "lbfgs: full-batch to the optimum (falls back to adam when the training "
+                    "matrix does not fit the memory budget or on several devices); adam: mini-batches",
+                    choices=("lbfgs", "adam"),
+                ),
+            },
             epochs=50,
             lr=1e-2,
         ),

@@ -23,9 +23,11 @@ class Classifier(nn.Module):
         hidden: tuple[int, ...] = (),
         activation: str = "relu",
         dropout: float = 0.0,
+        l2: float = 0.0,
     ):
         super().__init__()
         self.n_classes = n_classes
+        self.l2 = l2  # penalty 0.5 * l2 * ||W||^2 on the weight matrices (biases free)
         self.binary = n_classes == 2
         self.body = mlp(n_in, hidden, activation, dropout)
         width = hidden[-1] if hidden else n_in
@@ -50,11 +52,20 @@ class Classifier(nn.Module):
         else:
             loss = F.cross_entropy(logits, y)
             pred = logits.argmax(1)
-        return {"loss": loss, "accuracy": (pred == y).float().mean()}
+        out = {"loss": loss, "accuracy": (pred == y).float().mean()}
+        if self.l2 > 0:
+            out["loss"] = loss + 0.5 * self.l2 * self.weight_norm()
+            out["cross_entropy"] = loss.detach()
+        return out
+
+    def weight_norm(self) -> torch.Tensor:
+        return sum((m.weight**2).sum() for m in self.modules() if isinstance(m, nn.Linear))
 
 
 def build_logreg(n_in: int, params: dict, dims: dict) -> Classifier:
-    return Classifier(n_in, int(dims["n_classes"]))
+    """scikit-learn's objective: mean cross-entropy + ||W||^2 / (2 C n_train)."""
+    n_train = max(int(dims.get("n_train", 1)), 1)
+    return Classifier(n_in, int(dims["n_classes"]), l2=1.0 / (float(params["C"]) * n_train))
 
 
 def build_mlp(n_in: int, params: dict, dims: dict) -> Classifier:

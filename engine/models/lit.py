@@ -18,8 +18,10 @@ class LitModel(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         kl_warmup_epochs: int = 0,
+        optimizer: str = "adam",
     ):
         super().__init__()
+        self.optimizer = optimizer
         self.module = module
         self.lr = lr
         self.weight_decay = weight_decay
@@ -68,6 +70,10 @@ class LitModel(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer == "lbfgs":  # full batch, convex loss: line search picks each step
+            return torch.optim.LBFGS(
+                self.module.parameters(), lr=1.0, max_iter=20, line_search_fn="strong_wolfe"
+            )
         return torch.optim.Adam(
             self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )

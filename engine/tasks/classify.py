@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import anndata as ad
@@ -23,6 +24,7 @@ class Classify(Task):
         x, _ = self.setup.matrix(adata)
         y = self.setup.label_codes(adata)
         self.device = ctx.device
+        self.dims["n_train"] = len(split["train"])
         self.module = self.build()
         if self.info.kind == "sklearn":
             dense = io.dense(x)
@@ -41,6 +43,8 @@ class Classify(Task):
 
         xm = DeviceMatrix(x, ctx.device)
         columns = {"x": xm, "y": torch.as_tensor(y, device=xm.device)}
+        if self.params.get("solver") == "lbfgs" and _full_batch_fits(xm, split, ctx):
+            ctx = dataclasses.replace(ctx, optimizer="lbfgs", batch_size=len(split["train"]))
         self.module, progress = toolkit.fit(self.module, ctx, columns, split)
         return progress.cancelled
 
@@ -68,6 +72,13 @@ class Classify(Task):
         y = self.setup.label_codes(out)
         proba = np.asarray(out.obsm[out.uns["scwb"]["slots"]["proba"]])
         return evaluate.classification(y[split["test"]], proba[split["test"]], self.setup.classes)
+
+
+def _full_batch_fits(xm: Any, split: dict, ctx: Any) -> bool:
+    """L-BFGS sees every training cell in one batch: only on one device, and only when that
+    batch (dense) fits the memory budget; otherwise Adam on mini-batches."""
+    n = len(split["train"]) * xm.shape[1] * 4
+    return ctx.devices * ctx.num_nodes == 1 and (xm.is_dense or n <= io.memory_budget() // 4)
 
 
 def _accuracy(proba: np.ndarray, y: np.ndarray, idx: np.ndarray) -> float:

@@ -1,0 +1,149 @@
+"""Runs repeated over seeds: grouping, mean +- sd, paired comparison, CLI and Compare page."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from engine import cli, runs, seeds, workspace
+
+# accuracy per seed: a network that wins on every seed, and one within the spread
+NET = {0: 0.90, 1: 0.93, 2: 0.91}
+BASE = {0: 0.85, 1: 0.88, 2: 0.87}
+NOISY = {0: 0.86, 1: 0.89, 2: 0.85}
+
+
+def _fake_run(root, rid, model, seed, acc, group="seeds-abc", params=None, data="fp1"):
+    """A finished run folder as the engine writes it (run.json, status, metrics.json)."""
+    d = root / rid
+    d.mkdir(parents=True)
+    spec = {
+        "model": model,
+        "task": "classify",
+        "seed": seed,
+        "group": group,
+        "label_key": "cell_type",
+        "params": params or {},
+        "data_fingerprint": data,
+        "dataset_name": "pbmc",
+        "out": str(d),
+        "created": f"2026-01-0{seed + 1}",
+    }
+    runs.write_json(d / "run.json", spec)
+    runs.write_json(d / "metrics.json", {"test_accuracy": acc, "test_f1_macro": acc - 0.1})
+    runs.update_status(d, state="completed")
+    return d
+
+
+@pytest.fixture
+def group_dirs():
+    root = workspace.runs_dir()
+    dirs = []
+    for model, values in (("mlp", NET), ("sk_logreg", BASE), ("logreg", NOISY)):
+        for seed, acc in values.items():
+            dirs.append(_fake_run(root, f"r-{model}-{seed}", model, seed, acc))
+    return dirs
+
+
+def test_group_aggregates_mean_and_sd_over_seeds(group_dirs):
+    configs = {c.model: c for c in seeds.group(group_dirs)}
+    assert set(configs) == {"mlp", "sk_logreg", "logreg"}
+    mlp = configs["mlp"]
+    assert mlp.seeds == [0, 1, 2] and not mlp.baseline and configs["sk_logreg"].baseline
+    mean, sd, n = mlp.summary("test_accuracy")
+    v = np.array(list(NET.values()))
+    assert n == 3 and mean == pytest.approx(v.mean()) and sd == pytest.approx(v.std(ddof=1))
+    rows = {r["model"]: r for r in seeds.table(list(configs.values()))}
+    assert rows["mlp · pbmc"]["test_accuracy_values"] == NET
+    assert rows["mlp · pbmc"]["test_f1_macro"] == pytest.approx(v.mean() - 0.1)
+
+
+def test_config_key_ignores_seed_but_not_parameters():
+    a = {"model": "mlp", "seed": 0, "params": {"dropout": 0.1}, "out": "x", "group": "g"}
+    assert seeds.config_key(a) == seeds.config_key(a | {"seed": 5, "out": "y"})
+    assert seeds.config_key(a) != seeds.config_key(a | {"params": {"dropout": 0.5}})
+
+
+def test_different_parameters_are_different_configurations(tmp_path):
+    dirs = [
+        _fake_run(tmp_path, "a0", "mlp", 0, 0.9, params={"dropout": 0.1}),
+        _fake_run(tmp_path, "a1", "mlp", 1, 0.9, params={"dropout": 0.1}),
+        _fake_run(tmp_path, "b0", "mlp", 0, 0.8, params={"dropout": 0.5}),
+    ]
+    configs = seeds.group(dirs)
+    assert [len(c.runs) for c in configs] == [2, 1]
+    assert len({c.label for c in configs}) == 2  # same model and data: labels still differ
+
+
+def test_paired_comparison_is_a_paired_t_test(group_dirs):
+    configs = {c.model: c for c in seeds.group(group_dirs)}
+    p = seeds.paired(configs["mlp"], configs["sk_logreg"], "test_accuracy")
+    d = np.array([NET[s] - BASE[s] for s in NET])
+    assert p.n == 3 and p.wins == 3
+    assert p.diff == pytest.approx(d.mean()) and p.sd == pytest.approx(d.std(ddof=1))
+    expect = stats.ttest_rel(list(NET.values()), list(BASE.values())).pvalue
+    assert p.p == pytest.approx(expect) and p.p < 0.05
+    assert p.verdict.startswith("mlp · pbmc is better")
+    q = seeds.paired(configs["logreg"], configs["sk_logreg"], "test_accuracy")
+    assert q.p > 0.05 and "within the seed-to-seed spread" in q.verdict
+    assert "better on 3/3" in p.text()
+
+
+def test_lower_is_better_metrics_count_wins_the_other_way():
+    a = seeds.Config(
+        "a", "ae", "d", label="ae", runs={s: {"test_mse": 0.1 + s / 100} for s in range(3)}
+    )
+    b = seeds.Config(
+        "b", "pca", "d", label="pca", runs={s: {"test_mse": 0.2 + s / 90} for s in range(3)}
+    )
+    p = seeds.paired(a, b, "test_mse")
+    assert p.diff < 0 and p.wins == 3 and p.verdict.startswith("ae is better")
+
+
+def test_pairs_compare_models_with_baselines(group_dirs):
+    configs = seeds.group(group_dirs)
+    got = {(p.a, p.b) for p in seeds.pairs(configs, "test_accuracy")}
+    assert got == {("mlp · pbmc", "sk_logreg · pbmc"), ("logreg · pbmc", "sk_logreg · pbmc")}
+
+
+def test_one_seed_says_there_is_no_spread(tmp_path):
+    configs = seeds.group(
+        [_fake_run(tmp_path, "a", "mlp", 0, 0.9), _fake_run(tmp_path, "b", "sk_logreg", 0, 0.8)]
+    )
+    p = seeds.paired(configs[0], configs[1], "test_accuracy")
+    assert p.n == 1 and math.isnan(p.p) and "no seed-to-seed spread" in p.verdict
+
+
+def test_cli_compare_group(group_dirs, capsys):
+    assert cli.main(["compare", "--group", "seeds-abc", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric"] == "test_accuracy"
+    by = {r["model"]: r for r in out["table"]}
+    assert by["mlp · pbmc"]["seeds"] == 3
+    assert by["mlp · pbmc"]["test_accuracy"] == pytest.approx(np.mean(list(NET.values())))
+    assert any(p["a"] == "mlp · pbmc" and p["p"] < 0.05 for p in out["paired"])
+    assert cli.main(["compare", "--group", "seeds-abc"]) == 0
+    text = capsys.readouterr().out
+    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.9133 ±" in text and "is better" in text
+    assert cli.main(["compare", "--group", "nope"]) == 2
+    assert "no run belongs to the group" in capsys.readouterr().err
+
+
+def test_compare_page_shows_mean_sd_and_paired_test(group_dirs):
+    from tests.test_app import app
+
+    at = app("compare")
+    assert not at.exception
+    table = at.dataframe[0].value
+    row = table[table["model"] == "mlp · pbmc"].iloc[0]
+    assert row["seeds"] == 3 and row["test_accuracy"].startswith("0.9133 ± 0.015")
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    seeds_trace = next(t for t in fig["data"] if t["y"][0] == "mlp · pbmc")
+    assert sorted(seeds_trace["x"]) == sorted(NET.values())
+    assert seeds_trace["text"] == ["seed 0", "seed 1", "seed 2"]
+    lines = " ".join(m.value for m in at.markdown).replace("\\", "")
+    assert "mlp · pbmc is better" in lines and "within the seed-to-seed spread" in lines
