@@ -387,3 +387,22 @@ def test_train_page_uses_each_models_defaults_when_left_empty(dataset):
     for r in jobs.list_jobs():
         jobs.cancel(r["path"])
         jobs.wait(r["path"], timeout=60)
+
+
+def test_train_page_runs_each_model_over_several_seeds_in_one_group(dataset):
+    at = app("train")
+    at.multiselect[0].set_value(["logreg", "sk_logreg"]).run()
+    seeds_radio = next(r for r in at.radio if r.label == "Seeds per model")
+    assert seeds_radio.value == 1  # one run per model unless asked
+    seeds_radio.set_value(3).run()
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert not errors(at), errors(at)
+    specs = [json.loads((Path(r["path"]) / "run.json").read_text()) for r in jobs.list_jobs()]
+    assert sorted((s["model"], s["seed"]) for s in specs) == [
+        (m, k) for m in ("logreg", "sk_logreg") for k in (0, 1, 2)
+    ]
+    groups = {s["group"] for s in specs}
+    assert len(groups) == 1 and groups.pop().startswith("seeds-")
+    for r in jobs.list_jobs():
+        jobs.cancel(r["path"])
+        jobs.wait(r["path"], timeout=60)
