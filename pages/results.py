@@ -192,6 +192,32 @@ def stored_sample(run: str, mtime: float) -> ad.AnnData:
     return results_files.sample(run)
 
 
+@st.cache_data(max_entries=8, show_spinner="Drawing the stored cells...")
+def recon_figures(
+    run: str, mtime: float, group: str, layer: str, count_model: bool, rec: str, total: int
+) -> tuple[list, bool] | None:
+    """Input, reconstruction and error heatmaps of the stored sample (every cell of a small
+    run), and whether counts were log-normalised for them; None when nothing was stored."""
+    from engine import io
+
+    smp = stored_sample(run, mtime)
+    rec = dict((smp.uns.get("scwb") or {}).get("slots") or {}).get("reconstruction", rec)
+    if rec not in smp.layers:
+        return None
+    if not layer:  # a count model reads layers['counts'] when there is one
+        layer = "counts" if count_model and "counts" in smp.layers else "X"
+    x, recon = smp.layers.get(layer, smp.X), smp.layers[rec]
+    counts = io.matrix_kind(x) == "counts"
+    if counts:  # a few genes dominate raw counts: compare log-normalised values
+        x, recon = (
+            np.log1p(v / np.maximum(v.sum(1, keepdims=True), 1e-12) * 1e4)
+            for v in (io.dense(x), io.dense(recon))
+        )
+    grp = None if group not in smp.obs else smp.obs[group].astype(str)
+    maps, _ = figures.recon_heatmaps(x, recon, list(smp.var_names), grp, total=total)
+    return maps, counts
+
+
 @st.cache_resource(max_entries=2, show_spinner="Loading results...")
 def load_results(path: str, mtime: float) -> ad.AnnData:
     return results_files.load(path)
@@ -281,32 +307,20 @@ if res_info is not None and task in ("reconstruct", "embed"):
         group = st.selectbox(
             "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
         )
-        # the heatmaps show the stored sample of cells (every cell of a small run)
-        smp = stored_sample(str(run_dir), mtime)
-        REC = dict((smp.uns.get("scwb") or {}).get("slots") or {}).get(
-            "reconstruction", slots.get("reconstruction", "reconstruction")
+        model_json = runs.read_json(run_dir / "model.json", {}) or {}
+        layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
+        likelihood = (spec.get("params") or {}).get("likelihood", "nb")
+        hm = recon_figures(
+            str(run_dir),
+            mtime,
+            group,
+            layer,
+            task == "embed" and likelihood != "gaussian",
+            slots.get("reconstruction", "reconstruction"),
+            res_info["n_obs"],
         )
-        grp = None if group == "(none)" or group not in smp.obs else smp.obs[group].astype(str)
-        if REC in smp.layers:
-            from engine import io
-
-            model_json = runs.read_json(run_dir / "model.json", {}) or {}
-            layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer")
-            if not layer:  # a count model reads layers['counts'] when there is one
-                likelihood = (spec.get("params") or {}).get("likelihood", "nb")
-                count_model = task == "embed" and likelihood != "gaussian"
-                layer = "counts" if count_model and "counts" in smp.layers else "X"
-            x = smp.layers.get(layer, smp.X)
-            recon = smp.layers[REC]
-            counts = io.matrix_kind(x) == "counts"
-            if counts:  # a few genes dominate raw counts: compare log-normalised values
-                x, recon = (
-                    np.log1p(v / np.maximum(v.sum(1, keepdims=True), 1e-12) * 1e4)
-                    for v in (io.dense(x), io.dense(recon))
-                )
-            maps, hm_note = figures.recon_heatmaps(
-                x, recon, list(smp.var_names), grp, total=res_info["n_obs"]
-            )
+        if hm is not None:
+            maps, counts = hm
             st.subheader("Input, reconstruction and error")
             if counts:
                 st.caption(
