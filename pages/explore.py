@@ -168,10 +168,10 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
     if color_name is None:
         return None
     if mode == "obs column":
-        col = obs[color_name]
+        col = obs[color_name].iloc[rows]  # the drawn cells only (a million cells: 20,000)
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            return col.to_numpy()[rows]
-        return col.astype(str).to_numpy()[rows]
+            return col.to_numpy()
+        return col.astype(str).to_numpy()
     j = adata.var_names.get_loc(color_name)
     if source.run and adata.obs_names.is_unique:
         at = adata.obs_names.get_indexer(obs.index[rows])

@@ -235,10 +235,10 @@ if res_path.exists():
 
 
 def _obs_colour(column: str, rows: np.ndarray) -> np.ndarray:
-    col = obs_columns(str(res_path), mtime, (column,))[column]
+    col = obs_columns(str(res_path), mtime, (column,))[column].iloc[rows]  # the drawn cells only
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col.to_numpy()[rows]
-    return col.astype(str).to_numpy()[rows]
+        return col.to_numpy()
+    return col.astype(str).to_numpy()
 
 
 def latent_embedding(key: str, n_obs: int, draw) -> None:
