@@ -2,10 +2,11 @@
 
 A run stores every per-cell output (obs columns, ``obsm`` latents and probabilities) for every
 cell in ``results.h5ad``. Per-gene outputs (``reconstruction``, ``residual``, ``denoised``) are
-dense cells x genes: a run with at most ``SCWB_RESULTS_SAMPLE`` cells (2,000) keeps them in
-``results.h5ad`` for every cell; a larger one keeps them for a seeded sample of that many cells
-(stratified by the label) in ``sample.h5ad``, so results stay about the size of the input and
-the worker never holds a full dense layer. ``uns['scwb']['stored']`` says which, and
+dense cells x genes: a run with at most ``SCWB_RESULTS_SAMPLE`` cells (1,000: twice what a
+heatmap shows) keeps them in ``results.h5ad`` for every cell; a larger one keeps them for a
+seeded sample of that many cells (stratified by the label) in ``sample.h5ad``, so results stay
+about the size of the input (dense float32 barely compresses: 2,000 genes x 1,000 cells x two
+layers are ~15 MB) and the worker never holds a full dense layer. ``uns['scwb']['stored']`` says which, and
 ``engine predict`` writes them for any cells on request.
 
 The readers open the file with h5py and decode only the requested elements

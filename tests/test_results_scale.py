@@ -97,7 +97,7 @@ def test_reader_decodes_only_the_requested_elements(tmp_path, sampled, lognorm_f
 
 
 def test_runs_made_before_samples_read_rows_of_their_full_layers(tmp_path, lognorm_file):
-    run = tmp_path / "run"  # 600 cells <= 2,000: every cell's layers in results.h5ad
+    run = tmp_path / "run"  # 600 cells <= 1,000: every cell's layers in results.h5ad
     train.run(RunSpec(model="pca", data=lognorm_file, out=str(run)))
     assert not (run / results.SAMPLE).exists()
     res = ad.read_h5ad(run / "results.h5ad")
