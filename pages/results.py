@@ -218,6 +218,19 @@ def recon_figures(
     return maps, counts
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def score_boxes(path: str, mtime: float, score: str, group: str):
+    """Per-cell abnormality by group, over every cell (quartiles, not points)."""
+    both = results_files.obs(path, [score, group])
+    return figures.group_boxes(
+        both[score].to_numpy(),
+        both[group],
+        figures.plain(group),
+        "abnormality",
+        "Per-cell abnormality (reconstruction MSE) by group",
+    )
+
+
 @st.cache_resource(max_entries=2, show_spinner="Loading results...")
 def load_results(path: str, mtime: float) -> ad.AnnData:
     return results_files.load(path)
@@ -334,18 +347,9 @@ if res_info is not None and task in ("reconstruct", "embed"):
             for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
                 figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
         if SCORE in res_info["obs"] and group != "(none)":
-
-            def _abn():
-                both = obs_columns(str(res_path), mtime, (SCORE, group))
-                return figures.group_boxes(
-                    both[SCORE].to_numpy(),
-                    both[group].astype(str).to_numpy(),
-                    figures.plain(group),
-                    "abnormality",
-                    "Per-cell abnormality (reconstruction MSE) by group",
-                )
-
-            figures.show("abnormality", _abn, figs)
+            figures.show(
+                "abnormality", lambda: score_boxes(str(res_path), mtime, SCORE, group), figs
+            )
 
     model = spec.get("model") or row.get("model")
     keys = [
