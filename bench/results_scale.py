@@ -66,6 +66,15 @@ def sparse_counts(n: int, seed: int = 0, block: int = 50_000):
     )
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM, which (unlike ru_maxrss, kept
+    across fork and exec) starts again in a new program."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def page(run_id: str) -> dict:
     """The Results page of ``run_id``: first view (empty caches) and a rerun, in this process."""
     from streamlit.testing.v1 import AppTest
@@ -83,10 +92,27 @@ def page(run_id: str) -> dict:
     return {
         "first_view_s": round(first, 2),
         "rerun_s": round(rerun, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb": round(peak_rss() / 2**30, 2),
         "exception": [e.message for e in at.exception],
         "charts": len(at.get("plotly_chart")),
     }
+
+
+def page_child(run_id: str) -> dict:
+    """``page(run_id)`` in a fresh process: empty caches, and its own peak memory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.results_scale", "--page", run_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1200,
+    )
+    try:
+        return json.loads(child.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"page_error": child.stderr.strip().splitlines()[-3:]}
 
 
 def measure(n: int, fit_cells: int, models: list[str]) -> list[dict]:
@@ -138,19 +164,7 @@ def measure(n: int, fit_cells: int, models: list[str]) -> list[dict]:
             "input_mib_per_100k": round(input_bytes / 2**20 * 1e5 / n, 1),
             "results_over_input": round(total / input_bytes, 2),
         }
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        child = subprocess.run(
-            [sys.executable, "-m", "bench.results_scale", "--page", Path(run).name],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=1200,
-        )
-        try:
-            row.update(json.loads(child.stdout.strip().splitlines()[-1]))
-        except (IndexError, ValueError):
-            row["page_error"] = child.stderr.strip().splitlines()[-3:]
+        row.update(page_child(Path(run).name))
         print(json.dumps(row), flush=True)
         rows.append(row)
         runs.write_json(OUT / "results_scale.partial.json", rows)
@@ -164,9 +178,17 @@ def main() -> None:
     ap.add_argument("--fit-cells", type=int, default=20_000)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--page", help=argparse.SUPPRESS)  # the child: one page measurement
+    ap.add_argument(
+        "--pages-of", help="only measure the Results page of every run in this SCWB_HOME"
+    )
     args = ap.parse_args()
     if args.page:
         print(json.dumps(page(args.page)))
+        return
+    if args.pages_of:
+        os.environ["SCWB_HOME"] = args.pages_of
+        for run in sorted(Path(args.pages_of, "runs").iterdir()):
+            print(json.dumps({"run": run.name, **page_child(run.name)}), flush=True)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     out: dict = {"genes": GENES, "fit_cells": args.fit_cells, "rows": []}
