@@ -187,7 +187,7 @@ def main() -> None:
         return
     if args.pages_of:
         os.environ["SCWB_HOME"] = args.pages_of
-        for run in sorted(Path(args.pages_of, "runs").iterdir()):
+        for run in sorted(p for p in Path(args.pages_of, "runs").iterdir() if p.name[0] != "."):
             print(json.dumps({"run": run.name, **page_child(run.name)}), flush=True)
         return
     OUT.mkdir(parents=True, exist_ok=True)

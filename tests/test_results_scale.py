@@ -149,3 +149,21 @@ def test_results_page_draws_from_the_sample_and_export_holds_it(
         assert zf.getinfo("results.h5ad").compress_type == zipfile.ZIP_STORED
         res = ad.read_h5ad(pyio.BytesIO(zf.read("results.h5ad")))
     assert res.uns["scwb"]["stored"]["file"] == results.SAMPLE and "abnormality" in res.obs
+
+
+def test_a_classifier_over_the_sample_size_writes_no_sample(tmp_path, sampled, lognorm_file):
+    run = tmp_path / "run"
+    train.run(RunSpec(model="logreg", data=lognorm_file, out=str(run), label_key="cell_type"))
+    assert not (run / results.SAMPLE).exists()
+    info = results.summary(run / "results.h5ad")
+    assert info["scwb"]["stored"]["per_gene"] == "none" and info["obsm"]["proba_logreg"][0] == 600
+
+
+def test_group_boxes_are_quartiles_of_every_cell():
+    from ui import figures
+
+    values = np.arange(101, dtype=float)
+    fig = figures.group_boxes(values, ["a"] * 101, "group", "score", "t")
+    (box,) = fig.data
+    assert (box.q1[0], box.median[0], box.q3[0]) == (25.0, 50.0, 75.0)
+    assert (box.lowerfence[0], box.upperfence[0]) == (0.0, 100.0)
