@@ -203,10 +203,26 @@ def sample(run_dir: str | Path, n: int | None = None, seed: int = 0) -> ad.AnnDa
             raise ScwbError(f"{SAMPLE} could not be read ({exc}).") from None
     path = run_dir / RESULTS
     info = summary(path)
+    n = sample_size() if n is None else n
+    with _open(path) as f:
+        cand = _candidates(f, info["n_obs"], n, seed)
     label = info["scwb"].get("label_key")
-    labels = obs(path, [label])[label].to_numpy() if label in info["obs"] else None
-    rows = sample_rows(info["n_obs"], sample_size() if n is None else n, seed, labels)
-    return rows_of(path, rows)
+    labels = obs(path, [label])[label].to_numpy()[cand] if label in info["obs"] else None
+    return rows_of(path, cand[sample_rows(len(cand), n, seed, labels)])
+
+
+def _candidates(f: h5py.File, n_obs: int, n: int, seed: int) -> np.ndarray:
+    """Rows to sample from: all, or, when the file holds chunked dense layers of many times
+    the sample's cells (a run made before samples), a few random whole chunk-row blocks, so
+    that only those blocks are decompressed (100k cells: ~1 s instead of ~9 s)."""
+    layers = [d for d in f.get("layers", {}).values() if isinstance(d, h5py.Dataset)]
+    step = layers[0].chunks[0] if layers and layers[0].chunks else 0
+    if not step or n_obs <= 4 * n:
+        return np.arange(n_obs)
+    starts = np.arange(0, n_obs, step)
+    k = min(len(starts), 4 * -(-n // step))
+    pick = np.sort(np.random.default_rng(seed).choice(len(starts), k, replace=False))
+    return np.concatenate([np.arange(s, min(s + step, n_obs)) for s in starts[pick]])
 
 
 def rows_of(path: str | Path, rows: np.ndarray) -> ad.AnnData:
