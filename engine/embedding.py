@@ -242,8 +242,12 @@ def compute(
     try:
         if not src.exists():
             raise ScwbError(f"{src.name} is missing: nothing to embed.")
-        adata = ad.read_h5ad(src, backed="r" if key not in (None, "X") else None)
-        out = umap(adata, key, n_max=n_max, seed=seed, method=method)
+        if key in (None, "X"):
+            out = umap(ad.read_h5ad(src), key, n_max=n_max, seed=seed, method=method)
+        else:  # only that obsm entry is read, never the file's matrices
+            from engine import results
+
+            out = umap(results.obsm(src, key), n_max=n_max, seed=seed, method=method)
         buf = _io.BytesIO()
         np.savez(buf, **out)
         tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp")

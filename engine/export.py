@@ -88,18 +88,25 @@ def _doc_safe(text: str) -> str:
 
 
 def bundle(run_dir: str | Path) -> bytes:
-    """The run folder (results, model, metrics, split, spec) and the script, zipped. Only
-    regular files inside the run folder are included: never a symbolic link or what it points to."""
+    """The run folder (results, the stored sample, model, metrics, split, spec) and the script,
+    zipped. Only regular files inside the run folder are included: never a symbolic link or what
+    it points to. Compressed files (.h5ad, .pt) are stored as they are: deflating a
+    million-cell results file again costs minutes and saves little."""
     run_dir = Path(run_dir)
     buf = _io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:  # .h5ad: gzip inside already
         for folder, dirs, files in os.walk(run_dir, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
             for name in sorted(files):
                 p = Path(folder) / name
                 if p.is_symlink() or not p.is_file() or name.startswith(".") or name == "cancel":
                     continue
-                zf.write(p, p.relative_to(run_dir).as_posix())
+                packed = p.suffix in (".h5ad", ".pt")
+                zf.write(
+                    p,
+                    p.relative_to(run_dir).as_posix(),
+                    zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED,
+                )
         zf.writestr("reproduce.py", script(run_dir))
     return buf.getvalue()
 

@@ -19,6 +19,7 @@ itself.
 | ``SCWB_HEARTBEAT_S`` | seconds between a run's heartbeats | 10 |
 | ``SCWB_NUM_NODES`` | nodes of a multi-node run (set by the SLURM launcher) | 1 |
 | ``SCWB_SLURM_*`` | PARTITION, TIME (min), CPUS, MEM, GPUS_PER_NODE, NODES, ACCOUNT, QOS, CONSTRAINT, SETUP | see docs/CLUSTER.md |
+| ``SCWB_RESULTS_SAMPLE`` | cells whose per-gene outputs a run stores (all of them up to this many; a sample beyond) | 1000 |
 | ``SCWB_CPU_BUDGET_S`` | run length the Train page aims its CPU default epochs at | 180 |
 | ``SCWB_DEBUG`` | tracebacks on the command line | off |
 """
@@ -85,6 +86,7 @@ class Settings:
     heartbeat_s: float
     num_nodes: int
     cpu_budget_s: float
+    results_sample: int
     debug: bool
     slurm: dict[str, str] = field(default_factory=dict)
 
@@ -116,6 +118,7 @@ def get() -> Settings:
         heartbeat_s=max(0.5, _float("SCWB_HEARTBEAT_S", 10.0)),
         num_nodes=max(1, _int("SCWB_NUM_NODES", 1)),
         cpu_budget_s=_float("SCWB_CPU_BUDGET_S", 180.0),
+        results_sample=max(1, _int("SCWB_RESULTS_SAMPLE", 1000)),
         debug=bool(env.get("SCWB_DEBUG")),
         slurm={k: env[f"SCWB_SLURM_{k}"] for k in SLURM_KEYS if env.get(f"SCWB_SLURM_{k}")},
     )

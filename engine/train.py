@@ -17,7 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 
 from engine import device as devices
-from engine import io, runs, tasks, toolkit
+from engine import io, results, runs, tasks, toolkit
 from engine.errors import ScwbError
 from engine.preflight import preflight
 from engine.spec import RunSpec
@@ -78,11 +78,11 @@ def run(spec: RunSpec) -> dict[str, Any]:
     cancelled = task.fit(adata, split, toolkit.FitContext.from_spec(spec, run_dir, dev))
     if not writer:
         return {}  # the other ranks only help to train
-    out = task.annotate(adata)
+    out, sample = results.annotate(task, adata, seed=spec.seed)  # per-gene: a sample at scale
     metrics = task.evaluate(out, split, spec)
     task.save(run_dir)
     runs.write_json(run_dir / "metrics.json", metrics)
-    io.write_h5ad(out, run_dir / "results.h5ad")
+    results.write(run_dir, out, sample)
     runs.update_status(
         run_dir, state="cancelled" if cancelled else "completed", finished=runs.now(), eta_s=0
     )

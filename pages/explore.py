@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from engine import datasets, embedding, jobs, runs, workspace
+from engine import results as results_files
 from ui import figures
 from ui.figures import esc
 from ui.state import dataset_picker, ensure_app_navigation
@@ -77,7 +77,7 @@ def _sources() -> list[Source]:
         model = r["spec"].get("model") or r["model"]
         p = Path(r["path"]) / "results.h5ad"
         try:
-            _, keys, latent = _run_obs(str(p), p.stat().st_mtime)
+            keys, latent = _run_keys(str(p), p.stat().st_mtime)
         except Exception:  # an unreadable results file: nothing to offer from this run
             continue
         key = next((k for k in (latent, f"X_{model}", "X_pca_baseline") if k and k in keys), None)
@@ -96,16 +96,18 @@ def _sources() -> list[Source]:
     return out
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run_keys(path: str, mtime: float) -> tuple[list[str], str | None]:
+    """A run's obsm keys and the latent slot the engine recorded (no value is read)."""
+    info = results_files.summary(path)
+    return list(info["obsm"]), dict(info["scwb"].get("slots") or {}).get("latent")
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
-def _run_obs(path: str, mtime: float) -> tuple[pd.DataFrame, list[str], str | None]:
-    """A run's results: its obs table, its obsm keys and the latent slot the engine recorded
-    (read backed: no matrix is loaded)."""
-    res = ad.read_h5ad(path, backed="r")
-    try:
-        slots = dict((res.uns.get("scwb") or {}).get("slots") or {})
-        return res.obs.copy(), list(res.obsm.keys()), slots.get("latent")
-    finally:
-        res.file.close()
+def _run_obs(path: str, mtime: float) -> pd.DataFrame:
+    """A run's obs table (it may add predicted cells to the dataset's): columns and cell names
+    only, never a matrix."""
+    return results_files.obs(path, index=True)
 
 
 usable = _sources()
@@ -121,7 +123,7 @@ source = usable[labels.index(choice)]
 # the table colours come from: the dataset, or the run's results (which may add predicted cells)
 if source.run:
     rp = Path(source.folder) / "results.h5ad"
-    obs = _run_obs(str(rp), rp.stat().st_mtime)[0]
+    obs = _run_obs(str(rp), rp.stat().st_mtime)
 else:
     obs = adata.obs
 
@@ -166,10 +168,10 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
     if color_name is None:
         return None
     if mode == "obs column":
-        col = obs[color_name]
+        col = obs[color_name].iloc[rows]  # the drawn cells only (a million cells: 20,000)
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            return col.to_numpy()[rows]
-        return col.astype(str).to_numpy()[rows]
+            return col.to_numpy()
+        return col.astype(str).to_numpy()
     j = adata.var_names.get_loc(color_name)
     if source.run and adata.obs_names.is_unique:
         at = adata.obs_names.get_indexer(obs.index[rows])

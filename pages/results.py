@@ -2,7 +2,9 @@
 
 Every run folder state renders: a run still going points to Runs; a failed, cancelled or damaged
 one shows what it has and says in one line what is missing. Latent UMAPs are computed by the
-background engine (``engine.embedding``), never in this page.
+background engine (``engine.embedding``), never in this page. The page reads only what it shows
+(``engine.results``: a few obs columns, one obsm key, the stored sample of cells for the
+heatmaps), so a million-cell run opens as fast as a small one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import embedding, export, jobs, metric_names, runs
+from engine import results as results_files
 from engine.perturb import gene_means  # torch-free
 from ui import figures
 from ui.figures import esc
@@ -163,25 +166,92 @@ if not curve.empty and "epoch" in curve:
     figures.show("loss_curves", lambda: figures.loss_curves(curve), figs, what="the loss curves")
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading results...")
+# cached on (path, mtime): a finished run's files change only when it is trained again
+@st.cache_data(max_entries=8, show_spinner=False)
+def summary(path: str, mtime: float) -> dict:
+    return results_files.summary(path)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def obs_columns(path: str, mtime: float, columns: tuple[str, ...]) -> pd.DataFrame:
+    return results_files.obs(path, list(columns))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def obs_levels(path: str, mtime: float) -> dict[str, int]:
+    return results_files.levels(path)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def obsm_values(path: str, mtime: float, key: str) -> np.ndarray:
+    return results_files.obsm(path, key)
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the stored cells...")
+def stored_sample(run: str, mtime: float) -> ad.AnnData:
+    return results_files.sample(run)
+
+
+@st.cache_data(max_entries=8, show_spinner="Drawing the stored cells...")
+def recon_figures(
+    run: str, mtime: float, group: str, layer: str, count_model: bool, rec: str, total: int
+) -> tuple[list, bool] | None:
+    """Input, reconstruction and error heatmaps of the stored sample (every cell of a small
+    run), and whether counts were log-normalised for them; None when nothing was stored."""
+    from engine import io
+
+    smp = stored_sample(run, mtime)
+    rec = dict((smp.uns.get("scwb") or {}).get("slots") or {}).get("reconstruction", rec)
+    if rec not in smp.layers:
+        return None
+    if not layer:  # a count model reads layers['counts'] when there is one
+        layer = "counts" if count_model and "counts" in smp.layers else "X"
+    x, recon = smp.layers.get(layer, smp.X), smp.layers[rec]
+    counts = io.matrix_kind(x) == "counts"
+    if counts:  # a few genes dominate raw counts: compare log-normalised values
+        x, recon = (
+            np.log1p(v / np.maximum(v.sum(1, keepdims=True), 1e-12) * 1e4)
+            for v in (io.dense(x), io.dense(recon))
+        )
+    grp = None if group not in smp.obs else smp.obs[group].astype(str)
+    maps, _ = figures.recon_heatmaps(x, recon, list(smp.var_names), grp, total=total)
+    return maps, counts
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def score_boxes(path: str, mtime: float, score: str, group: str):
+    """Per-cell abnormality by group, over every cell (quartiles, not points)."""
+    both = results_files.obs(path, [score, group])
+    return figures.group_boxes(
+        both[score].to_numpy(),
+        both[group],
+        figures.plain(group),
+        "abnormality",
+        "Per-cell abnormality (reconstruction MSE) by group",
+    )
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading results...")
 def load_results(path: str, mtime: float) -> ad.AnnData:
-    return ad.read_h5ad(path)
+    return results_files.load(path)
 
 
-res = None
+res_info = None
+mtime = 0.0
 if res_path.exists():
     try:
-        res = load_results(str(res_path), res_path.stat().st_mtime)
+        mtime = res_path.stat().st_mtime
+        res_info = summary(str(res_path), mtime)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         st.warning(f"results.h5ad could not be read ({esc(first)}): the task figures are skipped.")
 
 
-def _obs_colour(adata: ad.AnnData, column: str, rows: np.ndarray) -> np.ndarray:
-    col = adata.obs[column]
+def _obs_colour(column: str, rows: np.ndarray) -> np.ndarray:
+    col = obs_columns(str(res_path), mtime, (column,))[column].iloc[rows]  # the drawn cells only
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col.to_numpy()[rows]
-    return col.astype(str).to_numpy()[rows]
+        return col.to_numpy()
+    return col.astype(str).to_numpy()
 
 
 def latent_embedding(key: str, n_obs: int, draw) -> None:
@@ -220,7 +290,7 @@ def latent_embedding(key: str, n_obs: int, draw) -> None:
     poll()
 
 
-if res is not None and task == "classify":
+if res_info is not None and task == "classify":
     with guard("the classification figures"):
         c = st.columns(2)
         if "confusion" in metrics and "classes" in metrics:
@@ -236,74 +306,62 @@ if res is not None and task == "classify":
             )
 
 # where the engine put each output (uns['scwb']['slots']: role -> key; the usual names otherwise)
-scwb = dict(res.uns.get("scwb") or {}) if res is not None else {}
+scwb = dict(res_info["scwb"]) if res_info is not None else {}
 slots = dict(scwb.get("slots") or {})
-REC, SCORE = slots.get("reconstruction", "reconstruction"), slots.get("score", "abnormality")
+stored = dict(scwb.get("stored") or {})
+SCORE = slots.get("score", "abnormality")
 
-if res is not None and task in ("reconstruct", "embed"):
+if res_info is not None and task in ("reconstruct", "embed"):
     with guard("the reconstruction figures"):
         groups_opts = [
             "(none)",
-            *[c for c in res.obs.columns if res.obs[c].astype(str).nunique() <= 200 and c != SCORE],
+            *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
         ]
         group = st.selectbox(
             "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
         )
-        grp = None if group == "(none)" else res.obs[group].astype(str)
-        if REC in res.layers:
-            from engine import io
-
-            model_json = runs.read_json(run_dir / "model.json", {}) or {}
-            layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer")
-            if not layer:  # a count model reads layers['counts'] when there is one
-                likelihood = (spec.get("params") or {}).get("likelihood", "nb")
-                count_model = task == "embed" and likelihood != "gaussian"
-                layer = "counts" if count_model and "counts" in res.layers else "X"
-            x = res.layers.get(layer, res.X)
-            recon = res.layers[REC]
-            counts = io.matrix_kind(x) == "counts"
-            if counts:  # a few genes dominate raw counts: compare log-normalised values
-                x, recon = (
-                    np.log1p(v / np.maximum(v.sum(1, keepdims=True), 1e-12) * 1e4)
-                    for v in (io.dense(x), io.dense(recon))
-                )
-            maps, hm_note = figures.recon_heatmaps(x, recon, list(res.var_names), grp)
+        model_json = runs.read_json(run_dir / "model.json", {}) or {}
+        layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
+        likelihood = (spec.get("params") or {}).get("likelihood", "nb")
+        hm = recon_figures(
+            str(run_dir),
+            mtime,
+            group,
+            layer,
+            task == "embed" and likelihood != "gaussian",
+            slots.get("reconstruction", "reconstruction"),
+            res_info["n_obs"],
+        )
+        if hm is not None:
+            maps, counts = hm
             st.subheader("Input, reconstruction and error")
             if counts:
                 st.caption(
                     "Counts and reconstructed counts, each normalised to 10,000 per cell and log1p-transformed."
                 )
+            if stored.get("per_gene") == "sample":
+                st.caption(
+                    f"Reconstructions are stored for a sample of {stored.get('cells', 0):,} of "
+                    f"{res_info['n_obs']:,} cells; `python -m engine predict` writes them for every cell."
+                )
             for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
                 figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
-        if SCORE in res.obs and grp is not None:
-            import plotly.express as px
-
-            def _abn():
-                label = figures.plain(group)
-                df = pd.DataFrame(
-                    {
-                        "abnormality": res.obs[SCORE].to_numpy(),
-                        label: grp.map(figures.plain).to_numpy(),
-                    }
-                )
-                return px.box(
-                    df,
-                    x=label,
-                    y="abnormality",
-                    color=label,
-                    category_orders={label: sorted(df[label].unique())},
-                    title="Per-cell abnormality (reconstruction MSE) by group",
-                ).update_layout(showlegend=False)
-
-            figures.show("abnormality", _abn, figs)
+        if SCORE in res_info["obs"] and group != "(none)":
+            figures.show(
+                "abnormality", lambda: score_boxes(str(res_path), mtime, SCORE, group), figs
+            )
 
     model = spec.get("model") or row.get("model")
-    keys = [k for k in (slots.get("latent"), f"X_{model}", "X_pca_baseline") if k and k in res.obsm]
+    keys = [
+        k
+        for k in (slots.get("latent"), f"X_{model}", "X_pca_baseline")
+        if k and k in res_info["obsm"]
+    ]
     if keys:
         with guard("the latent space"):
             key = keys[0]
             st.subheader("Latent space")
-            colour_opts = list(res.obs.columns)
+            colour_opts = list(res_info["obs"])
             color = st.selectbox(
                 "Colour the latent UMAP by",
                 colour_opts,
@@ -317,7 +375,7 @@ if res is not None and task in ("reconstruct", "embed"):
                 label="Colour by a gene, or compare with other embeddings, on Explore",
                 icon=":material/scatter_plot:",
             )
-            lat = np.asarray(res.obsm[key])
+            lat_shape = res_info["obsm"][key]
 
             def draw(out: dict) -> None:
                 cells = out["cells"]
@@ -329,7 +387,7 @@ if res is not None and task in ("reconstruct", "embed"):
                     "latent_umap",
                     lambda: figures.embedding(
                         out["coords"],
-                        _obs_colour(res, color, cells),
+                        _obs_colour(color, cells),
                         color,
                         f"UMAP of {key}"
                         + (
@@ -341,17 +399,17 @@ if res is not None and task in ("reconstruct", "embed"):
                     figs,
                 )
 
-            if lat.ndim == 2 and lat.shape[1] == 2:
+            if len(lat_shape) == 2 and lat_shape[1] == 2 and color is not None:
                 draw(
                     {
-                        "coords": lat,
-                        "cells": np.arange(res.n_obs),
+                        "coords": obsm_values(str(res_path), mtime, key),
+                        "cells": np.arange(res_info["n_obs"]),
                         "dropped": 0,
-                        "total": res.n_obs,
+                        "total": res_info["n_obs"],
                     }
                 )
             elif color is not None:
-                latent_embedding(key, res.n_obs, draw)
+                latent_embedding(key, res_info["n_obs"], draw)
 
 
 PERTURB_COLS = (
@@ -363,8 +421,9 @@ PERTURB_COLS = (
     "direction_top20",
 )
 
-if res is not None and task == "perturb":
+if res_info is not None and task == "perturb":
     with guard("the perturbation results"):
+        res = load_results(str(res_path), mtime)  # predicted cells' expression: the whole file
         scwb = res.uns.get("scwb") or {}
         info = dict(scwb.get("perturb") or res.uns.get("scgen") or {})
         targets = [str(t) for t in list(info.get("targets", []))]
@@ -535,6 +594,11 @@ if res_path.exists():
     c[0].download_button(
         "Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad", on_click="ignore"
     )
+    if stored.get("per_gene") == "sample":
+        c[0].caption(
+            f"Per-gene outputs are in the .zip's {results_files.SAMPLE} "
+            f"({stored.get('cells', 0):,} cells)."
+        )
 weights = run_dir / "model.pt"
 if weights.exists():
     c[0].download_button(

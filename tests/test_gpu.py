@@ -336,6 +336,10 @@ def test_checkpoint_from_the_device_predicts_the_same_on_the_cpu(
         pairs = [(trained.obsm["X_autoencoder"], pred.obsm["X_autoencoder"])]
         if "reconstruction" in trained.layers and "reconstruction" in pred.layers:
             pairs.append((trained.layers["reconstruction"], pred.layers["reconstruction"]))
+        elif (run_dir / "sample.h5ad").exists() and "reconstruction" in pred.layers:
+            smp = ad.read_h5ad(run_dir / "sample.h5ad")  # a large run keeps a sample's layers
+            rows = np.asarray(smp.uns["scwb"]["stored"]["rows"])
+            pairs.append((smp.layers["reconstruction"], pred.layers["reconstruction"][rows]))
     else:
         pairs = [(trained.obsm["X_vae"], pred.obsm["X_vae"])]
     for a, b in pairs:

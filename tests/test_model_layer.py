@@ -250,7 +250,7 @@ def test_app_side_modules_do_not_import_torch():
 
     code = (
         "import sys; import engine.preflight, engine.spec, engine.models, engine.setup, "
-        "engine.split, engine.perturb, engine.export, engine.runs, engine.jobs; "
+        "engine.split, engine.perturb, engine.export, engine.runs, engine.jobs, engine.results; "
         "print('torch' in sys.modules or 'pytorch_lightning' in sys.modules)"
     )
     out = subprocess.run(

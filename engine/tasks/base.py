@@ -77,8 +77,9 @@ class Task:
         stopped it."""
         raise NotImplementedError
 
-    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
-        """A copy of ``adata`` with every result slot written."""
+    def annotate(self, adata: ad.AnnData, align: bool = False, layers: bool = True) -> ad.AnnData:
+        """A copy of ``adata`` with every result slot written; per-gene (cells x genes) output
+        layers only when ``layers`` and they fit the memory budget (``dense_ok``)."""
         raise NotImplementedError
 
     def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class Classify(Task):
 
         return toolkit.infer(self.module.proba, DeviceMatrix(x, self.device))
 
-    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+    def annotate(self, adata: ad.AnnData, align: bool = False, layers: bool = True) -> ad.AnnData:
         x, missing = self.setup.matrix(adata, align)
         proba = self.proba(x).astype(np.float32)
         classes = list(self.setup.classes)

@@ -43,7 +43,7 @@ class Embed(Task):
         self.module, progress = toolkit.fit(self.module, ctx, columns, split)
         return progress.cancelled
 
-    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+    def annotate(self, adata: ad.AnnData, align: bool = False, layers: bool = True) -> ad.AnnData:
         out, slots = self.start_output(adata)
         if self.info.kind == "sklearn":
             x, missing = self.setup.matrix(adata, align)
@@ -57,7 +57,7 @@ class Embed(Task):
         module = self.module
         latent = toolkit.infer(lambda xb, *bb: module.encode(xb, bb[0] if bb else None)[0], xm, b)
         self.put(out, slots, "obsm", "latent", self.info.latent_key, latent.astype(np.float32))
-        if dense_ok(*xm.shape):
+        if layers and dense_ok(*xm.shape):
 
             def decoded(xb, *bb):
                 o, _, _ = module(xb, bb[0] if bb else None, sample=False)

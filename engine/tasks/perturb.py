@@ -153,7 +153,7 @@ class Perturb(Task):
         return cancelled
 
     # ------------------------------------------------------------------------- annotating
-    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+    def annotate(self, adata: ad.AnnData, align: bool = False, layers: bool = True) -> ad.AnnData:
         x, missing = self.setup.matrix(adata, align)
         dense = io.dense(x)
         cond, types = self._columns(adata)

@@ -53,9 +53,9 @@ class Reconstruct(Task):
         xm = DeviceMatrix(x, self.device)
         return toolkit.infer(self.module.encode, xm), toolkit.infer(self.module, xm)
 
-    def annotate(self, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
+    def annotate(self, adata: ad.AnnData, align: bool = False, layers: bool = True) -> ad.AnnData:
         x, missing = self.setup.matrix(adata, align)
-        keep = dense_ok(*x.shape)  # full reconstruction layers only when they fit
+        keep = layers and dense_ok(*x.shape)  # full reconstruction layers only when they fit
         latent, score, recon, residual = [], [], [], []
         for start in range(0, x.shape[0], CHUNK):  # never the whole matrix densified at once
             block = io.dense(x[start : start + CHUNK])
