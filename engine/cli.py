@@ -314,6 +314,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     specs = [_spec(args, seed=s, group=group, launcher=launcher) for s in seeds]
     for spec in specs:
         print(jobs.submit(spec))
+    if len(specs) > 1:  # stdout stays one run folder per line
+        print(f"compare them: python -m engine compare --group {group}", file=sys.stderr)
     return 0
 
 
