@@ -21,6 +21,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from engine import pp_memory
 from engine.errors import ScwbError
 from engine.io import check_not_empty, dense, memory_budget
 
@@ -243,7 +244,9 @@ class Recipe:
 def apply(
     adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | None = None
 ) -> tuple[ad.AnnData, list[dict]]:
-    """Run ``recipe`` on a copy of ``adata``; return it and one report row per step."""
+    """Run ``recipe`` on a copy of ``adata``; return it and one report row per step. Refused
+    before any work when its memory estimate (``engine.pp_memory``) exceeds the budget."""
+    pp_memory.check(adata, recipe)
     out = adata.copy()
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
     for step in recipe.steps:

@@ -8,8 +8,9 @@ import plotly.express as px
 import scipy.sparse as sp
 import streamlit as st
 
-from engine import datasets, io
+from engine import datasets, io, pp_memory
 from engine import preprocess as pp
+from engine.checks import human
 from ui import figures
 from ui.figures import esc
 from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
@@ -127,6 +128,15 @@ with st.container(border=True):
         steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
 
 recipe = pp.Recipe(steps)
+if steps:  # said before anything runs; Preview refuses what does not fit
+    fp = pp_memory.estimate(adata, recipe)
+    fits = fp.result_bytes <= io.memory_budget() and fp.peak_bytes <= (
+        pp_memory.PEAK_BUDGETS * io.memory_budget()
+    )
+    (st.caption if fits else st.warning)(
+        f"Memory: {fp.line()}"
+        + ("" if fits else f"; over the memory budget ({human(io.memory_budget())}).")
+    )
 st.download_button(
     "Download recipe (JSON)",
     recipe.to_json(),

@@ -1,0 +1,121 @@
+"""How much memory a preprocessing recipe takes, said before it starts.
+
+``estimate`` walks the recipe over the input's shape and sparsity (no data touched) and returns
+the bytes of the dataset it makes and of its peak: the caller's input, the working copy
+``preprocess.apply`` makes, the layers steps add and the largest temporary a step allocates
+(scanpy copies X in ``normalize_total`` and in the ``seurat`` HVG flavour; scaling densifies).
+Filters are counted as keeping every cell and gene, so the figure is an upper bound there.
+
+``check`` refuses a recipe whose result would exceed the memory budget (the budget is what one
+dataset may take, all its matrices together) or whose peak would exceed three budgets (the
+working allowance a reader child gets, ``engine.reader.child_memory_limit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from engine.checks import human, memory_budget
+from engine.errors import ScwbError
+
+PEAK_BUDGETS = 3
+
+
+@dataclass
+class Footprint:
+    input_bytes: int
+    result_bytes: int
+    peak_bytes: int
+    peak_step: str
+    dense_step: str = ""  # the step that makes X dense, if any
+
+    def line(self) -> str:
+        return (
+            f"about {human(self.peak_bytes)} at its peak ({self.peak_step}); the result takes "
+            f"{human(self.result_bytes)}"
+        )
+
+
+class _State:
+    def __init__(self, n: int, g: int, nnz: int, item: int, sparse: bool):
+        self.n, self.g, self.nnz, self.item, self.sparse = n, g, nnz, item, sparse
+
+    def x(self) -> int:
+        if not self.sparse:
+            return self.n * self.g * self.item
+        idx = 8 if self.nnz >= 2**31 else 4
+        return self.nnz * (self.item + idx) + (self.n + 1) * idx
+
+
+def _other_bytes(adata: Any) -> int:
+    """Layers and obsm the working copy carries along."""
+    total = 0
+    for group in (getattr(adata, "layers", {}), getattr(adata, "obsm", {})):
+        for v in group.values():
+            total += (
+                int(v.data.nbytes + v.indices.nbytes + v.indptr.nbytes)
+                if sp.issparse(v)
+                else int(np.asarray(v).nbytes)
+            )
+    return total
+
+
+def estimate(adata: Any, recipe: Any) -> Footprint:
+    """Bytes of the input, the result and the peak of ``preprocess.apply(adata, recipe)``."""
+    x = adata.X
+    sparse = sp.issparse(x)
+    n, g = adata.n_obs, adata.n_vars
+    nnz = int(x.nnz) if sparse else n * g
+    item = max(int(np.dtype(x.dtype).itemsize), 4) if x is not None else 4
+    s = _State(n, g, nnz, item, sparse)
+    other = _other_bytes(adata)
+    held = s.x() + other  # the caller's input stays alive during apply
+    work = s.x() + other  # apply's copy
+    peak, peak_step, dense_step = held + work, "the working copy", ""
+    for step in recipe.steps:
+        p, before = step.params, s.x()
+        temp = 0
+        if step.name in ("subset", "filter_cells", "filter_genes"):
+            temp = before  # the kept cells or genes are copied
+        elif step.name == "keep_counts":
+            work += before
+        elif step.name in ("normalize", "arcsinh"):
+            temp = before
+            s.item = 8 if s.item == 8 else 4
+        elif step.name == "hvg":
+            temp = before  # seurat flavour: expm1 of a copy of X
+            n_top = int(p.get("n_top", 2000))
+            if n_top < s.g:
+                s.nnz = int(s.nnz * n_top / s.g) if s.sparse else s.n * n_top
+                s.g = n_top
+        elif step.name == "scale":
+            method = p.get("method", "zscore")
+            if method == "minmax" and s.sparse:
+                temp = 2 * before  # float32 copy and the product
+            else:
+                s.sparse, s.item, s.nnz = False, 4, s.n * s.g
+                dense_step = dense_step or f"{method} scaling makes X dense"
+                temp = s.x() + (before if method == "zscore" else s.x())
+        work += s.x() - before
+        if held + work + temp > peak:
+            peak, peak_step = held + work + temp, step.name
+    return Footprint(held, work, peak, peak_step, dense_step)
+
+
+def check(adata: Any, recipe: Any) -> Footprint:
+    """The footprint, or a one-line ``ScwbError`` when the recipe does not fit the budget."""
+    fp = estimate(adata, recipe)
+    budget = memory_budget()
+    if fp.result_bytes > budget or fp.peak_bytes > PEAK_BUDGETS * budget:
+        why = fp.dense_step or f"peak at {fp.peak_step}"
+        raise ScwbError(
+            f"This recipe needs {human(fp.peak_bytes)} at its peak and makes a dataset of "
+            f"{human(fp.result_bytes)} ({why}), over the memory budget ({human(budget)}); "
+            "select highly variable genes first, use MinMax instead of z-score, or raise "
+            "SCWB_MEMORY_BUDGET_GB."
+        )
+    return fp
