@@ -51,28 +51,47 @@ class _State:
         return self.nnz * (self.item + idx) + (self.n + 1) * idx
 
 
-def _other_bytes(adata: Any) -> int:
-    """Layers and obsm the working copy carries along."""
-    total = 0
-    for group in (getattr(adata, "layers", {}), getattr(adata, "obsm", {})):
+@dataclass(frozen=True)
+class Layout:
+    """What the estimate needs of a dataset: X's shape, stored entries and value size, and the
+    bytes of its other matrices (layers, obsm). ``engine.summary.layout`` reads it from a file."""
+
+    n_obs: int
+    n_vars: int
+    nnz: int
+    itemsize: int
+    sparse: bool
+    other_bytes: int = 0
+
+
+def layout(adata: Any) -> Layout:
+    """The layout of an AnnData in memory."""
+    x = adata.X
+    sparse = sp.issparse(x)
+    other = 0
+    for group in (adata.layers, adata.obsm):
         for v in group.values():
-            total += (
+            other += (
                 int(v.data.nbytes + v.indices.nbytes + v.indptr.nbytes)
                 if sp.issparse(v)
                 else int(np.asarray(v).nbytes)
             )
-    return total
+    return Layout(
+        adata.n_obs,
+        adata.n_vars,
+        int(x.nnz) if sparse else adata.n_obs * adata.n_vars,
+        int(np.dtype(x.dtype).itemsize) if x is not None else 4,
+        sparse,
+        other,
+    )
 
 
-def estimate(adata: Any, recipe: Any) -> Footprint:
-    """Bytes of the input, the result and the peak of ``preprocess.apply(adata, recipe)``."""
-    x = adata.X
-    sparse = sp.issparse(x)
-    n, g = adata.n_obs, adata.n_vars
-    nnz = int(x.nnz) if sparse else n * g
-    item = max(int(np.dtype(x.dtype).itemsize), 4) if x is not None else 4
-    s = _State(n, g, nnz, item, sparse)
-    other = _other_bytes(adata)
+def estimate(data: Any, recipe: Any) -> Footprint:
+    """Bytes of the input, the result and the peak of ``preprocess.apply(data, recipe)``;
+    ``data`` is an AnnData or a ``Layout``."""
+    lay = data if isinstance(data, Layout) else layout(data)
+    s = _State(lay.n_obs, lay.n_vars, lay.nnz, max(lay.itemsize, 4), lay.sparse)
+    other = lay.other_bytes
     held = s.x() + other  # the caller's input stays alive during apply
     work = s.x() + other  # apply's copy
     peak, peak_step, dense_step = held + work, "the working copy", ""
@@ -106,11 +125,16 @@ def estimate(adata: Any, recipe: Any) -> Footprint:
     return Footprint(held, work, peak, peak_step, dense_step)
 
 
-def check(adata: Any, recipe: Any) -> Footprint:
-    """The footprint, or a one-line ``ScwbError`` when the recipe does not fit the budget."""
-    fp = estimate(adata, recipe)
+def fits(fp: Footprint) -> bool:
     budget = memory_budget()
-    if fp.result_bytes > budget or fp.peak_bytes > PEAK_BUDGETS * budget:
+    return fp.result_bytes <= budget and fp.peak_bytes <= PEAK_BUDGETS * budget
+
+
+def check(data: Any, recipe: Any) -> Footprint:
+    """The footprint, or a one-line ``ScwbError`` when the recipe does not fit the budget."""
+    fp = estimate(data, recipe)
+    budget = memory_budget()
+    if not fits(fp):
         why = fp.dense_step or f"peak at {fp.peak_step}"
         raise ScwbError(
             f"This recipe needs {human(fp.peak_bytes)} at its peak and makes a dataset of "

@@ -54,6 +54,29 @@ def remove_qc(h5ad: str | os.PathLike) -> None:
     qc_path(h5ad).unlink(missing_ok=True)
 
 
+def layout(h5ad: str | os.PathLike):
+    """``pp_memory.Layout`` of an .h5ad from its HDF5 metadata alone (no matrix is read)."""
+    import h5py
+
+    from engine.pp_memory import Layout
+
+    def size(node) -> tuple[int, int, bool]:  # stored entries, bytes per entry, sparse
+        if isinstance(node, h5py.Group):  # csr/csc: data, indices, indptr
+            d = node["data"]
+            return int(d.shape[0]), d.dtype.itemsize, True
+        return int(np.prod(node.shape)), node.dtype.itemsize, False
+
+    with h5py.File(h5ad, "r") as f:
+        n, g = (int(v) for v in f["X"].attrs["shape"]) if "shape" in f["X"].attrs else f["X"].shape
+        nnz, item, sparse = size(f["X"])
+        other = 0
+        for group in ("layers", "obsm"):
+            for node in f[group].values() if group in f else ():
+                k, b, sp_ = size(node)
+                other += k * (b + 4) + (n + 1) * 4 if sp_ else k * b
+    return Layout(n, g, nnz, item, sparse, other)
+
+
 def annotations(h5ad: str | os.PathLike) -> ad.AnnData:
     """The cells' and genes' annotations of ``h5ad`` without X, layers or obsm (an AnnData with
     ``X=None``): what display needs, read in a fraction of the time of the whole file."""

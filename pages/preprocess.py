@@ -13,11 +13,19 @@ from engine import preprocess as pp
 from engine.checks import human
 from ui import figures
 from ui.figures import esc
-from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
+from ui.state import (
+    dataset_layout,
+    dataset_picker,
+    ensure_app_navigation,
+    load_full,
+    set_dataset,
+    show_error,
+)
 
 ensure_app_navigation()
 st.title("Preprocess")
-name, adata, d = dataset_picker("Dataset to preprocess")
+# annotations only until Preview: the recipe's choices come from the stored description
+name, adata, d = dataset_picker("Dataset to preprocess", full=False)
 if adata is None:
     st.stop()
 
@@ -35,7 +43,7 @@ def _step_text(s: dict) -> str:
 
 
 suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
-applied = pp.recipe_steps(adata.uns.get("recipe"))
+applied = pp.recipe_steps(d.get("recipe"))
 st.caption(f"X holds **{esc(d['x_kind'])}** values; the ticked steps are suggested for that.")
 if applied:
     st.caption(
@@ -129,10 +137,8 @@ with st.container(border=True):
 
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
-    fp = pp_memory.estimate(adata, recipe)
-    fits = fp.result_bytes <= io.memory_budget() and fp.peak_bytes <= (
-        pp_memory.PEAK_BUDGETS * io.memory_budget()
-    )
+    fp = pp_memory.estimate(dataset_layout(name), recipe)
+    fits = pp_memory.fits(fp)
     (st.caption if fits else st.warning)(
         f"Memory: {fp.line()}"
         + ("" if fits else f"; over the memory budget ({human(io.memory_budget())}).")
@@ -157,7 +163,7 @@ if st.button(
 ):
     try:
         with st.spinner("Applying recipe..."):
-            out, report = pp.apply(adata, recipe)
+            out, report = pp.apply(load_full(name), recipe)
         st.session_state["pp_result"] = (name, recipe.to_json(), out, report)
     except Exception as exc:
         show_error(exc)
@@ -171,7 +177,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
         hide_index=True,
         width="stretch",
     )
-    before, after = _values(adata), _values(out)
+    before, after = _values(load_full(name)), _values(out)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(
         (

@@ -61,3 +61,14 @@ def test_cli_prints_the_estimate(tmp_path, capsys):
     _counts().write_h5ad(src)
     assert main(["preprocess", str(src), "-o", str(tmp_path / "o.h5ad"), "--keep-counts"]) == 0
     assert "memory: about" in capsys.readouterr().out
+
+
+def test_layout_from_file_metadata_matches_memory(tmp_path):
+    from engine import summary
+
+    a = _counts()
+    a.layers["counts"] = a.X.copy()
+    a.write_h5ad(tmp_path / "a.h5ad")
+    on_disk = summary.layout(tmp_path / "a.h5ad")
+    assert on_disk == pp_memory.layout(a)
+    assert pp_memory.estimate(on_disk, LOGCPM) == pp_memory.estimate(a, LOGCPM)

@@ -165,6 +165,16 @@ def dataset_picker(
     return load_current(full)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _layout(path: str, size: int, mtime: float):
+    return summary.layout(path)
+
+
+def dataset_layout(key: str):
+    """Shape, stored entries and sizes of dataset ``key`` from its file's metadata (cached)."""
+    return _layout(*_key(key))
+
+
 def load_full(key: str) -> ad.AnnData:
     """Dataset ``key`` with its matrices, from the shared cache."""
     return _load(*_key(key))
