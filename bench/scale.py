@@ -2,7 +2,7 @@
 preprocessing against the same scanpy calls, and training cells/s on the sparse host path.
 
 Synthetic negative-binomial counts, 2,000 genes, about 10% non-zero, 10 cell types, at each
-size; the files are cached under ``$SCWB_SCALE_CACHE`` (default /tmp/scwb_scale), never in git.
+size; the files are cached under ``--cache`` (default /tmp/scwb_scale), never in git.
 Every measurement runs in a fresh spawned process so that its peak RSS is its own; results are
 merged into ``bench/results/scale.json`` by (stage, n), so sizes may be run one at a time:
 
@@ -27,10 +27,7 @@ GENES = 2000
 BATCH = 128
 
 
-def cache_dir() -> Path:
-    d = Path(os.environ.get("SCWB_SCALE_CACHE") or "/tmp/scwb_scale")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+CACHE = Path("/tmp/scwb_scale")
 
 
 def _peak_mb(who=resource.RUSAGE_SELF) -> float:
@@ -76,7 +73,8 @@ def _generate(n: int, path: Path, seed: int = 0, block: int = 5000) -> None:
 
 
 def data_file(n: int) -> Path:
-    path = cache_dir() / f"counts_{n}x{GENES}.h5ad"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"counts_{n}x{GENES}.h5ad"
     if not path.exists():
         _spawn(_generate, n, path)
     return path
@@ -237,7 +235,7 @@ def preprocess(n: int, path: Path, reps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def _train(n: int, path: str, model: str, depth: int, batches: int) -> dict:
+def _train(n: int, path: str, model: str, depth: int, batches: int, threads: int) -> dict:
     import logging
 
     import anndata as ad
@@ -253,6 +251,8 @@ def _train(n: int, path: str, model: str, depth: int, batches: int) -> dict:
     from engine.models.vae import VAE
 
     torch.manual_seed(0)
+    if threads:  # on a shared, oversubscribed CPU two OpenMP threads can be 5x slower than one
+        torch.set_num_threads(threads)
     adata = ad.read_h5ad(path)
     columns = {"x": DeviceMatrix(adata.X, "cpu", budget=0)}  # the sparse host path, always
     assert not columns["x"].is_dense
@@ -300,6 +300,7 @@ def _train(n: int, path: str, model: str, depth: int, batches: int) -> dict:
     return {
         "model": model,
         "prefetch": depth,
+        "torch_threads": torch.get_num_threads(),
         "batches": timer.done - warm,
         "cells_per_s": round(cells / timer.dt, 1),
         "s_per_epoch": round(n / (cells / timer.dt), 2),
@@ -307,9 +308,9 @@ def _train(n: int, path: str, model: str, depth: int, batches: int) -> dict:
     }
 
 
-def train(n: int, path: Path, batches: int, reps: int) -> dict:
+def train(n: int, path: Path, batches: int, reps: int, threads: int) -> dict:
     rows = [
-        _spawn(_train, n, str(path), model, depth, batches)
+        _spawn(_train, n, str(path), model, depth, batches, threads)
         for model in ("vae", "mlp")
         for _ in range(reps)
         for depth in (2, 0)
@@ -345,12 +346,18 @@ def _merge(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    global CACHE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000,1000000")
     ap.add_argument("--stages", default="open,preprocess,train")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--batches", type=int, default=200, help="timed batches; 0: a whole epoch")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in training; 0: torch's")
+    ap.add_argument(
+        "--cache", type=Path, default=Path("/tmp/scwb_scale"), help="where the generated files live"
+    )
     args = ap.parse_args()
+    CACHE = args.cache
     for n in (int(s) for s in args.sizes.split(",")):
         t0 = time.perf_counter()
         path = data_file(n)
@@ -362,7 +369,7 @@ def main() -> None:
             elif stage == "preprocess":
                 row = preprocess(n, path, args.reps)
             else:
-                row = train(n, path, args.batches, args.reps)
+                row = train(n, path, args.batches, args.reps, args.threads)
             print(json.dumps(row), flush=True)
             OUT.parent.mkdir(exist_ok=True)
             OUT.write_text(json.dumps(_merge([row]), indent=1))
