@@ -191,6 +191,29 @@ def save(
     return _register(tmp, name, info, {"source": source, "parent": parent, "report": report})
 
 
+def new_incoming() -> Path:
+    """A fresh path in the incoming folder for a file that ``adopt`` will register."""
+    return _incoming() / f"{secrets.token_hex(8)}.h5ad"
+
+
+def adopt(
+    tmp_h5ad: Path,
+    name: str,
+    info: dict[str, Any],
+    source: str = "",
+    parent: str | None = None,
+    report: list | None = None,
+) -> str:
+    """Register a file a child process wrote in the incoming folder (``engine.pp_child``) with
+    its description; return its key. The file is moved, never read again."""
+    if not str(name).strip():
+        raise ScwbError("A dataset needs a name.")
+    tmp_h5ad = Path(tmp_h5ad)
+    if tmp_h5ad.parent.resolve() != _incoming().resolve() or not tmp_h5ad.exists():
+        raise ScwbError("That preview is gone; press Preview again.")
+    return _register(tmp_h5ad, name, info, {"source": source, "parent": parent, "report": report})
+
+
 def import_file(
     source_path: str | os.PathLike, name: str, display: str | None = None, source: str = ""
 ) -> str:

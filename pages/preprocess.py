@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import scipy.sparse as sp
 import streamlit as st
 
-from engine import datasets, io, pp_memory
+from engine import datasets, io, pp_child, pp_memory, summary
 from engine import preprocess as pp
 from engine.checks import human
 from ui import figures
@@ -17,7 +20,6 @@ from ui.state import (
     dataset_layout,
     dataset_picker,
     ensure_app_navigation,
-    load_full,
     set_dataset,
     show_error,
 )
@@ -152,37 +154,54 @@ st.download_button(
 )
 
 
-def _values(a) -> np.ndarray:
-    x = a.X[: min(a.n_obs, 2000)]
+@st.cache_data(max_entries=8, show_spinner=False)
+def _values(path: str) -> np.ndarray:
+    """A sample of the entries of the first 2,000 cells, read from the file (backed)."""
+    a = ad.read_h5ad(path, backed="r")
+    try:
+        x = a.X[: min(a.n_obs, 2000)]
+    finally:
+        a.file.close()
     v = x.toarray().ravel() if sp.issparse(x) else np.asarray(x).ravel()
     return np.random.default_rng(0).choice(v, size=min(v.size, 50_000), replace=False)
+
+
+def _drop_preview() -> None:
+    old = st.session_state.pop("pp_result", None)
+    if old:
+        Path(old[2]).unlink(missing_ok=True)
+        summary.remove_qc(old[2])
 
 
 if st.button(
     "Preview", type="primary", disabled=not steps, help=None if steps else "tick at least one step"
 ):
     try:
+        _drop_preview()
+        target = datasets.new_incoming()
+        # in a memory-capped child: the working copies never enter the app process
         with st.spinner("Applying recipe..."):
-            out, report = pp.apply(load_full(name), recipe)
-        st.session_state["pp_result"] = (name, recipe.to_json(), out, report)
+            info = pp_child.run(datasets.path(name), recipe, target)
+        st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
     except Exception as exc:
         show_error(exc)
 
 result = st.session_state.get("pp_result")
 if result and result[0] == name and result[1] == recipe.to_json():
-    _, _, out, report = result
+    _, _, out_path, info = result
+    report = info["report"]
     st.subheader("Effect of each step")
     st.dataframe(
         pd.DataFrame(report).rename(columns={"n_obs": "cells", "n_vars": "genes"}),
         hide_index=True,
         width="stretch",
     )
-    before, after = _values(load_full(name)), _values(out)
+    before, after = _values(str(datasets.path(name))), _values(out_path)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(
         (
             (h[0], before, f"Before: {d['x_kind']}"),
-            (h[1], after, f"After: {io.matrix_kind(out.X)}"),
+            (h[1], after, f"After: {info['describe']['x_kind']}"),
         )
     ):
         figures.show(
@@ -200,8 +219,13 @@ if result and result[0] == name and result[1] == recipe.to_json():
     new_name = st.text_input("Save as dataset", value=f"{name}_pp")
     if st.button("Save"):
         try:
-            saved = datasets.save(
-                out, new_name, source=f"recipe on {name}", parent=name, report=report
+            saved = datasets.adopt(
+                Path(out_path),
+                new_name,
+                info,
+                source=f"recipe on {name}",
+                parent=name,
+                report=report,
             )
             set_dataset(saved)
             st.session_state["pp_saved"] = saved

@@ -72,3 +72,27 @@ def test_layout_from_file_metadata_matches_memory(tmp_path):
     on_disk = summary.layout(tmp_path / "a.h5ad")
     assert on_disk == pp_memory.layout(a)
     assert pp_memory.estimate(on_disk, LOGCPM) == pp_memory.estimate(a, LOGCPM)
+
+
+def test_child_preprocesses_a_file_and_adopt_registers_it(tmp_path):
+    from engine import datasets, pp_child, summary
+
+    key = datasets.save(_counts(), "raw")
+    target = datasets.new_incoming()
+    info = pp_child.run(datasets.path(key), LOGCPM, target)
+    assert [r["step"] for r in info["report"]] == ["input", "keep_counts", "normalize"]
+    assert summary.qc_path(target).exists()
+    new = datasets.adopt(target, "raw_pp", info, parent=key)
+    assert datasets.load(new).layers["counts"].nnz == _counts().X.nnz
+    assert datasets.description(new)["layers"] == {"counts": "counts"}
+
+
+def test_child_refusal_is_one_line_and_leaves_nothing(monkeypatch):
+    from engine import datasets, pp_child
+
+    key = datasets.save(_counts(), "raw")
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(200_000 / 2**30))
+    target = datasets.new_incoming()
+    with pytest.raises(ScwbError, match="over the memory budget") as err:
+        pp_child.run(datasets.path(key), ZSCORE, target)
+    assert "\n" not in str(err.value) and not target.exists()
