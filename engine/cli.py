@@ -256,8 +256,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     recipe = recipe_from_args(args)
     adata = io.read(args.file)
-    print(f"memory: {pp_memory.check(adata, recipe).line()}", flush=True)
-    out, report = apply(adata, recipe)
+    print(f"memory: {pp_memory.check(adata, recipe, copy=False).line()}", flush=True)
+    out, report = apply(adata, recipe, copy=False)  # the input is not needed afterwards
     io.write_h5ad(out, args.out)
     if args.save_recipe:
         Path(args.save_recipe).write_text(recipe.to_json())

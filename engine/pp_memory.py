@@ -86,15 +86,16 @@ def layout(adata: Any) -> Layout:
     )
 
 
-def estimate(data: Any, recipe: Any) -> Footprint:
+def estimate(data: Any, recipe: Any, copy: bool = True) -> Footprint:
     """Bytes of the input, the result and the peak of ``preprocess.apply(data, recipe)``;
-    ``data`` is an AnnData or a ``Layout``."""
+    ``data`` is an AnnData or a ``Layout``; ``copy=False``: apply works on the input itself."""
     lay = data if isinstance(data, Layout) else layout(data)
     s = _State(lay.n_obs, lay.n_vars, lay.nnz, max(lay.itemsize, 4), lay.sparse)
     other = lay.other_bytes
-    held = s.x() + other  # the caller's input stays alive during apply
+    lay_bytes = s.x() + other
+    held = s.x() + other if copy else 0  # the caller's input stays alive during apply
     work = s.x() + other  # apply's copy
-    peak, peak_step, dense_step = held + work, "the working copy", ""
+    peak, peak_step, dense_step = held + work, "the working copy" if copy else "the input", ""
     for step in recipe.steps:
         p, before = step.params, s.x()
         temp = 0
@@ -122,7 +123,7 @@ def estimate(data: Any, recipe: Any) -> Footprint:
         work += s.x() - before
         if held + work + temp > peak:
             peak, peak_step = held + work + temp, step.name
-    return Footprint(held, work, peak, peak_step, dense_step)
+    return Footprint(lay_bytes, work, peak, peak_step, dense_step)
 
 
 def fits(fp: Footprint) -> bool:
@@ -130,9 +131,9 @@ def fits(fp: Footprint) -> bool:
     return fp.result_bytes <= budget and fp.peak_bytes <= PEAK_BUDGETS * budget
 
 
-def check(data: Any, recipe: Any) -> Footprint:
+def check(data: Any, recipe: Any, copy: bool = True) -> Footprint:
     """The footprint, or a one-line ``ScwbError`` when the recipe does not fit the budget."""
-    fp = estimate(data, recipe)
+    fp = estimate(data, recipe, copy)
     budget = memory_budget()
     if not fits(fp):
         why = fp.dense_step or f"peak at {fp.peak_step}"

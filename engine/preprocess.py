@@ -250,7 +250,7 @@ def apply(
     """Run ``recipe`` on a copy of ``adata`` (on ``adata`` itself when not ``copy``: a caller
     that drops its input saves a copy); return it and one report row per step. Refused before
     any work when its memory estimate (``engine.pp_memory``) exceeds the budget."""
-    pp_memory.check(adata, recipe)
+    pp_memory.check(adata, recipe, copy)
     history = recipe_steps(adata.uns.get("recipe"))
     out = adata.copy() if copy else adata
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]

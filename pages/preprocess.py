@@ -139,7 +139,7 @@ with st.container(border=True):
 
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
-    fp = pp_memory.estimate(dataset_layout(name), recipe)
+    fp = pp_memory.estimate(dataset_layout(name), recipe, copy=False)  # as Preview runs it
     fits = pp_memory.fits(fp)
     (st.caption if fits else st.warning)(
         f"Memory: {fp.line()}"

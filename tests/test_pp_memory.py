@@ -96,3 +96,11 @@ def test_child_refusal_is_one_line_and_leaves_nothing(monkeypatch):
     with pytest.raises(ScwbError, match="over the memory budget") as err:
         pp_child.run(datasets.path(key), ZSCORE, target)
     assert "\n" not in str(err.value) and not target.exists()
+
+
+def test_no_copy_saves_the_input_copy():
+    a = _counts()
+    x = a.X.data.nbytes + a.X.indices.nbytes + a.X.indptr.nbytes
+    assert pp_memory.estimate(a, LOGCPM, copy=False).peak_bytes == 3 * x
+    out, _ = pp.apply(a, LOGCPM, copy=False)
+    assert out is a and "counts" in a.layers
