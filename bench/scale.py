@@ -108,7 +108,7 @@ def _child(fn, args, q) -> None:
 
 
 # ----------------------------------------------------------------------------- open + pages
-def _open(n: int, path: str) -> dict:
+def _open(n: int, path: str, preview: bool = True) -> dict:
     """Import by server path as the Data page does, then the Data and Preprocess pages' first
     views and reruns in AppTest; peak RSS of this (app) process and of the reader child."""
     home = tempfile.mkdtemp(prefix="scwb-scale-")
@@ -136,12 +136,21 @@ def _open(n: int, path: str) -> dict:
         out[f"{page}_rerun_s"] = round(time.perf_counter() - t0, 2)
         if at.exception:
             out[f"{page}_error"] = at.exception[0].message
-    # a later Data view, the Preprocess page having filled the dataset cache
     at.switch_page("pages/data.py")
     t0 = time.perf_counter()
     at.run(timeout=600)
     out["data_again_s"] = round(time.perf_counter() - t0, 2)
     out["app_peak_mb"] = _peak_mb()
+    if preview:  # the suggested recipe, run by the page in its child process
+        at.switch_page("pages/preprocess.py")
+        at.run(timeout=600)
+        t0 = time.perf_counter()
+        next(b for b in at.button if b.label == "Preview").click().run(timeout=900)
+        out["preview_s"] = round(time.perf_counter() - t0, 2)
+        out["preview_errors"] = [e.value for e in at.error] + [e.message for e in at.exception]
+        out["preview_memory"] = [c.value for c in at.caption if c.value.startswith("Memory")]
+        out["preview_child_peak_mb"] = _peak_mb(resource.RUSAGE_CHILDREN)
+        out["app_peak_after_preview_mb"] = _peak_mb()
     out["app_base_mb"] = round(base, 1)
     # what the Data page computed on every first view before the description was stored
     adata = io.read(datasets.path(key))
