@@ -67,3 +67,30 @@ def test_dense_batches_do_not_prefetch():
     x = np.ones((50, 4), dtype=np.float32)
     b = Batches({"x": DeviceMatrix(x, "cpu")}, np.arange(50), 8)
     assert b.prefetch == 0
+
+
+def test_training_on_the_host_path_goes_through_prefetch(tmp_path, monkeypatch):
+    """A whole run with the dense matrix over the budget: batches come from the thread."""
+    import engine.data
+    from engine import train
+    from engine.spec import RunSpec
+
+    used = []
+    real = engine.data.prefetch
+
+    def spy(make, depth=2):
+        used.append(depth)
+        return real(make, depth)
+
+    import anndata as ad
+
+    x = sp.random(2000, 300, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    x.data = np.ceil(x.data * 5)
+    ad.AnnData(X=x).write_h5ad(tmp_path / "sparse.h5ad")
+    monkeypatch.setattr(engine.data, "prefetch", spy)
+    # dense X (2.4 MB) over the budget, sparse X (0.3 MB) and the model under it
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(2.0 * 2**20 / 2**30))
+    data = str(tmp_path / "sparse.h5ad")
+    spec = RunSpec(model="vae", data=data, out=str(tmp_path / "vae"), epochs=2)
+    train.run(spec)
+    assert used and _threads() == 0
