@@ -4,6 +4,8 @@ At a million cells a recipe's working copies take several GB (``engine.pp_memory
 Preprocess page's Preview runs the recipe here on the dataset's file instead of in the app. The
 child writes the result and its QC to ``target`` and returns the per-step report with what
 ``datasets.adopt`` needs to register it without reading it again. Failures are one line.
+Recipes that peak under ``IN_PROCESS_BYTES`` run in the caller (``make``): a child's start-up
+takes seconds, longer than such a recipe.
 """
 
 from __future__ import annotations
@@ -19,6 +21,32 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ScwbError
+
+IN_PROCESS_BYTES = 256 * 2**20  # a recipe that peaks under this runs in the caller (no start-up)
+
+
+def make(adata: Any, recipe: Any, target: str | os.PathLike, copy: bool = True) -> dict[str, Any]:
+    """Apply ``recipe``, write the result and its QC to ``target``; return the report and
+    what ``datasets.adopt`` needs. The child runs this; so does the page for small recipes."""
+    from engine import io, summary
+    from engine import preprocess as pp
+
+    out, report = pp.apply(adata, recipe, copy=copy)
+    try:
+        io.write_h5ad(out, target)
+        summary.write_qc(out, target)
+    except BaseException:
+        Path(target).unlink(missing_ok=True)
+        summary.remove_qc(target)
+        raise
+    return {
+        "report": report,
+        "describe": json.loads(json.dumps(io.describe(out), default=str)),
+        "fingerprint": io.fingerprint(out),
+        "content": io.content_hash(out),
+        "n_obs": int(out.n_obs),
+        "n_vars": int(out.n_vars),
+    }
 
 
 def run(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> dict[str, Any]:
@@ -67,23 +95,10 @@ def _child(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.filterwarnings("ignore")
-        from engine import io, summary
+        from engine import io
         from engine import preprocess as pp
 
-        adata = io.read(args.source)
-        out, report = pp.apply(adata, pp.Recipe.load(args.recipe), copy=False)
-        del adata
-        io.write_h5ad(out, args.target)
-        summary.write_qc(out, args.target)
-        d = io.describe(out)
-        info = {
-            "report": report,
-            "describe": json.loads(json.dumps(d, default=str)),
-            "fingerprint": io.fingerprint(out),
-            "content": io.content_hash(out),
-            "n_obs": int(out.n_obs),
-            "n_vars": int(out.n_vars),
-        }
+        info = make(io.read(args.source), pp.Recipe.load(args.recipe), args.target, copy=False)
         Path(args.result).write_text(json.dumps(info, default=str))
         return 0
     except ScwbError as exc:

@@ -20,6 +20,7 @@ from ui.state import (
     dataset_layout,
     dataset_picker,
     ensure_app_navigation,
+    load_full,
     set_dataset,
     show_error,
 )
@@ -179,9 +180,13 @@ if st.button(
     try:
         _drop_preview()
         target = datasets.new_incoming()
-        # in a memory-capped child: the working copies never enter the app process
+        # big recipes in a memory-capped child: the working copies never enter the app process
+        peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
         with st.spinner("Applying recipe..."):
-            info = pp_child.run(datasets.path(name), recipe, target)
+            if peak <= pp_child.IN_PROCESS_BYTES:
+                info = pp_child.make(load_full(name), recipe, target)
+            else:
+                info = pp_child.run(datasets.path(name), recipe, target)
         st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
     except Exception as exc:
         show_error(exc)

@@ -74,3 +74,19 @@ def test_upload_limit_allows_2_gb(size_mb):
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["maxUploadSize"] >= size_mb
+
+
+def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
+    from engine import pp_child
+
+    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
+    calls = []
+    real = pp_child.run
+    monkeypatch.setattr(pp_child, "run", lambda *a: calls.append(a) or real(*a))
+    datasets.save(counts_adata, "raw")
+    at = page("preprocess")
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    assert calls and not at.exception and not at.error
+    next(b for b in at.button if b.label == "Save").click().run(timeout=T)
+    assert not at.exception and "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+    assert not list((datasets.path("x").parent / datasets.INCOMING).glob("*.h5ad"))
