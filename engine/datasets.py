@@ -1,4 +1,5 @@
-"""Datasets in the workspace: ``$SCWB_HOME/datasets/KEY.h5ad`` + ``KEY.json``.
+"""Datasets in the workspace: ``$SCWB_HOME/datasets/KEY.h5ad`` + ``KEY.json`` (metadata and the
+description) + ``KEY.qc.npz`` (per-cell QC), the last two written once, for the Data page.
 
 Every dataset has a stable **key** (``slug-hash``: an ASCII slug of its name, eight hex digits of
 a hash of its whole content, and ``-2``, ``-3``... when needed), safe for file names and never
