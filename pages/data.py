@@ -113,7 +113,8 @@ c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
 st.markdown(f"**X holds:** {md(d['x_kind'])} ({'sparse' if d['sparse'] else 'dense'})")
 if d["layers"]:
     st.markdown("**Layers:** " + ", ".join(f"{md(k)} ({md(v)})" for k, v in d["layers"].items()))
-if not (adata.var_names.is_unique and adata.obs_names.is_unique):
+unique = d.get("unique_names")  # stored with the description; older datasets: checked here
+if not (unique if unique is not None else adata.var_names.is_unique and adata.obs_names.is_unique):
     st.warning("Gene or cell names are duplicated; models need unique names.")
     if st.button("Make names unique"):
         try:

@@ -90,3 +90,12 @@ def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
     next(b for b in at.button if b.label == "Save").click().run(timeout=T)
     assert not at.exception and "raw_pp" in [d["name"] for d in datasets.list_datasets()]
     assert not list((datasets.path("x").parent / datasets.INCOMING).glob("*.h5ad"))
+
+
+def test_data_page_warns_on_duplicated_names_from_the_description(counts_adata):
+    a = counts_adata.copy()
+    a.var_names = ["g"] * a.n_vars
+    key = datasets.save(a, "dup")
+    assert datasets.description(key)["unique_names"] is False
+    at = page("data")
+    assert any("duplicated" in w.value for w in at.warning)
