@@ -111,7 +111,16 @@ def _child(fn, args, q) -> None:
 def _open(n: int, path: str, preview: bool = True) -> dict:
     """Import by server path as the Data page does, then the Data and Preprocess pages' first
     views and reruns in AppTest; peak RSS of this (app) process and of the reader child."""
+    import shutil
+
     home = tempfile.mkdtemp(prefix="scwb-scale-")
+    try:
+        return _open_in(n, path, preview, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)  # a million cells leave GBs of datasets
+
+
+def _open_in(n: int, path: str, preview: bool, home: str) -> dict:
     os.environ.update(SCWB_HOME=home, SCWB_DATA_ROOTS=str(Path(path).parent))
     from streamlit.testing.v1 import AppTest
 
