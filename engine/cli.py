@@ -261,11 +261,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from engine import io
+    from engine import io, pp_memory
     from engine.preprocess import apply
 
     recipe = recipe_from_args(args)
-    out, report = apply(io.read(args.file), recipe)
+    adata = io.read(args.file)
+    print(f"memory: {pp_memory.check(adata, recipe, copy=False).line()}", flush=True)
+    out, report = apply(adata, recipe, copy=False)  # the input is not needed afterwards
     io.write_h5ad(out, args.out)
     if args.save_recipe:
         Path(args.save_recipe).write_text(recipe.to_json())

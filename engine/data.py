@@ -16,6 +16,7 @@ import torch
 
 from engine.errors import ScwbError
 from engine.io import memory_budget
+from engine.prefetch import prefetch
 
 
 class DeviceMatrix:
@@ -44,8 +45,10 @@ class DeviceMatrix:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
             return self.dense.index_select(0, idx.to(self.device))
-        block = self.sparse_host[idx.cpu().numpy()].toarray()
-        return torch.from_numpy(block).to(self.device, non_blocking=True)
+        block = torch.from_numpy(self.sparse_host[idx.cpu().numpy()].toarray())
+        if self.device.type == "cuda":  # page-locked, so the copy overlaps the running step
+            block = block.pin_memory()
+        return block.to(self.device, non_blocking=True)
 
 
 class Batches:
@@ -62,6 +65,7 @@ class Batches:
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        prefetch: int | None = None,
     ):
         if len(index) == 0:
             raise ScwbError("A split part is empty: the data has too few cells for this split.")
@@ -75,19 +79,29 @@ class Batches:
         # data-parallel: every rank draws the same permutation and takes an equal, disjoint share
         self.rank, self.world = rank, world
         self.per_rank = len(index) // world if world > 1 else len(index)
+        # batches built ahead in a thread: by default only when rows come from a host matrix
+        self.prefetch = (2 if self._host_rows() else 0) if prefetch is None else prefetch
 
     def __len__(self) -> int:
         n = self.per_rank
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _host_rows(self) -> bool:
+        return any(isinstance(c, DeviceMatrix) and not c.is_dense for c in self.columns.values())
+
     def _device(self) -> torch.device:
         """Where the batch indices live: with the data, unless rows come from a host matrix."""
         cols = list(self.columns.values())
-        if not cols or any(isinstance(c, DeviceMatrix) and not c.is_dense for c in cols):
+        if not cols or self._host_rows():
             return torch.device("cpu")
         return cols[0].device
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.prefetch > 0:
+            return prefetch(self._batches, self.prefetch)
+        return self._batches()
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         order = (
             self.index[torch.randperm(len(self.index), generator=self.generator)]
             if self.shuffle

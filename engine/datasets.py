@@ -1,4 +1,5 @@
-"""Datasets in the workspace: ``$SCWB_HOME/datasets/KEY.h5ad`` + ``KEY.json``.
+"""Datasets in the workspace: ``$SCWB_HOME/datasets/KEY.h5ad`` + ``KEY.json`` (metadata and the
+description) + ``KEY.qc.npz`` (per-cell QC), the last two written once, for the Data page.
 
 Every dataset has a stable **key** (``slug-hash``: an ASCII slug of its name, eight hex digits of
 a hash of its whole content, and ``-2``, ``-3``... when needed), safe for file names and never
@@ -26,7 +27,7 @@ from typing import IO, Any
 
 import anndata as ad
 
-from engine import io, reader, runs, workspace
+from engine import io, reader, runs, summary, workspace
 from engine.errors import ScwbError
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -106,6 +107,8 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
         "n_vars": info["n_vars"],
         "x_kind": info["describe"].get("x_kind"),
         **extra,
+        # what the Data page shows, computed once here instead of on every first view
+        "describe": json.loads(json.dumps(info["describe"], default=str)),
     }
     for i in range(1, 1000):
         key = base if i == 1 else f"{base}-{i}"
@@ -120,6 +123,7 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
                 and (folder / f"{key}.h5ad").exists()
             ):
                 tmp_h5ad.unlink(missing_ok=True)  # identical content and name: the same key
+                summary.remove_qc(tmp_h5ad)
                 return key
             continue
         record["key"] = key
@@ -128,10 +132,13 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
                 fh.write(json.dumps(record, indent=2, default=str))
                 fh.flush()
                 os.fsync(fh.fileno())
+            summary.move_qc(tmp_h5ad, folder / f"{key}.h5ad")
             os.replace(tmp_h5ad, folder / f"{key}.h5ad")
         except BaseException as exc:
             meta_p.unlink(missing_ok=True)
             tmp_h5ad.unlink(missing_ok=True)
+            summary.remove_qc(tmp_h5ad)
+            summary.remove_qc(folder / f"{key}.h5ad")
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise io.disk_full() from None
             raise
@@ -177,10 +184,35 @@ def save(
     tmp = _incoming() / f"{secrets.token_hex(8)}.h5ad"
     try:
         io.write_h5ad(adata, tmp)
+        summary.write_qc(adata, tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        summary.remove_qc(tmp)
         raise
     return _register(tmp, name, info, {"source": source, "parent": parent, "report": report})
+
+
+def new_incoming() -> Path:
+    """A fresh path in the incoming folder for a file that ``adopt`` will register."""
+    return _incoming() / f"{secrets.token_hex(8)}.h5ad"
+
+
+def adopt(
+    tmp_h5ad: Path,
+    name: str,
+    info: dict[str, Any],
+    source: str = "",
+    parent: str | None = None,
+    report: list | None = None,
+) -> str:
+    """Register a file a child process wrote in the incoming folder (``engine.pp_child``) with
+    its description; return its key. The file is moved, never read again."""
+    if not str(name).strip():
+        raise ScwbError("A dataset needs a name.")
+    tmp_h5ad = Path(tmp_h5ad)
+    if tmp_h5ad.parent.resolve() != _incoming().resolve() or not tmp_h5ad.exists():
+        raise ScwbError("That preview is gone; press Preview again.")
+    return _register(tmp_h5ad, name, info, {"source": source, "parent": parent, "report": report})
 
 
 def import_file(
@@ -196,6 +228,7 @@ def import_file(
         return _register(tmp, name, info, {"source": source, "parent": None, "report": None})
     finally:
         tmp.unlink(missing_ok=True)
+        summary.remove_qc(tmp)
         with contextlib.suppress(OSError):
             tmp.with_name(f".{tmp.name}.tmp").unlink()
 
@@ -240,6 +273,12 @@ def list_datasets() -> list[dict[str, Any]]:
         )
     rows.sort(key=lambda r: r["mtime"], reverse=True)
     return rows
+
+
+def description(key: str) -> dict[str, Any] | None:
+    """The ``io.describe`` stored when ``key`` was saved (None for datasets saved before)."""
+    d = meta(key).get("describe")
+    return d if isinstance(d, dict) and "x_kind" in d else None
 
 
 def load(key: str) -> ad.AnnData:
@@ -288,6 +327,7 @@ def delete(key: str) -> None:
             f"{first['id']}{more}; cancel it or wait until it ends, then delete."
         )
     p.unlink(missing_ok=True)
+    summary.remove_qc(p)
     _meta_path(key).unlink(missing_ok=True)
 
 

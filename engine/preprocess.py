@@ -21,6 +21,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from engine import pp_memory
 from engine.errors import ScwbError
 from engine.io import check_not_empty, dense, memory_budget
 
@@ -241,10 +242,17 @@ class Recipe:
 
 
 def apply(
-    adata: ad.AnnData, recipe: Recipe, on_step: Callable[[dict], None] | None = None
+    adata: ad.AnnData,
+    recipe: Recipe,
+    on_step: Callable[[dict], None] | None = None,
+    copy: bool = True,
 ) -> tuple[ad.AnnData, list[dict]]:
-    """Run ``recipe`` on a copy of ``adata``; return it and one report row per step."""
-    out = adata.copy()
+    """Run ``recipe`` on a copy of ``adata`` (on ``adata`` itself when not ``copy``: a caller
+    that drops its input saves a copy); return it and one report row per step. Refused before
+    any work when its memory estimate (``engine.pp_memory``) exceeds the budget."""
+    pp_memory.check(adata, recipe, copy)
+    history = recipe_steps(adata.uns.get("recipe"))
+    out = adata.copy() if copy else adata
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
     for step in recipe.steps:
         t0 = time.perf_counter()
@@ -270,7 +278,6 @@ def apply(
                 f"After step {step.name!r} no {'cells' if out.n_obs == 0 else 'genes'} are left; loosen its thresholds."
             )
     check_not_empty(out)
-    history = recipe_steps(adata.uns.get("recipe"))
     out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
     return out, report
 

@@ -133,7 +133,7 @@ def _remove_target(target: str | os.PathLike | None) -> None:
     if target is None:
         return
     t = Path(target)
-    for p in (t, t.with_name(f".{t.name}.tmp")):
+    for p in (t, t.with_name(f".{t.name}.tmp"), t.with_suffix(".qc.npz")):
         with contextlib.suppress(OSError):
             p.unlink()
 
@@ -183,7 +183,10 @@ def _child(argv: list[str] | None = None) -> int:
             "n_vars": int(adata.n_vars),
         }
         if args.target:
+            from engine import summary
+
             io.write_h5ad(adata, args.target)
+            summary.write_qc(adata, args.target)  # the Data page reads it, never recomputes
         result.write_text(json.dumps(out))
         return 0
     except ScwbError as exc:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import datasets, io, workspace
+from engine import datasets, io, summary, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures
 from ui.state import (
     dataset_picker,
     ensure_app_navigation,
+    load_full,
     md,
     set_dataset,
     show_error,
@@ -82,8 +83,9 @@ with server:
             show_error(exc)
 
 st.divider()
+# annotations only (no matrices): the description and QC were stored when the dataset was saved
 ds_key, adata, d = dataset_picker(
-    "Current dataset", "No dataset yet: upload a file above or pick a bundled demo."
+    "Current dataset", "No dataset yet: upload a file above or pick a bundled demo.", full=False
 )
 if adata is None:
     st.stop()
@@ -111,11 +113,12 @@ c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
 st.markdown(f"**X holds:** {md(d['x_kind'])} ({'sparse' if d['sparse'] else 'dense'})")
 if d["layers"]:
     st.markdown("**Layers:** " + ", ".join(f"{md(k)} ({md(v)})" for k, v in d["layers"].items()))
-if not (adata.var_names.is_unique and adata.obs_names.is_unique):
+unique = d.get("unique_names")  # stored with the description; older datasets: checked here
+if not (unique if unique is not None else adata.var_names.is_unique and adata.obs_names.is_unique):
     st.warning("Gene or cell names are duplicated; models need unique names.")
     if st.button("Make names unique"):
         try:
-            fixed = io.make_unique(adata.copy())
+            fixed = io.make_unique(load_full(ds_key).copy())
             set_dataset(
                 datasets.save(fixed, datasets.label(ds_key), source="made unique", parent=ds_key)
             )
@@ -149,13 +152,15 @@ with right:
 
 st.subheader("Quality control")
 group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")
-qc = io.qc_metrics(adata)
+qc = summary.read_qc(datasets.path(ds_key), adata.obs_names)
+if qc is None:  # saved before QC was stored with the dataset
+    qc = io.qc_metrics(load_full(ds_key))
 if qc.empty:
     st.caption(
         f"QC needs raw counts: X holds {md(d['x_kind'])} values and there is no layers\\['counts'\\] or QC column in obs."
     )
 else:
-    if d["x_kind"] != "counts" and "counts" not in adata.layers:
+    if d["x_kind"] != "counts" and "counts" not in d["layers"]:
         st.caption("No raw counts here: these are the QC columns stored in obs.")
     if group != "(none)":
         qc[group] = adata.obs[group].astype(str).to_numpy()

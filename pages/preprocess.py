@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import scipy.sparse as sp
 import streamlit as st
+from anndata.io import sparse_dataset
 
-from engine import datasets, io
+from engine import datasets, io, pp_child, pp_memory, summary
 from engine import preprocess as pp
+from engine.checks import human
 from ui import figures
 from ui.figures import esc
-from ui.state import dataset_picker, ensure_app_navigation, set_dataset, show_error
+from ui.state import (
+    dataset_layout,
+    dataset_picker,
+    ensure_app_navigation,
+    load_full,
+    set_dataset,
+    show_error,
+)
 
 ensure_app_navigation()
 st.title("Preprocess")
-name, adata, d = dataset_picker("Dataset to preprocess")
+# annotations only until Preview: the recipe's choices come from the stored description
+name, adata, d = dataset_picker("Dataset to preprocess", full=False)
 if adata is None:
     st.stop()
 
@@ -34,7 +47,7 @@ def _step_text(s: dict) -> str:
 
 
 suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
-applied = pp.recipe_steps(adata.uns.get("recipe"))
+applied = pp.recipe_steps(d.get("recipe"))
 st.caption(f"X holds **{esc(d['x_kind'])}** values; the ticked steps are suggested for that.")
 if applied:
     st.caption(
@@ -127,6 +140,13 @@ with st.container(border=True):
         steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
 
 recipe = pp.Recipe(steps)
+if steps:  # said before anything runs; Preview refuses what does not fit
+    fp = pp_memory.estimate(dataset_layout(name), recipe, copy=False)  # as Preview runs it
+    fits = pp_memory.fits(fp)
+    (st.caption if fits else st.warning)(
+        f"Memory: {fp.line()}"
+        + ("" if fits else f"; over the memory budget ({human(io.memory_budget())}).")
+    )
 st.download_button(
     "Download recipe (JSON)",
     recipe.to_json(),
@@ -136,37 +156,57 @@ st.download_button(
 )
 
 
-def _values(a) -> np.ndarray:
-    x = a.X[: min(a.n_obs, 2000)]
+@st.cache_data(max_entries=8, show_spinner=False)
+def _values(path: str) -> np.ndarray:
+    """A sample of the entries of the first 2,000 cells, read from the file's X alone (backed
+    AnnData would load every layer)."""
+    with h5py.File(path, "r") as f:
+        node = f["X"]
+        x = node[:2000] if isinstance(node, h5py.Dataset) else sparse_dataset(node)[:2000]
     v = x.toarray().ravel() if sp.issparse(x) else np.asarray(x).ravel()
     return np.random.default_rng(0).choice(v, size=min(v.size, 50_000), replace=False)
+
+
+def _drop_preview() -> None:
+    old = st.session_state.pop("pp_result", None)
+    if old:
+        Path(old[2]).unlink(missing_ok=True)
+        summary.remove_qc(old[2])
 
 
 if st.button(
     "Preview", type="primary", disabled=not steps, help=None if steps else "tick at least one step"
 ):
     try:
+        _drop_preview()
+        target = datasets.new_incoming()
+        # big recipes in a memory-capped child: the working copies never enter the app process
+        peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
         with st.spinner("Applying recipe..."):
-            out, report = pp.apply(adata, recipe)
-        st.session_state["pp_result"] = (name, recipe.to_json(), out, report)
+            if peak <= pp_child.IN_PROCESS_BYTES:
+                info = pp_child.make(load_full(name), recipe, target)
+            else:
+                info = pp_child.run(datasets.path(name), recipe, target)
+        st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
     except Exception as exc:
         show_error(exc)
 
 result = st.session_state.get("pp_result")
 if result and result[0] == name and result[1] == recipe.to_json():
-    _, _, out, report = result
+    _, _, out_path, info = result
+    report = info["report"]
     st.subheader("Effect of each step")
     st.dataframe(
         pd.DataFrame(report).rename(columns={"n_obs": "cells", "n_vars": "genes"}),
         hide_index=True,
         width="stretch",
     )
-    before, after = _values(adata), _values(out)
+    before, after = _values(str(datasets.path(name))), _values(out_path)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(
         (
             (h[0], before, f"Before: {d['x_kind']}"),
-            (h[1], after, f"After: {io.matrix_kind(out.X)}"),
+            (h[1], after, f"After: {info['describe']['x_kind']}"),
         )
     ):
         figures.show(
@@ -184,8 +224,13 @@ if result and result[0] == name and result[1] == recipe.to_json():
     new_name = st.text_input("Save as dataset", value=f"{name}_pp")
     if st.button("Save"):
         try:
-            saved = datasets.save(
-                out, new_name, source=f"recipe on {name}", parent=name, report=report
+            saved = datasets.adopt(
+                Path(out_path),
+                new_name,
+                info,
+                source=f"recipe on {name}",
+                parent=name,
+                report=report,
             )
             set_dataset(saved)
             st.session_state["pp_saved"] = saved

@@ -17,7 +17,7 @@ from typing import Any
 import anndata as ad
 import streamlit as st
 
-from engine import datasets, io, runs, workspace
+from engine import datasets, io, runs, summary, workspace
 from engine.errors import ScwbError
 
 _MD_SPECIAL = re.compile(r"([\\`*~$|{}\[\]()!<>#])")
@@ -84,7 +84,14 @@ def _load(path: str, size: int, mtime: float) -> ad.AnnData:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _describe(path: str, size: int, mtime: float) -> dict[str, Any]:
-    return io.describe(_load(path, size, mtime))
+    """The description stored when the dataset was saved; computed for older datasets."""
+    stored = datasets.description(Path(path).stem)
+    return stored if stored is not None else io.describe(_load(path, size, mtime))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _annotations(path: str, size: int, mtime: float) -> ad.AnnData:
+    return summary.annotations(path)
 
 
 class DatasetKey(str):
@@ -107,15 +114,18 @@ class DatasetKey(str):
         return format(self.label, spec)
 
 
-def load_current() -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
+def load_current(
+    full: bool = True,
+) -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
     """The current dataset's key (a ``DatasetKey``), data (shared, read-only: copy before
-    changing it) and description."""
+    changing it) and description. ``full=False`` gives the annotations alone (``X`` is None),
+    which is all a page that only displays needs at a million cells."""
     key = current_dataset()
     if not key:
         return None, None, None
     try:
         k = _key(key)
-        return DatasetKey(key), _load(*k), _describe(*k)
+        return DatasetKey(key), (_load(*k) if full else _annotations(*k)), _describe(*k)
     except (ScwbError, OSError) as exc:
         show_error(exc)
         return None, None, None
@@ -130,6 +140,7 @@ def dataset_label(row: dict[str, Any], same_name: int = 1) -> str:
 def dataset_picker(
     label: str = "Dataset",
     empty_hint: str = "No dataset yet: open **Data** to upload a file or pick a demo.",
+    full: bool = True,
 ) -> tuple[str | None, ad.AnnData | None, dict[str, Any] | None]:
     """A selectbox of workspace datasets bound to this session's current dataset; returns
     (key, data, description)."""
@@ -151,7 +162,22 @@ def dataset_picker(
     )
     if choice != cur:
         set_dataset(choice)
-    return load_current()
+    return load_current(full)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _layout(path: str, size: int, mtime: float):
+    return summary.layout(path)
+
+
+def dataset_layout(key: str):
+    """Shape, stored entries and sizes of dataset ``key`` from its file's metadata (cached)."""
+    return _layout(*_key(key))
+
+
+def load_full(key: str) -> ad.AnnData:
+    """Dataset ``key`` with its matrices, from the shared cache."""
+    return _load(*_key(key))
 
 
 def show_error(exc: BaseException) -> None:

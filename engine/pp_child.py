@@ -1,0 +1,116 @@
+"""Preprocessing in a memory-capped child process, so the app process never holds the copies.
+
+At a million cells a recipe's working copies take several GB (``engine.pp_memory``); the
+Preprocess page's Preview runs the recipe here on the dataset's file instead of in the app. The
+child writes the result and its QC to ``target`` and returns the per-step report with what
+``datasets.adopt`` needs to register it without reading it again. Failures are one line.
+Recipes that peak under ``IN_PROCESS_BYTES`` run in the caller (``make``): a child's start-up
+takes seconds, longer than such a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ScwbError
+
+IN_PROCESS_BYTES = 256 * 2**20  # a recipe that peaks under this runs in the caller (no start-up)
+
+
+def make(adata: Any, recipe: Any, target: str | os.PathLike, copy: bool = True) -> dict[str, Any]:
+    """Apply ``recipe``, write the result and its QC to ``target``; return the report and
+    what ``datasets.adopt`` needs. The child runs this; so does the page for small recipes."""
+    from engine import io, summary
+    from engine import preprocess as pp
+
+    out, report = pp.apply(adata, recipe, copy=copy)
+    try:
+        io.write_h5ad(out, target)
+        summary.write_qc(out, target)
+    except BaseException:
+        Path(target).unlink(missing_ok=True)
+        summary.remove_qc(target)
+        raise
+    return {
+        "report": report,
+        "describe": json.loads(json.dumps(io.describe(out), default=str)),
+        "fingerprint": io.fingerprint(out),
+        "content": io.content_hash(out),
+        "n_obs": int(out.n_obs),
+        "n_vars": int(out.n_vars),
+    }
+
+
+def run(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> dict[str, Any]:
+    """Apply ``recipe`` to the .h5ad ``source``; write the result to ``target``; return
+    ``{"report", "describe", "fingerprint", "content", "n_obs", "n_vars"}``."""
+    from engine import reader, settings
+
+    with tempfile.TemporaryDirectory(prefix="scwb-pp-") as tmp:
+        result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
+        rec.write_text(recipe.to_json())
+        cmd = [sys.executable, "-m", "engine.pp_child", str(source), str(rec), str(target)]
+        cmd += [str(result), str(reader.child_memory_limit())]
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=str(reader.ROOT),
+                env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=settings.get().read_timeout_s,
+            )
+            out = json.loads(result.read_text()) if result.exists() else {}
+        except subprocess.TimeoutExpired:
+            out, proc = {"error": "Preprocessing took longer than SCWB_READ_TIMEOUT_S."}, None
+    if proc is not None and proc.returncode == 0 and "report" in out:
+        return out
+    reader._remove_target(target)
+    if out.get("error"):
+        raise ScwbError(out["error"])
+    raise ScwbError(
+        f"Preprocessing stopped (exit code {proc.returncode}): it ran out of memory or was "
+        "killed; select fewer genes or raise SCWB_MEMORY_BUDGET_GB."
+    )
+
+
+def _child(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.pp_child")
+    for name in ("source", "recipe", "target", "result"):
+        ap.add_argument(name)
+    ap.add_argument("limit", type=int)
+    args = ap.parse_args(argv)
+    from engine import reader
+
+    reader._limit_memory(args.limit)
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from engine import io
+        from engine import preprocess as pp
+
+        info = make(io.read(args.source), pp.Recipe.load(args.recipe), args.target, copy=False)
+        Path(args.result).write_text(json.dumps(info, default=str))
+        return 0
+    except ScwbError as exc:
+        msg = str(exc)
+    except MemoryError:
+        msg = "Preprocessing ran out of memory; select fewer genes or raise SCWB_MEMORY_BUDGET_GB."
+    except Exception as exc:  # any step failure becomes one line
+        msg = f"Preprocessing failed: {reader._first_line(exc)}"
+    with contextlib.suppress(OSError):
+        Path(args.result).write_text(json.dumps({"error": " ".join(msg.split())}))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

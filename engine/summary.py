@@ -1,0 +1,88 @@
+"""What the Data page shows, computed once when a dataset is written and stored beside it.
+
+Describing and QC-ing a million cells takes seconds; the page reads the stored results instead
+(``KEY.json['describe']`` and ``KEY.qc.npz``) and the cell and gene annotations alone
+(``annotations``), so opening a dataset for display never reads its matrices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+
+def qc_path(h5ad: str | os.PathLike) -> Path:
+    return Path(h5ad).with_suffix(".qc.npz")
+
+
+def write_qc(adata: ad.AnnData, h5ad: str | os.PathLike) -> None:
+    """``io.qc_metrics`` of ``adata`` as float32 columns beside ``h5ad`` (atomically)."""
+    from engine import io
+
+    qc = io.qc_metrics(adata)
+    final = qc_path(h5ad)
+    tmp = final.with_name(f".{final.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{c: qc[c].to_numpy(dtype=np.float32) for c in qc.columns})
+    os.replace(tmp, final)
+
+
+def read_qc(h5ad: str | os.PathLike, obs_names: pd.Index) -> pd.DataFrame | None:
+    """The stored QC frame, or None when there is none (datasets saved before it was stored)."""
+    p = qc_path(h5ad)
+    try:
+        with np.load(p) as z:
+            cols = {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return None
+    if any(len(v) != len(obs_names) for v in cols.values()):
+        return None
+    return pd.DataFrame(cols, index=obs_names)
+
+
+def move_qc(src_h5ad: str | os.PathLike, dst_h5ad: str | os.PathLike) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(qc_path(src_h5ad), qc_path(dst_h5ad))
+
+
+def remove_qc(h5ad: str | os.PathLike) -> None:
+    qc_path(h5ad).unlink(missing_ok=True)
+
+
+def layout(h5ad: str | os.PathLike):
+    """``pp_memory.Layout`` of an .h5ad from its HDF5 metadata alone (no matrix is read)."""
+    import h5py
+
+    from engine.pp_memory import Layout
+
+    def size(node) -> tuple[int, int, bool]:  # stored entries, bytes per entry, sparse
+        if isinstance(node, h5py.Group):  # csr/csc: data, indices, indptr
+            d = node["data"]
+            return int(d.shape[0]), d.dtype.itemsize, True
+        return int(np.prod(node.shape)), node.dtype.itemsize, False
+
+    with h5py.File(h5ad, "r") as f:
+        n, g = (int(v) for v in f["X"].attrs["shape"]) if "shape" in f["X"].attrs else f["X"].shape
+        nnz, item, sparse = size(f["X"])
+        other = 0
+        for group in ("layers", "obsm"):
+            for node in f[group].values() if group in f else ():
+                k, b, sp_ = size(node)
+                other += k * (b + 4) + (n + 1) * 4 if sp_ else k * b
+    return Layout(n, g, nnz, item, sparse, other)
+
+
+def annotations(h5ad: str | os.PathLike) -> ad.AnnData:
+    """The cells' and genes' annotations of ``h5ad`` without X, layers or obsm (an AnnData with
+    ``X=None``): what display needs, read in a fraction of the time of the whole file."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(h5ad, "r") as f:
+        obs, var = read_elem(f["obs"]), read_elem(f["var"])
+    return ad.AnnData(obs=obs, var=var)

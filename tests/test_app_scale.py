@@ -1,0 +1,101 @@
+"""A million cells through the Data and Preprocess pages: the description and QC are stored when
+a dataset is saved and read back, never recomputed; the Preprocess page says its memory first."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import datasets, io, summary
+from tests.conftest import ROOT
+
+T = 60
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run(timeout=T)
+    at.switch_page(f"pages/{name}.py")
+    at.run(timeout=T)
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_save_stores_description_and_qc_and_delete_removes_them(counts_adata):
+    key = datasets.save(counts_adata, "c")
+    assert datasets.description(key)["n_obs"] == counts_adata.n_obs
+    qc = summary.read_qc(datasets.path(key), counts_adata.obs_names)
+    assert qc is not None and list(qc.columns)[:2] == ["n_genes_by_counts", "total_counts"]
+    datasets.delete(key)
+    assert not summary.qc_path(datasets.path(key)).exists()
+
+
+def test_import_file_stores_qc_from_the_reader_child(counts_file):
+    key = datasets.import_file(counts_file, "c")
+    assert datasets.description(key)["x_kind"] == "counts"
+    assert summary.qc_path(datasets.path(key)).exists()
+    assert not list((datasets.path(key).parent / datasets.INCOMING).glob("*.npz"))
+
+
+def test_annotations_read_no_matrix(counts_file):
+    a = summary.annotations(counts_file)
+    assert a.X is None and a.n_obs == io.read(counts_file).n_obs
+
+
+def test_data_page_reads_the_stored_description(counts_adata, monkeypatch):
+    datasets.save(counts_adata, "c")
+
+    def refuse(*_a, **_k):
+        raise AssertionError("recomputed on view")
+
+    monkeypatch.setattr(io, "describe", refuse)
+    monkeypatch.setattr(io, "qc_metrics", refuse)
+    monkeypatch.setattr(io, "read", refuse)  # not even the matrices are read
+    at = page("data")
+    assert [m.value for m in at.metric][:2] == [
+        f"{counts_adata.n_obs:,}",
+        f"{counts_adata.n_vars:,}",
+    ]
+    assert at.get("plotly_chart")  # the QC violins, from the stored QC
+
+
+def test_preprocess_page_announces_memory_and_warns_over_budget(counts_adata, monkeypatch):
+    datasets.save(counts_adata, "c")
+    at = page("preprocess")
+    assert any(c.value.startswith("Memory: about") for c in at.caption)
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(1000 / 2**30))
+    at.run(timeout=T)
+    assert any("over the memory budget" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("size_mb", [2048])
+def test_upload_limit_allows_2_gb(size_mb):
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] >= size_mb
+
+
+def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
+    from engine import pp_child
+
+    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
+    calls = []
+    real = pp_child.run
+    monkeypatch.setattr(pp_child, "run", lambda *a: calls.append(a) or real(*a))
+    datasets.save(counts_adata, "raw")
+    at = page("preprocess")
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    assert calls and not at.exception and not at.error
+    next(b for b in at.button if b.label == "Save").click().run(timeout=T)
+    assert not at.exception and "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+    assert not list((datasets.path("x").parent / datasets.INCOMING).glob("*.h5ad"))
+
+
+def test_data_page_warns_on_duplicated_names_from_the_description(counts_adata):
+    a = counts_adata.copy()
+    a.var_names = ["g"] * a.n_vars
+    key = datasets.save(a, "dup")
+    assert datasets.description(key)["unique_names"] is False
+    at = page("data")
+    assert any("duplicated" in w.value for w in at.warning)
