@@ -294,3 +294,18 @@ def test_predict_on_no_cells_says_so(tmp_path, lognorm_adata):
     train.run(RunSpec(model="pca", data=str(path), out=str(run)))
     with pytest.raises(ScwbError, match="no cells"):
         predict.predict(run, lognorm_adata[:0].copy())
+
+
+def test_a_model_saved_with_a_dropped_parameter_still_predicts(tmp_path, lognorm_adata):
+    """A run trained by an earlier version (logreg with ``weight_decay``, before ``C``)."""
+    import json
+
+    path = io.write_h5ad(lognorm_adata, tmp_path / "in.h5ad")
+    run = tmp_path / "logreg"
+    train.run(RunSpec(model="logreg", data=str(path), out=str(run), label_key="cell_type"))
+    meta = json.loads((run / "model.json").read_text())
+    meta["params"] = {"weight_decay": 0.0}
+    (run / "model.json").write_text(json.dumps(meta))
+    out = predict.predict(run, lognorm_adata)
+    res = ad.read_h5ad(run / "results.h5ad")
+    assert (out.obs["pred_cell_type"] == res.obs["pred_cell_type"]).all()

@@ -162,9 +162,12 @@ class Task:
     def from_metadata(cls, meta: dict[str, Any]) -> Task:
         """The task object ``model.json`` describes, without its weights."""
         info = models.get(meta["model"])
+        # a training-only option a later version dropped (logreg's weight_decay became C) does
+        # not stop an older run's model from loading: the weights are what predict needs
+        saved = {k: v for k, v in (meta.get("params") or {}).items() if k in info.params}
         return cls(
             info,
-            models.coerce_params(info, meta.get("params") or {}),
+            models.coerce_params(info, saved),
             InputSetup.from_dict(meta["setup"]),
             dims=meta.get("dims"),
             extra=meta.get("extra"),
