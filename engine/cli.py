@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING
@@ -350,30 +351,42 @@ def cmd_compare(args: argparse.Namespace) -> int:
         dirs = [str(jobs.resolve_run(r)) for r in args.runs]
     configs = seeds.group([Path(d) for d in dirs], parts=metric_names.split_baselines)
     if not configs:
-        raise ScwbError("compare: none of these runs has finished with metrics.")
+        raise ScwbError("compare: none of these runs has completed with metrics.")
+    known = seeds.metrics_of(configs)
+    if args.metric and args.metric not in known:
+        raise ScwbError(
+            f"compare: no run has the metric {args.metric!r}; they have {', '.join(known)}."
+        )
     metric = args.metric or seeds.primary_metric(configs)
-    table = seeds.table(configs)
+    table = seeds.table(configs, known)
     pairs = seeds.pairs(configs, metric) if metric else []
     if args.json:
-        out = {
-            "metric": metric,
-            "table": table,
-            "paired": [p.__dict__ | {"verdict": p.verdict} for p in pairs],
-        }
+        safe = [
+            {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in row.items()
+            }
+            for row in table
+        ]
+        out = {"metric": metric, "table": safe, "paired": [p.to_dict() for p in pairs]}
         print(json.dumps(out, indent=2, default=str))
         return 0
-    keys = [
-        k
-        for k in table[0]
-        if k not in ("model", "baseline", "seeds") and not k.endswith(("_sd", "_values"))
-    ]
     for row in table:
-        cells = [
-            f"{metric_names.name(k)} {row[k]:.4g} ± {row[k + '_sd']:.2g}" for k in keys if k in row
-        ]
+        cells = []
+        for k in known:
+            if k not in row:
+                continue
+            n = row[f"{k}_n"]
+            part = f" ({n} of {row['seeds']} seeds)" if n != row["seeds"] else ""
+            cells.append(f"{metric_names.name(k)} {row[k]:.4g} ± {row[k + '_sd']:.2g}{part}")
         print(
             f"{row['model']} ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''}): "
             + "; ".join(cells)
+        )
+    if seeds.scopes(configs) > 1:
+        print(
+            "note: these runs used different data, label or task; only runs of the same "
+            "one are paired."
         )
     for p in pairs:
         print(p.text())

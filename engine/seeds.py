@@ -1,9 +1,10 @@
 """Runs repeated over seeds: each configuration's metrics as mean +- sd, and paired comparisons.
 
 One seed drives a run's split, initialisation and shuffling, so two configurations trained with
-the same seed on the same data were scored on the same test cells. Differences are therefore
-paired by seed: ``paired(a, b, metric)`` asks whether the mean difference is larger than its
-seed-to-seed spread (a paired t-test), which is the honest question when comparing two models.
+the same seed on the same data and label were scored on the same test cells. Differences are
+therefore paired by seed: ``paired(a, b, metric)`` asks whether the mean difference is larger
+than its seed-to-seed spread (a two-sided paired t-test), the honest question when comparing two
+models. Only completed runs count (a cancelled run's metrics describe a partial training).
 Torch-free: the Compare page and ``python -m engine compare`` both call it.
 """
 
@@ -20,25 +21,29 @@ import numpy as np
 
 from engine import metric_names, runs
 
-# what names a run, not what it trains: left out when runs are grouped into configurations
-_NOT_CONFIG = {
-    "seed",
-    "out",
-    "group",
-    "created",
-    "device",
-    "device_requested",
-    "device_used",
-    "device_name",
-    "launcher",
-    "devices",
-    "dataset_name",
-    "dataset_key",
-    "versions",
-    "data",
-    "recipe",
-    "data_shape",
-}
+# what a run trains: runs equal in these (and different in seed only) form one configuration
+_CONFIG = (
+    "model",
+    "task",
+    "params",
+    "label_key",
+    "layer",
+    "epochs",
+    "batch_size",
+    "lr",
+    "patience",
+    "train_on",
+    "condition_key",
+    "ctrl",
+    "stim",
+    "cell_type_key",
+    "predict",
+    "precision",
+    "data_fingerprint",
+)
+# runs are compared (paired) only within one scope: the same data, label and task
+_SCOPE = ("data_fingerprint", "label_key", "task", "condition_key", "ctrl", "stim", "predict")
+TINY = 1e-12  # a spread below this is floating-point noise, not a difference
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Config:
     baseline: bool = False
     runs: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
     run_ids: dict[int, str] = field(default_factory=dict)
+    scope: str = ""  # configurations of one scope were scored on the same cells per seed
 
     @property
     def seeds(self) -> list[int]:
@@ -65,39 +71,57 @@ class Config:
         }
 
     def summary(self, metric: str) -> tuple[float, float, int]:
-        """(mean, sample sd (0 for one seed), number of seeds) of ``metric``."""
+        """(mean, sample sd (0 for one value), number of seeds with a value) of ``metric``."""
         v = np.array(list(self.values(metric).values()), dtype=float)
         if not len(v):
             return math.nan, math.nan, 0
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+        return float(v.mean()), _sd(v), len(v)
+
+
+def _sd(v: np.ndarray) -> float:
+    if len(v) < 2:
+        return 0.0
+    sd = float(v.std(ddof=1))
+    return 0.0 if sd <= TINY * max(1.0, float(np.abs(v).max())) else sd
 
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def config_key(spec: dict[str, Any]) -> str:
-    """The same key for runs that differ only by seed (and where or as what they ran)."""
-    core = {k: v for k, v in sorted(spec.items()) if k not in _NOT_CONFIG}
+def _hash(spec: dict[str, Any], keys: tuple[str, ...]) -> str:
+    core = {k: spec.get(k) for k in keys}
     text = json.dumps(core, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def config_key(spec: dict[str, Any]) -> str:
+    """The same key for runs that differ only by seed (and where or as what they ran)."""
+    return _hash(spec, _CONFIG)
+
+
 def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
-    """Finished runs grouped into configurations, in the order first seen. ``parts(metrics)``
+    """Completed runs grouped into configurations, in the order first seen. ``parts(metrics)``
     may split one run's metrics into named rows (scGen's baselines): ``{"": own, name: ...}``."""
     from engine import models as registry
 
     configs: dict[str, Config] = {}
     for d in run_dirs:
         d = Path(d)
+        if runs.read_status(d).get("state") != "completed":
+            continue
         spec = runs.read_json(d / "run.json", {}) or {}
         metrics = runs.read_json(d / "metrics.json", {}) or {}
         if not isinstance(spec, dict) or not isinstance(metrics, dict) or "model" not in spec:
             continue
+        try:
+            seed = int(spec["seed"])
+        except (KeyError, TypeError, ValueError):
+            continue  # without its seed a run cannot be paired
         numbers = {k: float(v) for k, v in metrics.items() if _finite(v)}
+        if not numbers:
+            continue
         split = parts(numbers) if parts else {"": numbers}
-        seed = int(spec.get("seed", 0))
         for part, values in split.items():
             key = config_key(spec) + (f"/{part}" if part else "")
             model = spec["model"] if not part else f"{spec['model']} · {part}"
@@ -107,7 +131,13 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
                 base = False
             c = configs.setdefault(
                 key,
-                Config(key, model, str(spec.get("dataset_name") or ""), baseline=base),
+                Config(
+                    key,
+                    model,
+                    str(spec.get("dataset_name") or ""),
+                    baseline=base,
+                    scope=_hash(spec, _SCOPE),
+                ),
             )
             if seed in c.runs:  # the same configuration and seed twice: keep the first
                 continue
@@ -124,10 +154,20 @@ def _label(configs: list[Config]) -> None:
         c.label = n if names.count(n) == 1 else f"{n} [{c.key[:6]}]"
 
 
+def metrics_of(configs: list[Config]) -> list[str]:
+    """Every metric any configuration has, in first-seen order."""
+    seen: dict[str, None] = {}
+    for c in configs:
+        for m in c.runs.values():
+            seen.update(dict.fromkeys(m))
+    return list(seen)
+
+
 def table(configs: list[Config], metrics: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per configuration: seeds, then ``<metric>`` (mean), ``<metric>_sd``, and
-    ``<metric>_values`` (seed -> value, for hover text)."""
-    keys = metrics or sorted({k for c in configs for m in c.runs.values() for k in m})
+    """One row per configuration: seeds (runs), then for each metric ``<metric>`` (mean),
+    ``<metric>_sd``, ``<metric>_n`` (seeds with a value) and ``<metric>_values``
+    (seed -> value, for hover text)."""
+    keys = metrics or metrics_of(configs)
     rows = []
     for c in configs:
         row: dict[str, Any] = {"model": c.label, "baseline": c.baseline, "seeds": len(c.runs)}
@@ -136,7 +176,8 @@ def table(configs: list[Config], metrics: list[str] | None = None) -> list[dict[
             if n:
                 row[k] = mean
                 row[f"{k}_sd"] = sd
-                row[f"{k}_values"] = c.values(k)  # seed -> value
+                row[f"{k}_n"] = n
+                row[f"{k}_values"] = c.values(k)
         rows.append(row)
     return rows
 
@@ -152,31 +193,48 @@ class Paired:
     p: float  # two-sided paired t-test (nan below 2 seeds or with no spread)
     wins: int  # seeds where a is better than b (by the metric's direction)
 
+    def _winner(self) -> str | None:
+        better = metric_names.better(self.metric)
+        if better is None or self.diff == 0:
+            return None
+        return self.a if (self.diff > 0) == (better == "higher") else self.b
+
     @property
     def verdict(self) -> str:
-        better = metric_names.better(self.metric)
+        if self.n == 0:
+            return "no seed in common: nothing to pair"
         if self.n < 2:
             return "one shared seed: no seed-to-seed spread to compare against"
-        if not math.isfinite(self.p):
-            if self.sd == 0 and self.diff != 0:
-                return "the same difference on every seed"
-            return "no difference"
-        if self.p < 0.05:
-            if better is None:
-                return f"the difference is larger than the seed-to-seed spread (p = {self.p:.3g})"
-            a_better = (self.diff > 0) == (better == "higher")
+        winner = self._winner()
+        if not math.isfinite(self.p):  # no spread in the differences
+            if self.diff == 0:
+                return "the same value on every seed: no difference"
             return (
-                f"{self.a if a_better else self.b} is better: the difference is larger than the "
-                f"seed-to-seed spread (p = {self.p:.3g})"
+                f"{winner} is better by the same amount on every seed"
+                if winner
+                else "the same difference on every seed"
             )
+        if self.p < 0.05:
+            where = "the difference is larger than the seed-to-seed spread"
+            return f"{winner} is better: {where} (p = {self.p:.3g})" if winner else where
         return f"within the seed-to-seed spread (p = {self.p:.3g}): no clear winner"
 
     def text(self) -> str:
+        if self.n == 0:
+            return f"{self.a} − {self.b}: {self.verdict}."
         return (
             f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.4g} ± {self.sd:.2g} "
             f"(paired over {self.n} seed{'s' if self.n != 1 else ''}, better on {self.wins}/{self.n}): "
             f"{self.verdict}."
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (NaN as None)."""
+        d = {k: getattr(self, k) for k in ("a", "b", "metric", "n", "diff", "sd", "p", "wins")}
+        d = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
+        }
+        return d | {"verdict": self.verdict}
 
 
 def paired(a: Config, b: Config, metric: str) -> Paired:
@@ -187,7 +245,9 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
     d = np.array([va[s] - vb[s] for s in shared], dtype=float)
     n = len(d)
     diff = float(d.mean()) if n else math.nan
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    if n and abs(diff) <= TINY * max(1.0, abs(va[shared[0]])):
+        diff = 0.0 if _sd(d) == 0 else diff
+    sd = _sd(d)
     p = math.nan
     if n > 1 and sd > 0:
         from scipy import stats
@@ -199,28 +259,41 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
 
 
 def primary_metric(configs: list[Config]) -> str | None:
-    """The metric a comparison leads with: the first ranked one all configurations share."""
+    """The metric a comparison leads with: the first ranked one most configurations have."""
     order = (
         "test_accuracy",
-        "test_f1_macro",
         "abnormality_auroc",
         "r2_mean_all",
         "latent_knn_accuracy",
+        "test_f1_macro",
         "test_mse",
     )
-    shared = set.intersection(*(set(k for m in c.runs.values() for k in m) for c in configs))
-    for k in order:
-        if k in shared:
-            return k
-    ranked = sorted(k for k in shared if metric_names.better(k))
-    return ranked[0] if ranked else None
+    have = [set(k for m in c.runs.values() for k in m) for c in configs]
+    ranked = [k for k in metrics_of(configs) if metric_names.better(k)]
+    candidates = [k for k in order if k in ranked] + [k for k in ranked if k not in order]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda k: (sum(k in h for h in have), -candidates.index(k)))
+
+
+MAX_PAIRS = 30
 
 
 def pairs(configs: list[Config], metric: str) -> list[Paired]:
-    """The comparisons worth making: every model against every baseline; with no baseline (or
-    no model), every two configurations."""
-    nets = [c for c in configs if not c.baseline]
-    bases = [c for c in configs if c.baseline]
-    if nets and bases:
-        return [paired(a, b, metric) for a in nets for b in bases]
-    return [paired(a, b, metric) for i, a in enumerate(configs) for b in configs[i + 1 :]]
+    """Every two configurations of one scope (same data, label and task: the same test cells
+    per seed) that share a seed and have the metric; a model comes before a baseline."""
+    out = []
+    for i, a in enumerate(configs):
+        for b in configs[i + 1 :]:
+            if a.scope != b.scope:
+                continue
+            x, y = (b, a) if a.baseline and not b.baseline else (a, b)
+            p = paired(x, y, metric)
+            if p.n:
+                out.append(p)
+    return out[:MAX_PAIRS]
+
+
+def scopes(configs: list[Config]) -> int:
+    """How many distinct scopes (data, label, task) the configurations span."""
+    return len({c.scope for c in configs})

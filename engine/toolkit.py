@@ -204,8 +204,9 @@ def _accelerator(kind: str) -> str:
 def fit(
     module: torch.nn.Module, ctx: FitContext, columns: dict, split: dict
 ) -> tuple[torch.nn.Module, RunFolderCallback]:
-    """Lightning does the loop: early stopping on validation loss, the best weights restored,
-    progress, stop requests. Every rank returns; only rank 0 should write afterwards."""
+    """Lightning does the loop: early stopping on validation loss, the best weights restored
+    (full-batch L-BFGS instead trains to convergence and keeps its last weights), progress,
+    stop requests. Every rank returns; only rank 0 should write afterwards."""
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     lit = LitModel(
@@ -224,6 +225,7 @@ def fit(
     if resume_from and "rows" not in options:  # the epochs already trained stay in metrics.csv
         options["rows"] = _rows_before(ctx.run_dir, last)
     progress = RunFolderCallback(ctx.run_dir, ctx.epochs, **options)
+    converge = ctx.optimizer == "lbfgs"
     ckpt = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -249,8 +251,18 @@ def fit(
         default_root_dir=str(ctx.run_dir),
         callbacks=[
             progress,
-            EarlyStopping(monitor="val_loss", patience=ctx.patience, mode="min", check_finite=True),
-            ckpt,
+            *(
+                # a convex objective solved full-batch: its optimum is the answer, so train to
+                # convergence (the training objective stops moving) and keep the last weights
+                [EarlyStopping(monitor="train_loss", min_delta=1e-7, patience=3, mode="min")]
+                if converge
+                else [
+                    EarlyStopping(
+                        monitor="val_loss", patience=ctx.patience, mode="min", check_finite=True
+                    ),
+                    ckpt,
+                ]
+            ),
             *(
                 [  # the latest epoch, whole (optimizer and callbacks too): what a requeue resumes
                     ModelCheckpoint(
@@ -271,7 +283,7 @@ def fit(
         lit, datamodule=CellData(columns, split, ctx.batch_size, ctx.seed), ckpt_path=resume_from
     )
     best = ckpt.best_model_path
-    if best and os.path.exists(best):
+    if best and os.path.exists(best) and not converge:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         lit.load_state_dict(state)
     if trainer.world_size > 1:

@@ -49,15 +49,9 @@ def _is_baseline(model: str) -> bool:
 
 def seed_section(configs: list[seeds.Config]) -> None:
     """Each configuration over its seeds (mean ± sd, every seed on hover) and paired tests."""
-    st.markdown("**Over seeds**")
-    rows = seeds.table(configs)
-    metrics = [
-        k
-        for k in rows[0]
-        if k not in ("model", "baseline", "seeds")
-        and not k.endswith(("_sd", "_values"))
-        and metric_names.better(k)
-    ]
+    st.markdown("**Over seeds** (completed runs)")
+    metrics = [k for k in seeds.metrics_of(configs) if metric_names.better(k)]
+    rows = seeds.table(configs, metrics)
     text, means = figures.mean_sd_text(rows, metrics)
     st.dataframe(
         figures.metrics_table_style(text, values=means),
@@ -67,7 +61,7 @@ def seed_section(configs: list[seeds.Config]) -> None:
             text.columns,
             {
                 "baseline": st.column_config.CheckboxColumn("baseline"),
-                "seeds": st.column_config.NumberColumn("seeds", help="runs (seeds) averaged"),
+                "seeds": st.column_config.NumberColumn("seeds", help="completed runs averaged"),
             },
         ),
     )
@@ -83,9 +77,14 @@ def seed_section(configs: list[seeds.Config]) -> None:
     figures.show("seed_spread", lambda: figures.seed_spread(rows, metric))
     for p in seeds.pairs(configs, metric):
         st.markdown("- " + figures.esc(p.text()))
+    scope_note = (
+        " Runs of different data, label or task are not paired."
+        if seeds.scopes(configs) > 1
+        else ""
+    )
     st.caption(
         "Paired by seed: the same seed gives the same split, so each difference is measured on "
-        "the same test cells; p is a two-sided paired t-test over the shared seeds."
+        "the same test cells; p is a two-sided paired t-test over the shared seeds." + scope_note
     )
 
 

@@ -59,7 +59,8 @@ def test_classifier_defaults_beat_majority_and_match_sklearn(tmp_path, overlappi
         # the same convex objective as scikit-learn, solved to its optimum: the same answer
         p_sk = ad.read_h5ad(out / "results.h5ad").obsm["proba_sk_logreg"]
         p_lr = ad.read_h5ad(lr_out / "results.h5ad").obsm["proba_logreg"]
-        assert np.abs(p_sk - p_lr).max() < 0.05
+        # (scikit-learn's lbfgs stops at its own tolerance: equal to a few 1e-4 per cell)
+        assert np.abs(p_sk - p_lr).mean() < 2e-3 and np.abs(p_sk - p_lr).max() < 0.05
     mean = {k: float(np.mean(v)) for k, v in got.items()}
     assert 0.55 < mean["sk"] < 0.97, mean  # a set where the answer is not trivial
     assert mean["logreg"] >= mean["sk"] - 0.01, mean

@@ -104,10 +104,14 @@ def test_lower_is_better_metrics_count_wins_the_other_way():
     assert p.diff < 0 and p.wins == 3 and p.verdict.startswith("ae is better")
 
 
-def test_pairs_compare_models_with_baselines(group_dirs):
+def test_pairs_compare_every_two_runs_a_model_before_a_baseline(group_dirs):
     configs = seeds.group(group_dirs)
     got = {(p.a, p.b) for p in seeds.pairs(configs, "test_accuracy")}
-    assert got == {("mlp · pbmc", "sk_logreg · pbmc"), ("logreg · pbmc", "sk_logreg · pbmc")}
+    assert got == {
+        ("mlp · pbmc", "sk_logreg · pbmc"),
+        ("logreg · pbmc", "sk_logreg · pbmc"),
+        ("mlp · pbmc", "logreg · pbmc"),
+    }
 
 
 def test_one_seed_says_there_is_no_spread(tmp_path):
@@ -147,3 +151,85 @@ def test_compare_page_shows_mean_sd_and_paired_test(group_dirs):
     assert seeds_trace["text"] == ["seed 0", "seed 1", "seed 2"]
     lines = " ".join(m.value for m in at.markdown).replace("\\", "")
     assert "mlp · pbmc is better" in lines and "within the seed-to-seed spread" in lines
+
+
+def test_unfinished_runs_do_not_blank_the_comparison(group_dirs, capsys):
+    """A queued run (no metrics), a cancelled one (partial metrics) and one without a seed in the
+    group are left out; the finished ones still compare."""
+    root = workspace.runs_dir()
+    q = root / "r-queued"
+    q.mkdir()
+    runs.write_json(
+        q / "run.json", {"model": "mlp", "seed": 7, "group": "seeds-abc", "submitted_ns": 1}
+    )
+    runs.update_status(q, state="queued")
+    c = _fake_run(root, "r-cancel", "mlp", 2, 0.10)
+    runs.update_status(c, state="cancelled")
+    bad = _fake_run(root, "r-noseed", "mlp", 0, 0.5)
+    spec = runs.read_json(bad / "run.json")
+    runs.write_json(bad / "run.json", spec | {"seed": None})
+    configs = seeds.group([*group_dirs, q, c, bad])
+    assert [len(x.runs) for x in configs] == [3, 3, 3]
+    assert cli.main(["compare", "--group", "seeds-abc"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.9133" in out and "is better" in out
+
+
+def test_a_metric_some_runs_lack_is_kept_and_counted(tmp_path):
+    a = _fake_run(tmp_path, "a0", "mlp", 0, 0.9)
+    runs.write_json(a / "metrics.json", {"test_accuracy": 0.9})  # no F1 in the first run
+    dirs = [
+        a,
+        _fake_run(tmp_path, "a1", "mlp", 1, 0.92),
+        _fake_run(tmp_path, "b0", "sk_logreg", 0, 0.8),
+    ]
+    rows = {r["model"]: r for r in seeds.table(seeds.group(dirs))}
+    assert rows["mlp · pbmc"]["test_f1_macro_n"] == 1 and rows["mlp · pbmc"]["seeds"] == 2
+    assert rows["sk_logreg · pbmc"]["test_f1_macro"] == pytest.approx(0.7)
+    from ui.figures import mean_sd_text
+
+    text, _ = mean_sd_text(list(rows.values()), ["test_accuracy", "test_f1_macro"])
+    assert text.loc[0, "test_f1_macro"] == "0.82 (1 of 2)"
+
+
+def test_runs_of_different_data_are_not_paired(tmp_path):
+    dirs = [
+        _fake_run(tmp_path, "a0", "mlp", 0, 0.9, data="fpA"),
+        _fake_run(tmp_path, "a1", "mlp", 1, 0.91, data="fpA"),
+        _fake_run(tmp_path, "b0", "sk_logreg", 0, 0.5, data="fpB"),
+        _fake_run(tmp_path, "b1", "sk_logreg", 1, 0.52, data="fpB"),
+    ]
+    configs = seeds.group(dirs)
+    assert seeds.scopes(configs) == 2 and seeds.pairs(configs, "test_accuracy") == []
+
+
+def test_same_values_are_no_spread_and_a_constant_gap_names_the_winner():
+    a = seeds.Config("a", "mlp", "d", label="mlp", runs={s: {"m": 0.7} for s in range(3)})
+    b = seeds.Config("b", "lr", "d", label="lr", runs={s: {"m": 0.6} for s in range(3)})
+    assert a.summary("m") == (pytest.approx(0.7), 0.0, 3)  # not 1e-16
+    acc = {s: {"test_accuracy": v} for s, v in enumerate([0.8, 0.85, 0.9])}
+    x = seeds.Config(
+        "x",
+        "mlp",
+        "d",
+        label="mlp",
+        runs={s: {"test_accuracy": m["test_accuracy"] + 0.1} for s, m in acc.items()},
+    )
+    y = seeds.Config("y", "lr", "d", label="lr", runs=acc)
+    p = seeds.paired(x, y, "test_accuracy")
+    assert p.sd == 0 and p.verdict == "mlp is better by the same amount on every seed"
+    assert seeds.paired(a, a, "m").verdict.endswith("no difference")
+    assert seeds.paired(b, seeds.Config("c", "c", "d", label="c"), "m").verdict.startswith(
+        "no seed"
+    )
+
+
+def test_cli_refuses_an_unknown_metric_and_writes_valid_json(group_dirs, capsys):
+    assert cli.main(["compare", "--group", "seeds-abc", "--metric", "nope"]) == 2
+    assert "no run has the metric 'nope'" in capsys.readouterr().err
+    root = workspace.runs_dir()
+    _fake_run(root, "r-one", "pca", 0, 0.5, group="solo")
+    _fake_run(root, "r-two", "mlp", 0, 0.6, group="solo")
+    assert cli.main(["compare", "--group", "solo", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # NaN would not parse as strict JSON
+    assert out["paired"][0]["p"] is None and "one shared seed" in out["paired"][0]["verdict"]

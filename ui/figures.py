@@ -391,43 +391,45 @@ def metrics_table_style(
 
 
 def mean_sd_text(rows: list[dict], metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows of ``engine.seeds.table`` as shown text (``mean ± sd``) and as the means that rank
-    them, with the same columns."""
+    """Rows of ``engine.seeds.table`` as shown text (``mean ± sd``, and how many seeds when some
+    lack the metric) and as the means that rank them, with the same columns."""
     shown, means = [], []
     for r in rows:
         head = {"model": r["model"], "baseline": r["baseline"], "seeds": r["seeds"]}
-        shown.append(
-            head
-            | {
-                k: f"{r[k]:.4g} ± {r[k + '_sd']:.2g}"
-                if k in r and r["seeds"] > 1
-                else (f"{r[k]:.4g}" if k in r else None)
-                for k in metrics
-            }
-        )
+        cells = {}
+        for k in metrics:
+            if k not in r:
+                cells[k] = None
+                continue
+            n = r[f"{k}_n"]
+            text = f"{r[k]:.4g} ± {r[k + '_sd']:.2g}" if n > 1 else f"{r[k]:.4g}"
+            cells[k] = text + (f" ({n} of {r['seeds']})" if n != r["seeds"] else "")
+        shown.append(head | cells)
         means.append(head | {k: r.get(k) for k in metrics})
     return pd.DataFrame(shown), pd.DataFrame(means)
 
 
 def seed_spread(rows: list[dict], metric: str) -> go.Figure:
-    """Each configuration's seeds as points (hover: each seed's value) and its mean +- sd."""
+    """Each configuration's seeds as points (hover: the seeds at that value) and its mean ± sd,
+    in the table's order from the top."""
     fig = go.Figure()
     label = plain(metric_names.name(metric))
     for r in rows:
         if metric not in r:
             continue
         name = plain(r["model"])
-        per_seed = r[f"{metric}_values"]
-        vals = list(per_seed.values())
-        seeds_text = [f"seed {s}" for s in per_seed]
+        at: dict[float, list[str]] = {}
+        for s, v in r[f"{metric}_values"].items():
+            at.setdefault(v, []).append(str(s))
         fig.add_trace(
             go.Scatter(
-                x=vals,
-                y=[name] * len(vals),
+                x=list(at),
+                y=[name] * len(at),
                 mode="markers",
-                marker={"size": 9, "opacity": 0.6},
-                text=seeds_text,
-                hovertemplate="%{text}: %{x:.4g}<extra>" + name + "</extra>",
+                name=name,
+                marker={"size": [9 + 3 * (len(s) - 1) for s in at.values()], "opacity": 0.6},
+                text=[("seeds " if len(s) > 1 else "seed ") + ", ".join(s) for s in at.values()],
+                hovertemplate="%{text}: %{x:.4g}<extra>%{fullData.name}</extra>",
                 showlegend=False,
             )
         )
@@ -436,16 +438,19 @@ def seed_spread(rows: list[dict], metric: str) -> go.Figure:
                 x=[r[metric]],
                 y=[name],
                 mode="markers",
+                name=name,
                 marker={"symbol": "line-ns-open", "size": 18, "color": "black"},
                 error_x={"type": "data", "array": [r[f"{metric}_sd"]], "visible": True},
-                hovertemplate=f"mean %{{x:.4g}} ± {r[f'{metric}_sd']:.2g} over {r['seeds']} seed(s)"
-                + "<extra></extra>",
+                customdata=[[r[f"{metric}_sd"], r[f"{metric}_n"]]],
+                hovertemplate="mean %{x:.4g} ± %{customdata[0]:.2g} over %{customdata[1]} seed(s)"
+                "<extra>%{fullData.name}</extra>",
                 showlegend=False,
             )
         )
     return fig.update_layout(
         title=f"{label}: every seed, mean ± sd",
         xaxis_title=label,
+        yaxis={"autorange": "reversed"},
         height=140 + 40 * len(rows),
     )
 
