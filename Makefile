@@ -41,6 +41,8 @@ bench: $(VENV)/.installed-test
 	$(PY) -m bench.quality
 	$(PY) -m bench.throughput
 	$(PY) -m bench.app_latency
+	$(PY) -m bench.scale
+	$(PY) -m bench.results_scale
 	$(PY) -m bench.report
 
 clean:

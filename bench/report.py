@@ -53,7 +53,9 @@ def seed_table(block: dict, metrics: list[str]) -> list[str]:
         for m in metrics:
             mean, sd, n = c.summary(m)
             if n:
-                row[metric_names.name(m)] = f"{mean:.3f} ± {sd:.3f}"
+                row[metric_names.name(m)] = f"{mean:.4g} ± {sd:.2g}"
+        if ref is not None and c is ref and metrics:
+            row[f"Δ {metric_names.name(metrics[0])} vs {ref.model} (paired)"] = "(reference)"
         if ref is not None and c is not ref and metrics:
             p = seeds.paired(c, ref, metrics[0])
             verdict = (
@@ -95,7 +97,10 @@ def _scgen_tables(name: str, block: dict) -> list[str]:
     out["epochs"] = g["epochs"].mean().round(0)
     for k, label in cols.items():
         m, sd = g[k].mean(), g[k].std(ddof=1).fillna(0)
-        out[label] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(m, sd, strict=True)]
+        out[label] = [
+            f"{a:.3f} ± {b:.3f}" if len(per_seed) > 1 else f"{a:.3f}"
+            for a, b in zip(m, sd, strict=True)
+        ]
     beats = (t["r2_mean_all"] > t["baseline_meanshift_r2_mean_all"]).groupby(t["cell_type"])
     out["beats meanshift (seeds)"] = [f"{int(v.sum())}/{len(v)}" for _, v in beats]
     out = out.reset_index().rename(
@@ -104,8 +109,9 @@ def _scgen_tables(name: str, block: dict) -> list[str]:
     n = len(per_seed)
     minutes = sum(b.get("seconds", 0) for b in per_seed.values()) / 60
     mean_beats = g["r2_mean_all"].mean() > g["baseline_meanshift_r2_mean_all"].mean()
+    single = " (one seed, measured before the seeded benchmark: not yet repeated)" if n == 1 else ""
     return [
-        f"#### {name} ({n} seed{'s' if n > 1 else ''}: {', '.join(per_seed)}; {minutes:.1f} min on this CPU)",
+        f"#### {name} ({n} seed{'s' if n > 1 else ''}: {', '.join(per_seed)}; {minutes:.1f} min on this CPU){single}",
         "",
         out.to_markdown(index=False),
         "",
@@ -121,7 +127,8 @@ def quality(q: dict) -> list[str]:
         "Each figure is the mean ± standard deviation over the seeds named in its section; a seed "
         "drives the split, so every model of a row set was scored on the same test cells per seed, "
         "and the Δ column is the paired difference to the reference baseline (two-sided paired "
-        "t-test over seeds: `engine.seeds.paired`, as the Compare page shows it).",
+        "t-test over seeds: `engine.seeds.paired`, as the Compare page shows it). Seconds are "
+        "wall time per run on the 2-core machine while other work shared it: read them as rough.",
         "",
     ]
     meta = q.get("meta", {})

@@ -82,9 +82,19 @@ class Batches:
         # batches built ahead in a thread: by default only when rows come from a host matrix
         self.prefetch = (2 if self._host_rows() else 0) if prefetch is None else prefetch
 
-    def __len__(self) -> int:
+    def _n_cut(self) -> int:
+        """Slices of ``batch_size`` cut from this rank's share (the last may be short)."""
         n = self.per_rank
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _lone_last(self) -> bool:
+        """Whether the last slice is a single cell that training skips (BatchNorm needs two)."""
+        n = self.per_rank
+        return not self.drop_last and self.shuffle and n > 1 and n % self.batch_size == 1
+
+    def __len__(self) -> int:
+        # exactly the batches __iter__ yields: Lightning runs validation after the last one
+        return self._n_cut() - int(self._lone_last())
 
     def _host_rows(self) -> bool:
         return any(isinstance(c, DeviceMatrix) and not c.is_dense for c in self.columns.values())
@@ -111,10 +121,8 @@ class Batches:
         order = order.to(self._device(), non_blocking=True)
         if self.world > 1:
             order = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-        for b in range(len(self)):
+        for b in range(len(self)):  # a lone last cell is left out (see _lone_last)
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if self.drop_last is False and len(idx) == 1 and self.per_rank > 1 and self.shuffle:
-                continue  # a lone cell breaks BatchNorm in training
             yield {
                 k: (
                     c.rows(idx)

@@ -94,3 +94,17 @@ def test_training_on_the_host_path_goes_through_prefetch(tmp_path, monkeypatch):
     spec = RunSpec(model="vae", data=data, out=str(tmp_path / "vae"), epochs=2)
     train.run(spec)
     assert used and _threads() == 0
+
+
+@pytest.mark.parametrize(
+    "n,bs,world", [(241, 16, 1), (482, 16, 2), (17, 16, 1), (33, 8, 2), (1, 4, 1)]
+)
+def test_len_is_the_number_of_batches_yielded(n, bs, world):
+    """Lightning runs validation after the len()-th batch: a lone last cell that training skips
+    (BatchNorm needs two) must not be counted, or no epoch ever validates."""
+    x = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3)
+    for rank in range(world):
+        b = Batches({"x": x}, np.arange(n), bs, shuffle=True, rank=rank, world=world)
+        got = list(b)
+        assert len(got) == len(b)
+        assert all(len(batch["x"]) > 1 for batch in got) or n == 1
