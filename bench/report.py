@@ -51,9 +51,8 @@ def seed_table(block: dict, metrics: list[str]) -> list[str]:
     for c in configs:
         row = {"model": c.model, "seeds": len(c.runs)}
         for m in metrics:
-            mean, sd, n = c.summary(m)
-            if n:
-                row[metric_names.name(m)] = f"{mean:.4g} ± {sd:.2g}"
+            if c.text(m):
+                row[metric_names.name(m)] = c.text(m)
         if ref is not None and c is ref and metrics:
             row[f"Δ {metric_names.name(metrics[0])} vs {ref.model} (paired)"] = "(reference)"
         if ref is not None and c is not ref and metrics:

@@ -372,13 +372,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     for row in table:
-        cells = []
-        for k in known:
-            if k not in row:
-                continue
-            n = row[f"{k}_n"]
-            part = f" ({n} of {row['seeds']} seeds)" if n != row["seeds"] else ""
-            cells.append(f"{metric_names.name(k)} {row[k]:.4g} ± {row[k + '_sd']:.2g}{part}")
+        cells = [f"{metric_names.name(k)} {row[k + '_text']}" for k in known if k in row]
         print(
             f"{row['model']} ({row['seeds']} seed{'s' if row['seeds'] != 1 else ''}): "
             + "; ".join(cells)

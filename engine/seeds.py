@@ -77,6 +77,15 @@ class Config:
             return math.nan, math.nan, 0
         return float(v.mean()), _sd(v), len(v)
 
+    def text(self, metric: str) -> str:
+        """``mean ± sd`` as every view shows it, with "(n of N)" when some seeds lack the
+        metric; '' when none has it."""
+        mean, sd, n = self.summary(metric)
+        if not n:
+            return ""
+        out = f"{mean:.4g} ± {sd:.2g}" if n > 1 else f"{mean:.4g}"
+        return out + (f" ({n} of {len(self.runs)})" if n != len(self.runs) else "")
+
 
 def _sd(v: np.ndarray) -> float:
     if len(v) < 2:
@@ -165,8 +174,8 @@ def metrics_of(configs: list[Config]) -> list[str]:
 
 def table(configs: list[Config], metrics: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per configuration: seeds (runs), then for each metric ``<metric>`` (mean),
-    ``<metric>_sd``, ``<metric>_n`` (seeds with a value) and ``<metric>_values``
-    (seed -> value, for hover text)."""
+    ``<metric>_sd``, ``<metric>_n`` (seeds with a value), ``<metric>_text`` (``Config.text``)
+    and ``<metric>_values`` (seed -> value, for hover text)."""
     keys = metrics or metrics_of(configs)
     rows = []
     for c in configs:
@@ -177,6 +186,7 @@ def table(configs: list[Config], metrics: list[str] | None = None) -> list[dict[
                 row[k] = mean
                 row[f"{k}_sd"] = sd
                 row[f"{k}_n"] = n
+                row[f"{k}_text"] = c.text(k)
                 row[f"{k}_values"] = c.values(k)
         rows.append(row)
     return rows
@@ -244,10 +254,10 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
     shared = sorted(set(va) & set(vb))
     d = np.array([va[s] - vb[s] for s in shared], dtype=float)
     n = len(d)
-    diff = float(d.mean()) if n else math.nan
-    if n and abs(diff) <= TINY * max(1.0, abs(va[shared[0]])):
-        diff = 0.0 if _sd(d) == 0 else diff
     sd = _sd(d)
+    diff = float(d.mean()) if n else math.nan
+    if n and sd == 0 and abs(diff) <= TINY:  # equal on every seed up to float noise
+        diff = 0.0
     p = math.nan
     if n > 1 and sd > 0:
         from scipy import stats

@@ -396,15 +396,7 @@ def mean_sd_text(rows: list[dict], metrics: list[str]) -> tuple[pd.DataFrame, pd
     shown, means = [], []
     for r in rows:
         head = {"model": r["model"], "baseline": r["baseline"], "seeds": r["seeds"]}
-        cells = {}
-        for k in metrics:
-            if k not in r:
-                cells[k] = None
-                continue
-            n = r[f"{k}_n"]
-            text = f"{r[k]:.4g} ± {r[k + '_sd']:.2g}" if n > 1 else f"{r[k]:.4g}"
-            cells[k] = text + (f" ({n} of {r['seeds']})" if n != r["seeds"] else "")
-        shown.append(head | cells)
+        shown.append(head | {k: r.get(f"{k}_text") for k in metrics})
         means.append(head | {k: r.get(k) for k in metrics})
     return pd.DataFrame(shown), pd.DataFrame(means)
 
