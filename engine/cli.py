@@ -175,6 +175,17 @@ def parser() -> argparse.ArgumentParser:
         help="fill genes the data lacks with zeros instead of refusing",
     )
 
+    p = sub.add_parser(
+        "export",
+        help="write a run's files: the whole run as .zip (default RUN.zip here), the annotated "
+        ".h5ad, the model, the reproduce script or the metrics CSV; streamed, at any size",
+    )
+    p.add_argument("run", help="run id or folder")
+    from engine.export import PARTS
+
+    for part, text in PARTS.items():
+        p.add_argument(f"--{part.replace('_', '-')}", metavar="FILE", help=f"write {text} to FILE")
+
     p = sub.add_parser("models", help="list the models, their tasks and parameters")
     p.add_argument("--json", action="store_true")
 
@@ -422,6 +433,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine import export, jobs
+
+    run_dir = jobs.resolve_run(args.run)
+    wanted = {part: getattr(args, part) for part in export.PARTS if getattr(args, part)}
+    for part, target in (wanted or {"zip": f"{run_dir.name}.zip"}).items():
+        print(export.write(run_dir, part, target))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from engine import models
 
@@ -468,6 +489,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "delete": cmd_delete,
     "wait": cmd_wait,
     "predict": cmd_predict,
+    "export": cmd_export,
     "models": cmd_models,
     "device": cmd_device,
     "datasets": cmd_datasets,

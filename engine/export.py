@@ -1,5 +1,6 @@
 """What a user takes home from a run: a script that reproduces it, the files as one zip, and the
-metrics as CSV.
+metrics as CSV; in memory for the app's downloads, or streamed to files (``python -m engine
+export``) at any size.
 
 The script holds the run's spec and preprocessing recipe as JSON inside string literals written
 with ``repr()``, so no name, label or path from the run can become code when it runs.
@@ -87,28 +88,92 @@ def _doc_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
+def members(run_dir: str | Path) -> list[Path]:
+    """The files a whole-run export holds: regular files inside the run folder, never a
+    symbolic link or what it points to, nor hidden files or the cancel marker."""
+    run_dir = Path(run_dir)
+    out = []
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
+        for name in sorted(files):
+            p = Path(folder) / name
+            if p.is_symlink() or not p.is_file() or name.startswith(".") or name == "cancel":
+                continue
+            out.append(p)
+    return out
+
+
+def bundle_size(run_dir: str | Path) -> int:
+    """About the size of the whole-run zip in bytes (its files as they are; text deflates)."""
+    return sum(p.stat().st_size for p in members(run_dir))
+
+
+def _pack(run_dir: Path, fileobj) -> None:
+    with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED) as zf:  # .h5ad: gzip inside already
+        for p in members(run_dir):
+            packed = p.suffix in (".h5ad", ".pt")
+            zf.write(
+                p,
+                p.relative_to(run_dir).as_posix(),
+                zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED,
+            )
+        zf.writestr("reproduce.py", script(run_dir))
+
+
 def bundle(run_dir: str | Path) -> bytes:
     """The run folder (results, the stored sample, model, metrics, split, spec) and the script,
-    zipped. Only regular files inside the run folder are included: never a symbolic link or what
-    it points to. Compressed files (.h5ad, .pt) are stored as they are: deflating a
-    million-cell results file again costs minutes and saves little."""
-    run_dir = Path(run_dir)
+    zipped in memory (the app's download). Compressed files (.h5ad, .pt) are stored as they
+    are: deflating a million-cell results file again costs minutes and saves little."""
     buf = _io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:  # .h5ad: gzip inside already
-        for folder, dirs, files in os.walk(run_dir, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
-            for name in sorted(files):
-                p = Path(folder) / name
-                if p.is_symlink() or not p.is_file() or name.startswith(".") or name == "cancel":
-                    continue
-                packed = p.suffix in (".h5ad", ".pt")
-                zf.write(
-                    p,
-                    p.relative_to(run_dir).as_posix(),
-                    zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED,
-                )
-        zf.writestr("reproduce.py", script(run_dir))
+    _pack(Path(run_dir), buf)
     return buf.getvalue()
+
+
+def write_bundle(run_dir: str | Path, target: str | Path) -> Path:
+    """The same zip written to ``target`` file by file: memory stays small at any size."""
+    target = Path(target)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with open(partial, "wb") as fh:
+            _pack(Path(run_dir), fh)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+# what ``python -m engine export`` can write: flag -> (file in the run folder or a builder)
+PARTS = {
+    "zip": "the whole run with reproduce.py",
+    "h5ad": "the annotated .h5ad (results.h5ad)",
+    "model": "the model weights (model.pt)",
+    "script": "the script that reproduces the run",
+    "metrics_csv": "the metrics as CSV",
+}
+
+
+def write(run_dir: str | Path, part: str, target: str | Path) -> Path:
+    """Write one export ``part`` (a key of ``PARTS``) of the run to ``target``, streaming."""
+    import shutil
+
+    from engine.errors import ScwbError
+
+    run_dir, target = Path(run_dir), Path(target)
+    if target.resolve().is_relative_to(run_dir.resolve()):
+        raise ScwbError(f"export: write it outside the run folder, not to {target}.")
+    source = run_dir / ("results.h5ad" if part == "h5ad" else "model.pt")
+    if part in ("h5ad", "model") and not source.is_file():
+        raise ScwbError(f"export: run {run_dir.name} has no {source.name}.")
+    try:
+        if part == "zip":
+            return write_bundle(run_dir, target)
+        if part in ("h5ad", "model"):
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(script(run_dir) if part == "script" else metrics_csv(run_dir))
+    except OSError as exc:
+        raise ScwbError(f"export: cannot write {target}: {exc.strerror or exc}.") from None
+    return target
 
 
 def metrics_csv(run_dir: str | Path) -> str:

@@ -20,6 +20,7 @@ itself.
 | ``SCWB_NUM_NODES`` | nodes of a multi-node run (set by the SLURM launcher) | 1 |
 | ``SCWB_SLURM_*`` | PARTITION, TIME (min), CPUS, MEM, GPUS_PER_NODE, NODES, ACCOUNT, QOS, CONSTRAINT, SETUP | see docs/CLUSTER.md |
 | ``SCWB_RESULTS_SAMPLE`` | cells whose per-gene outputs a run stores (all of them up to this many; a sample beyond) | 1000 |
+| ``SCWB_DOWNLOAD_MAX_MB`` | largest file the app sends to the browser (it holds the file in memory while it does); larger ones: ``python -m engine export`` | 1024 |
 | ``SCWB_CPU_BUDGET_S`` | run length the Train page aims its CPU default epochs at | 180 |
 | ``SCWB_DEBUG`` | tracebacks on the command line | off |
 """
@@ -87,6 +88,7 @@ class Settings:
     num_nodes: int
     cpu_budget_s: float
     results_sample: int
+    download_max_mb: float
     debug: bool
     slurm: dict[str, str] = field(default_factory=dict)
 
@@ -119,6 +121,7 @@ def get() -> Settings:
         num_nodes=max(1, _int("SCWB_NUM_NODES", 1)),
         cpu_budget_s=_float("SCWB_CPU_BUDGET_S", 180.0),
         results_sample=max(1, _int("SCWB_RESULTS_SAMPLE", 1000)),
+        download_max_mb=max(0.0, _float("SCWB_DOWNLOAD_MAX_MB", 1024.0)),
         debug=bool(env.get("SCWB_DEBUG")),
         slurm={k: env[f"SCWB_SLURM_{k}"] for k in SLURM_KEYS if env.get(f"SCWB_SLURM_{k}")},
     )

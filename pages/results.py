@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import embedding, export, jobs, metric_names, runs
+from engine import embedding, export, jobs, metric_names, runs, settings
 from engine import results as results_files
+from engine.checks import human
 from engine.perturb import gene_means  # torch-free
 from ui import figures
 from ui.figures import esc
@@ -589,10 +590,33 @@ if res_info is not None and task == "perturb":
 st.divider()
 st.subheader("Export")
 c = st.columns(3)
-# files are read or built only when their button is clicked (callables run on download)
+# files are read or built only when their button is clicked (callables run on download); the
+# app holds a file in memory while it sends it, so a file above SCWB_DOWNLOAD_MAX_MB is named
+# by its path on this machine and the command that writes it instead
+limit = settings.get().download_max_mb * 2**20
+
+
+def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Path | None) -> None:
+    if size <= limit:
+        col.download_button(label, data, file_name=file_name, on_click="ignore")
+        return
+    place = f" It is on this machine at `{where}`." if where else ""
+    col.caption(
+        f"{label}: {human(size)}, larger than the app sends through the browser "
+        f"(SCWB_DOWNLOAD_MAX_MB).{place} Write it with "
+        f"`python -m engine export {run_id} --{flag} FILE`."
+    )
+
+
 if res_path.exists():
-    c[0].download_button(
-        "Annotated .h5ad", res_path.read_bytes, file_name=f"{run_id}.h5ad", on_click="ignore"
+    offer(
+        c[0],
+        "Annotated .h5ad",
+        res_path.stat().st_size,
+        res_path.read_bytes,
+        f"{run_id}.h5ad",
+        "h5ad",
+        res_path,
     )
     if stored.get("per_gene") == "sample":
         c[0].caption(
@@ -601,8 +625,14 @@ if res_path.exists():
         )
 weights = run_dir / "model.pt"
 if weights.exists():
-    c[0].download_button(
-        "Model weights (.pt)", weights.read_bytes, file_name=f"{run_id}-model.pt", on_click="ignore"
+    offer(
+        c[0],
+        "Model weights (.pt)",
+        weights.stat().st_size,
+        weights.read_bytes,
+        f"{run_id}-model.pt",
+        "model",
+        weights,
     )
 if metrics:
     c[1].download_button(
@@ -625,8 +655,14 @@ if spec:
         file_name=f"{run_id}.py",
         on_click="ignore",
     )
-c[2].download_button(
-    "Whole run (.zip)", lambda: export.bundle(run_dir), file_name=f"{run_id}.zip", on_click="ignore"
+offer(
+    c[2],
+    "Whole run (.zip)",
+    export.bundle_size(run_dir),
+    lambda: export.bundle(run_dir),
+    f"{run_id}.zip",
+    "zip",
+    None,
 )
 if figs:
     which = st.selectbox("Figure", list(figs))

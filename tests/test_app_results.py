@@ -600,3 +600,21 @@ def test_user_strings_are_escaped_for_markdown_and_figures():
     )
     assert "<a" not in emb.layout.title.text and "<i>" not in emb.layout.legend.title.text
     assert {t.name for t in emb.data} == {"&lt;b&gt;a&lt;/b&gt;", "b"}
+
+
+def test_results_names_files_too_large_for_the_browser(dataset, monkeypatch):
+    """Above SCWB_DOWNLOAD_MAX_MB the app does not load a file to send it: it says where the file
+    is and the command that writes it (at a million cells results.h5ad is GBs)."""
+    run = _finished(dataset, "autoencoder", epochs=2)
+    at = app("results", run=run.name)
+    labels = [b.label for b in at.get("download_button")]
+    assert {"Annotated .h5ad", "Model weights (.pt)", "Whole run (.zip)"} <= set(labels)
+    monkeypatch.setenv("SCWB_DOWNLOAD_MAX_MB", "0.001")  # 1 kB: every run file is larger
+    at = app("results", run=run.name)
+    labels = [b.label for b in at.get("download_button")]
+    assert not {"Annotated .h5ad", "Model weights (.pt)", "Whole run (.zip)"} & set(labels)
+    assert "Metrics (CSV)" in labels  # small text files are built on click as before
+    captions = " ".join(texts(at, "caption"))
+    for flag in ("h5ad", "model", "zip"):
+        assert f"python -m engine export {run.name} --{flag} FILE" in captions
+    assert str(run / "results.h5ad") in captions

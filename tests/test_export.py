@@ -143,3 +143,58 @@ def test_reproduce_script_rebuilds_the_input_from_raw_data(tmp_path, counts_adat
     assert out.returncode == 0, out.stderr
     result = json.loads((again / "metrics.json").read_text())
     assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, capsys):
+    """``python -m engine export`` writes what the app's buttons give, file by file (a million-
+    cell run's files never pass through memory); bad targets are one error line."""
+    from engine import cli
+
+    run_dir = tmp_path / "run"
+    train.run(RunSpec(model="autoencoder", data=lognorm_file, out=str(run_dir), epochs=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["export", str(run_dir), "--zip", str(out / "r.zip"), "--h5ad", str(out / "r.h5ad")]
+    argv += ["--model", str(out / "m.pt"), "--script", str(out / "r.py")]
+    assert cli.main([*argv, "--metrics-csv", str(out / "m.csv")]) == 0
+    assert len(capsys.readouterr().out.split()) == 5
+    assert (out / "r.h5ad").read_bytes() == (run_dir / "results.h5ad").read_bytes()
+    assert (out / "m.pt").read_bytes() == (run_dir / "model.pt").read_bytes()
+    assert (out / "r.py").read_text() == export.script(run_dir)
+    assert (out / "m.csv").read_text() == export.metrics_csv(run_dir)
+    with (
+        zipfile.ZipFile(out / "r.zip") as streamed,
+        zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as in_memory,
+    ):
+        assert sorted(streamed.namelist()) == sorted(in_memory.namelist())
+        assert all(streamed.read(n) == in_memory.read(n) for n in in_memory.namelist())
+    assert export.bundle_size(run_dir) >= sum(
+        i.file_size
+        for i in zipfile.ZipFile(out / "r.zip").infolist()
+        if i.filename != "reproduce.py"
+    )
+    assert not list(out.glob("*.partial"))
+    # default: RUN.zip in the current folder
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert cli.main(["export", str(run_dir)]) == 0
+    finally:
+        os.chdir(old)
+    assert (cwd / "run.zip").is_file()
+    capsys.readouterr()
+    for bad, says in (
+        (["--zip", str(run_dir / "inside.zip")], "outside the run folder"),
+        (["--h5ad", str(tmp_path / "no" / "such" / "dir.h5ad")], "cannot write"),
+    ):
+        assert cli.main(["export", str(run_dir), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: export:") and says in err and "\n" not in err
+    (run_dir / "model.pt").unlink()
+    assert cli.main(["export", str(run_dir), "--model", str(out / "x.pt")]) == 2
+    assert "has no model.pt" in capsys.readouterr().err
+    assert cli.main(["export", "no-such-run"]) == 2
