@@ -202,6 +202,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
                 "epoch",
                 "max_epochs",
                 "cells_per_s",
+                "peak_memory_mb",
                 "elapsed_s",
                 "eta_s",
                 "device",

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs, models, runs
+from engine.checks import human
 from ui import figures
 from ui.sidebar import fmt_s
 from ui.state import ensure_app_navigation, show_error
@@ -207,11 +208,12 @@ def live() -> None:
             st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)
     st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
-    cps = _num(r.get("cells_per_s"))
+    cps, peak = _num(r.get("cells_per_s")), _num(r.get("peak_memory_mb"))
     st.caption(
         " · ".join(
             [text, r.get("device") or "device not known yet"]
             + ([f"{cps:,.0f} cells/s"] if cps else [])
+            + ([f"peak memory {human(peak * 2**20)}"] if peak else [])
         )
     )
     try:
