@@ -362,49 +362,81 @@ def scale(d: dict) -> list[str]:
         rows = []
         for r in tr:
             df = pd.DataFrame(r["rows"])
+            if "timed_batches" not in df:
+                df["timed_batches"] = 200
             for model, g in df.groupby("model"):
                 rows.append(
                     {
                         "cells": r["n"],
                         "model": model,
+                        "timed batches": int(g["timed_batches"].fillna(200).iloc[0]),
                         "cells/s (min-max over repeats, prefetch on/off)": f"{g['cells_per_s'].min():,.0f}-{g['cells_per_s'].max():,.0f}",
                         "median cells/s": g["cells_per_s"].median(),
                         "worker peak MB": g["peak_mb"].max(),
                     }
                 )
+        t = pd.DataFrame(rows).sort_values(["model", "cells"])
+        spread = t.groupby("model")["median cells/s"].agg(lambda v: v.max() / v.min())
+        t["cells"] = t["cells"].map("{:,}".format)
         out += [
-            "### Training on the sparse host path (batch 128, 200 timed batches, 1 torch thread)",
+            "### Training on the sparse host path (batch 128, 1 torch thread)",
             "",
-            _md(pd.DataFrame(rows), 0),
+            _md(t, 0),
+            "",
+            "Median cells/s, largest over smallest across sizes: "
+            + ", ".join(f"{m} {v:.2f}x" for m, v in spread.items())
+            + " (time per epoch is cells / cells/s: linear in cells when this is flat).",
             "",
         ]
     return out
 
 
-def results_scale(d: dict) -> list[str]:
-    """bench/results_scale.py: results file size and Results page views."""
+def results_scale(d: dict, full: bool = False) -> list[str]:
+    """bench/results_scale.py: results file size, Results and Compare page views, the worker's
+    peak memory and the streamed export (``full``: every cell trained)."""
     cols = {
         "n": "cells",
         "model": "model",
+        "run_wall_s": "run s (submit to end)",
+        "worker_peak_mb": "worker peak MB",
         "results_mib_per_100k": "results MiB per 100k cells",
         "input_mib_per_100k": "input MiB per 100k cells",
         "results_over_input": "results / input",
         "first_view_s": "Results first view s",
         "rerun_s": "Results rerun s",
         "peak_rss_gb": "page process peak GB",
+        "export_zip_s": "export --zip s",
+        "export_peak_rss_gb": "export peak GB",
     }
-    t = pd.DataFrame(d["rows"])[list(cols)].rename(columns=cols)
+    rows = [r for r in d["rows"] if r.get("model") != "compare page"]
+    if not full:  # the older table's columns only, as measured then
+        cols = {k: v for k, v in cols.items() if k in rows[0]}
+    t = pd.DataFrame(rows).reindex(columns=list(cols)).rename(columns=cols)
+    title = (
+        "## A million cells, every cell trained (`python -m bench.results_scale --fit-cells "
+        "1000000 --name results_scale_full`)"
+        if full
+        else "## Results at scale (`python -m bench.results_scale`)"
+    )
     out = [
-        "## Results at scale (`python -m bench.results_scale`)",
+        title,
         "",
-        f"Runs on synthetic counts x {d.get('genes', 2000):,} genes, trained on {d.get('fit_cells', 0):,} "
-        "cells, annotated and evaluated on every cell; dense per-gene layers are stored for every "
+        f"Runs on synthetic counts x {d.get('genes', 2000):,} genes, trained on "
+        f"{d.get('fit_cells', 0):,} cells{' (one epoch)' if full else ''}, annotated and evaluated "
+        "on every cell, submitted to the real worker; dense per-gene layers are stored for every "
         "cell only up to `SCWB_RESULTS_SAMPLE` cells, above that for a stratified sample "
         "(`sample.h5ad`); pages read only what they draw.",
         "",
         _md(t, 2),
         "",
     ]
+    for c in (r for r in d["rows"] if r.get("model") == "compare page"):
+        out += [
+            f"Compare page with these runs ({c['n']:,} cells): first view "
+            f"{c.get('compare_first_view_s')} s, rerun {c.get('compare_rerun_s')} s, page process "
+            f"peak {c.get('compare_peak_rss_gb')} GB.",
+            "",
+        ]
     for b in d.get("before") or []:
         after = b.get("new_page_on_old_run_after_block_sampling", {})
         out += [
@@ -415,6 +447,21 @@ def results_scale(d: dict) -> list[str]:
             "",
         ]
     return out
+
+
+def upload(d: dict) -> list[str]:
+    """bench/upload.py: a large file through the browser's uploader."""
+    return [
+        "## A large upload in a real browser (`python -m bench.upload`)",
+        "",
+        f"Debian chromium (playwright) uploads {d['cells']:,} cells ({d['file_mb']:,.0f} MB .h5ad) "
+        f"to the Data page and presses Load file: upload {d.get('upload_s')} s, load (validated "
+        f"and read in the reader child, described, saved) {d.get('load_s')} s; app process "
+        f"{d.get('app_base_mb')} MB at rest, peak {d.get('app_peak_mb')} MB; reader child peak "
+        f"{d.get('reader_child_peak_mb')} MB."
+        + (f" Error: {d['error']}" if d.get("error") else ""),
+        "",
+    ]
 
 
 def main() -> None:
@@ -432,6 +479,8 @@ def main() -> None:
         ("app_latency", latency),
         ("scale", scale),
         ("results_scale", results_scale),
+        ("results_scale_full", lambda d: results_scale(d, full=True)),
+        ("upload", upload),
     ):
         data = _load(name)
         if data:

@@ -2,10 +2,12 @@
 input's, and the Results page's first view and rerun (AppTest, in a fresh process per run, with
 its peak memory), at 100k and 1M cells of synthetic sparse counts (2,000 genes, ~10% non-zero).
 
-    python -m bench.results_scale [--sizes 100000,1000000] [--fit-cells 20000]
+    python -m bench.results_scale [--sizes 100000,1000000] [--fit-cells 20000] [--models vae,mlp]
 
-Training uses ``--fit-cells`` cells (``train_on``) so that a million cells fit a CPU's time;
-annotating, evaluating, writing the results and the page cover every cell.
+Training uses ``--fit-cells`` cells (``train_on``) so that a million cells fit a CPU's time
+(``--fit-cells 1000000``: every cell, one epoch); annotating, evaluating, writing the results
+and the page cover every cell. Also: the worker's peak memory (as the run records it), the
+Compare page, and ``engine export --zip`` of each run with its time and peak memory.
 Writes bench/results/results_scale.json.
 """
 
@@ -98,21 +100,59 @@ def page(run_id: str) -> dict:
     }
 
 
-def page_child(run_id: str) -> dict:
-    """``page(run_id)`` in a fresh process: empty caches, and its own peak memory."""
+def compare_page() -> dict:
+    """The Compare page's first view and rerun (the newest runs, as a user lands on it)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at.run()
+    at.switch_page("pages/compare.py")
+    t0 = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    at.run()
+    return {
+        "compare_first_view_s": round(first, 2),
+        "compare_rerun_s": round(time.perf_counter() - t0, 2),
+        "compare_peak_rss_gb": round(peak_rss() / 2**30, 2),
+        "compare_exception": [e.message for e in at.exception],
+    }
+
+
+def export_zip(run_id: str) -> dict:
+    """``python -m engine export RUN --zip`` (what the Results page names above its download
+    limit): time, size and the exporting process's peak memory."""
+    from engine import cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "run.zip"
+        t0 = time.perf_counter()
+        rc = cli.main(["export", run_id, "--zip", str(target)])
+        return {
+            "export_rc": rc,
+            "export_zip_s": round(time.perf_counter() - t0, 1),
+            "export_zip_mib": round(target.stat().st_size / 2**20, 1) if target.exists() else None,
+            "export_peak_rss_gb": round(peak_rss() / 2**30, 2),
+        }
+
+
+def child(flag: str, value: str = "") -> dict:
+    """One measurement (``--page``, ``--compare``, ``--export``) in a fresh process: empty
+    caches, and its own peak memory."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.run(
-        [sys.executable, "-m", "bench.results_scale", "--page", run_id],
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.results_scale", flag, *([value] if value else [])],
         capture_output=True,
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=1200,
+        timeout=1800,
     )
     try:
-        return json.loads(child.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return {"page_error": child.stderr.strip().splitlines()[-3:]}
+        return {f"{flag.strip('-')}_error": proc.stderr.strip().splitlines()[-3:]}
 
 
 def measure(n: int, fit_cells: int, models: list[str]) -> list[dict]:
@@ -163,12 +203,22 @@ def measure(n: int, fit_cells: int, models: list[str]) -> list[dict]:
             "results_mib_per_100k": round(total / 2**20 * 1e5 / n, 1),
             "input_mib_per_100k": round(input_bytes / 2**20 * 1e5 / n, 1),
             "results_over_input": round(total / input_bytes, 2),
+            "fit_cells": min(fit_cells, n),
+            "worker_peak_mb": None,
         }
-        row.update(page_child(Path(run).name))
+        for _ in range(100):  # the supervisor records the training process's peak at its end
+            row["worker_peak_mb"] = runs.read_status(Path(run)).get("peak_memory_mb")
+            if row["worker_peak_mb"]:
+                break
+            time.sleep(0.2)
+        row.update(child("--page", Path(run).name))
+        row.update(child("--export", Path(run).name))
         print(json.dumps(row), flush=True)
         rows.append(row)
         runs.write_json(OUT / "results_scale.partial.json", rows)
-    return rows
+    compare = {"n": n, "model": "compare page", **child("--compare")}
+    print(json.dumps(compare), flush=True)
+    return [*rows, compare]
 
 
 def main() -> None:
@@ -177,18 +227,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--fit-cells", type=int, default=20_000)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--page", help=argparse.SUPPRESS)  # the child: one page measurement
+    ap.add_argument("--name", default="results_scale", help="bench/results/NAME.json")
+    ap.add_argument("--page", help=argparse.SUPPRESS)  # the children: one measurement each
+    ap.add_argument("--compare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--export", help=argparse.SUPPRESS)
     ap.add_argument(
         "--pages-of", help="only measure the Results page of every run in this SCWB_HOME"
     )
     args = ap.parse_args()
-    if args.page:
-        print(json.dumps(page(args.page)))
+    if args.page or args.compare or args.export:
+        out = page(args.page) if args.page else compare_page() if args.compare else None
+        print(json.dumps(out or export_zip(args.export)))
         return
     if args.pages_of:
         os.environ["SCWB_HOME"] = args.pages_of
         for run in sorted(p for p in Path(args.pages_of, "runs").iterdir() if p.name[0] != "."):
-            print(json.dumps({"run": run.name, **page_child(run.name)}), flush=True)
+            print(json.dumps({"run": run.name, **child("--page", run.name)}), flush=True)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     out: dict = {"genes": GENES, "fit_cells": args.fit_cells, "rows": []}
@@ -196,7 +250,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as home:
             os.environ["SCWB_HOME"] = home
             out["rows"] += measure(n, args.fit_cells, args.models.split(","))
-        (OUT / "results_scale.json").write_text(json.dumps(out, indent=2))
+        (OUT / f"{args.name}.json").write_text(json.dumps(out, indent=2))
     (OUT / "results_scale.partial.json").unlink(missing_ok=True)
 
 

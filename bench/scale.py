@@ -326,15 +326,15 @@ def _train(n: int, path: str, model: str, depth: int, batches: int, threads: int
     }
 
 
-def train(n: int, path: Path, batches: int, reps: int, threads: int) -> dict:
+def train(n: int, path: Path, batches: int, reps: int, threads: int, models: list[str]) -> dict:
     rows = [
-        _spawn(_train, n, str(path), model, depth, batches, threads)
-        for model in ("vae", "mlp")
+        _spawn(_train, n, str(path), model, depth, batches, threads) | {"timed_batches": batches}
+        for model in models
         for _ in range(reps)
         for depth in (2, 0)
     ]
     out = {"stage": "train", "n": n, "batch_size": BATCH, "rows": rows}
-    for model in ("vae", "mlp"):
+    for model in models:
         for depth in (2, 0):
             v = sorted(
                 r["cells_per_s"]
@@ -351,7 +351,13 @@ def train(n: int, path: Path, batches: int, reps: int, threads: int) -> dict:
 def _merge(rows: list[dict]) -> dict:
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     keep = {(r["stage"], r["n"]): r for r in old.get("results", [])}
-    keep.update({(r["stage"], r["n"]): r for r in rows})
+    for r in rows:
+        before = keep.get((r["stage"], r["n"]))
+        if r["stage"] == "train" and before:  # a rerun of some models keeps the others' rows
+            again = {x.get("model") for x in r["rows"]}
+            kept = [x for x in before["rows"] if x.get("model") not in again]
+            r = {**before, **r, "rows": kept + r["rows"]}
+        keep[(r["stage"], r["n"])] = r
     import platform
 
     import torch
@@ -371,6 +377,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--batches", type=int, default=200, help="timed batches; 0: a whole epoch")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in training; 0: torch's")
+    ap.add_argument("--models", default="vae,mlp", help="the models the train stage times")
     ap.add_argument(
         "--cache", type=Path, default=Path("/tmp/scwb_scale"), help="where the generated files live"
     )
@@ -387,7 +394,7 @@ def main() -> None:
             elif stage == "preprocess":
                 row = preprocess(n, path, args.reps)
             else:
-                row = train(n, path, args.batches, args.reps, args.threads)
+                row = train(n, path, args.batches, args.reps, args.threads, args.models.split(","))
             print(json.dumps(row), flush=True)
             OUT.parent.mkdir(exist_ok=True)
             OUT.write_text(json.dumps(_merge([row]), indent=1))

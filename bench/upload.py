@@ -1,0 +1,146 @@
+"""A large upload through a real browser (issue 16): Debian chromium (playwright) sends a file
+to the Data page of ``streamlit run app.py``; we time it until the page says it is loaded and
+sample the memory of the app process and of its children (the reader) meanwhile.
+
+    python -m bench.upload [--cells 1000000]
+
+The file is bench.scale's synthetic counts (2,000 genes, ~10% non-zero; 1.6 GB at 1M cells).
+Writes bench/results/upload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of ``pid`` (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    kids = [int(p) for p in text.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+class Sampler(threading.Thread):
+    """Peak resident memory of the app process and of its largest child, every 0.1 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.app_peak, self.child_peak, self.stop = pid, 0, 0, False
+
+    def run(self) -> None:
+        while not self.stop:
+            self.app_peak = max(self.app_peak, _rss(self.pid))
+            for kid in _children(self.pid):
+                self.child_peak = max(self.child_peak, _rss(kid))
+            time.sleep(0.1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=1_000_000)
+    args = ap.parse_args()
+    from playwright.sync_api import expect, sync_playwright
+
+    from bench.scale import data_file
+
+    source = data_file(args.cells)
+    with tempfile.TemporaryDirectory() as tmp:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "SCWB_HOME": str(Path(tmp) / "home"), "SCWB_BENCHMARK": "0"}
+        with open(Path(tmp) / "streamlit.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                cwd=ROOT,
+                env={**env, "PYTHONPATH": str(ROOT)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(120):
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            base = _rss(proc.pid)
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            row = {"cells": args.cells, "file_mb": round(source.stat().st_size / 2**20, 1)}
+            try:
+                with sync_playwright() as pw:
+                    browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+                    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+                    page.goto(f"{url}/data")
+                    expect(page.locator('input[type="file"]')).to_be_attached(timeout=60_000)
+                    t0 = time.perf_counter()
+                    page.locator('input[type="file"]').set_input_files(str(source))
+                    load = page.get_by_role("button", name="Load file")
+                    expect(load).to_be_enabled(timeout=1_800_000)
+                    row["upload_s"] = round(time.perf_counter() - t0, 1)
+                    t1 = time.perf_counter()
+                    load.click()
+                    expect(page.get_by_text(f"Loaded {args.cells:,} cells")).to_be_visible(
+                        timeout=1_800_000
+                    )
+                    row["load_s"] = round(time.perf_counter() - t1, 1)
+                    page.screenshot(path=str(OUT / "upload_loaded.png"), full_page=True)
+                    browser.close()
+            except Exception as exc:  # keep the figures measured so far
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            finally:
+                sampler.stop = True
+                sampler.join()
+                proc.terminate()
+                proc.wait(timeout=30)
+                row["streamlit_log_tail"] = (Path(tmp) / "streamlit.log").read_text()[-1500:]
+        row |= {
+            "app_base_mb": round(base / 2**20),
+            "app_peak_mb": round(sampler.app_peak / 2**20),
+            "reader_child_peak_mb": round(sampler.child_peak / 2**20),
+        }
+    print(json.dumps(row, indent=1))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "upload.json").write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
