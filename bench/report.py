@@ -309,8 +309,11 @@ def scale(d: dict) -> list[str]:
         "## A million cells (`python -m bench.scale`)",
         "",
         f"Synthetic sparse counts x {d.get('genes', 2000):,} genes (~10% non-zero); {d.get('machine', '')}. "
-        "Measured on the 2-core machine while other work shared it (load 5-6), so single figures "
-        "vary by up to 1.6x between repeats; ratios are taken within one run.",
+        "Opening and preprocessing were measured on the 2-core machine while other work shared "
+        "it (load 5-6), so single figures vary by up to 1.6x between repeats; ratios are taken "
+        "within one run. The training table was measured with the machine otherwise idle "
+        "(load under 1.2), the MLP with 2,000 timed batches (its steps take ~2 ms, so 200 "
+        "batches were too short to time against the machine's noise).",
         "",
     ]
     res = d.get("results", [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -19,6 +20,7 @@ import pandas as pd
 from engine.errors import ScwbError
 
 MIN_CELLS = 5
+GENE_MEANS = "gene_means.csv"  # per target folder: the per-gene means its figures draw
 
 
 def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -72,21 +74,26 @@ def target_folder(index: int, target: str) -> str:
 
 
 def mean_shift(
-    dense: np.ndarray,
+    x: Any,
     cond: np.ndarray,
     types: np.ndarray,
     train_mask: np.ndarray,
     ctrl: str,
     stim: str,
 ) -> np.ndarray:
-    """Mean over training cell types of (mean stimulated - mean control), in gene space."""
+    """Mean over training cell types of (mean stimulated - mean control), in gene space;
+    ``x`` dense or sparse (never densified)."""
+
+    def mean(mask: np.ndarray) -> np.ndarray:
+        return np.asarray(x[mask].mean(0), dtype=np.float64).ravel()
+
     shifts = []
     for t in sorted(set(types[train_mask])):
         c = train_mask & (types == t) & (cond == ctrl)
         s = train_mask & (types == t) & (cond == stim)
         if c.any() and s.any():
-            shifts.append(dense[s].mean(0) - dense[c].mean(0))
-    return np.mean(shifts, axis=0) if shifts else np.zeros(dense.shape[1], dtype=np.float32)
+            shifts.append(mean(s) - mean(c))
+    return np.mean(shifts, axis=0) if shifts else np.zeros(x.shape[1], dtype=np.float32)
 
 
 def gene_means(
@@ -125,4 +132,19 @@ def gene_means(
             "meanshift": ctrl_mean + (np.mean(shifts, 0) if shifts else 0),
         },
         index=results.var_names.astype(str),
+    )
+
+
+MEAN_COLUMNS = ("control", "predicted", "real", "meanshift")
+
+
+def read_gene_means(path: str | Path) -> pd.DataFrame:
+    """A stored ``gene_means.csv``; gene names are read as written (a gene called "NA" or
+    "nan" stays a name, never a missing value)."""
+    return pd.read_csv(
+        path,
+        index_col=0,
+        dtype={"gene": str},
+        keep_default_na=False,
+        na_values={c: ["", "nan", "NaN"] for c in MEAN_COLUMNS},
     )

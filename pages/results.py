@@ -21,7 +21,7 @@ import streamlit as st
 from engine import embedding, export, jobs, metric_names, runs, settings
 from engine import results as results_files
 from engine.checks import human
-from engine.perturb import gene_means  # torch-free
+from engine.perturb import GENE_MEANS, gene_means, read_gene_means  # torch-free
 from ui import figures
 from ui.figures import esc
 from ui.state import ensure_app_navigation
@@ -237,6 +237,32 @@ def load_results(path: str, mtime: float) -> ad.AnnData:
     return results_files.load(path)
 
 
+@st.cache_resource(max_entries=2, show_spinner="Loading the cell type's cells...")
+def target_cells(path: str, mtime: float, type_key: str, target: str) -> ad.AnnData:
+    """Only the rows of one cell type (control, predicted and real stimulated cells)."""
+    types = obs_columns(path, mtime, (type_key,))[type_key].astype(str).to_numpy()
+    return results_files.rows_of(path, np.flatnonzero(types == target))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def target_means(path: str, mtime: float, sub_dir: str, info: dict, target: str, layer: str):
+    """Per-gene means of the target's control, predicted and real cells and the mean-shift
+    baseline: as the worker stored them with the metrics (``gene_means.csv``), or, for a run
+    made before it did, from the whole results file."""
+    stored = Path(sub_dir) / GENE_MEANS
+    if stored.exists():
+        return read_gene_means(stored)
+    return gene_means(
+        load_results(path, mtime),
+        info["condition_key"],
+        info["cell_type_key"],
+        info["ctrl"],
+        info["stim"],
+        target,
+        layer=layer,
+    )
+
+
 res_info = None
 mtime = 0.0
 if res_path.exists():
@@ -424,9 +450,11 @@ PERTURB_COLS = (
 
 if res_info is not None and task == "perturb":
     with guard("the perturbation results"):
-        res = load_results(str(res_path), mtime)  # predicted cells' expression: the whole file
-        scwb = res.uns.get("scwb") or {}
-        info = dict(scwb.get("perturb") or res.uns.get("scgen") or {})
+        info = dict(scwb.get("perturb") or {})
+        res = None  # the whole file: only for runs made before the worker stored gene means
+        if not info:  # a run of an older version: its design lives elsewhere in uns
+            res = load_results(str(res_path), mtime)
+            info = dict((res.uns.get("scwb") or {}).get("perturb") or res.uns.get("scgen") or {})
         targets = [str(t) for t in list(info.get("targets", []))]
         if not targets:
             raise ValueError("the results file records no predicted cell type")
@@ -497,14 +525,8 @@ if res_info is not None and task == "perturb":
                     f"For {esc(target)}, scGen does not beat the simple mean-shift baseline "
                     "on R² of mean expression (all genes)."
                 )
-            means = gene_means(
-                res,
-                info["condition_key"],
-                info["cell_type_key"],
-                info["ctrl"],
-                info["stim"],
-                target,
-                layer=str(scwb.get("layer") or "X"),
+            means = target_means(
+                str(res_path), mtime, str(sub_dir), info, target, str(scwb.get("layer") or "X")
             )
             top = runs.read_json(sub_dir / "top_degs.json", []) or []
             top = [str(g) for g in top] if isinstance(top, list) else []
@@ -532,17 +554,15 @@ if res_info is not None and task == "perturb":
                     figs,
                     col,
                 )
-            genes = [g for g in top if g in res.var_names][:6]
-            cond = res.obs[info["condition_key"]].astype(str)
-            types = res.obs[info["cell_type_key"]].astype(str)
-            mask = (types == target).to_numpy()
+            genes = [g for g in top if g in means.index][:6]
 
             def _violins():
-                sub = res[mask, genes]
-                xs = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
+                sub = target_cells(str(res_path), mtime, info["cell_type_key"], target)
+                xs = sub[:, genes].X
+                xs = xs.toarray() if hasattr(xs, "toarray") else np.asarray(xs)
                 long = (
                     pd.DataFrame(xs, columns=genes)
-                    .assign(condition=cond[mask].to_numpy())
+                    .assign(condition=sub.obs[info["condition_key"]].astype(str).to_numpy())
                     .melt(id_vars="condition", var_name="gene", value_name="expression")
                 )
                 return figures.deg_violins(
@@ -553,15 +573,17 @@ if res_info is not None and task == "perturb":
                 figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
 
         LAT = slots.get("latent", "X_scgen")
-        if LAT in res.obsm:
+        if LAT in res_info["obsm"]:
             st.subheader(f"Latent space: {esc(target)}")
-            keep = (res.obs[info["cell_type_key"]].astype(str) == target).to_numpy()
-            cond_all = res.obs[info["condition_key"]].astype(str).to_numpy()
+            both = obs_columns(str(res_path), mtime, (info["cell_type_key"], info["condition_key"]))
+            keep = (both[info["cell_type_key"]].astype(str) == target).to_numpy()
+            cond_all = both[info["condition_key"]].astype(str).to_numpy()
 
             def draw_scgen(out: dict) -> None:
                 cells = out["cells"]
                 sel = keep[cells]
-                n_bad = int((~np.isfinite(np.asarray(res.obsm[LAT])[keep]).all(1)).sum())
+                lat = obsm_values(str(res_path), mtime, LAT)
+                n_bad = int((~np.isfinite(lat[keep]).all(1)).sum())
                 if n_bad:
                     st.caption(
                         f"{n_bad:,} {esc(target)} cells have no finite latent code (predicted "
@@ -585,7 +607,7 @@ if res_info is not None and task == "perturb":
                     figs,
                 )
 
-            latent_embedding(LAT, res.n_obs, draw_scgen)
+            latent_embedding(LAT, res_info["n_obs"], draw_scgen)
 
 st.divider()
 st.subheader("Export")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -340,8 +341,10 @@ def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
     assert umap["layout"]["showlegend"] is True and len(umap["data"]) >= 2
 
 
-def test_results_scgen_violins_baselines_and_nan_latent(dataset):
+def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     import anndata as ad
+
+    from engine import results as results_files
 
     run = _finished(
         dataset,
@@ -362,8 +365,24 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset):
     res.obsm["X_scgen"] = lat
     res.write_h5ad(run / "results.h5ad")
     assert embedding.compute(run, "X_scgen")["state"] == "done"
+
+    def whole_file(path):  # the page reads parts: the design, two obs columns, one type's rows
+        raise AssertionError("the Results page read the whole results file")
+
+    monkeypatch.setattr(results_files, "load", whole_file)
     at = app("results", run=run.name)
     assert not texts(at, "error"), texts(at, "error")
+    # the scatter draws the per-gene means the metrics were computed from
+    means = pd.read_csv(run / "gene_means.csv", index_col=0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    r = np.corrcoef(means["predicted"], means["real"])[0, 1]
+    assert r**2 == pytest.approx(metrics["r2_mean_all"], abs=1e-6)
+    r = np.corrcoef(means["meanshift"], means["real"])[0, 1]
+    assert r**2 == pytest.approx(metrics["baseline_meanshift_r2_mean_all"], abs=1e-6)
+    scatter = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("scGen, B cell"))
+    assert np.allclose(
+        np.sort(arr(scatter["data"][0]["y"])), np.sort(means["predicted"]), atol=1e-5
+    )
     table = at.dataframe[0].value
     assert list(table["prediction"]) == [
         "scGen",
