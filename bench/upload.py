@@ -49,11 +49,14 @@ def _rss(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    kids = [int(p) for p in text.split()]
+    """Every descendant: children hang off the thread that started them (Streamlit runs the
+    page in a script thread), so each thread's list is read."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
     return kids + [g for k in kids for g in _children(k)]
 
 
@@ -63,10 +66,16 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.app_peak, self.child_peak, self.stop = pid, 0, 0, False
+        self.timeline: list[tuple[float, int]] = []  # (s, app MB) every second
 
     def run(self) -> None:
+        t0 = time.perf_counter()
         while not self.stop:
-            self.app_peak = max(self.app_peak, _rss(self.pid))
+            rss = _rss(self.pid)
+            self.app_peak = max(self.app_peak, rss)
+            t = time.perf_counter() - t0
+            if not self.timeline or t - self.timeline[-1][0] >= 1:
+                self.timeline.append((round(t, 1), round(rss / 2**20)))
             for kid in _children(self.pid):
                 self.child_peak = max(self.child_peak, _rss(kid))
             time.sleep(0.1)
@@ -116,12 +125,17 @@ def main() -> None:
                     load = page.get_by_role("button", name="Load file")
                     expect(load).to_be_enabled(timeout=1_800_000)
                     row["upload_s"] = round(time.perf_counter() - t0, 1)
+                    row["app_peak_upload_mb"] = round(sampler.app_peak / 2**20)
+                    row["app_after_upload_mb"] = round(_rss(proc.pid) / 2**20)
+                    sampler.app_peak = 0  # from here: the load's peak
                     t1 = time.perf_counter()
                     load.click()
                     expect(page.get_by_text(f"Loaded {args.cells:,} cells")).to_be_visible(
                         timeout=1_800_000
                     )
                     row["load_s"] = round(time.perf_counter() - t1, 1)
+                    page.wait_for_timeout(5000)
+                    row["app_after_load_mb"] = round(_rss(proc.pid) / 2**20)
                     page.screenshot(path=str(OUT / "upload_loaded.png"), full_page=True)
                     browser.close()
             except Exception as exc:  # keep the figures measured so far
@@ -134,8 +148,9 @@ def main() -> None:
                 row["streamlit_log_tail"] = (Path(tmp) / "streamlit.log").read_text()[-1500:]
         row |= {
             "app_base_mb": round(base / 2**20),
-            "app_peak_mb": round(sampler.app_peak / 2**20),
+            "app_peak_load_mb": round(sampler.app_peak / 2**20),
             "reader_child_peak_mb": round(sampler.child_peak / 2**20),
+            "app_mb_timeline": sampler.timeline,
         }
     print(json.dumps(row, indent=1))
     OUT.mkdir(exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pandas as pd
 import streamlit as st
 
@@ -35,9 +37,15 @@ def _loaded(key: str) -> None:
 
 upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
 with upload:
+    done = st.session_state.pop("upload_loaded", None)
+    if done:  # the uploader was emptied after its file was saved: say what was loaded
+        gc.collect()
+        _loaded(done)
     f = st.file_uploader(
         "AnnData .h5ad, 10x .h5, zipped 10x .mtx folder, or .csv/.tsv (cells x genes)",
         type=["h5ad", "h5", "zip", "csv", "tsv", "gz"],
+        # a new key once a file is saved: Streamlit then drops the upload it holds in memory
+        key=f"upload-{st.session_state.get('upload_round', 0)}",
     )
     name = st.text_input(
         "Save as",
@@ -52,9 +60,14 @@ with upload:
                 new_key = datasets.import_upload(
                     f, name or f.name, filename=f.name, source=f"upload:{f.name}"
                 )
-            _loaded(new_key)
         except Exception as exc:
             show_error(exc)
+        else:
+            # the file is on disk now: empty the uploader so that the app process lets go of
+            # the copies Streamlit keeps of an upload (several times a GB-sized file)
+            st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+            st.session_state["upload_loaded"] = new_key
+            st.rerun()
 with demo:
     choice = st.selectbox("Demo", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
     if st.button("Load demo"):
