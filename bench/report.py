@@ -458,10 +458,12 @@ def upload(d: dict) -> list[str]:
         "## A large upload in a real browser (`python -m bench.upload`)",
         "",
         f"Debian chromium (playwright) uploads {d['cells']:,} cells ({d['file_mb']:,.0f} MB .h5ad) "
-        f"to the Data page and presses Load file: upload {d.get('upload_s')} s, load (validated "
-        f"and read in the reader child, described, saved) {d.get('load_s')} s; app process "
-        f"{d.get('app_base_mb')} MB at rest, peak {d.get('app_peak_mb')} MB; reader child peak "
-        f"{d.get('reader_child_peak_mb')} MB."
+        f"to the Data page and presses Load file: upload {d.get('upload_s')} s, load (streamed to "
+        f"disk, validated and read in the reader child, described, saved) {d.get('load_s')} s. "
+        f"App process: {d.get('app_base_mb')} MB at rest, {d.get('app_peak_upload_mb')} MB once "
+        f"the upload has arrived, peak {d.get('app_peak_load_mb')} MB while loading, "
+        f"{d.get('app_after_load_mb')} MB after (the uploader is emptied and Streamlit's stored "
+        f"bytes dropped); reader child peak {d.get('reader_child_peak_mb')} MB."
         + (f" Error: {d['error']}" if d.get("error") else ""),
         "",
     ]

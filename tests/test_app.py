@@ -63,6 +63,9 @@ def test_data_page_upload_and_summary(counts_file):
     assert not errors(at), errors(at)
     assert any("Loaded 600 cells" in s.value for s in at.success)
     assert [d["name"] for d in datasets.list_datasets()] == ["my counts"]
+    # the saved file leaves the uploader (and the memory Streamlit keeps it in): ready for the next
+    assert at.file_uploader[0].value is None
+    assert next(b for b in at.button if b.label == "Load file").disabled
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Cells"] == "600" and metrics["Genes"] == "200"
     assert any(m.value.startswith("**X holds:** counts") for m in at.markdown)
