@@ -138,6 +138,19 @@ def gene_means(
 MEAN_COLUMNS = ("control", "predicted", "real", "meanshift")
 
 
+def write_gene_means(means: pd.DataFrame, path: str | Path) -> None:
+    """Write ``gene_means.csv`` atomically (a reader never sees half a file)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        means.to_csv(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_gene_means(path: str | Path) -> pd.DataFrame:
     """A stored ``gene_means.csv``; gene names are read as written (a gene called "NA" or
     "nan" stays a name, never a missing value)."""

@@ -21,6 +21,7 @@ from engine.perturb import (
     mean_shift,
     target_folder,
     targets_with_enough_cells,
+    write_gene_means,
 )
 from engine.split import make_split
 from engine.tasks.base import Task
@@ -231,7 +232,7 @@ class Perturb(Task):
                     },
                     index=pd.Index(out.var_names.astype(str), name="gene"),
                 )
-                means.to_csv(folder / GENE_MEANS)
+                write_gene_means(means, folder / GENE_MEANS)
             if len(self.parts) > 1:
                 runs.write_json(Path(spec.out) / part["folder"] / "metrics.json", m)
             else:
