@@ -78,6 +78,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     cancelled = task.fit(adata, split, toolkit.FitContext.from_spec(spec, run_dir, dev))
     if not writer:
         return {}  # the other ranks only help to train
+    task.share_input = True  # this run read adata itself and drops it: no copy of its matrices
     out, sample = results.annotate(task, adata, seed=spec.seed)  # per-gene: a sample at scale
     metrics = task.evaluate(out, split, spec)
     task.save(run_dir)

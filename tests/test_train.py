@@ -279,3 +279,31 @@ def test_sparse_counts_stay_sparse_over_budget():
     )
     assert seen.shape == (100, 30) and np.isclose(seen.sum(), x.sum())
     assert DeviceMatrix(x, "cpu").is_dense
+
+
+@pytest.mark.parametrize("model, kw", [("autoencoder", {}), ("mlp", {"label_key": "cell_type"})])
+def test_run_writes_results_without_copying_its_input(
+    tmp_path, lognorm_file, monkeypatch, model, kw
+):
+    """The worker hands its input to the output (at a million cells a copy of X is GBs, and
+    pushed a VAE run past the memory budget); the results still hold the input unchanged."""
+    import anndata as ad
+
+    from engine import io
+
+    n = io.read(lognorm_file).n_obs
+    copies: list[int] = []
+    real_copy = ad.AnnData.copy
+
+    def spy(self, *a, **k):
+        copies.append(self.n_obs)
+        return real_copy(self, *a, **k)
+
+    monkeypatch.setattr(ad.AnnData, "copy", spy)
+    run_dir = tmp_path / "run"
+    train.run(RunSpec(model=model, data=lognorm_file, out=str(run_dir), epochs=2, **kw))
+    assert n not in copies
+    monkeypatch.setattr(ad.AnnData, "copy", real_copy)
+    res, src = ad.read_h5ad(run_dir / "results.h5ad"), io.read(lognorm_file)
+    assert (io.dense(res.X) == io.dense(src.X)).all()
+    assert set(src.obsm) < set(res.obsm) and set(src.obs.columns) < set(res.obs.columns)

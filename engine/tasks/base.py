@@ -3,6 +3,7 @@ without ever clobbering what the input already had."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ class Task:
 
     name = ""
     label_classes = False  # whether the setup records the label's classes (classifiers)
+    share_input = False  # start_output shares the input's matrices instead of copying them
 
     def __init__(
         self,
@@ -88,7 +90,25 @@ class Task:
 
     # ------------------------------------------------------------------------- slots
     def start_output(self, adata: ad.AnnData) -> tuple[ad.AnnData, dict[str, str]]:
-        return adata.copy(), {}
+        """The output: the input's slots, to which the model's are added. A copy, unless the
+        caller hands its input over (``share_input``: the worker, which drops its input
+        afterwards; at a million cells a copy of X alone is GBs). Shared or not, the input
+        never changes: outputs go to new keys of the output's own tables and mappings."""
+        if not self.share_input or adata.is_view:
+            return adata.copy(), {}
+        out = ad.AnnData(
+            X=adata.X,
+            obs=adata.obs.copy(),
+            var=adata.var.copy(),
+            uns=copy.deepcopy(dict(adata.uns)),
+            obsm=dict(adata.obsm),
+            varm=dict(adata.varm),
+            layers=dict(adata.layers),
+            obsp=dict(adata.obsp),
+            varp=dict(adata.varp),
+            raw=adata.raw,
+        )
+        return out, {}
 
     def to_data_genes(self, values: np.ndarray, adata: ad.AnnData) -> np.ndarray:
         """Per-gene outputs (in the model's gene order) laid out on ``adata``'s own genes: a
