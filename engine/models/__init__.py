@@ -132,10 +132,10 @@ REGISTRY: dict[str, ModelInfo] = {
             "autoencoder",
             "reconstruct",
             "Autoencoder (scQUEST)",
-            "Encoder n_in->32->16->8->4 mirrored; MSE; per-cell reconstruction error = abnormality.",
+            "Encoder n_in->64->32->4 mirrored; MSE; per-cell reconstruction error = abnormality.",
             builder="engine.models.autoencoder:build",
             params={
-                "widths": Param("32,16,8,4", "encoder widths, the last is the latent size"),
+                "widths": Param("64,32,4", "encoder widths, the last is the latent size"),
                 "activation": ACTIVATION,
                 "output": Param(
                     "auto",
@@ -143,7 +143,10 @@ REGISTRY: dict[str, ModelInfo] = {
                     choices=("auto", "sigmoid", "linear"),
                 ),
             },
-            epochs=50,
+            # a 4-wide bottleneck needs many steps: at 50 epochs it lost to a 4-component PCA
+            # (docs/BENCHMARKS.md, abnormality); early stopping ends it sooner on large data
+            epochs=500,
+            patience=50,
         ),
         ModelInfo(
             "pca",
