@@ -26,6 +26,7 @@ from ui import figures
 from ui.figures import esc
 from ui.state import ensure_app_navigation
 
+APP_DIR = Path(__file__).resolve().parent.parent  # where `python -m engine` runs
 AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells
 POLL_S = 2.0
 
@@ -451,7 +452,6 @@ PERTURB_COLS = (
 if res_info is not None and task == "perturb":
     with guard("the perturbation results"):
         info = dict(scwb.get("perturb") or {})
-        res = None  # the whole file: only for runs made before the worker stored gene means
         if not info:  # a run of an older version: its design lives elsewhere in uns
             res = load_results(str(res_path), mtime)
             info = dict((res.uns.get("scwb") or {}).get("perturb") or res.uns.get("scgen") or {})
@@ -461,7 +461,8 @@ if res_info is not None and task == "perturb":
         target = (
             st.selectbox("Cell type", targets, format_func=str) if len(targets) > 1 else targets[0]
         )
-        folders = list(info.get("target_dirs") or [])
+        dirs_read = info.get("target_dirs")  # an array when read back from the .h5ad
+        folders = [] if dirs_read is None else [str(x) for x in list(dirs_read)]
         dirs = dict(zip(targets, map(str, folders), strict=False)) if folders else {}
         if target in dirs:
             sub_dir = (run_dir / str(dirs[target])).resolve()
@@ -558,7 +559,9 @@ if res_info is not None and task == "perturb":
 
             def _violins():
                 sub = target_cells(str(res_path), mtime, info["cell_type_key"], target)
-                xs = sub[:, genes].X
+                layer = str(scwb.get("layer") or "X")  # where the model read (as the means)
+                sub = sub[:, genes]
+                xs = sub.layers[layer] if layer != "X" and layer in sub.layers else sub.X
                 xs = xs.toarray() if hasattr(xs, "toarray") else np.asarray(xs)
                 long = (
                     pd.DataFrame(xs, columns=genes)
@@ -626,7 +629,7 @@ def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Pa
     col.caption(
         f"{label}: {human(size)}, larger than the app sends through the browser "
         f"(SCWB_DOWNLOAD_MAX_MB).{place} Write it with "
-        f"`python -m engine export {run_id} --{flag} FILE`."
+        f"`python -m engine export {run_dir} --{flag} FILE` (in {APP_DIR})."
     )
 
 

@@ -634,5 +634,41 @@ def test_results_names_files_too_large_for_the_browser(dataset, monkeypatch):
     assert "Metrics (CSV)" in labels  # small text files are built on click as before
     captions = " ".join(texts(at, "caption"))
     for flag in ("h5ad", "model", "zip"):
-        assert f"python -m engine export {run.name} --{flag} FILE" in captions
+        assert f"python -m engine export {run} --{flag} FILE" in captions
     assert str(run / "results.h5ad") in captions
+
+
+def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
+    """A run over every cell type (--predict all): the table, and each type's scatters and
+    violins from its own folder, read in parts (the folders come back from the .h5ad as an
+    array: that once hid every figure of such runs behind a warning)."""
+    from engine import results as results_files
+
+    run = _finished(
+        dataset,
+        "scgen",
+        "-loo",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="all",
+        params={"n_hidden": 64, "n_latent": 8},
+    )
+
+    def whole_file(path):
+        raise AssertionError("the Results page read the whole results file")
+
+    monkeypatch.setattr(results_files, "load", whole_file)
+    at = app("results", run=run.name)
+    assert not [w for w in texts(at, "warning") if "Could not" in w], texts(at, "warning")
+    assert "Leave-one-cell-type-out" in [h.value for h in at.subheader]
+    pick = next(s for s in at.selectbox if s.label == "Cell type")
+    for target in pick.options[:2]:
+        pick.set_value(target).run()
+        assert not [w for w in texts(at, "warning") if "Could not" in w], texts(at, "warning")
+        titles = [s["layout"]["title"]["text"] for s in specs(at)]
+        assert any(t.startswith(f"scGen, {target}") for t in titles), titles
+        assert any("Top DEGs" in t for t in titles), titles
+        pick = next(s for s in at.selectbox if s.label == "Cell type")
