@@ -155,7 +155,12 @@ def classify(tmp: Path, seeds: list[int]) -> dict:
 ABN_MODELS = {
     "autoencoder": {},  # the app's defaults
     # the defaults before: 32-16-8-4, 50 epochs, patience 10 (for the before/after notes)
-    "autoencoder (old default)": {"epochs": 50, "patience": 10, "params": {"widths": "32,16,8,4"}},
+    "autoencoder (old default)": {
+        "model": "autoencoder",
+        "epochs": 50,
+        "patience": 10,
+        "params": {"widths": "32,16,8,4"},
+    },
     "pca": {"params": {"n_components": 4}},
 }
 ABNORMALITY = {
@@ -207,11 +212,10 @@ def abnormality(tmp: Path, seeds: list[int]) -> dict:
                     m = _run(
                         tmp,
                         f"abn-{key}-{model}-{left}-{seed}".replace(" ", "_").replace("/", "_"),
-                        model=model,
                         data=data,
                         seed=seed,
                         train_on=train_on,
-                        **kw,
+                        **({"model": model} | kw),
                     )
                     ref = ref or m["out"]
                     per.setdefault(model, []).append(m["abnormality_auroc"])
