@@ -412,6 +412,8 @@ def results_scale(d: dict, full: bool = False) -> list[str]:
         "export_peak_rss_gb": "export peak GB",
     }
     rows = [r for r in d["rows"] if r.get("model") != "compare page"]
+    if not rows:
+        return []
     if not full:  # the older table's columns only, as measured then
         cols = {k: v for k, v in cols.items() if k in rows[0]}
     t = pd.DataFrame(rows).reindex(columns=list(cols)).rename(columns=cols)

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "results"
+NAME = "results_scale"  # the output's name (--name)
 ROOT = Path(__file__).resolve().parent.parent
 GENES, GROUPS, DRAWS = 2000, 5, 220  # ~200 distinct genes a cell: ~10% non-zero
 MODELS = {
@@ -215,7 +216,7 @@ def measure(n: int, fit_cells: int, models: list[str]) -> list[dict]:
         row.update(child("--export", Path(run).name))
         print(json.dumps(row), flush=True)
         rows.append(row)
-        runs.write_json(OUT / "results_scale.partial.json", rows)
+        runs.write_json(OUT / f"{NAME}.partial.json", rows)
     compare = {"n": n, "model": "compare page", **child("--compare")}
     print(json.dumps(compare), flush=True)
     return [*rows, compare]
@@ -235,6 +236,8 @@ def main() -> None:
         "--pages-of", help="only measure the Results page of every run in this SCWB_HOME"
     )
     args = ap.parse_args()
+    global NAME
+    NAME = args.name
     if args.page or args.compare or args.export:
         out = page(args.page) if args.page else compare_page() if args.compare else None
         print(json.dumps(out or export_zip(args.export)))
@@ -251,7 +254,7 @@ def main() -> None:
             os.environ["SCWB_HOME"] = home
             out["rows"] += measure(n, args.fit_cells, args.models.split(","))
         (OUT / f"{args.name}.json").write_text(json.dumps(out, indent=2))
-    (OUT / "results_scale.partial.json").unlink(missing_ok=True)
+    (OUT / f"{NAME}.partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

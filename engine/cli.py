@@ -437,9 +437,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine import export, jobs
 
     run_dir = jobs.resolve_run(args.run)
-    wanted = {part: getattr(args, part) for part in export.PARTS if getattr(args, part)}
-    for part, target in (wanted or {"zip": f"{run_dir.name}.zip"}).items():
-        print(export.write(run_dir, part, target))
+    wanted = {p: getattr(args, p) for p in export.PARTS if getattr(args, p) is not None}
+    for target in export.write(run_dir, wanted or {"zip": f"{run_dir.name}.zip"}):
+        print(target)
     return 0
 
 

@@ -129,20 +129,7 @@ def bundle(run_dir: str | Path) -> bytes:
     return buf.getvalue()
 
 
-def write_bundle(run_dir: str | Path, target: str | Path) -> Path:
-    """The same zip written to ``target`` file by file: memory stays small at any size."""
-    target = Path(target)
-    partial = target.with_name(target.name + ".partial")
-    try:
-        with open(partial, "wb") as fh:
-            _pack(Path(run_dir), fh)
-        partial.replace(target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-# what ``python -m engine export`` can write: flag -> (file in the run folder or a builder)
+# what ``python -m engine export`` can write: part -> what it is
 PARTS = {
     "zip": "the whole run with reproduce.py",
     "h5ad": "the annotated .h5ad (results.h5ad)",
@@ -150,30 +137,75 @@ PARTS = {
     "script": "the script that reproduces the run",
     "metrics_csv": "the metrics as CSV",
 }
+# the file in the run folder each part needs
+SOURCES = {
+    "zip": "run.json",
+    "h5ad": "results.h5ad",
+    "model": "model.pt",
+    "script": "run.json",
+    "metrics_csv": "metrics.json",
+}
 
 
-def write(run_dir: str | Path, part: str, target: str | Path) -> Path:
-    """Write one export ``part`` (a key of ``PARTS``) of the run to ``target``, streaming."""
+def _check(run_dir: Path, wanted: dict[str, str | Path]) -> dict[str, Path]:
+    """Every part known, its source a regular file of the run (never a link), every target a
+    distinct file name outside the run folder: all checked before anything is written."""
+    from engine.errors import ScwbError
+
+    if not wanted:
+        raise ScwbError("export: name at least one part to write.")
+    inside, seen, out = run_dir.resolve(), set(), {}
+    for part, raw in wanted.items():
+        if part not in PARTS:
+            raise ScwbError(f"export: no part {part!r}; choose from {', '.join(PARTS)}.")
+        target = Path(str(raw))
+        if not str(raw).strip() or not target.name or target.name in (".", ".."):
+            raise ScwbError(f"export: --{part.replace('_', '-')} needs a file name, not {raw!r}.")
+        source = run_dir / SOURCES[part]
+        if source.is_symlink() or not source.is_file():
+            raise ScwbError(f"export: run {run_dir.name} has no {SOURCES[part]}.")
+        where = target.resolve()
+        if where.is_relative_to(inside):
+            raise ScwbError(f"export: write it outside the run folder, not to {target}.")
+        if where.is_dir():
+            raise ScwbError(f"export: {target} is a folder; name a file.")
+        if where in seen:
+            raise ScwbError(f"export: two parts would be written to {target}.")
+        seen.add(where)
+        out[part] = target
+    return out
+
+
+def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
+    """Write the export parts ``{part: target}`` (keys of ``PARTS``), streaming; each target
+    appears whole or not at all (written beside it, then renamed), and nothing is written
+    unless every part can be."""
     import shutil
 
     from engine.errors import ScwbError
 
-    run_dir, target = Path(run_dir), Path(target)
-    if target.resolve().is_relative_to(run_dir.resolve()):
-        raise ScwbError(f"export: write it outside the run folder, not to {target}.")
-    source = run_dir / ("results.h5ad" if part == "h5ad" else "model.pt")
-    if part in ("h5ad", "model") and not source.is_file():
-        raise ScwbError(f"export: run {run_dir.name} has no {source.name}.")
-    try:
-        if part == "zip":
-            return write_bundle(run_dir, target)
-        if part in ("h5ad", "model"):
-            shutil.copyfile(source, target)
-        else:
-            target.write_text(script(run_dir) if part == "script" else metrics_csv(run_dir))
-    except OSError as exc:
-        raise ScwbError(f"export: cannot write {target}: {exc.strerror or exc}.") from None
-    return target
+    run_dir = Path(run_dir)
+    done = []
+    for part, target in _check(run_dir, wanted).items():
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            if part == "zip":
+                with open(partial, "wb") as fh:
+                    _pack(run_dir, fh)
+            elif part in ("h5ad", "model"):
+                shutil.copyfile(run_dir / SOURCES[part], partial)
+            else:
+                text = script(run_dir) if part == "script" else metrics_csv(run_dir)
+                partial.write_text(text)
+            partial.replace(target)  # a new entry: never writes through a link at the target
+        except OSError as exc:
+            raise ScwbError(
+                f"export: {PARTS[part]} to {target} failed: {exc.strerror or exc}."
+            ) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        done.append(target)
+    return done
 
 
 def metrics_csv(run_dir: str | Path) -> str:

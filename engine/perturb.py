@@ -139,16 +139,10 @@ MEAN_COLUMNS = ("control", "predicted", "real", "meanshift")
 
 
 def write_gene_means(means: pd.DataFrame, path: str | Path) -> None:
-    """Write ``gene_means.csv`` atomically (a reader never sees half a file)."""
-    import os
+    """Write ``gene_means.csv`` atomically, like every run file."""
+    from engine import runs
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        means.to_csv(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    runs.atomic_write_text(Path(path), means.to_csv())
 
 
 def read_gene_means(path: str | Path) -> pd.DataFrame:

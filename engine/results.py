@@ -254,7 +254,8 @@ def rows_of(path: str | Path, rows: np.ndarray) -> ad.AnnData:
 
 
 def load(path: str | Path) -> ad.AnnData:
-    """The whole results file (export, the perturbation page): one line when unreadable."""
+    """The whole results file (perturbation runs made before gene_means.csv): one line when
+    unreadable."""
     try:
         return ad.read_h5ad(path)
     except (OSError, ValueError, KeyError) as exc:

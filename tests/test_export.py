@@ -3,6 +3,7 @@ the annotated .h5ad hold what they should."""
 
 import io as pyio
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -173,12 +174,10 @@ def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, c
         for i in zipfile.ZipFile(out / "r.zip").infolist()
         if i.filename != "reproduce.py"
     )
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob(".*partial"))
     # default: RUN.zip in the current folder
     cwd = tmp_path / "here"
     cwd.mkdir()
-    import os
-
     old = os.getcwd()
     os.chdir(cwd)
     try:
@@ -187,14 +186,35 @@ def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, c
         os.chdir(old)
     assert (cwd / "run.zip").is_file()
     capsys.readouterr()
+    (out / "sub").mkdir()
     for bad, says in (
         (["--zip", str(run_dir / "inside.zip")], "outside the run folder"),
-        (["--h5ad", str(tmp_path / "no" / "such" / "dir.h5ad")], "cannot write"),
+        (["--h5ad", str(tmp_path / "no" / "such" / "dir.h5ad")], "failed"),
+        (["--zip", "."], "needs a file name"),
+        (["--h5ad", ""], "needs a file name"),
+        (["--zip", str(out / "sub")], "is a folder"),
+        (["--zip", str(out / "x"), "--h5ad", str(out / "x")], "two parts"),
     ):
-        assert cli.main(["export", str(run_dir), *bad]) == 2
+        assert cli.main(["export", str(run_dir), *bad]) == 2, bad
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: export:") and says in err and "\n" not in err
+        assert err.startswith("error: export:") and says in err and "\n" not in err, (bad, err)
+    # a target that is a hard link to a run file gets a new file: the run's file is untouched
+    before = (run_dir / "run.json").read_bytes()
+    os.link(run_dir / "run.json", out / "hard.py")
+    assert cli.main(["export", str(run_dir), "--script", str(out / "hard.py")]) == 0
+    assert (run_dir / "run.json").read_bytes() == before
+    assert (out / "hard.py").read_text() == export.script(run_dir)
+    # a source that is a link is not followed (as in the zip); nothing is written when a part fails
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the run's")
     (run_dir / "model.pt").unlink()
-    assert cli.main(["export", str(run_dir), "--model", str(out / "x.pt")]) == 2
+    (run_dir / "model.pt").symlink_to(secret)
+    argv = ["export", str(run_dir), "--zip", str(out / "first.zip"), "--model", str(out / "x.pt")]
+    assert cli.main(argv) == 2
     assert "has no model.pt" in capsys.readouterr().err
+    assert not (out / "first.zip").exists() and not (out / "x.pt").exists()
+    (run_dir / "metrics.json").unlink()
+    assert cli.main(["export", str(run_dir), "--metrics-csv", str(out / "m2.csv")]) == 2
+    assert "has no metrics.json" in capsys.readouterr().err
     assert cli.main(["export", "no-such-run"]) == 2
+    assert not list(out.glob(".*partial"))
