@@ -145,6 +145,16 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return status
 
 
+def peak_memory_mb(children: bool = False) -> int:
+    """Peak resident memory of this process (or of its largest ended child) in MB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return round(peak.ru_maxrss * unit / 2**20)
+
+
 def update_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into status.json (atomically) and stamp ``updated``."""
     path = Path(run_dir) / "status.json"

@@ -85,6 +85,10 @@ def run(spec: RunSpec) -> dict[str, Any]:
     runs.write_json(run_dir / "metrics.json", metrics)
     results.write(run_dir, out, sample)
     runs.update_status(
-        run_dir, state="cancelled" if cancelled else "completed", finished=runs.now(), eta_s=0
+        run_dir,
+        state="cancelled" if cancelled else "completed",
+        finished=runs.now(),
+        eta_s=0,
+        peak_memory_mb=runs.peak_memory_mb(),
     )
     return metrics

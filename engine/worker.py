@@ -23,7 +23,6 @@ import errno
 import fcntl
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -256,9 +255,9 @@ def supervise(run_dir: Path, slot_fds: dict[str, int]) -> int:
                 _release(slot_fds)
                 end = runs.read_json(run_dir / runs.END_FILE, {}) or {}
                 _persist_end(run_dir, end)
-    with contextlib.suppress(OSError):  # the training process's peak memory, for the record
-        kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        runs.update_status(run_dir, peak_memory_mb=round(kib / 1024))
+    if "peak_memory_mb" not in runs.read_status(run_dir):  # the training process died first
+        with contextlib.suppress(OSError):
+            runs.update_status(run_dir, peak_memory_mb=runs.peak_memory_mb(children=True))
     return 0
 
 
