@@ -42,7 +42,9 @@ BENCH_FILE = "throughput.json"
 
 
 def budget_s() -> float:
-    return float(os.environ.get("SCWB_CPU_BUDGET_S") or 180)
+    from engine import settings
+
+    return settings.get().cpu_budget_s
 
 
 # ----------------------------------------------------------------------------- model cost
@@ -145,7 +147,9 @@ def benchmark_pending(kind: str) -> bool:
 def start_benchmark(kind: str = "cpu") -> bool:
     """Measure this device in a detached subprocess unless a measurement exists or is running;
     True while one is (now) running. ``SCWB_BENCHMARK=0`` turns it off."""
-    if os.environ.get("SCWB_BENCHMARK", "1") == "0" or kind in read_benchmarks():
+    from engine import settings
+
+    if not settings.get().benchmark or kind in read_benchmarks():
         return False
     if benchmark_pending(kind):
         return True

@@ -22,6 +22,7 @@ itself.
 | ``SCWB_RESULTS_SAMPLE`` | cells whose per-gene outputs a run stores (all of them up to this many; a sample beyond) | 1000 |
 | ``SCWB_DOWNLOAD_MAX_MB`` | largest file the app sends to the browser (it holds the file in memory while it does); larger ones: ``python -m engine export`` | 1024 |
 | ``SCWB_CPU_BUDGET_S`` | run length the Train page aims its CPU default epochs at | 180 |
+| ``SCWB_BENCHMARK`` | ``0``: no warm-up throughput benchmark of the device (estimates use defaults) | on |
 | ``SCWB_DEBUG`` | tracebacks on the command line | off |
 """
 
@@ -89,6 +90,7 @@ class Settings:
     cpu_budget_s: float
     results_sample: int
     download_max_mb: float
+    benchmark: bool
     debug: bool
     slurm: dict[str, str] = field(default_factory=dict)
 
@@ -122,6 +124,7 @@ def get() -> Settings:
         cpu_budget_s=_float("SCWB_CPU_BUDGET_S", 180.0),
         results_sample=max(1, _int("SCWB_RESULTS_SAMPLE", 1000)),
         download_max_mb=max(0.0, _float("SCWB_DOWNLOAD_MAX_MB", 1024.0)),
+        benchmark=env.get("SCWB_BENCHMARK", "1") != "0",
         debug=bool(env.get("SCWB_DEBUG")),
         slurm={k: env[f"SCWB_SLURM_{k}"] for k in SLURM_KEYS if env.get(f"SCWB_SLURM_{k}")},
     )
