@@ -621,15 +621,17 @@ c = st.columns(3)
 limit = settings.get().download_max_mb * 2**20
 
 
+too_large: list[str] = []  # said below the buttons, full width: paths and commands are long
+
+
 def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Path | None) -> None:
     if size <= limit:
         col.download_button(label, data, file_name=file_name, on_click="ignore")
         return
-    place = f" It is on this machine at `{where}`." if where else ""
-    col.caption(
-        f"{label}: {human(size)}, larger than the app sends through the browser "
-        f"(SCWB_DOWNLOAD_MAX_MB).{place} Write it with "
-        f"`python -m engine export {run_dir} --{flag} FILE` (in {APP_DIR})."
+    place = f" on this machine at `{where}`;" if where else ";"
+    too_large.append(
+        f"**{label}** ({human(size)}):{place} write it with "
+        f"`python -m engine export {run_dir} --{flag} FILE`"
     )
 
 
@@ -689,6 +691,12 @@ offer(
     "zip",
     None,
 )
+if too_large:
+    st.caption(
+        f"Larger than the app sends through the browser ({human(limit)}, "
+        f"SCWB_DOWNLOAD_MAX_MB); the commands run in {APP_DIR}:\n\n"
+        + "\n\n".join(f"- {line}" for line in too_large)
+    )
 if figs:
     which = st.selectbox("Figure", list(figs))
     fig = figs[which]
