@@ -628,7 +628,7 @@ def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Pa
     if size <= limit:
         col.download_button(label, data, file_name=file_name, on_click="ignore")
         return
-    place = f" on this machine at `{where}`;" if where else ";"
+    place = f" on this machine at `{where}`;" if where else ""
     too_large.append(
         f"**{label}** ({human(size)}):{place} write it with "
         f"`python -m engine export {run_dir} --{flag} FILE`"
