@@ -83,6 +83,16 @@ def _finished(dataset_name: str, model: str, suffix: str = "", **kw) -> Path:
     return out
 
 
+def _forbid_whole_file(monkeypatch) -> None:
+    """Fail the test if the page reads a whole results file (engine.results.load)."""
+    from engine import results as results_files
+
+    def whole_file(path):
+        raise AssertionError("the Results page read the whole results file")
+
+    monkeypatch.setattr(results_files, "load", whole_file)
+
+
 def _wait_embedding(folder, key, method="umap", timeout=180) -> dict:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -344,8 +354,6 @@ def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
 def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     import anndata as ad
 
-    from engine import results as results_files
-
     run = _finished(
         dataset,
         "scgen",
@@ -366,10 +374,7 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     res.write_h5ad(run / "results.h5ad")
     assert embedding.compute(run, "X_scgen")["state"] == "done"
 
-    def whole_file(path):  # the page reads parts: the design, two obs columns, one type's rows
-        raise AssertionError("the Results page read the whole results file")
-
-    monkeypatch.setattr(results_files, "load", whole_file)
+    _forbid_whole_file(monkeypatch)  # the page reads parts: design, two obs columns, one type
     at = app("results", run=run.name)
     assert not texts(at, "error"), texts(at, "error")
     # the scatter draws the per-gene means the metrics were computed from
@@ -642,7 +647,6 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
     """A run over every cell type (--predict all): the table, and each type's scatters and
     violins from its own folder, read in parts (the folders come back from the .h5ad as an
     array: that once hid every figure of such runs behind a warning)."""
-    from engine import results as results_files
 
     run = _finished(
         dataset,
@@ -657,10 +661,7 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
         params={"n_hidden": 64, "n_latent": 8},
     )
 
-    def whole_file(path):
-        raise AssertionError("the Results page read the whole results file")
-
-    monkeypatch.setattr(results_files, "load", whole_file)
+    _forbid_whole_file(monkeypatch)
     at = app("results", run=run.name)
     assert not [w for w in texts(at, "warning") if "Could not" in w], texts(at, "warning")
     assert "Leave-one-cell-type-out" in [h.value for h in at.subheader]
