@@ -17,7 +17,7 @@ COPY ui ./ui
 COPY pages ./pages
 COPY assets ./assets
 COPY .streamlit ./.streamlit
-COPY app.py ./
+COPY app.py serve.py ./
 
 RUN useradd --create-home scwb && mkdir -p /data/scworkbench && chown -R scwb /data
 USER scwb
@@ -25,4 +25,4 @@ VOLUME ["/data/scworkbench"]
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4).status == 200 else 1)"
-CMD ["python", "-m", "streamlit", "run", "app.py", "--server.address", "0.0.0.0", "--server.port", "8501"]
+CMD ["python", "-m", "streamlit", "run", "serve.py", "--server.address", "0.0.0.0", "--server.port", "8501"]

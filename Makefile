@@ -23,7 +23,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+	$(PY) -m streamlit run serve.py --server.address $(HOST) --server.port $(PORT) \
 	  $(foreach h,localhost 127.0.0.1 ::1 $(subst $(comma), ,$(ALLOWED_HOSTS)),--server.allowedHosts $(h))
 
 lint: $(VENV)/.installed-test

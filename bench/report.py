@@ -455,20 +455,35 @@ def results_scale(d: dict, full: bool = False) -> list[str]:
 
 
 def upload(d: dict) -> list[str]:
-    """bench/upload.py: a large file through the browser's uploader."""
-    return [
+    """bench/upload.py: a large file through a real browser, by each uploader."""
+    rows = d.get("rows") or [{"served": "app.py", **d}]
+    how = {
+        "serve.py": "our streaming route (`make run`: serve.py)",
+        "app.py": "Streamlit's in-memory st.file_uploader (`streamlit run app.py`)",
+    }
+    lines = [
         "## A large upload in a real browser (`python -m bench.upload`)",
         "",
-        f"Debian chromium (playwright) uploads {d['cells']:,} cells ({d['file_mb']:,.0f} MB .h5ad) "
-        f"to the Data page and presses Load file: upload {d.get('upload_s')} s, load (streamed to "
-        f"disk, validated and read in the reader child, described, saved) {d.get('load_s')} s. "
-        f"App process: {d.get('app_base_mb')} MB at rest, {d.get('app_peak_upload_mb')} MB once "
-        f"the upload has arrived, peak {d.get('app_peak_load_mb')} MB while loading, "
-        f"{d.get('app_after_load_mb')} MB after (the uploader is emptied and Streamlit's stored "
-        f"bytes dropped); reader child peak {d.get('reader_child_peak_mb')} MB."
-        + (f" Error: {d['error']}" if d.get("error") else ""),
+        "Debian chromium (playwright) uploads bench.scale's synthetic counts (2,000 genes) to the "
+        "Data page and presses Load file; the load validates and reads the file in the reader "
+        "child, describes and saves it. Memory is the resident size of the app process (its "
+        "peak sampled every 0.1 s) and of the reader child.",
         "",
+        "| uploader | cells | file MB | upload s | load s | app at rest MB | app peak, upload MB "
+        "| app peak, load MB | app after MB | reader child peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for r in sorted(rows, key=lambda r: (r.get("served") != "serve.py", r["cells"])):
+        lines.append(
+            f"| {how.get(r.get('served'), r.get('served'))} | {r['cells']:,} | {r['file_mb']:,.0f} "
+            f"| {r.get('upload_s')} | {r.get('load_s')} | {r.get('app_base_mb')} "
+            f"| {r.get('app_peak_upload_mb')} | {r.get('app_peak_load_mb')} "
+            f"| {r.get('app_after_load_mb')} | {r.get('reader_child_peak_mb')} |"
+        )
+    errors = [
+        f"{r.get('served')} at {r['cells']:,} cells: {r['error']}" for r in rows if r.get("error")
+    ]
+    return [*lines, "", *(f"Error: {e}" for e in errors), ""]
 
 
 def main() -> None:

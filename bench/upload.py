@@ -1,11 +1,13 @@
 """A large upload through a real browser (issue 16): Debian chromium (playwright) sends a file
-to the Data page of ``streamlit run app.py``; we time it until the page says it is loaded and
-sample the memory of the app process and of its children (the reader) meanwhile.
+to the Data page; we time it until the page says it is loaded and sample the memory of the app
+process and of its children (the reader) meanwhile.
 
-    python -m bench.upload [--cells 1000000]
+    python -m bench.upload [--cells 1000000] [--served serve.py|app.py]
 
-The file is bench.scale's synthetic counts (2,000 genes, ~10% non-zero; 1.6 GB at 1M cells).
-Writes bench/results/upload.json.
+``serve.py`` (``make run``) streams the upload to disk through our own route; ``app.py`` alone
+uses Streamlit's in-memory ``st.file_uploader``: run both for the comparison. The file is
+bench.scale's synthetic counts (2,000 genes, ~10% non-zero; 1.6 GB at 1M cells). Rows are merged
+into bench/results/upload.json by (served, cells).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Sampler(threading.Thread):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=1_000_000)
+    ap.add_argument("--served", choices=["serve.py", "app.py"], default="serve.py")
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
@@ -97,7 +100,7 @@ def main() -> None:
         env = {**os.environ, "SCWB_HOME": str(Path(tmp) / "home"), "SCWB_BENCHMARK": "0"}
         with open(Path(tmp) / "streamlit.log", "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                [sys.executable, "-m", "streamlit", "run", args.served, "--server.port", str(port)],
                 cwd=ROOT,
                 env={**env, "PYTHONPATH": str(ROOT)},
                 stdout=log,
@@ -113,7 +116,11 @@ def main() -> None:
             base = _rss(proc.pid)
             sampler = Sampler(proc.pid)
             sampler.start()
-            row = {"cells": args.cells, "file_mb": round(source.stat().st_size / 2**20, 1)}
+            row = {
+                "served": args.served,
+                "cells": args.cells,
+                "file_mb": round(source.stat().st_size / 2**20, 1),
+            }
             try:
                 with sync_playwright() as pw:
                     browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -136,7 +143,10 @@ def main() -> None:
                     row["load_s"] = round(time.perf_counter() - t1, 1)
                     page.wait_for_timeout(5000)
                     row["app_after_load_mb"] = round(_rss(proc.pid) / 2**20)
-                    page.screenshot(path=str(OUT / "upload_loaded.png"), full_page=True)
+                    page.screenshot(
+                        path=str(OUT / f"upload_loaded_{Path(args.served).stem}.png"),
+                        full_page=True,
+                    )
                     browser.close()
             except Exception as exc:  # keep the figures measured so far
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -154,7 +164,11 @@ def main() -> None:
         }
     print(json.dumps(row, indent=1))
     OUT.mkdir(exist_ok=True)
-    (OUT / "upload.json").write_text(json.dumps(row, indent=1))
+    path = OUT / "upload.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    rows = old.get("rows", [{"served": "app.py", **old}] if old else [])
+    rows = [r for r in rows if (r.get("served"), r["cells"]) != (args.served, args.cells)]
+    path.write_text(json.dumps({"rows": [*rows, row]}, indent=1))
 
 
 if __name__ == "__main__":

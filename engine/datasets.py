@@ -233,15 +233,36 @@ def import_file(
             tmp.with_name(f".{tmp.name}.tmp").unlink()
 
 
+def incoming_upload(filename: str) -> Path:
+    """A fresh path in the incoming folder for an upload named ``filename`` (its suffix kept:
+    the reader picks the format by it); the app's upload route streams a request body here."""
+    return _incoming() / f"{secrets.token_hex(8)}{io._suffix(filename)}"
+
+
+def import_received(upload: Path, name: str, filename: str, source: str = "") -> str:
+    """``import_file`` a file received in the incoming folder, then remove it whatever happens."""
+    upload = Path(upload)
+    try:
+        if upload.parent.resolve() != _incoming().resolve() or not upload.is_file():
+            raise ScwbError(
+                f"That upload is gone (uploads wait {STALE_S // 3600} hours): upload the file again."
+            )
+        return import_file(upload, name, display=filename, source=source)
+    finally:
+        if upload.parent.resolve() == _incoming().resolve():
+            upload.unlink(missing_ok=True)
+
+
 def import_upload(fileobj: IO[bytes], name: str, filename: str, source: str = "") -> str:
     """Stream an uploaded file to disk in chunks, then ``import_file`` it; the copy is removed
     whatever happens (a full disk is one line, with nothing left behind)."""
-    upload = _incoming() / f"{secrets.token_hex(8)}{io._suffix(filename)}"
+    upload = incoming_upload(filename)
     try:
         io.copy_stream(fileobj, upload)
-        return import_file(upload, name, display=filename, source=source)
-    finally:
+    except BaseException:
         upload.unlink(missing_ok=True)
+        raise
+    return import_received(upload, name, filename, source)
 
 
 # ----------------------------------------------------------------------------- listing

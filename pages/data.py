@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import datasets, io, summary, workspace
 from engine.demos import DEMOS, load_demo
-from ui import figures
+from ui import figures, uploads
 from ui.state import (
     dataset_picker,
     ensure_app_navigation,
@@ -45,11 +45,38 @@ def _forget_upload(f) -> None:
         ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=f.file_id)
 
 
-upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
-with upload:
-    done = st.session_state.pop("upload_loaded", None)
-    if done:  # the uploader was emptied after its file was saved: say what was loaded
-        _loaded(done)
+def _streamed_upload() -> None:
+    """The browser streams the file to our upload route (``serve.py``): the app never holds it."""
+    from ui.upload_widget import upload_box
+
+    token = st.session_state.get("upload_ticket")
+    if not uploads.valid(token):  # a new session, or the app restarted
+        token = st.session_state["upload_ticket"] = uploads.ticket()
+    upload_box(token, key=f"upload-box-{token[:12]}")
+    r = uploads.received(token)
+    name = st.text_input(
+        "Save as",
+        value=(r.filename.split(".")[0] if r else ""),
+        help=SAVE_AS_HELP,
+    )
+    if st.button("Load file", disabled=r is None, help=None if r else "upload a file first"):
+        try:
+            with st.spinner("Reading..."):
+                # read and described in a memory-capped child; the received file is removed
+                new_key = datasets.import_received(
+                    r.path, name or r.filename, r.filename, source=f"upload:{r.filename}"
+                )
+        except Exception as exc:
+            show_error(exc)  # the ticket stays: the same box takes the next file
+        else:
+            uploads.forget(token)  # a new ticket: an empty box for the next file
+            st.session_state.pop("upload_ticket", None)
+            st.session_state["upload_loaded"] = new_key
+            st.rerun()
+
+
+def _memory_upload() -> None:
+    """Streamlit's own uploader (``streamlit run app.py``, AppTest): it holds the file in memory."""
     # a new key once a file is saved: an empty uploader for the next file
     up_key = f"upload-{st.session_state.get('upload_round', 0)}"
     f = st.file_uploader(
@@ -57,12 +84,7 @@ with upload:
         type=["h5ad", "h5", "zip", "csv", "tsv", "gz"],
         key=up_key,
     )
-    name = st.text_input(
-        "Save as",
-        value=(f.name.split(".")[0] if f else ""),
-        help="any name: it is the dataset's label; the workspace keys datasets by content, "
-        "so two files with one name never replace each other",
-    )
+    name = st.text_input("Save as", value=(f.name.split(".")[0] if f else ""), help=SAVE_AS_HELP)
     if st.button("Load file", disabled=f is None, help=None if f else "choose a file first"):
         try:
             with st.spinner("Reading..."):
@@ -79,6 +101,22 @@ with upload:
             st.session_state["upload_loaded"] = new_key
             _forget_upload(f)
             st.rerun()
+
+
+SAVE_AS_HELP = (
+    "any name: it is the dataset's label; the workspace keys datasets by content, "
+    "so two files with one name never replace each other"
+)
+
+upload, demo, server = st.tabs(["Upload a file", "Bundled demo", "Path on the server"])
+with upload:
+    done = st.session_state.pop("upload_loaded", None)
+    if done:  # the uploader was emptied after its file was saved: say what was loaded
+        _loaded(done)
+    if uploads.ACTIVE:
+        _streamed_upload()
+    else:
+        _memory_upload()
 with demo:
     choice = st.selectbox("Demo", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
     if st.button("Load demo"):

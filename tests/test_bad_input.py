@@ -615,6 +615,52 @@ def test_app_upload_shows_one_line_and_keeps_working(case, tmp_path, monkeypatch
     assert {m.label: m.value for m in at.metric}["Cells"] == "60"
 
 
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_app_streamed_upload_shows_one_line_and_keeps_working(
+    case, tmp_path, monkeypatch, workspace
+):
+    """The same files through serve.py's streaming upload route (ui/uploads.py)."""
+    pytest.importorskip("httpx2")
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+    from streamlit.testing.v1 import AppTest
+
+    from engine import datasets
+    from tests.conftest import ROOT
+    from ui import uploads
+
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", BUDGET_GB)
+    monkeypatch.setattr(uploads, "ACTIVE", uploads.ACTIVE)
+    client = TestClient(Starlette(routes=uploads.routes()))
+    path = CORPUS[case][0](tmp_path)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/data.py").run()
+
+    def send(p: Path):
+        token = at.session_state["upload_ticket"]
+        body = p.read_bytes() if p.is_file() else b""
+        r = client.put(f"/api/upload/{token}", params={"name": p.name}, content=body)
+        at.run()
+        return r
+
+    r = send(path)
+    if r.status_code == 200:
+        next(b for b in at.button if b.label == "Load file").click().run()
+        assert not at.exception
+        errors = [plain(e.value) for e in at.error]
+    else:  # refused by the route itself: the upload box shows its one line
+        errors = [r.json()["error"]]
+        assert next(b for b in at.button if b.label == "Load file").disabled
+    assert len(errors) == 1 and "\n" not in errors[0] and CORPUS[case][2] in errors[0], errors
+    assert datasets.list_datasets() == [] and workspace_files(workspace) == []
+    assert send(_write(_adata(), tmp_path / "good.h5ad")).status_code == 200
+    next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception and not at.error
+    assert [d["name"] for d in datasets.list_datasets()] == ["good"]
+    assert {m.label: m.value for m in at.metric}["Cells"] == "60"
+
+
 @pytest.mark.parametrize(
     "case",
     [

@@ -60,7 +60,7 @@ def server(workspace, tmp_path):
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py"]
+            [sys.executable, "-m", "streamlit", "run", "serve.py"]
             + ["--server.port", str(port), "--server.headless", "true"],
             cwd=ROOT,
             env=env,
@@ -110,7 +110,11 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         page.screenshot(path=SHOTS / "home.png", full_page=True)
 
         _go(page, "Data")
+        # serve.py's streaming upload box, not Streamlit's in-memory uploader
+        expect(page.get_by_text("Drag and drop a file here, or click")).to_be_visible()
+        expect(page.get_by_test_id("stFileUploader")).to_have_count(0)
         page.locator('input[type="file"]').set_input_files(str(upload))
+        expect(page.get_by_text("Uploaded pbmc_demo_counts.h5ad")).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Load file").click()
         expect(page.get_by_text("Loaded 600 cells")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stMetricValue").first).to_have_text("600")
@@ -257,7 +261,11 @@ def test_untouched_forms_train_the_expected_experiment(
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(server)
         _go(page, "Data")
+        # serve.py's streaming upload box, not Streamlit's in-memory uploader
+        expect(page.get_by_text("Drag and drop a file here, or click")).to_be_visible()
+        expect(page.get_by_test_id("stFileUploader")).to_have_count(0)
         page.locator('input[type="file"]').set_input_files(str(upload))
+        expect(page.get_by_text("Uploaded pbmc_demo_counts.h5ad")).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Load file").click()
         expect(page.get_by_text(f"Loaded {a.n_obs} cells")).to_be_visible(timeout=60_000)
 

@@ -27,7 +27,7 @@ def port(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "SCWB_HOME": str(tmp_path_factory.mktemp("home")), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+        [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -67,3 +67,17 @@ def test_foreign_host_is_refused_own_host_accepted(port):
     assert " 101 " in ok, ok
     ok = _handshake(port, f"localhost:{port}", f"http://localhost:{port}")
     assert " 101 " in ok, ok
+
+
+def test_the_streaming_upload_route_is_mounted_and_wants_a_ticket(port):
+    """serve.py mounts ui/uploads.py's route; without a ticket a page handed out it takes nothing."""
+    import json
+    import urllib.error
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/upload/guessed?name=a.h5ad", data=b"abc", method="PUT"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 404
+    assert "reload the page" in json.loads(err.value.read())["error"]

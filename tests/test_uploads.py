@@ -1,0 +1,219 @@
+"""Uploads that stream to disk (ui/uploads.py, mounted by serve.py): the route and the Data page.
+
+The route is driven in-process with Starlette's test client; the page with AppTest, as it runs
+when serve.py mounted the route. The real browser path is tests/test_browser.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("httpx2")
+
+
+@pytest.fixture
+def client(workspace, monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "ACTIVE", uploads.ACTIVE)  # routes() sets it: undone after
+    uploads._tickets.clear()
+    with TestClient(Starlette(routes=uploads.routes())) as c:
+        yield c
+    uploads._tickets.clear()
+
+
+def _incoming(workspace):
+    from engine import datasets
+
+    return sorted(p.name for p in datasets._incoming().iterdir())
+
+
+def test_a_file_streams_to_the_incoming_folder(client, workspace, counts_file):
+    from ui import uploads
+
+    token = uploads.ticket()
+    body = Path(counts_file).read_bytes()
+    r = client.put(f"/api/upload/{token}", params={"name": "my cells.h5ad"}, content=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["bytes"] == len(body) and r.json()["name"] == "my cells.h5ad"
+    got = uploads.received(token)
+    assert got.filename == "my cells.h5ad" and got.size == len(body)
+    assert got.path.read_bytes() == body and got.path.suffix == ".h5ad"
+    assert [p for p in _incoming(workspace) if p.endswith(".part")] == []
+
+    # a second file replaces the first (which is removed); forget() removes the last one
+    r = client.put(f"/api/upload/{token}", params={"name": "b.h5ad"}, content=b"abc")
+    assert r.status_code == 200
+    assert not got.path.exists() and uploads.received(token).size == 3
+    last = uploads.received(token).path
+    uploads.forget(token)
+    assert not last.exists() and uploads.received(token) is None and not uploads.valid(token)
+
+
+def test_chunked_body_without_a_length_is_streamed(client):
+    from ui import uploads
+
+    token = uploads.ticket()
+    chunks = [bytes([i]) * 100_000 for i in range(30)]
+    r = client.put(f"/api/upload/{token}", params={"name": "x.csv"}, content=iter(chunks))
+    assert r.status_code == 200, r.text
+    assert uploads.received(token).path.read_bytes() == b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "name, status, says",
+    [
+        ("", 415, "plain name"),
+        ("../../etc/passwd.h5ad", 415, "plain name"),
+        ("a\nb.h5ad", 415, "plain name"),
+        ("model.pkl", 415, "not a file type the app reads"),
+        ("x" * 300 + ".h5ad", 415, "plain name"),
+    ],
+)
+def test_bad_names_are_refused_with_one_line(client, workspace, name, status, says):
+    from ui import uploads
+
+    token = uploads.ticket()
+    r = client.put(f"/api/upload/{token}", params={"name": name}, content=b"abc")
+    assert r.status_code == status and says in r.json()["error"]
+    assert "\n" not in r.json()["error"] and uploads.received(token) is None
+
+
+def test_unknown_expired_and_busy_tickets(client, monkeypatch):
+    from ui import uploads
+
+    r = client.put("/api/upload/not-a-ticket", params={"name": "a.h5ad"}, content=b"abc")
+    assert r.status_code == 404 and "reload the page" in r.json()["error"]
+    token = uploads.ticket()
+    uploads._tickets[token].busy = True
+    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"abc")
+    assert r.status_code == 409
+    uploads._tickets[token].busy = False
+    uploads._tickets[token].created = time.time() - uploads.TICKET_S - 1
+    assert not uploads.valid(token)
+    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"abc")
+    assert r.status_code == 404
+    # the next ticket prunes it
+    uploads.ticket()
+    assert token not in uploads._tickets
+
+
+def test_the_size_limit_holds_with_and_without_a_declared_length(client, workspace, monkeypatch):
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "max_bytes", lambda: 1000)
+    token = uploads.ticket()
+    r = client.put(f"/api/upload/{token}", params={"name": "big.h5ad"}, content=b"x" * 1001)
+    assert r.status_code == 413 and "larger than the upload limit" in r.json()["error"]
+    # a body that hides its length (chunked) is cut off once it passes the limit
+    r = client.put(
+        f"/api/upload/{token}", params={"name": "big.h5ad"}, content=iter([b"x" * 600] * 3)
+    )
+    assert r.status_code == 413
+    r = client.put(f"/api/upload/{token}", params={"name": "empty.h5ad"}, content=b"")
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    assert uploads.received(token) is None and _incoming(workspace) == []
+    assert not uploads._tickets[token].busy  # a refusal frees the ticket for the next file
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(client, workspace, monkeypatch):
+    import errno
+
+    from ui import uploads
+
+    class Full:
+        def __init__(self, *a, **k):
+            pass
+
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(uploads, "WRITE_BLOCK", 10)
+    monkeypatch.setattr("builtins.open", Full)
+    token = uploads.ticket()
+    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"x" * 100)
+    monkeypatch.undo()
+    assert r.status_code == 507 and "disk is full" in r.json()["error"]
+    assert _incoming(workspace) == []
+
+
+def _page(monkeypatch):
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "ACTIVE", True)  # as when serve.py mounted the route
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/data.py")
+    return at
+
+
+def test_data_page_loads_a_streamed_upload(client, workspace, counts_file, monkeypatch):
+    from engine import datasets
+    from ui import uploads
+
+    at = _page(monkeypatch)
+    at.run()
+    assert not at.exception
+    token = at.session_state["upload_ticket"]
+    assert uploads.valid(token)
+    assert not at.get("file_uploader")  # Streamlit's in-memory uploader is not used
+    load = next(b for b in at.button if b.label == "Load file")
+    assert load.disabled
+
+    r = client.put(
+        f"/api/upload/{token}", params={"name": "pbmc.h5ad"}, content=Path(counts_file).read_bytes()
+    )
+    assert r.status_code == 200
+    received = uploads.received(token).path
+    at.run()
+    assert at.text_input[0].value == "pbmc"
+    next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception and not at.error
+    assert any("Loaded 600 cells" in s.value for s in at.success)
+    assert [d["name"] for d in datasets.list_datasets()] == ["pbmc"]
+    # the received file is gone, and the page has a new, empty box
+    assert not received.exists() and not uploads.valid(token)
+    assert at.session_state["upload_ticket"] != token
+
+
+def test_data_page_bad_streamed_upload_is_one_line(client, workspace, monkeypatch):
+    from engine import datasets
+    from ui import uploads
+
+    at = _page(monkeypatch)
+    at.run()
+    token = at.session_state["upload_ticket"]
+    r = client.put(f"/api/upload/{token}", params={"name": "bad.h5ad"}, content=b"x" * 300)
+    assert r.status_code == 200
+    at.run()
+    next(b for b in at.button if b.label == "Load file").click().run()
+    assert not at.exception
+    assert [e.value.replace("\\", "") for e in at.error] == [  # markdown-escaped
+        "bad.h5ad is not a readable .h5ad file (truncated or not HDF5)."
+    ]
+    assert datasets.list_datasets() == [] and uploads.received(token) is None
+    # the same box takes the next file
+    assert uploads.valid(token) and at.session_state["upload_ticket"] == token
+
+
+def test_a_restarted_app_gives_the_page_a_new_ticket(client, workspace, monkeypatch):
+    from ui import uploads
+
+    at = _page(monkeypatch)
+    at.run()
+    token = at.session_state["upload_ticket"]
+    uploads._tickets.clear()  # what a restart does
+    at.run()
+    assert at.session_state["upload_ticket"] != token
+    assert uploads.valid(at.session_state["upload_ticket"])
