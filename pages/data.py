@@ -52,26 +52,38 @@ def _streamed_upload() -> None:
     token = st.session_state.get("upload_ticket")
     if not uploads.valid(token):  # a new session, or the app restarted
         token = st.session_state["upload_ticket"] = uploads.ticket()
-    upload_box(token, key=f"upload-box-{token[:12]}")
-    r = uploads.received(token)
+    # a new box (empty, its status cleared) once a file was loaded; the ticket stays
+    upload_box(token, key=f"upload-box-{token[:12]}-{st.session_state.get('upload_round', 0)}")
+    try:
+        r = uploads.received(token)
+    except uploads.Gone as exc:
+        r = None
+        st.warning(md(str(exc)))
     name = st.text_input(
         "Save as",
         value=(r.filename.split(".")[0] if r else ""),
         help=SAVE_AS_HELP,
     )
     if st.button("Load file", disabled=r is None, help=None if r else "upload a file first"):
-        try:
-            with st.spinner("Reading..."):
+        error = None
+        with st.spinner("Reading..."):
+            try:
                 # read and described in a memory-capped child; the received file is removed
                 new_key = datasets.import_received(
                     r.path, name or r.filename, r.filename, source=f"upload:{r.filename}"
                 )
-        except Exception as exc:
-            show_error(exc)  # the ticket stays: the same box takes the next file
+                uploads.done(token, r)
+            except Exception as exc:
+                uploads.done(token, r)
+                error = exc  # the ticket stays: the same box takes the next file
+            else:
+                # recorded before the next Streamlit call: a rerun that cuts this one short
+                # (another upload finishing) still says what was loaded
+                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+                st.session_state["upload_loaded"] = new_key
+        if error is not None:
+            show_error(error)
         else:
-            uploads.forget(token)  # a new ticket: an empty box for the next file
-            st.session_state.pop("upload_ticket", None)
-            st.session_state["upload_loaded"] = new_key
             st.rerun()
 
 
@@ -86,20 +98,24 @@ def _memory_upload() -> None:
     )
     name = st.text_input("Save as", value=(f.name.split(".")[0] if f else ""), help=SAVE_AS_HELP)
     if st.button("Load file", disabled=f is None, help=None if f else "choose a file first"):
-        try:
-            with st.spinner("Reading..."):
+        error = None
+        with st.spinner("Reading..."):
+            try:
                 # streamed to disk in chunks, then read and described in a memory-capped child
                 new_key = datasets.import_upload(
                     f, name or f.name, filename=f.name, source=f"upload:{f.name}"
                 )
-        except Exception as exc:
-            show_error(exc)
+            except Exception as exc:
+                error = exc
+            else:
+                # the file is on disk now: empty the uploader and let go of the bytes Streamlit
+                # holds (a 1.6 GB upload: the app drops from 5.0 GB to 0.3 GB; bench/upload.py)
+                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+                st.session_state["upload_loaded"] = new_key
+                _forget_upload(f)
+        if error is not None:
+            show_error(error)
         else:
-            # the file is on disk now: empty the uploader and let go of the bytes Streamlit
-            # holds (a 1.6 GB upload: the app drops from 5.0 GB to 0.3 GB; bench/upload.py)
-            st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
-            st.session_state["upload_loaded"] = new_key
-            _forget_upload(f)
             st.rerun()
 
 

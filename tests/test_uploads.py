@@ -53,9 +53,11 @@ def test_a_file_streams_to_the_incoming_folder(client, workspace, counts_file):
     r = client.put(f"/api/upload/{token}", params={"name": "b.h5ad"}, content=b"abc")
     assert r.status_code == 200
     assert not got.path.exists() and uploads.received(token).size == 3
-    last = uploads.received(token).path
+    last = uploads.received(token)
+    uploads.done(token, last)  # the page loaded it: the ticket takes the next file
+    assert not last.path.exists() and uploads.received(token) is None and uploads.valid(token)
     uploads.forget(token)
-    assert not last.exists() and uploads.received(token) is None and not uploads.valid(token)
+    assert not uploads.valid(token)
 
 
 def test_chunked_body_without_a_length_is_streamed(client):
@@ -75,6 +77,7 @@ def test_chunked_body_without_a_length_is_streamed(client):
         ("../../etc/passwd.h5ad", 415, "plain name"),
         ("a\nb.h5ad", 415, "plain name"),
         ("model.pkl", 415, "not a file type the app reads"),
+        ("model.pkl.gz", 415, "not a file type the app reads"),  # the reader reads no bare .gz
         ("x" * 300 + ".h5ad", 415, "plain name"),
     ],
 )
@@ -93,10 +96,6 @@ def test_unknown_expired_and_busy_tickets(client, monkeypatch):
     r = client.put("/api/upload/not-a-ticket", params={"name": "a.h5ad"}, content=b"abc")
     assert r.status_code == 404 and "reload the page" in r.json()["error"]
     token = uploads.ticket()
-    uploads._tickets[token].busy = True
-    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"abc")
-    assert r.status_code == 409
-    uploads._tickets[token].busy = False
     uploads._tickets[token].created = time.time() - uploads.TICKET_S - 1
     assert not uploads.valid(token)
     r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"abc")
@@ -121,7 +120,7 @@ def test_the_size_limit_holds_with_and_without_a_declared_length(client, workspa
     r = client.put(f"/api/upload/{token}", params={"name": "empty.h5ad"}, content=b"")
     assert r.status_code == 400 and "empty" in r.json()["error"]
     assert uploads.received(token) is None and _incoming(workspace) == []
-    assert not uploads._tickets[token].busy  # a refusal frees the ticket for the next file
+    assert uploads._tickets[token].running == 0  # a refusal frees the ticket
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(client, workspace, monkeypatch):
@@ -182,9 +181,24 @@ def test_data_page_loads_a_streamed_upload(client, workspace, counts_file, monke
     assert not at.exception and not at.error
     assert any("Loaded 600 cells" in s.value for s in at.success)
     assert [d["name"] for d in datasets.list_datasets()] == ["pbmc"]
-    # the received file is gone, and the page has a new, empty box
-    assert not received.exists() and not uploads.valid(token)
-    assert at.session_state["upload_ticket"] != token
+    # the received file is gone; the same ticket takes the next file, in a new, empty box
+    assert not received.exists() and uploads.received(token) is None and uploads.valid(token)
+    assert at.session_state["upload_round"] == 1
+
+
+def test_data_page_says_when_a_waiting_upload_was_dropped(client, workspace, monkeypatch):
+    from ui import uploads
+
+    at = _page(monkeypatch)
+    at.run()
+    token = at.session_state["upload_ticket"]
+    r = client.put(f"/api/upload/{token}", params={"name": "late.h5ad"}, content=b"abc")
+    assert r.status_code == 200
+    uploads.received(token).path.unlink()  # swept while the user was away
+    at.run()
+    assert not at.exception
+    assert any("late.h5ad was dropped before it was loaded" in w.value for w in at.warning)
+    assert next(b for b in at.button if b.label == "Load file").disabled
 
 
 def test_data_page_bad_streamed_upload_is_one_line(client, workspace, monkeypatch):
@@ -217,3 +231,113 @@ def test_a_restarted_app_gives_the_page_a_new_ticket(client, workspace, monkeypa
     at.run()
     assert at.session_state["upload_ticket"] != token
     assert uploads.valid(at.session_state["upload_ticket"])
+
+
+def test_names_are_display_only_and_any_readable_suffix_works(client, workspace):
+    from ui import uploads
+
+    for name, suffix in [
+        (".h5ad", ".h5ad"),
+        ("a\\b é ü\u202e.CSV.GZ", ".csv.gz"),
+        ("a+b&c=#d%20?.h5ad", ".h5ad"),
+    ]:
+        token = uploads.ticket()
+        r = client.put(f"/api/upload/{token}", params={"name": name}, content=b"abc")
+        assert r.status_code == 200, (name, r.text)
+        got = uploads.received(token)
+        assert got.filename == name and "".join(got.path.suffixes[-2:]).endswith(suffix)
+        assert got.path.parent == workspace / "datasets" / ".incoming"
+
+
+def test_a_newer_upload_stops_the_older_one(client, workspace):
+    """The user picked another file while one was uploading: the older one ends, leaving nothing."""
+    from ui import uploads
+
+    token = uploads.ticket()
+
+    def body():
+        yield b"x" * 1000
+        uploads._tickets[token].uploads += 1  # what a second PUT on this ticket does
+        yield b"y" * 1000
+
+    r = client.put(f"/api/upload/{token}", params={"name": "old.h5ad"}, content=body())
+    assert r.status_code == 409 and "newer upload" in r.json()["error"]
+    assert uploads.received(token) is None and _incoming(workspace) == []
+    r = client.put(f"/api/upload/{token}", params={"name": "new.h5ad"}, content=b"abc")
+    assert r.status_code == 200 and uploads.received(token).filename == "new.h5ad"
+
+
+def test_a_stalled_upload_is_dropped(client, workspace, monkeypatch):
+    """A client that sends part of the body and then nothing (its network dropped): driven as raw
+    ASGI, since the test client sends whole bodies."""
+    import asyncio
+
+    from starlette.applications import Starlette
+
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "STALL_S", 0.2)
+    token = uploads.ticket()
+    app = Starlette(routes=uploads.routes())
+    sent, replies = iter([b"x" * 1000]), []
+
+    async def receive():
+        chunk = next(sent, None)
+        if chunk is None:
+            await asyncio.sleep(5)  # silence
+        return {"type": "http.request", "body": chunk or b"", "more_body": True}
+
+    async def send(message):
+        replies.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "PUT",
+        "path": f"/api/upload/{token}",
+        "raw_path": f"/api/upload/{token}".encode(),
+        "query_string": b"name=slow.h5ad",
+        "headers": [(b"content-length", b"100000")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1234),
+        "root_path": "",
+    }
+    t0 = time.perf_counter()
+    asyncio.run(app(scope, receive, send))
+    assert time.perf_counter() - t0 < 3
+    assert replies[0]["status"] == 408 and b"stalled" in replies[1]["body"]
+    assert _incoming(workspace) == [] and uploads._tickets[token].running == 0
+
+
+def test_files_nobody_loads_are_bounded_and_their_pages_are_told(client, workspace, monkeypatch):
+    from engine import datasets
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "max_bytes", lambda: 1000)  # 2,000 bytes waiting at most
+    tokens = [uploads.ticket() for _ in range(3)]
+    for i, token in enumerate(tokens):
+        r = client.put(f"/api/upload/{token}", params={"name": f"{i}.h5ad"}, content=b"x" * 900)
+        assert r.status_code == 200
+    assert len(_incoming(workspace)) == 2  # the oldest was dropped to stay under 2,000 bytes
+    with pytest.raises(uploads.Gone, match="0.h5ad was dropped before it was loaded"):
+        uploads.received(tokens[0])
+    assert uploads.received(tokens[0]) is None  # said once
+    assert uploads.received(tokens[1]).filename == "1.h5ad"
+
+    # a file waiting longer than the incoming folder keeps anything is dropped too
+    uploads._tickets[tokens[1]].received.at -= datasets.STALE_S + 1
+    uploads.ticket()
+    with pytest.raises(uploads.Gone):
+        uploads.received(tokens[1])
+    # and one removed behind the route's back (the incoming sweep) is reported the same way
+    uploads.received(tokens[2]).path.unlink()
+    with pytest.raises(uploads.Gone, match="2.h5ad"):
+        uploads.received(tokens[2])
+
+
+def test_md_drops_text_direction_controls():
+    from ui.state import md
+
+    assert md("\u00fc\u202edaeh5.csv") == "\u00fcdaeh5.csv"
+    assert md("a\u2066b\u2069c\u200f") == "abc"

@@ -22,14 +22,16 @@ from engine.errors import ScwbError
 
 _MD_SPECIAL = re.compile(r"([\\`*~$|{}\[\]()!<>#])")
 _LOOSE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# text-direction controls: a name holding them would display reversed (U+202E makes "ü5head.csv")
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def md(text: Any) -> str:
     """``text`` made inert for ``st.markdown``/``st.error``/``st.caption``/button labels: one
     line, every markdown special (``\\ ` * ~ $ | { } [ ] ( ) ! < > #``, an emphasis ``_``, a
     leading list or quote marker) escaped, so a user's name never becomes a link, an image,
-    bold text, LaTeX or HTML."""
-    s = " ".join(str(text).split())
+    bold text, LaTeX or HTML; text-direction controls are dropped, so it reads as stored."""
+    s = " ".join(_BIDI.sub("", str(text)).split())
     s = _MD_SPECIAL.sub(r"\\\1", s)
     s = _LOOSE_UNDERSCORE.sub(r"\\_", s)
     s = re.sub(r"^([-+=])", r"\\\1", s)  # a list item or a heading underline

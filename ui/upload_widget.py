@@ -42,7 +42,7 @@ export default function (component) {
   const bar = root.querySelector("progress");
   const status = root.querySelector(".status");
   root.querySelector(".hint").textContent = data.hint;
-  input.accept = data.suffixes.join(",");
+  input.accept = data.accept;
   let xhr = null;
 
   const fmt = (n) => n >= 2 ** 30 ? (n / 2 ** 30).toFixed(2) + " GB"
@@ -107,7 +107,7 @@ def upload_box(token: str, key: str) -> None:
     page, which then finds the file with ``uploads.received(token)``."""
     limit = uploads.max_bytes()
     hint = (
-        ".h5ad, 10x .h5, a zipped 10x .mtx folder, or .csv/.tsv (cells x genes) · "
+        ".h5ad, 10x .h5, a zipped 10x .mtx folder, or .csv/.tsv, gzipped or not (cells x genes) · "
         f"up to {limit // 2**20:,} MB"
     )
     _component(
@@ -115,6 +115,8 @@ def upload_box(token: str, key: str) -> None:
         data={
             "url": "/api/upload/" + token,
             "suffixes": list(uploads.SUFFIXES),
+            # the file chooser filters by the last extension only (".gz", not ".csv.gz")
+            "accept": ",".join(sorted({"." + x.rsplit(".", 1)[1] for x in uploads.SUFFIXES})),
             "max_bytes": limit,
             "hint": hint,
         },

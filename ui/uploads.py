@@ -6,13 +6,16 @@ one ``PUT /api/upload/<ticket>?name=<file name>`` and the route writes it chunk 
 the workspace's incoming folder: the app holds a few MB whatever the file's size.
 
 A ticket is a random token the Data page asks for (``ticket()``) and hands to its own upload
-widget only, so another site cannot send files to it; it lives a day, takes one upload at a
-time, and remembers the last file it received until the page loads or replaces it. Each
-failure is one line of JSON (``{"error": ...}``) that the widget shows.
+widget only, so another site cannot send files to it. It lives a day and keeps the last file it
+received until the page loads or replaces it; a newer upload on a ticket stops the older one
+(the user picked another file). Received files that nobody loads are bounded: they wait
+``datasets.STALE_S`` at most, and beyond ``2 x server.maxUploadSize`` in all the oldest are
+dropped. Each failure is one line of JSON (``{"error": ...}``) that the widget shows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import secrets
@@ -25,10 +28,11 @@ from pathlib import Path
 from engine import datasets, io
 
 ROUTE = "/api/upload/{ticket}"
-SUFFIXES = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".gz")  # as the in-memory uploader took
+SUFFIXES = io.READABLE  # what the reader reads: a bare .gz is not among them
 TICKET_S = 24 * 3600  # a page left open this long asks for a new ticket (reload)
 MAX_TICKETS = 512  # the oldest are dropped beyond this (each page session holds one)
 WRITE_BLOCK = 8 << 20  # body chunks are gathered to this size, then written off the event loop
+STALL_S = 120.0  # an upload that sends nothing for this long is dropped
 
 ACTIVE = False  # set once the route is mounted: the Data page falls back to st.file_uploader
 
@@ -39,17 +43,24 @@ class Received:
     filename: str
     size: int
     seconds: float
+    at: float = field(default_factory=time.time)
 
 
 @dataclass
 class _Ticket:
     created: float = field(default_factory=time.time)
-    busy: bool = False
+    uploads: int = 0  # the newest upload's number: an older one still running stops
+    running: int = 0
     received: Received | None = None
+    lost: str | None = None  # the name of a received file that was dropped before Load
 
 
 _tickets: dict[str, _Ticket] = {}
 _lock = threading.Lock()
+
+
+class Gone(Exception):
+    """The file this ticket received was dropped before it was loaded."""
 
 
 def max_bytes() -> int:
@@ -76,48 +87,89 @@ def valid(token: str | None) -> bool:
 
 
 def received(token: str | None) -> Received | None:
-    """The file this ticket received last (None while nothing arrived, or once it is gone)."""
+    """The file this ticket received last and nobody loaded yet (None while nothing arrived).
+    Raises ``Gone`` (once) when that file was dropped before it was loaded."""
     with _lock:
         t = _tickets.get(token or "")
-        r = t.received if t else None
-    return r if r is not None and r.path.is_file() else None
+        if t is None:
+            return None
+        if t.received is not None and not t.received.path.is_file():
+            t.lost, t.received = t.received.filename, None
+        if t.lost is not None:
+            name, t.lost = t.lost, None
+            raise Gone(
+                f"{name} was dropped before it was loaded (an upload waits "
+                f"{datasets.STALE_S // 3600} hours): upload it again."
+            )
+        return t.received
+
+
+def done(token: str | None, r: Received) -> None:
+    """The page read ``r`` (loaded it, or showed why it could not): its file is removed and the
+    ticket takes the next one."""
+    with _lock:
+        t = _tickets.get(token or "")
+        if t is not None and t.received is r:
+            t.received = None
+    r.path.unlink(missing_ok=True)
 
 
 def forget(token: str | None) -> None:
-    """Drop a ticket and the file it received (after the page loaded it, or replaced it)."""
+    """Drop a ticket and the file it received."""
     with _lock:
         t = _tickets.pop(token or "", None)
     if t is not None and t.received is not None:
         t.received.path.unlink(missing_ok=True)
 
 
+def _drop(t: _Ticket) -> None:
+    """Remove a ticket's received file (under the lock); the page hears of it once."""
+    if t.received is not None:
+        t.received.path.unlink(missing_ok=True)
+        t.lost, t.received = t.received.filename, None
+
+
 def _prune() -> None:
+    """Under the lock: drop old tickets, received files past their wait, and the oldest received
+    files beyond twice the upload limit in all."""
     now = time.time()
-    stale = [k for k, t in _tickets.items() if now - t.created > TICKET_S and not t.busy]
-    for k in stale:
+    for k in [k for k, t in _tickets.items() if now - t.created > TICKET_S and not t.running]:
         t = _tickets.pop(k)
         if t.received is not None:
             t.received.path.unlink(missing_ok=True)
     while len(_tickets) >= MAX_TICKETS:
         # dicts keep insertion order: the first idle ticket is the oldest
-        oldest = next((k for k, t in _tickets.items() if not t.busy), None)
+        oldest = next((k for k, t in _tickets.items() if not t.running), None)
         if oldest is None:
             break
-        t = _tickets.pop(oldest)
-        if t.received is not None:
-            t.received.path.unlink(missing_ok=True)
+        _drop(_tickets.pop(oldest))
+    waiting = sorted(
+        (t for t in _tickets.values() if t.received is not None), key=lambda t: t.received.at
+    )
+    for t in waiting:
+        if now - t.received.at > datasets.STALE_S:
+            _drop(t)
+    waiting = [t for t in waiting if t.received is not None]
+    total, cap = sum(t.received.size for t in waiting), 2 * max_bytes()
+    for t in waiting:  # oldest first
+        if total <= cap:
+            break
+        total -= t.received.size
+        _drop(t)
 
 
 def check_name(name: str) -> str:
-    """The file's name as the browser gave it: one line, a known suffix; else a one-line error."""
-    if not name or len(name) > 255 or any(c in name for c in "\r\n\0/\\"):
+    """The file's name as the browser gave it: one line, a readable suffix; else a one-line
+    error. Returns the suffix the stored copy gets."""
+    if not name or len(name) > 255 or "/" in name or any(ord(c) < 32 for c in name):
         raise ValueError("The file needs a plain name (no folders, at most 255 characters).")
-    if not name.lower().endswith(SUFFIXES):
+    suffix = next((s for s in SUFFIXES if name.lower().endswith(s)), None)
+    if suffix is None:
         raise ValueError(
             f"{name} is not a file type the app reads: .h5ad, 10x .h5, a zipped 10x .mtx folder, "
-            ".csv or .tsv (optionally .gz)."
+            ".csv or .tsv (optionally .csv.gz, .tsv.gz, .txt.gz)."
         )
-    return name
+    return suffix
 
 
 def too_large(name: str, limit: int) -> str:
@@ -143,7 +195,6 @@ def routes() -> list:
 
 
 async def _put(request):
-    from anyio import to_thread
     from starlette.responses import JSONResponse
 
     token = request.path_params["ticket"]
@@ -153,30 +204,37 @@ async def _put(request):
             return JSONResponse(
                 {"error": "This upload link has expired: reload the page and upload again."}, 404
             )
-        if t.busy:
-            return JSONResponse({"error": "An upload is already running on this page."}, 409)
-        t.busy = True
+        t.uploads += 1
+        t.running += 1
+        number = t.uploads
     try:
-        r = await _receive(request, to_thread)
+        r = await _receive(request, lambda: t.uploads != number)
     except _Refused as exc:
         return JSONResponse({"error": str(exc)}, exc.status)
     finally:
         with _lock:
-            t.busy = False
+            t.running -= 1
     with _lock:
-        old, t.received = t.received, r
+        if t.uploads != number:  # a newer upload started as this one ended: it wins
+            r.path.unlink(missing_ok=True)
+            return JSONResponse({"error": "Replaced by the newer upload."}, 409)
+        old, t.received, t.lost = t.received, r, None
+        _prune()
     if old is not None and old.path != r.path:
         old.path.unlink(missing_ok=True)
     return JSONResponse({"name": r.filename, "bytes": r.size, "seconds": round(r.seconds, 1)})
 
 
-async def _receive(request, to_thread) -> Received:
-    """Stream the body to a ``.part`` file beside its target, counting bytes; rename when whole."""
+async def _receive(request, replaced) -> Received:
+    """Stream the body to a ``.part`` file beside its target, counting bytes; rename when whole.
+    Stops when the client goes quiet for ``STALL_S`` or ``replaced()`` says a newer upload began."""
+    from anyio import to_thread
     from starlette.requests import ClientDisconnect
 
     t0 = time.perf_counter()
+    name = request.query_params.get("name", "")
     try:
-        name = check_name(request.query_params.get("name", ""))
+        suffix = check_name(name)
     except ValueError as exc:
         raise _Refused(415, str(exc)) from None
     limit = max_bytes()
@@ -186,14 +244,23 @@ async def _receive(request, to_thread) -> Received:
             raise _Refused(400, "The upload's Content-Length is not a number.")
         if int(declared) > limit:
             raise _Refused(413, too_large(name, limit))
-    target = await to_thread.run_sync(datasets.incoming_upload, name)
+    target = await to_thread.run_sync(datasets.incoming_upload, f"upload{suffix}")
     if declared is not None and int(declared) > shutil.disk_usage(target.parent).free - (64 << 20):
         raise _Refused(507, io.disk_full().args[0])
     part = target.with_name(f".{target.name}.part")
     size, block = 0, bytearray()
     fh = await to_thread.run_sync(open, part, "wb")
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), STALL_S)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise _Refused(408, "The upload stalled: upload the file again.") from None
+            if replaced():
+                raise _Refused(409, "Replaced by a newer upload.")
             size += len(chunk)
             if size > limit:
                 raise _Refused(413, too_large(name, limit))
