@@ -317,9 +317,14 @@ def latency(a: dict) -> list[str]:
     out = [
         "## App latency (`python -m bench.app_latency`)",
         "",
-        "Page script time in AppTest (the same script a browser session runs): first run, then a rerun with the dataset cached.",
+        "Page script time in AppTest (the same script a browser session runs) with a dataset of "
+        "synthetic counts x 2,000 genes loaded and a finished VAE run on it: first run, then a "
+        f"rerun with the dataset cached (measured {a.get('date', 'before 2026-11-26')}).",
         "",
     ]
+    failed = [f"{r['page']} at {r['n']:,}" for r in a["pages"] if r.get("exception")]
+    if failed:
+        out += [f"Pages that raised: {', '.join(failed)}.", ""]
     wide = pd.DataFrame(a["pages"]).pivot_table(
         index="page", columns="n", values=["first_run_s", "rerun_s"]
     )

@@ -86,3 +86,70 @@ def annotations(h5ad: str | os.PathLike) -> ad.AnnData:
     with h5py.File(h5ad, "r") as f:
         obs, var = read_elem(f["obs"]), read_elem(f["var"])
     return ad.AnnData(obs=obs, var=var)
+
+
+def obsm_coords(h5ad: str | os.PathLike, key: str, dims: int = 2) -> np.ndarray:
+    """The first ``dims`` columns of ``obsm[key]`` (a stored embedding), without the matrices."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(h5ad, "r") as f:
+        node = f["obsm"][key]
+        if isinstance(node, h5py.Dataset) and node.ndim == 2:
+            return np.asarray(node[:, :dims])
+        return np.asarray(read_elem(node))[:, :dims]  # a data frame or another encoding
+
+
+def obsm_dims(h5ad: str | os.PathLike) -> dict[str, int]:
+    """Columns of each dense 2-D ``obsm`` entry, from the file's metadata."""
+    import h5py
+
+    with h5py.File(h5ad, "r") as f:
+        g = f.get("obsm")
+        return {
+            k: int(v.shape[1])
+            for k, v in (g.items() if g is not None else ())
+            if isinstance(v, h5py.Dataset) and v.ndim == 2
+        }
+
+
+GENE_SLAB = 1 << 24  # stored entries read at once when a gene's column is gathered from CSR
+
+
+def gene_values(h5ad: str | os.PathLike, j: int, rows: np.ndarray) -> np.ndarray:
+    """X[rows, j] as float32, read from the file without loading X: a CSC column is one slice;
+    CSR is scanned in slabs of ``GENE_SLAB`` entries (a million cells: the whole X once, a few
+    seconds, a few hundred MB at most); a dense X reads its column."""
+    import h5py
+
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros(len(rows), dtype=np.float32)
+    if not len(rows):
+        return out
+    with h5py.File(h5ad, "r") as f:
+        x = f["X"]
+        if isinstance(x, h5py.Dataset):  # dense (it passed the memory budget): one column
+            return np.asarray(x[:, j], dtype=np.float32)[rows]
+        kind = x.attrs.get("encoding-type", "")
+        indptr = x["indptr"][:]
+        if kind == "csc_matrix":
+            a, b = int(indptr[j]), int(indptr[j + 1])
+            col = np.zeros(int(x.attrs["shape"][0]), dtype=np.float32)
+            col[x["indices"][a:b]] = x["data"][a:b]
+            return col[rows]
+        # CSR: find the entries of gene j slab by slab, keep the asked rows
+        n = len(indptr) - 1
+        col = {}
+        start = 0
+        while start < n:
+            stop = int(np.searchsorted(indptr, indptr[start] + GENE_SLAB, side="right")) - 1
+            stop = min(max(stop, start + 1), n)
+            a, b = int(indptr[start]), int(indptr[stop])
+            if b > a:
+                hits = np.flatnonzero(x["indices"][a:b] == j)
+                if hits.size:
+                    cells = np.searchsorted(indptr, a + hits, side="right") - 1
+                    values = x["data"][a:b][hits]
+                    col.update(zip(cells.tolist(), values.tolist(), strict=True))
+            start = stop
+        return np.array([col.get(int(r), 0.0) for r in rows], dtype=np.float32)

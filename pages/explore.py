@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import datasets, embedding, jobs, runs, workspace
+from engine import datasets, embedding, jobs, runs, summary, workspace
 from engine import results as results_files
 from ui import figures
 from ui.figures import esc
@@ -27,9 +27,28 @@ MAX_GENE_MATCHES = 300
 
 ensure_app_navigation()
 st.title("Explore")
-name, adata, d = dataset_picker("Dataset")
+# the annotations alone (X is None): coordinates and a gene's values are read from the file
+# for the cells drawn, so a million cells open in about a second
+name, adata, d = dataset_picker("Dataset", full=False)
 if adata is None:
     st.stop()
+DATA_PATH = datasets.path(name)
+_FILE = (str(DATA_PATH), DATA_PATH.stat().st_size, DATA_PATH.stat().st_mtime)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _obsm_dims(path: str, size: int, mtime: float) -> dict[str, int]:
+    return summary.obsm_dims(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _obsm_coords(path: str, size: int, mtime: float, key: str) -> np.ndarray:
+    return summary.obsm_coords(path, key)
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the gene's values...")
+def _gene_values(path: str, size: int, mtime: float, j: int, rows: np.ndarray) -> np.ndarray:
+    return summary.gene_values(path, j, rows)
 
 
 @dataclass(frozen=True)
@@ -62,11 +81,9 @@ def _sources() -> list[Source]:
     cache = str(workspace.home() / "embeddings" / workspace.safe_name(name, "dataset name"))
     src = str(datasets.path(name))
     out: list[Source] = []
+    stored = _obsm_dims(*_FILE)
     for k in d.get("embeddings") or []:
-        try:
-            dims = np.asarray(adata.obsm[k]).shape[1]
-        except Exception:
-            continue
+        dims = stored.get(k, 0)
         if dims >= 2:
             out.append(Source(f"{k} (stored in the file)", k, None, cache, src))
         if dims > 2:
@@ -179,8 +196,7 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
         at = np.where(rows < adata.n_obs, rows, -1)
     found = at >= 0
     out = np.full(len(rows), np.nan, dtype=np.float32)
-    col = adata.X[at[found]][:, j]
-    out[found] = np.asarray(col.toarray() if hasattr(col, "toarray") else col).ravel()
+    out[found] = _gene_values(*_FILE, int(j), at[found])
     if not found.all():
         st.caption(
             f"{int((~found).sum()):,} cell(s) of this run are not in the dataset "
@@ -209,8 +225,9 @@ def draw(out: dict) -> None:
 
 
 if source.method is None:
-    m = np.asarray(adata.obsm[source.key])
-    draw({"coords": m[:, :2], "cells": np.arange(adata.n_obs), "dropped": 0, "total": adata.n_obs})
+    m = _obsm_coords(*_FILE, source.key)
+    cells = figures.sample_index(len(m), figures.MAX_POINTS)  # the drawn cells only
+    draw({"coords": m[cells], "cells": cells, "dropped": 0, "total": len(m)})
     st.stop()
 
 state = embedding.read(source.folder, source.key, source.method, source.source)

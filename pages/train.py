@@ -17,7 +17,7 @@ from engine import datasets, defaults, estimate, jobs, models, settings
 from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
-from ui.state import dataset_picker, ensure_app_navigation, show_error
+from ui.state import dataset_picker, ensure_app_navigation, load_full, show_error
 
 ensure_app_navigation()
 ss = st.session_state
@@ -48,7 +48,8 @@ def keep(key: str, value: Any) -> Any:
 
 
 st.title("Train")
-name, adata, d = dataset_picker("Dataset to train on")
+# the annotations alone (X is None) for the form; the matrices are read only to check a submit
+name, adata, d = dataset_picker("Dataset to train on", full=False)
 if adata is None:
     st.stop()
 
@@ -198,7 +199,7 @@ with st.container(border=True):
         else:
             held = int(((adata.obs[cond] == stim) & (adata.obs[ct_key] == target)).sum())
             n_train = int(0.9 * (in_design - held))
-    layers = ["X", *adata.layers]
+    layers = ["X", *(d.get("layers") or {})]
     layer = st.selectbox(
         "Input matrix",
         layers,
@@ -377,8 +378,10 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
             for k in range(int(n_seeds))
             for n in picked
         ]
-        for spec in specs:
-            preflight(spec, adata)  # refuse at once what a worker would refuse later
+        with st.spinner("Checking the data..."):
+            full = load_full(name)
+            for spec in specs:
+                preflight(spec, full)  # refuse at once what a worker would refuse later
         for spec in specs:
             submitted.append(jobs.submit(spec))
         st.success(

@@ -513,6 +513,32 @@ def test_explore_obsm_genes_and_a_computed_umap(lognorm_adata):
     assert any(t.startswith("UMAP of X (computed)") for t in titles(at))
 
 
+def test_explore_reads_only_what_it_draws(lognorm_adata, monkeypatch):
+    """Explore opens the annotations alone; a stored embedding and a gene's colour are read from
+    the file for the cells drawn (a million cells open in about a second, bench.app_latency)."""
+    from engine import io as engine_io
+
+    a = lognorm_adata.copy()
+    a.obsm["X_umap"] = np.random.default_rng(0).normal(size=(a.n_obs, 2)).astype(np.float32)
+    name = datasets.save(a, "lazy")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    monkeypatch.setattr(engine_io, "read", lambda *_, **__: pytest.fail("read the whole file"))
+    at = app("explore")
+    fig = specs(at)[0]
+    assert np.allclose(
+        arr(fig["data"][0]["x"]), a.obsm["X_umap"][a.obs["cell_type"] == fig["data"][0]["name"], 0]
+    )
+    gene = str(a.var_names[3])
+    at.radio[0].set_value("gene").run()
+    at.text_input[0].set_value(gene).run()
+    box = next(s for s in at.selectbox if s.label.startswith("Gene"))
+    box.set_value(gene).run()
+    assert not at.exception
+    x = a[:, gene].X
+    expected = np.asarray(x.toarray() if hasattr(x, "toarray") else x).ravel()
+    assert np.allclose(arr(specs(at)[0]["data"][0]["marker"]["color"]), expected, atol=1e-6)
+
+
 def test_explore_lists_the_latent_space_of_finished_runs(dataset):
     run = _finished(dataset, "autoencoder", epochs=2, label_key="cell_type")
     at = app("explore")

@@ -573,3 +573,22 @@ def test_real_cytof_arcsinh_layer():
     a = ad.read_h5ad(shared_file("cytof_phenograph.h5ad"))
     assert io.matrix_kind(a.X) == "raw intensities"
     assert io.matrix_kind(a.layers["arcsinh5"]) == "arcsinh-transformed"
+
+
+@pytest.mark.parametrize("kind", ["csr", "csc", "dense"])
+def test_gene_values_read_one_gene_for_some_cells(kind, tmp_path, monkeypatch):
+    """engine.summary.gene_values (Explore's gene colour) without loading X: every storage."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from engine import summary
+
+    monkeypatch.setattr(summary, "GENE_SLAB", 37)  # many slabs, rows split across them
+    x = sp.random(300, 25, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    m = {"csr": x, "csc": x.tocsc(), "dense": x.toarray()}[kind]
+    path = tmp_path / f"{kind}.h5ad"
+    ad.AnnData(m).write_h5ad(path)
+    rows = np.random.default_rng(0).choice(300, 120, replace=True)  # unsorted, repeated
+    for j in (0, 11, 24):
+        assert np.allclose(summary.gene_values(path, j, rows), x[rows, j].toarray().ravel())
+    assert summary.gene_values(path, 3, np.array([], dtype=int)).shape == (0,)
