@@ -101,16 +101,20 @@ def obsm_coords(h5ad: str | os.PathLike, key: str, dims: int = 2) -> np.ndarray:
 
 
 def obsm_dims(h5ad: str | os.PathLike) -> dict[str, int]:
-    """Columns of each dense 2-D ``obsm`` entry, from the file's metadata."""
+    """Columns of each ``obsm`` entry (dense arrays and data frames; 0 for anything else), from
+    the file's metadata."""
     import h5py
+
+    def width(v) -> int:
+        if isinstance(v, h5py.Dataset):
+            return int(v.shape[1]) if v.ndim == 2 else 0
+        if v.attrs.get("encoding-type") == "dataframe":  # e.g. spatial coordinates
+            return len(v.attrs.get("column-order", []))
+        return 0  # sparse: not an embedding
 
     with h5py.File(h5ad, "r") as f:
         g = f.get("obsm")
-        return {
-            k: int(v.shape[1])
-            for k, v in (g.items() if g is not None else ())
-            if isinstance(v, h5py.Dataset) and v.ndim == 2
-        }
+        return {k: width(v) for k, v in (g.items() if g is not None else ())}
 
 
 GENE_SLAB = 1 << 24  # stored entries read at once when a gene's column is gathered from CSR
@@ -135,7 +139,7 @@ def gene_values(h5ad: str | os.PathLike, j: int, rows: np.ndarray) -> np.ndarray
         if kind == "csc_matrix":
             a, b = int(indptr[j]), int(indptr[j + 1])
             col = np.zeros(int(x.attrs["shape"][0]), dtype=np.float32)
-            col[x["indices"][a:b]] = x["data"][a:b]
+            np.add.at(col, x["indices"][a:b], x["data"][a:b])  # duplicates add up, as in scipy
             return col[rows]
         # CSR: find the entries of gene j slab by slab, keep the asked rows
         n = len(indptr) - 1
@@ -150,6 +154,7 @@ def gene_values(h5ad: str | os.PathLike, j: int, rows: np.ndarray) -> np.ndarray
                 if hits.size:
                     cells = np.searchsorted(indptr, a + hits, side="right") - 1
                     values = x["data"][a:b][hits]
-                    col.update(zip(cells.tolist(), values.tolist(), strict=True))
+                    for c, v in zip(cells.tolist(), values.tolist(), strict=True):
+                        col[c] = col.get(c, 0.0) + v  # duplicates add up, as in scipy
             start = stop
         return np.array([col.get(int(r), 0.0) for r in rows], dtype=np.float32)

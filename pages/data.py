@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine import datasets, io, summary, workspace
 from engine.demos import DEMOS, load_demo
+from engine.errors import ScwbError
 from ui import figures, uploads
 from ui.state import (
     dataset_picker,
@@ -50,41 +51,54 @@ def _streamed_upload() -> None:
     from ui.upload_widget import upload_box
 
     token = st.session_state.get("upload_ticket")
+    try:
+        r = uploads.received(token)  # first: a dropped file is reported even with its ticket
+    except uploads.Gone as exc:
+        r = None
+        st.warning(md(str(exc)))
     if not uploads.valid(token):  # a new session, or the app restarted
         token = st.session_state["upload_ticket"] = uploads.ticket()
     # a new box (empty, its status cleared) once a file was loaded; the ticket stays
     upload_box(token, key=f"upload-box-{token[:12]}-{st.session_state.get('upload_round', 0)}")
-    try:
-        r = uploads.received(token)
-    except uploads.Gone as exc:
-        r = None
-        st.warning(md(str(exc)))
     name = st.text_input(
         "Save as",
         value=(r.filename.split(".")[0] if r else ""),
         help=SAVE_AS_HELP,
     )
     if st.button("Load file", disabled=r is None, help=None if r else "upload a file first"):
-        error = None
-        with st.spinner("Reading..."):
-            try:
-                # read and described in a memory-capped child; the received file is removed
-                new_key = datasets.import_received(
-                    r.path, name or r.filename, r.filename, source=f"upload:{r.filename}"
-                )
-                uploads.done(token, r)
-            except Exception as exc:
-                uploads.done(token, r)
-                error = exc  # the ticket stays: the same box takes the next file
-            else:
-                # recorded before the next Streamlit call: a rerun that cuts this one short
-                # (another upload finishing) still says what was loaded
-                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
-                st.session_state["upload_loaded"] = new_key
-        if error is not None:
-            show_error(error)
+        # the file is ours from here (no newer upload or bound removes it while it is read);
+        # read and described in a memory-capped child, then removed whatever happens
+        mine = uploads.take(token)
+        _load_upload(lambda: _import_received(mine, name))
+
+
+def _import_received(mine: uploads.Received | None, name: str) -> str:
+    if mine is None:  # dropped between the page's view and the click
+        raise ScwbError("That upload is gone: upload the file again.")
+    return datasets.import_received(
+        mine.path, name or mine.filename, mine.filename, source=f"upload:{mine.filename}"
+    )
+
+
+def _load_upload(load, saved=None) -> None:
+    """Run ``load`` (returns the new key) under a spinner. The result is recorded before the next
+    Streamlit call, so a rerun that cuts this one short (another upload finishing) still says
+    what was loaded; an error is one line and the box takes the next file."""
+    error = None
+    with st.spinner("Reading..."):
+        try:
+            new_key = load()
+        except Exception as exc:
+            error = exc
         else:
-            st.rerun()
+            st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+            st.session_state["upload_loaded"] = new_key
+            if saved is not None:
+                saved()
+    if error is not None:
+        show_error(error)
+    else:
+        st.rerun()
 
 
 def _memory_upload() -> None:
@@ -98,25 +112,15 @@ def _memory_upload() -> None:
     )
     name = st.text_input("Save as", value=(f.name.split(".")[0] if f else ""), help=SAVE_AS_HELP)
     if st.button("Load file", disabled=f is None, help=None if f else "choose a file first"):
-        error = None
-        with st.spinner("Reading..."):
-            try:
-                # streamed to disk in chunks, then read and described in a memory-capped child
-                new_key = datasets.import_upload(
-                    f, name or f.name, filename=f.name, source=f"upload:{f.name}"
-                )
-            except Exception as exc:
-                error = exc
-            else:
-                # the file is on disk now: empty the uploader and let go of the bytes Streamlit
-                # holds (a 1.6 GB upload: the app drops from 5.0 GB to 0.3 GB; bench/upload.py)
-                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
-                st.session_state["upload_loaded"] = new_key
-                _forget_upload(f)
-        if error is not None:
-            show_error(error)
-        else:
-            st.rerun()
+        # streamed to disk in chunks, then read and described in a memory-capped child; once
+        # saved, the uploader is emptied and Streamlit's stored bytes dropped (a 1.6 GB upload:
+        # the app drops from 5.0 GB to 0.3 GB; bench/upload.py)
+        _load_upload(
+            lambda: datasets.import_upload(
+                f, name or f.name, filename=f.name, source=f"upload:{f.name}"
+            ),
+            saved=lambda: _forget_upload(f),
+        )
 
 
 SAVE_AS_HELP = (

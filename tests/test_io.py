@@ -592,3 +592,25 @@ def test_gene_values_read_one_gene_for_some_cells(kind, tmp_path, monkeypatch):
     for j in (0, 11, 24):
         assert np.allclose(summary.gene_values(path, j, rows), x[rows, j].toarray().ravel())
     assert summary.gene_values(path, 3, np.array([], dtype=int)).shape == (0,)
+
+
+def test_gene_values_add_duplicate_entries_and_obsm_frames_count(tmp_path):
+    """A CSR/CSC file may store one (cell, gene) twice: scipy adds them up, and so do we; a data
+    frame in obsm (spatial coordinates) is an embedding with its columns."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from engine import summary
+
+    data, index = np.array([1.0, 2.0, 5.0], np.float32), np.array([0, 0, 1])
+    csr = sp.csr_matrix((data, index, np.array([0, 2, 3])), shape=(2, 3))  # cell 0, gene 0 twice
+    csc = sp.csc_matrix((data, index, np.array([0, 2, 3, 3])), shape=(2, 3))  # the same
+    for m, name in ((csr, "csr"), (csc, "csc")):
+        a = ad.AnnData(m)
+        a.obsm["spatial"] = pd.DataFrame({"x": [0.0, 1.0], "y": [2.0, 3.0]}, index=a.obs_names)
+        a.obsm["X_umap"] = np.zeros((2, 2), np.float32)
+        path = tmp_path / f"{name}.h5ad"
+        a.write_h5ad(path)
+        assert summary.gene_values(path, 0, np.array([0, 1])).tolist() == [3.0, 0.0]
+        assert summary.obsm_dims(path) == {"spatial": 2, "X_umap": 2}
+        assert summary.obsm_coords(path, "spatial").tolist() == [[0.0, 2.0], [1.0, 3.0]]

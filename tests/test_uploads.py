@@ -53,11 +53,10 @@ def test_a_file_streams_to_the_incoming_folder(client, workspace, counts_file):
     r = client.put(f"/api/upload/{token}", params={"name": "b.h5ad"}, content=b"abc")
     assert r.status_code == 200
     assert not got.path.exists() and uploads.received(token).size == 3
-    last = uploads.received(token)
-    uploads.done(token, last)  # the page loaded it: the ticket takes the next file
-    assert not last.path.exists() and uploads.received(token) is None and uploads.valid(token)
+    last = uploads.take(token)  # Load: the file is the page's now
+    assert last.path.exists() and uploads.received(token) is None and uploads.valid(token)
     uploads.forget(token)
-    assert not uploads.valid(token)
+    assert last.path.exists() and not uploads.valid(token)  # forget() leaves a taken file be
 
 
 def test_chunked_body_without_a_length_is_streamed(client):
@@ -341,3 +340,41 @@ def test_md_drops_text_direction_controls():
 
     assert md("\u00fc\u202edaeh5.csv") == "\u00fcdaeh5.csv"
     assert md("a\u2066b\u2069c\u200f") == "abc"
+
+
+def test_a_file_being_loaded_is_never_removed_by_the_route(client, workspace, monkeypatch):
+    """Load takes the file: newer uploads on the ticket and the bound on waiting files leave it."""
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "max_bytes", lambda: 1000)
+    token = uploads.ticket()
+    assert client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"x" * 900)
+    mine = uploads.take(token)
+    assert client.put(f"/api/upload/{token}", params={"name": "b.h5ad"}, content=b"y" * 900)
+    for _ in range(3):  # other pages' uploads past the 2,000-byte bound
+        other = uploads.ticket()
+        client.put(f"/api/upload/{other}", params={"name": "c.h5ad"}, content=b"z" * 900)
+    assert mine.path.read_bytes() == b"x" * 900
+
+
+def test_a_finished_upload_is_never_evicted_by_its_own_request(client, workspace, monkeypatch):
+    """At the ticket bound, idle tickets without a file go first; one whose file is dropped
+    tells its page once, even after the ticket is gone."""
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "MAX_TICKETS", 3)
+    a, b, c = (uploads.ticket() for _ in range(3))
+    r = client.put(f"/api/upload/{a}", params={"name": "a.h5ad"}, content=b"abc")
+    assert r.status_code == 200 and uploads.received(a).size == 3 and uploads.valid(a)
+    d = uploads.ticket()  # room for one more: b (no file) goes, not a
+    assert uploads.valid(a) and not uploads.valid(b) and uploads.valid(d)
+    for t in (c, d):
+        assert (
+            client.put(f"/api/upload/{t}", params={"name": "x.h5ad"}, content=b"x").status_code
+            == 200
+        )
+    uploads.ticket()  # every ticket keeps a file: the oldest, a, goes
+    assert not uploads.valid(a) and uploads.valid(c) and uploads.valid(d)
+    with pytest.raises(uploads.Gone, match="a.h5ad was dropped"):
+        uploads.received(a)
+    assert uploads.received(a) is None

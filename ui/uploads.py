@@ -7,10 +7,11 @@ the workspace's incoming folder: the app holds a few MB whatever the file's size
 
 A ticket is a random token the Data page asks for (``ticket()``) and hands to its own upload
 widget only, so another site cannot send files to it. It lives a day and keeps the last file it
-received until the page loads or replaces it; a newer upload on a ticket stops the older one
-(the user picked another file). Received files that nobody loads are bounded: they wait
-``datasets.STALE_S`` at most, and beyond ``2 x server.maxUploadSize`` in all the oldest are
-dropped. Each failure is one line of JSON (``{"error": ...}``) that the widget shows.
+received until the page takes it (``take``, Load) or a newer one replaces it; a newer upload on
+a ticket stops the older one (the user picked another file). Received files that nobody loads
+are bounded: they wait ``datasets.STALE_S`` at most, and beyond ``2 x server.maxUploadSize`` in
+all the oldest are dropped; their page hears of it once (``Gone``). Each failure is one line of
+JSON (``{"error": ...}``) that the widget shows.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class _Ticket:
 
 
 _tickets: dict[str, _Ticket] = {}
+_lost: dict[str, str] = {}  # ticket -> name of a waiting file dropped with its ticket
 _lock = threading.Lock()
+GONE = (
+    "{name} was dropped before it was loaded (an upload waits {hours} hours at most, and "
+    "uploads nobody loaded keep {cap:,} MB at most): upload it again."
+)
 
 
 class Gone(Exception):
@@ -74,7 +80,7 @@ def ticket() -> str:
     """A new ticket for one page session's upload widget."""
     token = secrets.token_urlsafe(24)
     with _lock:
-        _prune()
+        _prune(room=True)
         _tickets[token] = _Ticket()
     return token
 
@@ -86,32 +92,39 @@ def valid(token: str | None) -> bool:
         return t is not None and time.time() - t.created <= TICKET_S
 
 
+def _gone(name: str) -> Gone:
+    hours, cap = datasets.STALE_S // 3600, 2 * max_bytes() // 2**20
+    return Gone(GONE.format(name=name, hours=hours, cap=cap))
+
+
 def received(token: str | None) -> Received | None:
     """The file this ticket received last and nobody loaded yet (None while nothing arrived).
-    Raises ``Gone`` (once) when that file was dropped before it was loaded."""
+    Raises ``Gone`` (once) when that file was dropped before it was loaded, with its ticket or
+    not."""
     with _lock:
         t = _tickets.get(token or "")
         if t is None:
+            name = _lost.pop(token or "", None)
+            if name is not None:
+                raise _gone(name)
             return None
         if t.received is not None and not t.received.path.is_file():
             t.lost, t.received = t.received.filename, None
         if t.lost is not None:
             name, t.lost = t.lost, None
-            raise Gone(
-                f"{name} was dropped before it was loaded (an upload waits "
-                f"{datasets.STALE_S // 3600} hours): upload it again."
-            )
+            raise _gone(name)
         return t.received
 
 
-def done(token: str | None, r: Received) -> None:
-    """The page read ``r`` (loaded it, or showed why it could not): its file is removed and the
-    ticket takes the next one."""
+def take(token: str | None) -> Received | None:
+    """Hand the ticket's waiting file to the caller (Load): from here no newer upload and no
+    bound on waiting files touches it; the caller removes it (``datasets.import_received``)."""
     with _lock:
         t = _tickets.get(token or "")
-        if t is not None and t.received is r:
+        r = t.received if t is not None else None
+        if r is not None:
             t.received = None
-    r.path.unlink(missing_ok=True)
+    return r if r is not None and r.path.is_file() else None
 
 
 def forget(token: str | None) -> None:
@@ -129,20 +142,29 @@ def _drop(t: _Ticket) -> None:
         t.lost, t.received = t.received.filename, None
 
 
-def _prune() -> None:
+def _retire(token: str) -> None:
+    """Remove a ticket (under the lock); a file it was keeping is reported to its page once."""
+    t = _tickets.pop(token)
+    _drop(t)
+    if t.lost is not None:
+        _lost[token] = t.lost
+        while len(_lost) > 4 * MAX_TICKETS:
+            _lost.pop(next(iter(_lost)))
+
+
+def _prune(room: bool = False) -> None:
     """Under the lock: drop old tickets, received files past their wait, and the oldest received
-    files beyond twice the upload limit in all."""
+    files beyond twice the upload limit in all; with ``room``, make room for one more ticket
+    (idle tickets without a file go first, oldest first)."""
     now = time.time()
     for k in [k for k, t in _tickets.items() if now - t.created > TICKET_S and not t.running]:
-        t = _tickets.pop(k)
-        if t.received is not None:
-            t.received.path.unlink(missing_ok=True)
-    while len(_tickets) >= MAX_TICKETS:
-        # dicts keep insertion order: the first idle ticket is the oldest
-        oldest = next((k for k, t in _tickets.items() if not t.running), None)
-        if oldest is None:
+        _retire(k)
+    while room and len(_tickets) >= MAX_TICKETS:
+        idle = [k for k, t in _tickets.items() if not t.running]  # oldest first
+        empty = [k for k in idle if _tickets[k].received is None]
+        if not idle:
             break
-        _drop(_tickets.pop(oldest))
+        _retire((empty or idle)[0])
     waiting = sorted(
         (t for t in _tickets.values() if t.received is not None), key=lambda t: t.received.at
     )
@@ -210,11 +232,20 @@ async def _put(request):
     try:
         r = await _receive(request, lambda: t.uploads != number)
     except _Refused as exc:
-        return JSONResponse({"error": str(exc)}, exc.status)
-    finally:
         with _lock:
             t.running -= 1
+        return JSONResponse({"error": str(exc)}, exc.status)
+    except BaseException:
+        with _lock:
+            t.running -= 1
+        raise
     with _lock:
+        t.running -= 1
+        if _tickets.get(token) is not t:  # the ticket expired while the file arrived
+            r.path.unlink(missing_ok=True)
+            return JSONResponse(
+                {"error": "This upload link has expired: reload the page and upload again."}, 404
+            )
         if t.uploads != number:  # a newer upload started as this one ended: it wins
             r.path.unlink(missing_ok=True)
             return JSONResponse({"error": "Replaced by the newer upload."}, 409)
