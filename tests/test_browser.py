@@ -114,7 +114,7 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         expect(page.get_by_text("Drag and drop a file here, or click")).to_be_visible()
         expect(page.get_by_test_id("stFileUploader")).to_have_count(0)
         page.locator('input[type="file"]').set_input_files(str(upload))
-        expect(page.get_by_text("Uploaded pbmc_demo_counts.h5ad")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"Uploaded {Path(upload).name}")).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Load file").click()
         expect(page.get_by_text("Loaded 600 cells")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stMetricValue").first).to_have_text("600")
@@ -265,7 +265,7 @@ def test_untouched_forms_train_the_expected_experiment(
         expect(page.get_by_text("Drag and drop a file here, or click")).to_be_visible()
         expect(page.get_by_test_id("stFileUploader")).to_have_count(0)
         page.locator('input[type="file"]').set_input_files(str(upload))
-        expect(page.get_by_text("Uploaded pbmc_demo_counts.h5ad")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text(f"Uploaded {Path(upload).name}")).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Load file").click()
         expect(page.get_by_text(f"Loaded {a.n_obs} cells")).to_be_visible(timeout=60_000)
 
