@@ -239,18 +239,20 @@ def incoming_upload(filename: str) -> Path:
     return _incoming() / f"{secrets.token_hex(8)}{io._suffix(filename)}"
 
 
-def import_received(upload: Path, name: str, filename: str, source: str = "") -> str:
-    """``import_file`` a file received in the incoming folder, then remove it whatever happens."""
-    upload = Path(upload)
+UPLOAD_GONE = f"That upload is gone (uploads wait {STALE_S // 3600} hours): upload the file again."
+
+
+def import_received(upload: Path | None, name: str, filename: str, source: str = "") -> str:
+    """``import_file`` a file received in the incoming folder, then remove it whatever happens
+    (``None``, or a file no longer there: ``UPLOAD_GONE``)."""
+    ours = upload is not None and Path(upload).parent.resolve() == _incoming().resolve()
     try:
-        if upload.parent.resolve() != _incoming().resolve() or not upload.is_file():
-            raise ScwbError(
-                f"That upload is gone (uploads wait {STALE_S // 3600} hours): upload the file again."
-            )
+        if not ours or not Path(upload).is_file():
+            raise ScwbError(UPLOAD_GONE)
         return import_file(upload, name, display=filename, source=source)
     finally:
-        if upload.parent.resolve() == _incoming().resolve():
-            upload.unlink(missing_ok=True)
+        if ours:
+            Path(upload).unlink(missing_ok=True)
 
 
 def import_upload(fileobj: IO[bytes], name: str, filename: str, source: str = "") -> str:

@@ -9,7 +9,6 @@ import streamlit as st
 
 from engine import datasets, io, summary, workspace
 from engine.demos import DEMOS, load_demo
-from engine.errors import ScwbError
 from ui import figures, uploads
 from ui.state import (
     dataset_picker,
@@ -68,16 +67,12 @@ def _streamed_upload() -> None:
     if st.button("Load file", disabled=r is None, help=None if r else "upload a file first"):
         # the file is ours from here (no newer upload or bound removes it while it is read);
         # read and described in a memory-capped child, then removed whatever happens
-        mine = uploads.take(token)
-        _load_upload(lambda: _import_received(mine, name))
-
-
-def _import_received(mine: uploads.Received | None, name: str) -> str:
-    if mine is None:  # dropped between the page's view and the click
-        raise ScwbError("That upload is gone: upload the file again.")
-    return datasets.import_received(
-        mine.path, name or mine.filename, mine.filename, source=f"upload:{mine.filename}"
-    )
+        mine = uploads.take(token)  # None if it was dropped since the page was drawn
+        _load_upload(
+            lambda: datasets.import_received(
+                mine and mine.path, name or r.filename, r.filename, source=f"upload:{r.filename}"
+            )
+        )
 
 
 def _load_upload(load, saved=None) -> None:

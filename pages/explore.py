@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import datasets, embedding, jobs, runs, summary, workspace
+from engine import embedding, jobs, runs, summary, workspace
 from engine import results as results_files
 from ui import figures
 from ui.figures import esc
-from ui.state import dataset_picker, ensure_app_navigation
+from ui.state import dataset_file, dataset_picker, ensure_app_navigation
 
 AUTO_UMAP_CELLS = 20_000  # run latents start by themselves up to this many cells
 POLL_S = 2.0
@@ -32,8 +32,7 @@ st.title("Explore")
 name, adata, d = dataset_picker("Dataset", full=False)
 if adata is None:
     st.stop()
-DATA_PATH = datasets.path(name)
-_FILE = (str(DATA_PATH), DATA_PATH.stat().st_size, DATA_PATH.stat().st_mtime)
+_FILE = dataset_file(name)  # (path, size, mtime): the caches below are keyed by it
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -79,7 +78,7 @@ def _finished_runs(dataset: str) -> list[dict]:
 
 def _sources() -> list[Source]:
     cache = str(workspace.home() / "embeddings" / workspace.safe_name(name, "dataset name"))
-    src = str(datasets.path(name))
+    src = _FILE[0]
     out: list[Source] = []
     stored = _obsm_dims(*_FILE)
     for k in d.get("embeddings") or []:

@@ -73,7 +73,8 @@ def set_dataset(key: str) -> None:
         )
 
 
-def _key(name: str) -> tuple[str, int, float]:
+def dataset_file(name: str) -> tuple[str, int, float]:
+    """Dataset ``name``'s file as (path, size, mtime): the key of every cache of its content."""
     p = datasets.path(name)
     s = p.stat()
     return str(p), s.st_size, s.st_mtime
@@ -126,7 +127,7 @@ def load_current(
     if not key:
         return None, None, None
     try:
-        k = _key(key)
+        k = dataset_file(key)
         return DatasetKey(key), (_load(*k) if full else _annotations(*k)), _describe(*k)
     except (ScwbError, OSError) as exc:
         show_error(exc)
@@ -174,12 +175,12 @@ def _layout(path: str, size: int, mtime: float):
 
 def dataset_layout(key: str):
     """Shape, stored entries and sizes of dataset ``key`` from its file's metadata (cached)."""
-    return _layout(*_key(key))
+    return _layout(*dataset_file(key))
 
 
 def load_full(key: str) -> ad.AnnData:
     """Dataset ``key`` with its matrices, from the shared cache."""
-    return _load(*_key(key))
+    return _load(*dataset_file(key))
 
 
 def show_error(exc: BaseException) -> None:

@@ -85,11 +85,19 @@ def ticket() -> str:
     return token
 
 
+EXPIRED = "This upload link has expired: reload the page and upload again."
+
+
+def _live(token: str | None) -> _Ticket | None:
+    """The ticket, while it can take an upload (under the lock)."""
+    t = _tickets.get(token or "")
+    return t if t is not None and time.time() - t.created <= TICKET_S else None
+
+
 def valid(token: str | None) -> bool:
     """Whether this ticket can still take an upload (an app restart forgets every ticket)."""
     with _lock:
-        t = _tickets.get(token or "")
-        return t is not None and time.time() - t.created <= TICKET_S
+        return _live(token) is not None
 
 
 def _gone(name: str) -> Gone:
@@ -125,14 +133,6 @@ def take(token: str | None) -> Received | None:
         if r is not None:
             t.received = None
     return r if r is not None and r.path.is_file() else None
-
-
-def forget(token: str | None) -> None:
-    """Drop a ticket and the file it received."""
-    with _lock:
-        t = _tickets.pop(token or "", None)
-    if t is not None and t.received is not None:
-        t.received.path.unlink(missing_ok=True)
 
 
 def _drop(t: _Ticket) -> None:
@@ -221,11 +221,9 @@ async def _put(request):
 
     token = request.path_params["ticket"]
     with _lock:
-        t = _tickets.get(token)
-        if t is None or time.time() - t.created > TICKET_S:
-            return JSONResponse(
-                {"error": "This upload link has expired: reload the page and upload again."}, 404
-            )
+        t = _live(token)
+        if t is None:
+            return JSONResponse({"error": EXPIRED}, 404)
         t.uploads += 1
         t.running += 1
         number = t.uploads
@@ -243,9 +241,7 @@ async def _put(request):
         t.running -= 1
         if _tickets.get(token) is not t:  # the ticket expired while the file arrived
             r.path.unlink(missing_ok=True)
-            return JSONResponse(
-                {"error": "This upload link has expired: reload the page and upload again."}, 404
-            )
+            return JSONResponse({"error": EXPIRED}, 404)
         if t.uploads != number:  # a newer upload started as this one ended: it wins
             r.path.unlink(missing_ok=True)
             return JSONResponse({"error": "Replaced by the newer upload."}, 409)
