@@ -108,7 +108,7 @@ def _scgen_tables(name: str, block: dict) -> list[str]:
     n = len(per_seed)
     minutes = sum(b.get("seconds", 0) for b in per_seed.values()) / 60
     mean_beats = g["r2_mean_all"].mean() > g["baseline_meanshift_r2_mean_all"].mean()
-    single = " (one seed, measured before the seeded benchmark: not yet repeated)" if n == 1 else ""
+    single = " (one seed: not yet repeated over seeds)" if n == 1 else ""
     return [
         f"#### {name} ({n} seed{'s' if n > 1 else ''}: {', '.join(per_seed)}; {minutes:.1f} min on this CPU){single}",
         "",
@@ -124,15 +124,15 @@ def scgen_levers(d: dict) -> list[str]:
     out = [
         "## scGen's levers (`python -m bench.scgen_levers`)",
         "",
-        "Each variant changes one thing against the app's defaults and runs leave one cell type "
-        "out over the seeds. A cell reads: scGen's R² (mean expression, all genes) minus the "
+        "Each variant changes what its row names against the app's defaults (first row) and runs "
+        "leave one cell type out over the seeds. A cell reads: scGen's R² (mean expression, all genes) minus the "
         "mean-shift baseline's on the same held-out cells, mean ± sd over seeds (seeds where "
         "scGen is above). Variants that change the input change both numbers.",
         "",
     ]
     for set_key, variants in d.items():
         rows = []
-        for block in variants.values():
+        for _, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
             t = pd.concat(
                 [pd.DataFrame(b["table"]).assign(seed=int(s)) for s, b in block["seeds"].items()]
             )
@@ -202,7 +202,7 @@ def quality(q: dict) -> list[str]:
         out += [
             "### Perturbation: scGen leave-one-cell-type-out against both baselines",
             "",
-            "Each row trains a fresh scGen (published defaults: 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25) without that cell type's stimulated cells, then predicts them. "
+            "Each row trains a fresh scGen (the app's defaults: the published network and training, 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25, with the paired stimulation vector: the mean over the training cell types of their latent shift) without that cell type's stimulated cells, then predicts them. "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
             "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds.",
             "",

@@ -30,7 +30,17 @@ HVG = pp.Step("hvg", {"n_top": 2000})
 
 # name -> (what it changes, extra recipe steps or a replacement recipe per set, model params)
 VARIANTS = {
-    "default": ("the app's defaults", None, {}),
+    "default": ("the app's defaults (paired delta)", None, {}),
+    "sampled": (
+        "stimulation vector: the scGen package's resampled delta (the default before)",
+        None,
+        {"delta": "sampled"},
+    ),
+    "sampled-kl5e-3": (
+        "resampled delta and KL weight 5e-3",
+        None,
+        {"delta": "sampled", "kl_weight": 5e-3},
+    ),
     "kl5e-4": ("KL weight 5e-4 (default 5e-5)", None, {"kl_weight": 5e-4}),
     "kl5e-3": ("KL weight 5e-3", None, {"kl_weight": 5e-3}),
     "kl5e-2": ("KL weight 5e-2", None, {"kl_weight": 5e-2}),

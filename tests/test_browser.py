@@ -204,9 +204,10 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
 
 
 def _pick(page, label: str, option: str) -> None:
-    """Choose ``option`` in the Streamlit selectbox labelled ``label``."""
+    """Choose ``option`` in the Streamlit selectbox labelled ``label``, as a person does: pick,
+    look, and pick again if a redraw (a live fragment's tick on a loaded machine) swallowed it."""
     box = page.get_by_role("combobox", name=label)
-    for _ in range(3):  # a run changing state while the list is open redraws the list
+    for _ in range(5):
         box.click()
         box.fill(option)  # typing filters the options; Enter takes the first match
         try:
@@ -215,7 +216,9 @@ def _pick(page, label: str, option: str) -> None:
             page.keyboard.press("Escape")
             continue
         box.press("Enter")
-        break
+        _wait_idle(page)
+        if option in (box.input_value() or ""):
+            return
     _wait_idle(page)
 
 

@@ -19,6 +19,8 @@ DESIGN = dict(
 
 
 def test_scgen_defaults_are_published_ones():
+    """The network and its training are the published ones; the stimulation vector is the
+    paired one (docs/BENCHMARKS.md: it is what puts scGen above the mean-shift baseline)."""
     spec = RunSpec(model="scgen", data="x", predict="B cell", **DESIGN)
     assert spec.params | {"delta_cell_types": ""} == {
         "n_hidden": 800,
@@ -26,9 +28,61 @@ def test_scgen_defaults_are_published_ones():
         "n_latent": 100,
         "dropout": 0.2,
         "kl_weight": 5e-5,
+        "delta": "paired",
         "delta_cell_types": "",
     }
     assert spec.lr == 1e-3 and spec.patience == 25
+
+
+def _latent_design():
+    """Latent codes where every type has its own place and its own response, and one type (the
+    held-out one, 'T') has control cells only."""
+    rng = np.random.default_rng(0)
+    centre = {"A": np.array([0.0, 0.0]), "B": np.array([10.0, 0.0]), "T": np.array([0.0, 10.0])}
+    shift = {"A": np.array([1.0, 1.0]), "B": np.array([3.0, -1.0])}
+    n_ctrl = {"A": 50, "B": 20, "T": 40}
+    n_stim = {"A": 30, "B": 60}
+    zc = np.concatenate([centre[t] + rng.normal(0, 0.1, (n, 2)) for t, n in n_ctrl.items()])
+    tc = np.repeat(list(n_ctrl), list(n_ctrl.values()))
+    zs = np.concatenate(
+        [centre[t] + shift[t] + rng.normal(0, 0.1, (n, 2)) for t, n in n_stim.items()]
+    )
+    ts = np.repeat(list(n_stim), list(n_stim.values()))
+    return zc, tc, zs, ts, (shift["A"] + shift["B"]) / 2
+
+
+def test_paired_delta_is_the_mean_of_per_type_shifts():
+    from engine.models.scgen import latent_delta
+
+    zc, tc, zs, ts, expected = _latent_design()
+    got = latent_delta(lambda z: z, zc, tc, zs, ts, seed=0, how="paired")
+    # neither the held-out type's control cells nor the unequal type sizes move it
+    np.testing.assert_allclose(got, expected, atol=0.05)
+    # exact: the same on every seed
+    np.testing.assert_array_equal(got, latent_delta(lambda z: z, zc, tc, zs, ts, 7, "paired"))
+
+
+def test_sampled_delta_carries_the_held_out_types_composition():
+    """The scGen package's vector compares all control cells with the stimulated ones, so the
+    control cells of the held-out type pull it towards the other types (why 'paired' is the
+    default); it is kept, as an option, for comparison with the package."""
+    from engine.models.scgen import latent_delta
+
+    zc, tc, zs, ts, expected = _latent_design()
+    got = latent_delta(lambda z: z, zc, tc, zs, ts, seed=0, how="sampled")
+    # balanced control mean includes T at (0, 10): the vector's second coordinate drops by ~10/3
+    assert got[1] < expected[1] - 2.5
+    with pytest.raises(ValueError):
+        latent_delta(lambda z: z, zc, tc, zs, ts, seed=0, how="other")
+
+
+def test_paired_delta_without_a_shared_type_says_so():
+    from engine.models.scgen import latent_delta
+
+    zc, tc, zs, ts, _ = _latent_design()
+    only_a, only_b = tc == "A", ts == "B"
+    with pytest.raises(ScwbError, match="both conditions"):
+        latent_delta(lambda z: z, zc[only_a], tc[only_a], zs[only_b], ts[only_b], 0, "paired")
 
 
 def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):

@@ -211,6 +211,13 @@ REGISTRY: dict[str, ModelInfo] = {
                 "n_latent": Param(100, "latent dimensions", low=1, high=4096),
                 "dropout": Param(0.2, "dropout", low=0, high=0.9),
                 "kl_weight": Param(5e-5, "weight of the KL term", low=0, high=1e3),
+                "delta": Param(
+                    "paired",
+                    "stimulation vector: 'paired' = mean over cell types seen in both conditions of "
+                    "their latent shift; 'sampled' = the scGen package's balanced resampling of all "
+                    "training cells of each condition",
+                    choices=("paired", "sampled"),
+                ),
                 "delta_cell_types": Param(
                     "",
                     "cell types the stimulation vector is computed from (empty: all training types)",

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.errors import ScwbError
 from engine.models.nn import kl_normal, mlp
 
 
@@ -72,9 +73,31 @@ def latent_delta(
     x_stim: np.ndarray,
     types_stim: np.ndarray,
     seed: int,
+    how: str = "paired",
 ) -> np.ndarray:
-    """Mean latent of (balanced) stimulated minus control training cells, with equal draws from
-    each side as scGen does."""
+    """The stimulation vector in latent space.
+
+    ``sampled`` is the scGen package's: balance each condition's training cells over cell types
+    by resampling, then mean latent of stimulated minus control cells. Its control side also
+    holds the held-out type's control cells, which the stimulated side lacks, so the vector
+    carries a composition term that pulls the prediction towards the other types.
+    ``paired`` (the app's default) is the same balanced mean restricted to the cell types seen in
+    both conditions, computed exactly: the mean over those types of (mean stimulated - mean
+    control latent). It has no composition term and no resampling noise."""
+    types_ctrl, types_stim = np.asarray(types_ctrl).astype(str), np.asarray(types_stim).astype(str)
+    if how == "paired":
+        both = sorted(set(types_ctrl) & set(types_stim))
+        if not both:
+            raise ScwbError(
+                "The stimulation vector needs a cell type with training cells of both conditions; "
+                "widen the delta cell types or use delta='sampled'."
+            )
+        zc, zs = encode(x_ctrl), encode(x_stim)
+        return np.mean(
+            [zs[types_stim == t].mean(0) - zc[types_ctrl == t].mean(0) for t in both], axis=0
+        )
+    if how != "sampled":
+        raise ValueError(f"unknown delta {how!r}")
     rng = np.random.default_rng(seed)
     ci = balanced_indices(types_ctrl, rng)
     si = balanced_indices(types_stim, rng)

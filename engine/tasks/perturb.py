@@ -135,6 +135,7 @@ class Perturb(Task):
                 x[is_stim],
                 types[is_stim],
                 ctx.seed,
+                self.params.get("delta", "paired"),
             )
             epochs = sum(1 for r in rows if r["epoch"] > i * ctx.epochs)
             self.parts.append(
