@@ -181,7 +181,9 @@ def _logs(run_dir: Path) -> str:
 def test_slurm_cancel_of_a_pending_job_is_immediate(cluster, separable_file):
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "-c", cpus.split()[0].rstrip("+"), "--wrap", "sleep 120"],
+        # its log goes nowhere: by default SLURM writes slurm-<id>.out into the working tree
+        ["sbatch", "--parsable", "-o", "/dev/null", "-c", cpus.split()[0].rstrip("+")]
+        + ["--wrap", "sleep 120"],
         capture_output=True,
         text=True,
         check=True,
