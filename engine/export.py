@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import engine
-from engine import csvsafe, runs
+from engine import csvsafe, models, runs
 
 # fields a rerun must not inherit: where the data and the run folder were, and identity checks
 NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
@@ -41,6 +41,10 @@ def script(run_dir: str | Path) -> str:
         for k in _spec_fields()
         if k in record and k not in NOT_REPLAYED and record[k] not in (None, "", {}, [])
     }
+    # the parameters as it ran, also for a run saved before a parameter existed
+    params = models.recorded_params(spec.get("model"), spec.get("params") or {})
+    if params:
+        spec["params"] = params
     recipe = record.get("recipe") or {"steps": []}
     root = str(Path(engine.__file__).resolve().parent.parent)
     doc = f"Reproduce scWorkbench run {run_dir.name} (data fingerprint {record.get('data_fingerprint', '?')})."

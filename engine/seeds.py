@@ -106,6 +106,9 @@ def _hash(spec: dict[str, Any], keys: tuple[str, ...]) -> str:
 
 def config_key(spec: dict[str, Any]) -> str:
     """The same key for runs that differ only by seed (and where or as what they ran)."""
+    from engine import models
+
+    spec = {**spec, "params": models.recorded_params(spec.get("model"), spec.get("params"))}
     return _hash(spec, _CONFIG)
 
 

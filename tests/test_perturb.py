@@ -1,5 +1,6 @@
 """scGen: hold a cell type's stimulated cells out, predict them, compare with the baselines."""
 
+import ast
 import json
 
 import anndata as ad
@@ -81,8 +82,12 @@ def test_paired_delta_without_a_shared_type_says_so():
 
     zc, tc, zs, ts, _ = _latent_design()
     only_a, only_b = tc == "A", ts == "B"
-    with pytest.raises(ScwbError, match="both conditions"):
+    with pytest.raises(ScwbError, match="both conditions in one cell type"):
         latent_delta(lambda z: z, zc[only_a], tc[only_a], zs[only_b], ts[only_b], 0, "paired")
+    none = np.zeros(0, dtype=bool)
+    for how in ("paired", "sampled"):
+        with pytest.raises(ScwbError, match="both conditions"):
+            latent_delta(lambda z: z, zc, tc, zs[none], ts[none], 0, how)
 
 
 def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
@@ -335,3 +340,46 @@ def test_a_results_file_with_predicted_cells_is_refused(tmp_path, lognorm_adata)
                 **DESIGN,
             )
         )
+
+
+def test_a_run_saved_before_the_delta_option_stays_sampled(tmp_path):
+    """Runs saved before 'delta' existed used the package's resampled vector: loading, reproducing
+    and grouping them must keep saying so, not take today's default."""
+    from engine import export, seeds
+    from engine.tasks.perturb import Perturb
+
+    old = {"n_hidden": 800, "n_layers": 2, "n_latent": 100, "dropout": 0.2, "kl_weight": 5e-5}
+    meta = {"model": "scgen", "params": old, "setup": {"var_names": ["g1", "g2"]}, "extra": {}}
+    assert Perturb.from_metadata(meta).params["delta"] == "sampled"
+    new = {**meta, "params": {**old, "delta": "paired"}}
+    assert Perturb.from_metadata(new).params["delta"] == "paired"
+
+    record = {"model": "scgen", "data": "d.h5ad", "seed": 0, "params": old, **DESIGN}
+    record["predict"] = "B cell"
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    tree = ast.parse(export.script(tmp_path))
+    node = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SPEC"
+    )
+    replayed = json.loads(ast.literal_eval(node.value.args[0]))  # SPEC = json.loads('...')
+    assert replayed["params"] == {**old, "delta": "sampled"}
+
+    same = seeds.config_key({**record, "params": {**old, "delta": "sampled"}})
+    assert seeds.config_key(record) == same
+    assert seeds.config_key({**record, "params": {**old, "delta": "paired"}}) != same
+
+
+def test_a_vector_from_the_held_out_type_alone_is_refused_in_one_line(tmp_path, lognorm_file):
+    spec = RunSpec(
+        model="scgen",
+        data=lognorm_file,
+        out=str(tmp_path / "run"),
+        predict="B cell",
+        epochs=1,
+        params={**SMALL, "delta_cell_types": "B cell"},  # its stimulated cells are held out
+        **DESIGN,
+    )
+    with pytest.raises(ScwbError, match="both conditions in one cell type; widen the delta"):
+        train.run(spec)

@@ -30,6 +30,8 @@ class Param:
     choices: tuple | None = None
     low: float | None = None
     high: float | None = None
+    # what runs saved before this parameter existed ran with (None: the default)
+    before: Any = None
 
 
 @dataclass(frozen=True)
@@ -217,10 +219,12 @@ REGISTRY: dict[str, ModelInfo] = {
                     "their latent shift; 'sampled' = the scGen package's balanced resampling of all "
                     "training cells of each condition",
                     choices=("paired", "sampled"),
+                    before="sampled",
                 ),
                 "delta_cell_types": Param(
                     "",
-                    "cell types the stimulation vector is computed from (empty: all training types)",
+                    "cell types the stimulation vector is computed from (empty: all training types; the "
+                    "paired vector uses those with training cells of both conditions)",
                 ),
             },
             epochs=100,
@@ -262,6 +266,19 @@ def _cast(info: ModelInfo, key: str, p: Param, value: Any) -> Any:
         raise ScwbError(
             f"{info.name}: {key} must be a {'whole number' if isinstance(p.default, int) else type(p.default).__name__}, not {value!r}."
         ) from None
+
+
+def recorded_params(model: str, saved: Any) -> Any:
+    """A saved run's parameters as it ran: a parameter added since it was saved takes the value
+    the model used before (``Param.before``), not today's default, so reloading, reproducing or
+    grouping an older run never silently changes what it was."""
+    if not isinstance(model, str) or model not in REGISTRY or not isinstance(saved, dict):
+        return saved
+    info = REGISTRY[model]
+    missing = {
+        k: p.before for k, p in info.params.items() if k not in saved and p.before is not None
+    }
+    return {**saved, **missing} if missing else saved
 
 
 def coerce_params(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:

@@ -84,20 +84,21 @@ def latent_delta(
     ``paired`` (the app's default) is the same balanced mean restricted to the cell types seen in
     both conditions, computed exactly: the mean over those types of (mean stimulated - mean
     control latent). It has no composition term and no resampling noise."""
+    if how not in ("paired", "sampled"):
+        raise ValueError(f"unknown delta {how!r}")
     types_ctrl, types_stim = np.asarray(types_ctrl).astype(str), np.asarray(types_stim).astype(str)
+    both = sorted(set(types_ctrl) & set(types_stim))
+    if not len(types_ctrl) or not len(types_stim) or how == "paired" and not both:
+        raise ScwbError(
+            "The stimulation vector needs training cells of both conditions"
+            + (" in one cell type" if how == "paired" else "")
+            + "; widen the delta cell types."
+        )
     if how == "paired":
-        both = sorted(set(types_ctrl) & set(types_stim))
-        if not both:
-            raise ScwbError(
-                "The stimulation vector needs a cell type with training cells of both conditions; "
-                "widen the delta cell types or use delta='sampled'."
-            )
         zc, zs = encode(x_ctrl), encode(x_stim)
         return np.mean(
             [zs[types_stim == t].mean(0) - zc[types_ctrl == t].mean(0) for t in both], axis=0
         )
-    if how != "sampled":
-        raise ValueError(f"unknown delta {how!r}")
     rng = np.random.default_rng(seed)
     ci = balanced_indices(types_ctrl, rng)
     si = balanced_indices(types_stim, rng)

@@ -184,7 +184,8 @@ class Task:
         info = models.get(meta["model"])
         # a training-only option a later version dropped (logreg's weight_decay became C) does
         # not stop an older run's model from loading: the weights are what predict needs
-        saved = {k: v for k, v in (meta.get("params") or {}).items() if k in info.params}
+        saved = models.recorded_params(info.name, dict(meta.get("params") or {}))
+        saved = {k: v for k, v in saved.items() if k in info.params}
         return cls(
             info,
             models.coerce_params(info, saved),

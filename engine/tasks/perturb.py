@@ -124,10 +124,6 @@ class Perturb(Task):
                 else True
             )
             is_ctrl, is_stim = basis & (cond == d["ctrl"]), basis & (cond == d["stim"])
-            if not is_ctrl.any() or not is_stim.any():
-                raise ScwbError(
-                    "The stimulation vector needs training cells of both conditions; widen the delta cell types."
-                )
             delta = latent_delta(
                 lambda arr, m=module: _encode(m, arr, self.device),
                 x[is_ctrl],
@@ -135,7 +131,7 @@ class Perturb(Task):
                 x[is_stim],
                 types[is_stim],
                 ctx.seed,
-                self.params.get("delta", "paired"),
+                self.params["delta"],
             )
             epochs = sum(1 for r in rows if r["epoch"] > i * ctx.epochs)
             self.parts.append(
