@@ -339,6 +339,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--only", help="comma-separated: " + ",".join(STEPS))
     ap.add_argument("--scgen-sets", help="comma-separated: " + ",".join(SCGEN))
+    ap.add_argument(
+        "--add-seeds",
+        action="store_true",
+        help="scgen: add these seeds to each set's stored ones (same code: a long set measured "
+        "in sittings) instead of replacing them",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     only = args.only.split(",") if args.only else list(STEPS)
@@ -353,7 +359,12 @@ def main() -> None:
             t0 = time.time()
             if name == "scgen":
                 block = fn(tmp, seeds, args.scgen_sets.split(",") if args.scgen_sets else None)
-                results["scgen"] = {**results.get("scgen", {}), **block}
+                stored = results.get("scgen", {})
+                if args.add_seeds:
+                    for key, b in block.items():
+                        before = stored.get(key, {}).get("seeds", {})
+                        b["seeds"] = dict(sorted({**before, **b["seeds"]}.items()))
+                results["scgen"] = {**stored, **block}
             else:
                 results[name] = fn(tmp, seeds)
             results.setdefault("meta", {})[name] = {
