@@ -101,6 +101,17 @@ def test_perturb_form_defaults_come_from_the_data(seurat_like, submitted):
     assert spec["epochs"] == models.get("scgen").epochs  # explicit, from the estimate
 
 
+def test_perturb_form_offers_both_stimulation_vectors(seurat_like, submitted):
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    delta = box(at, "delta")
+    assert delta.value == "paired" and list(delta.options) == ["paired", "sampled"]
+    delta.set_value("sampled").run()
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted[0]["params"]["delta"] == "sampled"
+
+
 def test_leave_one_out_is_an_explicit_choice(seurat_like, submitted):
     at = app("train")
     at.radio[0].set_value("perturb").run()
