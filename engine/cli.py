@@ -187,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{part.replace('_', '-')}", metavar="FILE", help=f"write {text} to FILE")
 
     p = sub.add_parser("models", help="list the models, their tasks and parameters")
+    p.add_argument("name", nargs="?", help="one model: its parameters, defaults and choices")
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("device", help="show the compute devices")
@@ -446,19 +447,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from engine import models
 
+    chosen = [models.get(args.name)] if args.name else list(models.REGISTRY.values())
     if args.json:
         print(
             json.dumps(
                 {
-                    n: {"task": m.task, "title": m.title, "doc": m.doc, "params": m.defaults()}
-                    for n, m in models.REGISTRY.items()
+                    m.name: {
+                        "task": m.task,
+                        "title": m.title,
+                        "doc": m.doc,
+                        "params": m.defaults(),
+                        "param_info": {
+                            k: {"help": p.help, "choices": p.choices, "low": p.low, "high": p.high}
+                            for k, p in m.params.items()
+                        },
+                    }
+                    for m in chosen
                 },
                 indent=2,
             )
         )
         return 0
-    for n, m in models.REGISTRY.items():
-        print(f"{n:<12} {m.task:<12} {m.title}: {m.doc}")
+    for m in chosen:
+        print(f"{m.name:<12} {m.task:<12} {m.title}: {m.doc}")
+        if args.name:  # one model: what --param takes
+            for k, p in m.params.items():
+                allowed = (
+                    " | ".join(map(str, p.choices))
+                    if p.choices
+                    else f"{p.low:g} to {p.high:g}"
+                    if p.low is not None and p.high is not None
+                    else ""
+                )
+                print(f"  --param {k}={p.default}" + (f"  [{allowed}]" if allowed else ""))
+                print(f"      {p.help}")
     return 0
 
 

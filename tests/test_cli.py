@@ -204,3 +204,18 @@ def test_train_on_a_label_with_a_comma_selects_exactly_those_cells(tmp_path, log
     train.run(spec)
     split = np.load(tmp_path / "r" / "split.npz")
     assert set(a.obs["cell_type"].iloc[split["train"]]) == {"CD4,CD8"}
+
+
+def test_models_names_one_models_parameters_and_their_choices():
+    from engine import models
+
+    text = cli("models", "scgen").stdout
+    for key, p in models.get("scgen").params.items():
+        assert f"--param {key}={p.default}" in text
+    assert "[paired | sampled]" in text and "[0 to 0.9]" in text  # choices, ranges
+    info = json.loads(cli("models", "scgen", "--json").stdout)
+    assert list(info) == ["scgen"]
+    assert info["scgen"]["param_info"]["delta"]["choices"] == ["paired", "sampled"]
+    bad = cli("models", "nope", check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: Unknown model 'nope'")
+    assert "Traceback" not in bad.stderr
