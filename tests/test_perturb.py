@@ -19,6 +19,19 @@ DESIGN = dict(
 )
 
 
+def _b_cell_spec(tmp_path, data, epochs: int, **params) -> RunSpec:
+    """A small scGen run that predicts the held-out stimulated B cells."""
+    return RunSpec(
+        model="scgen",
+        data=data,
+        out=str(tmp_path / "run"),
+        predict="B cell",
+        epochs=epochs,
+        params={**SMALL, **params},
+        **DESIGN,
+    )
+
+
 def test_scgen_defaults_are_published_ones():
     """The network and its training are the published ones; the stimulation vector is the
     paired one (docs/BENCHMARKS.md: it is what puts scGen above the mean-shift baseline)."""
@@ -91,16 +104,7 @@ def test_paired_delta_without_a_shared_type_says_so():
 
 
 def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
-    spec = RunSpec(
-        model="scgen",
-        data=lognorm_file,
-        out=str(tmp_path / "run"),
-        predict="B cell",
-        epochs=25,
-        params=SMALL,
-        **DESIGN,
-    )
-    metrics = train.run(spec)
+    metrics = train.run(_b_cell_spec(tmp_path, lognorm_file, epochs=25))
     keys = [
         "r2_mean_all",
         "r2_mean_top100",
@@ -372,14 +376,7 @@ def test_a_run_saved_before_the_delta_option_stays_sampled(tmp_path):
 
 
 def test_a_vector_from_the_held_out_type_alone_is_refused_in_one_line(tmp_path, lognorm_file):
-    spec = RunSpec(
-        model="scgen",
-        data=lognorm_file,
-        out=str(tmp_path / "run"),
-        predict="B cell",
-        epochs=1,
-        params={**SMALL, "delta_cell_types": "B cell"},  # its stimulated cells are held out
-        **DESIGN,
-    )
+    # the vector from B cells alone: their stimulated cells are the held-out ones
+    spec = _b_cell_spec(tmp_path, lognorm_file, epochs=1, delta_cell_types="B cell")
     with pytest.raises(ScwbError, match="both conditions in one cell type; widen the delta"):
         train.run(spec)
