@@ -3,7 +3,8 @@
 Classifiers: ``test_accuracy``, ``test_f1_macro`` (+ per-class F1, confusion matrix).
 Reconstruction: ``test_mse``. VAE: ``test_elbo`` (mean ELBO per cell, higher is better).
 Perturbation: ``r2_mean_all`` ... ``direction_top20``, for the model and for the baselines
-(``baseline_noshift_``, ``baseline_meanshift_``).
+(``baseline_noshift_``, ``baseline_meanshift_``), and ``ceiling_r2_mean_all``: the R² a perfect
+prediction would be expected to reach against the real stimulated cells, given how many they are.
 """
 
 from __future__ import annotations
@@ -92,6 +93,31 @@ def _r2_pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1] ** 2)
+
+
+def noise_ceiling(real: Any, n_splits: int = 20, seed: int = 0) -> float:
+    """Expected ``r2_mean_all`` of a perfect prediction (the true mean) against the mean of these
+    real cells: a few cells make a noisy mean that no prediction can match. Split-half estimate:
+    the mean Pearson r between the means of two random halves, lifted to the full number of cells
+    by the Spearman-Brown formula (reliability 2r / (1 + r), which is the expected squared
+    correlation with the true mean). NaN for fewer than 4 cells; a property of the data only
+    (fixed seed), so every model scored on these cells meets the same ceiling."""
+    x = dense(real, np.float64)
+    n = len(x)
+    if n < 4:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    rs = []
+    for _ in range(n_splits):
+        order = rng.permutation(n)
+        a, b = x[order[:half]].mean(0), x[order[half : 2 * half]].mean(0)
+        if a.std() > 0 and b.std() > 0:
+            rs.append(np.corrcoef(a, b)[0, 1])
+    if not rs:
+        return float("nan")
+    r = float(np.mean(rs))
+    return float(max(0.0, 2 * r / (1 + r)))
 
 
 def perturbation(

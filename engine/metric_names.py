@@ -124,6 +124,11 @@ _M = {
         "Share of the 20 most changed genes whose predicted change goes the same way (up or down) as the real one.",
         "higher",
     ),
+    "ceiling_r2_mean_all": (
+        "Noise ceiling of R² (all genes)",
+        "The R² of mean expression a perfect prediction would be expected to reach against these real stimulated cells: few cells make a noisy mean (split-half estimate).",
+        None,
+    ),
     "beats_noshift": (
         "Beats 'control unchanged'",
         "Whether the model's R² of means (all genes) is above the baseline that predicts the control cells unchanged.",

@@ -487,6 +487,7 @@ if res_info is not None and task == "perturb":
                 "r2_mean_all",
                 "baseline_noshift_r2_mean_all",
                 "baseline_meanshift_r2_mean_all",
+                "ceiling_r2_mean_all",
                 "r2_mean_top100",
                 "baseline_meanshift_r2_mean_top100",
                 "pearson_delta",
@@ -521,6 +522,13 @@ if res_info is not None and task == "perturb":
                 width="stretch",
                 column_config=figures.metric_columns(PERTURB_COLS),
             )
+            ceiling = m.get("ceiling_r2_mean_all")
+            if isinstance(ceiling, (int, float)) and ceiling == ceiling:
+                st.caption(
+                    f"Noise ceiling: a perfect prediction would reach an R² of about {ceiling:.3f} "
+                    f"(all genes) against the real stimulated {esc(target)} cells, whose mean is "
+                    "itself noisy when they are few (split-half estimate)."
+                )
             if not m.get("beats_meanshift", True):
                 st.warning(
                     f"For {esc(target)}, scGen does not beat the simple mean-shift baseline "

@@ -123,6 +123,12 @@ def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
     # 600-cell set, so it is checked as a share, not against a level
     assert metrics["pearson_delta"] > 0.6 and 0 <= metrics["direction_top20"] <= 1
     res = ad.read_h5ad(tmp_path / "run" / "results.h5ad")
+    # the ceiling is a property of the real cells: the same as computed from them directly
+    real = (res.obs["cell_type"] == "B cell") & (res.obs["condition"] == "stimulated")
+    assert metrics["ceiling_r2_mean_all"] == pytest.approx(
+        evaluate.noise_ceiling(res[real.to_numpy()].X)
+    )
+    assert 0 < metrics["ceiling_r2_mean_all"] <= 1
     pred = res[res.obs["condition"] == "predicted"]
     n_ctrl = ((res.obs["cell_type"] == "B cell") & (res.obs["condition"] == "control")).sum()
     assert pred.n_obs == n_ctrl and set(pred.obs["cell_type"]) == {"B cell"}
@@ -263,6 +269,22 @@ def test_metric_definitions():
     assert perfect["pearson_delta"] == pytest.approx(1) and perfect["direction_top20"] == 1
     noshift = evaluate.perturbation(ctrl, real, ctrl, genes, list(genes), prefix="b_")
     assert noshift["b_pearson_delta"] == 0 and noshift["b_r2score_mean_all"] < 1
+
+
+def test_noise_ceiling_matches_the_r2_of_the_true_mean():
+    """Cells = true per-gene means + noise: the expected squared correlation between the true
+    means and the mean of n cells is var(means) / (var(means) + noise^2 / n)."""
+    rng = np.random.default_rng(1)
+    truth = rng.normal(0, 1, 3000)
+    for n, noise in ((20, 3.0), (8, 2.0), (200, 3.0)):
+        cells = truth + rng.normal(0, noise, (n, truth.size))
+        expected = 1 / (1 + noise**2 / n)
+        assert evaluate.noise_ceiling(cells) == pytest.approx(expected, abs=0.03), (n, noise)
+        # a perfect prediction's R² against these cells sits at the ceiling
+        observed = np.corrcoef(truth, cells.mean(0))[0, 1] ** 2
+        assert evaluate.noise_ceiling(cells) == pytest.approx(observed, abs=0.03)
+    assert np.isnan(evaluate.noise_ceiling(rng.random((3, 50))))  # too few cells to split
+    assert evaluate.noise_ceiling(np.tile(truth, (10, 1))) == pytest.approx(1)  # no noise
 
 
 @pytest.mark.parametrize(

@@ -311,7 +311,7 @@ def score_prediction(
     seed: int,
 ) -> dict[str, Any]:
     """scGen's metrics for the prediction and both baselines, on the target's top-100 DEGs
-    (real stimulated vs real control) and on all genes."""
+    (real stimulated vs real control) and on all genes, and the noise ceiling of the real cells."""
     degs = evaluate.top_degs(ctrl, real, var_names, n=100)
     m = evaluate.perturbation(pred, real, ctrl, var_names, degs)
     m.update(evaluate.perturbation(ctrl, real, ctrl, var_names, degs, prefix="baseline_noshift_"))
@@ -320,6 +320,7 @@ def score_prediction(
             ctrl + shift, real, ctrl, var_names, degs, prefix="baseline_meanshift_"
         )
     )
+    m["ceiling_r2_mean_all"] = evaluate.noise_ceiling(real)
     m["beats_noshift"] = bool(m["r2_mean_all"] > m["baseline_noshift_r2_mean_all"])
     m["beats_meanshift"] = bool(m["r2_mean_all"] > m["baseline_meanshift_r2_mean_all"])
     m["degs"] = degs
