@@ -511,16 +511,18 @@ if res_info is not None and task == "perturb":
             )
         else:
             parts = metric_names.split_baselines(m)
-            rows = [
-                {"prediction": "scGen" if label == "" else label}
-                | {k: parts[label].get(k) for k in PERTURB_COLS}
-                for label in parts
-            ]
+            # one metric per row, one prediction per column: the long metric names fit
+            table = pd.DataFrame(
+                {"metric": [metric_names.name(k) for k in PERTURB_COLS]}
+                | {
+                    ("scGen" if label == "" else label): [parts[label].get(k) for k in PERTURB_COLS]
+                    for label in parts
+                }
+            )
             st.dataframe(
-                figures.metrics_table_style(pd.DataFrame(rows)),
+                figures.metric_rows_style(table, list(PERTURB_COLS)),
                 hide_index=True,
                 width="stretch",
-                column_config=figures.metric_columns(PERTURB_COLS),
             )
             ceiling = m.get("ceiling_r2_mean_all")
             if isinstance(ceiling, (int, float)) and ceiling == ceiling:

@@ -387,14 +387,19 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     scatter = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("scGen, B cell"))
     drawn = np.concatenate([arr(t["y"]) for t in scatter["data"]])  # top-100 DEGs and others
     assert np.allclose(np.sort(drawn), np.sort(means["predicted"]), atol=1e-5)
-    table = at.dataframe[0].value
-    assert list(table["prediction"]) == [
+    table = at.dataframe[0].value  # one metric per row, one prediction per column
+    assert list(table.columns) == [
+        "metric",
         "scGen",
         "baseline: control unchanged",
         "baseline: control + mean shift",
     ]
-    cols = json.loads(at.dataframe[0].proto.columns)
-    assert cols["r2_mean_all"]["label"] == "R² of mean expression (all genes)"
+    first = table.iloc[0]
+    assert first["metric"] == "R² of mean expression (all genes)"
+    assert first["scGen"] == pytest.approx(metrics["r2_mean_all"])
+    assert first["baseline: control + mean shift"] == pytest.approx(
+        metrics["baseline_meanshift_r2_mean_all"]
+    )
     # the noise ceiling of the real stimulated cells is said next to the table, as measured
     ceiling = f"about {metrics['ceiling_r2_mean_all']:.3f} (all genes)"
     assert any(c.startswith("Noise ceiling") and ceiling in c for c in texts(at, "caption"))
@@ -403,7 +408,8 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     assert [t["name"] for t in violins["data"]] == ["control", "predicted", "stimulated"]
     for t in violins["data"]:
         assert t["type"] == "violin" and t["box"]["visible"] is True
-        assert t["scalemode"] == "width" and t["width"] > 0.5
+        # side by side: a trace width would make plotly stack the groups on one another
+        assert t["scalemode"] == "width" and "width" not in t
         ys = arr(t["y"])
         assert len(np.unique(ys)) > 1, t["name"]
     assert any("have no finite latent code" in c for c in texts(at, "caption"))
@@ -702,3 +708,23 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
         assert any(t.startswith(f"scGen, {target}") for t in titles), titles
         assert any("Top DEGs" in t for t in titles), titles
         pick = next(s for s in at.selectbox if s.label == "Cell type")
+
+
+def test_metric_rows_mark_the_best_prediction_per_metric():
+    """The perturbation table (a metric per row): each ranked row marks its best prediction;
+    an unranked row marks nothing."""
+    import re
+
+    from ui import figures
+
+    table = pd.DataFrame(
+        {
+            "metric": ["R² all", "ceiling"],
+            "scGen": [0.9, 0.98],
+            "baseline: control unchanged": [0.5, 0.98],
+            "baseline: control + mean shift": [0.95, 0.98],
+        }
+    )
+    html = figures.metric_rows_style(table, ["r2_mean_all", "ceiling_r2_mean_all"]).to_html()
+    marked = re.findall(r"#(T_\w+_row(\d)_col(\d))\s*\{\s*background-color", html)
+    assert {(int(r), int(c)) for _, r, c in marked} == {(0, 3)}

@@ -85,7 +85,16 @@ def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figu
         )
     long = metrics.melt(id_vars="epoch", value_vars=cols, var_name="split", value_name="loss")
     long["split"] = long["split"].map({"train_loss": "train", "val_loss": "validation"})
-    return px.line(long, x="epoch", y="loss", color="split", markers=True, title=title)
+    return _whole_epochs(
+        px.line(long, x="epoch", y="loss", color="split", markers=True, title=title),
+        metrics["epoch"],
+    )
+
+
+def _whole_epochs(fig: go.Figure, epochs: pd.Series) -> go.Figure:
+    """A tick per epoch on short runs (plotly's own ticks land on 1.5, 2.5, ... there)."""
+    last = pd.to_numeric(epochs, errors="coerce").max()
+    return fig.update_xaxes(dtick=1) if last == last and last <= 12 else fig
 
 
 def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -> go.Figure:
@@ -96,6 +105,9 @@ def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -
                 go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=plain(name))
             )
     label = plain(metric_names.name(metric))
+    epochs = [df["epoch"] for df in curves.values() if "epoch" in df]
+    if epochs:
+        _whole_epochs(fig, pd.concat(epochs))
     return fig.update_layout(
         title=f"{label} per epoch",
         xaxis_title="epoch",
@@ -348,7 +360,7 @@ def deg_violins(
                 points=False,
                 scalemode="width",
                 spanmode="hard",
-                width=0.9,
+                # no trace width: a fixed one makes plotly draw the groups on top of each other
                 bandwidth=None,
             )
         )
@@ -378,16 +390,34 @@ def metrics_table_style(
     num = (df if values is None else values).select_dtypes("number")
 
     def best(col: pd.Series) -> list[str]:
-        d = better(col.name)
-        if col.name not in num or d is None:
+        if col.name not in num:
             return [""] * len(col)
-        v = num[col.name]
-        if v.notna().sum() < 2 or v.nunique() < 2:
-            return [""] * len(col)
-        target = v.max() if d == "higher" else v.min()
-        return ["background-color: #c7e9c0; font-weight: bold" if x == target else "" for x in v]
+        return _best_marks(num[col.name], better(col.name))
 
     return df.style.apply(best, axis=0).format(precision=4, na_rep="-")
+
+
+def metric_rows_style(df: pd.DataFrame, keys: list[str], better=metric_names.better):
+    """A table with one metric per row (``keys``, in row order) and one prediction per numeric
+    column, the best value of each ranked row marked: narrow enough for long metric names."""
+    num = df.select_dtypes("number")
+
+    def best(row: pd.Series) -> list[str]:
+        shown = _best_marks(num.loc[row.name], better(keys[row.name]))
+        marks = dict(zip(num.columns, shown, strict=True))
+        return [marks.get(c, "") for c in row.index]
+
+    return df.style.apply(best, axis=1).format(precision=4, na_rep="-")
+
+
+def _best_marks(v: pd.Series, direction: str | None) -> list[str]:
+    """The style of each value: the best one (``higher`` or ``lower``) marked, where there is a
+    choice; an unranked metric or one with fewer than two distinct values marks nothing."""
+    v = pd.to_numeric(v, errors="coerce")
+    if direction is None or v.notna().sum() < 2 or v.nunique() < 2:
+        return [""] * len(v)
+    target = v.max() if direction == "higher" else v.min()
+    return ["background-color: #c7e9c0; font-weight: bold" if x == target else "" for x in v]
 
 
 def mean_sd_text(rows: list[dict], metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
