@@ -324,12 +324,33 @@ def scgen(tmp: Path, seeds: list[int], sets: list[str] | None = None) -> dict:
     return out
 
 
+def scgen_ceiling(tmp: Path, seeds: list[int]) -> dict:
+    """The noise ceiling of every scGen set's held-out cells (``engine.evaluate.noise_ceiling``):
+    the R² a perfect prediction would reach against each cell type's real stimulated cells. No
+    training: a property of the data, the same for every seed and model."""
+    import anndata as ad
+
+    from engine.evaluate import noise_ceiling
+
+    out = {}
+    for key, (name, recipe, design) in SCGEN.items():
+        a = ad.read_h5ad(prepared(name, recipe, tmp))
+        cond = a.obs[design["condition_key"]].astype(str).to_numpy()
+        types = a.obs[design["cell_type_key"]].astype(str).to_numpy()
+        out[key] = {
+            t: noise_ceiling(a.X[(types == t) & (cond == design["stim"])])
+            for t in sorted(set(types))
+        }
+    return out
+
+
 STEPS = {
     "classify": classify,
     "abnormality": abnormality,
     "reconstruct": reconstruct,
     "embed": embed,
     "scgen": scgen,
+    "scgen_ceiling": scgen_ceiling,
 }
 
 

@@ -100,12 +100,12 @@ _M = {
         "higher",
     ),
     "r2score_mean_all": (
-        "R² score of mean expression (all genes)",
+        "Coefficient of determination of means (all genes)",
         "Coefficient of determination (1 - residual / total variance) of the real means by the predicted means; can be negative.",
         "higher",
     ),
     "r2score_mean_top100": (
-        "R² score of mean expression (top-100 DEGs)",
+        "Coefficient of determination of means (top-100 DEGs)",
         "The coefficient of determination on the 100 genes that change most.",
         "higher",
     ),
