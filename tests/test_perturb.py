@@ -283,7 +283,14 @@ def test_noise_ceiling_matches_the_r2_of_the_true_mean():
         # a perfect prediction's R² against these cells sits at the ceiling
         observed = np.corrcoef(truth, cells.mean(0))[0, 1] ** 2
         assert evaluate.noise_ceiling(cells) == pytest.approx(observed, abs=0.03)
+    # a large type: halves of a subsample, lifted to all its cells (sparse rows, as stored)
+    import scipy.sparse as sp
+
+    cells = truth + rng.normal(0, 10.0, (3000, truth.size))
+    big = evaluate.noise_ceiling(sp.csr_matrix(cells), max_cells=400)
+    assert big == pytest.approx(1 / (1 + 100 / 3000), abs=0.02)
     assert np.isnan(evaluate.noise_ceiling(rng.random((3, 50))))  # too few cells to split
+    assert np.isnan(evaluate.noise_ceiling(np.full((10, 50), np.nan)))  # no finite value
     assert evaluate.noise_ceiling(np.tile(truth, (10, 1))) == pytest.approx(1)  # no noise
 
 
