@@ -327,7 +327,8 @@ def scgen(tmp: Path, seeds: list[int], sets: list[str] | None = None) -> dict:
 def scgen_ceiling(tmp: Path, seeds: list[int]) -> dict:
     """The noise ceiling of every scGen set's held-out cells (``engine.evaluate.noise_ceiling``):
     the R² a perfect prediction would reach against each cell type's real stimulated cells. No
-    training: a property of the data, the same for every seed and model."""
+    training: a property of the data, the same for every seed and model. It reads ``X``, the
+    matrix these sets' scGen reads and is scored on (log-normalised, no layer)."""
     import anndata as ad
 
     from engine.evaluate import noise_ceiling

@@ -154,6 +154,9 @@ _M = {
 }
 KNOWN: dict[str, Metric] = {k: Metric(k, *v) for k, v in _M.items()}
 
+# properties of the scored cells, the same for a model and its baselines
+SHARED = {"ceiling_r2_mean_all"}
+
 BASELINES = {
     "baseline_noshift_": "baseline: control unchanged",
     "baseline_meanshift_": "baseline: control + mean shift",
@@ -191,13 +194,15 @@ def higher_is_better(key: str) -> bool | None:
 
 
 def split_baselines(metrics: dict) -> dict[str, dict]:
-    """A scGen run's metrics split into its own and each baseline's, without the prefixes:
+    """A scGen run's metrics split into its own and each baseline's, without the prefixes
+    (``SHARED`` metrics, properties of the scored cells, in every part):
     ``{"": {...}, "baseline: control unchanged": {...}, "baseline: control + mean shift": {...}}``
     (baselines absent from ``metrics`` are left out)."""
     own = {k: v for k, v in metrics.items() if not any(k.startswith(p) for p in BASELINES)}
     out = {"": own}
+    shared = {k: v for k, v in own.items() if k in SHARED}
     for prefix, label in BASELINES.items():
         sub = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
         if sub:
-            out[label] = sub
+            out[label] = {**sub, **shared}
     return out

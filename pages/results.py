@@ -524,6 +524,13 @@ if res_info is not None and task == "perturb":
                 hide_index=True,
                 width="stretch",
             )
+            with st.expander("What these measure"):
+                st.markdown(
+                    "\n".join(
+                        f"- **{metric_names.name(k)}**: {metric_names.describe(k).help}"
+                        for k in PERTURB_COLS
+                    )
+                )
             ceiling = m.get("ceiling_r2_mean_all")
             if isinstance(ceiling, (int, float)) and ceiling == ceiling:
                 st.caption(

@@ -403,7 +403,8 @@ def metric_rows_style(df: pd.DataFrame, keys: list[str], better=metric_names.bet
     num = df.select_dtypes("number")
 
     def best(row: pd.Series) -> list[str]:
-        shown = _best_marks(num.loc[row.name], better(keys[row.name]))
+        i = df.index.get_loc(row.name)
+        shown = _best_marks(num.iloc[i], better(keys[i]))
         marks = dict(zip(num.columns, shown, strict=True))
         return [marks.get(c, "") for c in row.index]
 
