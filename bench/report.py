@@ -93,7 +93,7 @@ def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[s
     }
     g = t.groupby("cell_type")
     out = g[["n_ctrl", "n_stim"]].first()
-    out["epochs"] = g["epochs"].mean().round(0)
+    out["epochs"] = g["epochs"].mean().round(0).astype(int)
     for k, label in cols.items():
         m, sd = g[k].mean(), g[k].std(ddof=1).fillna(0)
         out[label] = [
@@ -163,7 +163,12 @@ def scgen_levers(d: dict) -> list[str]:
             row["scGen R² (mean of types)"] = f"{g['r2_mean_all'].mean().mean():.3f}"
             rows.append(row)
         n = len(next(iter(variants.values()))["seeds"])
-        out += [f"#### {set_key} ({n} seeds)", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        out += [
+            f"#### {set_key} ({n} seeds)",
+            "",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
     return out
 
 
