@@ -532,7 +532,7 @@ if res_info is not None and task == "perturb":
                     )
                 )
             ceiling = m.get("ceiling_r2_mean_all")
-            if isinstance(ceiling, (int, float)) and ceiling == ceiling:
+            if type(ceiling) in (int, float) and np.isfinite(ceiling):  # not a bool, not NaN
                 st.caption(
                     f"Noise ceiling: a perfect prediction would reach an R² of about {ceiling:.3f} "
                     f"(all genes) against the real stimulated {esc(target)} cells, whose mean is "
