@@ -113,14 +113,15 @@ def counts_file(n: int, genes: int, path: Path) -> Path:
     import anndata as ad
     import pandas as pd
 
+    from engine.io import write_h5ad
+
     x = sparse_counts(n, genes)
     a = ad.AnnData(
         X=x,
         obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
         var=pd.DataFrame(index=[f"g{i}" for i in range(genes)]),
     )
-    a.write_h5ad(path)
-    return path
+    return write_h5ad(a, path, compression=None)  # pandas 3's string index included
 
 
 # ----------------------------------------------------------------------------- the machine

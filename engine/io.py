@@ -569,13 +569,25 @@ def check_values(adata: ad.AnnData, key: str, values: Iterable[str]) -> None:
         )
 
 
-def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
-    """Write atomically (temp file + rename) so a reader never sees half a file."""
+def _nullable_strings_allowed() -> contextlib.AbstractContextManager:
+    if hasattr(ad.settings, "allow_write_nullable_strings"):
+        return ad.settings.override(allow_write_nullable_strings=True)
+    return contextlib.nullcontext()
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path, compression: str | None = "gzip") -> Path:
+    """Write atomically (temp file + rename) so a reader never sees half a file.
+
+    Nullable string columns (pandas' ``string`` dtype, every text column under pandas 3) are
+    written as such: anndata refuses them by default only for readers older than 0.11, and the
+    engine reads with 0.12. ``compression=None`` trades file size for speed (benchmarks).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        adata.write_h5ad(tmp, compression="gzip")
+        with _nullable_strings_allowed():
+            adata.write_h5ad(tmp, compression=compression)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

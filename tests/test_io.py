@@ -614,3 +614,26 @@ def test_gene_values_add_duplicate_entries_and_obsm_frames_count(tmp_path):
         assert summary.gene_values(path, 0, np.array([0, 1])).tolist() == [3.0, 0.0]
         assert summary.obsm_dims(path) == {"spatial": 2, "X_umap": 2}
         assert summary.obsm_coords(path, "spatial").tolist() == [[0.0, 2.0], [1.0, 3.0]]
+
+
+def test_nullable_string_columns_are_read_and_written(tmp_path, workspace):
+    """pandas' ``string`` dtype (every text column under pandas 3, and what anndata >= 0.11 reads
+    back from files written with it): the engine saves such data instead of failing on anndata's
+    opt-in setting (seen on the GPU machine, whose image has pandas 3)."""
+    from engine import datasets
+
+    a = _small()
+    a.obs["donor"] = pd.array(["d1", "d2", "d3"] * 10, dtype="string")
+    a.obs_names = pd.Index(a.obs_names, dtype="string")
+    out = io.write_h5ad(a, tmp_path / "direct.h5ad")
+    back = ad.read_h5ad(out)
+    assert list(back.obs["donor"].astype(str)) == ["d1", "d2", "d3"] * 10
+    assert list(back.obs_names) == list(a.obs_names)
+    # a file written elsewhere with nullable strings: imported through the reader child
+    foreign = tmp_path / "foreign.h5ad"
+    with ad.settings.override(allow_write_nullable_strings=True):
+        a.write_h5ad(foreign)
+    key = datasets.import_file(foreign, "foreign")
+    loaded = datasets.load(key)
+    assert loaded.shape == a.shape
+    assert sorted(loaded.obs["donor"].astype(str).unique()) == ["d1", "d2", "d3"]
