@@ -9,6 +9,7 @@ import json
 import platform
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -545,6 +546,150 @@ def upload(d: dict) -> list[str]:
     return [*lines, "", *(f"Error: {e}" for e in errors), ""]
 
 
+def _gpu_runs() -> list[dict]:
+    """Every GPU run under bench/results/gpu/*/gpu.json (dry runs left out), oldest first."""
+    runs = []
+    for f in sorted((RESULTS / "gpu").glob("*/gpu.json")):
+        d = json.loads(f.read_text())
+        if not d.get("dry_run"):
+            runs.append({"folder": f.parent.name, **d})
+    return sorted(runs, key=lambda d: d["machine"].get("date", ""))
+
+
+def _latest(runs: list[dict], part: str) -> dict | None:
+    """The newest run that measured ``part`` without an error in it."""
+    for d in reversed(runs):
+        failed = any(str(e).startswith(f"{part}:") for e in d.get("errors") or [])
+        if d.get(part) and not failed:
+            return d
+    return None
+
+
+def gpu(runs: list[dict]) -> list[str]:
+    """bench/gpu.sh on a lent GPU machine: the gpu tests, VAE vs scvi-tools, scGen, submit."""
+    m = runs[-1]["machine"]
+    out = [
+        "## On a GPU (`bash bench/gpu.sh` on the device machine)",
+        "",
+        f"Card: {m.get('card')} ({m.get('card_memory_gb')} GiB, {m.get('multiprocessors')} SMs), "
+        f"driver {m.get('driver')}; Python {m.get('python')}, torch {m.get('torch')} (CUDA "
+        f"{m.get('torch_cuda')}), Lightning {m.get('pytorch-lightning')}, anndata {m.get('anndata')}, "
+        f"numpy {m.get('numpy')}: the machine image's packages, not requirements.txt's; fp32 matrix "
+        f"products at `{m.get('float32_matmul_precision')}` precision; {m.get('date')}. "
+        "Each run's files are in `bench/results/gpu/<run>/`.",
+        "",
+        "| run | date | parts measured | gpu tests | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for d in runs:
+        t = d.get("pytest_gpu") or {}
+        tests = (
+            f"{t.get('passed', 0)} passed, {t.get('failures', 0)} failed, {t.get('errors', 0)} errors"
+            if t
+            else "not run"
+        )
+        errors = "; ".join(str(e)[:90] for e in d.get("errors") or []) or "none"
+        parts = ", ".join(p for p in d.get("parts_s", {}) if d.get(p))
+        out.append(f"| {d['folder']} | {d['machine'].get('date')} | {parts} | {tests} | {errors} |")
+    out.append("")
+    tested = next((d for d in reversed(runs) if (d.get("pytest_gpu") or {}).get("tests")), None)
+    if tested:
+        t = tested["pytest_gpu"]
+        out += [f"`pytest -m gpu` in run {tested['folder']}: {t['passed']} of {t['tests']} passed."]
+        out += [f"- failed: `{f['test']}`: {f['message'].splitlines()[0]}" for f in t["failed"]]
+        out.append("")
+    vae = _latest(runs, "vae")
+    if vae:
+        rows = [r for r in vae["vae"] + (vae.get("scvi") or []) if "cells_per_s" in r]
+        df = pd.DataFrame(rows)
+        table = pd.DataFrame(
+            {
+                "cells": [f"{n:,}" for n in df["n"]],
+                "method": df["method"].replace({"scvi": "scvi-tools"}),
+                "batch": df["batch_size"],
+                "precision": df["precision"],
+                "cells/s": df["cells_per_s"].round(0).astype(int),
+                "s per epoch": df["epoch_s"],
+                "peak GPU MB": df["peak_gpu_mb"],
+                "share of peak": [f"{v:.2%}" for v in df["share_of_peak"]],
+            }
+        ).iloc[np.lexsort((df["precision"], df["method"], df["batch_size"], df["n"]))]
+        out += [
+            f"### VAE training throughput (run {vae['folder']})",
+            "",
+            "NB VAE, 128 hidden, 10 latent, one layer; synthetic counts x 2,000 genes, 10% non-zero, "
+            "held dense on the card; cells/s over a timed stretch (to the end of the epoch, or 5 s) "
+            "after 20 warm-up steps; share of the card's data-sheet fp32 (or bf16) peak from the "
+            "dense-layer FLOPs per cell. Sizes with too few steps per epoch to time are left out.",
+            "",
+            _md(table, 3),
+            "",
+        ]
+        ratios = vae.get("engine_vs_scvi") or []
+        if ratios:
+            out += [
+                "Engine / scvi-tools, same card, data, model and batch size: "
+                + "; ".join(
+                    f"{r['n']:,} cells at batch {r['batch_size']}: {r['ratio']:.2f}x" for r in ratios
+                )
+                + ".",
+                "",
+            ]
+    sg = _latest(runs, "scgen")
+    if sg:
+        g = sg["scgen"]
+        rows = [
+            {
+                "where": v["device"],
+                "epochs": v["epochs_run"],
+                "train s": v["train_s"],
+                "run s": v["run_wall_s"],
+                "R² mean, all genes": v["r2_mean_all"],
+                "R² mean, top 100 DEGs": v["r2_mean_top100"],
+            }
+            for k in ("cuda", "cpu")
+            if (v := g.get(k))
+        ]
+        out += [
+            f"### scGen, published defaults (run {sg['folder']})",
+            "",
+            f"`{g.get('data')}`, {g.get('epochs')} epochs with no early stop, seed 0, "
+            f"{g.get('predict')} cells' {g.get('stim')} state held out; the CPU row is the same "
+            "spec on the same machine's CPU (half its cores), trained while the tests ran on the "
+            "card, so its time is not a clean comparison; its R² is.",
+            "",
+            _md(pd.DataFrame(rows), 4),
+            "",
+        ]
+        if g.get("r2_diff_vs_cpu") is not None:
+            out += [f"R² on the card minus on the CPU: {g['r2_diff_vs_cpu']:+.4f}.", ""]
+    sub = _latest(runs, "submit")
+    if sub:
+        table = pd.DataFrame(
+            [
+                {
+                    "cells": f"{r['n']:,}",
+                    "file MB": r["file_mb"],
+                    "submit s": r["submit_cli_s"],
+                    "first live point s": r["first_live_point_s"],
+                    "cells/s reported": r.get("cells_per_s_reported"),
+                }
+                for r in sub["submit"]
+                if "first_live_point_s" in r
+            ]
+        )
+        out += [
+            f"### From `engine submit` to the first live point (run {sub['folder']})",
+            "",
+            "A VAE on synthetic counts x 2,000 genes (an .h5ad written first), the split held on the "
+            "card; seconds from the command until status.json shows an epoch or metrics.csv appears.",
+            "",
+            _md(table, 2),
+            "",
+        ]
+    return out
+
+
 def main() -> None:
     import torch
 
@@ -567,6 +712,9 @@ def main() -> None:
         data = _load(name)
         if data:
             lines += fn(data)
+    gpu_runs = _gpu_runs()
+    if gpu_runs:
+        lines += gpu(gpu_runs)
     notes = ROOT / "docs" / "BENCHMARKS.notes.md"
     if notes.exists():
         lines += [notes.read_text()]

@@ -253,16 +253,25 @@ def test_split_is_held_on_the_device_when_it_fits(counts_adata):
 # ----------------------------------------------------------------------------- bf16
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 0.2%). Under autocast the matrix
 # products run in bf16 while softmax, log, lgamma, the losses and the optimiser stay in fp32, so the
-# rounding moves each step a little and the training path drifts from fp32's. Measured on the CPU
-# (same seed, these sizes): VAE test ELBO 0.01% apart after 4 and 20 epochs, latent kNN equal;
-# scGen R^2 (mean, all genes) 0.011 apart after 4 and 20 epochs, top-100 DEGs 0.003 and 0.016. The
-# tolerances leave ~2-3x that: 1% relative on the ELBO, 0.05 on the kNN accuracy, 0.03 and 0.05 on
-# scGen's R^2 (a small, briefly trained scGen; the issue's goal for a full training is 0.01).
-BF16_EPOCHS = {"vae": 4, "scgen": 15}
+# rounding moves each step a little and the training path drifts from fp32's, as a change of seed
+# does. The claim tested is therefore: bf16-mixed moves a metric no more than twice the distance
+# between two fp32 seeds (the seed also draws the split), and never more than the stated floor
+# where the seeds agree more closely than that.
+# Measured: VAE test ELBO 0.01% apart after 4 and 20 epochs on the CPU, latent kNN equal. scGen R²
+# (mean, all genes) after 15 epochs, still far from converged: fp32 seeds 0.690 and 0.631 on the
+# CPU (bf16 0.674 and 0.620), and on an H100 fp32 0.659 against bf16 0.741 (seed 0): 0.08 apart,
+# which failed the first version of this test (a fixed 0.03). After 60 epochs the fp32 seeds give
+# 0.925, 0.946 and 0.926 on the CPU, so scGen now trains 60 epochs (seconds on a card; about ten
+# minutes in bf16 on a CPU, which the dry run leaves out).
+BF16_EPOCHS = {"vae": 4, "scgen": 60}
 BF16_TOL = {
     "vae": {"test_elbo": ("rel", 0.01), "latent_knn_accuracy": ("abs", 0.05)},
     "scgen": {"r2_mean_all": ("abs", 0.03), "r2_mean_top100": ("abs", 0.05)},
 }
+
+
+def _apart(kind: str, a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), 1e-12) if kind == "rel" else abs(a - b)
 
 
 @pytest.mark.parametrize("model", ["vae", "scgen"])
@@ -272,23 +281,29 @@ def test_bf16_mixed_matches_fp32(model, counts_file, lognorm_file, tmp_path):
     from engine.train import run
 
     out = {}
-    for precision in ("32", "bf16-mixed"):
+    for precision, seed in (("32", 0), ("32", 1), ("bf16-mixed", 0)):
+        folder = tmp_path / f"{precision}-{seed}"
         spec = spec_for(
             model,
             counts_file,
             lognorm_file,
-            tmp_path / precision,
+            folder,
             epochs=BF16_EPOCHS[model],
             precision=precision,
+            seed=seed,
         )
         run(spec)
-        out[precision] = check_run_folder(tmp_path / precision)
-        assert json.loads((tmp_path / precision / "run.json").read_text())["precision"] == precision
-    fp32, bf16 = out["32"], out["bf16-mixed"]
-    for key, (kind, tol) in BF16_TOL[model].items():
-        a, b = fp32[key], bf16[key]
-        diff = abs(a - b) / max(abs(a), 1e-12) if kind == "rel" else abs(a - b)
-        assert diff <= tol, f"{model} {key}: fp32 {a} vs bf16 {b} ({kind} diff {diff:.4g} > {tol})"
+        out[precision, seed] = check_run_folder(folder)
+        assert json.loads((folder / "run.json").read_text())["precision"] == precision
+    fp32, other_seed, bf16 = out["32", 0], out["32", 1], out["bf16-mixed", 0]
+    for key, (kind, floor) in BF16_TOL[model].items():
+        seeds_apart = _apart(kind, fp32[key], other_seed[key])
+        allowed = max(floor, 2 * seeds_apart)
+        diff = _apart(kind, fp32[key], bf16[key])
+        assert diff <= allowed, (
+            f"{model} {key}: fp32 {fp32[key]} vs bf16 {bf16[key]} ({kind} diff {diff:.4g}), more "
+            f"than {allowed:.4g} (fp32 seed 1 gave {other_seed[key]}: {seeds_apart:.4g} apart)"
+        )
     if DEVICE == "cpu":  # deterministic on the CPU: identical numbers would mean fp32 ran twice
         assert any(fp32[k] != bf16[k] for k in BF16_TOL[model]), "bf16-mixed changed nothing"
 
