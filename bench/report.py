@@ -630,7 +630,8 @@ def gpu(runs: list[dict]) -> list[str]:
             out += [
                 "Engine / scvi-tools, same card, data, model and batch size: "
                 + "; ".join(
-                    f"{r['n']:,} cells at batch {r['batch_size']}: {r['ratio']:.2f}x" for r in ratios
+                    f"{r['n']:,} cells at batch {r['batch_size']}: {r['ratio']:.2f}x"
+                    for r in ratios
                 )
                 + ".",
                 "",

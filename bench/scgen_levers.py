@@ -46,6 +46,11 @@ VARIANTS = {
     "kl5e-2": ("KL weight 5e-2", None, {"kl_weight": 5e-2}),
     "hvg2000": ("input: 2,000 highly variable genes", "hvg", {}),
     "cp10k": ("input: log CP10k (scanpy's default) instead of log CPM", "cp10k", {}),
+    "residual": (
+        "prediction: each control cell + the decoded change (output 'residual')",
+        None,
+        {"output": "residual"},
+    ),
 }
 
 

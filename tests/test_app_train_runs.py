@@ -101,15 +101,20 @@ def test_perturb_form_defaults_come_from_the_data(seurat_like, submitted):
     assert spec["epochs"] == models.get("scgen").epochs  # explicit, from the estimate
 
 
-def test_perturb_form_offers_both_stimulation_vectors(seurat_like, submitted):
+def test_perturb_form_offers_both_stimulation_vectors_and_outputs(seurat_like, submitted):
     at = app("train")
     at.radio[0].set_value("perturb").run()
     delta = box(at, "delta")
     assert delta.value == "paired" and list(delta.options) == ["paired", "sampled"]
     delta.set_value("sampled").run()
+    output = box(at, "output")
+    default = models.get("scgen").params["output"].default
+    assert output.value == default and list(output.options) == ["decoded", "residual"]
+    output.set_value("residual" if default == "decoded" else "decoded").run()
     button(at, "Submit").click().run()
     ok(at)
     assert submitted[0]["params"]["delta"] == "sampled"
+    assert submitted[0]["params"]["output"] == output.value
 
 
 def test_leave_one_out_is_an_explicit_choice(seurat_like, submitted):

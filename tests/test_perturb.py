@@ -44,6 +44,7 @@ def test_scgen_defaults_are_published_ones():
         "kl_weight": 5e-5,
         "delta": "paired",
         "delta_cell_types": "",
+        "output": "decoded",
     }
     assert spec.lr == 1e-3 and spec.patience == 25
 
@@ -222,6 +223,35 @@ def test_predict_new_control_cells_with_saved_model(tmp_path, lognorm_file, logn
     np.testing.assert_allclose(dense(pred.X), dense(same.X), atol=1e-4)
 
 
+def test_residual_output_is_the_cell_plus_the_decoded_change(tmp_path, lognorm_file, lognorm_adata):
+    """output='residual': each control cell's own expression + decode(z + delta) - decode(z); the
+    run's saved predictions, a reload and the decoded output of the same weights agree on it."""
+    from engine import tasks
+    from engine.tasks.perturb import _decode, _encode
+
+    spec = _b_cell_spec(tmp_path, lognorm_file, epochs=2, output="residual")
+    train.run(spec)
+    ctrl = lognorm_adata[lognorm_adata.obs["condition"] == "control"].copy()
+    task = tasks.load(spec.out)
+    assert task.params["output"] == "residual"
+    residual = task.annotate(ctrl)
+    task.params["output"] = "decoded"
+    decoded = task.annotate(ctrl)
+    pred = (residual.obs["condition"] == "predicted").to_numpy()
+    b_ctrl = ctrl[(ctrl.obs["cell_type"] == "B cell").to_numpy()]
+    x = dense(b_ctrl.X)
+    module = task.parts[0]["module"]
+    recon = _decode(module, _encode(module, x, "cpu"), "cpu")
+    np.testing.assert_allclose(
+        dense(residual.X[pred]), dense(decoded.X[pred]) + x - recon, rtol=1e-5, atol=1e-4
+    )
+    assert not np.allclose(dense(residual.X[pred]), dense(decoded.X[pred]), atol=1e-3)
+    saved = ad.read_h5ad(tmp_path / "run" / "results.h5ad")  # what training wrote
+    np.testing.assert_allclose(
+        dense(saved[residual.obs_names[pred]].X), dense(residual.X[pred]), atol=1e-4
+    )
+
+
 def test_leave_one_out_targets_never_share_a_folder(tmp_path, lognorm_adata):
     a = lognorm_adata.copy()
     names = {
@@ -397,7 +427,7 @@ def test_a_run_saved_before_the_delta_option_stays_sampled(tmp_path):
         if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SPEC"
     )
     replayed = json.loads(ast.literal_eval(node.value.args[0]))  # SPEC = json.loads('...')
-    assert replayed["params"] == {**old, "delta": "sampled"}
+    assert replayed["params"] == {**old, "delta": "sampled", "output": "decoded"}
 
     same = seeds.config_key({**record, "params": {**old, "delta": "sampled"}})
     assert seeds.config_key(record) == same

@@ -226,6 +226,15 @@ REGISTRY: dict[str, ModelInfo] = {
                     "cell types the stimulation vector is computed from (empty: all training types; the "
                     "paired vector uses those with training cells of both conditions)",
                 ),
+                "output": Param(
+                    "decoded",
+                    "predicted cells: 'decoded' = the decoder's output at each control cell's latent + "
+                    "the vector (the scGen package's); 'residual' = each control cell's own "
+                    "expression + the decoded change, decode(latent + vector) - decode(latent), so "
+                    "what the decoder does not reconstruct of the cell is kept",
+                    choices=("decoded", "residual"),
+                    before="decoded",
+                ),
             },
             epochs=100,
             batch_size=32,

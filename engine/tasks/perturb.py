@@ -163,8 +163,11 @@ class Perturb(Task):
             rows = np.flatnonzero((types == part["target"]) & (cond == d["ctrl"]))
             if not len(rows):
                 continue
-            z = _encode(part["module"], x[rows], self.device) + part["delta"]
+            z0 = _encode(part["module"], x[rows], self.device)
+            z = z0 + part["delta"]
             pred_x = _decode(part["module"], z, self.device)
+            if self.params["output"] == "residual":  # the cell + the decoded change
+                pred_x += io.dense(x[rows]) - _decode(part["module"], z0, self.device)
             pred = ad.AnnData(
                 X=self.to_data_genes(pred_x, adata),
                 obs=adata.obs.iloc[rows].copy(),
