@@ -552,22 +552,29 @@ def _gpu_runs() -> list[dict]:
     for f in sorted((RESULTS / "gpu").glob("*/gpu.json")):
         d = json.loads(f.read_text())
         if not d.get("dry_run"):
-            runs.append({"folder": f.parent.name, **d})
-    return sorted(runs, key=lambda d: d["machine"].get("date", ""))
+            runs.append({"folder": f.parent.name, **d, "machine": d.get("machine") or {}})
+    return sorted(runs, key=lambda d: str(d["machine"].get("date", "")))
 
 
 def _latest(runs: list[dict], part: str) -> dict | None:
-    """The newest run that measured ``part`` without an error in it."""
+    """The newest run that measured ``part`` (a row with a figure) without an error in it."""
+    key = {"vae": "cells_per_s", "scgen": "cuda", "submit": "first_live_point_s"}[part]
     for d in reversed(runs):
         failed = any(str(e).startswith(f"{part}:") for e in d.get("errors") or [])
-        if d.get(part) and not failed:
+        block = d.get(part)
+        rows = block if isinstance(block, list) else [block] if isinstance(block, dict) else []
+        if not failed and any(isinstance(r, dict) and r.get(key) for r in rows):
             return d
     return None
 
 
+def _card(d: dict) -> str:
+    return f"run {d['folder']}, {d['machine'].get('card') or 'no card named'}"
+
+
 def gpu(runs: list[dict]) -> list[str]:
     """bench/gpu.sh on a lent GPU machine: the gpu tests, VAE vs scvi-tools, scGen, submit."""
-    m = runs[-1]["machine"]
+    m = runs[-1]["machine"]  # the newest run's machine; each table names its own run and card
     out = [
         "## On a GPU (`bash bench/gpu.sh` on the device machine)",
         "",
@@ -588,7 +595,14 @@ def gpu(runs: list[dict]) -> list[str]:
             if t
             else "not run"
         )
-        errors = "; ".join(str(e)[:90] for e in d.get("errors") or []) or "none"
+        errs = [*([d["error"]] if d.get("error") else []), *(d.get("errors") or [])]
+        errs += [
+            f"{r.get('part')}: {r['error']}"
+            for part in ("vae", "scvi", "submit")
+            for r in (d.get(part) if isinstance(d.get(part), list) else [])
+            if isinstance(r, dict) and r.get("error")
+        ]
+        errors = "; ".join(str(e)[:90] for e in errs) or "none"
         parts = ", ".join(p for p in d.get("parts_s", {}) if d.get(p))
         out.append(f"| {d['folder']} | {d['machine'].get('date')} | {parts} | {tests} | {errors} |")
     out.append("")
@@ -596,12 +610,17 @@ def gpu(runs: list[dict]) -> list[str]:
     if tested:
         t = tested["pytest_gpu"]
         out += [f"`pytest -m gpu` in run {tested['folder']}: {t['passed']} of {t['tests']} passed."]
-        out += [f"- failed: `{f['test']}`: {f['message'].splitlines()[0]}" for f in t["failed"]]
+        out += [
+            f"- failed: `{f['test']}`: {(str(f.get('message') or '').splitlines() or [''])[0]}"
+            for f in t.get("failed") or []
+        ]
         out.append("")
     vae = _latest(runs, "vae")
     if vae:
-        rows = [r for r in vae["vae"] + (vae.get("scvi") or []) if "cells_per_s" in r]
+        rows = [r for r in vae["vae"] + (vae.get("scvi") or []) if r.get("cells_per_s")]
         df = pd.DataFrame(rows)
+        if "share_of_peak" not in df:
+            df["share_of_peak"] = None
         table = pd.DataFrame(
             {
                 "cells": [f"{n:,}" for n in df["n"]],
@@ -611,11 +630,14 @@ def gpu(runs: list[dict]) -> list[str]:
                 "cells/s": df["cells_per_s"].round(0).astype(int),
                 "s per epoch": df["epoch_s"],
                 "peak GPU MB": df["peak_gpu_mb"],
-                "share of peak": [f"{v:.2%}" for v in df["share_of_peak"]],
+                "share of peak": [
+                    f"{v:.2%}" if isinstance(v, (int, float)) and np.isfinite(v) else "n/a"
+                    for v in df["share_of_peak"]
+                ],
             }
         ).iloc[np.lexsort((df["precision"], df["method"], df["batch_size"], df["n"]))]
         out += [
-            f"### VAE training throughput (run {vae['folder']})",
+            f"### VAE training throughput ({_card(vae)})",
             "",
             "NB VAE, 128 hidden, 10 latent, one layer; synthetic counts x 2,000 genes, 10% non-zero, "
             "held dense on the card; cells/s over a timed stretch (to the end of the epoch, or 5 s) "
@@ -651,13 +673,24 @@ def gpu(runs: list[dict]) -> list[str]:
             for k in ("cuda", "cpu")
             if (v := g.get(k))
         ]
+        cpu = g.get("cpu") or {}
+        if not cpu:
+            cpu_note = "no CPU reference was measured."
+        elif cpu.get("source"):  # bench/gpu.sh trains it beside the tests
+            cpu_note = (
+                f"the CPU row is the same spec on the same machine's CPU ({cpu.get('device')}), "
+                "trained while the tests ran on the card, so its time is not a clean comparison; "
+                "its R² is."
+            )
+        else:
+            cpu_note = (
+                f"the CPU row is the same spec on {cpu.get('device')}, trained in the same run."
+            )
         out += [
-            f"### scGen, published defaults (run {sg['folder']})",
+            f"### scGen, published defaults ({_card(sg)})",
             "",
             f"`{g.get('data')}`, {g.get('epochs')} epochs with no early stop, seed 0, "
-            f"{g.get('predict')} cells' {g.get('stim')} state held out; the CPU row is the same "
-            "spec on the same machine's CPU (half its cores), trained while the tests ran on the "
-            "card, so its time is not a clean comparison; its R² is.",
+            f"{g.get('predict')} cells' {g.get('stim')} state held out; {cpu_note}",
             "",
             _md(pd.DataFrame(rows), 4),
             "",
@@ -680,7 +713,7 @@ def gpu(runs: list[dict]) -> list[str]:
             ]
         )
         out += [
-            f"### From `engine submit` to the first live point (run {sub['folder']})",
+            f"### From `engine submit` to the first live point ({_card(sub)})",
             "",
             "A VAE on synthetic counts x 2,000 genes (an .h5ad written first), the split held on the "
             "card; seconds from the command until status.json shows an epoch or metrics.csv appears.",

@@ -30,6 +30,13 @@ READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.
 MAX_ZIP_RATIO = 50  # a zip that expands to more than 50x its size is refused
 MAX_ZIP_BYTES = 20 * 2**30
 
+# Nullable string columns (pandas' ``string`` dtype; every text column under pandas 3) are
+# written as such. anndata refuses them by default only for the sake of readers older than 0.11;
+# the engine reads with 0.12. Set once here rather than around each write: the setting is
+# process-wide, and the app writes from several sessions' threads at once.
+if hasattr(ad.settings, "allow_write_nullable_strings"):
+    ad.settings.allow_write_nullable_strings = True
+
 
 def memory_budget() -> int:
     """Bytes one dataset may take in memory, all its matrices together
@@ -569,25 +576,17 @@ def check_values(adata: ad.AnnData, key: str, values: Iterable[str]) -> None:
         )
 
 
-def _nullable_strings_allowed() -> contextlib.AbstractContextManager:
-    if hasattr(ad.settings, "allow_write_nullable_strings"):
-        return ad.settings.override(allow_write_nullable_strings=True)
-    return contextlib.nullcontext()
-
-
 def write_h5ad(adata: ad.AnnData, path: str | Path, compression: str | None = "gzip") -> Path:
     """Write atomically (temp file + rename) so a reader never sees half a file.
 
     Nullable string columns (pandas' ``string`` dtype, every text column under pandas 3) are
-    written as such: anndata refuses them by default only for readers older than 0.11, and the
-    engine reads with 0.12. ``compression=None`` trades file size for speed (benchmarks).
+    written as such (``allow_write_nullable_strings``, set when this module is imported). ``compression=None`` trades file size for speed (benchmarks).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with _nullable_strings_allowed():
-            adata.write_h5ad(tmp, compression=compression)
+        adata.write_h5ad(tmp, compression=compression)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import embedding, export, jobs, metric_names, runs, settings
+from engine import embedding, export, jobs, metric_names, models, runs, settings
 from engine import results as results_files
 from engine.checks import human
 from engine.perturb import GENE_MEANS, gene_means, read_gene_means  # torch-free
@@ -440,6 +440,10 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 latent_embedding(key, res_info["n_obs"], draw)
 
 
+SCGEN_OUTPUT = {
+    "decoded": "the decoder's output (the scGen package's)",
+    "residual": "each control cell + the decoded change",
+}
 PERTURB_COLS = (
     "r2_mean_all",
     "r2_mean_top100",
@@ -510,6 +514,13 @@ if res_info is not None and task == "perturb":
                 "predictions are in the results file, but cannot be scored."
             )
         else:
+            saved = spec.get("params")
+            how = models.recorded_params("scgen", saved if isinstance(saved, dict) else {})
+            if isinstance(how, dict) and how.get("output") in SCGEN_OUTPUT:
+                st.caption(
+                    f"scGen's prediction: {SCGEN_OUTPUT[how['output']]}; stimulation vector: "
+                    f"{esc(str(how.get('delta', '')))}."
+                )
             parts = metric_names.split_baselines(m)
             # one metric per row, one prediction per column: the long metric names fit
             table = pd.DataFrame(

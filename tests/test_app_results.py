@@ -408,6 +408,11 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     # the noise ceiling of the real stimulated cells is said next to the table, as measured
     ceiling = f"about {metrics['ceiling_r2_mean_all']:.3f} (all genes)"
     assert any(c.startswith("Noise ceiling") and ceiling in c for c in texts(at, "caption"))
+    # how scGen predicted: the run's own choices (defaults here)
+    assert (
+        "scGen's prediction: the decoder's output (the scGen package's); stimulation vector: "
+        "paired." in texts(at, "caption")
+    )
     violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
     assert violins["layout"]["violinmode"] == "group"
     assert [t["name"] for t in violins["data"]] == ["control", "predicted", "stimulated"]

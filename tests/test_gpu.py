@@ -255,14 +255,14 @@ def test_split_is_held_on_the_device_when_it_fits(counts_adata):
 # products run in bf16 while softmax, log, lgamma, the losses and the optimiser stay in fp32, so the
 # rounding moves each step a little and the training path drifts from fp32's, as a change of seed
 # does. The claim tested is therefore: bf16-mixed moves a metric no more than twice the distance
-# between two fp32 seeds (the seed also draws the split), and never more than the stated floor
-# where the seeds agree more closely than that.
+# between two fp32 seeds (the seed also draws the split), never more than the stated floor where
+# the seeds agree more closely than that, and never more than three times that floor.
 # Measured: VAE test ELBO 0.01% apart after 4 and 20 epochs on the CPU, latent kNN equal. scGen R²
 # (mean, all genes) after 15 epochs, still far from converged: fp32 seeds 0.690 and 0.631 on the
-# CPU (bf16 0.674 and 0.620), and on an H100 fp32 0.659 against bf16 0.741 (seed 0): 0.08 apart,
+# CPU (bf16 0.674 and 0.620), and on an H100 fp32 0.659 against bf16 0.740 (seed 0): 0.08 apart,
 # which failed the first version of this test (a fixed 0.03). After 60 epochs the fp32 seeds give
-# 0.925, 0.946 and 0.926 on the CPU, so scGen now trains 60 epochs (seconds on a card; about ten
-# minutes in bf16 on a CPU, which the dry run leaves out).
+# 0.925, 0.946 and 0.926 on the CPU, so scGen now trains 60 epochs (not yet timed on a card: 4x
+# the old test's epochs, 3 runs; about ten minutes in bf16 on a CPU, which the dry run leaves out).
 BF16_EPOCHS = {"vae": 4, "scgen": 60}
 BF16_TOL = {
     "vae": {"test_elbo": ("rel", 0.01), "latent_knn_accuracy": ("abs", 0.05)},
@@ -298,7 +298,7 @@ def test_bf16_mixed_matches_fp32(model, counts_file, lognorm_file, tmp_path):
     fp32, other_seed, bf16 = out["32", 0], out["32", 1], out["bf16-mixed", 0]
     for key, (kind, floor) in BF16_TOL[model].items():
         seeds_apart = _apart(kind, fp32[key], other_seed[key])
-        allowed = max(floor, 2 * seeds_apart)
+        allowed = min(max(floor, 2 * seeds_apart), 3 * floor)  # one odd seed cannot excuse all
         diff = _apart(kind, fp32[key], bf16[key])
         assert diff <= allowed, (
             f"{model} {key}: fp32 {fp32[key]} vs bf16 {bf16[key]} ({kind} diff {diff:.4g}), more "

@@ -204,7 +204,8 @@ REGISTRY: dict[str, ModelInfo] = {
             "perturb",
             "scGen (VAE + latent arithmetic)",
             "VAE on log-normalised expression (2x800, BatchNorm, LeakyReLU, dropout 0.2, latent 100, KL 5e-5); "
-            "prediction = decode(latent of control cells + stimulation vector).",
+            "prediction = decode(latent of control cells + stimulation vector), or with "
+            "output=residual each control cell + the decoded change.",
             builder="engine.models.scgen:build",
             needs="lognorm",
             params={

@@ -166,8 +166,10 @@ class Perturb(Task):
             z0 = _encode(part["module"], x[rows], self.device)
             z = z0 + part["delta"]
             pred_x = _decode(part["module"], z, self.device)
-            if self.params["output"] == "residual":  # the cell + the decoded change
-                pred_x += io.dense(x[rows]) - _decode(part["module"], z0, self.device)
+            residual = self.params["output"] == "residual"
+            if residual:  # the cell + the decoded change, in place (one dense block at a time)
+                pred_x -= _decode(part["module"], z0, self.device)
+                pred_x += io.dense(x[rows])
             pred = ad.AnnData(
                 X=self.to_data_genes(pred_x, adata),
                 obs=adata.obs.iloc[rows].copy(),
@@ -177,9 +179,12 @@ class Perturb(Task):
             pred.obs[d["condition_key"]] = "predicted"
             if self.setup.layer != "X":  # predictions live in the space the model reads
                 pred.layers[self.setup.layer] = pred.X.copy()
-            # in the latent space of the first model, where every input cell is placed
+            # in the latent space of the first model, where every input cell is placed: the
+            # latent the prediction was decoded from, or that of the expression written
             pred.obsm[slots["latent"]] = (
-                z if part is self.parts[0] else _encode(self.module, pred_x, self.device)
+                z
+                if part is self.parts[0] and not residual
+                else _encode(self.module, pred_x, self.device)
             ).astype(np.float32)
             predicted.append(pred)
         if predicted:
