@@ -141,7 +141,8 @@ def scgen_levers(d: dict) -> list[str]:
             # no defaults row of its own: bench.quality's scGen table on the same seeds, said so
             variants = {
                 "default": {
-                    "what": "the app's defaults: the scGen table above (same seeds)",
+                    "what": "the scGen table above (same seeds; decoded output, the app's "
+                    "default before 2026-11-26)",
                     "seeds": same["seeds"],
                 },
                 **variants,
@@ -223,6 +224,7 @@ def quality(q: dict) -> list[str]:
             "### Perturbation: scGen leave-one-cell-type-out against both baselines",
             "",
             "Each row trains a fresh scGen (the app's defaults: the published network and training, 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25, with the paired stimulation vector: the mean over the training cell types of their latent shift) without that cell type's stimulated cells, then predicts them. "
+            "These tables were measured with the decoder's output as the prediction (`output=decoded`, the default before 2026-11-26); the default is now each control cell + the decoded change (`output=residual`), whose rows, on the same seeds and splits, are in the levers table below. "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
             "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds. "
             "`noise ceiling`: the R² (all genes) a perfect prediction would be expected to reach against the held-out type's real stimulated cells, whose mean is noisy when they are few (split-half of those cells lifted to all of them by the Spearman-Brown formula: `engine.evaluate.noise_ceiling`, the figure the Results page shows; `python -m bench.quality --only scgen_ceiling`). Where the mean-shift baseline is already near it, no model can be shown to be better on that type.",

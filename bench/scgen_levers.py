@@ -30,7 +30,13 @@ HVG = pp.Step("hvg", {"n_top": 2000})
 
 # name -> (what it changes, extra recipe steps or a replacement recipe per set, model params)
 VARIANTS = {
-    "default": ("the app's defaults (paired delta)", None, {}),
+    "default": ("the app's defaults (paired delta, residual output)", None, {}),
+    "decoded": (
+        "prediction: the decoder's output (output 'decoded', the scGen package's; the default "
+        "before 2026-11-26)",
+        None,
+        {"output": "decoded"},
+    ),
     "sampled": (
         "stimulation vector: the scGen package's resampled delta (the default before)",
         None,
@@ -47,7 +53,8 @@ VARIANTS = {
     "hvg2000": ("input: 2,000 highly variable genes", "hvg", {}),
     "cp10k": ("input: log CP10k (scanpy's default) instead of log CPM", "cp10k", {}),
     "residual": (
-        "prediction: each control cell + the decoded change (output 'residual')",
+        "prediction: each control cell + the decoded change (output 'residual', the default "
+        "since 2026-11-26)",
         None,
         {"output": "residual"},
     ),

@@ -410,8 +410,8 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     assert any(c.startswith("Noise ceiling") and ceiling in c for c in texts(at, "caption"))
     # how scGen predicted: the run's own choices (defaults here)
     assert (
-        "scGen's prediction: the decoder's output (the scGen package's); stimulation vector: "
-        "paired." in texts(at, "caption")
+        "scGen's prediction: each control cell + the decoded change; stimulation vector: paired."
+        in texts(at, "caption")
     )
     violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
     assert violins["layout"]["violinmode"] == "group"

@@ -34,7 +34,8 @@ def _b_cell_spec(tmp_path, data, epochs: int, **params) -> RunSpec:
 
 def test_scgen_defaults_are_published_ones():
     """The network and its training are the published ones; the stimulation vector is the
-    paired one (docs/BENCHMARKS.md: it is what puts scGen above the mean-shift baseline)."""
+    paired one and the prediction is each control cell + the decoded change (docs/BENCHMARKS.md:
+    each put scGen further above the mean-shift baseline)."""
     spec = RunSpec(model="scgen", data="x", predict="B cell", **DESIGN)
     assert spec.params | {"delta_cell_types": ""} == {
         "n_hidden": 800,
@@ -44,7 +45,7 @@ def test_scgen_defaults_are_published_ones():
         "kl_weight": 5e-5,
         "delta": "paired",
         "delta_cell_types": "",
-        "output": "decoded",
+        "output": "residual",
     }
     assert spec.lr == 1e-3 and spec.patience == 25
 

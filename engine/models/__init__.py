@@ -204,8 +204,8 @@ REGISTRY: dict[str, ModelInfo] = {
             "perturb",
             "scGen (VAE + latent arithmetic)",
             "VAE on log-normalised expression (2x800, BatchNorm, LeakyReLU, dropout 0.2, latent 100, KL 5e-5); "
-            "prediction = decode(latent of control cells + stimulation vector), or with "
-            "output=residual each control cell + the decoded change.",
+            "prediction = each control cell + the decoded change, decode(latent + stimulation "
+            "vector) - decode(latent); output=decoded for the decoder's output alone (the package's).",
             builder="engine.models.scgen:build",
             needs="lognorm",
             params={
@@ -228,7 +228,7 @@ REGISTRY: dict[str, ModelInfo] = {
                     "paired vector uses those with training cells of both conditions)",
                 ),
                 "output": Param(
-                    "decoded",
+                    "residual",
                     "predicted cells: 'decoded' = the decoder's output at each control cell's latent + "
                     "the vector (the scGen package's); 'residual' = each control cell's own "
                     "expression + the decoded change, decode(latent + vector) - decode(latent), so "
