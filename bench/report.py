@@ -551,7 +551,7 @@ def upload(d: dict) -> list[str]:
 def _gpu_runs() -> list[dict]:
     """Every GPU run under bench/results/gpu/*/gpu.json (dry runs left out), oldest first."""
     runs = []
-    for f in sorted((RESULTS / "gpu").glob("*/gpu.json")):
+    for f in (RESULTS / "gpu").glob("*/gpu.json"):
         d = json.loads(f.read_text())
         if not d.get("dry_run"):
             runs.append({"folder": f.parent.name, **d, "machine": d.get("machine") or {}})

@@ -580,7 +580,8 @@ def write_h5ad(adata: ad.AnnData, path: str | Path, compression: str | None = "g
     """Write atomically (temp file + rename) so a reader never sees half a file.
 
     Nullable string columns (pandas' ``string`` dtype, every text column under pandas 3) are
-    written as such (``allow_write_nullable_strings``, set when this module is imported). ``compression=None`` trades file size for speed (benchmarks).
+    written as such (``allow_write_nullable_strings``, set when this module is imported).
+    ``compression=None`` trades file size for speed (benchmarks).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

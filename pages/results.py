@@ -515,8 +515,10 @@ if res_info is not None and task == "perturb":
             )
         else:
             saved = spec.get("params")
-            how = models.recorded_params("scgen", saved if isinstance(saved, dict) else {})
-            if isinstance(how, dict) and how.get("output") in SCGEN_OUTPUT:
+            how = models.recorded_params(
+                spec.get("model"), saved if isinstance(saved, dict) else {}
+            )
+            if how.get("output") in SCGEN_OUTPUT:
                 st.caption(
                     f"scGen's prediction: {SCGEN_OUTPUT[how['output']]}; stimulation vector: "
                     f"{esc(str(how.get('delta', '')))}."

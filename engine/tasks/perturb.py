@@ -159,6 +159,7 @@ class Perturb(Task):
         out, slots = self.start_output(adata)
         self.put(out, slots, "obsm", "latent", key, _encode(self.module, x, self.device))
         predicted = []
+        residual = self.params["output"] == "residual"
         for part in self.parts:
             rows = np.flatnonzero((types == part["target"]) & (cond == d["ctrl"]))
             if not len(rows):
@@ -166,7 +167,6 @@ class Perturb(Task):
             z0 = _encode(part["module"], x[rows], self.device)
             z = z0 + part["delta"]
             pred_x = _decode(part["module"], z, self.device)
-            residual = self.params["output"] == "residual"
             if residual:  # the cell + the decoded change, in place (one dense block at a time)
                 pred_x -= _decode(part["module"], z0, self.device)
                 pred_x += io.dense(x[rows])
