@@ -186,6 +186,28 @@ def test_data_page_loads_a_streamed_upload(client, workspace, counts_file, monke
     assert at.session_state["upload_round"] == 1
 
 
+@pytest.mark.parametrize("token", ["__abcdefghijklmn", "abcde__fghijklmn", "abcdefghij___klm"])
+def test_data_page_draws_for_a_ticket_with_underscores(client, workspace, monkeypatch, token):
+    """Tickets are url-safe base64, so one may hold ``__``, which Streamlit refuses in a
+    component's key (the Data page crashed for about one session in 370)."""
+    from ui import uploads
+
+    def ticket():
+        uploads._tickets[token] = uploads._Ticket()
+        return token
+
+    monkeypatch.setattr(uploads, "ticket", ticket)
+    at = _page(monkeypatch)
+    at.run()
+    assert not at.exception
+    assert at.session_state["upload_ticket"] == token and uploads.valid(token)
+    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"abc")
+    assert r.status_code == 200
+    at.run()
+    assert not at.exception
+    assert not next(b for b in at.button if b.label == "Load file").disabled
+
+
 def test_data_page_says_when_a_waiting_upload_was_dropped(client, workspace, monkeypatch):
     from ui import uploads
 

@@ -3,6 +3,8 @@ to that route (with a progress bar) instead of Streamlit's in-memory uploader.""
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from ui import uploads
@@ -104,7 +106,12 @@ _component = st.components.v2.component("scwb_upload", html=_HTML, css=_CSS, js=
 
 def upload_box(token: str, key: str) -> None:
     """Mount the upload box for ``token`` (``uploads.ticket()``); a finished upload reruns the
-    page, which then finds the file with ``uploads.received(token)``."""
+    page, which then finds the file with ``uploads.received(token)``.
+
+    Streamlit joins a component's key and its event names with ``__`` and refuses a key that
+    holds one; tickets are url-safe base64, so a key made from one may hold it (about one Data
+    page session in 370 crashed): runs of ``_`` are folded here, for every caller."""
+    key = re.sub("_{2,}", "_", key)
     limit = uploads.max_bytes()
     hint = (
         ".h5ad, 10x .h5, a zipped 10x .mtx folder, or .csv/.tsv, gzipped or not (cells x genes) · "
