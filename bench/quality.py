@@ -320,7 +320,9 @@ def scgen(tmp: Path, seeds: list[int], sets: list[str] | None = None) -> dict:
                 "seconds": round(time.time() - t0, 1),
                 "table": pd.read_csv(run / "loo.csv").to_dict(orient="records"),
             }
-        out[key] = {"seeds": per_seed}
+            # the parameters it ran with (the defaults of the day), so the report says which
+            params = json.loads((run / "run.json").read_text())["params"]
+        out[key] = {"params": params, "seeds": per_seed}
     return out
 
 
@@ -343,6 +345,19 @@ def scgen_ceiling(tmp: Path, seeds: list[int]) -> dict:
             for t in sorted(set(types))
         }
     return out
+
+
+def _same_params(stored: dict, sets: str | None) -> None:
+    """``--add-seeds`` only beside seeds that ran with today's scGen defaults."""
+    from engine import models
+
+    today = models.REGISTRY["scgen"].defaults()
+    for key in sets.split(",") if sets else SCGEN:
+        if key in stored and stored[key].get("params") != today:
+            raise SystemExit(
+                f"{key}: the stored seeds ran with other scGen parameters than today's "
+                f"defaults ({stored[key].get('params')}); rerun every seed without --add-seeds."
+            )
 
 
 STEPS = {
@@ -380,6 +395,8 @@ def main() -> None:
                 continue
             t0 = time.time()
             if name == "scgen":
+                if args.add_seeds:
+                    _same_params(results.get("scgen", {}), args.scgen_sets)
                 block = fn(tmp, seeds, args.scgen_sets.split(",") if args.scgen_sets else None)
                 stored = results.get("scgen", {})
                 if args.add_seeds:

@@ -77,6 +77,29 @@ def seed_table(block: dict, metrics: list[str]) -> list[str]:
     return [pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
+SCGEN_OUTPUT = {
+    "residual": "each control cell + the decoded change (`output=residual`)",
+    "decoded": "the decoder's output (`output=decoded`, the scGen package's)",
+}
+
+
+def _scgen_params(block: dict) -> tuple[str, str, bool]:
+    """(output, delta, recorded) a scGen block was measured with: bench.quality records the run's
+    parameters; blocks from before it did ran the decoder's output with the paired vector."""
+    p = block.get("params")
+    if not isinstance(p, dict):
+        return "decoded", "paired", False
+    return str(p.get("output")), str(p.get("delta")), True
+
+
+def _scgen_how(block: dict) -> str:
+    output, delta, recorded = _scgen_params(block)
+    how = SCGEN_OUTPUT.get(output, f"`output={output}`")
+    return f"{how} and the `{delta}` stimulation vector" + (
+        "" if recorded else " (measured before 2026-11-26)"
+    )
+
+
 def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[str]:
     per_seed = block.get("seeds") or {str(block.get("seed", 0)): block}
     frames = []
@@ -117,9 +140,18 @@ def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[s
         "",
         out.to_markdown(index=False, disable_numparse=True),
         "",
-        f"Mean over seeds: scGen above the mean-shift baseline on {int(mean_beats.sum())}/{len(mean_beats)} cell types.",
+        f"Prediction: {_scgen_how(block)}. Mean over seeds: scGen above the mean-shift baseline on {int(mean_beats.sum())}/{len(mean_beats)} cell types.",
         "",
     ]
+
+
+def _lever_output(key: str, block: dict) -> str:
+    """The prediction a levers row used: recorded since bench.scgen_levers records parameters;
+    before, only the ``residual`` variant predicted otherwise than the decoder's output."""
+    p = block.get("params")
+    if isinstance(p, dict) and p.get("output"):
+        return str(p["output"])
+    return "residual" if key == "residual" else "decoded"
 
 
 def scgen_levers(d: dict) -> list[str]:
@@ -127,10 +159,13 @@ def scgen_levers(d: dict) -> list[str]:
     out = [
         "## scGen's levers (`python -m bench.scgen_levers`)",
         "",
-        "Each variant changes what its row names against the app's defaults (first row) and runs "
+        "Each variant changes what its row names against the app's defaults and runs "
         "leave one cell type out over the seeds. A cell reads: scGen's R² (mean expression, all genes) minus the "
         "mean-shift baseline's on the same held-out cells, mean ± sd over seeds (seeds where "
-        "scGen is above). Variants that change the input change both numbers.",
+        "scGen is above). Variants that change the input change both numbers. `output`: the "
+        "prediction a row was measured with (`residual`: each control cell + the decoded change, "
+        "the default since 2026-11-26; `decoded`: the decoder's output, the default before, so "
+        "rows measured before then changed their lever on top of it).",
         "",
     ]
     measured = (_load("quality") or {}).get("scgen", {})
@@ -139,22 +174,23 @@ def scgen_levers(d: dict) -> list[str]:
         same = measured.get(set_key, {})
         if "default" not in variants and seed_sets == {frozenset(same.get("seeds", {}))}:
             # no defaults row of its own: bench.quality's scGen table on the same seeds, said so
+            output, delta, _ = _scgen_params(same)
             variants = {
                 "default": {
-                    "what": "the scGen table above (same seeds; decoded output, the app's "
-                    "default before 2026-11-26)",
+                    "what": f"the scGen table above (same seeds; delta={delta})",
                     "seeds": same["seeds"],
+                    "params": {"output": output},
                 },
                 **variants,
             }
         rows = []
-        for _, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
+        for key, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
             t = pd.concat(
                 [pd.DataFrame(b["table"]).assign(seed=int(s)) for s, b in block["seeds"].items()]
             )
             t["diff"] = t["r2_mean_all"] - t["baseline_meanshift_r2_mean_all"]
             g = t.groupby("cell_type")
-            row = {"variant": block["what"]}
+            row = {"variant": block["what"], "output": _lever_output(key, block)}
             for ct, x in g:
                 sd = x["diff"].std(ddof=1) if len(x) > 1 else 0.0
                 row[ct] = (
@@ -224,7 +260,7 @@ def quality(q: dict) -> list[str]:
             "### Perturbation: scGen leave-one-cell-type-out against both baselines",
             "",
             "Each row trains a fresh scGen (the app's defaults: the published network and training, 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25, with the paired stimulation vector: the mean over the training cell types of their latent shift) without that cell type's stimulated cells, then predicts them. "
-            "These tables were measured with the decoder's output as the prediction (`output=decoded`, the default before 2026-11-26); the default is now each control cell + the decoded change (`output=residual`), whose rows, on the same seeds and splits, are in the levers table below. "
+            "Under each table: the prediction it was measured with (the default since 2026-11-26: each control cell + the decoded change, `output=residual`; before: the decoder's output, as the scGen package predicts, now `output=decoded`, in the levers table below and the notes). "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
             "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds. "
             "`noise ceiling`: the R² (all genes) a perfect prediction would be expected to reach against the held-out type's real stimulated cells, whose mean is noisy when they are few (split-half of those cells lifted to all of them by the Spearman-Brown formula: `engine.evaluate.noise_ceiling`, the figure the Results page shows; `python -m bench.quality --only scgen_ceiling`). Where the mean-shift baseline is already near it, no model can be shown to be better on that type.",

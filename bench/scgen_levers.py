@@ -113,6 +113,8 @@ def main() -> None:
                     print(set_key, var, seed, per_seed[str(seed)]["seconds"], flush=True)
                 results.setdefault(set_key, {})[var] = {
                     "what": what,
+                    # the parameters it ran with: the defaults of the day and the lever
+                    "params": json.loads((run / "run.json").read_text())["params"],
                     "seeds": per_seed,
                     "date": time.strftime("%Y-%m-%d"),
                 }

@@ -62,3 +62,98 @@ def test_gpu_section_survives_missing_failed_and_unknown_parts():
         r.pop("cells_per_s", None)
     text = "\n".join(report.gpu(odd))
     assert "VAE training throughput" not in text and "scGen, published defaults" in text
+
+
+def _scgen_seeds(diffs: dict[str, float]) -> dict:
+    """One seed's leave-one-out table: scGen minus mean-shift R² per cell type as given."""
+    rows = [
+        dict(
+            cell_type=ct,
+            n_ctrl=50,
+            n_stim=40,
+            epochs=60,
+            r2_mean_all=0.9 + d,
+            baseline_noshift_r2_mean_all=0.8,
+            baseline_meanshift_r2_mean_all=0.9,
+            r2_mean_top100=0.8,
+            baseline_meanshift_r2_mean_top100=0.7,
+        )
+        for ct, d in diffs.items()
+    ]
+    return {"0": {"seconds": 60, "table": rows}}
+
+
+def test_scgen_tables_say_which_prediction_they_measured():
+    """bench.quality records each set's parameters; a block from before it did ran the
+    decoder's output (the default then), and the report says so instead of today's default."""
+    seeds = _scgen_seeds({"A": 0.01, "B": -0.02})
+    now = "\n".join(
+        report._scgen_tables(
+            "x", {"params": {"output": "residual", "delta": "paired"}, "seeds": seeds}
+        )
+    )
+    assert "Prediction: each control cell + the decoded change (`output=residual`)" in now
+    assert "`paired` stimulation vector" in now and "measured before" not in now
+    assert "above the mean-shift baseline on 1/2 cell types" in now
+    old = "\n".join(report._scgen_tables("x", {"seeds": seeds}))
+    assert "the decoder's output (`output=decoded`" in old and "measured before 2026-11-26" in old
+
+
+def test_scgen_levers_rows_name_their_prediction(monkeypatch):
+    """The first row borrows bench.quality's table (its recorded output); rows measured before
+    the levers recorded parameters read as the decoder's output, except the ``residual`` one."""
+    quality = {
+        "scgen": {
+            "s": {
+                "params": {"output": "residual", "delta": "paired"},
+                "seeds": _scgen_seeds({"A": 0.03}),
+            }
+        }
+    }
+    monkeypatch.setattr(report, "_load", lambda name: quality if name == "quality" else None)
+    levers = {
+        "s": {
+            "kl": {"what": "KL weight 5e-3", "seeds": _scgen_seeds({"A": -0.01})},
+            "residual": {"what": "residual", "seeds": _scgen_seeds({"A": 0.03})},
+            "new": {
+                "what": "a lever recorded",
+                "params": {"output": "decoded"},
+                "seeds": _scgen_seeds({"A": 0.02}),
+            },
+        }
+    }
+    text = "\n".join(report.scgen_levers(levers))
+    rows = {
+        r.split("|")[1].strip(): r.split("|")[2:-1]
+        for r in text.splitlines()
+        if r.startswith("| ") and "variant" not in r
+    }
+    assert [c.strip() for c in rows["the scGen table above (same seeds; delta=paired)"]] == [
+        "residual",
+        "+0.030 ± 0.000 (1/1)",
+        "1/1",
+        "0.930",
+    ]
+    assert rows["KL weight 5e-3"][0].strip() == "decoded"
+    assert rows["residual"][0].strip() == "residual"
+    assert rows["a lever recorded"][0].strip() == "decoded"
+    assert list(rows)[0].startswith("the scGen table above")  # the defaults first
+
+
+def test_quality_adds_seeds_only_beside_todays_scgen_defaults():
+    """``bench.quality --add-seeds`` refuses to mix seeds measured with other parameters (the
+    tables before 2026-11-26 predicted otherwise) before any training starts."""
+    import pytest
+
+    from bench import quality
+    from engine import models
+
+    today = models.REGISTRY["scgen"].defaults()
+    quality._same_params({"kang_counts_small": {"params": today}}, "kang_counts_small")
+    quality._same_params({}, None)  # nothing stored: nothing to mix
+    with pytest.raises(SystemExit, match="rerun every seed without --add-seeds"):
+        quality._same_params({"hpoly_small": {"seeds": {}}}, None)
+    with pytest.raises(SystemExit, match="kang_counts_small"):
+        quality._same_params(
+            {"kang_counts_small": {"params": {**today, "output": "decoded"}}}, "kang_counts_small"
+        )
