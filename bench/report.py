@@ -96,7 +96,7 @@ def _scgen_how(block: dict) -> str:
     output, delta, recorded = _scgen_params(block)
     how = SCGEN_OUTPUT.get(output, f"`output={output}`")
     return f"{how} and the `{delta}` stimulation vector" + (
-        "" if recorded else " (measured before 2026-11-26)"
+        "" if recorded else " (measured before 2026-11-27)"
     )
 
 
@@ -164,7 +164,7 @@ def scgen_levers(d: dict) -> list[str]:
         "mean-shift baseline's on the same held-out cells, mean ± sd over seeds (seeds where "
         "scGen is above). Variants that change the input change both numbers. `output`: the "
         "prediction a row was measured with (`residual`: each control cell + the decoded change, "
-        "the default since 2026-11-26; `decoded`: the decoder's output, the default before, so "
+        "the default since 2026-11-27; `decoded`: the decoder's output, the default before, so "
         "rows measured before then changed their lever on top of it).",
         "",
     ]
@@ -260,7 +260,7 @@ def quality(q: dict) -> list[str]:
             "### Perturbation: scGen leave-one-cell-type-out against both baselines",
             "",
             "Each row trains a fresh scGen (the app's defaults: the published network and training, 2x800, latent 100, KL 5e-5, Adam 1e-3, batch 32, early stopping patience 25, with the paired stimulation vector: the mean over the training cell types of their latent shift) without that cell type's stimulated cells, then predicts them. "
-            "Under each table: the prediction it was measured with (the default since 2026-11-26: each control cell + the decoded change, `output=residual`; before: the decoder's output, as the scGen package predicts, now `output=decoded`, in the levers table below and the notes). "
+            "Under each table: the prediction it was measured with (the default since 2026-11-27: each control cell + the decoded change, `output=residual`; before: the decoder's output, as the scGen package predicts, now `output=decoded`, in the levers table below and the notes). "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
             "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds. "
             "`noise ceiling`: the R² (all genes) a perfect prediction would be expected to reach against the held-out type's real stimulated cells, whose mean is noisy when they are few (split-half of those cells lifted to all of them by the Spearman-Brown formula: `engine.evaluate.noise_ceiling`, the figure the Results page shows; `python -m bench.quality --only scgen_ceiling`). Where the mean-shift baseline is already near it, no model can be shown to be better on that type.",

@@ -33,7 +33,7 @@ VARIANTS = {
     "default": ("the app's defaults (paired delta, residual output)", None, {}),
     "decoded": (
         "prediction: the decoder's output (output 'decoded', the scGen package's; the default "
-        "before 2026-11-26)",
+        "before 2026-11-27)",
         None,
         {"output": "decoded"},
     ),
@@ -54,7 +54,7 @@ VARIANTS = {
     "cp10k": ("input: log CP10k (scanpy's default) instead of log CPM", "cp10k", {}),
     "residual": (
         "prediction: each control cell + the decoded change (output 'residual', the default "
-        "since 2026-11-26)",
+        "since 2026-11-27)",
         None,
         {"output": "residual"},
     ),

@@ -96,7 +96,7 @@ def test_scgen_tables_say_which_prediction_they_measured():
     assert "`paired` stimulation vector" in now and "measured before" not in now
     assert "above the mean-shift baseline on 1/2 cell types" in now
     old = "\n".join(report._scgen_tables("x", {"seeds": seeds}))
-    assert "the decoder's output (`output=decoded`" in old and "measured before 2026-11-26" in old
+    assert "the decoder's output (`output=decoded`" in old and "measured before 2026-11-27" in old
 
 
 def test_scgen_levers_rows_name_their_prediction(monkeypatch):
@@ -141,19 +141,26 @@ def test_scgen_levers_rows_name_their_prediction(monkeypatch):
 
 
 def test_quality_adds_seeds_only_beside_todays_scgen_defaults():
-    """``bench.quality --add-seeds`` refuses to mix seeds measured with other parameters (the
-    tables before 2026-11-26 predicted otherwise) before any training starts."""
+    """``bench.quality --add-seeds`` refuses to mix seeds measured with other parameters or
+    training settings (the tables before 2026-11-27 predicted otherwise), before any training;
+    what it compares is what a scGen block stores (through JSON, as in quality.json)."""
     import pytest
 
     from bench import quality
-    from engine import models
+    from engine.spec import RunSpec
 
-    today = models.REGISTRY["scgen"].defaults()
-    quality._same_params({"kang_counts_small": {"params": today}}, "kang_counts_small")
+    spec = RunSpec(model="scgen", data="-", predict="all", **quality.SCGEN["kang_counts_small"][2])
+    today = json.loads(json.dumps(quality._settings(spec.to_dict())))
+    assert today["params"]["output"] == "residual" and today["training"]["epochs"] == 100
+    quality._same_params({"kang_counts_small": today}, "kang_counts_small")
     quality._same_params({}, None)  # nothing stored: nothing to mix
     with pytest.raises(SystemExit, match="rerun every seed without --add-seeds"):
-        quality._same_params({"hpoly_small": {"seeds": {}}}, None)
+        quality._same_params({"hpoly_small": {"seeds": {}}}, None)  # recorded nothing
+    other = copy.deepcopy(today)
+    other["params"]["output"] = "decoded"
     with pytest.raises(SystemExit, match="kang_counts_small"):
-        quality._same_params(
-            {"kang_counts_small": {"params": {**today, "output": "decoded"}}}, "kang_counts_small"
-        )
+        quality._same_params({"kang_counts_small": other}, "kang_counts_small")
+    other = copy.deepcopy(today)
+    other["training"]["patience"] = 10
+    with pytest.raises(SystemExit, match="training settings"):
+        quality._same_params({"kang_counts_small": other}, None)

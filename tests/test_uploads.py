@@ -189,7 +189,7 @@ def test_data_page_loads_a_streamed_upload(client, workspace, counts_file, monke
 @pytest.mark.parametrize("token", ["__abcdefghijklmn", "abcde__fghijklmn", "abcdefghij___klm"])
 def test_data_page_draws_for_a_ticket_with_underscores(client, workspace, monkeypatch, token):
     """Tickets are url-safe base64, so one may hold ``__``, which Streamlit refuses in a
-    component's key (the Data page crashed for about one session in 370)."""
+    component's key (the Data page crashed for about one ticket in 380)."""
     from ui import uploads
 
     def ticket():

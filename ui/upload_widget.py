@@ -109,8 +109,8 @@ def upload_box(token: str, key: str) -> None:
     page, which then finds the file with ``uploads.received(token)``.
 
     Streamlit joins a component's key and its event names with ``__`` and refuses a key that
-    holds one; tickets are url-safe base64, so a key made from one may hold it (about one Data
-    page session in 370 crashed): runs of ``_`` are folded here, for every caller."""
+    holds one; tickets are url-safe base64, so a key made from one may hold it (about one ticket
+    in 380 crashed the Data page): runs of ``_`` are folded here, for every caller."""
     key = re.sub("_{2,}", "_", key)
     limit = uploads.max_bytes()
     hint = (
