@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -320,9 +321,8 @@ def scgen(tmp: Path, seeds: list[int], sets: list[str] | None = None) -> dict:
                 "seconds": round(time.time() - t0, 1),
                 "table": pd.read_csv(run / "loo.csv").to_dict(orient="records"),
             }
-            # the parameters it ran with (the defaults of the day), so the report says which
-            params = json.loads((run / "run.json").read_text())["params"]
-        out[key] = {"params": params, "seeds": per_seed}
+        # what every seed ran with (the defaults of the day), so the report says which
+        out[key] = {**_settings(json.loads((run / "run.json").read_text())), "seeds": per_seed}
     return out
 
 
@@ -347,16 +347,28 @@ def scgen_ceiling(tmp: Path, seeds: list[int]) -> dict:
     return out
 
 
-def _same_params(stored: dict, sets: str | None) -> None:
-    """``--add-seeds`` only beside seeds that ran with today's scGen defaults."""
-    from engine import models
+TRAINING = ("epochs", "batch_size", "lr", "patience", "precision")
 
-    today = models.REGISTRY["scgen"].defaults()
+
+def _settings(spec: dict) -> dict:
+    """A run's scGen parameters and training settings, as recorded in a scGen block."""
+    return {"params": spec["params"], "training": {k: spec[k] for k in TRAINING}}
+
+
+def _same_params(stored: dict, sets: str | None) -> None:
+    """``--add-seeds`` only beside seeds that ran with today's scGen parameters and training
+    settings (a block from before these were recorded never matches). The code, the splits and
+    the input recipe are not checked: adding seeds assumes they did not change."""
     for key in sets.split(",") if sets else SCGEN:
-        if key in stored and stored[key].get("params") != today:
+        if key not in stored:
+            continue
+        spec = RunSpec(model="scgen", data="-", predict="all", **SCGEN[key][2])
+        today = _settings(asdict(spec))
+        mine = {k: stored[key].get(k) for k in today}
+        if mine != today:
             raise SystemExit(
-                f"{key}: the stored seeds ran with other scGen parameters than today's "
-                f"defaults ({stored[key].get('params')}); rerun every seed without --add-seeds."
+                f"{key}: the stored seeds ran with other scGen parameters or training settings "
+                f"than today's ({mine}); rerun every seed without --add-seeds."
             )
 
 
