@@ -170,7 +170,9 @@ if adata is None:
 meta = datasets.meta(ds_key)
 info_col, delete_col = st.columns([4, 1])
 info_col.caption(
-    md(f"Key {ds_key} · fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}")
+    md(
+        f"Key {ds_key.key} · fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}"
+    )
 )
 if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
     try:

@@ -63,6 +63,9 @@ def test_data_page_upload_and_summary(counts_file):
     assert not errors(at), errors(at)
     assert any("Loaded 600 cells" in s.value for s in at.success)
     assert [d["name"] for d in datasets.list_datasets()] == ["my counts"]
+    # the caption names the key the CLI and run specs take, not the label pickers show
+    key = datasets.list_datasets()[0]["key"]
+    assert key != "my counts" and any(c.value.startswith(f"Key {key} · ") for c in at.caption)
     # the saved file leaves the uploader (and the memory Streamlit keeps it in): ready for the next
     assert at.file_uploader[0].value is None
     assert next(b for b in at.button if b.label == "Load file").disabled
