@@ -181,14 +181,18 @@ def test_data_page_disk_full_on_upload_is_one_line(tmp_path, workspace, monkeypa
     def full(fh, block):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(io, "_write_chunk", full)
-    at = app("data")
-    _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
-    assert len(errors(at)) == 1 and "The disk is full" in errors(at)[0]
-    assert [p for p in (workspace / "datasets").rglob("*") if p.is_file()] == []
-    monkeypatch.undo()
+    # a context, not monkeypatch.undo(): that would also undo the workspace fixture's SCWB_HOME
+    with monkeypatch.context() as m:
+        m.setattr(io, "_write_chunk", full)
+        at = app("data")
+        _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
+        assert len(errors(at)) == 1 and "The disk is full" in errors(at)[0]
+        assert [p for p in (workspace / "datasets").rglob("*") if p.is_file()] == []
     _upload(at, "cells.h5ad", _small_file(tmp_path, "a.h5ad", 40, 0))
     assert not errors(at) and len(datasets.list_datasets()) == 1
+    assert [p.name for p in (workspace / "datasets").glob("*.h5ad")] == [
+        datasets.list_datasets()[0]["key"] + ".h5ad"
+    ]
 
 
 def test_user_strings_never_render_as_markdown(tmp_path):

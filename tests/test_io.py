@@ -364,11 +364,11 @@ def test_reader_child_runs_under_a_memory_cap(tmp_path, monkeypatch):
     from engine import reader
 
     p = io.write_h5ad(_small(), tmp_path / "a.h5ad")
-    monkeypatch.setattr(reader, "child_memory_limit", lambda: 64 * 2**20)
-    with pytest.raises(ScwbError) as err:
-        reader.describe_file(p)
+    with monkeypatch.context() as m:
+        m.setattr(reader, "child_memory_limit", lambda: 64 * 2**20)
+        with pytest.raises(ScwbError) as err:
+            reader.describe_file(p)
     assert "\n" not in str(err.value) and "a.h5ad" in str(err.value)
-    monkeypatch.undo()
     assert reader.describe_file(p)["n_obs"] == 30
 
 
@@ -474,11 +474,12 @@ def test_disk_full_on_upload_is_one_line_and_leaves_nothing(tmp_path, monkeypatc
     def full(fh, block):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(io, "_write_chunk", full)
-    with pytest.raises(ScwbError, match="The disk is full"):
-        datasets.import_upload(pyio.BytesIO(data), "a", filename="a.h5ad")
+    # contexts, not monkeypatch.undo(): that would also undo the workspace fixture's SCWB_HOME
+    with monkeypatch.context() as m:
+        m.setattr(io, "_write_chunk", full)
+        with pytest.raises(ScwbError, match="The disk is full"):
+            datasets.import_upload(pyio.BytesIO(data), "a", filename="a.h5ad")
     assert [q for q in (workspace / "datasets").rglob("*") if q.is_file()] == []
-    monkeypatch.undo()
     real_replace = os.replace
 
     def full_replace(src, dst):

@@ -138,11 +138,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(client, workspace, monkeypat
         def close(self):
             pass
 
-    monkeypatch.setattr(uploads, "WRITE_BLOCK", 10)
-    monkeypatch.setattr("builtins.open", Full)
     token = uploads.ticket()
-    r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"x" * 100)
-    monkeypatch.undo()
+    # a context, not monkeypatch.undo(): that would also undo the fixtures' workspace and route
+    with monkeypatch.context() as m:
+        m.setattr(uploads, "WRITE_BLOCK", 10)
+        m.setattr("builtins.open", Full)
+        r = client.put(f"/api/upload/{token}", params={"name": "a.h5ad"}, content=b"x" * 100)
     assert r.status_code == 507 and "disk is full" in r.json()["error"]
     assert _incoming(workspace) == []
 
