@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine import models
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -77,25 +79,21 @@ def seed_table(block: dict, metrics: list[str]) -> list[str]:
     return [pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
-SCGEN_OUTPUT = {
-    "residual": "each control cell + the decoded change (`output=residual`)",
-    "decoded": "the decoder's output (`output=decoded`, the scGen package's)",
-}
-
-
 def _scgen_params(block: dict) -> tuple[str, str, bool]:
-    """(output, delta, recorded) a scGen block was measured with: bench.quality records the run's
-    parameters; blocks from before it did ran the decoder's output with the paired vector."""
+    """(output, delta, recorded) a scGen block was measured with. bench.quality and
+    bench.scgen_levers record the run's parameters; a block from before they did reads as runs
+    of then do (``models.recorded_params``: the decoder's output), and its vector was the paired
+    one (bench.quality's tables were rerun when that default changed)."""
     p = block.get("params")
-    if not isinstance(p, dict):
-        return "decoded", "paired", False
-    return str(p.get("output")), str(p.get("delta")), True
+    recorded = isinstance(p, dict)
+    how = models.recorded_params("scgen", p if recorded else {})
+    return str(how.get("output")), str(how.get("delta") if recorded else "paired"), recorded
 
 
 def _scgen_how(block: dict) -> str:
     output, delta, recorded = _scgen_params(block)
-    how = SCGEN_OUTPUT.get(output, f"`output={output}`")
-    return f"{how} and the `{delta}` stimulation vector" + (
+    how = models.SCGEN_OUTPUTS.get(output, "")
+    return f"{how} (`output={output}`) and the `{delta}` stimulation vector" + (
         "" if recorded else " (measured before 2026-11-27)"
     )
 
@@ -145,15 +143,6 @@ def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[s
     ]
 
 
-def _lever_output(key: str, block: dict) -> str:
-    """The prediction a levers row used: recorded since bench.scgen_levers records parameters;
-    before, only the ``residual`` variant predicted otherwise than the decoder's output."""
-    p = block.get("params")
-    if isinstance(p, dict) and p.get("output"):
-        return str(p["output"])
-    return "residual" if key == "residual" else "decoded"
-
-
 def scgen_levers(d: dict) -> list[str]:
     """bench/scgen_levers.py: each lever against the mean-shift baseline, per cell type."""
     out = [
@@ -174,23 +163,22 @@ def scgen_levers(d: dict) -> list[str]:
         same = measured.get(set_key, {})
         if "default" not in variants and seed_sets == {frozenset(same.get("seeds", {}))}:
             # no defaults row of its own: bench.quality's scGen table on the same seeds, said so
-            output, delta, _ = _scgen_params(same)
             variants = {
                 "default": {
-                    "what": f"the scGen table above (same seeds; delta={delta})",
+                    "what": f"the scGen table above (same seeds; delta={_scgen_params(same)[1]})",
                     "seeds": same["seeds"],
-                    "params": {"output": output},
+                    "params": same.get("params"),
                 },
                 **variants,
             }
         rows = []
-        for key, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
+        for _, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
             t = pd.concat(
                 [pd.DataFrame(b["table"]).assign(seed=int(s)) for s, b in block["seeds"].items()]
             )
             t["diff"] = t["r2_mean_all"] - t["baseline_meanshift_r2_mean_all"]
             g = t.groupby("cell_type")
-            row = {"variant": block["what"], "output": _lever_output(key, block)}
+            row = {"variant": block["what"], "output": _scgen_params(block)[0]}
             for ct, x in g:
                 sd = x["diff"].std(ddof=1) if len(x) > 1 else 0.0
                 row[ct] = (

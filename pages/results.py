@@ -440,10 +440,6 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 latent_embedding(key, res_info["n_obs"], draw)
 
 
-SCGEN_OUTPUT = {
-    "decoded": "the decoder's output (the scGen package's)",
-    "residual": "each control cell + the decoded change",
-}
 PERTURB_COLS = (
     "r2_mean_all",
     "r2_mean_top100",
@@ -518,9 +514,9 @@ if res_info is not None and task == "perturb":
             how = models.recorded_params(
                 spec.get("model"), saved if isinstance(saved, dict) else {}
             )
-            if how.get("output") in SCGEN_OUTPUT:
+            if how.get("output") in models.SCGEN_OUTPUTS:
                 st.caption(
-                    f"scGen's prediction: {SCGEN_OUTPUT[how['output']]}; stimulation vector: "
+                    f"scGen's prediction: {models.SCGEN_OUTPUTS[how['output']]}; stimulation vector: "
                     f"{esc(str(how.get('delta', '')))}."
                 )
             parts = metric_names.split_baselines(m)

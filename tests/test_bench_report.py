@@ -100,8 +100,8 @@ def test_scgen_tables_say_which_prediction_they_measured():
 
 
 def test_scgen_levers_rows_name_their_prediction(monkeypatch):
-    """The first row borrows bench.quality's table (its recorded output); rows measured before
-    the levers recorded parameters read as the decoder's output, except the ``residual`` one."""
+    """The first row borrows bench.quality's table (its recorded output); a row measured before
+    the levers recorded parameters reads as the decoder's output (the default then)."""
     quality = {
         "scgen": {
             "s": {
@@ -114,7 +114,11 @@ def test_scgen_levers_rows_name_their_prediction(monkeypatch):
     levers = {
         "s": {
             "kl": {"what": "KL weight 5e-3", "seeds": _scgen_seeds({"A": -0.01})},
-            "residual": {"what": "residual", "seeds": _scgen_seeds({"A": 0.03})},
+            "residual": {
+                "what": "residual",
+                "params": {"output": "residual"},
+                "seeds": _scgen_seeds({"A": 0.03}),
+            },
             "new": {
                 "what": "a lever recorded",
                 "params": {"output": "decoded"},

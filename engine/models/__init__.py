@@ -34,6 +34,13 @@ class Param:
     before: Any = None
 
 
+# scGen's predictions in a few words (the Results page, the benchmark report)
+SCGEN_OUTPUTS = {
+    "decoded": "the decoder's output",  # the scGen package's prediction
+    "residual": "each control cell + the decoded change",
+}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
