@@ -62,9 +62,31 @@ def _spec(args: argparse.Namespace, out: str = "", **overrides: Any):
     values = {f.name: getattr(args, f.name) for f in fields(RunSpec) if hasattr(args, f.name)}
     values["params"] = dict(values.get("params") or [])
     values["train_on"] = values.get("train_on") or None
-    values["data"] = str(Path(args.data).resolve())
-    values["dataset_name"] = Path(args.data).name
+    values.update(_data(args.data))
     return RunSpec(**{**values, "out": out, **overrides})
+
+
+def _data(data: str) -> dict[str, str]:
+    """``--data``: a file, or a workspace dataset's key (the Data page's "Key", ``datasets list``),
+    which the run then records as the app's runs do (key, label, fingerprint). Neither: refused
+    here, before a run is queued that could only fail."""
+    from engine import datasets
+
+    p = Path(data)
+    if p.exists():
+        return {"data": str(p.resolve()), "dataset_name": p.name}
+    if datasets.exists(data):
+        key = datasets.check_key(data)
+        return {
+            "data": str(datasets.path(key)),
+            "dataset_key": key,
+            "dataset_name": datasets.label(key),
+            "data_fingerprint": datasets.fingerprint(key),
+        }
+    raise ScwbError(
+        f"{data} does not exist: give a file or a workspace dataset key "
+        "(`python -m engine datasets list`)."
+    )
 
 
 def parser() -> argparse.ArgumentParser:

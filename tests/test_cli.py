@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +133,22 @@ def test_submit_runs_wait(tmp_path, lognorm_file):
     assert rows[0]["path"] == run_dir and rows[0]["state"] == "completed"
 
 
+def test_submit_takes_a_workspace_dataset_key(lognorm_adata, workspace):
+    """The key the Data page shows (and ``datasets list`` prints) works as ``--data``; the run
+    records it as the app's runs do (key, label, fingerprint)."""
+    from engine import datasets
+
+    key = datasets.save(lognorm_adata, "my pbmc")
+    run_dir = cli(
+        "submit", "--data", key, "--model", "logreg", "--label-key", "cell_type", "--epochs", 2
+    ).stdout.strip()
+    assert cli("wait", run_dir).stdout.strip() == "completed"
+    spec = json.loads((Path(run_dir) / "run.json").read_text())
+    assert spec["data"] == str(datasets.path(key)) and spec["dataset_key"] == key
+    assert spec["dataset_name"] == "my pbmc"
+    assert spec["data_fingerprint"] == datasets.fingerprint(key)
+
+
 TRAIN_MLP = ["train", "--data", "{lognorm}", "--model", "mlp"]
 SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-type-key", "cell_type"]
 
@@ -155,9 +172,10 @@ SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-typ
             "Unknown recipe step",
         ),
         (["cancel", "no-such-run"], "No run"),
+        (["submit", "--data", "{tmp}/gone.h5ad", "--model", "vae"], "does not exist"),
     ],
 )
-def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, args, message):
+def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, workspace, args, message):
     (tmp_path / "bad.json").write_text('{"steps": [{"name": "teleport"}]}')
     args = [a.format(lognorm=lognorm_file, tmp=tmp_path) for a in args]
     p = cli(*args, check=False)
@@ -165,6 +183,7 @@ def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, args, message):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+    assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
 
 
 def test_train_on_values_may_hold_commas_and_seeds_make_a_group(monkeypatch, lognorm_file):
