@@ -506,7 +506,7 @@ if res_info is not None and task == "perturb":
             )
         if "r2_mean_all" not in m:
             st.info(
-                f"No real stimulated {esc(target)} cells in the data (or no metrics for it): "
+                f"No real stimulated cells of {esc(target)} in the data (or no metrics for it): "
                 "predictions are in the results file, but cannot be scored."
             )
         else:
@@ -544,7 +544,7 @@ if res_info is not None and task == "perturb":
             if type(ceiling) in (int, float) and np.isfinite(ceiling):  # not a bool, not NaN
                 st.caption(
                     f"Noise ceiling: a perfect prediction would reach an R² of about {ceiling:.3f} "
-                    f"(all genes) against the real stimulated {esc(target)} cells, whose mean is "
+                    f"(all genes) against the real stimulated cells of {esc(target)}, whose mean is "
                     "itself noisy when they are few (split-half estimate)."
                 )
             if not m.get("beats_meanshift", True):
