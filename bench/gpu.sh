@@ -8,7 +8,8 @@
 #                             bench/results/gpu/dry-run/ when OUT is unset)
 #   bench/gpu.sh [--dry-run] -- ARGS   extra arguments for bench.gpu_bench (sizes, parts, ...)
 #
-# Environment: PYTHON (default python3), OUT, SKIP_TESTS (1: benchmarks only), PYTEST_TIMEOUT (s, default 240),
+# Environment: PYTHON (default python3), OUT, SKIP_TESTS (1: benchmarks only), SKIP_BENCH (1: tests
+# only, no CPU reference either: the card is shared with other work), PYTEST_TIMEOUT (s, default 240),
 # BENCH_TIMEOUT (s, default 330), CPU_REF_WAIT (s the benchmarks wait for scGen's CPU reference
 # after the tests, default 45), SCGEN_DATA (log-normalised .h5ad for the scGen part).
 # Files written (at most 8, as the device tool brings back): gpu.json (all results, the pytest
@@ -108,10 +109,14 @@ if [ "$DRY" = 1 ]; then
 else
   REF_ARGS=("${SCGEN[@]}")
 fi
-say "scGen CPU reference in the background ($THREADS threads)"
-CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$THREADS "$PY" -m bench.gpu_bench --device cpu --parts scgen \
-  --out "$CPU_REF_DIR" "${REF_ARGS[@]}" >"$CPU_REF_DIR/log" 2>&1 &
-CPU_REF_PID=$!
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  CPU_REF_PID=0
+else
+  say "scGen CPU reference in the background ($THREADS threads)"
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$THREADS "$PY" -m bench.gpu_bench --device cpu --parts scgen \
+    --out "$CPU_REF_DIR" "${REF_ARGS[@]}" >"$CPU_REF_DIR/log" 2>&1 &
+  CPU_REF_PID=$!
+fi
 
 # ---------------------------------------------------------------- 4. gpu tests
 if [ "$DRY" = 1 ]; then
@@ -134,6 +139,11 @@ fi
 unset SCWB_TEST_DEVICE
 
 # ---------------------------------------------------------------- 5. benchmarks
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  say "benchmarks: skipped (SKIP_BENCH=1)"
+  ls -la "$RES"
+  exit $PYTEST_RC
+fi
 REF=()
 for _ in $(seq "${CPU_REF_WAIT:-45}"); do kill -0 "$CPU_REF_PID" 2>/dev/null || break; sleep 1; done
 if kill -0 "$CPU_REF_PID" 2>/dev/null; then

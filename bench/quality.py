@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -25,7 +26,12 @@ from engine import io, train
 from engine import preprocess as pp
 from engine.spec import RunSpec
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# the real data sets (../shared/data beside the checkout; SCWB_BENCH_DATA elsewhere, e.g. the GPU
+# machine, where bench/gpu_wheels.sh carries a copy in .whl/data)
+DATA = Path(
+    os.environ.get("SCWB_BENCH_DATA")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+)
 OUT = Path(__file__).resolve().parent / "results"
 
 LOGCPM_HVG_Z = pp.Recipe(
