@@ -154,7 +154,10 @@ def scgen_levers(d: dict) -> list[str]:
         "scGen is above). Variants that change the input change both numbers. `output`: the "
         "prediction a row was measured with (`residual`: each control cell + the decoded change, "
         "the default since 2026-11-27; `decoded`: the decoder's output, the default before, so "
-        "rows measured before then changed their lever on top of it).",
+        "rows measured before then changed their lever on top of it). `machine`: where it "
+        "trained (rows from a GPU machine come from `bench/gpu_levers.sh`, every cell type in "
+        "its own process on the card; compare them with the same machine's defaults row: the "
+        "same seed on another machine differs by about as much as two seeds do).",
         "",
     ]
     measured = (_load("quality") or {}).get("scgen", {})
@@ -172,13 +175,26 @@ def scgen_levers(d: dict) -> list[str]:
                 **variants,
             }
         rows = []
-        for _, block in sorted(variants.items(), key=lambda kv: kv[0] != "default"):
+        # the defaults first; another machine's rows after this one's, its defaults row first
+        order = sorted(
+            variants.items(),
+            key=lambda kv: (
+                kv[0] != "default",
+                "device" in kv[1],
+                kv[0].split("@")[0] != "default",
+            ),
+        )
+        for _, block in order:
             t = pd.concat(
                 [pd.DataFrame(b["table"]).assign(seed=int(s)) for s, b in block["seeds"].items()]
             )
             t["diff"] = t["r2_mean_all"] - t["baseline_meanshift_r2_mean_all"]
             g = t.groupby("cell_type")
-            row = {"variant": block["what"], "output": _scgen_params(block)[0]}
+            row = {
+                "variant": block["what"],
+                "output": _scgen_params(block)[0],
+                "machine": block.get("device", "this CPU"),
+            }
             for ct, x in g:
                 sd = x["diff"].std(ddof=1) if len(x) > 1 else 0.0
                 row[ct] = (

@@ -134,6 +134,7 @@ def test_scgen_levers_rows_name_their_prediction(monkeypatch):
     }
     assert [c.strip() for c in rows["the scGen table above (same seeds; delta=paired)"]] == [
         "residual",
+        "this CPU",
         "+0.030 ± 0.000 (1/1)",
         "1/1",
         "0.930",
@@ -142,6 +143,77 @@ def test_scgen_levers_rows_name_their_prediction(monkeypatch):
     assert rows["residual"][0].strip() == "residual"
     assert rows["a lever recorded"][0].strip() == "decoded"
     assert list(rows)[0].startswith("the scGen table above")  # the defaults first
+
+
+def test_scgen_levers_rows_from_another_machine_say_where(monkeypatch):
+    """Rows from a GPU machine name it and come after this machine's, their defaults row first."""
+    monkeypatch.setattr(report, "_load", lambda name: None)
+    card = "NVIDIA H100 80GB HBM3"
+    levers = {
+        "s": {
+            "kl@h100": {
+                "what": "KL on the card",
+                "device": card,
+                "seeds": _scgen_seeds({"A": 0.01}),
+            },
+            "default@h100": {
+                "what": "defaults on the card",
+                "device": card,
+                "seeds": _scgen_seeds({"A": -0.02}),
+            },
+            "kl": {"what": "KL here", "seeds": _scgen_seeds({"A": 0.02})},
+        }
+    }
+    text = "\n".join(report.scgen_levers(levers))
+    rows = [
+        [c.strip() for c in r.split("|")[1:-1]]
+        for r in text.splitlines()
+        if r.startswith("| ") and "variant" not in r
+    ]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("KL here", "this CPU", "+0.020 ± 0.000 (1/1)"),
+        ("defaults on the card", card, "-0.020 ± 0.000 (0/1)"),
+        ("KL on the card", card, "+0.010 ± 0.000 (1/1)"),
+    ]
+
+
+def test_scgen_levers_parallel_keeps_whole_seeds_only(tmp_path, monkeypatch):
+    """``--jobs`` runs each cell type in its own process: a seed enters the record once every
+    cell type of it finished (a deadline leaves the others out), under the machine's tag."""
+    import argparse
+
+    from bench import scgen_levers
+
+    monkeypatch.setattr(scgen_levers, "_device_name", lambda: "card")
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = {"params": {"output": "residual"}, "epochs": 300, "batch_size": 32, "lr": 1e-3}
+    (run / "run.json").write_text(json.dumps({**spec, "patience": 25, "precision": "32"}))
+
+    def job(seed, ct):
+        row = {"cell_type": ct, "r2_mean_all": 0.9, "baseline_meanshift_r2_mean_all": 0.8}
+        return {
+            "set": "s",
+            "var": "e300",
+            "seed": seed,
+            "cell_type": ct,
+            "n_types": 2,
+            "run": str(run),
+            "row": row,
+            "seconds": 1.5,
+        }
+
+    done = [job(0, "B"), job(0, "A"), job(1, "A")]  # seed 1 lacks B
+    out = tmp_path / "levers.json"
+    args = argparse.Namespace(tag="h100")
+    results = {}
+    scgen_levers._collect(args, done, results, out)
+    block = json.loads(out.read_text())["s"]["e300@h100"]
+    assert list(block["seeds"]) == ["0"]
+    assert [r["cell_type"] for r in block["seeds"]["0"]["table"]] == ["A", "B"]
+    assert block["seeds"]["0"]["seconds"] == 3.0
+    assert block["device"] == "card" and block["training"]["epochs"] == 300
+    assert block["what"] == scgen_levers.VARIANTS["e300"].what
 
 
 def test_quality_adds_seeds_only_beside_todays_scgen_defaults():
