@@ -98,7 +98,9 @@ def _scgen_how(block: dict) -> str:
     )
 
 
-def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[str]:
+def _scgen_tables(
+    name: str, block: dict, ceiling: dict | None = None, weighted: dict | None = None
+) -> list[str]:
     per_seed = block.get("seeds") or {str(block.get("seed", 0)): block}
     frames = []
     for seed, b in per_seed.items():
@@ -121,6 +123,10 @@ def _scgen_tables(name: str, block: dict, ceiling: dict | None = None) -> list[s
         out[label] = [
             f"{a:.3f} ± {b:.3f}" if len(per_seed) > 1 else f"{a:.3f}"
             for a, b in zip(m, sd, strict=True)
+        ]
+    if weighted:  # bench.quality's scgen_weighted step: no training, the same for every seed
+        out["cell-weighted meanshift R² all"] = [
+            f"{weighted.get(ct, float('nan')):.3f}" for ct in out.index
         ]
     if ceiling:  # bench.quality's scgen_ceiling step: the same for every seed
         out["noise ceiling R² all"] = [f"{ceiling.get(ct, float('nan')):.3f}" for ct in out.index]
@@ -267,11 +273,18 @@ def quality(q: dict) -> list[str]:
             "Under each table: the prediction it was measured with (the default since 2026-11-27: each control cell + the decoded change, `output=residual`; before: the decoder's output, as the scGen package predicts, now `output=decoded`, in the levers table below and the notes). "
             "`noshift`: the control cells unchanged; `meanshift`: control + mean (stimulated - control) shift of the training cell types in gene space. "
             "R² = squared Pearson correlation of per-gene means (scGen's `reg_mean_plot`), on all genes and on the top-100 Wilcoxon DEGs of the held-out type; mean ± sd over seeds. "
-            "`noise ceiling`: the R² (all genes) a perfect prediction would be expected to reach against the held-out type's real stimulated cells, whose mean is noisy when they are few (split-half of those cells lifted to all of them by the Spearman-Brown formula: `engine.evaluate.noise_ceiling`, the figure the Results page shows; `python -m bench.quality --only scgen_ceiling`). Where the mean-shift baseline is already near it, no model can be shown to be better on that type.",
+            "`noise ceiling`: the R² (all genes) a perfect prediction would be expected to reach against the held-out type's real stimulated cells, whose mean is noisy when they are few (split-half of those cells lifted to all of them by the Spearman-Brown formula: `engine.evaluate.noise_ceiling`, the figure the Results page shows; `python -m bench.quality --only scgen_ceiling`). Where the mean-shift baseline is already near it, no model can be shown to be better on that type. "
+            "`cell-weighted meanshift`: a stronger mean-shift baseline, for reading the margins (not the app's): each training type's shift weighted by the harmonic mean of its control and stimulated cell counts instead of equally (`engine.perturb.mean_shift(weighted=True)`; `python -m bench.quality --only scgen_weighted`); the app's baseline and scGen's paired vector weight types equally. "
+            "`beats meanshift` counts seeds against the app's baseline.",
             "",
         ]
         for name, block in q["scgen"].items():
-            out += _scgen_tables(name, block, (q.get("scgen_ceiling") or {}).get(name))
+            out += _scgen_tables(
+                name,
+                block,
+                (q.get("scgen_ceiling") or {}).get(name),
+                (q.get("scgen_weighted") or {}).get(name),
+            )
     return out
 
 

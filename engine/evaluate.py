@@ -89,7 +89,8 @@ def top_degs(x_ctrl: Any, x_stim: Any, var_names: Any, n: int = 100) -> list[str
     return [str(g) for g in a.uns["rank_genes_groups"]["names"]["stim"][:n]]
 
 
-def _r2_pearson(a: np.ndarray, b: np.ndarray) -> float:
+def r2_pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Squared Pearson correlation (scGen's ``reg_mean_plot`` R²); NaN for a constant vector."""
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1] ** 2)
@@ -150,13 +151,13 @@ def perturbation(
         float(np.corrcoef(d_pred, d_real)[0, 1]) if d_pred.std() > 0 and d_real.std() > 0 else 0.0
     )
     out = {
-        "r2_mean_all": _r2_pearson(m_pred, m_real),
-        "r2_mean_top100": _r2_pearson(m_pred[top], m_real[top]) if len(top) > 1 else float("nan"),
+        "r2_mean_all": r2_pearson(m_pred, m_real),
+        "r2_mean_top100": r2_pearson(m_pred[top], m_real[top]) if len(top) > 1 else float("nan"),
         "r2score_mean_all": float(r2_score(m_real, m_pred)),
         "r2score_mean_top100": float(r2_score(m_real[top], m_pred[top]))
         if len(top) > 1
         else float("nan"),
-        "r2_var_all": _r2_pearson(v_pred, v_real),
+        "r2_var_all": r2_pearson(v_pred, v_real),
         "pearson_delta": pearson_delta,
         "direction_top20": float(np.mean(np.sign(d_pred[top20]) == np.sign(d_real[top20])))
         if len(top20)

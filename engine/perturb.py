@@ -80,20 +80,27 @@ def mean_shift(
     train_mask: np.ndarray,
     ctrl: str,
     stim: str,
+    weighted: bool = False,
 ) -> np.ndarray:
     """Mean over training cell types of (mean stimulated - mean control), in gene space;
-    ``x`` dense or sparse (never densified)."""
+    ``x`` dense or sparse (never densified). ``weighted``: each type's shift weighted by the
+    harmonic mean of its control and stimulated cell counts (inverse-variance weighting, so a
+    type of 7 cells counts less than one of 100); the app's baseline weights types equally,
+    as scGen's balanced vector does."""
 
     def mean(mask: np.ndarray) -> np.ndarray:
         return np.asarray(x[mask].mean(0), dtype=np.float64).ravel()
 
-    shifts = []
+    shifts, weights = [], []
     for t in sorted(set(types[train_mask])):
         c = train_mask & (types == t) & (cond == ctrl)
         s = train_mask & (types == t) & (cond == stim)
         if c.any() and s.any():
             shifts.append(mean(s) - mean(c))
-    return np.mean(shifts, axis=0) if shifts else np.zeros(x.shape[1], dtype=np.float32)
+            weights.append(2 / (1 / c.sum() + 1 / s.sum()) if weighted else 1.0)
+    if not shifts:
+        return np.zeros(x.shape[1], dtype=np.float32)
+    return np.average(shifts, axis=0, weights=weights)
 
 
 def gene_means(

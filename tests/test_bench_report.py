@@ -95,6 +95,12 @@ def test_scgen_tables_say_which_prediction_they_measured():
     assert "Prediction: each control cell + the decoded change (`output=residual`)" in now
     assert "`paired` stimulation vector" in now and "measured before" not in now
     assert "above the mean-shift baseline on 1/2 cell types" in now
+    weighted = "\n".join(report._scgen_tables("x", {"seeds": seeds}, None, {"A": 0.9}))
+    header = next(r for r in weighted.splitlines() if r.startswith("| cell type"))
+    assert "cell-weighted meanshift R² all" in header
+    assert [r.split("|")[-3].strip() for r in weighted.splitlines() if r.startswith("| A ")] == [
+        "0.900"
+    ]
     old = "\n".join(report._scgen_tables("x", {"seeds": seeds}))
     assert "the decoder's output (`output=decoded`" in old and "measured before 2026-11-27" in old
 

@@ -78,6 +78,36 @@ def test_paired_delta_is_the_mean_of_per_type_shifts():
     np.testing.assert_array_equal(got, latent_delta(lambda z: z, zc, tc, zs, ts, 7, "paired"))
 
 
+def test_mean_shift_weights_types_equally_or_by_cells():
+    """The app's baseline: the plain mean of per-type shifts (a 7-cell type counts as much as a
+    100-cell one, as in scGen's paired vector); ``weighted``: by the harmonic mean of each type's
+    control and stimulated counts. Sparse input gives the same, and a type seen in one
+    condition only, or outside the training cells, is left out."""
+    import scipy.sparse as sp
+
+    from engine.perturb import mean_shift
+
+    genes = 3
+    groups = [  # (type, condition, cells, value of every gene)
+        ("A", "c", 4, 1.0),
+        ("A", "s", 4, 3.0),  # shift +2, weight 4
+        ("B", "c", 1, 5.0),
+        ("B", "s", 3, 4.0),  # shift -1, weight 2 / (1 + 1/3) = 1.5
+        ("C", "c", 5, 9.0),  # control only: no shift
+        ("D", "c", 2, 0.0),
+        ("D", "s", 2, 100.0),  # not training cells
+    ]
+    x = np.concatenate([np.full((n, genes), v) for _, _, n, v in groups])
+    types = np.repeat([g[0] for g in groups], [g[2] for g in groups])
+    cond = np.repeat([g[1] for g in groups], [g[2] for g in groups])
+    train = types != "D"
+    for m in (x, sp.csr_matrix(x)):
+        np.testing.assert_allclose(mean_shift(m, cond, types, train, "c", "s"), [0.5] * genes)
+        weighted = mean_shift(m, cond, types, train, "c", "s", weighted=True)
+        np.testing.assert_allclose(weighted, [(4 * 2 + 1.5 * -1) / 5.5] * genes)
+    assert not mean_shift(x, cond, types, types == "C", "c", "s").any()  # no pair: no shift
+
+
 def test_sampled_delta_carries_the_held_out_types_composition():
     """The scGen package's vector compares all control cells with the stimulated ones, so the
     control cells of the held-out type pull it towards the other types (why 'paired' is the
