@@ -59,17 +59,25 @@ if d["x_kind"].startswith("scaled"):
     )
 
 steps: list[pp.Step] = []
+
+
+def k(widget: str) -> str:
+    """A widget's key for this dataset: each dataset starts from its own suggestions (after Save
+    the new dataset is current, and the old form's ticks would apply the recipe twice)."""
+    return f"{widget}@{name}"
+
+
 with st.container(border=True):
-    if st.checkbox("Subset cells by an obs column", key="pp_subset") and d["labels"]:
-        key = st.selectbox("Column", list(d["labels"]), key="pp_subset_key")
+    if st.checkbox("Subset cells by an obs column", key=k("pp_subset")) and d["labels"]:
+        key = st.selectbox("Column", list(d["labels"]), key=k("pp_subset_key"))
         values = st.multiselect(
             "Keep values",
             list(d["labels"][key]),
             default=list(d["labels"][key]),
-            key="pp_subset_vals",
+            key=k("pp_subset_vals"),
         )
         steps.append(pp.Step("subset", {"key": key, "values": values}))
-    if st.checkbox("Filter cells", value="filter_cells" in suggested, key="pp_fc"):
+    if st.checkbox("Filter cells", value="filter_cells" in suggested, key=k("pp_fc")):
         c = st.columns(3)
         p = suggested.get("filter_cells", {})
         steps.append(
@@ -81,8 +89,11 @@ with st.container(border=True):
                         0,
                         100_000,
                         int(p.get("min_genes", 200 if d["x_kind"] == "counts" else 0)),
+                        key=k("pp_fc_min_genes"),
                     ),
-                    "min_counts": c[1].number_input("min counts per cell", 0, 10_000_000, 0),
+                    "min_counts": c[1].number_input(
+                        "min counts per cell", 0, 10_000_000, 0, key=k("pp_fc_min_counts")
+                    ),
                     "max_pct_mito": c[2].number_input(
                         "max % mitochondrial",
                         0.0,
@@ -90,53 +101,81 @@ with st.container(border=True):
                         100.0,
                         disabled=d["mito_genes"] == 0,
                         help=None if d["mito_genes"] else "no gene starts with MT-",
+                        key=k("pp_fc_mito"),
                     ),
                 },
             )
         )
-    if st.checkbox("Filter genes", value="filter_genes" in suggested, key="pp_fg"):
+    if st.checkbox("Filter genes", value="filter_genes" in suggested, key=k("pp_fg")):
         steps.append(
             pp.Step(
                 "filter_genes",
-                {"min_cells": st.number_input("min cells per gene", 0, 1_000_000, 3)},
+                {
+                    "min_cells": st.number_input(
+                        "min cells per gene", 0, 1_000_000, 3, key=k("pp_fg_min_cells")
+                    )
+                },
             )
         )
     if st.checkbox(
         "Keep raw counts in layers['counts']",
         value="keep_counts" in suggested,
         disabled=d["x_kind"] != "counts",
-        key="pp_kc",
+        key=k("pp_kc"),
         help="count models (VAE) read them there",
     ):
         steps.append(pp.Step("keep_counts"))
-    if st.checkbox("Normalise library size + log1p", value="normalize" in suggested, key="pp_norm"):
-        target = st.radio("Target", ["logCPM (1e6)", "CP10k (1e4)"], horizontal=True)
+    if st.checkbox(
+        "Normalise library size + log1p", value="normalize" in suggested, key=k("pp_norm")
+    ):
+        target = st.radio(
+            "Target", ["logCPM (1e6)", "CP10k (1e4)"], horizontal=True, key=k("pp_norm_target")
+        )
         steps.append(
             pp.Step(
                 "normalize",
                 {"target_sum": 1e6 if target.startswith("logCPM") else 1e4, "log": True},
             )
         )
-    if st.checkbox("Highly variable genes", value="hvg" in suggested, key="pp_hvg"):
+    if st.checkbox("Highly variable genes", value="hvg" in suggested, key=k("pp_hvg")):
         steps.append(
             pp.Step(
                 "hvg",
-                {"n_top": st.number_input("number of genes", 10, 50_000, min(2000, d["n_vars"]))},
+                {
+                    "n_top": st.number_input(
+                        "number of genes", 10, 50_000, min(2000, d["n_vars"]), key=k("pp_hvg_n")
+                    )
+                },
             )
         )
-    if st.checkbox("arcsinh (cytometry)", value="arcsinh" in suggested, key="pp_asinh"):
+    if st.checkbox("arcsinh (cytometry)", value="arcsinh" in suggested, key=k("pp_asinh")):
         steps.append(
-            pp.Step("arcsinh", {"cofactor": st.number_input("cofactor", 0.1, 1000.0, 5.0)})
+            pp.Step(
+                "arcsinh",
+                {
+                    "cofactor": st.number_input(
+                        "cofactor", 0.1, 1000.0, 5.0, key=k("pp_asinh_cofactor")
+                    )
+                },
+            )
         )
-    if st.checkbox("Scale", value="scale" in suggested, key="pp_scale"):
+    if st.checkbox("Scale", value="scale" in suggested, key=k("pp_scale")):
         method = st.radio(
             "Method",
             ["minmax", "zscore"],
             index=0 if suggested.get("scale", {}).get("method", "minmax") == "minmax" else 1,
             horizontal=True,
             format_func={"minmax": "MinMax to [0, 1]", "zscore": "z-score"}.get,
+            key=k("pp_scale_method"),
         )
-        clip = st.number_input("clip z-scores at", 0.0, 100.0, 10.0, disabled=method != "zscore")
+        clip = st.number_input(
+            "clip z-scores at",
+            0.0,
+            100.0,
+            10.0,
+            disabled=method != "zscore",
+            key=k("pp_scale_clip"),
+        )
         steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
 
 recipe = pp.Recipe(steps)

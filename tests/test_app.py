@@ -243,6 +243,26 @@ def test_preprocess_preview_and_save(counts_file):
     assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
 
 
+def test_preprocess_after_save_starts_from_the_new_datasets_suggestions(counts_file):
+    """After Save the new dataset is current: its form shows what suits it (nothing ticked
+    for a normalised, scaled X), not the old form's ticks, which would apply the recipe twice."""
+    from engine import io
+
+    datasets.save(io.read(counts_file), "raw")
+    at = app("preprocess")
+    ticked = {c.label for c in at.checkbox if c.value}
+    assert {"Filter cells", "Normalise library size + log1p"} <= ticked
+    next(c for c in at.checkbox if c.label == "Scale").check().run()
+    next(b for b in at.button if b.label == "Preview").click().run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert not at.exception and not errors(at)
+    assert any("Saved as" in s.value for s in at.success)
+    at.run()
+    assert any("already looks scaled" in w.value for w in at.warning)
+    assert {c.label for c in at.checkbox if c.value} == set()
+    assert next(b for b in at.button if b.label == "Preview").disabled  # nothing to apply
+
+
 def test_train_page_submits_two_models(dataset):
     at = app("train")
     assert at.radio[0].value == "classify"
