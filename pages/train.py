@@ -8,7 +8,10 @@ epochs are shortened to fit a few minutes. The choices survive leaving the page 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
+import time
 from typing import Any
 
 import streamlit as st
@@ -344,6 +347,15 @@ with estimates_box:
     measuring = any(e.pending for e in estimates().values())
     st.fragment(run_every=2 if measuring else None)(draw_estimates)(measuring)
 
+RESUBMIT_S = 30  # seconds within which the same settings are not submitted again
+
+
+def _signature(specs: list[RunSpec]) -> str:
+    """What a submission trains, without its group (new on every click)."""
+    rows = [{k: v for k, v in spec.to_dict().items() if k != "group"} for spec in specs]
+    return hashlib.sha1(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
 reason = None if picked else "pick at least one model"
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
@@ -378,17 +390,35 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
             for k in range(int(n_seeds))
             for n in picked
         ]
-        with st.spinner("Checking the data..."):
-            full = load_full(name)
+        # a second click on Submit (a double click, or a click while the page reruns) sends
+        # the same settings again: the same seeds would train the same runs twice
+        same = _signature(specs)
+        last = st.session_state.get("train_last_submit")
+        if last and last[0] == same and time.time() - last[1] < RESUBMIT_S:
+            st.info(
+                f"Already submitted {time.time() - last[1]:.0f} s ago with these settings: "
+                + ", ".join(last[2])
+                + f". Not submitted twice; change a setting (the seed, for instance) or submit "
+                f"again after {RESUBMIT_S} s to train the same runs again."
+            )
+        else:
+            with st.spinner("Checking the data..."):
+                full = load_full(name)
+                for spec in specs:
+                    preflight(spec, full)  # refuse at once what a worker would refuse later
             for spec in specs:
-                preflight(spec, full)  # refuse at once what a worker would refuse later
-        for spec in specs:
-            submitted.append(jobs.submit(spec))
-        st.success(
-            f"Submitted {len(submitted)} run(s): "
-            + ", ".join(p.name for p in submitted)
-            + ". They train in the background."
-        )
+                submitted.append(jobs.submit(spec))
+            # recorded before the next st call, where a queued second click interrupts the run
+            st.session_state["train_last_submit"] = (
+                same,
+                time.time(),
+                [p.name for p in submitted],
+            )
+            st.success(
+                f"Submitted {len(submitted)} run(s): "
+                + ", ".join(p.name for p in submitted)
+                + ". They train in the background."
+            )
         st.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/monitoring:")
     except Exception as exc:
         show_error(exc)

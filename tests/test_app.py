@@ -278,6 +278,27 @@ def test_train_page_submits_two_models(dataset):
         assert jobs.wait(r["path"], timeout=120)["state"] == "completed"
 
 
+def test_train_page_second_click_does_not_submit_twice(dataset):
+    """A double click on Submit (or a click while the page reruns) sent the same settings
+    twice and trained every run twice; now the second says so, and another seed submits."""
+    at = app("train")
+    at.multiselect[0].set_value(["sk_logreg"]).run()
+    submit = next(b for b in at.button if b.label == "Submit")
+    submit.click().run()
+    assert any("Submitted 1 run" in s.value for s in at.success)
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert not errors(at), errors(at)
+    assert any("Not submitted twice" in i.value for i in at.info)
+    assert len(jobs.list_jobs()) == 1
+    seed = next(n for n in at.number_input if n.label.startswith("Seed"))
+    seed.set_value(seed.value + 1).run()
+    next(b for b in at.button if b.label == "Submit").click().run()
+    assert any("Submitted 1 run" in s.value for s in at.success)
+    assert len(jobs.list_jobs()) == 2
+    for r in jobs.list_jobs():
+        assert jobs.wait(r["path"], timeout=120)["state"] == "completed"
+
+
 def test_train_page_perturb_choices_come_from_data(dataset):
     at = app("train")
     at.radio[0].set_value("perturb").run()
