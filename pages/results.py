@@ -222,7 +222,8 @@ def recon_figures(
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def score_boxes(path: str, mtime: float, score: str, group: str):
-    """Per-cell abnormality by group, over every cell (quartiles, not points)."""
+    """Per-cell abnormality by group, over every cell (quartiles, and the cells beyond the
+    whiskers as points)."""
     both = results_files.obs(path, [score, group])
     return figures.group_boxes(
         both[score].to_numpy(),

@@ -167,3 +167,27 @@ def test_group_boxes_are_quartiles_of_every_cell():
     (box,) = fig.data
     assert (box.q1[0], box.median[0], box.q3[0]) == (25.0, 50.0, 75.0)
     assert (box.lowerfence[0], box.upperfence[0]) == (0.0, 100.0)
+
+
+def test_group_boxes_draw_the_cells_beyond_the_whiskers():
+    """The most abnormal cells are the point of an abnormality plot: a box drawn from
+    quartiles alone hid them (whiskers stopped at 0.5 while cells scored 2.3)."""
+    from ui import figures
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 1000), [9.0, 12.0, -8.0], rng.normal(0, 1, 50)])
+    groups = ["a"] * 1003 + ["b"] * 50
+    fig = figures.group_boxes(values, groups, "group", "score", "t")
+    boxes = [t for t in fig.data if t.type == "box"]
+    points = {t.x[0]: sorted(t.y) for t in fig.data if t.type == "scatter"}
+    assert [b.name for b in boxes] == ["a", "b"]
+    assert {-8.0, 9.0, 12.0} <= set(points["a"])
+    assert boxes[0].upperfence[0] < 9.0  # the whisker stops short of them
+    assert all(p > boxes[0].upperfence[0] or p < boxes[0].lowerfence[0] for p in points["a"])
+    # many outliers: the most extreme ones, said in the title
+    many = np.concatenate([rng.normal(0, 1, 10_000), np.arange(100, 600, dtype=float)])
+    fig = figures.group_boxes(many, ["a"] * len(many), "group", "score", "t")
+    (pts,) = [t for t in fig.data if t.type == "scatter"]
+    assert len(pts.y) == figures.MAX_OUTLIERS < 500
+    assert min(pts.y) == 300.0 and max(pts.y) == 599.0  # the 300 most extreme of the 500
+    assert "most extreme" in fig.layout.title.text

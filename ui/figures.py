@@ -254,9 +254,14 @@ def recon_heatmaps(
     return figs, note
 
 
+MAX_OUTLIERS = 300  # per group: the most extreme ones, beyond the whiskers
+
+
 def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
     """One box per group from quartiles computed here (whiskers at 1.5 IQR): a million cells
-    send a few numbers to the browser, not a million points."""
+    send a few numbers to the browser, not a million points. The cells beyond the whiskers are
+    drawn as points (for an abnormality score they are the point of the plot), the
+    ``MAX_OUTLIERS`` most extreme of each group when there are more, and the title says so."""
     g = pd.Series(groups).reset_index(drop=True)
     if not isinstance(g.dtype, pd.CategoricalDtype):  # categories group a million cells fast
         g = g.astype(str)
@@ -264,9 +269,11 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
     parts = {str(k): v.dropna().to_numpy() for k, v in v_all.groupby(g, observed=True)}
     fig = go.Figure()
     colours = px.colors.qualitative.Plotly
+    capped = 0
     for i, (g, v) in enumerate(sorted((k, v) for k, v in parts.items() if len(v))):
         q1, med, q3 = np.percentile(v, [25, 50, 75])
         lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+        colour = colours[i % len(colours)]
         fig.add_trace(
             go.Box(
                 name=plain(g),
@@ -276,9 +283,26 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
                 q3=[q3],
                 lowerfence=[v[v >= lo].min()],
                 upperfence=[v[v <= hi].max()],
-                marker_color=colours[i % len(colours)],
+                marker_color=colour,
             )
         )
+        out = v[(v < lo) | (v > hi)]
+        if len(out) > MAX_OUTLIERS:
+            capped += len(out) - MAX_OUTLIERS
+            out = out[np.argsort(-np.abs(out - med), kind="stable")[:MAX_OUTLIERS]]
+        if len(out):
+            fig.add_trace(
+                go.Scatter(
+                    x=[plain(g)] * len(out),
+                    y=out,
+                    mode="markers",
+                    marker={"color": colour, "size": 4, "opacity": 0.6},
+                    name=f"{plain(g)}: beyond the whiskers",
+                    hovertemplate=f"{plain(name)} %{{y:.4g}}<extra>{plain(g)}</extra>",
+                )
+            )
+    if capped:
+        title += f" (beyond the whiskers: the {MAX_OUTLIERS} most extreme cells of each group)"
     return fig.update_layout(title=title, showlegend=False, xaxis_title=label, yaxis_title=name)
 
 
