@@ -306,6 +306,33 @@ def label_column(source: Any) -> str | None:
     return usable[0].name if usable else None
 
 
+MAX_NUMERIC_CLASSES = 30  # a numeric column with more values is a measurement, not classes
+
+
+def label_columns(source: Any) -> list[str]:
+    """The obs columns a classifier may take as labels, best first: text or categorical columns
+    (not per-cell ids), then numeric ones with at most ``MAX_NUMERIC_CLASSES`` values (cluster
+    numbers); never a continuous measurement such as genes or counts per cell, whose every
+    value would be a class of one or two cells."""
+    cols = [c for c in columns(source) if c.n_values >= 2 and not _is_id_like(c)]
+    text = [c.name for c in cols if not c.numeric]
+    numbers = [c.name for c in cols if c.numeric and c.n_values <= MAX_NUMERIC_CLASSES]
+    return text + numbers
+
+
+def input_matrix(description: dict) -> str:
+    """The matrix a model should read by default: ``X``, unless X holds raw cytometry
+    intensities and a layer holds them transformed (arcsinh or scaled), which models train on."""
+    if description.get("x_kind") != "raw intensities":
+        return "X"
+    layers = description.get("layers") or {}
+    for kind in ("arcsinh-transformed", "scaled (MinMax)", "scaled (z-score)"):
+        for name, k in layers.items():
+            if k == kind:
+                return str(name)
+    return "X"
+
+
 def _condition_score(col: Column) -> int:
     name = col.name.strip().lower().replace(".", "_").replace(" ", "_")
     score = 0

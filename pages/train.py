@@ -20,6 +20,7 @@ from engine import datasets, defaults, estimate, jobs, models, settings
 from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
+from ui.figures import esc
 from ui.state import dataset_picker, ensure_app_navigation, load_full, show_error
 
 ensure_app_navigation()
@@ -80,7 +81,7 @@ picked = keep(
 for n in picked:
     st.caption(f"**{n}**: {models.get(n).doc}")
 
-labels = list(d["labels"])
+labels = defaults.label_columns(d)  # never a continuous measurement (genes per cell, ...)
 spec_kw: dict = {}
 n_train = int(0.8 * d["n_obs"])
 n_models = 1
@@ -206,10 +207,17 @@ with st.container(border=True):
     layer = st.selectbox(
         "Input matrix",
         layers,
-        key=remember(f"layer:{name}", "X", layers),
+        key=remember(f"layer:{name}", defaults.input_matrix(d), layers),
         help="X, or a layer such as counts; the VAE reads layers['counts'] when present",
     )
     spec_kw["layer"] = None if keep(f"layer:{name}", layer) == "X" else layer
+    kind = d.get("x_kind") if layer == "X" else (d.get("layers") or {}).get(layer)
+    if kind == "raw intensities":
+        st.warning(
+            f"{'X' if layer == 'X' else esc(layer)} holds raw cytometry intensities: models "
+            "train poorly on them. Pick a transformed layer, or preprocess first (arcsinh, then "
+            "MinMax, as the Preprocess page suggests)."
+        )
 
 
 @st.cache_resource(ttl=600, show_spinner=False)

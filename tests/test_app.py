@@ -299,6 +299,31 @@ def test_train_page_second_click_does_not_submit_twice(dataset):
         assert jobs.wait(r["path"], timeout=120)["state"] == "completed"
 
 
+def test_train_page_reads_the_transformed_cytometry_layer(workspace):
+    """Raw cytometry intensities in X and their arcsinh in a layer (as the CyTOF set ships):
+    the models read the layer by default; X is still a choice, with a warning."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from engine import runs
+
+    rng = np.random.default_rng(0)
+    x = (rng.gamma(2.0, 200.0, (300, 12)) - 20).astype(np.float32)  # large, small negative noise
+    a = ad.AnnData(x, obs=pd.DataFrame({"cluster": rng.choice(["a", "b", "c"], 300)}))
+    a.obs_names = [f"c{i}" for i in range(300)]
+    a.layers["arcsinh5"] = np.arcsinh(x / 5)
+    name = datasets.save(a, "cytof", source="test")
+    runs.write_json(workspace / "state.json", {"dataset": name})
+    at = app("train")
+    at.radio[0].set_value("reconstruct").run()
+    matrix = next(s for s in at.selectbox if s.label == "Input matrix")
+    assert matrix.value == "arcsinh5"
+    assert not any("raw cytometry intensities" in w.value for w in at.warning)
+    matrix.set_value("X").run()
+    assert any("raw cytometry intensities" in w.value for w in at.warning)
+
+
 def test_train_page_perturb_choices_come_from_data(dataset):
     at = app("train")
     at.radio[0].set_value("perturb").run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,6 +142,39 @@ def test_never_numeric_never_per_cell_id_never_sample_or_donor():
     assert defaults.cell_type_column(obs) is None
     obs["celltype"] = pd.Categorical(np.resize(["T", "B", "Mono"], len(obs)))
     assert defaults.cell_type_column(obs) == "celltype"
+
+
+def test_label_columns_offer_classes_never_measurements():
+    """A classifier's label list: text columns first, then integer cluster numbers, never a
+    continuous QC measurement (genes per cell gave 'class 11 has 1 cell' at Submit) nor an id;
+    and the same from the describe dict the Train page reads."""
+    from engine import io
+
+    obs = _obs(
+        n=1500,
+        cluster=lambda rng, n: rng.integers(0, 8, n),  # cluster numbers: classes
+        n_genes=lambda rng, n: rng.integers(80, 200, n),  # a measurement
+        pct_mt=lambda rng, n: rng.random(n),
+        cell_id=lambda rng, n: [f"c{i}" for i in range(n)],
+        cell_type=["T", "B", "NK"],
+        sample=["s1", "s2"],
+    )
+    assert defaults.label_columns(obs) == ["cell_type", "sample", "cluster"]
+    a = ad.AnnData(np.zeros((len(obs), 3), dtype=np.float32), obs=obs)
+    assert defaults.label_columns(io.describe(a)) == ["cell_type", "sample", "cluster"]
+
+
+def test_input_matrix_prefers_transformed_cytometry_layers():
+    raw = {
+        "x_kind": "raw intensities",
+        "layers": {"counts": "counts", "arcsinh5": "arcsinh-transformed"},
+    }
+    assert defaults.input_matrix(raw) == "arcsinh5"
+    assert defaults.input_matrix({**raw, "layers": {}}) == "X"  # nothing better: X, warned
+    assert (
+        defaults.input_matrix({"x_kind": "log-normalised", "layers": {"a": "arcsinh-transformed"}})
+        == "X"
+    )
 
 
 def test_too_many_or_too_few_classes():
