@@ -222,6 +222,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
                 "host",
                 "launcher",
                 "job_id",
+                "optimizer",
             )
         },
     }

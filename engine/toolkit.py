@@ -286,6 +286,15 @@ def fit(
     if best and os.path.exists(best) and not converge:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         lit.load_state_dict(state)
+    if trainer.is_global_zero and not ctx.ckpt_tag:  # one model per run (not leave-one-out parts)
+        stop = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+        # how training ended and which weights were kept, for the Results page's words
+        runs.update_status(
+            ctx.run_dir,
+            optimizer=ctx.optimizer,
+            stopped_early=bool(stop is not None and stop.stopped_epoch > 0),
+            weights_kept="last (converged)" if converge else "best validation epoch",
+        )
     if trainer.world_size > 1:
         trainer.strategy.barrier("best-weights-read")  # rank 0 removes the file next
     if trainer.is_global_zero:

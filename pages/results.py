@@ -140,6 +140,18 @@ def early_stop_note() -> str | None:
     stopped = status.get("stopped_early")
     if stopped is None:
         stopped = bool(planned) and last < int(planned)
+    if status.get("optimizer") == "lbfgs":  # convex, full batch: the last weights are the optimum
+        if not stopped:
+            return (
+                f"The full-batch L-BFGS fit had not converged after {last} epochs: its last "
+                "weights are kept; raise Max epochs to reach the optimum."
+            )
+        return (
+            f"Converged at epoch {last}"
+            + (f" of {int(planned)}" if planned else "")
+            + ": the full-batch L-BFGS fit stopped once the training loss stopped moving, and "
+            "its last weights (the optimum) are kept."
+        )
     if not stopped:
         return None
     return (

@@ -76,6 +76,10 @@ def progress(r: dict[str, Any]) -> tuple[float, str]:
     if state == "completed":
         if facts.get("loo"):
             return 1.0, f"leave-one-out: {facts['loo']} models trained"
+        if r.get("optimizer") == "lbfgs":  # full batch to the optimum: the last weights kept
+            if top and epoch < top:
+                return 1.0, f"converged at epoch {epoch} of {top}"
+            return 1.0, f"{epoch} of {top} epochs"
         best = f" (best epoch {facts['best_epoch']})" if facts.get("best_epoch") else ""
         if top and epoch < top:
             return 1.0, f"stopped early at epoch {epoch} of {top}{best}"

@@ -264,6 +264,7 @@ def test_results_metric_names_early_stop_and_escaping(dataset):
     runs.write_json(
         run / "run.json", {**spec, "epochs": 50, "dataset_name": "[x](http://evil.example) **b**"}
     )
+    runs.update_status(run, stopped_early=True)  # as the engine records it
     curve = runs.read_metrics_csv(run)
     best = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
     at = app("results", run=run.name)
@@ -274,6 +275,25 @@ def test_results_metric_names_early_stop_and_escaping(dataset):
     cols = json.loads(at.dataframe[0].proto.columns)
     assert cols["test_accuracy"]["label"] == "Accuracy (test)"
     assert "Higher is better" in cols["test_accuracy"]["help"]
+
+
+def test_lbfgs_logistic_regression_says_it_converged(dataset):
+    """Full-batch L-BFGS stops once the training loss stops moving and keeps its last weights
+    (the optimum of a convex loss); the pages said 'stopped early (best epoch 1): the weights of
+    the best epoch are kept', which was not what the run did."""
+    run = _finished(dataset, "logreg", label_key="cell_type", epochs=50)
+    status = runs.read_json(run / "status.json")
+    assert status["optimizer"] == "lbfgs" and status["weights_kept"] == "last (converged)"
+    assert status["stopped_early"] and status["epoch"] < 50  # converged well before the cap
+    info = " ".join(texts(app("results", run=run.name), "info"))
+    assert f"Converged at epoch {status['epoch']} of 50" in info and "best epoch" not in info
+    df = app("runs").dataframe[0].value
+    said = dict(zip(df["run"], df["epochs"], strict=True))
+    assert said[run.name] == f"converged at epoch {status['epoch']} of 50"
+    # two epochs are not enough to converge: said so, not 'converged'
+    short = _finished(dataset, "logreg", "-short", label_key="cell_type", epochs=2)
+    info = " ".join(texts(app("results", run=short.name), "info"))
+    assert "had not converged after 2 epochs" in info
 
 
 def test_results_every_run_folder_state_renders(dataset):

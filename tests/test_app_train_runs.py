@@ -295,7 +295,7 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     assert sel.value == run.name and sel.format_func(run.name).endswith("· completed")
     assert button(at, "Cancel run").disabled and not button(at, "Delete run").disabled
     assert not button(at, "Open results").disabled
-    assert any(c.value.startswith(("2 of 2 epochs", "stopped early")) for c in at.caption)
+    assert any(c.value.startswith(("2 of 2 epochs", "converged")) for c in at.caption)
     assert "completed" in at.dataframe[0].value.set_index("run").loc[run.name, "state"]
     monkeypatch.setattr(runs, "RESCAN_S", 0.0)  # the listing re-reads finished runs every 5 s
     at.run()
