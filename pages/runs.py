@@ -114,7 +114,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "dataset": r.get("dataset") or "?",
                 "progress": frac,
                 "epochs": text,
-                "time": fmt_s(elapsed) + (f" · ETA {fmt_s(eta)}" if running else ""),
+                "time": fmt_s(elapsed) + (f" · ETA ≤ {fmt_s(eta)}" if running else ""),
                 **({} if one_device else {"device": r.get("device") or "-"}),
                 **{k: str(r.get(k) or "-") for k in extra},
             }
@@ -131,7 +131,11 @@ COLUMNS = {  # about 915 px: the whole table fits beside the sidebar on a 1400 p
         "progress", min_value=0, max_value=1, format="percent", width=90
     ),
     "epochs": st.column_config.TextColumn("epochs", width=270),
-    "time": st.column_config.TextColumn("time", width=110, help="elapsed, and ETA while running"),
+    "time": st.column_config.TextColumn(
+        "time",
+        width=110,
+        help="elapsed, and while running the time left to the last epoch (early stopping often ends sooner)",
+    ),
 }
 
 

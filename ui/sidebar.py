@@ -48,7 +48,7 @@ def active_runs() -> None:
             else ""
         )
         label = f"{r['model']} · {r['state']}{where}" + (
-            f" · ETA {fmt_s(r['eta_s'])}"
+            f" · ETA ≤ {fmt_s(r['eta_s'])}"  # to the last epoch; early stopping may end sooner
             if r["state"] == "running" and r["eta_s"] is not None
             else ""
         )
