@@ -57,6 +57,7 @@ class Config:
     baseline: bool = False
     runs: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
     run_ids: dict[int, str] = field(default_factory=dict)
+    tests: dict[int, str] = field(default_factory=dict)  # seed -> digest of its test cells
     scope: str = ""  # configurations of one scope were scored on the same cells per seed
 
     @property
@@ -102,6 +103,20 @@ def _hash(spec: dict[str, Any], keys: tuple[str, ...]) -> str:
     core = {k: spec.get(k) for k in keys}
     text = json.dumps(core, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def test_cells(run_dir: Path) -> str | None:
+    """A digest of the cells a run was scored on (its split's test indices), or None when the
+    run has no readable split. With the scope's data fingerprint (values and cell names) it says
+    whether two runs of one seed were scored on the same cells: the same seed stratified over
+    other labels (a re-annotated copy of the data) splits otherwise."""
+    path = Path(run_dir) / "split.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            test = np.sort(np.asarray(z["test"], dtype=np.int64))
+    except (OSError, KeyError, ValueError):
+        return None
+    return hashlib.sha256(test.tobytes()).hexdigest()[:16]
 
 
 def config_key(spec: dict[str, Any]) -> str:
@@ -155,6 +170,9 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
                 continue
             c.runs[seed] = values
             c.run_ids[seed] = d.name
+            digest = test_cells(d)
+            if digest:
+                c.tests[seed] = digest
     out = list(configs.values())
     _label(out)
     return out
@@ -205,6 +223,7 @@ class Paired:
     sd: float  # sample sd of the per-seed differences
     p: float  # two-sided paired t-test (nan below 2 seeds or with no spread)
     wins: int  # seeds where a is better than b (by the metric's direction)
+    other_cells: int = 0  # shared seeds left out: the two runs were scored on other cells
 
     def _winner(self) -> str | None:
         better = metric_names.better(self.metric)
@@ -215,6 +234,8 @@ class Paired:
     @property
     def verdict(self) -> str:
         if self.n == 0:
+            if self.other_cells:
+                return "scored on other test cells on every shared seed: nothing to pair"
             return "no seed in common: nothing to pair"
         if self.n < 2:
             return "one shared seed: no seed-to-seed spread to compare against"
@@ -235,15 +256,22 @@ class Paired:
     def text(self) -> str:
         if self.n == 0:
             return f"{self.a} − {self.b}: {self.verdict}."
+        left = (
+            f"; {self.other_cells} shared seed{'s' if self.other_cells != 1 else ''} left out "
+            "(scored on other test cells)"
+            if self.other_cells
+            else ""
+        )
         return (
             f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.4g} ± {self.sd:.2g} "
-            f"(paired over {self.n} seed{'s' if self.n != 1 else ''}, better on {self.wins}/{self.n}): "
+            f"(paired over {self.n} seed{'s' if self.n != 1 else ''}, better on {self.wins}/{self.n}{left}): "
             f"{self.verdict}."
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN as None)."""
-        d = {k: getattr(self, k) for k in ("a", "b", "metric", "n", "diff", "sd", "p", "wins")}
+        keys = ("a", "b", "metric", "n", "diff", "sd", "p", "wins", "other_cells")
+        d = {k: getattr(self, k) for k in keys}
         d = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
         }
@@ -251,10 +279,12 @@ class Paired:
 
 
 def paired(a: Config, b: Config, metric: str) -> Paired:
-    """``a`` against ``b`` on the seeds both ran (the same splits): mean and sd of the per-seed
-    differences and a paired t-test."""
+    """``a`` against ``b`` on the seeds both ran on the same test cells: mean and sd of the
+    per-seed differences and a paired t-test. A shared seed whose two runs were scored on other
+    cells (their split digests differ) is left out and counted."""
     va, vb = a.values(metric), b.values(metric)
-    shared = sorted(set(va) & set(vb))
+    both = sorted(set(va) & set(vb))
+    shared = [s for s in both if not (s in a.tests and s in b.tests and a.tests[s] != b.tests[s])]
     d = np.array([va[s] - vb[s] for s in shared], dtype=float)
     n = len(d)
     sd = _sd(d)
@@ -268,7 +298,7 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
         p = float(stats.ttest_rel([va[s] for s in shared], [vb[s] for s in shared]).pvalue)
     higher = metric_names.better(metric) != "lower"
     wins = int(((d > 0) if higher else (d < 0)).sum()) if n else 0
-    return Paired(a.label, b.label, metric, n, diff, sd, p, wins)
+    return Paired(a.label, b.label, metric, n, diff, sd, p, wins, len(both) - len(shared))
 
 
 def primary_metric(configs: list[Config]) -> str | None:
@@ -302,7 +332,7 @@ def pairs(configs: list[Config], metric: str) -> list[Paired]:
                 continue
             x, y = (b, a) if a.baseline and not b.baseline else (a, b)
             p = paired(x, y, metric)
-            if p.n:
+            if p.n or p.other_cells:
                 out.append(p)
     return out[:MAX_PAIRS]
 

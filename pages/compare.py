@@ -84,7 +84,9 @@ def seed_section(configs: list[seeds.Config]) -> None:
     )
     st.caption(
         "Paired by seed: the same seed gives the same split, so each difference is measured on "
-        "the same test cells; p is a two-sided paired t-test over the shared seeds." + scope_note
+        "the same test cells (checked for each seed against the runs' splits: a seed scored on "
+        "other cells is left out and said); p is a two-sided paired t-test over the shared "
+        "seeds." + scope_note
     )
 
 

@@ -203,6 +203,35 @@ def test_runs_of_different_data_are_not_paired(tmp_path):
     assert seeds.scopes(configs) == 2 and seeds.pairs(configs, "test_accuracy") == []
 
 
+def test_seeds_scored_on_other_test_cells_are_not_paired(tmp_path):
+    """The same seed on data with the same values and cell names but other labels (a
+    re-annotated copy) stratifies another split: the pages said 'paired on the same test
+    cells'. Each run's split is checked; such seeds are left out and counted."""
+
+    def run(rid, model, seed, acc, test):
+        d = _fake_run(tmp_path, rid, model, seed, acc)
+        np.savez(d / "split.npz", train=np.arange(10, 20), val=np.arange(20, 22), test=test)
+        return d
+
+    same, other = np.arange(0, 10), np.arange(5, 15)
+    dirs = [
+        run("a0", "mlp", 0, 0.90, same),
+        run("a1", "mlp", 1, 0.93, same),
+        run("a2", "mlp", 2, 0.91, same[::-1]),  # order does not matter, the cells do
+        run("b0", "sk_logreg", 0, 0.85, same),
+        run("b1", "sk_logreg", 1, 0.88, other),  # another split on seed 1
+        run("b2", "sk_logreg", 2, 0.87, same),
+    ]
+    (p,) = seeds.pairs(seeds.group(dirs), "test_accuracy")
+    assert (p.n, p.other_cells) == (2, 1)
+    assert p.diff == pytest.approx(((0.90 - 0.85) + (0.91 - 0.87)) / 2)
+    assert "1 shared seed left out (scored on other test cells)" in p.text()
+    only = seeds.pairs(seeds.group([dirs[1], dirs[4]]), "test_accuracy")
+    assert [(q.n, q.other_cells) for q in only] == [(0, 1)]
+    assert "other test cells on every shared seed" in only[0].text()
+    assert seeds.test_cells(tmp_path / "nowhere") is None
+
+
 def test_same_values_are_no_spread_and_a_constant_gap_names_the_winner():
     a = seeds.Config("a", "mlp", "d", label="mlp", runs={s: {"m": 0.7} for s in range(3)})
     b = seeds.Config("b", "lr", "d", label="lr", runs={s: {"m": 0.6} for s in range(3)})
