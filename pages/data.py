@@ -171,7 +171,7 @@ meta = datasets.meta(ds_key)
 info_col, delete_col = st.columns([4, 1])
 info_col.caption(
     md(
-        f"Key {ds_key.key} · fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}"
+        f"Key {ds_key.key} · X fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}"
     )
 )
 if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
@@ -215,7 +215,8 @@ with left:
                     {
                         "column": k,
                         "values": len(v),
-                        "counts": ", ".join(f"{a} {b}" for a, b in list(v.items())[:6]),
+                        "counts": ", ".join(f"{a} {b}" for a, b in list(v.items())[:6])
+                        + (f", … ({len(v) - 6} more)" if len(v) > 6 else ""),
                     }
                     for k, v in d["labels"].items()
                 ]
@@ -236,7 +237,9 @@ if qc is None:  # saved before QC was stored with the dataset
     qc = io.qc_metrics(load_full(ds_key))
 if qc.empty:
     st.caption(
-        f"QC needs raw counts: X holds {md(d['x_kind'])} values and there is no layers\\['counts'\\] or QC column in obs."
+        f"QC needs raw counts: X holds {md(d['x_kind'])}"
+        + ("" if d["x_kind"].endswith(("values", "intensities")) else " values")
+        + " and there is no layers\\['counts'\\] or QC column in obs."
     )
 else:
     if d["x_kind"] != "counts" and "counts" not in d["layers"]:
