@@ -71,8 +71,9 @@ def _dataset_bytes(ds: Any) -> int:
 
 
 def _entry(path: str) -> str:
-    """``layers/counts`` -> ``layers['counts']`` (how users know the entry)."""
-    parts = path.strip("/").split("/")
+    """``layers/counts`` -> ``layers['counts']`` (how users know the entry); a name over 60
+    characters is cut, so that a message stays one readable line."""
+    parts = [p if len(p) <= 60 else p[:57] + "..." for p in path.strip("/").split("/")]
     if parts[0] == "raw" and len(parts) > 1:
         return "raw." + _entry("/".join(parts[1:]))
     if len(parts) == 1:
@@ -90,16 +91,61 @@ def _refuse_external(name: str, entry: str, ds: Any) -> None:
         raise ScwbError(f"{name}: {entry} stores its values in another file; refused.")
 
 
+MAX_DEPTH = 32  # group nesting: AnnData writes a few levels, a nested uns dict rarely ten
+MAX_OBJECTS = 200_000  # HDF5 objects (groups, datasets, links) in one file
+
+
+def _walk(
+    name: str, group: Any, path: str, limit: list[int] | None = None, entry: str | None = None
+):
+    """Every link below ``group`` (at ``path`` in the file) as ``(entry, link, object or
+    None)``, walked by relative names with a depth and object cap. h5py's ``visititems`` looks
+    every object up by its full path, which a file of deeply nested groups with long names
+    turns into minutes (500 levels of 4,000-character names: 139 s); a link cycle ends at the
+    depth cap. ``entry`` is how messages name it (``obsm['X_pca']``: the group's child it lies
+    in, or ``entry`` when given); the object is None for a link that is not followed
+    (external, dangling)."""
+    import h5py
+
+    limit = limit if limit is not None else [MAX_OBJECTS]
+    stack: list[tuple[Any, int, str | None]] = [(group, 0, entry)]
+    while stack:
+        g, depth, entry = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise ScwbError(
+                f"{name}: {entry} nests groups more than {MAX_DEPTH} levels deep; refused."
+            )
+        for k in g:
+            limit[0] -= 1
+            if limit[0] < 0:
+                raise ScwbError(f"{name} holds more than {MAX_OBJECTS:,} HDF5 objects; refused.")
+            here = entry or _entry(f"{path}/{k}")
+            link = g.get(k, getlink=True)
+            obj = None
+            if not isinstance(link, h5py.ExternalLink):
+                try:
+                    obj = g[k]
+                except (KeyError, OSError, RuntimeError):
+                    obj = None  # a dangling soft link holds nothing; the reader says so
+            yield here, link, obj
+            if isinstance(obj, h5py.Group):
+                stack.append((obj, depth + 1, here))
+
+
 def _refuse_links(name: str, f: Any) -> None:
     """HDF5 links into other files (``ExternalLink``) would read a file the user never sent."""
     import h5py
 
-    def visit(path: str, link: Any) -> str | None:
-        return path if isinstance(link, h5py.ExternalLink) else None  # non-None stops the walk
-
-    found = f.visititems_links(visit)
-    if found:
-        raise ScwbError(f"{name}: {_entry(found)} links to another file; refused.")
+    limit = [MAX_OBJECTS]
+    for top in list(f):
+        link = f.get(top, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise ScwbError(f"{name}: {_entry(top)} links to another file; refused.")
+        obj = f.get(top)
+        if isinstance(obj, h5py.Group):
+            for entry, link, _ in _walk(name, obj, top, limit):
+                if isinstance(link, h5py.ExternalLink):
+                    raise ScwbError(f"{name}: {entry} links to another file; refused.")
 
 
 def _numeric(name: str, entry: str, dtype: np.dtype, what: str = "values") -> None:
@@ -243,13 +289,9 @@ def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
 def _group_bytes(name: str, entry: str, group: Any) -> int:
     import h5py
 
-    found: list[Any] = []
-
-    def visit(_: str, obj: Any) -> None:  # never raise in here: h5py would mangle it
-        if isinstance(obj, h5py.Dataset):
-            found.append(obj)
-
-    group.visititems(visit)
+    found = [
+        obj for _, _, obj in _walk(name, group, "", entry=entry) if isinstance(obj, h5py.Dataset)
+    ]
     total = 0
     for ds in found:
         _refuse_external(name, entry, ds)

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from engine import io
+from engine import checks, io
 from engine.errors import ScwbError
 
 
@@ -638,3 +638,33 @@ def test_nullable_string_columns_are_read_and_written(tmp_path, workspace):
     loaded = datasets.load(key)
     assert loaded.shape == a.shape
     assert sorted(loaded.obs["donor"].astype(str).unique()) == ["d1", "d2", "d3"]
+
+
+@pytest.mark.parametrize("shape", ["deep", "cycle", "wide"])
+def test_nested_groups_are_refused_quickly(tmp_path, shape):
+    """500 levels of 4,000-character group names in uns took 139 s to refuse (h5py's
+    visititems looks every object up by its full path); a hard-link cycle ran into Python's
+    recursion limit. A capped walk by relative names refuses both at once, in one short line."""
+
+    path = tmp_path / f"{shape}.h5ad"
+    ad.AnnData(X=np.ones((6, 4), np.float32)).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        g = f["uns"]
+        if shape == "deep":
+            for _ in range(500):
+                g = g.create_group("d" * 4000)
+        elif shape == "cycle":
+            g.create_group("a")["loop"] = f["uns"]
+        else:  # many objects in one group
+            big = g.create_group("many")
+            for i in range(checks.MAX_OBJECTS // 1000 + 1):
+                big.create_group(f"g{i}")
+    if shape == "wide":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(checks, "MAX_OBJECTS", 100)
+            with pytest.raises(ScwbError, match="more than 100 HDF5 objects"):
+                io.read(path)
+    else:
+        with pytest.raises(ScwbError, match="nests groups more than 32 levels deep") as err:
+            io.read(path)
+        assert len(str(err.value)) < 200 and "\n" not in str(err.value)
