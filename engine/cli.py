@@ -74,6 +74,9 @@ def _data(data: str) -> dict[str, str]:
 
     p = Path(data)
     if p.exists():
+        from engine import reader
+
+        reader.vet(p)  # a file that would hang or crash a reader is refused here, not queued
         return {"data": str(p.resolve()), "dataset_name": p.name}
     if datasets.exists(data):
         key = datasets.check_key(data)
@@ -296,10 +299,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from engine import io, pp_memory
+    from engine import io, pp_memory, reader
     from engine.preprocess import apply
 
     recipe = recipe_from_args(args)
+    reader.vet(args.file)  # read in a child first: a damaged file costs the child, not this one
     adata = io.read(args.file)
     print(f"memory: {pp_memory.check(adata, recipe, copy=False).line()}", flush=True)
     out, report = apply(adata, recipe, copy=False)  # the input is not needed afterwards
@@ -444,9 +448,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine import io
+    from engine import io, reader
     from engine.predict import predict
 
+    reader.vet(args.data)
     out = predict(args.run, io.read(args.data), align=args.align)
     io.write_h5ad(out, args.out)
     missing = out.uns.get("scwb", {}).get("missing_genes")

@@ -41,6 +41,33 @@ def _limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+READ_FLOOR_S = 60.0  # every file gets this long to be read, checked and described
+READ_RATE = 10e6  # bytes per second beyond it: a slow disk, the checks and a copy included
+
+
+def read_timeout(source: str | os.PathLike) -> float:
+    """How long a reader child may take for this file: a minute plus 1 s per 10 MB, at most
+    ``SCWB_READ_TIMEOUT_S`` (900 s). One corrupted byte in HDF5 metadata can make the library
+    loop forever: a small file should be refused in a minute, not after fifteen."""
+    from engine import settings
+
+    try:
+        size = os.path.getsize(source)
+    except OSError:
+        size = 0
+    return min(settings.get().read_timeout_s, READ_FLOOR_S + size / READ_RATE)
+
+
+def _limit_cpu(seconds: int) -> None:
+    """The child's own end: an orphan (its parent killed) stops when its CPU time runs out."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        seconds = min(seconds, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, hard))
+
+
 def run_child(
     source: str | os.PathLike,
     display: str,
@@ -48,12 +75,10 @@ def run_child(
     timeout: float | None = None,
 ) -> dict[str, Any]:
     """Read ``source`` (and write it to ``target`` as .h5ad when given) in a child process with
-    a memory cap; return its description. Any failure, a crash by signal included, is one
-    ``ScwbError`` line; a half-written ``target`` is removed."""
+    a memory and CPU cap; return its description. Any failure, a crash by signal included, is
+    one ``ScwbError`` line; a half-written ``target`` is removed."""
     name = Path(display).name or "the file"
-    from engine import settings
-
-    timeout = timeout or settings.get().read_timeout_s
+    timeout = timeout or read_timeout(source)
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
@@ -77,6 +102,8 @@ def run_child(
             str(result),
             "--limit",
             str(child_memory_limit()),
+            "--cpu-limit",
+            str(int(timeout) + 30),
         ]
         if target is not None:
             cmd += ["--target", str(target)]
@@ -92,8 +119,8 @@ def run_child(
         except subprocess.TimeoutExpired:
             _remove_target(target)
             raise ScwbError(
-                f"{name} took longer than {timeout:.0f} s to read; refused "
-                "(SCWB_READ_TIMEOUT_S sets the limit)."
+                f"{name} took longer than {timeout:.0f} s to read; refused (a damaged file can "
+                "make the HDF5 library loop; SCWB_READ_TIMEOUT_S caps the time a large file gets)."
             ) from None
         except OSError as exc:
             _remove_target(target)
@@ -146,6 +173,32 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
     return run_child(path, str(path))["describe"]
 
 
+_VETTED: set[tuple[str, int, int]] = set()
+
+
+def vet(path: str | os.PathLike) -> None:
+    """Read a file named on the command line in a child first, so that one this process then
+    reads cannot hang or crash it (a corrupted HDF5 heap loops inside the library, in the
+    structural checks themselves). Workspace datasets were read this way when imported and are
+    not read twice; a file read once by this process is not read again."""
+    from engine import workspace
+
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        raise ScwbError(f"{path} does not exist.") from None
+    try:
+        if p.is_relative_to(workspace.datasets_dir().resolve()):
+            return
+    except OSError:
+        pass
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _VETTED:
+        run_child(p, str(path))
+        _VETTED.add(key)
+
+
 def read_untrusted(
     source: str | os.PathLike, display: str, target: str | os.PathLike
 ) -> dict[str, Any]:
@@ -162,9 +215,12 @@ def _child(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", required=True)
     ap.add_argument("--target")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--cpu-limit", type=int, default=0)
     args = ap.parse_args(argv)
     if args.limit:
         _limit_memory(args.limit)
+    if args.cpu_limit:
+        _limit_cpu(args.cpu_limit)
     name = Path(args.display).name or "the file"
     result = Path(args.result)
     try:
