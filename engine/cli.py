@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING
@@ -299,10 +300,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from engine import io, pp_memory, reader
+    from engine import io, pp_memory, reader, workspace
     from engine.preprocess import apply
 
     recipe = recipe_from_args(args)
+    workspace.check_output_file(args.out)
     reader.vet(args.file)  # read in a child first: a damaged file costs the child, not this one
     adata = io.read(args.file)
     print(f"memory: {pp_memory.check(adata, recipe, copy=False).line()}", flush=True)
@@ -322,8 +324,13 @@ def _scalars(metrics: dict) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine import workspace
     from engine.train import run
 
+    # the extra processes of a multi-device run (Lightning starts them with this command line
+    # and LOCAL_RANK set) find the folder their rank 0 has just made
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        workspace.check_new_run_folder(args.out)
     metrics = run(_spec(args, str(Path(args.out).resolve())))
     if metrics:  # the extra processes of a multi-device run print nothing
         print(json.dumps(_scalars(metrics), indent=2))
@@ -448,9 +455,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine import io, reader
+    from engine import io, reader, workspace
     from engine.predict import predict
 
+    workspace.check_output_file(args.out)
     reader.vet(args.data)
     out = predict(args.run, io.read(args.data), align=args.align)
     io.write_h5ad(out, args.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -68,3 +69,37 @@ def check_server_path(path: str | Path) -> Path:
     if not p.exists():
         raise ScwbError(f"{path} does not exist.")
     return p
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
+    """A file the command line is asked to write: never inside a run folder (its weights,
+    results or record would be replaced) nor in the workspace's datasets (a file the listing
+    describes otherwise). One line; nothing is written."""
+    target = Path(path)
+    where = target.resolve()
+    if where.is_relative_to(datasets_dir().resolve()):
+        raise ScwbError(
+            f"{flag} {target}: that is a workspace dataset's folder; write elsewhere "
+            "(the workspace keeps its own files)."
+        )
+    for folder in (where.parent, *where.parent.parents):
+        if (folder / "run.json").is_file():
+            raise ScwbError(f"{flag} {target}: write it outside the run folder {folder.name}.")
+    if where.is_dir():
+        raise ScwbError(f"{flag} {target} is a folder; name a file.")
+    return target
+
+
+def check_new_run_folder(path: str | os.PathLike) -> Path:
+    """``train --out``: a new or empty folder. An existing run would be replaced (its weights,
+    metrics and record), and files of a folder that holds anything else overwritten."""
+    target = Path(path)
+    where = target.resolve()
+    if where.is_relative_to(datasets_dir().resolve()):
+        raise ScwbError(
+            f"--out {target}: that is the workspace's datasets folder; write elsewhere."
+        )
+    if where.exists() and (not where.is_dir() or any(where.iterdir())):
+        what = "holds a run" if (where / "run.json").exists() else "is not an empty folder"
+        raise ScwbError(f"--out {target} {what}; name a new folder (nothing was replaced).")
+    return target

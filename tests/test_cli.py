@@ -238,3 +238,43 @@ def test_models_names_one_models_parameters_and_their_choices():
     bad = cli("models", "nope", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: Unknown model 'nope'")
     assert "Traceback" not in bad.stderr
+
+
+def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_file, workspace):
+    """`train --out` over an existing run rewrote its weights, metrics and record (the listing
+    then showed another model under its id); `predict -o RUN/model.pt` replaced the weights
+    with an HDF5 file; `preprocess -o` into the workspace's datasets replaced a dataset behind
+    its description. Each is refused in one line and nothing changes."""
+    from engine import datasets, io
+
+    run = tmp_path / "run"
+    cli("train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file,
+        "--out", run)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    cases = [
+        (["train", "--model", "mlp", "--label-key", "cell_type", "--data", lognorm_file,
+          "--epochs", 1, "--out", run], "holds a run"),
+        (["predict", "--run", run, "--data", lognorm_file, "-o", run / "model.pt"],
+         "outside the run folder"),
+        (["predict", "--run", run, "--data", lognorm_file, "-o", run / "sub" / "x.h5ad"],
+         "outside the run folder"),
+    ]  # fmt: skip
+    key = datasets.save(io.read(lognorm_file), "mine", source="test")
+    kept = datasets.path(key).read_bytes()
+    cases.append(
+        (["preprocess", lognorm_file, "-o", datasets.path(key), "--hvg", 5], "workspace dataset")
+    )
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    cases.append(
+        (["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file,
+          "--out", other], "not an empty folder")
+    )  # fmt: skip
+    for argv, message in cases:
+        p = cli(*argv, check=False)
+        assert p.returncode == 2, (argv, p.stderr)
+        assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert datasets.path(key).read_bytes() == kept
+    assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
