@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from engine import pp_memory
 from engine.errors import ScwbError
-from engine.io import check_not_empty, dense, memory_budget
+from engine.io import check_finite, check_not_empty, dense, memory_budget
 
 
 # ----------------------------------------------------------------------------- steps
@@ -251,18 +251,28 @@ def apply(
     that drops its input saves a copy); return it and one report row per step. Refused before
     any work when its memory estimate (``engine.pp_memory``) exceeds the budget."""
     pp_memory.check(adata, recipe, copy)
+    if recipe.steps:  # NaN or infinity spread through every step and came out as a dataset
+        check_finite(adata.X, "X")
     history = recipe_steps(adata.uns.get("recipe"))
     out = adata.copy() if copy else adata
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
     for step in recipe.steps:
         t0 = time.perf_counter()
         try:
-            out = STEPS[step.name](out, **step.params)
+            with np.errstate(all="ignore"):  # overflow is checked below, as one line
+                out = STEPS[step.name](out, **step.params)
         except ScwbError:
             raise
         except (TypeError, ValueError) as exc:
             raise ScwbError(
                 f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
+        try:
+            check_finite(out.X, "X")
+        except ScwbError:
+            raise ScwbError(
+                f"Step {step.name!r} produced NaN or infinite values (values too large for its "
+                "arithmetic?); check the input's range."
             ) from None
         row = {
             "step": step.name,

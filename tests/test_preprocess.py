@@ -137,3 +137,23 @@ def test_minmax_keeps_sparse_when_every_gene_has_zeros():
     np.testing.assert_allclose(
         out.X.toarray(), MinMaxScaler().fit_transform(x.toarray()), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("bad", ["nan", "huge"])
+def test_preprocessing_refuses_values_that_are_not_finite(counts_adata, bad):
+    """NaN spread through logCPM and z-score into a saved dataset (720 of 720 values), and
+    values of 1e308 became an all-NaN matrix, each with exit 0. Refused in one line instead:
+    the input's NaN before any step, a step's overflow by that step."""
+    a = counts_adata.copy()
+    a.X = a.X.toarray().astype(np.float64) if hasattr(a.X, "toarray") else a.X.astype(np.float64)
+    if bad == "nan":
+        a.X[0, 0] = np.nan
+        message = "X holds 1 NaN or infinite values"
+    else:
+        a.X[:, 0] = 1e308
+        message = "Step '(normalize|scale)' produced NaN or infinite values"
+    recipe = pp.Recipe(
+        [pp.Step("normalize", {"target_sum": 1e6}), pp.Step("scale", {"method": "zscore"})]
+    )
+    with pytest.raises(ScwbError, match=message):
+        pp.apply(a, recipe)
