@@ -186,6 +186,11 @@ def check_sparse(
             raise ScwbError(f"{name}: {entry}/{part} is not one-dimensional; it is damaged.")
         _refuse_external(name, f"{entry}/{part}", ds)
     _numeric(name, entry, data.dtype)
+    if data.dtype == np.float16:  # scipy.sparse has no half precision ("damaged" said before)
+        raise ScwbError(
+            f"{name}: {entry} is a sparse matrix of float16, which scipy cannot hold; save it "
+            "as float32."
+        )
     for part, ds in (("indices", indices), ("indptr", indptr)):
         if ds.dtype.kind not in "iu":
             raise ScwbError(f"{name}: {entry}/{part} is not an integer array ({ds.dtype}).")

@@ -167,6 +167,12 @@ def _check_loaded(adata: ad.AnnData, name: str) -> None:
         raise ScwbError(f"{name}: X holds complex numbers; expression values must be real.")
     if dtype.kind not in "biuf":
         raise ScwbError(f"{name}: X holds text or objects ({dtype}), not numbers.")
+    if dtype.kind == "b":  # presence/absence: as numbers, which every step and model computes on
+        adata.X = x.astype(np.float32)
+    if sp.issparse(adata.X) and not adata.X.has_canonical_format:
+        # a column twice in one row: scipy's meaning is their sum; made explicit once here
+        # (a step that assumes one entry per position misread it: 'hvg ... infinity')
+        adata.X.sum_duplicates()
     for key in adata.obsm:
         if sp.issparse(adata.obsm[key]):
             raise ScwbError(f"{name}: obsm[{key!r}] is a sparse matrix; embeddings must be dense.")

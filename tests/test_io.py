@@ -668,3 +668,33 @@ def test_nested_groups_are_refused_quickly(tmp_path, shape):
         with pytest.raises(ScwbError, match="nests groups more than 32 levels deep") as err:
             io.read(path)
         assert len(str(err.value)) < 200 and "\n" not in str(err.value)
+
+
+def test_bool_float16_and_repeated_sparse_entries(tmp_path):
+    """Three files the reader took and a later step misread: a bool X (normalize failed with
+    'Cannot cast ufunc divide output to bool'), sparse float16 (called a damaged file), and a
+    column twice in one CSR row (hvg failed on 'infinity', models summed silently)."""
+    a = ad.AnnData(X=(np.arange(24).reshape(6, 4) % 3 == 0))
+    a.write_h5ad(tmp_path / "bool.h5ad")
+    x = io.read(tmp_path / "bool.h5ad").X
+    assert x.dtype == np.float32 and x.sum() == 8
+
+    ad.AnnData(X=sp.csr_matrix(np.eye(6, 4, dtype=np.float32))).write_h5ad(tmp_path / "f16.h5ad")
+    with h5py.File(tmp_path / "f16.h5ad", "r+") as f:
+        data = f["X/data"][:].astype(np.float16)
+        del f["X/data"]
+        f["X/data"] = data
+    with pytest.raises(ScwbError, match="sparse matrix of float16, which scipy cannot hold"):
+        io.read(tmp_path / "f16.h5ad")
+
+    ad.AnnData(X=sp.csr_matrix(np.eye(6, 4, dtype=np.float32))).write_h5ad(tmp_path / "dup.h5ad")
+    with h5py.File(tmp_path / "dup.h5ad", "r+") as f:
+        # row 0 holds column 0 twice (1 + 2); rows 1-3 one entry each, rows 4-5 none
+        indices = np.array([0, 0, 1, 2, 3], dtype=f["X/indices"].dtype)
+        data = np.array([1, 2, 1, 1, 1], dtype=np.float32)
+        indptr = np.array([0, 2, 3, 4, 5, 5, 5], dtype=f["X/indptr"].dtype)
+        for k, v in (("indices", indices), ("data", data), ("indptr", indptr)):
+            del f[f"X/{k}"]
+            f[f"X/{k}"] = v
+    x = io.read(tmp_path / "dup.h5ad").X
+    assert x.has_canonical_format and x[0, 0] == 3.0 and x.nnz == 4
