@@ -67,6 +67,12 @@ def _spec(args: argparse.Namespace, out: str = "", **overrides: Any):
     return RunSpec(**{**values, "out": out, **overrides})
 
 
+def _extra_rank() -> bool:
+    """A process a multi-device run started (Lightning re-runs this command line with its rank
+    set): rank 0 has already checked the file and made the folder."""
+    return any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def _data(data: str) -> dict[str, str]:
     """``--data``: a file, or a workspace dataset's key (the Data page's "Key", ``datasets list``),
     which the run then records as the app's runs do (key, label, fingerprint). Neither: refused
@@ -77,7 +83,8 @@ def _data(data: str) -> dict[str, str]:
     if p.exists():
         from engine import reader
 
-        reader.vet(p)  # a file that would hang or crash a reader is refused here, not queued
+        if not _extra_rank():
+            reader.vet(p)  # a file that would hang or crash a reader is refused here, not queued
         return {"data": str(p.resolve()), "dataset_name": p.name}
     if datasets.exists(data):
         key = datasets.check_key(data)
@@ -292,9 +299,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine import io
+    from engine import io, workspace
     from engine.demos import load_demo
 
+    workspace.check_output_file(args.out)
     print(io.write_h5ad(load_demo(args.name), args.out))
     return 0
 
@@ -327,9 +335,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine import workspace
     from engine.train import run
 
-    # the extra processes of a multi-device run (Lightning starts them with this command line
-    # and LOCAL_RANK set) find the folder their rank 0 has just made
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    if not _extra_rank():  # the other ranks find the folder their rank 0 has just made
         workspace.check_new_run_folder(args.out)
     metrics = run(_spec(args, str(Path(args.out).resolve())))
     if metrics:  # the extra processes of a multi-device run print nothing

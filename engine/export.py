@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import engine
-from engine import csvsafe, models, runs
+from engine import csvsafe, models, runs, workspace
 
 # fields a rerun must not inherit: where the data and the run folder were, and identity checks
 NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
@@ -171,6 +171,10 @@ def _check(run_dir: Path, wanted: dict[str, str | Path]) -> dict[str, Path]:
         where = target.resolve()
         if where.is_relative_to(inside):
             raise ScwbError(f"export: write it outside the run folder, not to {target}.")
+        try:  # nor into another run or the workspace's datasets
+            workspace.check_output_file(target, f"export --{part.replace('_', '-')}")
+        except ScwbError as exc:
+            raise ScwbError(f"export: {exc}") from None
         if where.is_dir():
             raise ScwbError(f"export: {target} is a folder; name a file.")
         if where in seen:

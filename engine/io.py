@@ -167,15 +167,25 @@ def _check_loaded(adata: ad.AnnData, name: str) -> None:
         raise ScwbError(f"{name}: X holds complex numbers; expression values must be real.")
     if dtype.kind not in "biuf":
         raise ScwbError(f"{name}: X holds text or objects ({dtype}), not numbers.")
-    if dtype.kind == "b":  # presence/absence: as numbers, which every step and model computes on
-        adata.X = x.astype(np.float32)
-    if sp.issparse(adata.X) and not adata.X.has_canonical_format:
-        # a column twice in one row: scipy's meaning is their sum; made explicit once here
-        # (a step that assumes one entry per position misread it: 'hvg ... infinity')
-        adata.X.sum_duplicates()
     for key in adata.obsm:
         if sp.issparse(adata.obsm[key]):
             raise ScwbError(f"{name}: obsm[{key!r}] is a sparse matrix; embeddings must be dense.")
+
+
+def canonical(adata: ad.AnnData) -> ad.AnnData:
+    """X in the form every step and model expects, made once where data enters the workspace
+    (the reader child, before its fingerprint) and where preprocessing starts: a bool X as
+    float32 (normalize failed on a cast), and a sparse X with a column twice in one row summed
+    (scipy's meaning; a step that assumes one entry per position failed on 'infinity'). Not
+    done by ``read``: a saved dataset's fingerprint is of the bytes it was saved with."""
+    x = adata.X
+    if x is None:
+        return adata
+    if x.dtype == bool:
+        adata.X = x = x.astype(np.float32)
+    if sp.issparse(x) and not x.has_canonical_format:
+        x.sum_duplicates()
+    return adata
 
 
 def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
@@ -610,6 +620,7 @@ __all__ = [
     "fingerprint",
     "content_hash",
     "read_validated",
+    "canonical",
     "memory_budget",
     "check_not_empty",
     "check_finite",

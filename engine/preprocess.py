@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from engine import pp_memory
 from engine.errors import ScwbError
-from engine.io import check_finite, check_not_empty, dense, memory_budget
+from engine.io import canonical, check_finite, check_not_empty, dense, memory_budget
 
 
 # ----------------------------------------------------------------------------- steps
@@ -254,7 +254,7 @@ def apply(
     if recipe.steps:  # NaN or infinity spread through every step and came out as a dataset
         check_finite(adata.X, "X")
     history = recipe_steps(adata.uns.get("recipe"))
-    out = adata.copy() if copy else adata
+    out = canonical(adata.copy() if copy else adata)
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
     for step in recipe.steps:
         t0 = time.perf_counter()

@@ -310,7 +310,7 @@ for n in picked:
                     label, value=p.default, help=p.help, key=wkey, format="%.6g"
                 )
             elif key == "batch_key":
-                v = st.selectbox(label, ["", *labels], help=p.help, key=wkey)
+                v = st.selectbox(label, ["", *d["labels"]], help=p.help, key=wkey)  # any column
                 params[n][key] = v
             else:
                 params[n][key] = st.text_input(label, p.default, help=p.help, key=wkey)

@@ -113,14 +113,30 @@ def test_a_damaged_file_never_hangs_the_command_line(
     assert not queued.exists() or not any(queued.iterdir())
 
 
-def test_read_time_limit_grows_with_the_file_and_is_capped(tmp_path, monkeypatch):
+def test_read_time_limit_grows_with_the_work_and_the_setting_overrides_it(tmp_path, monkeypatch):
+    """A minute plus 1 s per 10 MB, at most 900 s; a folder counts its files, a compressed
+    file ten times its size; SCWB_READ_TIMEOUT_S, when set, is the limit (it can give a large
+    file longer, not only less)."""
     from engine import reader
 
-    small, big = tmp_path / "small", tmp_path / "big"
+    monkeypatch.delenv("SCWB_READ_TIMEOUT_S", raising=False)
+    small, big, gz = tmp_path / "small", tmp_path / "big", tmp_path / "t.csv.gz"
     small.write_bytes(b"x" * 1000)
-    with open(big, "wb") as fh:  # sparse: 5 GB on paper, nothing on disk
-        fh.truncate(5 * 10**9)
+    for path, size in ((big, 5 * 10**9), (gz, 10**8)):
+        with open(path, "wb") as fh:  # sparse files: the size on paper, nothing on disk
+            fh.truncate(size)
+    folder = tmp_path / "mtx"
+    folder.mkdir()
+    for name in ("matrix.mtx", "barcodes.tsv"):
+        with open(folder / name, "wb") as fh:
+            fh.truncate(10**9)
     assert reader.read_timeout(small) == pytest.approx(60.0, abs=0.01)
     assert reader.read_timeout(big) == pytest.approx(560.0)
-    monkeypatch.setenv("SCWB_READ_TIMEOUT_S", "120")
-    assert reader.read_timeout(big) == 120.0
+    assert reader.read_timeout(gz) == pytest.approx(160.0)  # 100 MB compressed: 1 GB of work
+    assert reader.read_timeout(folder) == pytest.approx(260.0)
+    assert reader.read_timeout(tmp_path / "huge") == pytest.approx(60.0)  # absent: the floor
+    with open(big, "wb") as fh:
+        fh.truncate(5 * 10**10)
+    assert reader.read_timeout(big) == 900.0
+    monkeypatch.setenv("SCWB_READ_TIMEOUT_S", "3600")
+    assert reader.read_timeout(big) == 3600.0 and reader.read_timeout(small) == 3600.0
