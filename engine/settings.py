@@ -9,7 +9,7 @@ itself.
 | ``SCWB_HOME`` | workspace folder (datasets, runs) | ``~/.scworkbench`` |
 | ``SCWB_MEMORY_BUDGET_GB`` | memory one dataset may take, all its matrices together | 4 |
 | ``SCWB_DATA_ROOTS`` | folders the app may read by server path (``:``-separated) | none |
-| ``SCWB_READ_TIMEOUT_S`` | longest a reader child may take (a file gets 60 s + 1 s per 10 MB, up to this) | 900 |
+| ``SCWB_READ_TIMEOUT_S`` | a reader child's time limit (unset: 60 s + 1 s per 10 MB, at most 900) | - |
 | ``SCWB_SLOTS`` | parallel runs (default: one per GPU, one on a CPU) | - |
 | ``SCWB_LIGHT_SLOTS`` | parallel scikit-learn baselines (their own lane) | 1 |
 | ``SCWB_MAX_QUEUED`` | runs that may wait at once in a workspace | 100 |
