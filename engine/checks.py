@@ -95,11 +95,9 @@ MAX_DEPTH = 32  # group nesting: AnnData writes a few levels, a nested uns dict 
 MAX_OBJECTS = 200_000  # HDF5 objects (groups, datasets, links) in one file
 
 
-def _walk(
-    name: str, group: Any, path: str, limit: list[int] | None = None, entry: str | None = None
-):
-    """Every link below ``group`` (at ``path`` in the file) as ``(entry, link, object or
-    None)``, walked by relative names with a depth and object cap. h5py's ``visititems`` looks
+def _walk(name: str, group: Any, entry: str | None = None):
+    """Every link below ``group`` (the file, or one of its entries named ``entry``) as
+    ``(entry, link, object or None)``, walked by relative names with a depth and object cap. h5py's ``visititems`` looks
     every object up by its full path, which a file of deeply nested groups with long names
     turns into minutes (500 levels of 4,000-character names: 139 s); a link cycle ends at the
     depth cap. ``entry`` is how messages name it (``obsm['X_pca']``: the group's child it lies
@@ -107,19 +105,24 @@ def _walk(
     (external, dangling)."""
     import h5py
 
-    limit = limit if limit is not None else [MAX_OBJECTS]
-    stack: list[tuple[Any, int, str | None]] = [(group, 0, entry)]
+    left = MAX_OBJECTS
+    # (group, depth, its path while names are still composed from it, its entry name)
+    stack: list[tuple[Any, int, str | None, str | None]] = [
+        (group, 0, None if entry else "", entry)
+    ]
     while stack:
-        g, depth, entry = stack.pop()
+        g, depth, raw, entry = stack.pop()
         if depth >= MAX_DEPTH:
             raise ScwbError(
                 f"{name}: {entry} nests groups more than {MAX_DEPTH} levels deep; refused."
             )
         for k in g:
-            limit[0] -= 1
-            if limit[0] < 0:
+            left -= 1
+            if left < 0:
                 raise ScwbError(f"{name} holds more than {MAX_OBJECTS:,} HDF5 objects; refused.")
-            here = entry or _entry(f"{path}/{k}")
+            sub = None if raw is None else f"{raw}/{k}".strip("/")
+            here = entry if sub is None else _entry(sub)
+            sub = sub if sub is not None and "/" not in sub else None  # two levels name it
             link = g.get(k, getlink=True)
             obj = None
             if not isinstance(link, h5py.ExternalLink):
@@ -129,23 +132,16 @@ def _walk(
                     obj = None  # a dangling soft link holds nothing; the reader says so
             yield here, link, obj
             if isinstance(obj, h5py.Group):
-                stack.append((obj, depth + 1, here))
+                stack.append((obj, depth + 1, sub, here))
 
 
 def _refuse_links(name: str, f: Any) -> None:
     """HDF5 links into other files (``ExternalLink``) would read a file the user never sent."""
     import h5py
 
-    limit = [MAX_OBJECTS]
-    for top in list(f):
-        link = f.get(top, getlink=True)
+    for entry, link, _ in _walk(name, f):
         if isinstance(link, h5py.ExternalLink):
-            raise ScwbError(f"{name}: {_entry(top)} links to another file; refused.")
-        obj = f.get(top)
-        if isinstance(obj, h5py.Group):
-            for entry, link, _ in _walk(name, obj, top, limit):
-                if isinstance(link, h5py.ExternalLink):
-                    raise ScwbError(f"{name}: {entry} links to another file; refused.")
+            raise ScwbError(f"{name}: {entry} links to another file; refused.")
 
 
 def _numeric(name: str, entry: str, dtype: np.dtype, what: str = "values") -> None:
@@ -294,9 +290,7 @@ def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
 def _group_bytes(name: str, entry: str, group: Any) -> int:
     import h5py
 
-    found = [
-        obj for _, _, obj in _walk(name, group, "", entry=entry) if isinstance(obj, h5py.Dataset)
-    ]
+    found = [obj for _, _, obj in _walk(name, group, entry=entry) if isinstance(obj, h5py.Dataset)]
     total = 0
     for ds in found:
         _refuse_external(name, entry, ds)

@@ -158,7 +158,7 @@ def _check(run_dir: Path, wanted: dict[str, str | Path]) -> dict[str, Path]:
 
     if not wanted:
         raise ScwbError("export: name at least one part to write.")
-    inside, seen, out = run_dir.resolve(), set(), {}
+    seen, out = set(), {}
     for part, raw in wanted.items():
         if part not in PARTS:
             raise ScwbError(f"export: no part {part!r}; choose from {', '.join(PARTS)}.")
@@ -169,14 +169,10 @@ def _check(run_dir: Path, wanted: dict[str, str | Path]) -> dict[str, Path]:
         if source.is_symlink() or not source.is_file():
             raise ScwbError(f"export: run {run_dir.name} has no {SOURCES[part]}.")
         where = target.resolve()
-        if where.is_relative_to(inside):
-            raise ScwbError(f"export: write it outside the run folder, not to {target}.")
-        try:  # nor into another run or the workspace's datasets
-            workspace.check_output_file(target, f"export --{part.replace('_', '-')}")
+        try:  # not into this or another run, nor the workspace's datasets, nor onto a folder
+            workspace.check_output_file(target, f"--{part.replace('_', '-')}")
         except ScwbError as exc:
             raise ScwbError(f"export: {exc}") from None
-        if where.is_dir():
-            raise ScwbError(f"export: {target} is a folder; name a file.")
         if where in seen:
             raise ScwbError(f"export: two parts would be written to {target}.")
         seen.add(where)

@@ -76,12 +76,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
     results or record would be replaced) nor in the workspace's datasets (a file the listing
     describes otherwise). One line; nothing is written."""
     target = Path(path)
-    where = target.resolve()
-    if where.is_relative_to(datasets_dir().resolve()):
-        raise ScwbError(
-            f"{flag} {target}: that is a workspace dataset's folder; write elsewhere "
-            "(the workspace keeps its own files)."
-        )
+    where = _not_in_datasets(target, flag)
     for folder in (where.parent, *where.parent.parents):
         if (folder / "run.json").is_file():
             raise ScwbError(f"{flag} {target}: write it outside the run folder {folder.name}.")
@@ -94,12 +89,20 @@ def check_new_run_folder(path: str | os.PathLike) -> Path:
     """``train --out``: a new or empty folder. An existing run would be replaced (its weights,
     metrics and record), and files of a folder that holds anything else overwritten."""
     target = Path(path)
-    where = target.resolve()
-    if where.is_relative_to(datasets_dir().resolve()):
-        raise ScwbError(
-            f"--out {target}: that is the workspace's datasets folder; write elsewhere."
-        )
+    where = _not_in_datasets(target, "--out")
     if where.exists() and (not where.is_dir() or any(where.iterdir())):
         what = "holds a run" if (where / "run.json").exists() else "is not an empty folder"
         raise ScwbError(f"--out {target} {what}; name a new folder (nothing was replaced).")
     return target
+
+
+def _not_in_datasets(target: Path, flag: str) -> Path:
+    """``target`` resolved, refused inside the workspace's datasets (files its listing
+    describes)."""
+    where = target.resolve()
+    if where.is_relative_to(datasets_dir().resolve()):
+        raise ScwbError(
+            f"{flag} {target}: that is a workspace dataset's folder; write elsewhere "
+            "(the workspace keeps its own files)."
+        )
+    return where
