@@ -238,7 +238,7 @@ if qc is None:  # saved before QC was stored with the dataset
 if qc.empty:
     st.caption(
         f"QC needs raw counts: X holds {md(d['x_kind'])}"
-        + ("" if d["x_kind"].endswith(("values", "intensities")) else " values")
+        + figures.values_noun(d["x_kind"])
         + " and there is no layers\\['counts'\\] or QC column in obs."
     )
 else:

@@ -16,7 +16,7 @@ from engine import datasets, io, pp_child, pp_memory, summary
 from engine import preprocess as pp
 from engine.checks import human
 from ui import figures
-from ui.figures import esc
+from ui.figures import esc, values_noun
 from ui.state import (
     dataset_layout,
     dataset_picker,
@@ -48,7 +48,10 @@ def _step_text(s: dict) -> str:
 
 suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
 applied = pp.recipe_steps(d.get("recipe"))
-st.caption(f"X holds **{esc(d['x_kind'])}** values; the ticked steps are suggested for that.")
+st.caption(
+    f"X holds **{esc(d['x_kind'])}**{values_noun(d['x_kind'])}; the ticked steps are suggested "
+    "for that."
+)
 if applied:
     st.caption(
         "Recipe already applied to this dataset: " + " → ".join(esc(_step_text(s)) for s in applied)

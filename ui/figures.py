@@ -22,6 +22,12 @@ MAX_HEATMAP_GENES = 50
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'^%@])")
 
 
+def values_noun(kind: str) -> str:
+    """' values' after a matrix kind that needs it: 'counts values' no, 'log-normalised values'
+    yes, 'raw intensities' as it is."""
+    return "" if str(kind).endswith(("values", "intensities", "counts")) else " values"
+
+
 def esc(text: object) -> str:
     """``text`` (a run id, dataset name, layer key, class label...) safe inside st.markdown,
     st.caption, st.error, widget labels: every markdown/HTML character is backslash-escaped, so
