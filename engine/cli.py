@@ -323,6 +323,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     for row in report:
         print(
             f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s"
+            + (f"  ({row['note']})" if row.get("note") else "")
         )
     return 0
 

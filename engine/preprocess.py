@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,10 +71,34 @@ def keep_counts(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
+class StepNote(UserWarning):
+    """What a step tells the user about its effect (all genes kept, cells left empty): ``apply``
+    puts it in the step's report row instead of letting it reach stderr."""
+
+
+def note(message: str) -> None:
+    warnings.warn(message, StepNote, stacklevel=2)
+
+
 def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> ad.AnnData:
-    """Scale each cell to ``target_sum`` (1e6: CPM, 1e4: CP10k), then ``log1p`` when ``log``."""
+    """Scale each cell to ``target_sum`` (1e6: CPM, 1e4: CP10k), then ``log1p`` when ``log``.
+    Needs counts: negative values are refused (cytometry intensities take ``arcsinh``)."""
     import scanpy as sc
 
+    x = adata.X
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    if vals.size and vals.min() < 0:
+        raise ScwbError(
+            f"normalize needs counts (values >= 0); X holds {int((vals < 0).sum()):,} negative "
+            f"values (lowest {float(vals.min()):.3g}). Intensities (cytometry) take arcsinh instead."
+        )
+    empty = int((np.asarray(x.sum(axis=1)).ravel() == 0).sum())
+    if empty:
+        note(
+            f"{empty:,} cell{'s have' if empty > 1 else ' has'} no counts left in the kept genes "
+            f"and stay{'' if empty > 1 else 's'} all zero; a cell filter after the gene filter "
+            "drops them"
+        )
     sc.pp.normalize_total(adata, target_sum=float(target_sum))
     if log:
         sc.pp.log1p(adata)
@@ -86,6 +111,7 @@ def hvg(adata: ad.AnnData, n_top: int = 2000, flavor: str = "seurat") -> ad.AnnD
 
     n_top = int(n_top)
     if n_top >= adata.n_vars:
+        note(f"{n_top:,} genes asked for and {adata.n_vars:,} left: all kept")
         return adata
     sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
     return adata
@@ -259,7 +285,9 @@ def apply(
     for step in recipe.steps:
         t0 = time.perf_counter()
         try:
-            with np.errstate(all="ignore"):  # overflow is checked below, as one line
+            # overflow is checked below, as one line; warnings become the row's note
+            with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 out = STEPS[step.name](out, **step.params)
         except ScwbError:
             raise
@@ -280,6 +308,9 @@ def apply(
             "n_vars": out.n_vars,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        said = step_notes(caught)
+        if said:
+            row["note"] = "; ".join(said)
         report.append(row)
         if on_step:
             on_step(row)
@@ -290,6 +321,30 @@ def apply(
     check_not_empty(out)
     out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
     return out, report
+
+
+# scanpy's words for what a step's own note already says
+_SAID_BY_STEPS = ("Some cells have zero counts",)
+
+
+def step_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The notes of one step: its own (``StepNote``) and the libraries' user warnings (first
+    line), each once; anndata's implicit-copy chatter, deprecations and what a note of the
+    step already says are left out."""
+    from anndata import ImplicitModificationWarning
+
+    out: list[str] = []
+    for w in caught:
+        if not issubclass(w.category, UserWarning) or issubclass(
+            w.category, ImplicitModificationWarning
+        ):
+            continue
+        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+        if not issubclass(w.category, StepNote) and text.startswith(_SAID_BY_STEPS):
+            continue
+        if text and text not in out:
+            out.append(text)
+    return out
 
 
 def recipe_steps(value: Any) -> list[dict[str, Any]]:

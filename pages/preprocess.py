@@ -141,16 +141,15 @@ with st.container(border=True):
             )
         )
     if st.checkbox("Highly variable genes", value="hvg" in suggested, key=k("pp_hvg")):
-        steps.append(
-            pp.Step(
-                "hvg",
-                {
-                    "n_top": st.number_input(
-                        "number of genes", 10, 50_000, min(2000, d["n_vars"]), key=k("pp_hvg_n")
-                    )
-                },
-            )
+        n_top = st.number_input(
+            "number of genes", 10, 50_000, min(2000, d["n_vars"]), key=k("pp_hvg_n")
         )
+        if n_top >= d["n_vars"]:
+            st.caption(
+                f"The dataset has {d['n_vars']:,} genes: {n_top:,} keeps them all "
+                "(the step's note says so after Preview)."
+            )
+        steps.append(pp.Step("hvg", {"n_top": n_top}))
     if st.checkbox("arcsinh (cytometry)", value="arcsinh" in suggested, key=k("pp_asinh")):
         steps.append(
             pp.Step(
@@ -239,7 +238,9 @@ if result and result[0] == name and result[1] == recipe.to_json():
     report = info["report"]
     st.subheader("Effect of each step")
     st.dataframe(
-        pd.DataFrame(report).rename(columns={"n_obs": "cells", "n_vars": "genes"}),
+        pd.DataFrame(report)
+        .rename(columns={"n_obs": "cells", "n_vars": "genes"})
+        .fillna({"note": ""}),
         hide_index=True,
         width="stretch",
     )

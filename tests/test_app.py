@@ -238,6 +238,13 @@ def test_preprocess_preview_and_save(counts_file):
     assert not at.exception and not errors(at)
     report = at.dataframe[-1].value
     assert list(report["step"])[:2] == ["input", "filter_cells"]
+    # a step that changes nothing says so (200 genes, HVG asks for as many)
+    next(c for c in at.checkbox if c.label == "Highly variable genes").check().run()
+    assert any("genes: 200 keeps them all" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Preview").click().run()
+    report = at.dataframe[-1].value.set_index("step")
+    assert report.loc["hvg", "note"].endswith("left: all kept")
+    assert report.loc["input", "note"] == ""
     save = next(b for b in at.button if b.label == "Save")
     save.click().run()
     assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]

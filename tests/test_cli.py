@@ -278,3 +278,36 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert datasets.path(key).read_bytes() == kept
     assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+
+
+def test_preprocess_notes_go_to_the_report_and_stderr_stays_empty(tmp_path, counts_adata):
+    """scanpy's "Some cells have zero counts" (with the wrapper's source line) reached stderr
+    after a gene filter; the step's note is printed on its report line instead."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from engine.io import write_h5ad
+
+    a = counts_adata.copy()
+    x = a.X.toarray()
+    x[:, 0] = 0
+    x[:2] = 0
+    x[:2, 0] = 5
+    a.X = sp.csr_matrix(x.astype(np.float32))
+    src = write_h5ad(a, tmp_path / "empty_cells.h5ad")
+    p = cli(
+        "preprocess",
+        src,
+        "-o",
+        tmp_path / "o.h5ad",
+        "--min-cells",
+        3,
+        "--normalize",
+        "logcpm",
+        "--hvg",
+        5000,
+    )
+    assert p.stderr == ""
+    lines = {line.split()[0]: line for line in p.stdout.splitlines() if line}
+    assert "(2 cells have no counts left in the kept genes" in lines["normalize"]
+    assert "(5,000 genes asked for and" in lines["hvg"]

@@ -157,3 +157,59 @@ def test_preprocessing_refuses_values_that_are_not_finite(counts_adata, bad):
     )
     with pytest.raises(ScwbError, match=message):
         pp.apply(a, recipe)
+
+
+def _with_empty_cells(counts_adata, n_empty=3):
+    """Counts where the first ``n_empty`` cells hold counts only in gene 0, which no other cell
+    expresses: a gene filter leaves those cells empty."""
+    a = counts_adata.copy()
+    x = a.X.toarray() if sp.issparse(a.X) else np.array(a.X)
+    x[:, 0] = 0
+    x[:n_empty] = 0
+    x[:n_empty, 0] = 5
+    a.X = sp.csr_matrix(x)
+    return a
+
+
+def test_steps_say_what_they_did_in_the_report_not_on_stderr(counts_adata):
+    """After a gene filter some cells had no counts: scanpy's "Some cells have zero counts"
+    reached stderr and the cells stayed all zero unsaid; an HVG step asking for more genes than
+    were left kept them all without a word. Each is said once, in the step's report row, and
+    no warning escapes ``apply``."""
+    import warnings
+
+    a = _with_empty_cells(counts_adata)
+    recipe = pp.Recipe(
+        [
+            pp.Step("filter_genes", {"min_cells": 4}),
+            pp.Step("normalize", {"target_sum": 1e6}),
+            pp.Step("hvg", {"n_top": 2000}),
+        ]
+    )
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        out, report = pp.apply(a, recipe)
+    assert [str(w.message) for w in escaped if issubclass(w.category, UserWarning)] == []
+    rows = {r["step"]: r for r in report}
+    assert "note" not in rows["filter_genes"]
+    assert rows["normalize"]["note"] == (
+        "3 cells have no counts left in the kept genes and stay all zero; a cell filter after "
+        "the gene filter drops them"
+    )
+    assert rows["hvg"]["note"] == f"2,000 genes asked for and {out.n_vars} left: all kept"
+    assert (np.asarray(out.X[:3].sum(axis=1)).ravel() == 0).all()
+
+
+def test_normalize_refuses_negative_values(counts_adata):
+    """CyTOF intensities (negative after bead normalisation) went through log CPM into NaN and
+    came back as "values too large for its arithmetic?". Refused as what it is."""
+    a = counts_adata.copy()
+    x = a.X.toarray().astype(np.float32)
+    x[0, :4] = -0.5
+    a.X = x
+    with pytest.raises(
+        ScwbError,
+        match=r"normalize needs counts \(values >= 0\); X holds 4 negative values \(lowest -0.5\)"
+        r"\. Intensities \(cytometry\) take arcsinh instead\.",
+    ):
+        pp.apply(a, pp.Recipe([pp.Step("normalize", {"target_sum": 1e6})]))
