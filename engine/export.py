@@ -92,16 +92,22 @@ def _doc_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
+_BOOKKEEPING = ("cancel", "heartbeat")  # the queue's, not the run's: nothing a user reads
+
+
 def members(run_dir: str | Path) -> list[Path]:
     """The files a whole-run export holds: regular files inside the run folder, never a
-    symbolic link or what it points to, nor hidden files or the cancel marker."""
+    symbolic link or what it points to, nor hidden files, the queue's bookkeeping (the cancel
+    marker, the heartbeat) or an empty worker log."""
     run_dir = Path(run_dir)
     out = []
     for folder, dirs, files in os.walk(run_dir, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
         for name in sorted(files):
             p = Path(folder) / name
-            if p.is_symlink() or not p.is_file() or name.startswith(".") or name == "cancel":
+            if p.is_symlink() or not p.is_file() or name.startswith(".") or name in _BOOKKEEPING:
+                continue
+            if name == "worker.log" and p.stat().st_size == 0:
                 continue
             out.append(p)
     return out

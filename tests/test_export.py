@@ -71,9 +71,14 @@ def test_zip_has_regular_files_only(tmp_path, lognorm_file):
     secret.write_text("do not ship me")
     (run_dir / "passwd").symlink_to(secret)
     (run_dir / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    # the queue's bookkeeping is not the user's (a browser pass found both in the zip)
+    (run_dir / "heartbeat").write_text("2026-11-27T08:00:00")
+    (run_dir / "worker.log").write_text("")
     with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
         names = zf.namelist()
         assert "passwd" not in names and not any(n.startswith("linked_dir") for n in names)
+        assert "heartbeat" not in names and "worker.log" not in names
+        assert {"run.json", "metrics.json", "reproduce.py"} <= set(names)
         assert all(b"do not ship me" not in zf.read(n) for n in names)
 
 
