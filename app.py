@@ -27,7 +27,9 @@ def home() -> None:
     c1, c2 = st.columns(2)
     with c1:
         st.subheader("Start with a demo")
-        demo = st.selectbox("Demo dataset", list(DEMOS), format_func=lambda k: f"{k}: {DEMOS[k]}")
+        # the name in the box, what it holds below: a half-width box cut the description off
+        demo = st.selectbox("Demo dataset", list(DEMOS))
+        st.caption(DEMOS[demo])
         if st.button("Load demo", type="primary"):
             try:
                 from engine.demos import load_demo

@@ -44,6 +44,12 @@ def test_home_shows_intro_and_loads_demo():
     at = app()
     assert "scWorkbench" in at.title[0].value
     assert any("Train and compare" in m.value for m in at.markdown)
+    # the box names the demo; what it holds is said in full below it (the box cut it off)
+    assert at.selectbox[0].value == "pbmc68k_reduced"
+    assert any(c.value.startswith("700 PBMCs x 765 genes") for c in at.caption)
+    at.selectbox[0].set_value("synthetic_perturbation").run()
+    assert any(c.value.startswith("2,000 synthetic cells") for c in at.caption)
+    at.selectbox[0].set_value("pbmc68k_reduced").run()
     at.button[0].click().run()
     assert not at.exception
     assert [d["name"] for d in datasets.list_datasets()] == ["pbmc68k_reduced"]
