@@ -539,7 +539,8 @@ def check_counts(x: Any, what: str = "X") -> None:
     check_finite(x, what)
     if vals.size and vals.min() < 0:
         raise ScwbError(
-            f"{what} holds negative values; count models need raw counts (use layers['counts'])."
+            f"{what} holds negative values; NB/ZINB models need raw counts: pick a layer of raw "
+            "counts or the Gaussian likelihood."
         )
     sample = vals[:1_000_000]
     if sample.size and not np.all(np.mod(sample, 1) == 0):

@@ -695,3 +695,19 @@ def test_app_train_refuses_at_once(case, tmp_path):
         label_box = next(b for b in at.selectbox if b.label == "Label column")
         assert "label" not in label_box.options and label_box.options
     assert jobs.list_jobs() == []
+
+
+def test_count_model_on_negative_values_names_the_ways_out():
+    """The VAE on CyTOF intensities said "use layers['counts']", a layer that file lacks; the
+    message names both ways out: a counts layer or the Gaussian likelihood."""
+    import numpy as np
+
+    from engine import io
+    from engine.errors import ScwbError
+
+    with pytest.raises(ScwbError) as err:
+        io.check_counts(np.array([[1.0, -0.5], [2.0, 3.0]], dtype=np.float32))
+    assert str(err.value) == (
+        "X holds negative values; NB/ZINB models need raw counts: pick a layer of raw counts or "
+        "the Gaussian likelihood."
+    )
