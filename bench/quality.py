@@ -11,6 +11,7 @@ Data: ../shared/data (real sets) and scanpy's bundled ``pbmc68k_reduced``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -63,7 +64,8 @@ def _source(name: str):
 
 def prepared(name: str, recipe: pp.Recipe, tmp: Path) -> str:
     out, _ = pp.apply(_source(name), recipe)
-    path = tmp / f"{Path(name).stem}-{abs(hash(recipe.to_json())) % 10**6}.h5ad"
+    # a stable name (str hash() differs per process): another process finds the same file
+    path = tmp / f"{Path(name).stem}-{hashlib.sha1(recipe.to_json().encode()).hexdigest()[:8]}.h5ad"
     if not path.exists():
         io.write_h5ad(out, path)
     return str(path)
