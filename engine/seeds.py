@@ -84,7 +84,8 @@ class Config:
         mean, sd, n = self.summary(metric)
         if not n:
             return ""
-        out = f"{mean:.4g} ± {sd:.2g}" if n > 1 else f"{mean:.4g}"
+        # '#': trailing zeros kept, so 1 reads 1.000 beside 0.9915 (it read "1 ± 0")
+        out = f"{mean:#.4g} ± {sd:#.2g}" if n > 1 else f"{mean:#.4g}"
         return out + (f" ({n} of {len(self.runs)})" if n != len(self.runs) else "")
 
 

@@ -239,11 +239,14 @@ if result and result[0] == name and result[1] == recipe.to_json():
     st.subheader("Effect of each step")
     st.dataframe(
         pd.DataFrame(report)
-        .rename(columns={"n_obs": "cells", "n_vars": "genes"})
-        .fillna({"note": ""}),
+        .drop(columns="note", errors="ignore")
+        .rename(columns={"n_obs": "cells", "n_vars": "genes"}),
         hide_index=True,
         width="stretch",
     )
+    for row in report:  # what a step said of its effect, in full (a table cell cuts it off)
+        if row.get("note"):
+            st.caption(f":material/info: **{row['step']}**: {figures.esc(row['note'])}")
     before, after = _values(str(datasets.path(name))), _values(out_path)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(

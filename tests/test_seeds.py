@@ -189,7 +189,7 @@ def test_a_metric_some_runs_lack_is_kept_and_counted(tmp_path):
     from ui.figures import mean_sd_text
 
     text, _ = mean_sd_text(list(rows.values()), ["test_accuracy", "test_f1_macro"])
-    assert text.loc[0, "test_f1_macro"] == "0.82 (1 of 2)"
+    assert text.loc[0, "test_f1_macro"] == "0.8200 (1 of 2)"
 
 
 def test_runs_of_different_data_are_not_paired(tmp_path):

@@ -504,7 +504,9 @@ def seed_spread(rows: list[dict], metric: str) -> go.Figure:
         title=f"{label}: every seed, mean ± sd",
         xaxis_title=label,
         yaxis={"autorange": "reversed"},
-        height=140 + 40 * len(rows),
+        # room for each row: with the default margins two rows were 10 px apart, one label hidden
+        height=170 + 50 * len(rows),
+        margin={"t": 60, "b": 60},
     )
 
 
