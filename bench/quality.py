@@ -63,10 +63,13 @@ def _source(name: str):
 
 
 def prepared(name: str, recipe: pp.Recipe, tmp: Path) -> str:
+    """``name`` after ``recipe``, as a file in ``tmp`` named by the recipe (a stable digest: str
+    hash() differs per process, so no process found another's file). A file of that name is
+    reused only when it holds the same values and names (the engine's fingerprint), so a kept folder never
+    serves data made by older preprocessing code or from an older source."""
     out, _ = pp.apply(_source(name), recipe)
-    # a stable name (str hash() differs per process): another process finds the same file
     path = tmp / f"{Path(name).stem}-{hashlib.sha1(recipe.to_json().encode()).hexdigest()[:8]}.h5ad"
-    if not path.exists():
+    if not path.exists() or io.fingerprint(io.read(path)) != io.fingerprint(out):
         io.write_h5ad(out, path)
     return str(path)
 

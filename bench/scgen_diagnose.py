@@ -49,7 +49,8 @@ def _trained(set_key: str, seed: int, data: str, work: Path) -> Path:
     """The leave-one-out run of this seed: one kept in ``work`` when it was trained on this
     data (the engine's fingerprint: values and names) with this seed, else a new one."""
     run = work / f"{set_key}-s{seed}"
-    spec = json.loads((run / "run.json").read_text()) if (run / "model.json").exists() else {}
+    done = (run / "model.json").exists() and (run / "loo.csv").exists()  # not one cut short
+    spec = json.loads((run / "run.json").read_text()) if done else {}
     if spec.get("seed") != seed or spec.get("data_fingerprint") != io.fingerprint(io.read(data)):
         design = SCGEN[set_key][2]
         train.run(

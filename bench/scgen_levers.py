@@ -78,6 +78,12 @@ VARIANTS = {
         {},
         {"epochs": 300},
     ),
+    "latent10": Variant("network: latent 10 (default 100)", None, {"n_latent": 10}),
+    "small": Variant(
+        "network: 2x256 hidden, latent 20 (default 2x800, latent 100)",
+        None,
+        {"n_hidden": 256, "n_latent": 20},
+    ),
     "residual": Variant(
         "prediction: each control cell + the decoded change (output 'residual', the default "
         "since 2026-11-27)",

@@ -105,9 +105,10 @@ def members(run_dir: str | Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not (Path(folder) / d).is_symlink())
         for name in sorted(files):
             p = Path(folder) / name
-            if p.is_symlink() or not p.is_file() or name.startswith(".") or name in _BOOKKEEPING:
+            if p.is_symlink() or not p.is_file() or name.startswith("."):
                 continue
-            if name == "worker.log" and p.stat().st_size == 0:
+            top = Path(folder) == run_dir  # the queue writes at the top only
+            if top and (name in _BOOKKEEPING or name == "worker.log" and not p.stat().st_size):
                 continue
             out.append(p)
     return out

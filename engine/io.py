@@ -533,20 +533,34 @@ def check_finite(x: Any, what: str = "X") -> None:
         )
 
 
+def negatives(x: Any) -> tuple[int, float]:
+    """How many entries of ``x`` (dense or sparse) are negative, and the lowest value."""
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    if not vals.size:
+        return 0, 0.0
+    lowest = float(vals.min())
+    return (int((vals < 0).sum()), lowest) if lowest < 0 else (0, lowest)
+
+
+# where a count model can be given other input: at training (applying a trained one, the data
+# must hold what it was trained on)
+_COUNTS_WAYS_OUT = "choose a layer of raw counts (or, to train, the Gaussian likelihood)"
+
+
 def check_counts(x: Any, what: str = "X") -> None:
     """Count likelihoods need non-negative integers."""
     vals = x.data if sp.issparse(x) else np.asarray(x)
     check_finite(x, what)
-    if vals.size and vals.min() < 0:
+    if negatives(x)[0]:
         raise ScwbError(
-            f"{what} holds negative values; NB/ZINB models need raw counts: pick a layer of raw "
-            "counts or the Gaussian likelihood."
+            f"{what} holds negative values; count models (NB/ZINB) need raw counts: "
+            f"{_COUNTS_WAYS_OUT}."
         )
     sample = vals[:1_000_000]
     if sample.size and not np.all(np.mod(sample, 1) == 0):
         raise ScwbError(
-            f"{what} holds non-integer values (normalised data?); NB/ZINB models need raw counts: "
-            "pick the counts layer or the Gaussian likelihood."
+            f"{what} holds non-integer values (normalised data?); count models (NB/ZINB) need "
+            f"raw counts: {_COUNTS_WAYS_OUT}."
         )
 
 
@@ -626,6 +640,7 @@ __all__ = [
     "check_not_empty",
     "check_finite",
     "check_counts",
+    "negatives",
     "check_unique_names",
     "check_label",
     "check_values",

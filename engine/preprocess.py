@@ -10,6 +10,7 @@ Reads like scanpy: every step takes an AnnData and changes it in place; ``apply`
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 import warnings
@@ -24,7 +25,15 @@ import scipy.sparse as sp
 
 from engine import pp_memory
 from engine.errors import ScwbError
-from engine.io import canonical, check_finite, check_not_empty, dense, memory_budget
+from engine.io import (
+    canonical,
+    check_finite,
+    check_not_empty,
+    dense,
+    matrix_kind,
+    memory_budget,
+    negatives,
+)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -71,37 +80,64 @@ def keep_counts(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
-class StepNote(UserWarning):
-    """What a step tells the user about its effect (all genes kept, cells left empty): ``apply``
-    puts it in the step's report row instead of letting it reach stderr."""
+# what the running step says of its effect (all genes kept, cells left empty), collected by
+# ``apply`` into that step's report row. A context variable, not the warnings machinery: the
+# app runs recipes in several sessions' threads at once, and warning filters are process-wide.
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("pp_notes", default=None)
 
 
 def note(message: str) -> None:
-    warnings.warn(message, StepNote, stacklevel=2)
+    """Say ``message`` in the running step's report row (outside ``apply``: a warning)."""
+    notes = _NOTES.get()
+    if notes is None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    elif message not in notes:
+        notes.append(message)
 
 
 def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> ad.AnnData:
-    """Scale each cell to ``target_sum`` (1e6: CPM, 1e4: CP10k), then ``log1p`` when ``log``.
-    Needs counts: negative values are refused (cytometry intensities take ``arcsinh``)."""
-    import scanpy as sc
-
+    """Scale each cell to ``target_sum`` (1e6: CPM, 1e4: CP10k), then ``log1p`` when ``log``:
+    scanpy's ``normalize_total`` and ``log1p`` (the same numbers, float32), written out so that
+    a cell without counts and data already logged are said in the report, not on stderr.
+    Needs counts: negative values are refused."""
     x = adata.X
-    vals = x.data if sp.issparse(x) else np.asarray(x)
-    if vals.size and vals.min() < 0:
+    n_neg, lowest = negatives(x)
+    if n_neg:
+        kind = matrix_kind(x)
+        advice = {
+            "scaled (z-score)": "it looks scaled (z-score): normalise the raw counts, before scaling",
+            "raw intensities": "it looks like cytometry intensities, which take arcsinh instead",
+            "arcsinh-transformed": "it looks arcsinh-transformed already (cytometry)",
+        }.get(kind, "normalise raw counts")
         raise ScwbError(
-            f"normalize needs counts (values >= 0); X holds {int((vals < 0).sum()):,} negative "
-            f"values (lowest {float(vals.min()):.3g}). Intensities (cytometry) take arcsinh instead."
+            f"normalize needs counts (values >= 0); X holds {n_neg:,} negative values (lowest "
+            f"{lowest:.3g}): {advice}."
         )
-    empty = int((np.asarray(x.sum(axis=1)).ravel() == 0).sum())
+    if log and ("log1p" in adata.uns or matrix_kind(x) == "log-normalised"):
+        note("X looked log-normalised already: normalising it again logs it twice")
+    total = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    empty = int((total == 0).sum())
     if empty:
         note(
-            f"{empty:,} cell{'s have' if empty > 1 else ' has'} no counts left in the kept genes "
-            f"and stay{'' if empty > 1 else 's'} all zero; a cell filter after the gene filter "
-            "drops them"
+            f"{empty:,} cell{'s have' if empty > 1 else ' has'} no counts in the genes kept and "
+            f"stay{'' if empty > 1 else 's'} all zero; a cell filter (min counts 1) on the "
+            "result drops them"
         )
-    sc.pp.normalize_total(adata, target_sum=float(target_sum))
+    # divided by total / target_sum in float32, as scanpy does (bit for bit); an empty cell by 1
+    per = (np.where(total > 0, total, float(target_sum)) / float(target_sum)).astype(np.float32)
+    if sp.issparse(x):
+        out = sp.csr_matrix(x, dtype=np.float32, copy=True)
+        out.data /= np.repeat(per, np.diff(out.indptr))
+        if log:
+            np.log1p(out.data, out=out.data)
+    else:
+        out = np.array(x, dtype=np.float32)
+        out /= per[:, None]
+        if log:
+            np.log1p(out, out=out)
+    adata.X = out
     if log:
-        sc.pp.log1p(adata)
+        adata.uns["log1p"] = {"base": None}  # as scanpy records it (its HVG reads the base)
     return adata
 
 
@@ -284,10 +320,10 @@ def apply(
     report = [{"step": "input", "n_obs": out.n_obs, "n_vars": out.n_vars, "seconds": 0.0}]
     for step in recipe.steps:
         t0 = time.perf_counter()
+        said: list[str] = []
+        token = _NOTES.set(said)
         try:
-            # overflow is checked below, as one line; warnings become the row's note
-            with np.errstate(all="ignore"), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with np.errstate(all="ignore"):  # overflow is checked below, as one line
                 out = STEPS[step.name](out, **step.params)
         except ScwbError:
             raise
@@ -295,6 +331,8 @@ def apply(
             raise ScwbError(
                 f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
+        finally:
+            _NOTES.reset(token)
         try:
             check_finite(out.X, "X")
         except ScwbError:
@@ -308,7 +346,6 @@ def apply(
             "n_vars": out.n_vars,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        said = step_notes(caught)
         if said:
             row["note"] = "; ".join(said)
         report.append(row)
@@ -321,30 +358,6 @@ def apply(
     check_not_empty(out)
     out.uns["recipe"] = json.dumps({"steps": history + [asdict(s) for s in recipe.steps]})
     return out, report
-
-
-# scanpy's words for what a step's own note already says
-_SAID_BY_STEPS = ("Some cells have zero counts",)
-
-
-def step_notes(caught: list[warnings.WarningMessage]) -> list[str]:
-    """The notes of one step: its own (``StepNote``) and the libraries' user warnings (first
-    line), each once; anndata's implicit-copy chatter, deprecations and what a note of the
-    step already says are left out."""
-    from anndata import ImplicitModificationWarning
-
-    out: list[str] = []
-    for w in caught:
-        if not issubclass(w.category, UserWarning) or issubclass(
-            w.category, ImplicitModificationWarning
-        ):
-            continue
-        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-        if not issubclass(w.category, StepNote) and text.startswith(_SAID_BY_STEPS):
-            continue
-        if text and text not in out:
-            out.append(text)
-    return out
 
 
 def recipe_steps(value: Any) -> list[dict[str, Any]]:

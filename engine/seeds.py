@@ -84,9 +84,14 @@ class Config:
         mean, sd, n = self.summary(metric)
         if not n:
             return ""
-        # '#': trailing zeros kept, so 1 reads 1.000 beside 0.9915 (it read "1 ± 0")
-        out = f"{mean:#.4g} ± {sd:#.2g}" if n > 1 else f"{mean:#.4g}"
+        out = f"{_g(mean, 4)} ± {_g(sd, 2)}" if n > 1 else _g(mean, 4)
         return out + (f" ({n} of {len(self.runs)})" if n != len(self.runs) else "")
+
+
+def _g(v: float, digits: int) -> str:
+    """``digits`` significant digits, trailing zeros kept (1 reads 1.000 beside 0.9915; it read
+    "1 ± 0"), without a bare point (1467, not "1467.")."""
+    return f"{v:#.{digits}g}".rstrip(".").replace(".e", "e")
 
 
 def _sd(v: np.ndarray) -> float:

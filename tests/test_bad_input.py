@@ -699,7 +699,7 @@ def test_app_train_refuses_at_once(case, tmp_path):
 
 def test_count_model_on_negative_values_names_the_ways_out():
     """The VAE on CyTOF intensities said "use layers['counts']", a layer that file lacks; the
-    message names both ways out: a counts layer or the Gaussian likelihood."""
+    message names both ways out: a counts layer or, when training, the Gaussian likelihood."""
     import numpy as np
 
     from engine import io
@@ -708,6 +708,6 @@ def test_count_model_on_negative_values_names_the_ways_out():
     with pytest.raises(ScwbError) as err:
         io.check_counts(np.array([[1.0, -0.5], [2.0, 3.0]], dtype=np.float32))
     assert str(err.value) == (
-        "X holds negative values; NB/ZINB models need raw counts: pick a layer of raw counts or "
-        "the Gaussian likelihood."
+        "X holds negative values; count models (NB/ZINB) need raw counts: choose a layer of raw "
+        "counts (or, to train, the Gaussian likelihood)."
     )

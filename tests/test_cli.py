@@ -309,5 +309,5 @@ def test_preprocess_notes_go_to_the_report_and_stderr_stays_empty(tmp_path, coun
     )
     assert p.stderr == ""
     lines = {line.split()[0]: line for line in p.stdout.splitlines() if line}
-    assert "(2 cells have no counts left in the kept genes" in lines["normalize"]
+    assert "(2 cells have no counts in the genes kept" in lines["normalize"]
     assert "(5,000 genes asked for and" in lines["hvg"]

@@ -73,12 +73,18 @@ def test_zip_has_regular_files_only(tmp_path, lognorm_file):
     (run_dir / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
     # the queue's bookkeeping is not the user's (a browser pass found both in the zip)
     (run_dir / "heartbeat").write_text("2026-11-27T08:00:00")
+    (run_dir / "cancel").write_text("2026-11-27T08:00:00")
     (run_dir / "worker.log").write_text("")
+    (run_dir / "part").mkdir()
+    (run_dir / "part" / "cancel").write_text("a user's file of that name, below the top")
     with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
         names = zf.namelist()
         assert "passwd" not in names and not any(n.startswith("linked_dir") for n in names)
-        assert "heartbeat" not in names and "worker.log" not in names
-        assert {"run.json", "metrics.json", "reproduce.py"} <= set(names)
+        assert not {"heartbeat", "cancel", "worker.log"} & set(names)
+        assert {"run.json", "metrics.json", "reproduce.py", "part/cancel"} <= set(names)
+    (run_dir / "worker.log").write_text("Traceback: the log of a run that failed\n")
+    with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
+        assert "worker.log" in zf.namelist()  # a log with something in it is the run's record
         assert all(b"do not ship me" not in zf.read(n) for n in names)
 
 

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import scanpy as sc
@@ -193,23 +195,77 @@ def test_steps_say_what_they_did_in_the_report_not_on_stderr(counts_adata):
     rows = {r["step"]: r for r in report}
     assert "note" not in rows["filter_genes"]
     assert rows["normalize"]["note"] == (
-        "3 cells have no counts left in the kept genes and stay all zero; a cell filter after "
-        "the gene filter drops them"
+        "3 cells have no counts in the genes kept and stay all zero; a cell filter (min counts "
+        "1) on the result drops them"
     )
     assert rows["hvg"]["note"] == f"2,000 genes asked for and {out.n_vars} left: all kept"
     assert (np.asarray(out.X[:3].sum(axis=1)).ravel() == 0).all()
 
 
-def test_normalize_refuses_negative_values(counts_adata):
+@pytest.mark.parametrize("kind", ["cytometry", "zscore", "sparse"])
+def test_normalize_refuses_negative_values(counts_adata, kind):
     """CyTOF intensities (negative after bead normalisation) went through log CPM into NaN and
-    came back as "values too large for its arithmetic?". Refused as what it is."""
+    came back as "values too large for its arithmetic?". Refused as what it is, with the way
+    out that fits what X looks like (a z-scored X is not told to take arcsinh)."""
     a = counts_adata.copy()
     x = a.X.toarray().astype(np.float32)
-    x[0, :4] = -0.5
-    a.X = x
-    with pytest.raises(
-        ScwbError,
-        match=r"normalize needs counts \(values >= 0\); X holds 4 negative values \(lowest -0.5\)"
-        r"\. Intensities \(cytometry\) take arcsinh instead\.",
-    ):
+    if kind == "zscore":
+        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+        n = int((x < 0).sum())
+        advice = "it looks scaled \\(z-score\\): normalise the raw counts, before scaling"
+    else:
+        x[0, :4] = -0.5
+        n = 4
+        advice = "it looks like cytometry intensities, which take arcsinh instead"
+    a.X = sp.csr_matrix(x) if kind == "sparse" else x
+    lowest = f"{float(x.min()):.3g}"
+    with pytest.raises(ScwbError) as err:
         pp.apply(a, pp.Recipe([pp.Step("normalize", {"target_sum": 1e6})]))
+    assert re.fullmatch(
+        rf"normalize needs counts \(values >= 0\); X holds {n:,} negative values \(lowest "
+        rf"{re.escape(lowest)}\): {advice}\.",
+        str(err.value),
+    ), str(err.value)
+
+
+def test_normalizing_logged_data_again_is_said(lognorm_adata):
+    """scanpy logged "seems to be already log-transformed" to stderr; the step says it."""
+    _, report = pp.apply(lognorm_adata, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
+    assert (
+        report[1]["note"] == "X looked log-normalised already: normalising it again logs it twice"
+    )
+
+
+def test_notes_of_concurrent_recipes_stay_apart(counts_adata):
+    """The app runs recipes in several sessions' threads at once: each report holds its own
+    notes only, and the process's warning filters are left as they were."""
+    import threading
+    import warnings
+
+    filters = list(warnings.filters)
+    empty = _with_empty_cells(counts_adata)
+    recipes = {
+        "empty": (
+            empty,
+            pp.Recipe([pp.Step("filter_genes", {"min_cells": 4}), pp.Step("normalize")]),
+        ),
+        "hvg": (counts_adata, pp.Recipe([pp.Step("hvg", {"n_top": 5000})])),
+    }
+    reports: dict[str, list] = {}
+
+    def run(key: str) -> None:
+        for _ in range(5):
+            reports.setdefault(key, []).append(pp.apply(*recipes[key])[1])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in recipes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rep in reports["empty"]:
+        assert [r.get("note", "") for r in rep][2].startswith("3 cells have no counts")
+        assert all("genes asked for" not in r.get("note", "") for r in rep)
+    for rep in reports["hvg"]:
+        assert rep[1]["note"].startswith("5,000 genes asked for")
+        assert all("no counts" not in r.get("note", "") for r in rep)
+    assert list(warnings.filters) == filters

@@ -262,3 +262,14 @@ def test_cli_refuses_an_unknown_metric_and_writes_valid_json(group_dirs, capsys)
     assert cli.main(["compare", "--group", "solo", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)  # NaN would not parse as strict JSON
     assert out["paired"][0]["p"] is None and "one shared seed" in out["paired"][0]["verdict"]
+
+
+def test_mean_sd_text_keeps_its_digits():
+    """A perfect accuracy read "1 ± 0" beside "0.9915 ± 0.012"; trailing zeros are kept, and
+    a large value has no bare point ("1467", not "1467.")."""
+    c = seeds.Config("k", "mlp", "d")
+    c.runs = {0: {"acc": 1.0, "epochs": 1420.0}, 1: {"acc": 1.0, "epochs": 1502.0}}
+    assert c.text("acc") == "1.000 ± 0.0"
+    assert c.text("epochs") == "1461 ± 58"
+    c.runs = {0: {"acc": 0.98305}, 1: {"acc": 1.0}}
+    assert c.text("acc") == "0.9915 ± 0.012"
