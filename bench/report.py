@@ -211,13 +211,13 @@ def scgen_levers(d: dict) -> list[str]:
             row["scGen R² (mean of types)"] = f"{g['r2_mean_all'].mean().mean():.3f}"
             rows.append(row)
         n = len(next(iter(variants.values()))["seeds"])
-        out += [
-            f"#### {set_key} ({n} seeds)",
-            "",
-            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
-            "",
-        ]
+        out += _text_table(f"#### {set_key} ({n} seeds)", rows)
     return out
+
+
+def _text_table(title: str, rows: list[dict]) -> list[str]:
+    """A titled table of cells that are already text (``mean ± sd`` and the like)."""
+    return [title, "", pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True), ""]
 
 
 def quality(q: dict) -> list[str]:
@@ -338,12 +338,7 @@ def scgen_diagnose(d: dict) -> list[str]:
                 f"{x['train gain'].mean():.2f}, {x['oracle gain'].mean():.2f}"
             )
             rows.append(row)
-        out += [
-            f"#### {set_key} ({len(block['seeds'])} seeds, {block['date']})",
-            "",
-            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
-            "",
-        ]
+        out += _text_table(f"#### {set_key} ({len(block['seeds'])} seeds, {block['date']})", rows)
     return out
 
 

@@ -246,3 +246,33 @@ def test_quality_adds_seeds_only_beside_todays_scgen_defaults():
     other["training"]["patience"] = 10
     with pytest.raises(SystemExit, match="training settings"):
         quality._same_params({"kang_counts_small": other}, None)
+
+
+def test_scgen_diagnose_section_reads_against_the_baseline():
+    """Each R² column is shown as its difference from the mean-shift baseline, mean ± sd over
+    the seeds; directions and gains as they are."""
+    row = {
+        "cell_type": "Tuft",
+        "scgen": 0.76,
+        "weighted delta": 0.77,
+        "gain (train)": 0.75,
+        "gain (oracle)": 0.772,
+        "meanshift": 0.785,
+        "cell-weighted meanshift": 0.787,
+        "meanshift gain (oracle)": 0.788,
+        "scgen shift r": 0.32,
+        "meanshift shift r": 0.37,
+        "train gain": 1.14,
+        "oracle gain": 0.70,
+    }
+    other = {**row, "scgen": 0.77, "scgen shift r": 0.34}
+    text = "\n".join(
+        report.scgen_diagnose(
+            {"hpoly_small": {"date": "2026-11-27", "seeds": {"0": [row], "1": [other]}}}
+        )
+    )
+    assert "#### hpoly_small (2 seeds, 2026-11-27)" in text
+    line = next(x for x in text.splitlines() if x.startswith("| Tuft"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["Tuft", "0.785", "-0.020 ± 0.007", "-0.015 ± 0.000"]
+    assert cells[-3:] == ["0.33 ± 0.01", "0.37 ± 0.00", "1.14, 0.70"]
