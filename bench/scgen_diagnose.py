@@ -42,7 +42,7 @@ from engine.perturb import mean_shift
 from engine.spec import RunSpec
 from engine.tasks.perturb import _decode, _encode
 
-RESULT = OUT.parent / "scgen_diagnose.json"
+RESULT = OUT / "scgen_diagnose.json"
 
 
 def _trained(set_key: str, seed: int, data: str, work: Path) -> Path:
