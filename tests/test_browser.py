@@ -96,7 +96,18 @@ def _go(page, name: str) -> None:
     _wait_idle(page)
 
 
-def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
+@pytest.fixture
+def cancel_runs_after(workspace):
+    """Runs a test left training are cancelled when it ends, passed or failed."""
+    yield
+    from engine import jobs, runs
+
+    for r in jobs.list_jobs():
+        if r.get("state") in runs.ACTIVE:
+            jobs.cancel(r["id"])
+
+
+def test_upload_preprocess_train_watch(server, counts_file, tmp_path, cancel_runs_after):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -134,10 +145,17 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path):
         )
         # the time estimate appears once the background warm-up benchmark has measured this CPU
         expect(page.get_by_text("about ", exact=False).first).to_be_visible(timeout=120_000)
+        # a run long enough to be watched: on a fast CPU 60 epochs of these 600 cells took 3 s
+        # and ended before the Runs page opened (no curve left to move). A small learning rate
+        # keeps the validation loss falling, so early stopping leaves the MLP its 2,000 epochs
+        # (the L-BFGS logistic regression ignores it); the runs are cancelled at the end.
         epochs = page.get_by_role("spinbutton", name="Max epochs")
-        epochs.fill("60")
+        epochs.fill("2000")
         epochs.press("Enter")
-        expect(page.get_by_text("mlp · epochs: 60").first).to_be_visible(timeout=30_000)
+        lr = page.get_by_role("spinbutton", name="Learning rate")
+        lr.fill("0.00001")
+        lr.press("Enter")
+        expect(page.get_by_text("mlp · epochs: 2000").first).to_be_visible(timeout=30_000)
         _wait_idle(page)
         page.screenshot(path=SHOTS / "train.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
