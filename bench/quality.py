@@ -65,11 +65,11 @@ def _source(name: str):
 def prepared(name: str, recipe: pp.Recipe, tmp: Path) -> str:
     """``name`` after ``recipe``, as a file in ``tmp`` named by the recipe (a stable digest: str
     hash() differs per process, so no process found another's file). A file of that name is
-    reused only when it holds the same values and names (the engine's fingerprint), so a kept folder never
+    reused only when its content is the same (the engine's content hash: values, names, obs and layers), so a kept folder never
     serves data made by older preprocessing code or from an older source."""
     out, _ = pp.apply(_source(name), recipe)
     path = tmp / f"{Path(name).stem}-{hashlib.sha1(recipe.to_json().encode()).hexdigest()[:8]}.h5ad"
-    if not path.exists() or io.fingerprint(io.read(path)) != io.fingerprint(out):
+    if not path.exists() or io.content_hash(io.read(path)) != io.content_hash(out):
         io.write_h5ad(out, path)
     return str(path)
 

@@ -100,6 +100,8 @@ def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> a
     scanpy's ``normalize_total`` and ``log1p`` (the same numbers, float32), written out so that
     a cell without counts and data already logged are said in the report, not on stderr.
     Needs counts: negative values are refused."""
+    if adata.is_view:  # as scanpy: the step works on its own object, never the parent's X
+        adata._init_as_actual(adata.copy())
     x = adata.X
     n_neg, lowest = negatives(x)
     if n_neg:
@@ -113,8 +115,12 @@ def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> a
             f"normalize needs counts (values >= 0); X holds {n_neg:,} negative values (lowest "
             f"{lowest:.3g}): {advice}."
         )
-    if log and ("log1p" in adata.uns or matrix_kind(x) == "log-normalised"):
-        note("X looked log-normalised already: normalising it again logs it twice")
+    if log and matrix_kind(x) == "log-normalised":  # a suspicion from the values, said so
+        note(
+            "X holds non-integer values below 30, as log-normalised data do"
+            + (" (and uns['log1p'] says it was logged)" if "log1p" in adata.uns else "")
+            + ": if it is logged already, this logs it twice"
+        )
     total = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     empty = int((total == 0).sum())
     if empty:

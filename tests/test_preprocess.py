@@ -228,12 +228,60 @@ def test_normalize_refuses_negative_values(counts_adata, kind):
     ), str(err.value)
 
 
-def test_normalizing_logged_data_again_is_said(lognorm_adata):
-    """scanpy logged "seems to be already log-transformed" to stderr; the step says it."""
-    _, report = pp.apply(lognorm_adata, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
-    assert (
-        report[1]["note"] == "X looked log-normalised already: normalising it again logs it twice"
+def test_normalizing_logged_data_again_is_said(lognorm_adata, counts_adata):
+    """scanpy logged "seems to be already log-transformed" to stderr; the step says what it
+    sees, from the values: logged-looking values are said (with uns['log1p'] as support), and
+    counts whose uns['log1p'] is stale (raw counts put back into X) are not."""
+    logged = lognorm_adata.copy()
+    del logged.uns["log1p"]
+    _, report = pp.apply(logged, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
+    assert report[1]["note"] == (
+        "X holds non-integer values below 30, as log-normalised data do: if it is logged "
+        "already, this logs it twice"
     )
+    _, report = pp.apply(lognorm_adata, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
+    assert "(and uns['log1p'] says it was logged)" in report[1]["note"]
+    stale = counts_adata.copy()
+    stale.uns["log1p"] = {"base": None}
+    _, report = pp.apply(stale, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
+    assert "note" not in report[1]
+
+
+@pytest.mark.parametrize("layout", ["csr", "csc", "dense", "matrix", "int32", "int64"])
+def test_normalize_is_scanpys_bit_for_bit(counts_adata, layout):
+    """normalize is written out (so that it can say what it sees) and must stay scanpy's
+    normalize_total + log1p exactly, empty cells included, in every layout a file brings."""
+    import anndata as ad
+    import scanpy as sc
+
+    x = counts_adata.X.toarray().astype(np.float32)
+    x[:2] = 0  # empty cells: divided by 1, as scanpy does
+    store = {
+        "csr": sp.csr_matrix(x),
+        "csc": sp.csc_matrix(x),
+        "dense": x,
+        "matrix": np.asmatrix(x),
+        "int32": x.astype(np.int32),
+        "int64": sp.csr_matrix(x.astype(np.int64)),
+    }[layout]
+    ours = pp.normalize(ad.AnnData(store, obs=counts_adata.obs.copy()), target_sum=1e6)
+    ref = ad.AnnData(store, obs=counts_adata.obs.copy())
+    if not np.issubdtype(ref.X.dtype, np.floating):
+        ref.X = ref.X.astype(np.float32)
+    sc.pp.normalize_total(ref, target_sum=1e6)
+    sc.pp.log1p(ref)
+    np.testing.assert_array_equal(_x(ours), _x(ref))
+    assert ours.X.dtype == np.float32
+
+
+def test_normalize_on_a_view_leaves_the_parent_alone(counts_adata):
+    """Setting X on a view writes into the parent: the step works on its own object, as
+    scanpy's do."""
+    parent = counts_adata.copy()
+    before = _x(parent).copy()
+    out = pp.normalize(parent[10:50], target_sum=1e6)
+    np.testing.assert_array_equal(_x(parent), before)
+    assert out.n_obs == 40 and not out.is_view
 
 
 def test_notes_of_concurrent_recipes_stay_apart(counts_adata):
@@ -269,3 +317,35 @@ def test_notes_of_concurrent_recipes_stay_apart(counts_adata):
         assert rep[1]["note"].startswith("5,000 genes asked for")
         assert all("no counts" not in r.get("note", "") for r in rep)
     assert list(warnings.filters) == filters
+
+
+def test_notes_stay_apart_when_steps_overlap(monkeypatch):
+    """Two sessions' steps running at the same moment: each row holds its own notes only (the
+    first version captured warnings process-wide and mixed them; a reviewer's test, kept)."""
+    import threading
+
+    import anndata as ad
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    def talk(adata, who: str = ""):
+        pp.note(f"{who} first")
+        barrier.wait()  # both steps are running now
+        pp.note(f"{who} second")
+        barrier.wait()
+        return adata
+
+    monkeypatch.setitem(pp.STEPS, "talk", talk)
+    reports = {}
+    a = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+
+    def run(who: str) -> None:
+        reports[who] = pp.apply(a, pp.Recipe([pp.Step("talk", {"who": who})]))[1]
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w in "AB":
+        assert reports[w][1].get("note") == f"{w} first; {w} second", reports
