@@ -103,9 +103,9 @@ def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> a
     if adata.is_view:  # as scanpy: the step works on its own object, never the parent's X
         adata._init_as_actual(adata.copy())
     x = adata.X
+    kind = matrix_kind(x)  # once: the refusal's advice and the logged-twice note read it
     n_neg, lowest = negatives(x)
     if n_neg:
-        kind = matrix_kind(x)
         advice = {
             "scaled (z-score)": "it looks scaled (z-score): normalise the raw counts, before scaling",
             "raw intensities": "it looks like cytometry intensities, which take arcsinh instead",
@@ -115,7 +115,7 @@ def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> a
             f"normalize needs counts (values >= 0); X holds {n_neg:,} negative values (lowest "
             f"{lowest:.3g}): {advice}."
         )
-    if log and matrix_kind(x) == "log-normalised":  # a suspicion from the values, said so
+    if log and kind == "log-normalised":  # a suspicion from the values, said so
         note(
             "X holds non-integer values below 30, as log-normalised data do"
             + (" (and uns['log1p'] says it was logged)" if "log1p" in adata.uns else "")
