@@ -246,7 +246,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
     )
     for row in report:  # what a step said of its effect, in full (a table cell cuts it off)
         if row.get("note"):
-            st.caption(f":material/info: **{row['step']}**: {figures.esc(row['note'])}")
+            st.caption(f":material/info: **{row['step']}**: {esc(row['note'])}")
     before, after = _values(str(datasets.path(name))), _values(out_path)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(
