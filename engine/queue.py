@@ -5,6 +5,7 @@ frees (one per host, started on demand, gone when the queue is empty)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -62,17 +63,43 @@ def queued_marker(run_dir: Path) -> Path | None:
     return None
 
 
+def _lock_held(path: Path) -> bool:
+    """Whether another open file holds ``path``'s ``flock`` (a probe: released at once)."""
+    try:
+        fh = open(path, "a")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        fh.close()
+
+
 def dispatcher_alive(root: Path, host: str | None = None) -> bool:
-    info = runs.read_json(queue_dir(root, host or settings.get().host) / ".dispatcher.json")
+    """Whether a dispatcher serves ``root``'s queue on ``host`` (default: this one).
+
+    On this host the answer is the dispatcher's lock, not its pid: a dispatcher that has let go
+    of its lock may still be alive for a moment on its way out, after its last look at the
+    queue, and a run queued in that moment would wait until the next submit. A dispatcher
+    holding the lock looks at the queue again after letting go, so a marker written before this
+    probe is always seen (by it, or by the one the caller starts)."""
+    host = host or settings.get().host
+    qdir = queue_dir(root, host)
+    if host == settings.get().host:
+        return _lock_held(qdir / ".dispatcher.lock")
+    info = runs.read_json(qdir / ".dispatcher.json")
     return isinstance(info, dict) and pid_alive(info.get("pid"), "--dispatch")
 
 
 def ensure_dispatcher(root: Path | None = None) -> None:
-    """Start this host's dispatcher for ``root`` unless one runs (it exits by itself when the
-    queue is empty; a second one exits at once, so racing starts are harmless)."""
+    """Start this host's dispatcher for ``root`` unless one holds its lock (it exits by itself
+    when the queue is empty; a second one exits at once, so racing starts are harmless)."""
     root = Path(root or workspace.runs_dir())
     if dispatcher_alive(root):
-        return  # it sees the new marker in its loop, or in its last look before leaving
+        return  # it sees the new marker in its loop, or in its look after letting go
     qdir = queue_dir(root, settings.get().host)
     try:
         log = open(qdir / ".dispatcher.log", "ab")  # noqa: SIM115 - handed to the child

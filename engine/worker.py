@@ -159,7 +159,8 @@ def dispatch(runs_root: Path) -> int:
             return 1
         finally:
             lock.close()
-        # a submit that saw our lock just before we let go relies on this second look
+        # a submit that found our lock held (queue.dispatcher_alive) relies on this second
+        # look; one that finds it free starts a dispatcher of its own
         if not queue.queue_items(qdir):
             return 0
 

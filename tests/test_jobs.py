@@ -364,6 +364,50 @@ def test_runs_left_queued_by_a_restart_wait_and_resume(monkeypatch, lognorm_file
     assert jobs.wait(run_dir, timeout=120)["state"] == "completed"
 
 
+def test_a_run_queued_while_the_dispatcher_leaves_still_starts(lognorm_file):
+    """A dispatcher that has taken its last look at the queue is still alive for a moment on its
+    way out; a run queued then waited for the next submit (a CI run saw one stay queued for
+    120 s). The pid is not the test: the dispatcher's lock is."""
+    import subprocess
+    import sys
+
+    from engine import launchers, runs, workspace
+
+    qdir = queue.queue_dir(workspace.runs_dir(), launchers.host())
+    qdir.mkdir(parents=True, exist_ok=True)
+    # a process named like a dispatcher, alive, recorded as the dispatcher, holding no lock
+    leaving = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--dispatch"])
+    try:
+        runs.write_json(qdir / ".dispatcher.json", {"pid": leaving.pid})
+        assert not queue.dispatcher_alive(workspace.runs_dir())
+        run_dir = jobs.submit(
+            RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=1)
+        )
+        assert jobs.wait(run_dir, timeout=120)["state"] == "completed"
+    finally:
+        leaving.kill()
+        leaving.wait()
+
+
+def test_a_dispatcher_holding_its_lock_is_not_doubled(monkeypatch):
+    """While a dispatcher holds its lock, submits leave the queue to it (no second process)."""
+    import fcntl
+
+    from engine import launchers, workspace
+
+    qdir = queue.queue_dir(workspace.runs_dir(), launchers.host())
+    qdir.mkdir(parents=True, exist_ok=True)
+    started = []
+    monkeypatch.setattr(queue.subprocess, "Popen", lambda *a, **k: started.append(a))
+    with open(qdir / ".dispatcher.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert queue.dispatcher_alive(workspace.runs_dir())
+        queue.ensure_dispatcher()
+        assert started == []
+    queue.ensure_dispatcher()  # let go (and gone): a new one is started
+    assert len(started) == 1
+
+
 def test_slots_map_to_the_gpus_this_process_may_use(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert queue.gpu_ids([0, 1]) == "0,1"
