@@ -307,7 +307,12 @@ def scgen_diagnose(d: dict) -> list[str]:
         "change times the gain that best fits the held-out type's real change (it uses the "
         "answer: not a method, a bound on what the amplitude alone could give). `shift r`: the "
         "correlation over genes of the predicted and the real change (the direction alone). "
-        "`gains`: the fitted gain on the training types, then the oracle's.",
+        "`gains`: the fitted gain on the training types, then the oracle's. `decoded at training "
+        "types`: the same vector decoded at the training types' control cells instead of the "
+        "held-out type's (one change for all types, as the mean-shift's, but the model's); "
+        "`identity removed`: the vector without its component along the held-out type's "
+        "identity (its control cells' latent mean minus the mean of all types'), and `identity "
+        "cos` the cosine of the two.",
         "",
     ]
     diffs = {
@@ -317,6 +322,8 @@ def scgen_diagnose(d: dict) -> list[str]:
         "gain (oracle)": "gain (oracle)",
         "cell-weighted meanshift": "cell-weighted meanshift",
         "meanshift gain (oracle)": "meanshift gain (oracle)",
+        "decoded at training types": "decoded at training types",
+        "identity removed": "identity removed",
     }
 
     def ms(v: pd.Series, sign: bool = True) -> str:
@@ -331,7 +338,10 @@ def scgen_diagnose(d: dict) -> list[str]:
         for ct, x in t.groupby("cell_type"):
             row = {"cell type": ct, "meanshift R²": f"{x['meanshift'].mean():.3f}"}
             for label, col in diffs.items():
-                row[label] = ms(x[col] - x["meanshift"])
+                if col in x:  # results written before a column existed lack it
+                    row[label] = ms(x[col] - x["meanshift"])
+            if "identity cos" in x:
+                row["identity cos"] = ms(x["identity cos"], sign=False)
             row["scGen shift r"] = ms(x["scgen shift r"], sign=False)
             row["meanshift shift r"] = ms(x["meanshift shift r"], sign=False)
             row["gains (train, oracle)"] = (
@@ -339,7 +349,42 @@ def scgen_diagnose(d: dict) -> list[str]:
             )
             rows.append(row)
         out += _text_table(f"#### {set_key} ({len(block['seeds'])} seeds, {block['date']})", rows)
+        out += _costly_genes_table(set_key, t)
     return out
+
+
+def _costly_genes_table(set_key: str, t: pd.DataFrame, n: int = 6) -> list[str]:
+    """Per cell type where scGen is below the mean-shift on average: the genes that cost it most
+    over all seeds (a gene's cost: scGen's squared error minus the baseline's, summed over the
+    seeds where it is among the ten costliest), with the mean real and predicted changes."""
+    if "genes" not in t:
+        return []
+    rows = []
+    for ct, x in t.groupby("cell_type"):
+        if (x["scgen"] - x["meanshift"]).mean() >= 0:
+            continue
+        g = pd.DataFrame([gene for genes in x["genes"] for gene in genes])
+        top = g.groupby("gene").agg(
+            cost=("cost", "sum"),
+            real=("real", "mean"),
+            scgen=("scgen", "mean"),
+            meanshift=("meanshift", "mean"),
+        )
+        top = top.sort_values("cost", ascending=False).head(n)
+        rows.append(
+            {
+                "cell type": ct,
+                "genes (real change / scGen's / mean-shift's)": ", ".join(
+                    f"{gene} ({r.real:+.2f} / {r.scgen:+.2f} / {r.meanshift:+.2f})"
+                    for gene, r in top.iterrows()
+                ),
+            }
+        )
+    return _text_table(
+        f"Where scGen's change costs it most, {set_key} (types below the baseline; "
+        "log-expression changes, mean over seeds)",
+        rows,
+    )
 
 
 def _peak_flops(card: str | None) -> float | None:

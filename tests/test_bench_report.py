@@ -276,3 +276,45 @@ def test_scgen_diagnose_section_reads_against_the_baseline():
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:4] == ["Tuft", "0.785", "-0.020 ± 0.007", "-0.015 ± 0.000"]
     assert cells[-3:] == ["0.33 ± 0.01", "0.37 ± 0.00", "1.14, 0.70"]
+    assert "costs it most" not in text  # results without genes: no genes table
+
+
+def test_scgen_diagnose_names_the_genes_that_cost_scgen_most():
+    """Where scGen is below the baseline, the genes whose squared error exceeds the baseline's
+    most over the seeds, with their real and predicted changes; types above it get no row."""
+
+    def gene(name, cost, real, scgen):
+        return {"gene": name, "cost": cost, "real": real, "scgen": scgen, "meanshift": 0.0}
+
+    base = {
+        "scgen shift r": 0.3,
+        "meanshift shift r": 0.4,
+        "train gain": 1.0,
+        "oracle gain": 1.0,
+        "weighted delta": 0.7,
+        "gain (train)": 0.7,
+        "gain (oracle)": 0.7,
+        "cell-weighted meanshift": 0.7,
+        "meanshift gain (oracle)": 0.7,
+        "decoded at training types": 0.79,
+        "identity removed": 0.77,
+        "identity cos": -0.36,
+    }
+    tuft = {**base, "cell_type": "Tuft", "scgen": 0.76, "meanshift": 0.785}
+    stem = {**base, "cell_type": "Stem", "scgen": 0.96, "meanshift": 0.95}
+    s0 = [
+        {**tuft, "genes": [gene("Ltc4s", 0.8, 0.7, -0.4), gene("Hck", 0.5, 0.9, -0.3)]},
+        {**stem, "genes": [gene("Lgr5", 0.9, 1.0, 0.0)]},
+    ]
+    s1 = [
+        {**tuft, "genes": [gene("Hck", 0.6, 1.0, -0.3), gene("Cd24a", 0.2, 1.1, -0.2)]},
+        {**stem, "genes": [gene("Lgr5", 0.9, 1.0, 0.0)]},
+    ]
+    text = "\n".join(
+        report.scgen_diagnose({"hpoly": {"date": "2026-11-27", "seeds": {"0": s0, "1": s1}}})
+    )
+    line = next(x for x in text.splitlines() if x.startswith("| Tuft") and "Hck" in x)
+    assert "Hck (+0.95 / -0.30 / +0.00), Ltc4s (+0.70 / -0.40 / +0.00), Cd24a" in line  # by cost
+    assert "Lgr5" not in text  # Stem is above the baseline
+    row = next(x for x in text.splitlines() if x.startswith("| Tuft") and "Hck" not in x)
+    assert "+0.005 ± 0.000" in row and "-0.36 ± 0.00" in row  # decoded elsewhere; identity cos
