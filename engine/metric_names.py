@@ -129,6 +129,21 @@ _M = {
         "The R² of mean expression a perfect prediction would be expected to reach against these real stimulated cells: few cells make a noisy mean (split-half estimate).",
         None,
     ),
+    "meanshift_gap_r2_mean_all": (
+        "R² minus the mean-shift's (all genes)",
+        "The model's R² of means (all genes) minus that of the baseline 'control + mean shift': above 0, the model predicts better.",
+        "higher",
+    ),
+    "meanshift_gap_ci95_low": (
+        "R² minus the mean-shift's: 95% interval, low",
+        "Low end of the 95% interval of that difference over the cells scored (a bootstrap of the control and the real stimulated cells). Above 0: the model is ahead by more than the sampling of these cells explains.",
+        None,
+    ),
+    "meanshift_gap_ci95_high": (
+        "R² minus the mean-shift's: 95% interval, high",
+        "High end of the same interval. Below 0: the baseline is ahead by more than the sampling of these cells explains.",
+        None,
+    ),
     "beats_noshift": (
         "Beats 'control unchanged'",
         "Whether the model's R² of means (all genes) is above the baseline that predicts the control cells unchanged.",

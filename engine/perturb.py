@@ -162,3 +162,52 @@ def read_gene_means(path: str | Path) -> pd.DataFrame:
         keep_default_na=False,
         na_values={c: ["", "nan", "NaN"] for c in MEAN_COLUMNS},
     )
+
+
+def against_meanshift(
+    m: dict[str, Any], target: str, model: str = "the model"
+) -> tuple[str, str] | None:
+    """How a scored prediction (its metrics ``m``) stands against the mean-shift baseline, in
+    one sentence, with the level a page shows it at (``"success"``, ``"info"`` or
+    ``"warning"``); ``None`` when the metrics lack the comparison. Decided by the 95% interval
+    of the difference over the cells scored when the run has one (older runs: by the sign)."""
+    n_ctrl, n_stim = m.get("n_ctrl"), m.get("n_stim")
+
+    def num(k: str) -> float | None:
+        v = m.get(k)
+        return float(v) if type(v) in (int, float) and np.isfinite(v) else None
+
+    gap = num("meanshift_gap_r2_mean_all")
+    if gap is None and num("r2_mean_all") is not None:
+        base = num("baseline_meanshift_r2_mean_all")
+        gap = None if base is None else num("r2_mean_all") - base
+    if gap is None:
+        return None
+    low, high = num("meanshift_gap_ci95_low"), num("meanshift_gap_ci95_high")
+    cells = ""
+    if type(n_ctrl) is int and type(n_stim) is int:
+        cells = f" over its {n_ctrl:,} control and {n_stim:,} stimulated cells"
+    if low is None or high is None:
+        if gap > 0:
+            return (
+                "success",
+                f"For {target}, {model} beats the mean-shift baseline (R² {gap:+.3f}).",
+            )
+        return "warning", (
+            f"For {target}, {model} does not beat the simple mean-shift baseline on R² of mean "
+            f"expression (all genes; {gap:+.3f})."
+        )
+    interval = f"95% interval {low:+.3f} to {high:+.3f}{cells}"
+    if low > 0:
+        return "success", (
+            f"For {target}, {model} beats the mean-shift baseline: R² {gap:+.3f} ({interval})."
+        )
+    if high < 0:
+        return "warning", (
+            f"For {target}, the simple mean-shift baseline predicts better than {model}: R² "
+            f"{gap:+.3f} ({interval})."
+        )
+    return "info", (
+        f"For {target}, {model} and the mean-shift baseline cannot be told apart on these "
+        f"cells: R² {gap:+.3f} ({interval}); more cells of {target} would tell."
+    )

@@ -21,7 +21,12 @@ import streamlit as st
 from engine import embedding, export, jobs, metric_names, models, runs, settings
 from engine import results as results_files
 from engine.checks import human
-from engine.perturb import GENE_MEANS, gene_means, read_gene_means  # torch-free
+from engine.perturb import (  # torch-free
+    GENE_MEANS,
+    against_meanshift,
+    gene_means,
+    read_gene_means,
+)
 from ui import figures
 from ui.figures import esc
 from ui.state import ensure_app_navigation
@@ -500,6 +505,9 @@ if res_info is not None and task == "perturb":
                 "r2_mean_all",
                 "baseline_noshift_r2_mean_all",
                 "baseline_meanshift_r2_mean_all",
+                "meanshift_gap_r2_mean_all",
+                "meanshift_gap_ci95_low",
+                "meanshift_gap_ci95_high",
                 "ceiling_r2_mean_all",
                 "r2_mean_top100",
                 "baseline_meanshift_r2_mean_top100",
@@ -560,11 +568,9 @@ if res_info is not None and task == "perturb":
                     f"(all genes) against the real stimulated cells of {esc(target)}, whose mean is "
                     "itself noisy when they are few (split-half estimate)."
                 )
-            if not m.get("beats_meanshift", True):
-                st.warning(
-                    f"For {esc(target)}, scGen does not beat the simple mean-shift baseline "
-                    "on R² of mean expression (all genes)."
-                )
+            verdict = against_meanshift(m, esc(target), "scGen")
+            if verdict:
+                getattr(st, verdict[0])(verdict[1])
             means = target_means(
                 str(res_path), mtime, str(sub_dir), info, target, str(scwb.get("layer") or "X")
             )

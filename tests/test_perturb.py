@@ -164,6 +164,11 @@ def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
     pred = res[res.obs["condition"] == "predicted"]
     n_ctrl = ((res.obs["cell_type"] == "B cell") & (res.obs["condition"] == "control")).sum()
     assert pred.n_obs == n_ctrl and set(pred.obs["cell_type"]) == {"B cell"}
+    # against the mean-shift: the difference, its interval over these cells, and their counts
+    assert metrics["n_ctrl"] == n_ctrl and metrics["n_stim"] == real.sum()
+    gap = metrics["r2_mean_all"] - metrics["baseline_meanshift_r2_mean_all"]
+    assert metrics["meanshift_gap_r2_mean_all"] == pytest.approx(gap)
+    assert metrics["meanshift_gap_ci95_low"] < metrics["meanshift_gap_ci95_high"]
     split = np.load(tmp_path / "run" / "split.npz")
     held = res.obs.iloc[split["test"]]
     assert set(held["cell_type"]) == {"B cell"} and set(held["condition"]) == {"stimulated"}
@@ -172,6 +177,76 @@ def test_scgen_predicts_held_out_cell_type(tmp_path, lognorm_file):
     )
     degs = json.loads((tmp_path / "run" / "top_degs.json").read_text())
     assert len(degs) == 100
+
+
+def _groups(rng, n_ctrl, n_stim, genes=300, noise=1.0):
+    """Control and stimulated cells around known means: the response is ``change``."""
+    base = rng.gamma(2.0, 1.0, genes)
+    change = rng.normal(0, 1.0, genes)
+    ctrl = base + rng.normal(0, noise, (n_ctrl, genes))
+    stim = base + change + rng.normal(0, noise, (n_stim, genes))
+    return ctrl, stim, change
+
+
+def test_meanshift_gap_interval_separates_a_real_lead_from_chance():
+    """Many cells and a prediction that knows the response: the interval is above 0. A handful
+    of cells and two predictions about as good: it spans 0. A lead of the baseline: below 0."""
+    rng = np.random.default_rng(0)
+    ctrl, stim, change = _groups(rng, 400, 400)
+    wrong = change * 0.3 + rng.normal(0, 1.0, change.shape)  # the baseline's shift, poorer
+    low, high = evaluate.meanshift_gap_interval(ctrl + change, stim, ctrl, wrong)
+    assert 0 < low < high
+    low, high = evaluate.meanshift_gap_interval(ctrl + wrong, stim, ctrl, change)
+    assert low < high < 0
+    ctrl, stim, change = _groups(rng, 6, 6, noise=3.0)
+    close = change + rng.normal(0, 0.05, change.shape)  # two near-equal predictions
+    low, high = evaluate.meanshift_gap_interval(ctrl + close, stim, ctrl, change)
+    assert low < 0 < high
+    # without a prediction per control cell the groups are resampled apart; too few cells: NaN
+    low, high = evaluate.meanshift_gap_interval((ctrl + close)[:4], stim, ctrl, change)
+    assert low < high
+    assert np.isnan(evaluate.meanshift_gap_interval(ctrl[:1], stim, ctrl[:1], change)).all()
+
+
+def test_meanshift_gap_interval_is_seeded_and_bounded_in_cells():
+    rng = np.random.default_rng(1)
+    ctrl, stim, change = _groups(rng, 50, 40)
+    pred = ctrl + change * 0.8
+    a = evaluate.meanshift_gap_interval(pred, stim, ctrl, change * 0.5, seed=3)
+    assert a == evaluate.meanshift_gap_interval(pred, stim, ctrl, change * 0.5, seed=3)
+    small = evaluate.meanshift_gap_interval(pred, stim, ctrl, change * 0.5, max_cells=20)
+    assert np.isfinite(small).all()  # subsampled (paired rows kept together), still scored
+
+
+def test_against_meanshift_says_which_is_better_and_whether_it_is_chance():
+    from engine.perturb import against_meanshift
+
+    m = {"r2_mean_all": 0.95, "baseline_meanshift_r2_mean_all": 0.94, "n_ctrl": 79, "n_stim": 69}
+    level, text = against_meanshift(
+        {**m, "meanshift_gap_r2_mean_all": 0.01, "meanshift_gap_ci95_low": 0.004,
+         "meanshift_gap_ci95_high": 0.016}, "TA", "scGen")  # fmt: skip
+    assert level == "success" and text == (
+        "For TA, scGen beats the mean-shift baseline: R² +0.010 (95% interval +0.004 to +0.016 "
+        "over its 79 control and 69 stimulated cells)."
+    )
+    level, text = against_meanshift(
+        {**m, "meanshift_gap_r2_mean_all": -0.008, "meanshift_gap_ci95_low": -0.016,
+         "meanshift_gap_ci95_high": -0.002}, "E.P", "scGen")  # fmt: skip
+    assert level == "warning" and "mean-shift baseline predicts better than scGen" in text
+    level, text = against_meanshift(
+        {**m, "meanshift_gap_r2_mean_all": -0.016, "meanshift_gap_ci95_low": -0.039,
+         "meanshift_gap_ci95_high": 0.012, "n_ctrl": 7, "n_stim": 22}, "Tuft", "scGen")  # fmt: skip
+    assert level == "info" and "cannot be told apart" in text and "7 control and 22" in text
+    # a run scored before the interval existed: the sign alone, as before
+    assert against_meanshift(m, "TA")[0] == "success"
+    old = {"r2_mean_all": 0.90, "baseline_meanshift_r2_mean_all": 0.92}
+    assert against_meanshift(old, "TA", "scGen") == (
+        "warning",
+        "For TA, scGen does not beat the simple mean-shift baseline on R² of mean expression "
+        "(all genes; -0.020).",
+    )
+    assert against_meanshift({"r2_mean_all": float("nan")}, "TA") is None
+    assert against_meanshift({}, "TA") is None
 
 
 def test_leave_one_out_table(tmp_path, lognorm_file):
@@ -190,6 +265,9 @@ def test_leave_one_out_table(tmp_path, lognorm_file):
     assert {"r2_mean_all", "baseline_meanshift_r2_mean_all", "beats_noshift"} <= set(table.columns)
     assert metrics["cell_types"] == list(table["cell_type"])
     assert np.isclose(metrics["r2_mean_all"], table["r2_mean_all"].mean())
+    # each type has its interval; the run's mean holds no mean of intervals
+    assert (table["meanshift_gap_ci95_low"] < table["meanshift_gap_ci95_high"]).all()
+    assert "meanshift_gap_ci95_low" not in metrics and "meanshift_gap_r2_mean_all" in metrics
 
 
 def test_sparse_input_is_never_densified_whole(tmp_path, lognorm_adata, monkeypatch):

@@ -226,6 +226,7 @@ class Perturb(Task):
                 shift = mean_shift(inp, c_in, t_in, trained, d["ctrl"], d["stim"])
                 xp, xr, xc = io.dense(pred_x[pred]), io.dense(inp[real]), io.dense(inp[ctrl])
                 m = score_prediction(xp, xr, xc, out.var_names, shift, spec.seed)
+                m.update(n_ctrl=int(ctrl.sum()), n_stim=len(real))
                 folder = Path(spec.out) / part["folder"]
                 runs.write_json(folder / "top_degs.json", m.pop("degs"))
                 means = pd.DataFrame(
@@ -255,8 +256,8 @@ class Perturb(Task):
         table = pd.DataFrame(rows)
         if len(self.parts) > 1:
             table.to_csv(Path(spec.out) / "loo.csv", index=False)
-            num = table.select_dtypes("number").drop(
-                columns=["n_ctrl", "n_stim", "epochs"], errors="ignore"
+            num = table.select_dtypes("number").drop(  # an interval per type is no mean's
+                columns=["n_ctrl", "n_stim", "epochs", *INTERVAL_COLS], errors="ignore"
             )
             metrics = {k: float(v) for k, v in num.mean().items()}
             metrics["cell_types"] = list(table["cell_type"])
@@ -310,6 +311,9 @@ class Perturb(Task):
         return task
 
 
+INTERVAL_COLS = ("meanshift_gap_ci95_low", "meanshift_gap_ci95_high")
+
+
 def score_prediction(
     pred: np.ndarray,
     real: np.ndarray,
@@ -329,6 +333,9 @@ def score_prediction(
         )
     )
     m["ceiling_r2_mean_all"] = evaluate.noise_ceiling(real)
+    m["meanshift_gap_r2_mean_all"] = m["r2_mean_all"] - m["baseline_meanshift_r2_mean_all"]
+    low, high = evaluate.meanshift_gap_interval(pred, real, ctrl, shift, seed=seed)
+    m["meanshift_gap_ci95_low"], m["meanshift_gap_ci95_high"] = low, high
     m["beats_noshift"] = bool(m["r2_mean_all"] > m["baseline_noshift_r2_mean_all"])
     m["beats_meanshift"] = bool(m["r2_mean_all"] > m["baseline_meanshift_r2_mean_all"])
     m["degs"] = degs
