@@ -312,7 +312,9 @@ def scgen_diagnose(d: dict) -> list[str]:
         "held-out type's (one change for all types, as the mean-shift's, but the model's); "
         "`identity removed`: the vector without its component along the held-out type's "
         "identity (its control cells' latent mean minus the mean of all types'), and `identity "
-        "cos` the cosine of the two.",
+        "cos` the cosine of the two. `scGen 95% interval`: scGen's R² minus the baseline's, "
+        "95% interval over the held-out type's cells (bootstrap; mean of the seeds' bounds), and "
+        "in how many seeds it lies wholly above or below 0.",
         "",
     ]
     diffs = {
@@ -340,6 +342,13 @@ def scgen_diagnose(d: dict) -> list[str]:
             for label, col in diffs.items():
                 if col in x:  # results written before a column existed lack it
                     row[label] = ms(x[col] - x["meanshift"])
+            spans = [v for v in x.get("interval", []) if isinstance(v, list | tuple)]
+            if spans:  # per seed; the verdict counts the seeds
+                lo, hi = np.array([v[0] for v in spans]), np.array([v[1] for v in spans])
+                row["scGen 95% interval"] = (
+                    f"{lo.mean():+.3f} to {hi.mean():+.3f} "
+                    f"(above {int((lo > 0).sum())}, below {int((hi < 0).sum())} of {len(lo)})"
+                )
             if "identity cos" in x:
                 row["identity cos"] = ms(x["identity cos"], sign=False)
             row["scGen shift r"] = ms(x["scgen shift r"], sign=False)

@@ -27,6 +27,9 @@ weights:
   (its control cells' latent mean minus the mean of every type's), and ``identity cos``, the
   cosine of the two: a vector pointing away from a type's identity, decoded there, lowers the
   type's own markers;
+- ``interval``: the 95% interval of scGen's R² minus the baseline's over the held-out type's
+  cells (``engine.evaluate.meanshift_gap_interval``, as each run's metrics give it): where it
+  spans 0, these cells cannot tell the two apart;
 - ``genes``: the genes where scGen's squared error exceeds the baseline's most, with the real,
   scGen's and the baseline's change.
 
@@ -47,7 +50,7 @@ import pandas as pd
 
 from bench.quality import OUT, SCGEN, prepared
 from engine import io, predict, train
-from engine.evaluate import r2_pearson
+from engine.evaluate import meanshift_gap_interval, r2_pearson
 from engine.perturb import mean_shift
 from engine.spec import RunSpec
 from engine.tasks.perturb import _decode, _encode
@@ -89,7 +92,7 @@ def _costly_genes(genes, change, baseline, true, n: int = 10) -> list[dict]:
     ]
 
 
-def diagnose(run: Path, data: str) -> list[dict]:
+def diagnose(run: Path, data: str, seed: int = 0) -> list[dict]:
     """One row per held-out cell type of a leave-one-out scGen run."""
     import anndata as ad
 
@@ -128,7 +131,8 @@ def diagnose(run: Path, data: str) -> list[dict]:
         ctrl = (types == t) & (cond == d["ctrl"])
         real = (types == t) & (cond == d["stim"])
         cm, rm = x[ctrl].mean(0), x[real].mean(0)
-        ch = change(ctrl, paired)
+        per_cell = _decode(m, z[ctrl] + paired, "cpu") - _decode(m, z[ctrl], "cpu")
+        ch = per_cell.mean(0)
         for u in sorted(set(types[trained])):  # the training types' own decoded changes
             c = trained & (types == u) & (cond == d["ctrl"])
             if c.any() and (trained & (types == u) & (cond == d["stim"])).any():
@@ -159,6 +163,9 @@ def diagnose(run: Path, data: str) -> list[dict]:
             "train gain": gain_train,
             "oracle gain": _gain(ch, true),
             "genes": _costly_genes(genes, ch, ms, true),
+            "interval": list(
+                meanshift_gap_interval(x[ctrl] + per_cell, x[real], x[ctrl], ms, seed=seed)
+            ),
         }
         if abs(row["scgen"] - logged[t]) > 1e-4:
             raise SystemExit(f"{run}: {t}: R² {row['scgen']:.5f} but loo.csv says {logged[t]:.5f}")
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             per_seed = {}
             for seed in seeds:
                 t0 = time.time()
-                per_seed[str(seed)] = diagnose(_trained(set_key, seed, data, work), data)
+                per_seed[str(seed)] = diagnose(_trained(set_key, seed, data, work), data, seed)
                 print(f"{set_key} seed {seed}: {time.time() - t0:.0f} s", flush=True)
             result[set_key] = {"seeds": per_seed, "date": time.strftime("%Y-%m-%d")}
     out_path.write_text(json.dumps(result, indent=1))

@@ -300,14 +300,24 @@ def test_scgen_diagnose_names_the_genes_that_cost_scgen_most():
         "identity removed": 0.77,
         "identity cos": -0.36,
     }
-    tuft = {**base, "cell_type": "Tuft", "scgen": 0.76, "meanshift": 0.785}
+    tuft = {
+        **base,
+        "cell_type": "Tuft",
+        "scgen": 0.76,
+        "meanshift": 0.785,
+        "interval": [-0.04, 0.01],
+    }
     stem = {**base, "cell_type": "Stem", "scgen": 0.96, "meanshift": 0.95}
     s0 = [
         {**tuft, "genes": [gene("Ltc4s", 0.8, 0.7, -0.4), gene("Hck", 0.5, 0.9, -0.3)]},
         {**stem, "genes": [gene("Lgr5", 0.9, 1.0, 0.0)]},
     ]
     s1 = [
-        {**tuft, "genes": [gene("Hck", 0.6, 1.0, -0.3), gene("Cd24a", 0.2, 1.1, -0.2)]},
+        {
+            **tuft,
+            "genes": [gene("Hck", 0.6, 1.0, -0.3), gene("Cd24a", 0.2, 1.1, -0.2)],
+            "interval": [-0.03, -0.01],
+        },
         {**stem, "genes": [gene("Lgr5", 0.9, 1.0, 0.0)]},
     ]
     text = "\n".join(
@@ -318,3 +328,4 @@ def test_scgen_diagnose_names_the_genes_that_cost_scgen_most():
     assert "Lgr5" not in text  # Stem is above the baseline
     row = next(x for x in text.splitlines() if x.startswith("| Tuft") and "Hck" not in x)
     assert "+0.005 ± 0.000" in row and "-0.36 ± 0.00" in row  # decoded elsewhere; identity cos
+    assert "-0.035 to +0.000 (above 0, below 1 of 2)" in row  # the interval: one seed below
