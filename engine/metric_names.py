@@ -144,6 +144,11 @@ _M = {
         "High end of the same interval. Below 0: the baseline is ahead by more than the sampling of these cells explains.",
         None,
     ),
+    "vs_meanshift": (
+        "Against the mean-shift",
+        "better or worse: beyond the 95% interval of the difference over these cells; cannot tell: within it.",
+        None,
+    ),
     "beats_noshift": (
         "Beats 'control unchanged'",
         "Whether the model's R² of means (all genes) is above the baseline that predicts the control cells unchanged.",

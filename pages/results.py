@@ -31,6 +31,8 @@ from ui import figures
 from ui.figures import esc
 from ui.state import ensure_app_navigation
 
+VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
+
 APP_DIR = Path(__file__).resolve().parent.parent  # where `python -m engine` runs
 AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells
 POLL_S = 2.0
@@ -516,6 +518,13 @@ if res_info is not None and task == "perturb":
                 "beats_noshift",
                 "beats_meanshift",
             ]
+            if {"meanshift_gap_ci95_low", "meanshift_gap_ci95_high"} <= set(table):
+                # the interval decides: one word per type instead of the sign's yes/no
+                table["vs_meanshift"] = [
+                    VERDICT_WORDS.get((against_meanshift(r, "") or ("",))[0], "")
+                    for r in table.to_dict("records")
+                ]
+                cols[cols.index("beats_meanshift")] = "vs_meanshift"
             shown = [c for c in cols if c in table]
             st.dataframe(
                 table[shown],

@@ -735,6 +735,23 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
     at = app("results", run=run.name)
     assert not [w for w in texts(at, "warning") if "Could not" in w], texts(at, "warning")
     assert "Leave-one-cell-type-out" in [h.value for h in at.subheader]
+    # one word per type against the mean-shift, from its interval (the loo.csv's own numbers)
+    loo = pd.read_csv(run / "loo.csv").set_index("cell_type")
+    shown = at.dataframe[0].value.set_index("cell_type")
+    assert "beats_meanshift" not in shown and set(shown["vs_meanshift"]) <= {
+        "better",
+        "cannot tell",
+        "worse",
+    }
+    for t, row in loo.iterrows():
+        word = (
+            "better"
+            if row["meanshift_gap_ci95_low"] > 0
+            else "worse"
+            if row["meanshift_gap_ci95_high"] < 0
+            else "cannot tell"
+        )
+        assert shown.loc[t, "vs_meanshift"] == word
     pick = next(s for s in at.selectbox if s.label == "Cell type")
     for target in pick.options[:2]:
         pick.set_value(target).run()
