@@ -75,6 +75,37 @@ def _pca(m: np.ndarray, n_comps: int, seed: int) -> np.ndarray:
     return PCA(n_components=n, random_state=seed).fit_transform(m).astype(np.float32)
 
 
+SCANPY_BRUTE_BELOW = 4096  # scanpy computes exact neighbours below this many cells
+
+
+def _knn(n_obs: int, n_neighbors: int, seed: int) -> Any:
+    """The kNN scanpy uses for ``n_obs`` cells (None: its own choice), with its output as a
+    ``csr_matrix``. From 4,096 cells scanpy takes pynndescent, whose ``csr_array`` its own
+    reader (1.11.5) asks for ``getnnz``, which scipy 1.17's sparse arrays no longer have: every
+    UMAP of 4,096 cells or more failed with an AttributeError. Same settings as scanpy's."""
+    if n_obs < SCANPY_BRUTE_BELOW:
+        return None
+    import scanpy as sc
+    import scipy.sparse as sp
+    from pynndescent import PyNNDescentTransformer
+
+    class CsrMatrixOutput(PyNNDescentTransformer):
+        def fit_transform(self, X, y=None, **fit_params):  # noqa: N803 - sklearn's names
+            return sp.csr_matrix(super().fit_transform(X, y, **fit_params))
+
+        def transform(self, X, y=None):  # noqa: N803
+            return sp.csr_matrix(super().transform(X))
+
+    return CsrMatrixOutput(
+        n_neighbors=n_neighbors,
+        metric="euclidean",
+        random_state=seed,
+        n_jobs=sc.settings.n_jobs,
+        n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+        n_iters=max(5, round(np.log2(n_obs))),
+    )
+
+
 def umap(
     adata_or_matrix: Any,
     use_rep: str | None = None,
@@ -130,8 +161,13 @@ def umap(
 
         a = ad.AnnData(X=np.zeros((len(cells), 1), dtype=np.float32))
         a.obsm["rep"] = sub
+        k = int(min(n_neighbors, len(cells) - 1))
         sc.pp.neighbors(
-            a, use_rep="rep", n_neighbors=int(min(n_neighbors, len(cells) - 1)), random_state=seed
+            a,
+            use_rep="rep",
+            n_neighbors=k,
+            random_state=seed,
+            transformer=_knn(len(cells), k, seed),
         )
         sc.tl.umap(a, random_state=seed)
         coords = np.asarray(a.obsm["X_umap"], dtype=np.float32)
