@@ -75,9 +75,8 @@ run_id = st.selectbox(
     "Run",
     ids,
     key="results_pick",
-    format_func=lambda i: (
-        f"{i} · {by_id[i]['model']} on {by_id[i]['dataset']} · {by_id[i]['state']}"
-    ),
+    # fixed for the run's life (no state): the browser sends back the label it shows
+    format_func=lambda i: f"{i} · {by_id[i]['model']} on {by_id[i]['dataset']}",
 )
 st.query_params["run"] = st.session_state["results_run"] = run_id
 st.session_state["_results_shown"] = run_id

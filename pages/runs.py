@@ -140,7 +140,10 @@ COLUMNS = {  # about 915 px: the whole table fits beside the sidebar on a 1400 p
 
 
 def label(r: dict[str, Any]) -> str:
-    return f"{r['id']} · {r.get('model') or '?'} · {r.get('state') or '?'}"
+    """A run's name in the selector: fixed for the run's life. The browser sends back the label
+    it shows, so a label with the run's state in it stopped matching when the run started or
+    ended, and the selector jumped to another run; the state is in the heading below it."""
+    return f"{r['id']} · {r.get('model') or '?'} on {r.get('dataset') or '?'}"
 
 
 def curve_figure(r: dict[str, Any]):

@@ -259,11 +259,15 @@ with st.container(border=True):
         "Seeds per model",
         [1, 3, 5],
         horizontal=True,
-        format_func=lambda k: "1 run" if k == 1 else f"{k} runs (seeds {seed}…{seed + k - 1})",
+        # a label must not change with another widget: the browser sends back the label it
+        # shows, and one that no longer matches resets the choice (to 1 run, silently)
+        format_func=lambda k: "1 run" if k == 1 else f"{k} runs",
         help="repeat each model over several seeds (each a new split and initialisation): "
         "Compare then shows every metric as mean ± sd and says whether two models differ by "
         "more than the seed-to-seed spread",
     )
+    if n_seeds > 1:
+        st.caption(f"Seeds {seed} to {seed + n_seeds - 1}, one run each per model.")
     options = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
     device = c[4].selectbox(
         "Device",

@@ -488,11 +488,19 @@ def test_train_page_runs_each_model_over_several_seeds_in_one_group(dataset):
     seeds_radio = next(r for r in at.radio if r.label == "Seeds per model")
     assert seeds_radio.value == 1  # one run per model unless asked
     seeds_radio.set_value(3).run()
+    labels = next(r for r in at.radio if r.label == "Seeds per model").options
+    # a seed changed after the count: the count's label (what the browser sends back) is the
+    # same, so the choice stays (a label naming the seeds reset it to 1 run)
+    seed = next(n for n in at.number_input if n.label.startswith("Seed"))
+    seed.set_value(5).run()
+    seeds_radio = next(r for r in at.radio if r.label == "Seeds per model")
+    assert seeds_radio.value == 3 and seeds_radio.options == labels
+    assert "Seeds 5 to 7, one run each per model." in [c.value for c in at.caption]
     next(b for b in at.button if b.label == "Submit").click().run()
     assert not errors(at), errors(at)
     specs = [json.loads((Path(r["path"]) / "run.json").read_text()) for r in jobs.list_jobs()]
     assert sorted((s["model"], s["seed"]) for s in specs) == [
-        (m, k) for m in ("logreg", "sk_logreg") for k in (0, 1, 2)
+        (m, k) for m in ("logreg", "sk_logreg") for k in (5, 6, 7)
     ]
     groups = {s["group"] for s in specs}
     assert len(groups) == 1 and groups.pop().startswith("seeds-")

@@ -262,7 +262,8 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
         assert not at.exception, (run_id, [e.message for e in at.exception])
         assert button(at, "Open results").disabled == (run_id != "2026-01-01-a-early"), run_id
     monkeypatch.setattr(runs, "summary", summary)
-    runs._CACHE.clear()  # the listing cache still holds the rows made with the fake summary
+    runs._CACHE.clear()  # the listing caches still hold the rows made with the fake summary
+    runs._SNAP.clear()  # (the folder snapshot too, once the runs folder is a second old)
     no_launcher = app("runs").dataframe[0].value
     assert "launcher" not in no_launcher.columns
 
@@ -285,14 +286,14 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     )
     at = app("runs")
     sel = at.selectbox(key="run_selected")
-    assert sel.value == run.name and sel.format_func(run.name).split(" · ")[-1] in runs.ACTIVE
+    assert sel.value == run.name and at.subheader[0].value.split(" · ")[-1] in runs.ACTIVE
     assert not button(at, "Cancel run").disabled and button(at, "Delete run").disabled
     assert button(at, "Open results").disabled
     assert jobs.wait(run, timeout=180)["state"] == "completed"
     at.run()  # the fragment's next tick
     ok(at)
     sel = at.selectbox(key="run_selected")
-    assert sel.value == run.name and sel.format_func(run.name).endswith("· completed")
+    assert sel.value == run.name and at.subheader[0].value.endswith("· completed")
     assert button(at, "Cancel run").disabled and not button(at, "Delete run").disabled
     assert not button(at, "Open results").disabled
     assert any(c.value.startswith(("2 of 2 epochs", "converged")) for c in at.caption)
@@ -338,3 +339,23 @@ def test_open_results_takes_the_pick_that_came_with_the_click(lognorm_adata):
         ok(at)
         assert at.query_params["run"] in (run_id, [run_id])
         assert at.selectbox[0].value == run_id
+
+
+def test_runs_page_keeps_the_picked_run_when_its_state_changes(monkeypatch):
+    """A selectbox's value travels as its option's label: a label that carried the run's state
+    no longer matched once the run started or ended, and the page jumped to another run (seen
+    in a browser: a queued MLP picked, then sk_logreg shown as soon as the MLP started)."""
+    monkeypatch.setattr(runs, "RESCAN_S", 0.0)
+    _fake_run("2026-01-01-a-done", "completed", "sk_logreg", {"epoch": 1})
+    picked = _fake_run("2026-01-02-b-mlp", "queued", status={"epoch": 0, "max_epochs": 50})
+    _fake_run("2026-01-03-c-ae", "running", "autoencoder", {"epoch": 3, "max_epochs": 50})
+    at = app("runs")
+    at.selectbox(key="run_selected").set_value(picked.name).run()
+    shown = at.selectbox(key="run_selected").options  # the labels the browser holds
+    for state in ("running", "completed"):
+        runs.write_json(picked / "status.json", {"state": state, "epoch": 5, "max_epochs": 50})
+        at.run()  # the fragment's next tick
+        ok(at)
+        assert at.selectbox(key="run_selected").value == picked.name, state
+        assert at.selectbox(key="run_selected").options == shown  # what it sends back matches
+        assert at.subheader[0].value == f"mlp on syn · {state}"
