@@ -91,7 +91,9 @@ with st.container(border=True):
     if task == "classify":
         if not labels:
             st.error(
-                "This dataset has no label column (categorical, 2-200 values): classifiers cannot be trained."
+                "This dataset has no label column (categorical, 2-200 values): classifiers "
+                "need annotated cells. The autoencoder and the VAE train without labels "
+                "(tasks Reconstruct and Embed)."
             )
         label = st.selectbox(
             "Label column",
@@ -369,6 +371,8 @@ def _signature(specs: list[RunSpec]) -> str:
 
 
 reason = None if picked else "pick at least one model"
+if task == "classify" and not labels:
+    reason = "this dataset has no label column to classify by"
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
     submitted = []

@@ -359,3 +359,24 @@ def test_runs_page_keeps_the_picked_run_when_its_state_changes(monkeypatch):
         assert at.selectbox(key="run_selected").value == picked.name, state
         assert at.selectbox(key="run_selected").options == shown  # what it sends back matches
         assert at.subheader[0].value == f"mlp on syn · {state}"
+
+
+def test_train_page_without_a_label_column_says_what_trains_instead(lognorm_adata):
+    """An unannotated dataset: the classifier task says so and names the tasks that train
+    without labels; Submit is off with the reason (it used to answer with a CLI flag)."""
+    a = lognorm_adata.copy()
+    a.obs = a.obs[[]].assign(n_genes=np.arange(a.n_obs))  # numeric only: no label column
+    name = datasets.save(a, "unlabelled")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "tasks Reconstruct and Embed" in errors[0], errors
+    submit = button(at, "Submit")
+    assert submit.disabled and "no label column" in submit.help
+    next(r for r in at.radio if r.label == "Task").set_value("reconstruct").run()
+    ok(at)
+    assert not button(at, "Submit").disabled
