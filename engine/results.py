@@ -163,21 +163,30 @@ def obs(path: str | Path, columns: list[str] | None = None, index: bool = False)
         return pd.DataFrame(data, index=idx) if data or idx is not None else pd.DataFrame()
 
 
-def levels(path: str | Path, max_levels: int = 200) -> dict[str, int]:
-    """obs columns with at most ``max_levels`` distinct values (how many each): categorical
-    columns answer from their categories, without reading their codes."""
-    out: dict[str, int] = {}
+def levels(
+    path: str | Path, max_levels: int = 200, max_numeric: int | None = None
+) -> dict[str, int]:
+    """obs columns with at most ``max_levels`` distinct values (how many each), categories
+    first: categorical columns answer from their categories, without reading their codes. A
+    numeric column is kept up to ``max_numeric`` values (default ``max_levels``): above that it
+    is a measurement (genes per cell), whose every value would be a group of a few cells."""
+    text: dict[str, int] = {}
+    numbers: dict[str, int] = {}
+    cap = max_levels if max_numeric is None else min(max_levels, max_numeric)
     with _open(path) as f:
         g = f["obs"]
         for c in [str(c) for c in g.attrs.get("column-order", [])]:
             elem = g[c]
             if isinstance(elem, h5py.Group) and "categories" in elem:
+                numeric = elem["categories"].dtype.kind in "iufb"
                 k = int(elem["categories"].shape[0])
             else:
-                k = int(pd.Series(read_elem(elem)).nunique(dropna=False))
-            if k <= max_levels:
-                out[c] = k
-    return out
+                values = pd.Series(read_elem(elem))
+                numeric = pd.api.types.is_numeric_dtype(values) or values.dtype == bool
+                k = int(values.nunique(dropna=False))
+            if k <= (cap if numeric else max_levels):
+                (numbers if numeric else text)[c] = k
+    return {**text, **numbers}
 
 
 def obsm(path: str | Path, key: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import embedding, export, jobs, metric_names, models, runs, settings
+from engine import defaults, embedding, export, jobs, metric_names, models, runs, settings
 from engine import results as results_files
 from engine.checks import human
 from engine.perturb import (  # torch-free
@@ -199,7 +199,7 @@ def obs_columns(path: str, mtime: float, columns: tuple[str, ...]) -> pd.DataFra
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def obs_levels(path: str, mtime: float) -> dict[str, int]:
-    return results_files.levels(path)
+    return results_files.levels(path, max_numeric=defaults.MAX_NUMERIC_CLASSES)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -364,8 +364,12 @@ if res_info is not None and task in ("reconstruct", "embed"):
             "(none)",
             *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
         ]
+        # the run's label column, else the first text or categorical column (listed first)
+        first = spec.get("label_key") if spec.get("label_key") in groups_opts else None
         group = st.selectbox(
-            "Order and group cells by", groups_opts, index=1 if len(groups_opts) > 1 else 0
+            "Order and group cells by",
+            groups_opts,
+            index=groups_opts.index(first) if first else 1 if len(groups_opts) > 1 else 0,
         )
         model_json = runs.read_json(run_dir / "model.json", {}) or {}
         layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
@@ -409,12 +413,13 @@ if res_info is not None and task in ("reconstruct", "embed"):
             key = keys[0]
             st.subheader("Latent space")
             colour_opts = list(res_info["obs"])
+            # the run's label column, else the first text or categorical column
+            by = spec.get("label_key") if spec.get("label_key") in colour_opts else None
+            by = by or next(iter(obs_levels(str(res_path), mtime)), None)
             color = st.selectbox(
                 "Colour the latent UMAP by",
                 colour_opts,
-                index=colour_opts.index(spec["label_key"])
-                if spec.get("label_key") in colour_opts
-                else 0,
+                index=colour_opts.index(by) if by in colour_opts else 0,
                 key="umap_color",
             )
             st.page_link(

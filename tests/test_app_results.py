@@ -784,3 +784,25 @@ def test_metric_rows_mark_the_best_prediction_per_metric():
     marked = re.findall(r"_row(\d)_col(\d)", css)
     assert "background-color" in css
     assert {(int(r), int(c)) for r, c in marked} == {(0, 3), (2, 2)}
+
+
+def test_results_group_and_colour_by_a_category_not_a_measurement(lognorm_adata):
+    """A dataset whose first obs column is a measurement (genes per cell: ~150 values, before
+    the cell types): the heatmaps were grouped by it, ~150 groups sorted as text with unreadable
+    labels, and the UMAP coloured by it. Categories come first and a measurement with more than
+    30 values is no grouping; with no label column run, the first category is the default."""
+    a = lognorm_adata.copy()
+    n_genes = np.asarray((a.X > 0).sum(1)).ravel()
+    a.obs = pd.DataFrame(
+        {"n_genes": n_genes, "batch_no": np.arange(a.n_obs) % 3, "cluster": a.obs["cell_type"]},
+        index=a.obs_names,
+    )
+    assert a.obs["n_genes"].nunique() > 30
+    name = datasets.save(a, "measured", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    run = _finished(name, "autoencoder", epochs=2)  # no label column given
+    at = app("results", run=run.name)
+    group = next(s for s in at.selectbox if s.label == "Order and group cells by")
+    assert group.options == ["(none)", "cluster", "batch_no"] and group.value == "cluster"
+    assert at.selectbox(key="umap_color").value == "cluster"
+    assert "n_genes" in at.selectbox(key="umap_color").options  # still a colour to choose
