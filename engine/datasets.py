@@ -35,12 +35,20 @@ INCOMING = ".incoming"
 
 
 # ----------------------------------------------------------------------------- keys
+SLUG_MAX = 48  # with "-" and 8 hex digits a key stays well under the 80 that keys allow
+
+
 def slug(name: str) -> str:
-    """An ASCII hint of ``name`` for a key (lossy on purpose: identity is the hash beside it)."""
+    """An ASCII hint of ``name`` for a key (lossy on purpose: identity is the hash beside it).
+    A long name is cut between words, so that the hint never says something else (a cut in the
+    middle of "hvg300" read as 30 genes)."""
     text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
     text = re.sub(r"\.(h5ad|h5|zip|csv|tsv|gz|txt)$", "", text.strip(), flags=re.I)
-    text = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:24].strip("_")
-    return text or "d"
+    text = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+    if len(text) > SLUG_MAX:
+        cut = text[: SLUG_MAX + 1]
+        text = cut[: cut.rfind("_")] if "_" in cut[SLUG_MAX // 2 :] else text[:SLUG_MAX]
+    return text.strip("_") or "d"
 
 
 def check_key(key: str) -> str:
