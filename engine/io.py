@@ -430,18 +430,32 @@ def nbytes(x: Any) -> int:
     return int(np.asarray(x).nbytes)
 
 
+def median_counts(x: Any, max_cells: int = 20_000, seed: int = 0) -> float | None:
+    """Median total counts per cell (of a seeded sample of at most ``max_cells``): the
+    sequencing depth that decides how far a normalisation target stretches one count."""
+    if x is None or x.shape[0] == 0 or x.shape[1] == 0:
+        return None
+    rows = np.arange(x.shape[0])
+    if len(rows) > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_cells, replace=False))
+    totals = np.asarray(x[rows].sum(axis=1), dtype=np.float64).ravel()
+    return float(np.median(totals))
+
+
 def describe(adata: ad.AnnData) -> dict[str, Any]:
     """A summary the app shows and the recipe defaults are chosen from."""
     x = adata.X
     n = adata.n_obs * adata.n_vars
     nnz = (x.nnz if sp.issparse(x) else int(np.count_nonzero(x))) if x is not None and n else 0
+    kind = matrix_kind(x)
     return {
         "n_obs": int(adata.n_obs),
         "n_vars": int(adata.n_vars),
         "sparse": bool(sp.issparse(x)),
         "sparsity": float(1 - nnz / n) if n else 1.0,
         "memory_mb": round(nbytes(x) / 2**20, 2) if x is not None else 0.0,
-        "x_kind": matrix_kind(x),
+        "x_kind": kind,
+        "median_counts": median_counts(x) if kind == "counts" else None,
         "layers": {k: matrix_kind(v) for k, v in adata.layers.items()},
         "labels": label_candidates(adata),
         "embeddings": [

@@ -288,7 +288,9 @@ class Recipe:
 
     @classmethod
     def suggest(cls, description: dict[str, Any], n_top: int = 2000) -> Recipe:
-        """Defaults from what ``describe`` found: counts get logCPM + HVG; scaled data nothing."""
+        """Defaults from what ``describe`` found: counts get log-normalised + HVG; scaled data
+        nothing. The target follows the depth: CP10k for droplet data (median below
+        ``DROPLET_DEPTH`` counts per cell), logCPM for deeper (plate-based) data."""
         kind = description.get("x_kind", "")
         steps: list[Step] = []
         if kind == "counts":
@@ -296,7 +298,7 @@ class Recipe:
                 Step("filter_cells", {"min_genes": 10}),
                 Step("filter_genes", {"min_cells": 3}),
                 Step("keep_counts"),
-                Step("normalize", {"target_sum": 1e6, "log": True}),
+                Step("normalize", {"target_sum": target_sum(description), "log": True}),
             ]
             if description.get("n_vars", 0) > n_top:
                 steps.append(Step("hvg", {"n_top": n_top}))
@@ -307,6 +309,18 @@ class Recipe:
         elif kind == "normalised (not log)":
             steps = [Step("normalize", {"target_sum": 1e6, "log": True})]
         return cls(steps)
+
+
+DROPLET_DEPTH = 20_000  # counts per cell: droplet (UMI) data lie below, plate-based above
+
+
+def target_sum(description: dict[str, Any]) -> float:
+    """The normalisation target for counts of this depth: 1e4 (CP10k) below ``DROPLET_DEPTH``
+    counts per cell, where 1e6 would stretch one count to log1p(1e6 / depth), about 8.9 at 137
+    counts per cell, and leave a gap between zero and everything else; 1e6 (logCPM) above, or
+    when the depth is not known."""
+    depth = description.get("median_counts")
+    return 1e4 if isinstance(depth, int | float) and 0 < depth < DROPLET_DEPTH else 1e6
 
 
 def apply(

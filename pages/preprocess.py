@@ -131,9 +131,21 @@ with st.container(border=True):
     if st.checkbox(
         "Normalise library size + log1p", value="normalize" in suggested, key=k("pp_norm")
     ):
+        targets = ["logCPM (1e6)", "CP10k (1e4)"]
         target = st.radio(
-            "Target", ["logCPM (1e6)", "CP10k (1e4)"], horizontal=True, key=k("pp_norm_target")
+            "Target",
+            targets,
+            index=int(pp.target_sum(d) == 1e4),
+            horizontal=True,
+            key=k("pp_norm_target"),
         )
+        if d.get("median_counts"):
+            st.caption(
+                f"Median depth: {d['median_counts']:,.0f} counts per cell. One count becomes "
+                f"{np.log1p(1e6 / d['median_counts']):.1f} with logCPM and "
+                f"{np.log1p(1e4 / d['median_counts']):.1f} with CP10k; CP10k suits droplet "
+                f"data (under {pp.DROPLET_DEPTH:,} counts per cell), logCPM deeper data."
+            )
         steps.append(
             pp.Step(
                 "normalize",

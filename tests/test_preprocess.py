@@ -128,6 +128,26 @@ def test_suggest_from_description(counts_adata, lognorm_adata):
     assert pp.Recipe.suggest(describe(lognorm_adata)).steps == []
 
 
+def test_suggested_target_follows_the_sequencing_depth(counts_adata):
+    """logCPM on droplet data of 137 counts per cell put one count at log1p(1e6 / 137) = 8.9
+    and left a gap from 0 to 7 in every cell: CP10k is suggested below 20,000 counts per
+    cell, logCPM above (plate-based depth) and when the depth is not known."""
+    from engine.io import describe
+
+    d = describe(counts_adata)
+    totals = np.asarray(counts_adata.X.sum(1)).ravel()
+    assert d["median_counts"] == pytest.approx(np.median(totals))
+    assert d["median_counts"] < pp.DROPLET_DEPTH  # a droplet-like generated set
+    norm = {s.name: s.params for s in pp.Recipe.suggest(d).steps}["normalize"]
+    assert norm["target_sum"] == 1e4
+    deep = counts_adata.copy()
+    deep.X = deep.X * 200  # a plate-based depth
+    norm = {s.name: s.params for s in pp.Recipe.suggest(describe(deep)).steps}["normalize"]
+    assert norm["target_sum"] == 1e6
+    assert pp.target_sum({"x_kind": "counts"}) == 1e6  # a description saved before the depth
+    assert describe(deep[:, :0])["median_counts"] is None
+
+
 def test_minmax_keeps_sparse_when_every_gene_has_zeros():
     import anndata as ad
 
