@@ -227,10 +227,13 @@ def live() -> None:
             + ([f"peak memory {human(peak * 2**20)}"] if peak else [])
         )
     )
-    try:
-        st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
-    except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise
-        st.caption(f"No loss curve to draw ({type(exc).__name__}).")
+    if _kind(r.get("model", "")) == "sklearn":  # no epochs: an empty epoch chart says nothing
+        st.caption("A scikit-learn baseline is fitted in one step: it has no loss curve.")
+    else:
+        try:
+            st.plotly_chart(curve_figure(r), width="stretch", key="live_curve")
+        except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise
+            st.caption(f"No loss curve to draw ({type(exc).__name__}).")
     if state in ("failed", "interrupted"):
         st.error(r.get("error") or "The run ended without a reason.")
         tail = runs.read_status(Path(r["path"])).get("log_tail")
