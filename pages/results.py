@@ -132,6 +132,19 @@ figs: dict[str, object] = {}
 curve = runs.read_metrics_csv(run_dir)
 
 
+FLAT_EPOCHS, FLAT_REL = 5, 1e-4  # a loss that moved less than this over these epochs is flat
+
+
+def lbfgs_last_moves(curve: pd.DataFrame) -> float | None:
+    """How much the training loss moved over the last ``FLAT_EPOCHS`` epochs, relative to it."""
+    if "train_loss" not in curve:
+        return None
+    loss = pd.to_numeric(curve["train_loss"], errors="coerce").dropna().to_numpy()
+    if len(loss) <= FLAT_EPOCHS or not np.isfinite(loss[-1]) or loss[-1] == 0:
+        return None
+    return float(abs(loss[-FLAT_EPOCHS - 1] - loss[-1]) / abs(loss[-1]))
+
+
 def early_stop_note() -> str | None:
     """'stopped early at epoch 11 (best epoch 8)' for a run Lightning's EarlyStopping ended."""
     if state != "completed" or curve.empty or "epoch" not in curve or "val_loss" not in curve:
@@ -148,6 +161,14 @@ def early_stop_note() -> str | None:
         stopped = bool(planned) and last < int(planned)
     if status.get("optimizer") == "lbfgs":  # convex, full batch: the last weights are the optimum
         if not stopped:
+            moved = lbfgs_last_moves(curve)
+            if moved is not None and moved < FLAT_REL:
+                return (
+                    f"The full-batch L-BFGS fit ran to its {last}-epoch limit with the training "
+                    f"loss flat (it moved by {moved:.1e} of itself over the last "
+                    f"{FLAT_EPOCHS} epochs, less than the stopping rule's 1e-7 per epoch "
+                    "asks): its last weights are kept, as good as the optimum in practice."
+                )
             return (
                 f"The full-batch L-BFGS fit had not converged after {last} epochs: its last "
                 "weights are kept; raise Max epochs to reach the optimum."

@@ -294,6 +294,16 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     short = _finished(dataset, "logreg", "-short", label_key="cell_type", epochs=2)
     info = " ".join(texts(app("results", run=short.name), "info"))
     assert "had not converged after 2 epochs" in info
+    # at the limit with a curve that no longer moves (a browser pass: flat from epoch 10 to
+    # 40, accuracy equal to scikit-learn's, and the page said 'raise Max epochs'): said flat
+    flat = [0.5 + 1e-3 / e for e in range(1, 41)]
+    runs.write_metrics_csv(
+        short,
+        [{"epoch": e, "train_loss": v, "val_loss": v} for e, v in enumerate(flat, start=1)],
+    )
+    info = " ".join(texts(app("results", run=short.name), "info"))
+    assert "ran to its 40-epoch limit with the training loss flat" in info, info
+    assert "raise Max epochs" not in info
 
 
 def test_results_every_run_folder_state_renders(dataset):
