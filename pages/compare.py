@@ -119,17 +119,21 @@ configs = seeds.group(
     parts=metric_names.split_baselines if task == "perturb" else None,
 )
 repeated = any(len(c.runs) > 1 for c in configs)
+# the split depends on the label column only where one was used (it stratifies the split)
+labelled = any(label for _, _, label in splits)
+same = "data and label column" if labelled else "data"
 if len({(data, label) for data, _, label in splits}) > 1:
     st.warning(
-        "These runs did not all use the same data and label column, so their test cells differ: compare with care."
+        f"These runs did not all use the same {same}, so their test cells differ: compare with care."
     )
 elif len({seed for _, seed, _ in splits}) > 1:
     st.caption(
-        "Same data and label column; each seed draws its own split, so runs are compared seed "
+        f"Same {same}; each seed draws its own split, so runs are compared seed "
         "by seed (runs with the same seed were scored on the same test cells)."
     )
 else:
-    st.caption("Same data, seed and label column: every run was scored on the same test cells.")
+    every = "data, seed and label column" if labelled else "data and seed"
+    st.caption(f"Same {every}: every run was scored on the same test cells.")
 if repeated:
     seed_section(configs)
     st.markdown("**Every run**")

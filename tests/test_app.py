@@ -423,7 +423,21 @@ def test_compare_two_runs(dataset):
     assert len(at.multiselect[0].value) == 2
     table = at.dataframe[0].value
     assert set(table.columns) >= {"run", "test_accuracy", "test_f1_macro"}
-    assert any("same test cells" in c.value for c in at.caption)
+    assert "Same data, seed and label column: every run was scored on the same test cells." in [
+        c.value for c in at.caption
+    ]
+    cols = json.loads(at.dataframe[0].proto.columns)  # long names get the width they need
+    assert cols["test_f1_macro"]["width"] >= 7 * len("Macro F1 (test)")
+
+
+def test_compare_without_a_label_column_does_not_claim_one(dataset):
+    """Reconstruction runs without labels: the caption named a label column none of them used."""
+    _finished(dataset, "pca", epochs=1)
+    _finished(dataset, "autoencoder", epochs=2)
+    at = app("compare")
+    captions = [c.value for c in at.caption]
+    assert "Same data and seed: every run was scored on the same test cells." in captions
+    assert not any("label column" in c for c in captions)
 
 
 def test_results_vae_embedding(dataset):

@@ -519,8 +519,17 @@ def metric_columns(columns, extra: dict | None = None) -> dict:
     for c in columns:
         m = metric_names.describe(c)
         if m.name != m.key or m.help:
-            out[c] = st.column_config.Column(label=m.name, help=m.tooltip)
+            # wide enough for the whole name: a table sizes columns to their values, and
+            # "Reconstruction error (t" and "(tr" could not be told apart
+            out[c] = st.column_config.Column(
+                label=m.name, help=m.tooltip, width=header_width(m.name)
+            )
     return {**out, **(extra or {})}
+
+
+def header_width(name: str) -> int | None:
+    """Pixels a column needs to show its header ``name`` whole (None: the table's own choice)."""
+    return None if len(name) <= 12 else min(300, 7 * len(name) + 32)
 
 
 def to_png(fig: go.Figure) -> bytes:
