@@ -73,7 +73,12 @@ def home() -> None:
             st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")
 
 
-st.set_page_config(page_title="scWorkbench", page_icon=":material/biotech:", layout="wide")
+# a local file: a material icon as page icon is fetched from fonts.gstatic.com (fails offline)
+st.set_page_config(
+    page_title="scWorkbench",
+    page_icon=str(Path(__file__).parent / "assets" / "icon.png"),
+    layout="wide",
+)
 st.logo(str(Path(__file__).parent / "assets" / "logo.svg"))
 nav = st.navigation(
     [

@@ -142,6 +142,8 @@ def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
                 points=False,
                 title=sampled_title(label, len(sub), len(qc)),
             )
+            # the density ends at the data: counts per cell are never below 0
+            fig.update_traces(spanmode="hard")
             figs.append(fig.update_layout(showlegend=False, yaxis_title=label))
     return figs
 
