@@ -83,6 +83,26 @@ def annotate(task: Any, adata: ad.AnnData, seed: int = 0, n: int | None = None):
     return out, sample
 
 
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def mark_split(task: Any, out: ad.AnnData, split: dict) -> None:
+    """``obs['split']`` (or ``split_<model>`` when the input has one): the part of the split
+    each cell was in, so an exported file says which cells the test metrics come from; its key
+    in ``uns['scwb']['split_key']``. A fact of the training run, not a model output, so not
+    among the slots ``predict`` writes. Not for perturbation runs, whose split is one per
+    held-out cell type."""
+    if task.info.task == "perturb" or not all(p in split for p in SPLIT_PARTS):
+        return
+    where = np.full(out.n_obs, "unused", dtype=object)
+    for part in SPLIT_PARTS:
+        where[np.asarray(split[part], dtype=np.int64)] = part
+    cats = [c for c in (*SPLIT_PARTS, "unused") if c in set(where)]
+    slots = dict(out.uns["scwb"].get("slots") or {})  # so that put never takes a slot's name
+    key = task.put(out, slots, "obs", "split", "split", pd.Categorical(where, categories=cats))
+    out.uns["scwb"]["split_key"] = key
+
+
 def _roles(out: ad.AnnData) -> list[str]:
     slots = dict(out.uns["scwb"].get("slots") or {})
     return [r for r in PER_GENE if slots.get(r) in out.layers]

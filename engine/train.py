@@ -81,6 +81,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     task.share_input = True  # this run read adata itself and drops it: no copy of its matrices
     out, sample = results.annotate(task, adata, seed=spec.seed)  # per-gene: a sample at scale
     metrics = task.evaluate(out, split, spec)
+    results.mark_split(task, out, split)
     task.save(run_dir)
     runs.write_json(run_dir / "metrics.json", metrics)
     results.write(run_dir, out, sample)

@@ -62,6 +62,27 @@ def test_sk_logreg_baseline_same_split(tmp_path, separable_file):
     for part in ("train", "val", "test"):
         np.testing.assert_array_equal(a[part], b[part])
     assert len(set(a["train"]) & set(a["test"])) == 0
+    # the results say which cells each part held, so an exported file can be scored alone
+    res = ad.read_h5ad(tmp_path / "sk_logreg" / "results.h5ad")
+    assert res.uns["scwb"]["split_key"] == "split"
+    for part in ("train", "val", "test"):
+        assert (np.flatnonzero(res.obs["split"] == part) == np.sort(b[part])).all()
+    test = res.obs.iloc[np.sort(b["test"])]
+    acc = (test["pred_label"].astype(str) == test["label"].astype(str)).mean()
+    assert acc == pytest.approx(metrics["test_accuracy"])
+
+
+def test_split_column_never_replaces_the_inputs(tmp_path, separable_file):
+    """An input that has its own obs['split'] keeps it; the run's goes to split_<model>."""
+    a = ad.read_h5ad(separable_file)
+    a.obs["split"] = "mine"
+    own = str(tmp_path / "own.h5ad")
+    a.write_h5ad(own)
+    _run(tmp_path, model="sk_logreg", data=own, label_key="label")
+    res = ad.read_h5ad(tmp_path / "sk_logreg" / "results.h5ad")
+    assert (res.obs["split"] == "mine").all()
+    assert res.uns["scwb"]["split_key"] == "split_sk_logreg"
+    assert set(res.obs["split_sk_logreg"]) == {"train", "val", "test"}
 
 
 def test_binary_logreg_uses_sigmoid(tmp_path, separable_file):
