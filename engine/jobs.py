@@ -263,7 +263,17 @@ def cancel(run: str | Path, root: Path | None = None) -> str:
 
 
 def delete(run: str | Path, root: Path | None = None) -> None:
+    """Remove a finished run's folder; never one that holds the workspace's runs or another
+    run (a run made with ``--out`` at the runs folder took every run with it)."""
     run_dir = resolve_run(run, root)
+    if Path(root or workspace.runs_dir()).resolve().is_relative_to(run_dir.resolve()):
+        raise ScwbError(f"{run_dir} holds the workspace's runs: it is not deleted as one run.")
+    inner = next((p.parent for p in run_dir.rglob("run.json") if p.parent != run_dir), None)
+    if inner is not None:
+        raise ScwbError(
+            f"{run_dir} holds another run ({inner}): delete that one first, or remove the "
+            "folder by hand."
+        )
     if effective_status(run_dir).get("state") in runs.ACTIVE:
         raise ScwbError(f"Run {run_dir.name} is still active: cancel it first.")
     unqueue(run_dir)

@@ -93,6 +93,18 @@ def check_new_run_folder(path: str | os.PathLike) -> Path:
     if where.exists() and (not where.is_dir() or any(where.iterdir())):
         what = "holds a run" if (where / "run.json").exists() else "is not an empty folder"
         raise ScwbError(f"--out {target} {what}; name a new folder (nothing was replaced).")
+    runs_root = runs_dir().resolve()
+    if runs_root.is_relative_to(where):  # the workspace's runs folder, or a folder above it
+        raise ScwbError(
+            f"--out {target} holds the workspace's runs; name a new folder, such as "
+            f"{runs_root / 'my-run'} (nothing was written)."
+        )
+    outer = next((d for d in where.parents if (d / "run.json").is_file()), None)
+    if outer is not None:  # deleting that run would take this one with it
+        raise ScwbError(
+            f"--out {target} is inside the run folder {outer}; name a folder outside it "
+            "(nothing was written)."
+        )
     return target
 
 

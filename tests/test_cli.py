@@ -271,6 +271,18 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
         (["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file,
           "--out", other], "not an empty folder")
     )  # fmt: skip
+    # the workspace's (empty) runs folder, and a folder inside a run: a later delete of the
+    # outer folder took every run in it (a hostile-input pass)
+    from engine import workspace as ws
+
+    for out, message in (
+        (ws.runs_dir(), "holds the workspace's runs"),
+        (run / "nested", "inside the run folder"),
+    ):
+        cases.append(
+            (["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data",
+              lognorm_file, "--out", out], message)
+        )  # fmt: skip
     for argv, message in cases:
         p = cli(*argv, check=False)
         assert p.returncode == 2, (argv, p.stderr)
@@ -278,6 +290,31 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert datasets.path(key).read_bytes() == kept
     assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
+    assert not list(ws.runs_dir().iterdir()) and not (run / "nested").exists()
+
+
+def test_delete_never_takes_other_runs_with_it(tmp_path, lognorm_file, workspace):
+    """A run folder that holds another run (made by hand, or before --out refused it) and the
+    runs folder itself are not deleted as one run."""
+    from engine import runs
+    from engine import workspace as ws
+
+    outer = tmp_path / "outer"
+    cli("train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file,
+        "--out", outer)  # fmt: skip
+    inner = outer / "inner"
+    inner.mkdir()
+    runs.write_json(inner / "run.json", {"model": "sk_logreg"})
+    runs.write_json(inner / "status.json", {"state": "completed"})
+    p = cli("delete", outer, check=False)
+    assert p.returncode == 2 and "holds another run" in p.stderr, p.stderr
+    assert (inner / "run.json").exists()
+    root = ws.runs_dir()
+    runs.write_json(root / "run.json", {"model": "sk_logreg"})  # the runs folder posing as one
+    runs.write_json(root / "status.json", {"state": "completed"})
+    p = cli("delete", root, check=False)
+    assert p.returncode == 2 and "holds the workspace's runs" in p.stderr, p.stderr
+    assert root.is_dir()
 
 
 def test_preprocess_notes_go_to_the_report_and_stderr_stays_empty(tmp_path, counts_adata):
