@@ -125,11 +125,20 @@ def _jsonable(o: Any) -> Any:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """The parsed file, or ``default`` when it is missing or corrupt."""
+    """The parsed file, or ``default`` when it is missing or corrupt. Only a regular file is
+    opened (a named pipe in its place would block the reader forever), and when ``default`` is
+    a dict or a list, a file of another JSON type is corrupt too (``7`` as a run.json broke
+    every listing)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        if not path.is_file():
+            return default
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return default
+    if isinstance(default, dict | list) and not isinstance(value, type(default)):
+        return default
+    return value
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -186,8 +195,9 @@ def read_metrics_csv(run_dir: Path):
     """Per-epoch metrics as a DataFrame (empty when none yet)."""
     import pandas as pd
 
+    path = Path(run_dir) / "metrics.csv"
     try:
-        return pd.read_csv(Path(run_dir) / "metrics.csv")
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()  # never a pipe
     except (OSError, ValueError):
         return pd.DataFrame()
 
@@ -195,16 +205,21 @@ def read_metrics_csv(run_dir: Path):
 def summary(run_dir: Path) -> dict[str, Any]:
     """One row for run listings, never raising on a damaged folder."""
     run_dir = Path(run_dir)
-    spec = read_json(run_dir / "run.json", {}) or {}
+    spec = read_json(run_dir / "run.json", {})
     status = read_status(run_dir)
+
+    def text(key: str, default: str) -> str:  # a field of the wrong type reads as text
+        value = spec.get(key)
+        return value if isinstance(value, str) else default if value is None else str(value)
+
     row = {
         "id": run_dir.name,
         "path": str(run_dir),
-        "model": spec.get("model", "?"),
-        "task": spec.get("task", "?"),
-        "dataset": spec.get("dataset_name") or Path(str(spec.get("data", "?"))).name,
-        "created": spec.get("created", ""),
-        "group": spec.get("group"),
+        "model": text("model", "?"),
+        "task": text("task", "?"),
+        "dataset": text("dataset_name", "") or Path(text("data", "?")).name,
+        "created": text("created", ""),
+        "group": spec.get("group") if isinstance(spec.get("group"), str) else None,
         **{
             k: status.get(k)
             for k in (

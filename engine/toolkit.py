@@ -343,6 +343,8 @@ def save_weights(path: Path, module: Any) -> None:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():  # a named pipe in its place would block forever
+        raise ScwbError(f"{path} is not a weights file (missing, or not a regular file).")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle that needs code to load, or a damaged file: refused

@@ -179,3 +179,37 @@ def _disk_full_scenario(small_fs, home, run_dir, lognorm_file):
     assert "disk is full" in runs.read_json(run_dir / "status.json")["error"]
     leaked = [str(p) for p in home.rglob("*.tmp")]
     assert not leaked, leaked
+
+
+def test_run_records_of_the_wrong_type_or_not_files_are_listed_not_fatal(workspace):
+    """Found by a hostile-input pass: a run.json holding ``7`` (valid JSON, not an object) or
+    a model of the wrong type broke every listing; a named pipe in place of status.json or
+    run.json blocked the listing forever (and a pipe as model.pt blocked predict)."""
+    from engine import toolkit
+    from engine import workspace as ws
+    from engine.errors import ScwbError
+
+    root = ws.runs_dir()
+    good = root / "good"
+    good.mkdir()
+    runs.write_json(good / "run.json", {"model": "mlp", "created": "2026"})
+    runs.write_json(good / "status.json", {"state": "completed"})
+    for name, spec in (("seven", 7), ("text", "x"), ("nested", {"model": {"a": 1}})):
+        d = root / name
+        d.mkdir()
+        runs.write_json(d / "run.json", spec)
+        runs.write_json(d / "status.json", {"state": "completed"})
+    pipe = root / "pipe"
+    pipe.mkdir()
+    os.mkfifo(pipe / "status.json")
+    os.mkfifo(pipe / "run.json")
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert rows["good"]["model"] == "mlp" and rows["seven"]["model"] == "?"
+    assert rows["nested"]["model"] == "{'a': 1}"  # shown as text, never formatted as a dict
+    assert rows["pipe"]["state"] == "failed"  # status.json unreadable: listed as corrupt
+    assert runs.read_json(pipe / "run.json", {}) == {}
+    assert runs.read_json(root / "seven" / "run.json", {}) == {}  # the type the caller wants
+    assert runs.read_json(root / "seven" / "run.json") == 7  # no default: whatever it holds
+    os.mkfifo(good / "model.pt")
+    with pytest.raises(ScwbError, match="not a regular file"):
+        toolkit.load_weights(good / "model.pt")
