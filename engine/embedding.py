@@ -332,8 +332,10 @@ def start(
         "state": "computing",
     }
     runs.write_json(status_path, status)
-    cmd = [sys.executable, "-m", "engine.embedding", str(folder), str(key), "--method", method]
-    cmd += ["--n-max", str(int(n_max))] + (["--source", str(source)] if source else [])
+    # options first, as --opt=value, then "--": an obsm key or a path that starts with "-" is
+    # a name, not an option
+    cmd = [sys.executable, "-m", "engine.embedding", f"--method={method}", f"--n-max={int(n_max)}"]
+    cmd += ([f"--source={source}"] if source else []) + ["--", str(folder), str(key)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

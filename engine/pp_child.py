@@ -57,7 +57,8 @@ def run(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> di
     with tempfile.TemporaryDirectory(prefix="scwb-pp-") as tmp:
         result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
         rec.write_text(recipe.to_json())
-        cmd = [sys.executable, "-m", "engine.pp_child", str(source), str(rec), str(target)]
+        # after "--": a file name that starts with "-" is a name, not an option
+        cmd = [sys.executable, "-m", "engine.pp_child", "--", str(source), str(rec), str(target)]
         cmd += [str(result), str(reader.child_memory_limit())]
         try:
             proc = subprocess.run(

@@ -112,24 +112,22 @@ def run_child(
     }
     with tempfile.TemporaryDirectory(prefix="scwb-read-") as tmp:
         result = Path(tmp) / "result.json"
+        # names travel as --opt=value and the file after "--": a name that starts with "-"
+        # ("-sample1.h5ad") is a name, not an option
         cmd = [
             sys.executable,
             "-m",
             "engine.reader",
-            str(source),
-            "--display",
-            display,
-            "--result",
-            str(result),
-            "--limit",
-            str(child_memory_limit()),
-            "--cpu-limit",
-            str(int(timeout) + 30),
+            f"--display={display}",
+            f"--result={result}",
+            f"--limit={child_memory_limit()}",
+            f"--cpu-limit={int(timeout) + 30}",
         ]
         if target is not None:
-            cmd += ["--target", str(target)]
+            cmd.append(f"--target={target}")
         if check_only:
-            cmd += ["--check-only"]
+            cmd.append("--check-only")
+        cmd += ["--", str(source)]
         try:
             proc = subprocess.run(
                 cmd,

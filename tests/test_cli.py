@@ -348,3 +348,16 @@ def test_preprocess_notes_go_to_the_report_and_stderr_stays_empty(tmp_path, coun
     lines = {line.split()[0]: line for line in p.stdout.splitlines() if line}
     assert "(2 cells have no counts in the genes kept" in lines["normalize"]
     assert "(5,000 genes asked for and" in lines["hvg"]
+
+
+def test_files_whose_names_start_with_a_dash_are_read(tmp_path, lognorm_adata, workspace):
+    """The reader and preprocessing children took a file named "-sample1.h5ad" for an option
+    ("argument --display: expected one argument"): names now travel after "--"."""
+    from engine.io import write_h5ad
+
+    src = write_h5ad(lognorm_adata, tmp_path / "-sample1.h5ad")
+    p = cli("info", src)
+    assert p.returncode == 0 and f"{lognorm_adata.n_obs} cells" in p.stdout, p.stderr
+    out = tmp_path / "-out.h5ad"
+    p = cli("preprocess", src, "-o", out, "--hvg", 10)
+    assert p.returncode == 0 and out.exists(), p.stderr
