@@ -176,8 +176,12 @@ def canonical(adata: ad.AnnData) -> ad.AnnData:
     """X in the form every step and model expects, made once where data enters the workspace
     (the reader child, before its fingerprint) and where preprocessing starts: a bool X as
     float32 (normalize failed on a cast), and a sparse X with a column twice in one row summed
-    (scipy's meaning; a step that assumes one entry per position failed on 'infinity'). Not
+    (scipy's meaning; a step that assumes one entry per position failed on 'infinity'); an obs
+    or var column of records (a compound dtype, which no table can show) as text. Not
     done by ``read``: a saved dataset's fingerprint is of the bytes it was saved with."""
+    for frame in (adata.obs, adata.var):  # a record per cell (compound dtype): as text, once
+        for col in [c for c in frame.columns if getattr(frame[c].dtype, "kind", "") == "V"]:
+            frame[col] = frame[col].map(str).astype("category")
     x = adata.X
     if x is None:
         return adata

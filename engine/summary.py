@@ -61,14 +61,28 @@ def layout(h5ad: str | os.PathLike):
     from engine.pp_memory import Layout
 
     def size(node) -> tuple[int, int, bool]:  # stored entries, bytes per entry, sparse
-        if isinstance(node, h5py.Group):  # csr/csc: data, indices, indptr
-            d = node["data"]
-            return int(d.shape[0]), d.dtype.itemsize, True
+        if isinstance(node, h5py.Group):
+            if "data" in node and "indptr" in node:  # csr/csc: data, indices, indptr
+                d = node["data"]
+                return int(d.shape[0]), d.dtype.itemsize, True
+            found: list = []  # anything else (a data frame in obsm): the bytes it stores
+            node.visititems(
+                lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None
+            )
+            return sum(int(np.prod(d.shape)) * d.dtype.itemsize for d in found), 1, False
         return int(np.prod(node.shape)), node.dtype.itemsize, False
 
+    def rows(group) -> int:  # obs or var: the length of its index
+        index = group.attrs.get("_index", "_index")
+        return int(group[index].shape[0]) if index in group else 0
+
     with h5py.File(h5ad, "r") as f:
-        n, g = (int(v) for v in f["X"].attrs["shape"]) if "shape" in f["X"].attrs else f["X"].shape
-        nnz, item, sparse = size(f["X"])
+        if "X" not in f:  # the data live in layers only
+            n, g, nnz, item, sparse = rows(f["obs"]), rows(f["var"]), 0, 4, False
+        else:
+            x = f["X"]
+            n, g = (int(v) for v in x.attrs["shape"]) if "shape" in x.attrs else x.shape
+            nnz, item, sparse = size(x)
         other = 0
         for group in ("layers", "obsm"):
             for node in f[group].values() if group in f else ():

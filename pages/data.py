@@ -228,7 +228,11 @@ with left:
         st.caption("No categorical column with 2-200 values.")
 with right:
     st.subheader("Cells (first 200)")
-    st.dataframe(adata.obs.head(200), width="stretch", height=240)
+    cells = adata.obs.head(200)
+    try:
+        st.dataframe(cells, width="stretch", height=240)
+    except Exception:  # a column type no table converts: shown as text, never a crashed page
+        st.dataframe(cells.astype(str), width="stretch", height=240)
 
 st.subheader("Quality control")
 group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")

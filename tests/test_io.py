@@ -718,3 +718,26 @@ def test_reading_a_saved_dataset_keeps_its_fingerprint(tmp_path):
     before = io.fingerprint(a)
     a.write_h5ad(tmp_path / "perm.h5ad")
     assert io.fingerprint(io.read(tmp_path / "perm.h5ad")) == before
+
+
+def test_obs_columns_of_records_become_text(tmp_path):
+    """An obs column of a compound dtype (a record per cell) was read as such and crashed the
+    Data page on every later visit ("Unsupported numpy type 20"): it enters as text."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+
+    from engine import io
+
+    a = ad.AnnData(np.ones((4, 3), np.float32), obs=pd.DataFrame(index=list("abcd")))
+    a.obs["cell_type"] = pd.Categorical(["x", "y", "x", "y"])
+    path = tmp_path / "records.h5ad"
+    a.write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        f["obs/cmp"] = np.zeros(4, [("a", "f4"), ("b", "i4")])
+        f["obs/cmp"].attrs["encoding-type"] = "array"
+        f["obs/cmp"].attrs["encoding-version"] = "0.2.0"
+        f["obs"].attrs["column-order"] = ["cell_type", "cmp"]
+    got = io.canonical(io.read(path))
+    assert got.obs["cmp"].dtype == "category" and got.obs["cmp"].iloc[0] == "(0.0, 0)"
+    assert list(got.obs["cell_type"]) == ["x", "y", "x", "y"]

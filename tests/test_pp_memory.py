@@ -104,3 +104,27 @@ def test_no_copy_saves_the_input_copy():
     assert pp_memory.estimate(a, LOGCPM, copy=False).peak_bytes == 3 * x
     out, _ = pp.apply(a, LOGCPM, copy=False)
     assert out is a and "counts" in a.layers
+
+
+def test_layout_of_a_file_with_a_data_frame_in_obsm_or_without_x(tmp_path, lognorm_adata):
+    """A CITE-seq-style obsm['protein_expression'] stored as a data frame crashed the Preprocess
+    page's estimate (it took every obsm group for a sparse matrix); a file with its data in
+    layers only had no X to size."""
+    import pandas as pd
+
+    from engine import summary
+
+    a = lognorm_adata.copy()
+    a.obsm["protein_expression"] = pd.DataFrame(
+        np.ones((a.n_obs, 5), np.float32), index=a.obs_names, columns=list("ABCDE")
+    )
+    path = tmp_path / "cite.h5ad"
+    a.write_h5ad(path)
+    lay = summary.layout(path)
+    assert (lay.n_obs, lay.n_vars) == a.shape and lay.other_bytes >= a.n_obs * 5 * 4
+    b = a.copy()
+    b.layers["counts"] = b.X.copy()
+    b.X = None
+    b.write_h5ad(tmp_path / "layers_only.h5ad")
+    lay = summary.layout(tmp_path / "layers_only.h5ad")
+    assert (lay.n_obs, lay.n_vars) == a.shape and lay.nnz == 0
