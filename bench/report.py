@@ -389,6 +389,8 @@ def _costly_genes_table(set_key: str, t: pd.DataFrame, n: int = 6) -> list[str]:
                 ),
             }
         )
+    if not rows:  # scGen above the baseline on every type
+        return []
     return _text_table(
         f"Where scGen's change costs it most, {set_key} (types below the baseline; "
         "log-expression changes, mean over seeds)",
