@@ -13,6 +13,7 @@ from pathlib import Path
 import anndata as ad
 
 from engine import tasks
+from engine.errors import ScwbError
 
 
 def load(run_dir: str | Path):
@@ -22,4 +23,11 @@ def load(run_dir: str | Path):
 
 def predict(run_dir: str | Path, adata: ad.AnnData, align: bool = False) -> ad.AnnData:
     """Apply a saved model to ``adata``; outputs land in the same slots as in training."""
-    return tasks.load(run_dir).annotate(adata, align=align)
+    task = tasks.load(run_dir)
+    try:
+        return task.annotate(adata, align=align)
+    except (IndexError, KeyError, TypeError) as exc:  # a run folder edited by hand
+        raise ScwbError(
+            f"{run_dir}: its model.json and its weights disagree ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); train the run again."
+        ) from None

@@ -328,3 +328,31 @@ def test_run_writes_results_without_copying_its_input(
     res, src = ad.read_h5ad(run_dir / "results.h5ad"), io.read(lognorm_file)
     assert (io.dense(res.X) == io.dense(src.X)).all()
     assert set(src.obsm) < set(res.obsm) and set(src.obs.columns) < set(res.obs.columns)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["params"].update(hidden="65536,65536"), "over the memory budget"),
+        (lambda m: m.update(setup="x"), "does not describe a model"),
+        (lambda m: m.update(params=[1]), "its params are not a table"),
+        (lambda m: m["setup"].update(var_names=[{"a": 1}]), "gene names are not a list"),
+        (lambda m: m["setup"].update(classes=None), "names no two classes"),
+        (lambda m: m["setup"].update(classes=["A"]), "names no two classes"),
+        (lambda m: m.update(model=["mlp"]), "does not describe a model"),
+    ],
+)
+def test_predict_refuses_a_damaged_model_json_in_one_line(tmp_path, lognorm_file, edit, message):
+    """A run folder edited by hand (a hostile-input pass): predict built a network of the sizes
+    model.json named before reading any weight (16 GB asked for), and fields of the wrong type
+    ended in unexpected TypeErrors and IndexErrors. Each is one line now."""
+    import shutil
+
+    spec, _ = _run(tmp_path, model="mlp", data=lognorm_file, label_key="cell_type", epochs=1)
+    bad = tmp_path / "bad"
+    shutil.copytree(spec.out, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    edit(meta)
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ScwbError, match=message):
+        predict.predict(bad, ad.read_h5ad(lognorm_file))

@@ -44,7 +44,31 @@ def load(run_dir: str | Path):
         raise ScwbError(
             f"{run_dir} was saved by an older scWorkbench (no input setup in model.json): train it again."
         )
-    from engine import models
+    from engine import models, preflight
 
-    info = models.get(meta.get("model", "?"))
-    return task_class(info.task).load(run_dir, meta)
+    damaged = f"{run_dir}/model.json does not describe a model this version can load"
+    setup, params = meta.get("setup"), meta.get("params", {})
+    if not isinstance(meta.get("model"), str) or not isinstance(setup, dict):
+        raise ScwbError(f"{damaged}: train the run again.")
+    if not isinstance(params, dict):
+        raise ScwbError(f"{damaged} (its params are not a table): train the run again.")
+    info = models.get(meta["model"])
+    names, classes = setup.get("var_names"), setup.get("classes")
+    if not isinstance(names, list) or not all(isinstance(g, str) for g in names):
+        raise ScwbError(f"{damaged} (its gene names are not a list of names): train the run again.")
+    if info.task == "classify" and (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str | int | float) for c in classes)
+    ):
+        raise ScwbError(f"{damaged} (it names no two classes): train the run again.")
+    try:  # the sizes it names are built before any weight is read: never past the budget
+        n_in = int(meta.get("n_in") or len(setup.get("var_names") or []))
+        n_out = len(setup.get("classes") or [])
+        if info.kind == "torch":
+            preflight.check_size(info, {**info.defaults(), **params}, n_in, n_out)
+        return task_class(info.task).load(run_dir, meta)
+    except ScwbError:
+        raise
+    except Exception as exc:  # a field of the wrong type, weights of another shape
+        raise ScwbError(f"{damaged} ({type(exc).__name__}): train the run again.") from None
