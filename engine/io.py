@@ -542,13 +542,25 @@ def check_not_empty(adata: ad.AnnData) -> None:
         raise ScwbError("Every value in the matrix is zero; there is nothing to learn from.")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(x: Any, what: str = "X") -> None:
+    """NaN, infinities, and values a model's float32 would turn into infinities (1e300 in a
+    float64 X gave every cell NaN probabilities and the first class, silently)."""
     vals = x.data if sp.issparse(x) else np.asarray(x)
     if not np.isfinite(vals).all():
         n_bad = int((~np.isfinite(vals)).sum())
         raise ScwbError(
             f"{what} holds {n_bad} NaN or infinite values; remove or impute them first."
         )
+    if vals.dtype.kind == "f" and vals.dtype.itemsize > 4 and vals.size:
+        big = float(np.abs(vals).max())
+        if big > FLOAT32_MAX:
+            raise ScwbError(
+                f"{what} holds values beyond 32-bit floats (largest {big:.3g}), which models "
+                "compute in: rescale the data first."
+            )
 
 
 def negatives(x: Any) -> tuple[int, float]:

@@ -741,3 +741,19 @@ def test_obs_columns_of_records_become_text(tmp_path):
     got = io.canonical(io.read(path))
     assert got.obs["cmp"].dtype == "category" and got.obs["cmp"].iloc[0] == "(0.0, 0)"
     assert list(got.obs["cell_type"]) == ["x", "y", "x", "y"]
+
+
+def test_values_beyond_float32_are_refused_not_turned_into_infinities():
+    """A float64 X with values of 1e300: predict cast it to float32 (inf) and wrote NaN
+    probabilities and the first class for every cell, exit 0."""
+    import scipy.sparse as sp
+
+    from engine import io
+    from engine.errors import ScwbError
+
+    x = np.ones((3, 2))
+    x[1, 1] = 1e300
+    for m in (x, sp.csr_matrix(x)):
+        with pytest.raises(ScwbError, match="beyond 32-bit floats"):
+            io.check_finite(m)
+    io.check_finite(np.full((2, 2), 3e38))  # still a float32 value
