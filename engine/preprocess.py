@@ -241,16 +241,68 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.name not in STEPS:
+        if not isinstance(self.name, str) or self.name not in STEPS:
             raise ScwbError(f"Unknown recipe step {self.name!r}; known steps: {', '.join(STEPS)}.")
+        if not isinstance(self.params, dict):
+            raise ScwbError(f"Step {self.name!r}: its params are a table of option: value.")
         import inspect
 
-        allowed = set(inspect.signature(STEPS[self.name]).parameters) - {"adata"}
+        signature = inspect.signature(STEPS[self.name]).parameters
+        allowed = set(signature) - {"adata"}
         unknown = set(self.params) - allowed
         if unknown:
             raise ScwbError(
-                f"Step {self.name!r} has no option {sorted(unknown)[0]!r}; it takes {', '.join(sorted(allowed)) or 'none'}."
+                f"Step {self.name!r} has no option {sorted(unknown, key=str)[0]!r}; it takes {', '.join(sorted(allowed)) or 'none'}."
             )
+        for key, value in self.params.items():
+            optional = "None" in str(signature[key].annotation)  # an option that can be off
+            self.params[key] = _checked(self.name, key, value, signature[key].default, optional)
+
+
+# options that take a bounded number: (lowest, whether the lowest itself is allowed, highest)
+_BOUNDS: dict[tuple[str, str], tuple[float, bool, float | None]] = {
+    ("filter_cells", "min_genes"): (0, True, None),
+    ("filter_cells", "min_counts"): (0, True, None),
+    ("filter_cells", "max_pct_mito"): (0, True, 100),
+    ("filter_genes", "min_cells"): (0, True, None),
+    ("normalize", "target_sum"): (0, False, None),
+    ("hvg", "n_top"): (1, True, None),
+    ("arcsinh", "cofactor"): (0, False, None),
+    ("scale", "max_value"): (0, False, None),
+}
+
+
+def _checked(step: str, key: str, value: Any, default: Any, optional: bool = False) -> Any:
+    """A recipe option as its step takes it (the type of its default), or one clear line: a
+    recipe file is typed by hand, and ``"abc"`` for a gene count ended in a ValueError, ``-1``
+    as a target sum in negative "normalised" data."""
+    import inspect
+    import math
+
+    if default is inspect.Parameter.empty:  # subset's column and values: checked by the step
+        return value
+    what = f"{step}: {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ScwbError(f"{what} is true or false, not {value!r}.")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ScwbError(f"{what} is a word, not {value!r}.")
+        return value
+    if value is None and (optional or default is None):  # an option that can be off (a clip)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ScwbError(f"{what} must be a finite number, not {value!r}.")
+    if isinstance(default, int) and value != int(value):
+        raise ScwbError(f"{what} must be a whole number, not {value!r}.")
+    value = int(value) if isinstance(default, int) else float(value)
+    low, closed, high = _BOUNDS.get((step, key), (-math.inf, True, None))
+    if value < low or (value == low and not closed) or (high is not None and value > high):
+        above = f"at least {low:g}" if closed else f"above {low:g}"
+        span = above + (f" and at most {high:g}" if high is not None else "")
+        raise ScwbError(f"{what} must be {span}, not {value!r}.")
+    return value
 
 
 @dataclass
@@ -268,6 +320,8 @@ class Recipe:
             raise ScwbError(
                 f"The recipe is not valid JSON: {exc.msg} (line {exc.lineno})."
             ) from None
+        except RecursionError:
+            raise ScwbError("The recipe nests too deeply to be a recipe.") from None
         if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
             raise ScwbError(
                 'A recipe is a JSON object {"steps": [{"name": ..., "params": {...}}, ...]}.'
@@ -276,7 +330,10 @@ class Recipe:
         for s in data["steps"]:
             if not isinstance(s, dict) or "name" not in s:
                 raise ScwbError("Each recipe step needs a 'name'.")
-            steps.append(Step(s["name"], dict(s.get("params") or {})))
+            params = s.get("params") or {}
+            if not isinstance(params, dict):
+                raise ScwbError(f"Step {s['name']!r}: its params are a table of option: value.")
+            steps.append(Step(s["name"], dict(params)))
         return cls(steps)
 
     @classmethod
@@ -285,6 +342,8 @@ class Recipe:
             return cls.from_json(Path(path).read_text())
         except OSError as exc:
             raise ScwbError(f"The recipe {path} could not be read: {exc.strerror}.") from None
+        except UnicodeDecodeError:
+            raise ScwbError(f"The recipe {path} is not UTF-8 text (JSON).") from None
 
     @classmethod
     def suggest(cls, description: dict[str, Any], n_top: int = 2000) -> Recipe:

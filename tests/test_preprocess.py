@@ -172,8 +172,8 @@ def test_preprocessing_refuses_values_that_are_not_finite(counts_adata, bad):
         a.X[0, 0] = np.nan
         message = "X holds 1 NaN or infinite values"
     else:
-        a.X[:, 0] = 1e308
-        message = "Step '(normalize|scale)' produced NaN or infinite values"
+        a.X[:, 0] = 1e308  # refused before any step: no 32-bit float holds it
+        message = "X holds values beyond 32-bit floats"
     recipe = pp.Recipe(
         [pp.Step("normalize", {"target_sum": 1e6}), pp.Step("scale", {"method": "zscore"})]
     )
@@ -369,3 +369,37 @@ def test_notes_stay_apart_when_steps_overlap(monkeypatch):
         t.join()
     for w in "AB":
         assert reports[w][1].get("note") == f"{w} first; {w} second", reports
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"steps": [{"name": ["hvg"]}]}', "Unknown recipe step"),
+        ('{"steps": [{"name": "hvg", "params": [1]}]}', "params are a table"),
+        (
+            '{"steps": [{"name": "hvg", "params": {"n_top": "abc"}}]}',
+            "hvg: n_top must be a finite number",
+        ),
+        ('{"steps": [{"name": "hvg", "params": {"n_top": -3}}]}', "hvg: n_top must be at least 1"),
+        ('{"steps": [{"name": "hvg", "params": {"n_top": 2.5}}]}', "whole number"),
+        ('{"steps": [{"name": "normalize", "params": {"target_sum": -1}}]}', "above 0"),
+        ('{"steps": [{"name": "normalize", "params": {"log": "yes"}}]}', "true or false"),
+        ('{"steps": [{"name": "arcsinh", "params": {"cofactor": "nan"}}]}', "finite number"),
+        ('{"steps": [{"name": "filter_cells", "params": {"max_pct_mito": 150}}]}', "at most 100"),
+        ('{"steps": [{"name": "scale", "params": {"method": 3}}]}', "is a word"),
+        ("[" * 100_000, "nests too deeply"),
+    ],
+)
+def test_recipe_files_are_checked_option_by_option(text, message):
+    """Recipes typed by hand (a hostile-input pass): a list as a step name, params that are no
+    table, a gene count of "abc" or -3, a negative target sum, a recursion bomb. One line each
+    (they ended in TypeErrors, ValueErrors, a RecursionError, or negative 'normalised' data)."""
+    with pytest.raises(ScwbError, match=message):
+        pp.Recipe.from_json(text)
+
+
+def test_recipe_options_keep_their_types():
+    step = pp.Step("hvg", {"n_top": 300.0})  # a JSON number with a point: still a count
+    assert step.params["n_top"] == 300 and isinstance(step.params["n_top"], int)
+    assert pp.Step("scale", {"max_value": None}).params["max_value"] is None  # clip off
+    assert pp.Step("normalize", {"target_sum": 10000}).params["target_sum"] == 1e4
