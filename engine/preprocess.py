@@ -155,7 +155,18 @@ def hvg(adata: ad.AnnData, n_top: int = 2000, flavor: str = "seurat") -> ad.AnnD
     if n_top >= adata.n_vars:
         note(f"{n_top:,} genes asked for and {adata.n_vars:,} left: all kept")
         return adata
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
+    if adata.n_obs < 2:
+        raise ScwbError(f"hvg: {adata.n_obs} cell(s) left; variable genes need at least 2.")
+    x = adata.X
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    sq = np.asarray((x.multiply(x) if sp.issparse(x) else np.square(x)).mean(axis=0)).ravel()
+    if not (sq - mean**2 > 1e-12 * np.maximum(sq, 1.0)).any():
+        raise ScwbError("hvg: no gene varies between the cells left: nothing to rank.")
+    try:
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
+    except (IndexError, ValueError) as exc:  # scanpy's binning on degenerate data
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ScwbError(f"hvg could not rank these genes ({first}).") from None
     return adata
 
 
@@ -391,6 +402,12 @@ def apply(
     """Run ``recipe`` on a copy of ``adata`` (on ``adata`` itself when not ``copy``: a caller
     that drops its input saves a copy); return it and one report row per step. Refused before
     any work when its memory estimate (``engine.pp_memory``) exceeds the budget."""
+    if recipe.steps and adata.X is None:
+        layers = ", ".join(adata.layers) or "none"
+        raise ScwbError(
+            f"X is empty (the data are in layers: {layers}); preprocessing works on X: "
+            "save the data with the matrix to preprocess as X."
+        )
     pp_memory.check(adata, recipe, copy)
     if recipe.steps:  # NaN or infinity spread through every step and came out as a dataset
         check_finite(adata.X, "X")

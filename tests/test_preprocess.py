@@ -403,3 +403,21 @@ def test_recipe_options_keep_their_types():
     assert step.params["n_top"] == 300 and isinstance(step.params["n_top"], int)
     assert pp.Step("scale", {"max_value": None}).params["max_value"] is None  # clip off
     assert pp.Step("normalize", {"target_sum": 10000}).params["target_sum"] == 1e4
+
+
+def test_degenerate_data_get_one_line_from_hvg_and_apply():
+    """hvg on constant X or on one cell ended in scanpy's IndexError; an AnnData whose data
+    live in layers only (no X) in a TypeError from isfinite (a hostile-input pass)."""
+    import anndata as ad
+    import pandas as pd
+
+    hvg = pp.Recipe([pp.Step("hvg", {"n_top": 10})])
+    with pytest.raises(ScwbError, match="no gene varies"):
+        pp.apply(ad.AnnData(np.ones((20, 30), np.float32)), hvg)
+    one = ad.AnnData(np.random.default_rng(0).random((1, 30)).astype(np.float32))
+    with pytest.raises(ScwbError, match="1 cell"):
+        pp.apply(one, hvg)
+    bare = ad.AnnData(obs=pd.DataFrame(index=list("abcde")), var=pd.DataFrame(index=list("xyz")))
+    bare.layers["counts"] = np.ones((5, 3), np.float32)
+    with pytest.raises(ScwbError, match=r"X is empty \(the data are in layers: counts\)"):
+        pp.apply(bare, pp.Recipe([pp.Step("normalize")]))
