@@ -118,6 +118,19 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
         # what the Data page shows, computed once here instead of on every first view
         "describe": json.loads(json.dumps(info["describe"], default=str)),
     }
+    # the same content saved under the same name before keys kept 48 characters of the name
+    # (they kept 24): that dataset, not a second copy
+    short = f"{slug(name)[:24].strip('_') or 'd'}-{info['content'][:8]}"
+    for key in {short} - {base}:
+        old = runs.read_json(folder / f"{key}.json", {})
+        if (
+            old.get("content") == info["content"]
+            and old.get("name") == str(name)
+            and (folder / f"{key}.h5ad").exists()
+        ):
+            tmp_h5ad.unlink(missing_ok=True)
+            summary.remove_qc(tmp_h5ad)
+            return key
     for i in range(1, 1000):
         key = base if i == 1 else f"{base}-{i}"
         meta_p = folder / f"{key}.json"

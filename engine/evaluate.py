@@ -141,13 +141,21 @@ def meanshift_gap_interval(
 
     wc, wr = weights(len(ctrl)), weights(len(real))
     wp = wc if paired else weights(len(pred))
+    shift = shift.astype(np.float32)
     m_ctrl, m_real, m_pred = wc @ ctrl, wr @ real, wp @ pred
-    gap = _rowwise_r2(m_pred, m_real) - _rowwise_r2(m_ctrl + shift.astype(np.float32), m_real)
+    gap = _rowwise_r2(m_pred, m_real) - _rowwise_r2(m_ctrl + shift, m_real)
     gap = gap[np.isfinite(gap)]
     if not len(gap):
         return float("nan"), float("nan")
-    low, high = np.percentile(gap, [2.5, 97.5])
-    return float(low), float(high)
+    # the basic (reflected) interval: resampling adds noise to both means, which pulls every
+    # resampled R² down and their difference towards 0, so the plain percentiles sat beside the
+    # difference itself; reflecting them about it undoes that pull
+    point = (
+        _rowwise_r2(pred.mean(0, keepdims=True), real.mean(0, keepdims=True))
+        - _rowwise_r2(ctrl.mean(0, keepdims=True) + shift, real.mean(0, keepdims=True))
+    )[0]
+    q_low, q_high = np.percentile(gap, [2.5, 97.5])
+    return float(2 * point - q_high), float(2 * point - q_low)
 
 
 def noise_ceiling(real: Any, n_splits: int = 20, seed: int = 0, max_cells: int = 2000) -> float:

@@ -555,7 +555,7 @@ def check_finite(x: Any, what: str = "X") -> None:
             f"{what} holds {n_bad} NaN or infinite values; remove or impute them first."
         )
     if vals.dtype.kind == "f" and vals.dtype.itemsize > 4 and vals.size:
-        big = float(np.abs(vals).max())
+        big = max(float(vals.max()), -float(vals.min()))  # no copy of the matrix
         if big > FLOAT32_MAX:
             raise ScwbError(
                 f"{what} holds values beyond 32-bit floats (largest {big:.3g}), which models "

@@ -184,6 +184,11 @@ def against_meanshift(
     if gap is None:
         return None
     low, high = num("meanshift_gap_ci95_low"), num("meanshift_gap_ci95_high")
+    if "meanshift_gap_ci95_low" in m and (low is None or high is None):
+        return "info", (
+            f"For {target}, {model} and the mean-shift baseline cannot be told apart: R² "
+            f"{gap:+.3f}, and too few cells for an interval."
+        )
     cells = ""
     if type(n_ctrl) is int and type(n_stim) is int:
         cells = f" over its {n_ctrl:,} control and {n_stim:,} stimulated cells"

@@ -35,13 +35,20 @@ def preflight(spec: Any, adata: ad.AnnData) -> None:
     restrict(make_split(adata.n_obs, spec.seed, stratify=strat), keep)
 
 
-def check_size(info: models.ModelInfo, params: dict, n_in: int, n_out: int = 0) -> None:
-    """Refuse a network whose parameters (with gradients and optimiser state) would not fit the
-    memory budget."""
+def check_size(
+    info: models.ModelInfo, params: dict, n_in: int, n_out: int = 0, training: bool = True
+) -> None:
+    """Refuse a network whose parameters (to train: with gradients and optimiser state; to
+    apply: the weights alone) would not fit the memory budget."""
     n = models.n_parameters(info, params, n_in, n_out)
-    need = n * 4 * ADAM_COPIES
+    need = n * 4 * (ADAM_COPIES if training else 1)
     budget = io.memory_budget()
     if need > budget:
+        if not training:
+            raise ScwbError(
+                f"The saved {info.name} names {n:,} parameters ({need / 2**30:.1f} GB of weights), "
+                f"over the memory budget ({budget / 2**30:.1f} GB, SCWB_MEMORY_BUDGET_GB)."
+            )
         raise ScwbError(
             f"{info.name} with these settings has {n:,} parameters ({need / 2**30:.1f} GB to train), "
             f"over the memory budget ({budget / 2**30:.1f} GB): choose smaller layers."

@@ -279,7 +279,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float, bool, float | None]] = {
     ("normalize", "target_sum"): (0, False, None),
     ("hvg", "n_top"): (1, True, None),
     ("arcsinh", "cofactor"): (0, False, None),
-    ("scale", "max_value"): (0, False, None),
+    ("scale", "max_value"): (0, True, None),  # 0: no clip (the CLI's --clip 0)
 }
 
 

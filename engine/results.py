@@ -198,7 +198,7 @@ def levels(
         for c in [str(c) for c in g.attrs.get("column-order", [])]:
             elem = g[c]
             if isinstance(elem, h5py.Group) and "categories" in elem:
-                numeric = elem["categories"].dtype.kind in "iufb"
+                numeric = False  # categories are groups, whatever they are written in
                 k = int(elem["categories"].shape[0])
             else:
                 values = pd.Series(read_elem(elem))

@@ -166,8 +166,8 @@ def early_stop_note() -> str | None:
                 return (
                     f"The full-batch L-BFGS fit ran to its {last}-epoch limit with the training "
                     f"loss flat (it moved by {moved:.1e} of itself over the last "
-                    f"{FLAT_EPOCHS} epochs, less than the stopping rule's 1e-7 per epoch "
-                    "asks): its last weights are kept, as good as the optimum in practice."
+                    f"{FLAT_EPOCHS} epochs: flat in practice, though above the stopping rule's "
+                    "1e-7 per epoch): its last weights are kept."
                 )
             return (
                 f"The full-batch L-BFGS fit had not converged after {last} epochs: its last "
@@ -386,11 +386,13 @@ if res_info is not None and task in ("reconstruct", "embed"):
             *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
         ]
         # the run's label column, else the first text or categorical column (listed first)
+        # that is not the run's own split
         first = spec.get("label_key") if spec.get("label_key") in groups_opts else None
+        first = first or next((c for c in groups_opts[1:] if c != scwb.get("split_key")), None)
         group = st.selectbox(
             "Order and group cells by",
             groups_opts,
-            index=groups_opts.index(first) if first else 1 if len(groups_opts) > 1 else 0,
+            index=groups_opts.index(first) if first else 0,
         )
         model_json = runs.read_json(run_dir / "model.json", {}) or {}
         layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
@@ -436,7 +438,8 @@ if res_info is not None and task in ("reconstruct", "embed"):
             colour_opts = list(res_info["obs"])
             # the run's label column, else the first text or categorical column
             by = spec.get("label_key") if spec.get("label_key") in colour_opts else None
-            by = by or next(iter(obs_levels(str(res_path), mtime)), None)
+            levels = [c for c in obs_levels(str(res_path), mtime) if c != scwb.get("split_key")]
+            by = by or next(iter(levels), None)
             color = st.selectbox(
                 "Colour the latent UMAP by",
                 colour_opts,

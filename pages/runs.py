@@ -166,8 +166,10 @@ def live() -> None:
     st.dataframe(table(rows), hide_index=True, width="stretch", column_config=COLUMNS)
     by_id = {r["id"]: r for r in rows}
     if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
-        active = [r["id"] for r in rows if r.get("state") == "running"] or [
-            r["id"] for r in rows if r.get("state") == "queued"
+        # a run with a curve to watch first: a scikit-learn baseline is fitted in one step
+        order = sorted(rows, key=lambda r: _kind(r.get("model", "")) == "sklearn")
+        active = [r["id"] for r in order if r.get("state") == "running"] or [
+            r["id"] for r in order if r.get("state") == "queued"
         ]
         ss["run_selected"] = (active or [rows[0]["id"]])[0]
     # keyed, without index=: the user's pick is the only thing that moves the selection

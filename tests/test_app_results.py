@@ -813,6 +813,8 @@ def test_results_group_and_colour_by_a_category_not_a_measurement(lognorm_adata)
     run = _finished(name, "autoencoder", epochs=2)  # no label column given
     at = app("results", run=run.name)
     group = next(s for s in at.selectbox if s.label == "Order and group cells by")
-    assert group.options == ["(none)", "cluster", "batch_no"] and group.value == "cluster"
+    # the run's own split (obs['split']) is a grouping to choose, never the default
+    assert group.options == ["(none)", "cluster", "split", "batch_no"]
+    assert group.value == "cluster"
     assert at.selectbox(key="umap_color").value == "cluster"
     assert "n_genes" in at.selectbox(key="umap_color").options  # still a colour to choose

@@ -368,12 +368,15 @@ def test_runs_controls_follow_state_and_open_the_selected_results(
         expect(selector).to_have_value(re.compile(live.name), timeout=10_000)
         cancel = page.get_by_role("button", name="Cancel run")
         delete = page.get_by_role("button", name="Delete run")
+        heading = page.get_by_role("heading", name=re.compile(r"^mlp on .* · "))
         if jobs.status(live)["state"] in ("queued", "running"):
-            expect(selector).to_have_value(re.compile("queued|running"))
+            expect(heading).to_have_text(re.compile("queued|running"))
             expect(cancel).to_be_enabled()
             expect(delete).to_be_disabled()
-        # no click: the live fragment must bring every control up to date by itself
-        expect(selector).to_have_value(re.compile(f"{live.name} .* completed"), timeout=240_000)
+        # no click: the live fragment must bring every control up to date by itself, and the
+        # pick stays (the selector's label no longer changes with the run's state)
+        expect(heading).to_have_text(re.compile("· completed$"), timeout=240_000)
+        expect(selector).to_have_value(re.compile(live.name))
         expect(cancel).to_be_disabled(timeout=10_000)
         expect(delete).to_be_enabled(timeout=10_000)
         page.wait_for_timeout(2500)

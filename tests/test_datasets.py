@@ -1,5 +1,7 @@
 """engine.datasets: the workspace's dataset keys."""
 
+import json
+
 
 def test_keys_keep_a_readable_name_cut_between_words():
     """A saved name was cut at 24 characters: "mb_clustered_cp10k_hvg300" became
@@ -13,3 +15,20 @@ def test_keys_keep_a_readable_name_cut_between_words():
     assert len(cut) <= SLUG_MAX and long.startswith(cut) and long[len(cut)] == "_"
     assert slug("x" * 100) == "x" * SLUG_MAX  # one word: cut where it must be
     assert check_key(f"{slug(long)}-0123abcd")  # a key the workspace accepts
+
+
+def test_a_dataset_saved_under_the_old_short_key_is_found_again(lognorm_adata, workspace):
+    """Keys kept 24 characters of the name before: saving the same content under the same
+    long name again gave a second copy under the new, longer key (a review of the change)."""
+    from engine import datasets
+
+    name = "pbmc_stimulated_counts_hvg2000_filtered"
+    key = datasets.save(lognorm_adata, name)
+    short = f"{name[:24]}-{key.rsplit('-', 1)[1]}"  # as the older version named it
+    folder = datasets.path(key).parent
+    for ext in (".h5ad", ".json"):
+        (folder / f"{key}{ext}").rename(folder / f"{short}{ext}")
+    meta = json.loads((folder / f"{short}.json").read_text())
+    (folder / f"{short}.json").write_text(json.dumps({**meta, "key": short}))
+    assert datasets.save(lognorm_adata, name) == short
+    assert [r["key"] for r in datasets.list_datasets()] == [short]

@@ -91,7 +91,7 @@ def test_reader_decodes_only_the_requested_elements(tmp_path, sampled, lognorm_f
     assert seen == ["/obs/abnormality"] and list(table.columns) == ["abnormality"]
     seen.clear()
     assert results.obsm(path, "X_autoencoder").shape == (600, 4) and seen == ["/obsm/X_autoencoder"]
-    assert set(results.levels(path)) == {"cell_type", "condition", "sample"}
+    assert set(results.levels(path)) == {"cell_type", "condition", "sample", "split"}
     with pytest.raises(results.ScwbError, match="no obs column"):
         results.obs(path, ["nope"])
 

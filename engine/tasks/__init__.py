@@ -63,10 +63,10 @@ def load(run_dir: str | Path):
     ):
         raise ScwbError(f"{damaged} (it names no two classes): train the run again.")
     try:  # the sizes it names are built before any weight is read: never past the budget
-        n_in = int(meta.get("n_in") or len(setup.get("var_names") or []))
+        n_in = int(meta.get("n_in") or len(names))
         n_out = len(setup.get("classes") or [])
         if info.kind == "torch":
-            preflight.check_size(info, {**info.defaults(), **params}, n_in, n_out)
+            preflight.check_size(info, {**info.defaults(), **params}, n_in, n_out, training=False)
         return task_class(info.task).load(run_dir, meta)
     except ScwbError:
         raise
