@@ -287,9 +287,12 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     assert status["stopped_early"] and status["epoch"] < 50  # converged well before the cap
     info = " ".join(texts(app("results", run=run.name), "info"))
     assert f"Converged at epoch {status['epoch']} of 50" in info and "best epoch" not in info
-    df = app("runs").dataframe[0].value
+    at = app("runs")
+    df = at.dataframe[0].value
     said = dict(zip(df["run"], df["epochs"], strict=True))
     assert said[run.name] == f"converged at epoch {status['epoch']} of 50"
+    at.selectbox(key="run_selected").set_value(run.name).run()  # no 'best epoch' line: last kept
+    assert "best epoch" not in at.get("plotly_chart")[0].proto.spec
     # two epochs are not enough to converge: said so, not 'converged'
     short = _finished(dataset, "logreg", "-short", label_key="cell_type", epochs=2)
     info = " ".join(texts(app("results", run=short.name), "info"))

@@ -333,7 +333,10 @@ def test_run_writes_results_without_copying_its_input(
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: m["params"].update(hidden="65536,65536"), "GB of weights, over the memory"),
+        (
+            lambda m: m["params"].update(hidden="65536,65536"),
+            r"GB of weights\), over the memory budget",
+        ),
         (lambda m: m.update(setup="x"), "does not describe a model"),
         (lambda m: m.update(params=[1]), "its params are not a table"),
         (lambda m: m["setup"].update(var_names=[{"a": 1}]), "gene names are not a list"),
