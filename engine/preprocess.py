@@ -157,10 +157,15 @@ def hvg(adata: ad.AnnData, n_top: int = 2000, flavor: str = "seurat") -> ad.AnnD
         return adata
     if adata.n_obs < 2:
         raise ScwbError(f"hvg: {adata.n_obs} cell(s) left; variable genes need at least 2.")
+    from sklearn.utils.sparsefuncs import mean_variance_axis
+
     x = adata.X
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    sq = np.asarray((x.multiply(x) if sp.issparse(x) else np.square(x)).mean(axis=0)).ravel()
-    if not (sq - mean**2 > 1e-12 * np.maximum(sq, 1.0)).any():
+    var = (
+        mean_variance_axis(sp.csr_matrix(x, dtype=np.float64), axis=0)[1]
+        if sp.issparse(x)
+        else np.asarray(x, dtype=np.float64).var(axis=0)
+    )
+    if not (var > 0).any():
         raise ScwbError("hvg: no gene varies between the cells left: nothing to rank.")
     try:
         sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
@@ -256,6 +261,7 @@ class Step:
             raise ScwbError(f"Unknown recipe step {self.name!r}; known steps: {', '.join(STEPS)}.")
         if not isinstance(self.params, dict):
             raise ScwbError(f"Step {self.name!r}: its params are a table of option: value.")
+        self.params = dict(self.params)  # checked and typed below: never the caller's dict
         import inspect
 
         signature = inspect.signature(STEPS[self.name]).parameters
@@ -341,10 +347,7 @@ class Recipe:
         for s in data["steps"]:
             if not isinstance(s, dict) or "name" not in s:
                 raise ScwbError("Each recipe step needs a 'name'.")
-            params = s.get("params") or {}
-            if not isinstance(params, dict):
-                raise ScwbError(f"Step {s['name']!r}: its params are a table of option: value.")
-            steps.append(Step(s["name"], dict(params)))
+            steps.append(Step(s["name"], s.get("params") or {}))  # Step checks its params
         return cls(steps)
 
     @classmethod

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine import procs, runs, settings, workspace
-from engine.procs import child_env, pid_alive
+from engine import procs, settings, workspace
+from engine.procs import child_env
 
 
 def queue_dir(runs_root: Path, name: str) -> Path:
@@ -78,20 +78,15 @@ def _lock_held(path: Path) -> bool:
         fh.close()
 
 
-def dispatcher_alive(root: Path, host: str | None = None) -> bool:
-    """Whether a dispatcher serves ``root``'s queue on ``host`` (default: this one).
+def dispatcher_alive(root: Path) -> bool:
+    """Whether a dispatcher serves ``root``'s queue on this host.
 
-    On this host the answer is the dispatcher's lock, not its pid: a dispatcher that has let go
-    of its lock may still be alive for a moment on its way out, after its last look at the
-    queue, and a run queued in that moment would wait until the next submit. A dispatcher
-    holding the lock looks at the queue again after letting go, so a marker written before this
-    probe is always seen (by it, or by the one the caller starts)."""
-    host = host or settings.get().host
-    qdir = queue_dir(root, host)
-    if host == settings.get().host:
-        return _lock_held(qdir / ".dispatcher.lock")
-    info = runs.read_json(qdir / ".dispatcher.json")
-    return isinstance(info, dict) and pid_alive(info.get("pid"), "--dispatch")
+    The answer is the dispatcher's lock, not its pid: a dispatcher that has let go of its lock
+    may still be alive for a moment on its way out, after its last look at the queue, and a run
+    queued in that moment would wait until the next submit. A dispatcher holding the lock looks
+    at the queue again after letting go, so a marker written before this probe is always seen
+    (by it, or by the one the caller starts)."""
+    return _lock_held(queue_dir(root, settings.get().host) / ".dispatcher.lock")
 
 
 def ensure_dispatcher(root: Path | None = None) -> None:

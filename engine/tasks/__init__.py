@@ -64,7 +64,7 @@ def load(run_dir: str | Path):
         raise ScwbError(f"{damaged} (it names no two classes): train the run again.")
     try:  # the sizes it names are built before any weight is read: never past the budget
         n_in = int(meta.get("n_in") or len(names))
-        n_out = len(setup.get("classes") or [])
+        n_out = len(classes or [])
         if info.kind == "torch":
             preflight.check_size(info, {**info.defaults(), **params}, n_in, n_out, training=False)
         return task_class(info.task).load(run_dir, meta)
