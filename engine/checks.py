@@ -81,14 +81,27 @@ def _entry(path: str) -> str:
     return f"{parts[0]}[{parts[1]!r}]" + "".join(f"/{p}" for p in parts[2:])
 
 
+CHUNK_MAX_BYTES = 256 << 20  # HDF5 decompresses a whole chunk to read any value of it
+
+
 def _refuse_external(name: str, entry: str, ds: Any) -> None:
-    """Datasets whose bytes live in another file (external storage, virtual datasets)."""
+    """Datasets whose bytes live in another file (external storage, virtual datasets), or in
+    chunks so large that reading one value decompresses gigabytes (a chunk may be far larger
+    than the dataset it holds: 3.4 GB behind 7 KB of values)."""
     try:
         external = ds.external
     except Exception:
         external = None
     if external or getattr(ds, "is_virtual", False):
         raise ScwbError(f"{name}: {entry} stores its values in another file; refused.")
+    chunks = getattr(ds, "chunks", None)
+    if chunks:
+        chunk = float(np.prod(chunks, dtype=np.float64)) * _itemsize(ds.dtype)
+        if chunk > CHUNK_MAX_BYTES:
+            raise ScwbError(
+                f"{name}: {entry} is stored in chunks of {human(chunk)} each (at most "
+                f"{human(CHUNK_MAX_BYTES)} are read); refused. Rewrite it with smaller chunks."
+            )
 
 
 MAX_DEPTH = 32  # group nesting: AnnData writes a few levels, a nested uns dict rarely ten
@@ -237,12 +250,15 @@ def check_sparse(
     return size
 
 
+MAX_DIM = 1 << 40  # cells or genes: far beyond any atlas, far below an overflowing product
+
+
 def _shape_attr(name: str, entry: str, raw: Any) -> tuple[int, int]:
     try:
         shape = tuple(int(v) for v in np.asarray(raw).ravel())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         shape = ()
-    if len(shape) != 2 or min(shape) < 0:
+    if len(shape) != 2 or min(shape) < 0 or max(shape) > MAX_DIM:
         raise ScwbError(f"{name}: {entry} has no valid 2-D shape; it is damaged.")
     return shape  # type: ignore[return-value]
 
@@ -299,6 +315,25 @@ def _group_bytes(name: str, entry: str, group: Any) -> int:
     return total
 
 
+def _check_frame(name: str, entry: str, group: Any) -> None:
+    """A data frame group (obs, var): its column order names each column once, and only
+    columns it holds (else anndata fails with a pandas message about the file's layout)."""
+    order = group.attrs.get("column-order", [])
+    try:
+        cols = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(order).ravel()]
+    except (TypeError, ValueError):
+        raise ScwbError(f"{name}: {entry} has an unreadable column order; it is damaged.") from None
+    seen: set[str] = set()
+    for c in cols:
+        if c in seen:
+            raise ScwbError(f"{name}: {entry} lists column {c[:60]!r} twice; it is damaged.")
+        if c not in group:
+            raise ScwbError(
+                f"{name}: {entry} lists column {c[:60]!r} but does not hold it; it is damaged."
+            )
+        seen.add(c)
+
+
 def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
     """Check every matrix of an ``.h5ad`` before it is read (see the module docstring);
     return the in-memory size of each entry. Raises ``ScwbError`` naming the entry."""
@@ -332,6 +367,9 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
                     matrices.append((f"raw/varm/{k}", raw["varm"][k], True))
         for p, obj, dense_only in matrices:
             sizes[_entry(p)] = _check_matrix(name, p, obj, dense_only)
+        for p in ("obs", "var", "raw/var"):
+            if isinstance(f.get(p), h5py.Group):
+                _check_frame(name, _entry(p), f[p])
         # everything else (obs, var, uns, raw/var): counted too, so no entry can hide a bomb
         checked = {p for p, _, _ in matrices}
         for top in sorted(keys):
@@ -475,6 +513,13 @@ def table_bounds(path: Path, name: str, sep: str) -> tuple[int, int]:
     try:
         with open_text(path) as fh:
             while chunk := fh.read(1 << 20):
+                if not size and chunk[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    raise ScwbError(f"{name} is UTF-16 text; save it as UTF-8 (or plain) text.")
+                if b"\0" in chunk:  # UTF-16 without its mark, or not text at all
+                    raise ScwbError(
+                        f"{name} is not a text table (it holds NUL bytes: UTF-16 or binary?); "
+                        "save it as UTF-8 CSV or TSV."
+                    )
                 size += len(chunk)
                 if size > budget:
                     raise over_budget(name, "the table", size, "(decompressed text, at least)")

@@ -345,6 +345,8 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
 def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     name = Path(display).name
     n_rows, n_cols = checks.table_bounds(path, name, sep)
+    if n_rows == 0:  # pandas takes minutes over a wide header with no rows under it
+        raise ScwbError(f"{name} holds a header but no rows: no cells to read.")
     # pandas parses to float64, the numeric check makes a second float64 frame, X is float32
     checks.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
     try:
@@ -362,14 +364,19 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
         raise ScwbError(f"{name} holds no table.") from None
     if df.shape[1] == 0 and sep == ",":
         return _read_table(path, display, sep="\t")
-    numeric = df.apply(pd.to_numeric, errors="coerce")
-    bad = numeric.isna() & df.notna()
-    if bad.to_numpy().any():
-        col = df.columns[bad.any(axis=0).to_numpy()][0]
-        raise ScwbError(
-            f"{name}: column {col!r} holds text; the table must be numbers, cells x genes."
-        )
-    adata = ad.AnnData(X=numeric.to_numpy(dtype=np.float32))
+    # only columns pandas did not parse as numbers are looked at one by one (a wide table of
+    # numbers would otherwise take a call per gene)
+    text = [i for i, t in enumerate(df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
+    for i in text:
+        col = df.iloc[:, i]
+        values = pd.to_numeric(col, errors="coerce")
+        if (values.isna() & col.notna()).any():
+            raise ScwbError(
+                f"{name}: column {df.columns[i]!r} holds text; the table must be numbers, "
+                "cells x genes."
+            )
+        df.isetitem(i, values)
+    adata = ad.AnnData(X=df.to_numpy(dtype=np.float32))
     adata.obs_names = df.index.astype(str)
     adata.var_names = df.columns.astype(str)
     return adata

@@ -194,6 +194,16 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
     """MinMax to [0, 1] per gene, or z-score per gene (clipped at ``max_value``)."""
     x = adata.X
     dense_bytes = adata.n_obs * adata.n_vars * 4
+    if method in ("minmax", "zscore"):
+        if adata.n_obs < 2:
+            raise ScwbError(
+                f"scale: scaling each gene needs at least 2 cells (this data has {adata.n_obs})."
+            )
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        if not (dense(hi).ravel() > dense(lo).ravel()).any():
+            raise ScwbError(
+                "scale: no gene varies across these cells, so scaling would leave only zeros."
+            )
     if method == "minmax":
         if sp.issparse(x) and x.min() >= 0 and not np.asarray(x.min(axis=0).toarray()).any():
             # every gene's minimum is 0: MinMax is a division and the matrix stays sparse

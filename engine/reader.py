@@ -140,8 +140,9 @@ def run_child(
         except subprocess.TimeoutExpired:
             _remove_target(target)
             raise ScwbError(
-                f"{name} took longer than {timeout:.0f} s to read; refused (a damaged file can "
-                "make the HDF5 library loop; set SCWB_READ_TIMEOUT_S to give a large file longer)."
+                f"{name} took longer than {timeout:.0f} s to read, so it was refused (a damaged "
+                "or unusually shaped file can take this long; set SCWB_READ_TIMEOUT_S to give a "
+                "large file longer)."
             ) from None
         except OSError as exc:
             _remove_target(target)

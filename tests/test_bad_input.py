@@ -300,7 +300,53 @@ def _uns_bomb(p: Path) -> Path:
     return p
 
 
+def _dup_column_order(p: Path) -> Path:
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f["obs"].attrs["column-order"] = np.array(["label", "label"], dtype=object)
+    return p
+
+
+def _chunk_bomb(p: Path) -> Path:
+    """600 values stored in one gzip chunk of 309 MB (h5py allows chunks larger than a
+    resizable dataset; the issue's file had 3.4 GB): reading any value decompressed the whole
+    chunk. The chunk is compressed here in pieces and written as is, so that building it
+    costs no memory."""
+    import zlib
+
+    _write(ad.AnnData(np.ones((30, 20), np.float32)), p)
+    side = 9_000
+    z = zlib.compressobj(6)
+    piece = bytes(1 << 20)
+    total = side * side * 4
+    blob = b"".join(z.compress(piece) for _ in range(total >> 20))
+    blob += z.compress(bytes(total % (1 << 20))) + z.flush()
+    with h5py.File(p, "r+") as f:
+        attrs = dict(f["X"].attrs)
+        del f["X"]
+        d = f.create_dataset(
+            "X",
+            shape=(30, 20),
+            dtype=np.float32,
+            maxshape=(None, None),
+            chunks=(side, side),
+            compression="gzip",
+        )
+        d.id.write_direct_chunk((0, 0), blob)
+        d.attrs.update(attrs)
+    return p
+
+
+def _shape_attr(p: Path, shape) -> Path:
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        f["X"].attrs["shape"] = np.array(shape, dtype=np.uint64)
+    return p
+
+
 HOSTILE = {
+    "gzip_chunk_of_3_gb": (lambda t: _chunk_bomb(t / "c.h5ad"), ["info"], "chunks of 309.0 MB"),
+    "shape_2_64": (lambda t: _shape_attr(t / "s.h5ad", [2**64 - 1, 12]), ["info"], "no valid 2-D"),
     "csr_index_2e9_and_negative": (
         lambda t: _patch_csr(t / "x.h5ad", indices=[(0, 2_000_000_000), (1, -5)]),
         ["info"],
@@ -464,6 +510,32 @@ CORPUS = {
         "could not be read",
     ),
     "scaled_data_for_scgen_counts": (lambda t: _write(_adata(), t / "c.h5ad"), SCGEN, "raw counts"),
+    "utf16_csv": (
+        lambda t: _put(t / "u.csv", "cell,g1\nc1,1\nc2,2\n".encode("utf-16")),
+        ["info"],
+        "is UTF-16 text",
+    ),
+    "nul_bytes_csv": (
+        lambda t: _put(t / "n.csv", "cell,g1\nc1,1\n".encode("utf-16-le")),
+        ["info"],
+        "holds NUL bytes",
+    ),
+    "wide_header_only_csv": (  # pandas alone took 350 s over 300,000 such columns
+        lambda t: _put(t / "w.csv", "cell," + ",".join(f"g{i}" for i in range(300_000)) + "\n"),
+        ["info"],
+        "header but no rows",
+    ),
+    "duplicate_column_order": (lambda t: _dup_column_order(t / "d.h5ad"), ["info"], "twice"),
+    "zscore_one_cell": (
+        lambda t: _write(_adata(n=1), t / "one.h5ad"),
+        ["preprocess", "-o", "{tmp}/o.h5ad", "--scale", "zscore"],
+        "at least 2 cells",
+    ),
+    "minmax_constant_genes": (
+        lambda t: _write(ad.AnnData(np.ones((6, 4), np.float32)), t / "c.h5ad"),
+        ["preprocess", "-o", "{tmp}/o.h5ad", "--scale", "minmax"],
+        "no gene varies",
+    ),
     **HOSTILE,
 }
 CLI_MEMORY_CAP = 4 * 2**30  # address space of each CLI subprocess (torch needs ~1.2 GB)
