@@ -105,7 +105,7 @@ def _refuse_external(name: str, entry: str, ds: Any) -> None:
 
 
 MAX_DEPTH = 32  # group nesting: AnnData writes a few levels, a nested uns dict rarely ten
-MAX_OBJECTS = 200_000  # HDF5 objects (groups, datasets, links) in one file
+MAX_OBJECTS = 50_000  # HDF5 objects in one file: AnnData writes hundreds; 150k links took 60 s
 
 
 def _walk(name: str, group: Any, entry: str | None = None):
