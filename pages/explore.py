@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import embedding, jobs, runs, summary, workspace
+from engine import defaults, embedding, jobs, runs, summary, workspace
 from engine import results as results_files
 from ui import figures
 from ui.figures import esc
@@ -143,22 +143,25 @@ if source.run:
 else:
     obs = adata.obs
 
-mode = c2.radio("Colour by", ["obs column", "gene"], horizontal=True, key="explore_mode")
+cols = [str(c) for c in obs.columns]
+mode = c2.radio(
+    "Colour by",
+    ["obs column", "gene"],
+    index=0 if cols else 1,  # a set without obs columns opens on genes
+    horizontal=True,
+    key="explore_mode",
+)
 color_name, values = None, None
 if mode == "obs column":
-    cols = list(obs.columns)
     if not cols:
         st.caption("This dataset has no obs column: colour by a gene instead.")
     else:
-        default = next(
-            (
-                i
-                for i, c in enumerate(cols)
-                if c.lower() in ("cell_type", "celltype", "cell_types", "louvain", "leiden")
-            ),
-            0,
+        # the same default as the other pages: the cell-type (label) column, else the first
+        # column that makes groups, else the first; never a per-cell measurement by default
+        best = defaults.label_column(obs) or next(iter(defaults.label_columns(obs)), cols[0])
+        color_name = c2.selectbox(
+            "Obs column", cols, index=cols.index(best) if best in cols else 0, key="explore_obs"
         )
-        color_name = c2.selectbox("Obs column", cols, index=default, key="explore_obs")
 else:
     query = c2.text_input(
         "Search genes", key="explore_gene_query", placeholder="type part of a gene name"

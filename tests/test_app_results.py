@@ -570,6 +570,24 @@ def test_explore_obsm_genes_and_a_computed_umap(lognorm_adata):
     assert any(t.startswith("UMAP of X (computed)") for t in titles(at))
 
 
+def test_explore_opens_on_a_colouring_that_exists(lognorm_adata):
+    """Without obs columns Explore opens on genes (it offered an empty 'obs column' choice);
+    with a per-cell measurement first and a cell-type column after, it colours by cell type."""
+    a = lognorm_adata.copy()
+    a.obsm["X_umap"] = np.random.default_rng(0).normal(size=(a.n_obs, 2)).astype(np.float32)
+    a.obs.insert(0, "n_genes", np.arange(a.n_obs) + 100)
+    runs.write_json(workspace.home() / "state.json", {"dataset": datasets.save(a, "measured")})
+    at = app("explore")
+    assert at.radio[0].value == "obs column"
+    assert next(s for s in at.selectbox if s.label == "Obs column").value == "cell_type"
+    bare = a.copy()
+    bare.obs = bare.obs[[]]
+    runs.write_json(workspace.home() / "state.json", {"dataset": datasets.save(bare, "bare")})
+    at = app("explore")
+    assert at.radio[0].value == "gene" and not at.exception
+    assert any(s.label.startswith("Gene") for s in at.selectbox)
+
+
 def test_explore_reads_only_what_it_draws(lognorm_adata, monkeypatch):
     """Explore opens the annotations alone; a stored embedding and a gene's colour are read from
     the file for the cells drawn (a million cells open in about a second, bench.app_latency)."""
