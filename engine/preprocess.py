@@ -332,6 +332,18 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
     return value
 
 
+HVG_TOP = 2000  # scanpy's and Seurat's usual number of highly variable genes
+
+
+def hvg_default(n_vars: int) -> int:
+    """How many highly variable genes to offer: 2,000, or on a set of no more genes half of
+    them (in hundreds when there are hundreds), so that ticking the step selects something."""
+    if n_vars > HVG_TOP:
+        return HVG_TOP
+    half = n_vars // 2
+    return max(min(10, n_vars), half // 100 * 100 if half >= 100 else half)
+
+
 @dataclass
 class Recipe:
     steps: list[Step] = field(default_factory=list)
@@ -370,7 +382,7 @@ class Recipe:
             raise ScwbError(f"The recipe {path} is not UTF-8 text (JSON).") from None
 
     @classmethod
-    def suggest(cls, description: dict[str, Any], n_top: int = 2000) -> Recipe:
+    def suggest(cls, description: dict[str, Any], n_top: int = HVG_TOP) -> Recipe:
         """Defaults from what ``describe`` found: counts get log-normalised + HVG; scaled data
         nothing. The target follows the depth: CP10k for droplet data (median below
         ``DROPLET_DEPTH`` counts per cell), logCPM for deeper (plate-based) data."""

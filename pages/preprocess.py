@@ -154,8 +154,13 @@ with st.container(border=True):
         )
     if st.checkbox("Highly variable genes", value="hvg" in suggested, key=k("pp_hvg")):
         n_top = st.number_input(
-            "number of genes", 10, 50_000, min(2000, d["n_vars"]), key=k("pp_hvg_n")
+            "number of genes", 1, 50_000, pp.hvg_default(d["n_vars"]), key=k("pp_hvg_n")
         )
+        if d["n_vars"] <= pp.HVG_TOP:
+            st.caption(
+                f"The dataset has {d['n_vars']:,} genes, no more than the usual "
+                f"{pp.HVG_TOP:,}: half of them are offered."
+            )
         if n_top >= d["n_vars"]:
             st.caption(
                 f"The dataset has {d['n_vars']:,} genes: {n_top:,} keeps them all "

@@ -244,8 +244,12 @@ def test_preprocess_preview_and_save(counts_file):
     assert not at.exception and not errors(at)
     report = at.dataframe[-1].value
     assert list(report["step"])[:2] == ["input", "filter_cells"]
-    # a step that changes nothing says so (200 genes, HVG asks for as many)
+    # ticked on a set of 200 genes, HVG offers half of them (it offered all 200: no selection)
     next(c for c in at.checkbox if c.label == "Highly variable genes").check().run()
+    box = next(n for n in at.number_input if n.label == "number of genes")
+    assert box.value == 100 and any("half of them are offered" in c.value for c in at.caption)
+    # a step that changes nothing says so (200 genes, HVG asks for as many)
+    box.set_value(200).run()
     assert any("genes: 200 keeps them all" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Preview").click().run()
     assert "hvg" in list(at.dataframe[-1].value["step"])

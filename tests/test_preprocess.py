@@ -421,3 +421,12 @@ def test_degenerate_data_get_one_line_from_hvg_and_apply():
     bare.layers["counts"] = np.ones((5, 3), np.float32)
     with pytest.raises(ScwbError, match=r"X is empty \(the data are in layers: counts\)"):
         pp.apply(bare, pp.Recipe([pp.Step("normalize")]))
+
+
+def test_hvg_default_selects_on_small_gene_sets():
+    """Ticking HVG on a set of no more than 2,000 genes offered all of them (a step that
+    selects nothing); it offers 2,000 above that and half the genes (in hundreds) below."""
+    assert pp.hvg_default(30_000) == 2000 and pp.hvg_default(2001) == 2000
+    assert pp.hvg_default(2000) == 1000 and pp.hvg_default(1267) == 600
+    assert pp.hvg_default(150) == 75 and pp.hvg_default(23) == 11 and pp.hvg_default(5) == 5
+    assert all(1 <= pp.hvg_default(n) <= n for n in range(1, 3000))
