@@ -122,21 +122,39 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-COLUMNS = {  # about 915 px: the whole table fits beside the sidebar on a 1400 px screen
-    "run": st.column_config.TextColumn("run", width=195),
-    "state": st.column_config.TextColumn("state", width=80),
-    "model": st.column_config.TextColumn("model", width=80),
-    "dataset": st.column_config.TextColumn("dataset", width=90),
-    "progress": st.column_config.ProgressColumn(
-        "progress", min_value=0, max_value=1, format="percent", width=90
-    ),
-    "epochs": st.column_config.TextColumn("epochs", width=270),
-    "time": st.column_config.TextColumn(
-        "time",
-        width=110,
-        help="elapsed, and while running the time left to the last epoch (early stopping often ends sooner)",
-    ),
+TABLE_PX = 915  # the whole table fits beside the sidebar on a 1400 px screen
+PX_PER_CHAR, PAD_PX, PROGRESS_PX = 7.0, 22, 90
+YIELD = [("epochs", 190), ("dataset", 110), ("job_id", 70), ("launcher", 70), ("time", 100)]
+HELP = {
+    "time": "elapsed, and while running the time left to the last epoch (early stopping often "
+    "ends sooner)"
 }
+
+
+def columns(df: pd.DataFrame) -> dict[str, Any]:
+    """Each column as wide as its longest text (run ids and epoch texts were cut at fixed
+    widths); while the table is wider than the screen, columns give way in ``YIELD`` order down
+    to their floor, the epoch text and the dataset first; the run id never (the table scrolls)."""
+    want = {
+        c: PAD_PX + PX_PER_CHAR * max([len(str(c)), *df[c].astype(str).str.len().tolist()])
+        for c in df.columns
+        if c != "progress"
+    }
+    over = sum(want.values()) + PROGRESS_PX - TABLE_PX
+    for c, floor in YIELD:
+        if over <= 0:
+            break
+        if c in want and want[c] > floor:
+            cut = min(over, want[c] - floor)
+            want[c] -= cut
+            over -= cut
+    out: dict[str, Any] = {
+        c: st.column_config.TextColumn(c, width=int(w), help=HELP.get(c)) for c, w in want.items()
+    }
+    out["progress"] = st.column_config.ProgressColumn(
+        "progress", min_value=0, max_value=1, format="percent", width=PROGRESS_PX
+    )
+    return out
 
 
 def label(r: dict[str, Any]) -> str:
@@ -164,7 +182,8 @@ def live() -> None:
     if not rows:
         st.info("No run yet: submit one on **Train**.")
         return
-    st.dataframe(table(rows), hide_index=True, width="stretch", column_config=COLUMNS)
+    df = table(rows)
+    st.dataframe(df, hide_index=True, width="stretch", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
     if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
         # a run with a curve to watch first: a scikit-learn baseline is fitted in one step

@@ -239,6 +239,7 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     _fake_run("2026-01-07-g-nostatus", "?", status=False)
     loo = pd.concat([_early_stopped_curve(4, 3).assign(cell_type=t) for t in ("B cell", "T cell")])
     _fake_run("2026-01-09-i-loo", "completed", "scgen", {"epoch": 8, "max_epochs": 200}, loo)
+    _fake_run("20260110-045543-autoencoder-8ce0", "cancelled", "autoencoder")  # a real id length
     bad = _fake_run("2026-01-08-h-badcsv", "completed", status={"epoch": 2, "max_epochs": 2})
     (bad / "metrics.csv").write_text('epoch,train_loss\n1,"oops\n\x00\x00')
     summary = runs.summary
@@ -257,6 +258,7 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     assert said["2026-01-02-b-sklearn"] == "fitted in one step"
     assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
     assert said["2026-01-09-i-loo"] == "leave-one-out: 2 models trained"
+    _fits(at, df)
     for run_id in df["run"]:
         at.selectbox(key="run_selected").set_value(run_id).run()
         assert not at.exception, (run_id, [e.message for e in at.exception])
@@ -264,8 +266,20 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     monkeypatch.setattr(runs, "summary", summary)
     runs._CACHE.clear()  # the listing caches still hold the rows made with the fake summary
     runs._SNAP.clear()  # (the folder snapshot too, once the runs folder is a second old)
-    no_launcher = app("runs").dataframe[0].value
+    at = app("runs")
+    no_launcher = at.dataframe[0].value
     assert "launcher" not in no_launcher.columns
+    _fits(at, no_launcher, screen=True)
+
+
+def _fits(at, df: pd.DataFrame, screen: bool = False) -> None:
+    """Every run id fits its column (ids were cut at a fixed 195 px); without launcher columns
+    the whole table fits a 1400 px screen beside the sidebar."""
+    config = json.loads(at.dataframe[0].proto.columns)
+    width = {k: config[k]["width"] for k in df.columns}
+    longest = max(len(i) for i in df["run"])
+    assert width["run"] >= 7 * longest + 20 and width["epochs"] >= 190, width
+    assert not screen or sum(width.values()) <= 915, width
 
 
 def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
