@@ -153,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scale", choices=["minmax", "zscore"], help="per-gene scaling")
     p.add_argument("--clip", type=float, default=10.0, help="z-score clip value (0: none)")
+    p.add_argument(
+        "--leiden",
+        type=float,
+        metavar="RESOLUTION",
+        help="Leiden clusters in obs['leiden'] (last step; 1.0 is scanpy's default)",
+    )
     p.add_argument("--save-recipe", metavar="JSON", help="also write the recipe used")
 
     p = sub.add_parser("train", help="train a model in this process, writing RUN_DIR")
@@ -274,6 +280,8 @@ def recipe_from_args(args: argparse.Namespace):
         steps.append(Step("arcsinh", {"cofactor": args.arcsinh}))
     if args.scale:
         steps.append(Step("scale", {"method": args.scale, "max_value": args.clip}))
+    if args.leiden is not None:
+        steps.append(Step("leiden", {"resolution": args.leiden}))
     return Recipe(steps)
 
 

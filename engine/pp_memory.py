@@ -121,6 +121,10 @@ def estimate(data: Any, recipe: Any, copy: bool = True) -> Footprint:
                 s.sparse, s.item, s.nnz = False, 4, s.n * s.g
                 dense_step = dense_step or f"{method} scaling makes X dense"
                 temp = s.x() + (before if method == "zscore" else s.x()) - before
+        elif step.name == "leiden":
+            # PCA centres a copy of X; the scores, the kNN graph and its weights are per cell
+            n_pcs = min(int(p.get("n_pcs", 50)), s.g)
+            temp = before + s.n * (8 * n_pcs + 40 * int(p.get("n_neighbors", 15)))
         work += s.x() - before
         # the temporaries live while the step's input (before) or output (after) does
         now = held + max(work, work_before) + temp

@@ -21,6 +21,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from engine import pp_memory
@@ -229,6 +230,64 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
     raise ScwbError(f"scale: unknown method {method!r}; use 'minmax' or 'zscore'.")
 
 
+def leiden(
+    adata: ad.AnnData,
+    resolution: float = 1.0,
+    n_neighbors: int = 15,
+    n_pcs: int = 50,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Leiden clusters of the cells, in ``obs['leiden']`` (scanpy's recipe: PCA, a kNN graph,
+    ``tl.leiden`` with igraph, seeded), so that a dataset without annotations has groups to
+    colour by, to compare and to train a classifier on. Run it last, on log-normalised (and
+    HVG-selected) values: clusters of raw counts follow sequencing depth."""
+    import scanpy as sc
+
+    from engine.embedding import _knn
+
+    if adata.n_obs < 3:
+        raise ScwbError(f"leiden: clustering needs at least 3 cells (this data has {adata.n_obs}).")
+    if matrix_kind(adata.X) == "counts":
+        note("clustered raw counts: normalise first, or clusters follow sequencing depth")
+    work = ad.AnnData(X=adata.X)  # the same matrix; PCA and the graph stay out of the result
+    n_comps = int(min(n_pcs, adata.n_obs - 1, adata.n_vars - 1))
+    if n_comps >= 2:
+        sc.pp.pca(work, n_comps=n_comps, random_state=seed)
+    k = int(min(n_neighbors, adata.n_obs - 1))
+    sc.pp.neighbors(
+        work,
+        n_neighbors=k,
+        use_rep="X_pca" if n_comps >= 2 else "X",
+        random_state=seed,
+        transformer=_knn(adata.n_obs, k, seed),
+    )
+    sc.tl.leiden(
+        work,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=seed,
+    )
+    clusters = work.obs["leiden"]
+    if "leiden" in adata.obs:
+        note("replaced the data's own obs['leiden']")
+    adata.obs["leiden"] = pd.Categorical(
+        clusters.to_numpy(), categories=sorted(clusters.cat.categories, key=int)
+    )
+    adata.uns["leiden"] = {
+        "params": {
+            "resolution": float(resolution),
+            "n_neighbors": k,
+            "n_pcs": n_comps,
+            "seed": int(seed),
+            "flavor": "igraph",
+        }
+    }
+    note(f"{len(clusters.cat.categories)} clusters in obs['leiden'] (resolution {resolution:g})")
+    return adata
+
+
 def _check_dense(nbytes: int) -> None:
     if nbytes > memory_budget():
         raise ScwbError(
@@ -246,6 +305,7 @@ STEPS: dict[str, Callable[..., ad.AnnData]] = {
     "hvg": hvg,
     "arcsinh": arcsinh,
     "scale": scale,
+    "leiden": leiden,
 }
 
 STEP_HELP = {
@@ -257,6 +317,7 @@ STEP_HELP = {
     "hvg": "keep the n_top highly variable genes",
     "arcsinh": "asinh(x / cofactor), for cytometry",
     "scale": "MinMax to [0,1] or z-score (clipped) per gene",
+    "leiden": "Leiden clusters of the cells in obs['leiden'] (PCA, kNN graph), for unannotated data",
 }
 
 
@@ -296,6 +357,10 @@ _BOUNDS: dict[tuple[str, str], tuple[float, bool, float | None]] = {
     ("hvg", "n_top"): (1, True, None),
     ("arcsinh", "cofactor"): (0, False, None),
     ("scale", "max_value"): (0, True, None),  # 0: no clip (the CLI's --clip 0)
+    ("leiden", "resolution"): (0, False, None),
+    ("leiden", "n_neighbors"): (2, True, None),
+    ("leiden", "n_pcs"): (1, True, None),
+    ("leiden", "seed"): (0, True, None),
 }
 
 
@@ -384,7 +449,7 @@ class Recipe:
     @classmethod
     def suggest(cls, description: dict[str, Any], n_top: int = HVG_TOP) -> Recipe:
         """Defaults from what ``describe`` found: counts get log-normalised + HVG; scaled data
-        nothing. The target follows the depth: CP10k for droplet data (median below
+        nothing; data without any obs column to use as labels gets Leiden clusters. The target follows the depth: CP10k for droplet data (median below
         ``DROPLET_DEPTH`` counts per cell), logCPM for deeper (plate-based) data."""
         kind = description.get("x_kind", "")
         steps: list[Step] = []
@@ -403,7 +468,16 @@ class Recipe:
             steps = [Step("scale", {"method": "minmax"})]
         elif kind == "normalised (not log)":
             steps = [Step("normalize", {"target_sum": 1e6, "log": True})]
+        if _unannotated(description):  # groups to colour by, compare and classify
+            steps.append(Step("leiden", {"resolution": 1.0}))
         return cls(steps)
+
+
+def _unannotated(description: dict[str, Any]) -> bool:
+    """No obs column could serve as labels (none, or only ids and per-cell measurements)."""
+    from engine import defaults
+
+    return int(description.get("n_obs") or 0) >= 3 and not defaults.label_columns(description)
 
 
 DROPLET_DEPTH = 20_000  # counts per cell: droplet (UMI) data lie below, plate-based above

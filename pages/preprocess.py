@@ -196,6 +196,24 @@ with st.container(border=True):
             key=k("pp_scale_clip"),
         )
         steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
+if st.checkbox(
+    "Leiden clusters in obs['leiden']",
+    value="leiden" in suggested,
+    key=k("pp_leiden"),
+    help="the last step: clusters of the cells (PCA, kNN graph), to colour by, compare and "
+    "train classifiers on when the data carries no cell types",
+):
+    if "leiden" in suggested:
+        st.caption("No obs column of this dataset can serve as labels: clusters give it some.")
+    resolution = st.number_input(
+        "resolution (higher: more, smaller clusters)",
+        0.05,
+        10.0,
+        1.0,
+        step=0.1,
+        key=k("pp_leiden_res"),
+    )
+    steps.append(pp.Step("leiden", {"resolution": resolution}))
 
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
@@ -241,7 +259,8 @@ if st.button(
         # big recipes in a memory-capped child: the working copies never enter the app process
         peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
         with st.spinner("Applying recipe..."):
-            if peak <= pp_child.IN_PROCESS_BYTES:
+            # clustering takes seconds to minutes whatever the size: never in the page's thread
+            if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in [s.name for s in steps]:
                 info = pp_child.make(load_full(name), recipe, target)
             else:
                 info = pp_child.run(datasets.path(name), recipe, target)

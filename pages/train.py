@@ -92,8 +92,12 @@ with st.container(border=True):
         if not labels:
             st.error(
                 "This dataset has no label column (categorical, 2-200 values): classifiers "
-                "need annotated cells. The autoencoder and the VAE train without labels "
-                "(tasks Reconstruct and Embed)."
+                "need annotated cells. Preprocess can add Leiden clusters as labels "
+                "(obs['leiden']); the autoencoder and the VAE train without labels (tasks "
+                "Reconstruct and Embed)."
+            )
+            st.page_link(
+                "pages/preprocess.py", label="Add clusters on Preprocess", icon=":material/hub:"
             )
         label = st.selectbox(
             "Label column",

@@ -233,6 +233,33 @@ def test_user_strings_never_render_as_markdown(tmp_path):
             assert not unescaped.search(t), t
 
 
+def test_unannotated_data_gets_clusters_to_train_a_classifier_on(counts_adata):
+    """A dataset with no label column: Train says Preprocess can add clusters; Preprocess ticks
+    Leiden by default, Preview runs it (in a child process) and says how many clusters; once
+    saved, the Train page takes obs['leiden'] as the classifier's label."""
+    bare = counts_adata[counts_adata.obs["condition"] == "control"].copy()
+    bare.obs = bare.obs[[]]
+    datasets.save(bare, "bare")
+    at = app("train")
+    assert any("Preprocess can add Leiden clusters" in e for e in errors(at))
+    at = app("preprocess")
+    box = next(c for c in at.checkbox if c.label.startswith("Leiden clusters"))
+    assert box.value and any("No obs column" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=240)
+    assert not at.exception and not errors(at)
+    assert list(at.dataframe[-1].value["step"])[-1] == "leiden"
+    notes = [c.value.replace("\\", "") for c in at.caption if c.value.startswith(":material/info:")]
+    assert ":material/info: **leiden**: 4 clusters in obs['leiden'] (resolution 1)" in notes, notes
+    next(b for b in at.button if b.label == "Save").click().run(timeout=60)
+    assert not errors(at)
+    at = app("train")
+    assert not errors(at)
+    assert (
+        at.selectbox(key=next(s.key for s in at.selectbox if s.label == "Label column")).value
+        == "leiden"
+    )
+
+
 def test_preprocess_preview_and_save(counts_file):
     from engine import io
 

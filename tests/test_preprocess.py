@@ -430,3 +430,62 @@ def test_hvg_default_selects_on_small_gene_sets():
     assert pp.hvg_default(2000) == 1000 and pp.hvg_default(1267) == 600
     assert pp.hvg_default(150) == 75 and pp.hvg_default(23) == 11 and pp.hvg_default(5) == 5
     assert all(1 <= pp.hvg_default(n) <= n for n in range(1, 3000))
+
+
+def test_leiden_finds_the_planted_cell_types(counts_adata):
+    """Four cell types planted in generated control cells: Leiden (scanpy's PCA, kNN graph and
+    igraph Leiden, seeded) finds exactly them, the same clusters twice, and records how."""
+    from sklearn.metrics import adjusted_rand_score
+
+    ctrl = counts_adata[counts_adata.obs["condition"] == "control"].copy()
+    recipe = pp.Recipe(
+        [pp.Step("normalize", {"target_sum": 1e4}), pp.Step("leiden", {"resolution": 0.3})]
+    )
+    out, report = pp.apply(ctrl, recipe)
+    assert adjusted_rand_score(ctrl.obs["cell_type"], out.obs["leiden"]) > 0.95
+    assert list(out.obs["leiden"].cat.categories) == ["0", "1", "2", "3"]
+    assert report[-1]["note"] == "4 clusters in obs['leiden'] (resolution 0.3)"
+    assert out.uns["leiden"]["params"]["resolution"] == 0.3 and "X_pca" not in out.obsm
+    again, _ = pp.apply(ctrl, recipe)
+    assert (again.obs["leiden"] == out.obs["leiden"]).all()
+    # more resolution, more clusters; raw counts are clustered but the note says what that means
+    fine, _ = pp.apply(
+        ctrl,
+        pp.Recipe(
+            [pp.Step("normalize", {"target_sum": 1e4}), pp.Step("leiden", {"resolution": 3.0})]
+        ),
+    )
+    assert fine.obs["leiden"].nunique() > 4
+    _, raw = pp.apply(ctrl, pp.Recipe([pp.Step("leiden")]))
+    assert "normalise first" in raw[-1]["note"]
+    with pytest.raises(ScwbError, match="at least 3 cells"):
+        pp.apply(ctrl[:2].copy(), pp.Recipe([pp.Step("leiden")]))
+    with pytest.raises(ScwbError, match="resolution must be above 0"):
+        pp.Step("leiden", {"resolution": 0})
+
+
+def test_unannotated_data_is_offered_clusters(counts_adata):
+    """A dataset without any obs column usable as labels gets Leiden suggested as its last
+    step (classifiers, Compare and the Results' groups need groups); annotated data does not."""
+    from engine import io
+
+    bare = counts_adata.copy()
+    bare.obs = bare.obs[[]]
+    bare.obs["n_genes"] = np.arange(bare.n_obs)  # a per-cell measurement is no label
+    names = [s.name for s in pp.Recipe.suggest(io.describe(bare)).steps]
+    assert names[-1] == "leiden" and names[0] == "filter_cells"
+    assert "leiden" not in [s.name for s in pp.Recipe.suggest(io.describe(counts_adata)).steps]
+
+
+def test_cli_preprocess_leiden(counts_file, tmp_path):
+    from engine import io
+    from engine.cli import main
+
+    out = tmp_path / "clustered.h5ad"
+    assert (
+        main(["preprocess", counts_file, "-o", str(out), "--normalize", "cp10k", "--leiden", "0.5"])
+        == 0
+    )
+    a = io.read(out)
+    assert a.obs["leiden"].nunique() >= 2 and a.uns["recipe"]
+    assert "leiden" in str(a.uns["recipe"])
