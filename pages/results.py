@@ -785,7 +785,7 @@ if figs:
     f1, f2 = st.columns(2)
     f1.download_button(
         "Figure as interactive HTML",
-        lambda: fig.to_html(include_plotlyjs=True, full_html=True),  # works offline
+        lambda: figures.for_export(fig).to_html(include_plotlyjs=True, full_html=True),  # offline
         file_name=f"{run_id}-{which}.html",
         on_click="ignore",
         help="a self-contained page with plotly.js embedded: opens offline",

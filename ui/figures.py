@@ -15,6 +15,38 @@ from engine import metric_names
 from engine.io import dense
 
 MAX_POINTS = 20_000
+# Real colours, not the template's: with Streamlit imported, plotly's default template is
+# Streamlit's, whose colorway is placeholders (#000001, #000002, ...) that only the page
+# replaces, so exported figures (PNG, HTML) drew every group black.
+FEW_COLOURS = px.colors.qualitative.D3  # up to 10 groups
+MANY_COLOURS = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24  # up to 48
+px.defaults.color_discrete_sequence = FEW_COLOURS
+EXPORT_TEMPLATE = "plotly_white"
+
+
+def natural_key(value: object) -> list:
+    """Sort key reading digit runs as numbers: clusters 0, 1, 2, ..., 10 (not 0, 1, 10, 2)."""
+    return [
+        (0, int(t), "") if t.isdigit() else (1, 0, t.lower())
+        for t in re.split(r"(\d+)", str(value))
+        if t
+    ]
+
+
+def category_colours(values: object) -> dict[str, str]:
+    """One colour per category, in natural order, the same in every chart of the same column
+    (the Results page coloured one cluster blue in a box plot and red in the UMAP). Beyond 10
+    groups a 48-colour palette, so that no two of them share a colour below that."""
+    cats = sorted({str(v) for v in pd.unique(np.asarray(values, dtype=object))}, key=natural_key)
+    pal = FEW_COLOURS if len(cats) <= len(FEW_COLOURS) else MANY_COLOURS
+    return {c: pal[i % len(pal)] for i, c in enumerate(cats)}
+
+
+def for_export(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` on a plain template: what the page draws, outside Streamlit."""
+    return go.Figure(fig).update_layout(template=EXPORT_TEMPLATE)
+
+
 MAX_HEATMAP_CELLS = 500
 MAX_HEATMAP_GENES = 50
 
@@ -160,11 +192,17 @@ def embedding(
 ) -> go.Figure:
     idx = sample_index(coords.shape[0], MAX_POINTS)
     label = plain(color_name)
-    values = np.asarray(color)[idx]
+    full = np.asarray(color)
+    values = full[idx]
     numeric = np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.bool_)
     df = pd.DataFrame({"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], label: values})
     if not numeric:
         df[label] = df[label].astype(str).map(plain)
+        # colours of the whole column (a sample may miss a group), the caller's first
+        colours = {
+            **{plain(k): v for k, v in category_colours(full).items()},
+            **{plain(k): v for k, v in (colours or {}).items()},
+        }
     fig = px.scatter(
         df,
         x="dim 1",
@@ -172,9 +210,11 @@ def embedding(
         color=label,
         title=sampled_title(plain(title), len(idx), coords.shape[0]),
         render_mode="webgl",
-        category_orders={label: sorted(df[label].unique())} if not numeric else None,
+        category_orders={label: sorted(df[label].unique(), key=natural_key)}
+        if not numeric
+        else None,
         color_continuous_scale="Viridis" if numeric else None,
-        color_discrete_map={plain(k): v for k, v in colours.items()} if colours else None,
+        color_discrete_map=colours if colours and not numeric else None,
     )
     fig.update_traces(marker={"size": 4})
     fig.update_layout(legend_title=label, showlegend=True, legend={"itemsizing": "constant"})
@@ -276,12 +316,13 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
     v_all = pd.Series(np.asarray(values, dtype=float))
     parts = {str(k): v.dropna().to_numpy() for k, v in v_all.groupby(g, observed=True)}
     fig = go.Figure()
-    colours = px.colors.qualitative.Plotly
+    colours = category_colours(list(parts))  # as the UMAP of the same column colours them
     capped = 0
-    for i, (g, v) in enumerate(sorted((k, v) for k, v in parts.items() if len(v))):
+    for g in sorted((k for k, v in parts.items() if len(v)), key=natural_key):
+        v = parts[g]
         q1, med, q3 = np.percentile(v, [25, 50, 75])
         lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
-        colour = colours[i % len(colours)]
+        colour = colours[g]
         fig.add_trace(
             go.Box(
                 name=plain(g),
@@ -554,7 +595,7 @@ def to_png(fig: go.Figure) -> bytes:
         if found:
             os.environ["BROWSER_PATH"] = found
     try:
-        return fig.to_image(format="png", width=1100, height=650, scale=2)
+        return for_export(fig).to_image(format="png", width=1100, height=650, scale=2)
     except Exception as exc:
         raise RuntimeError(
             "PNG export needs Chrome or Chromium on the server; use the camera icon on the figure instead."
