@@ -6,6 +6,7 @@ Bad input ends with a non-zero exit and one line on stderr; no traceback (``SCWB
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -315,19 +316,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distinct_files(source: str, *outputs: tuple[str, str]) -> None:
+    """Each output names a file of its own: not the input (it would be replaced by a result or
+    a recipe) nor another output. One line; nothing is written."""
+    seen = {Path(source).resolve(): "the input"}
+    for flag, path in outputs:
+        where = Path(path).resolve()
+        if where in seen:
+            raise ScwbError(
+                f"{flag} {path} is {seen[where]}; name another file (nothing was written)."
+            )
+        seen[where] = flag
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from engine import io, pp_memory, reader, workspace
     from engine.preprocess import apply
 
     recipe = recipe_from_args(args)
     workspace.check_output_file(args.out)
+    _distinct_files(args.file, ("-o", args.out))
+    if args.save_recipe:  # a file written too: the same checks as -o, and never -o or the input
+        workspace.check_output_file(args.save_recipe, "--save-recipe")
+        _distinct_files(args.file, ("-o", args.out), ("--save-recipe", args.save_recipe))
     reader.vet(args.file)  # read in a child first: a damaged file costs the child, not this one
     adata = io.read(args.file)
     print(f"memory: {pp_memory.check(adata, recipe, copy=False).line()}", flush=True)
     out, report = apply(adata, recipe, copy=False)  # the input is not needed afterwards
     io.write_h5ad(out, args.out)
     if args.save_recipe:
-        Path(args.save_recipe).write_text(recipe.to_json())
+        from engine.runs import atomic_write_text
+
+        atomic_write_text(Path(args.save_recipe), recipe.to_json())
     for row in report:
         print(
             f"{row['step']:<14} {row['n_obs']:>8} cells {row['n_vars']:>7} genes  {row['seconds']:.2f}s"
@@ -344,9 +364,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine import workspace
     from engine.train import run
 
-    if not _extra_rank():  # the other ranks find the folder their rank 0 has just made
+    out = Path(args.out).resolve()
+    claimed = not _extra_rank()  # the other ranks find the folder their rank 0 has just made
+    if claimed:
         workspace.check_new_run_folder(args.out)
-    metrics = run(_spec(args, str(Path(args.out).resolve())))
+        workspace.claim_run_folder(out)  # two commands naming one new folder: one gets it
+    try:
+        metrics = run(_spec(args, str(out)))
+    except BaseException as exc:
+        if claimed and (out / "status.json").exists():  # else it stays "running" until
+            from engine import runs  # a listing calls it interrupted, for no given reason
+
+            why = str(exc) if isinstance(exc, ScwbError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(OSError):
+                runs.record_end(
+                    out,
+                    state="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    error=(why.splitlines() or ["interrupted"])[0][:500],
+                )
+        raise
     if metrics:  # the extra processes of a multi-device run print nothing
         print(json.dumps(_scalars(metrics), indent=2))
     return 0

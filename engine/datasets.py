@@ -250,8 +250,7 @@ def import_file(
     finally:
         tmp.unlink(missing_ok=True)
         summary.remove_qc(tmp)
-        with contextlib.suppress(OSError):
-            tmp.with_name(f".{tmp.name}.tmp").unlink()
+        io.remove_temps(tmp)
 
 
 def incoming_upload(filename: str) -> Path:

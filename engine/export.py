@@ -198,7 +198,7 @@ def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
     run_dir = Path(run_dir)
     done = []
     for part, target in _check(run_dir, wanted).items():
-        partial = target.with_name(f".{target.name}.partial")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # each its own
         try:
             if part == "zip":
                 with open(partial, "wb") as fh:

@@ -44,7 +44,7 @@ _M = {
     # reconstruction / embedding
     "test_mse": (
         "Reconstruction error (test)",
-        "Mean squared difference between input and reconstruction on held-out test cells.",
+        "Mean squared difference between input and reconstruction on held-out test cells (with a reference group: its own held-out cells; the others' is their abnormality).",
         "lower",
     ),
     "train_mse": (

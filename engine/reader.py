@@ -181,8 +181,11 @@ def run_child(
 def _remove_target(target: str | os.PathLike | None) -> None:
     if target is None:
         return
+    from engine import io
+
     t = Path(target)
-    for p in (t, t.with_name(f".{t.name}.tmp"), t.with_suffix(".qc.npz")):
+    io.remove_temps(t)
+    for p in (t, t.with_suffix(".qc.npz")):
         with contextlib.suppress(OSError):
             p.unlink()
 

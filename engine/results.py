@@ -86,6 +86,9 @@ def annotate(task: Any, adata: ad.AnnData, seed: int = 0, n: int | None = None):
 SPLIT_PARTS = ("train", "val", "test")
 
 
+OUTSIDE = "outside reference"
+
+
 def mark_split(task: Any, out: ad.AnnData, split: dict) -> None:
     """``obs['split']`` (or ``split_<model>`` when the input has one): the part of the split
     each cell was in, so an exported file says which cells the test metrics come from; its key
@@ -97,7 +100,13 @@ def mark_split(task: Any, out: ad.AnnData, split: dict) -> None:
     where = np.full(out.n_obs, "unused", dtype=object)
     for part in SPLIT_PARTS:
         where[np.asarray(split[part], dtype=np.int64)] = part
-    cats = [c for c in (*SPLIT_PARTS, "unused") if c in set(where)]
+    if task.info.task == "reconstruct" and task.extra.get("train_on"):
+        # an abnormality run: the cells outside its reference group are all scored against it
+        # (none is a test cell of the reconstruction error, none is unused)
+        from engine.split import train_on_mask
+
+        where[~train_on_mask(out.obs, task.extra["train_on"])] = OUTSIDE
+    cats = [c for c in (*SPLIT_PARTS, OUTSIDE, "unused") if c in set(where)]
     slots = dict(out.uns["scwb"].get("slots") or {})  # so that put never takes a slot's name
     key = task.put(out, slots, "obs", "split", "split", pd.Categorical(where, categories=cats))
     out.uns["scwb"]["split_key"] = key

@@ -108,6 +108,28 @@ def check_new_run_folder(path: str | os.PathLike) -> Path:
     return target
 
 
+CLAIM = ".claimed"  # made with O_EXCL by the command that writes a new run folder
+
+
+def claim_run_folder(path: Path) -> None:
+    """Make ``path`` this process's run folder, atomically: two ``train --out`` naming the same
+    new folder at once both passed the emptiness check and wrote one run of two models. The
+    second gets one line and writes nothing."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        raise ScwbError(
+            f"--out {path} is being written by another command; name a new folder "
+            "(nothing was written)."
+        ) from None
+    if any(p.name != CLAIM for p in path.iterdir()):  # filled between the check and the claim
+        (path / CLAIM).unlink(missing_ok=True)
+        raise ScwbError(
+            f"--out {path} is not an empty folder; name a new folder (nothing was replaced)."
+        )
+
+
 def _not_in_datasets(target: Path, flag: str) -> Path:
     """``target`` resolved, refused inside the workspace's datasets (files its listing
     describes)."""

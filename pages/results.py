@@ -564,8 +564,8 @@ if res_info is not None and task == "perturb":
             )
         if "r2_mean_all" not in m:
             st.info(
-                f"No real stimulated cells of {esc(target)} in the data (or no metrics for it): "
-                "predictions are in the results file, but cannot be scored."
+                f"{esc(target)} has fewer than 2 real stimulated or 2 control cells in the "
+                "data: predictions are in the results file, but cannot be scored."
             )
         else:
             saved = spec.get("params")

@@ -22,8 +22,13 @@ from ui.sidebar import fmt_s
 from ui.state import ensure_app_navigation, show_error
 
 ensure_app_navigation()
-st.title("Runs")
 ss = st.session_state
+# Open results (clicked in the live fragment) switches page here, in a whole-page run: a switch
+# made inside the fragment raced the fragment's next timed run, whose output reached the new
+# page and left the browser blank ("Bad delta path index"; 2 of 8 tries right after a Cancel)
+if (opening := ss.pop("runs_open", None)) is not None:
+    st.switch_page("pages/results.py", query_params={"run": opening})
+st.title("Runs")
 
 
 def _num(v: Any) -> float | None:
@@ -235,8 +240,8 @@ def live() -> None:
         key="runs-open",
     ):
         if has_results(by_id[sel]):
-            ss["results_run"] = sel
-            st.switch_page("pages/results.py", query_params={"run": sel})
+            ss["results_run"] = ss["runs_open"] = sel
+            st.rerun(scope="app")
         else:
             st.error(f"Run {sel} has no results to open.")
     frac, text = progress(r)

@@ -283,10 +283,22 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
             (["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data",
               lognorm_file, "--out", out], message)
         )  # fmt: skip
+    # preprocess --save-recipe wrote wherever it was pointed (the input, a run's record, a
+    # dataset, its own -o), exit 0; -o the input replaced it
+    source = Path(lognorm_file).read_bytes()
+    pp = ["preprocess", lognorm_file, "-o", tmp_path / "pp.h5ad", "--hvg", 5, "--save-recipe"]
+    cases += [
+        ([*pp, lognorm_file], "is the input"),
+        ([*pp, tmp_path / "pp.h5ad"], "is -o"),
+        ([*pp, run / "run.json"], "outside the run folder"),
+        ([*pp, datasets.path(key)], "workspace dataset"),
+        (["preprocess", lognorm_file, "-o", lognorm_file, "--hvg", 5], "is the input"),
+    ]
     for argv, message in cases:
         p = cli(*argv, check=False)
         assert p.returncode == 2, (argv, p.stderr)
         assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert Path(lognorm_file).read_bytes() == source and not (tmp_path / "pp.h5ad").exists()
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert datasets.path(key).read_bytes() == kept
     assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
@@ -361,3 +373,35 @@ def test_files_whose_names_start_with_a_dash_are_read(tmp_path, lognorm_adata, w
     out = tmp_path / "-out.h5ad"
     p = cli("preprocess", src, "-o", out, "--hvg", 10)
     assert p.returncode == 0 and out.exists(), p.stderr
+
+
+def test_two_commands_never_share_a_new_run_folder(tmp_path):
+    """Two `train --out` naming one new folder at once both passed the emptiness check and
+    left a run whose record named one model and whose weights were the other's: the folder is
+    claimed atomically, and the second command gets one line."""
+    from engine import workspace
+    from engine.errors import ScwbError
+
+    out = tmp_path / "race"
+    workspace.claim_run_folder(out)
+    with pytest.raises(ScwbError, match="being written by another command"):
+        workspace.claim_run_folder(out)
+    assert [p.name for p in out.iterdir()] == [workspace.CLAIM]
+
+
+def test_a_failed_foreground_train_records_why(tmp_path, lognorm_file, monkeypatch, capsys):
+    """`train` (not submit) that fails after starting left status 'running', and listings
+    later called it interrupted 'by an app or machine restart'."""
+    from engine import results, runs
+    from engine.cli import main
+
+    def boom(*_, **__):
+        raise RuntimeError("boom in annotate")
+
+    monkeypatch.setattr(results, "annotate", boom)
+    out = tmp_path / "r"
+    argv = ["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file]
+    assert main([*argv, "--out", str(out)]) == 1
+    status = runs.read_status(out)
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: boom in annotate"
+    assert "unexpected RuntimeError: boom in annotate" in capsys.readouterr().err

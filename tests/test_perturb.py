@@ -482,6 +482,24 @@ def test_target_without_control_cells(tmp_path, lognorm_adata):
         )
 
 
+def test_target_with_one_control_cell_is_predicted_not_scored(tmp_path, lognorm_adata):
+    """One control B cell: the DEG test of the scoring (scanpy's Wilcoxon) failed after
+    training with 'Could not calculate statistics for groups ctrl'. The cell is predicted;
+    scoring needs two cells a side, and the run completes without metrics."""
+    b_ctrl = np.flatnonzero(
+        (lognorm_adata.obs["cell_type"] == "B cell") & (lognorm_adata.obs["condition"] == "control")
+    )
+    keep = np.setdiff1d(np.arange(lognorm_adata.n_obs), b_ctrl[1:])
+    path = tmp_path / "onectrl.h5ad"
+    lognorm_adata[keep].copy().write_h5ad(path)
+    metrics = train.run(_b_cell_spec(tmp_path, str(path), epochs=1))
+    assert "r2_mean_all" not in metrics
+    res = ad.read_h5ad(tmp_path / "run" / "results.h5ad")
+    predicted = (res.obs["condition"] == "predicted") & (res.obs["cell_type"] == "B cell")
+    assert predicted.sum() == 1
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "completed"
+
+
 def test_scgen_refuses_counts(tmp_path, counts_file):
     with pytest.raises(ScwbError, match="raw counts"):
         train.run(

@@ -129,6 +129,13 @@ def test_autoencoder_abnormality_slots_and_train_on(tmp_path, lognorm_adata):
     assert set(res.obs["condition"].iloc[split["train"]]) == {"control"}
     assert metrics["abnormality_others"] > metrics["abnormality_trained_on"]
     assert metrics["abnormality_auroc"] > 0.7, "stimulated cells score as the abnormal ones"
+    # the test error is the reference group's own held-out cells' (it mixed in the abnormal
+    # ones); every cell outside the group is marked as such in the exported split
+    control = (res.obs["condition"] == "control").to_numpy()
+    held_out = split["test"][control[split["test"]]]
+    assert np.isclose(metrics["test_mse"], res.obs["abnormality"].iloc[held_out].mean())
+    assert set(res.obs["split"][~control]) == {"outside reference"}
+    assert set(res.obs["split"][control]) == {"train", "val", "test"}
 
 
 def test_pca_baseline(tmp_path, lognorm_file):

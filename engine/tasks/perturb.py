@@ -220,7 +220,7 @@ class Perturb(Task):
             ctrl = (t_in == target) & (c_in == d["ctrl"])
             pred = np.flatnonzero((types == target) & (cond == "predicted"))
             m: dict[str, Any] = {}
-            if len(real) >= 2 and len(pred):
+            if len(real) >= 2 and len(pred) >= 2:  # the DEG test needs two cells a side
                 trained = np.zeros(n_input, dtype=bool)
                 trained[np.concatenate([part["split"]["train"], part["split"]["val"]])] = True
                 shift = mean_shift(inp, c_in, t_in, trained, d["ctrl"], d["stim"])

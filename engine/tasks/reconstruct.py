@@ -76,11 +76,16 @@ class Reconstruct(Task):
 
     def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
         score = out.obs[out.uns["scwb"]["slots"]["score"]].to_numpy(dtype=np.float64)
+        test = np.asarray(split["test"], dtype=np.int64)
+        inside = train_on_mask(out.obs, spec.train_on)
+        if inside is not None:
+            # the test error is the reference group's held-out cells' (it mixed in the other
+            # cells, the abnormal ones, whose scores are abnormality_others)
+            test = test[inside[test]]
         metrics: dict[str, Any] = {
-            "test_mse": float(score[split["test"]].mean()),
+            "test_mse": float(score[test].mean()) if len(test) else float("nan"),
             "train_mse": float(score[split["train"]].mean()),
         }
-        inside = train_on_mask(out.obs, spec.train_on)
         if inside is not None:
             metrics.update(reference_scores(score, inside, split))
         return metrics
