@@ -119,15 +119,35 @@ def bundle_size(run_dir: str | Path) -> int:
     return sum(p.stat().st_size for p in members(run_dir))
 
 
+def _safe_csv(path: Path) -> str:
+    """A run folder's CSV (``loo.csv``, ``gene_means.csv``: names from the data) with every text
+    cell that a spreadsheet would evaluate quoted (``csvsafe``); numbers as they are. The files
+    in the run folder stay as written: the engine reads them back by name."""
+    out = _io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        for row in csv.reader(fh):
+            writer.writerow([c if _number(c) else csvsafe.cell(c) for c in row])
+    return out.getvalue()
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _pack(run_dir: Path, fileobj) -> None:
     with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED) as zf:  # .h5ad: gzip inside already
         for p in members(run_dir):
+            name = p.relative_to(run_dir).as_posix()
+            if p.suffix.lower() == ".csv":  # the run's own tables hold gene and cell-type names
+                zf.writestr(name, _safe_csv(p), zipfile.ZIP_DEFLATED)
+                continue
             packed = p.suffix in (".h5ad", ".pt")
-            zf.write(
-                p,
-                p.relative_to(run_dir).as_posix(),
-                zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED,
-            )
+            zf.write(p, name, zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
         zf.writestr("reproduce.py", script(run_dir))
 
 

@@ -99,6 +99,33 @@ def test_csv_cells_never_become_formulas(tmp_path):
     assert any("'=HYPERLINK" in r for r in rows) and any(",'+cmd" in r for r in rows)
 
 
+def test_the_run_zip_quotes_names_in_the_runs_own_tables(tmp_path, lognorm_adata):
+    """loo.csv and gene_means.csv carry the data's cell-type and gene names and went into the
+    zip as written: '=HYPERLINK(...)' was a formula in a spreadsheet. In the zip they are
+    quoted; numbers stay numbers; the run folder's own files stay as the engine reads them."""
+    import io as _io
+    import zipfile
+
+    from engine import io
+
+    run_dir = tmp_path / "run"
+    train.run(
+        RunSpec(
+            model="sk_logreg",
+            data=str(io.write_h5ad(lognorm_adata, tmp_path / "d.h5ad")),
+            out=str(run_dir),
+            label_key="cell_type",
+        )
+    )
+    hostile = 'cell_type,r2\n"=HYPERLINK(""http://x"",""y"")",-0.5\n@SUM(1+1),0.9\n'
+    (run_dir / "loo.csv").write_text(hostile)
+    with zipfile.ZipFile(_io.BytesIO(export.bundle(run_dir))) as zf:
+        rows = zf.read("loo.csv").decode().splitlines()
+    assert rows[1].startswith("\"'=HYPERLINK") and rows[1].endswith(",-0.5")
+    assert rows[2] == "'@SUM(1+1),0.9"
+    assert (run_dir / "loo.csv").read_text() == hostile
+
+
 HOSTILE = "x'''\"\"\"; import os; os.system('touch PWNED'); '''"
 
 
