@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -342,6 +343,39 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
     return adata
 
 
+_ROW_NAME_HINT = re.compile(r"cell|barcode|id|index|name|obs|sample", re.IGNORECASE)
+
+
+def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: str) -> None:
+    """What pandas would silently change: a gene named twice (it invents 'g1.1'), no gene
+    column at all (another separator: the whole line was the cell name), and a first column of
+    numbers under a gene's name (a table without cell names loses its first gene to them)."""
+    if df.shape[1] == 0:
+        with checks.open_text(path) as fh:
+            first = fh.readline(4096)
+        hint = next((f" Separated by {c!r}?" for c in (";", "|", " ") if c.encode() in first), "")
+        raise ScwbError(
+            f"{name} reads as one column of cell names and no genes.{hint} Use commas (.csv) or "
+            "tabs (.tsv)."
+        )
+    header = pd.read_csv(
+        path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding
+    )
+    names = [str(v) for v in header.iloc[0].tolist()[1:]]
+    seen: set[str] = set()
+    for gene in names:
+        if gene in seen:
+            raise ScwbError(f"{name}: the header names {gene[:60]!r} twice; each gene once.")
+        seen.add(gene)
+    head = str(header.iloc[0, 0]).strip()
+    rows = pd.to_numeric(pd.Series(df.index), errors="coerce")
+    if head and not _ROW_NAME_HINT.search(head) and rows.notna().all():
+        raise ScwbError(
+            f"{name}: its first column ({head[:40]!r}) holds numbers, not cell names; the first "
+            "column must name the cells (cells x genes)."
+        )
+
+
 def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     name = Path(display).name
     n_rows, n_cols = checks.table_bounds(path, name, sep)
@@ -349,11 +383,13 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
         raise ScwbError(f"{name} holds a header but no rows: no cells to read.")
     # pandas parses to float64, the numeric check makes a second float64 frame, X is float32
     checks.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
+    encoding = "utf-8"
     try:
         df = pd.read_csv(path, sep=sep, index_col=0, engine="c")
     except UnicodeDecodeError:
+        encoding = "latin-1"
         try:
-            df = pd.read_csv(path, sep=sep, index_col=0, encoding="latin-1")
+            df = pd.read_csv(path, sep=sep, index_col=0, encoding=encoding)
         except Exception as exc:
             raise ScwbError(
                 f"{name} is not UTF-8 text and could not be read: {_first_line(exc)}"
@@ -364,16 +400,18 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
         raise ScwbError(f"{name} holds no table.") from None
     if df.shape[1] == 0 and sep == ",":
         return _read_table(path, display, sep="\t")
+    _check_header(path, name, sep, df, encoding)
     # only columns pandas did not parse as numbers are looked at one by one (a wide table of
     # numbers would otherwise take a call per gene)
     text = [i for i, t in enumerate(df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
     for i in text:
         col = df.iloc[:, i]
         values = pd.to_numeric(col, errors="coerce")
-        if (values.isna() & col.notna()).any():
+        bad = (values.isna() & col.notna()).to_numpy()
+        if bad.any():
             raise ScwbError(
-                f"{name}: column {df.columns[i]!r} holds text; the table must be numbers, "
-                "cells x genes."
+                f"{name}: column {df.columns[i]!r} holds {str(col[bad].iloc[0])[:40]!r}, not a "
+                "number; the table must be numbers, cells x genes."
             )
         df.isetitem(i, values)
     adata = ad.AnnData(X=df.to_numpy(dtype=np.float32))

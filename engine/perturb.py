@@ -30,6 +30,12 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
             raise ScwbError(
                 f"obs has no column {key!r}; choose one of: {', '.join(map(str, adata.obs.columns))}."
             )
+    missing = int(adata.obs[spec.cell_type_key].isna().sum())
+    if missing:  # as text they became one more cell type, "nan", trained and predicted
+        raise ScwbError(
+            f"The cell-type column {spec.cell_type_key!r} has no value for {missing} cell(s); "
+            "fill them in or leave those cells out (Preprocess: subset)."
+        )
     cond = adata.obs[spec.condition_key].astype(str).to_numpy()
     types = adata.obs[spec.cell_type_key].astype(str).to_numpy()
     for value, what in ((spec.ctrl, "control"), (spec.stim, "stimulated")):

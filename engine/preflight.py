@@ -32,7 +32,14 @@ def preflight(spec: Any, adata: ad.AnnData) -> None:
         return
     keep = train_on_mask(adata.obs, spec.train_on)
     strat = adata.obs[spec.label_key].astype(str).to_numpy() if spec.label_key else None
-    restrict(make_split(adata.n_obs, spec.seed, stratify=strat), keep)
+    split = restrict(make_split(adata.n_obs, spec.seed, stratify=strat), keep)
+    if info.task == "classify" and strat is not None and keep is not None:
+        seen = sorted(set(strat[split["train"]]))
+        if len(seen) < 2:  # the one-class check of the whole column, on the cells trained on
+            raise ScwbError(
+                f"--train-on leaves one class of {spec.label_key!r} to train on "
+                f"({seen[0] if seen else 'none'}); a classifier needs at least 2."
+            )
 
 
 def check_size(

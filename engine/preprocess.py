@@ -348,12 +348,17 @@ class Step:
 
 
 # options that take a bounded number: (lowest, whether the lowest itself is allowed, highest)
+# words a step takes; scanpy's "seurat_v3" flavour needs a package (skmisc) not installed
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("hvg", "flavor"): ("seurat", "cell_ranger"),
+    ("scale", "method"): ("minmax", "zscore"),
+}
 _BOUNDS: dict[tuple[str, str], tuple[float, bool, float | None]] = {
     ("filter_cells", "min_genes"): (0, True, None),
     ("filter_cells", "min_counts"): (0, True, None),
     ("filter_cells", "max_pct_mito"): (0, True, 100),
     ("filter_genes", "min_cells"): (0, True, None),
-    ("normalize", "target_sum"): (0, False, None),
+    ("normalize", "target_sum"): (1, True, None),  # 1e-320 turned every value into 0
     ("hvg", "n_top"): (1, True, None),
     ("arcsinh", "cofactor"): (0, False, None),
     ("scale", "max_value"): (0, True, None),  # 0: no clip (the CLI's --clip 0)
@@ -371,9 +376,16 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
     import inspect
     import math
 
-    if default is inspect.Parameter.empty:  # subset's column and values: checked by the step
-        return value
     what = f"{step}: {key}"
+    if default is inspect.Parameter.empty:  # subset's column and values
+        if key == "key" and not isinstance(value, str):
+            raise ScwbError(f"{what} is the name of an obs column, not {value!r}.")
+        if key == "values" and (
+            not isinstance(value, list)
+            or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in value)
+        ):
+            raise ScwbError(f"{what} is a list of the column's values, not {value!r}.")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ScwbError(f"{what} is true or false, not {value!r}.")
@@ -381,6 +393,9 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ScwbError(f"{what} is a word, not {value!r}.")
+        choices = _CHOICES.get((step, key))
+        if choices and value not in choices:
+            raise ScwbError(f"{what} is one of {', '.join(choices)}, not {value!r}.")
         return value
     if value is None and (optional or default is None):  # an option that can be off (a clip)
         return None

@@ -15,7 +15,19 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def home() -> Path:
     """``$SCWB_HOME`` or ``~/.scworkbench``; created on first use."""
     root = settings.get().home
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ScwbError(f"SCWB_HOME {root} is not a folder; point it at one.")
+    if root.is_symlink() and not root.exists():
+        raise ScwbError(f"SCWB_HOME {root} is a broken or looping link; point it at a folder.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file, a symbolic link loop, a folder that cannot be made
+        raise ScwbError(
+            f"SCWB_HOME {root} cannot be the workspace folder ({exc.strerror or exc}); "
+            "point it at a folder."
+        ) from None
+    if not root.is_dir():
+        raise ScwbError(f"SCWB_HOME {root} is not a folder; point it at one.")
     return root
 
 

@@ -248,11 +248,12 @@ if qc.empty:
 else:
     if d["x_kind"] != "counts" and "counts" not in d["layers"]:
         st.caption("No raw counts here: these are the QC columns stored in obs.")
-    if group != "(none)":
-        qc[group] = adata.obs[group].astype(str).to_numpy()
+    grouped = group != "(none)"
     cols = st.columns(3)
     for col, fig in zip(
-        cols, figures.qc_violins(qc, None if group == "(none)" else group), strict=False
+        cols,
+        figures.qc_violins(qc, group if grouped else None, adata.obs[group] if grouped else None),
+        strict=False,
     ):
         col.plotly_chart(fig, width="stretch")
     if "pct_counts_mt" not in qc:

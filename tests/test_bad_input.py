@@ -490,7 +490,7 @@ CORPUS = {
     "non_utf8_csv_with_text": (
         lambda t: _put(t / "x.csv", "cell,g1\nc1,\xe9t\xe9\n".encode("latin-1")),
         ["info"],
-        "holds text",
+        "holds 'été', not a number",
     ),
     "ragged_csv": (
         lambda t: _put(t / "r.csv", "cell,g1,g2\nc1,1,2\nc2,1,2,3,4\n"),
@@ -510,6 +510,33 @@ CORPUS = {
         "could not be read",
     ),
     "scaled_data_for_scgen_counts": (lambda t: _write(_adata(), t / "c.h5ad"), SCGEN, "raw counts"),
+    "scgen_cell_type_nan": (
+        lambda t: _write(
+            _lognorm(_set(_adata(), cell_type=np.where(np.arange(60) % 7, "T", None))), t / "n.h5ad"
+        ),
+        SCGEN,
+        "has no value for 9 cell(s)",
+    ),
+    "train_on_one_class": (  # trained on class a alone, it predicted c for most cells
+        lambda t: _write(_adata(), t / "x.h5ad"),
+        [*TRAIN[:-1], "--train-on", "label=a", "--data"],
+        "leaves one class of 'label'",
+    ),
+    "csv_gene_named_twice": (  # pandas renamed the second 'g1.1': a gene that never was
+        lambda t: _put(t / "d.csv", "cell,g1,g1,g2\nc1,1,2,3\nc2,4,5,6\n"),
+        ["info"],
+        "names 'g1' twice",
+    ),
+    "csv_without_cell_names": (  # the first gene became the cell names
+        lambda t: _put(t / "n.csv", "g1,g2\n1,2\n4,5\n"),
+        ["info"],
+        "holds numbers, not cell names",
+    ),
+    "csv_semicolons": (  # saved as 2 cells x 0 genes
+        lambda t: _put(t / "s.csv", "cell;g1;g2\nc1;1;2\nc2;4;5\n"),
+        ["info"],
+        "Separated by ';'?",
+    ),
     "utf16_csv": (
         lambda t: _put(t / "u.csv", "cell,g1\nc1,1\nc2,2\n".encode("utf-16")),
         ["info"],

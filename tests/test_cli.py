@@ -405,3 +405,21 @@ def test_a_failed_foreground_train_records_why(tmp_path, lognorm_file, monkeypat
     status = runs.read_status(out)
     assert status["state"] == "failed" and status["error"] == "RuntimeError: boom in annotate"
     assert "unexpected RuntimeError: boom in annotate" in capsys.readouterr().err
+
+
+def test_a_workspace_that_is_no_folder_is_one_line(tmp_path):
+    """SCWB_HOME naming a file, a path under a file or a link loop gave 'unexpected
+    FileExistsError' / 'NotADirectoryError' for runs, datasets list and submit."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for home, words in ((afile, "is not a folder"), (afile / "sub", "cannot be the workspace"),
+                        (loop, "looping link")):  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "engine", "runs"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+            env={**__import__("os").environ, "SCWB_HOME": str(home)},
+        )  # fmt: skip
+        assert p.returncode == 2 and words in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1

@@ -44,3 +44,14 @@ def test_groups_keep_one_colour_across_charts_in_natural_order():
     assert in_umap == in_boxes and len(set(in_umap.values())) == 11  # 11 groups, 11 colours
     assert [t.name for t in umap.data] == [str(i) for i in range(11)]  # 0, 1, ..., 10
     assert [t.name for t in boxes.data if t.type == "box"] == [str(i) for i in range(11)]
+
+
+def test_qc_violins_split_by_a_column_named_like_a_qc_metric():
+    """An obs column called 'total_counts' (lo/mid/hi) chosen as the split replaced the QC
+    column: the counts violin plotted the words."""
+    qc = pd.DataFrame({"n_genes_by_counts": [5, 50, 500, 60], "total_counts": [9, 90, 900, 95]})
+    figs = figures.qc_violins(qc, "total_counts", np.array(["lo", "mid", "hi", "mid"]))
+    counts = next(f for f in figs if f.layout.yaxis.title.text == "Counts per cell")
+    ys = np.concatenate([np.asarray(t.y, dtype=float) for t in counts.data])
+    assert sorted(ys) == [9, 90, 95, 900]
+    assert {str(x) for t in counts.data for x in t.x} == {"lo", "mid", "hi"}

@@ -155,9 +155,22 @@ def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -
     )
 
 
-def qc_violins(qc: pd.DataFrame, group: str | None) -> list[go.Figure]:
+def qc_violins(
+    qc: pd.DataFrame, group: str | None = None, groups: object = None
+) -> list[go.Figure]:
+    """Violins of the QC columns, split by ``groups`` (one value per cell, named ``group``).
+    The groups travel in a column of their own: a data column named like a QC metric
+    (``total_counts``) replaced the metric it was named after."""
     idx = sample_index(len(qc), MAX_POINTS)
-    sub = qc.iloc[idx]
+    sub = qc.iloc[idx].copy()
+    if group is not None and groups is not None:
+        by = plain(group)
+        while by in sub.columns:  # a group label named like a QC column keeps both apart
+            by += " "
+        sub[by] = np.asarray(groups).astype(str)[idx]
+        group = by
+    else:
+        group = None
     figs = []
     for col, label in (
         ("n_genes_by_counts", "Genes detected per cell"),
