@@ -104,10 +104,12 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
     """Give the written file ``tmp_h5ad`` its key (claimed with O_EXCL on KEY.json, so two
     sessions never get one key for different data) and move it into place."""
     folder = workspace.datasets_dir()
+    # a label is one line: a newline in it broke the listing's rows in two
+    name = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
     base = f"{slug(name)}-{info['content'][:8]}"
     record = {
         "key": "",
-        "name": str(name),
+        "name": name,
         "fingerprint": info["fingerprint"],
         "content": info["content"],
         "created": runs.now(),

@@ -419,6 +419,14 @@ def test_any_name_is_a_label_beside_a_safe_key(workspace, names):
     assert datasets.list_datasets() == []
 
 
+def test_a_label_is_one_line(workspace):
+    """A name with a newline or tab split the datasets listing's rows in two."""
+    from engine import datasets
+
+    key = datasets.save(_small(), "two\nlines\tname\x00")
+    assert datasets.label(key) == "two lines name"
+
+
 def test_keys_are_checked_not_rewritten(workspace):
     from engine import datasets
 

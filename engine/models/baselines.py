@@ -53,7 +53,8 @@ class PCABaseline:
         self.est = PCA(n_components=n_components, random_state=seed)
 
     def fit(self, x: np.ndarray) -> PCABaseline:
-        self.est.n_components = min(self.est.n_components, x.shape[0], x.shape[1])
+        # fewer components than genes: as many reconstruct any cell exactly (no baseline)
+        self.est.n_components = max(1, min(self.est.n_components, x.shape[0], x.shape[1] - 1))
         self.est.fit(x)
         return self
 
