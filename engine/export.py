@@ -50,22 +50,49 @@ def script(run_dir: str | Path) -> str:
     doc = f"Reproduce scWorkbench run {run_dir.name} (data fingerprint {record.get('data_fingerprint', '?')})."
     return f'''"""{_doc_safe(doc)}
 
-Usage, from any folder:
+Usage, from any folder, on any machine with scWorkbench (its engine importable, or its folder
+in the SCWORKBENCH environment variable; else the folder that wrote this script):
     python reproduce.py [DATA.h5ad] [OUT_DIR]            # train on the preprocessed data
     python reproduce.py --raw RAW.h5ad [DATA] [OUT_DIR]  # apply the recorded recipe first
+DATA defaults to the file the run trained on, OUT_DIR to a new folder here.
 """
 import json
+import os
 import sys
 
-SCWORKBENCH = {root!r}
+SCWORKBENCH = {root!r}  # where the run was made
 SPEC = json.loads({json.dumps(spec, sort_keys=True)!r})
 RECIPE = json.loads({json.dumps(recipe, sort_keys=True)!r})
 DATA = {str(record.get("data", "data.h5ad"))!r}
 OUT = {"reproduced-" + run_dir.name!r}
 
 
+def _engine():
+    """scWorkbench's engine: importable here, in $SCWORKBENCH, or where the run was made."""
+    for folder in (None, os.environ.get("SCWORKBENCH"), SCWORKBENCH):
+        if folder:
+            sys.path.insert(0, folder)
+        try:
+            import engine  # noqa: F401
+
+            return
+        except ImportError:
+            if folder:
+                sys.path.remove(folder)
+    sys.exit("error: scWorkbench's engine is not found: set SCWORKBENCH to its folder.")
+
+
+def _new_folder(out):
+    """OUT, or OUT-2, OUT-3, ... : never into an earlier reproduction."""
+    n, name = 1, out
+    while os.path.exists(name):
+        n += 1
+        name = f"{{out}}-{{n}}"
+    return name
+
+
 def main(argv):
-    sys.path.insert(0, SCWORKBENCH)
+    _engine()
     from engine import io, preprocess
     from engine.spec import RunSpec
     from engine.train import run
@@ -74,7 +101,9 @@ def main(argv):
     if argv[:1] == ["--raw"]:
         raw, argv = argv[1], argv[2:]
     data = argv[0] if len(argv) > 0 else DATA
-    out = argv[1] if len(argv) > 1 else OUT
+    out = argv[1] if len(argv) > 1 else _new_folder(OUT)
+    if raw is None and not os.path.exists(data):
+        sys.exit(f"error: the data {{data}} is not here: python reproduce.py DATA.h5ad")
     if raw is not None:
         adata, _ = preprocess.apply(io.read(raw), preprocess.Recipe.from_json(json.dumps(RECIPE)))
         data = str(io.write_h5ad(adata, data if len(argv) > 0 else out + "-input.h5ad"))

@@ -13,6 +13,7 @@ import pytest
 
 from engine import export, train
 from engine.spec import RunSpec
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -256,3 +257,38 @@ def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, c
     assert "has no metrics.json" in capsys.readouterr().err
     assert cli.main(["export", "no-such-run"]) == 2
     assert not list(out.glob(".*partial"))
+
+
+def test_reproduce_script_runs_where_the_app_is_not_and_never_reuses_a_folder(
+    tmp_path, lognorm_adata
+):
+    """The script named the app's folder and the workspace's data path: a colleague with the
+    zip could not run it. It finds the engine on the path or in $SCWORKBENCH, says which data
+    it needs, and a second run goes to a new folder (it wrote into the first one's)."""
+    import os
+
+    from engine import io
+
+    data = io.write_h5ad(lognorm_adata, tmp_path / "data.h5ad")
+    run_dir = tmp_path / "run"
+    train.run(RunSpec(model="sk_logreg", data=str(data), out=str(run_dir), label_key="cell_type"))
+    text = export.script(run_dir).replace(repr(str(ROOT)), repr("/nowhere/scworkbench"))
+    script = tmp_path / "elsewhere" / "reproduce.py"
+    script.parent.mkdir()
+    script.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SCWORKBENCH")}
+
+    def rerun(*args, **extra):
+        return subprocess.run(
+            [sys.executable, str(script), *map(str, args)],
+            capture_output=True, text=True, cwd=script.parent, timeout=300, env={**env, **extra},
+        )  # fmt: skip
+
+    lost = rerun()
+    assert lost.returncode != 0 and "set SCWORKBENCH" in lost.stderr
+    for _ in range(2):
+        assert rerun(data, SCWORKBENCH=str(ROOT)).returncode == 0
+    made = sorted(p.name for p in script.parent.iterdir() if p.is_dir())
+    assert made == ["reproduced-run", "reproduced-run-2"]
+    gone = rerun(tmp_path / "missing.h5ad", SCWORKBENCH=str(ROOT))
+    assert gone.returncode != 0 and "is not here" in gone.stderr
