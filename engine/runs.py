@@ -238,10 +238,14 @@ def summary(run_dir: Path) -> dict[str, Any]:
                 "launcher",
                 "job_id",
                 "optimizer",
+                "started",
+                "finished",
             )
         },
     }
     row["launcher"] = row["launcher"] or spec.get("launcher") or "local"
+    seed = spec.get("seed")
+    row["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return row
 
 

@@ -31,9 +31,14 @@ if not tasks:
 task = st.radio("Task", tasks, format_func=registry.TASKS.get, horizontal=True)
 of_task = [r for r in done if r["task"] == task]
 labels = {r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}" for r in of_task}
-newest_group = of_task[0]["group"]
-default = [r["id"] for r in of_task if newest_group and r["group"] == newest_group] or [
-    r["id"] for r in of_task[:2]
+# the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
+# left "nothing to rank"), else the two newest runs, completed ones first
+groups: dict[str, list[str]] = {}
+for r in of_task:
+    if r["group"]:
+        groups.setdefault(r["group"], []).append(r["id"])
+default = next((ids for ids in groups.values() if len(ids) >= 2), None) or [
+    r["id"] for r in sorted(of_task, key=lambda r: r["state"] != "completed")[:2]
 ]
 chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
 if not chosen:
@@ -106,6 +111,7 @@ for rid in chosen:
         rows.append(
             {
                 "run": labels[rid] if not part else f"{labels[rid]} · {part}",
+                "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
                 **values,
             }
@@ -138,12 +144,16 @@ if repeated:
     seed_section(configs)
     st.markdown("**Every run**")
 table = pd.DataFrame(rows)
+if (
+    table["seed"].nunique(dropna=False) <= 1
+):  # one seed says nothing: the column only when they differ
+    table = table.drop(columns="seed")
 # separation of the other cells from the reference group is what matters: where AUROC exists,
 # it stands for the two mean scores (kept in the CSV)
 shown = table
 if "abnormality_auroc" in table and table["abnormality_auroc"].notna().all():
     shown = table.drop(columns=["abnormality_trained_on", "abnormality_others"], errors="ignore")
-front = ["run", "baseline", "abnormality_auroc"]
+front = ["run", "seed", "baseline", "abnormality_auroc"]
 shown = shown[[c for c in front if c in shown] + [c for c in shown if c not in front]]
 if len(shown) < 2:
     st.caption("One row: nothing to rank. Pick more runs to see the best value of each metric.")
@@ -155,6 +165,7 @@ st.dataframe(
         shown.columns,
         {
             "run": st.column_config.TextColumn("run"),
+            "seed": st.column_config.NumberColumn("seed", format="%d"),
             "baseline": st.column_config.CheckboxColumn(
                 "baseline", help="a simple reference model or prediction, not a trained network"
             ),

@@ -9,6 +9,7 @@ interrupted, a corrupt status.json), this page shows it and never raises.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,19 +102,36 @@ def has_results(r: dict[str, Any]) -> bool:
     )
 
 
+def wall_s(r: dict[str, Any]) -> float | None:
+    """Seconds from a run's start to its end (status.json's ISO times), or None: the training
+    loop's own time (0.2 s for a small MLP) said '0s' for a run that took seconds."""
+    try:
+        start = datetime.fromisoformat(str(r.get("started")))
+        end = datetime.fromisoformat(str(r.get("finished")))
+    except ValueError:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
 def table(rows: list[dict]) -> pd.DataFrame:
     # where runs trained matters only once some ran elsewhere than this machine
     elsewhere = any(r.get("launcher") not in (None, "", "local") for r in rows)
     extra = [k for k in ("launcher", "job_id") if elsewhere and any(r.get(k) for r in rows)]
     one_device = len({r.get("device") for r in rows if r.get("device")}) <= 1
+    many_seeds = len({r.get("seed") for r in rows}) > 1  # seeds of a group told apart
     out = []
     for r in rows:
         frac, text = progress(r)
         elapsed, eta = _num(r.get("elapsed_s")), _num(r.get("eta_s"))
         running = r.get("state") == "running" and eta is not None
+        if r.get("state") not in runs.ACTIVE:  # an ended run: start to end, not the loop's time
+            elapsed = wall_s(r) if wall_s(r) is not None else elapsed
         out.append(
             {
                 "run": r["id"],
+                **(
+                    {"seed": "-" if r.get("seed") is None else str(r["seed"])} if many_seeds else {}
+                ),
                 "state": r.get("state") or "?",
                 "model": r.get("model") or "?",
                 "dataset": r.get("dataset") or "?",

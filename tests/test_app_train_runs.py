@@ -231,7 +231,18 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
         metrics=_early_stopped_curve(),
         results=True,
     )
-    _fake_run("2026-01-02-b-sklearn", "completed", "sk_logreg", {"epoch": 1, "max_epochs": 1})
+    _fake_run(  # the loop's own time is 0.2 s; the run took 7 s from start to end
+        "2026-01-02-b-sklearn",
+        "completed",
+        "sk_logreg",
+        {
+            "epoch": 1,
+            "max_epochs": 1,
+            "elapsed_s": 0.2,
+            "started": "2026-01-02T10:00:00+00:00",
+            "finished": "2026-01-02T10:00:07+00:00",
+        },
+    )
     _fake_run("2026-01-03-c-cancelled", "cancelled", status={"epoch": 3.7, "max_epochs": 50})
     _fake_run("2026-01-04-d-failed", "failed", status={"error": "boom", "log_tail": "line"})
     _fake_run("2026-01-05-e-interrupted", "interrupted", status={"epoch": "x"})
@@ -256,6 +267,7 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     assert said["2026-01-01-a-early"] == "stopped early at epoch 11 of 50 (best epoch 8)"
     assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 1.0
     assert said["2026-01-02-b-sklearn"] == "fitted in one step"
+    assert df.set_index("run").loc["2026-01-02-b-sklearn", "time"] == "7s"
     assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
     assert said["2026-01-09-i-loo"] == "leave-one-out: 2 models trained"
     _fits(at, df)

@@ -273,3 +273,18 @@ def test_mean_sd_text_keeps_its_digits():
     assert c.text("epochs") == "1461 ± 58"
     c.runs = {0: {"acc": 0.98305}, 1: {"acc": 1.0}}
     assert c.text("acc") == "0.9915 ± 0.012"
+
+
+def test_compare_opens_on_a_group_worth_ranking_and_names_each_seed(group_dirs):
+    """A newer group of one run (a cancelled run submitted alone) was picked alone: "One row:
+    nothing to rank". The newest group of two runs or more is picked; its rows say their seed
+    (three seeds of a model looked identical)."""
+    from tests.test_app import app
+
+    lone = _fake_run(workspace.runs_dir(), "r-lone", "mlp", 0, 0.5, group="seeds-new")
+    runs.update_status(lone, state="cancelled")
+    at = app("compare")
+    picked = at.multiselect[0].value
+    assert "r-lone" not in picked and len(picked) == 9
+    every = at.dataframe[-1].value
+    assert sorted(every["seed"].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
