@@ -219,6 +219,13 @@ def table(configs: list[Config], metrics: list[str] | None = None) -> list[dict[
     return rows
 
 
+def _places(*values: float) -> int:
+    """Decimals that show two significant digits of the largest of ``values``, the same for
+    a difference and its spread (they were printed with 4 and 2 significant digits)."""
+    top = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+    return 2 if top == 0 else max(2, 1 - math.floor(math.log10(top)))
+
+
 @dataclass
 class Paired:
     a: str
@@ -257,7 +264,13 @@ class Paired:
         if self.p < 0.05:
             where = "the difference is larger than the seed-to-seed spread"
             return f"{winner} is better: {where} (p = {self.p:.3g})" if winner else where
-        return f"within the seed-to-seed spread (p = {self.p:.3g}): no clear winner"
+        if winner and self.wins in (0, self.n):  # one direction on every seed, n too small
+            return (
+                f"{winner} is better on every seed, but with {self.n} seeds that is not beyond "
+                f"the seed-to-seed spread (p = {self.p:.2g}): no clear winner yet; more seeds "
+                "would tell"
+            )
+        return f"within the seed-to-seed spread (p = {self.p:.2g}): no clear winner"
 
     def text(self) -> str:
         if self.n == 0:
@@ -268,10 +281,11 @@ class Paired:
             if self.other_cells
             else ""
         )
+        places = _places(self.diff, self.sd)
         return (
-            f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.4g} ± {self.sd:.2g} "
-            f"(paired over {self.n} seed{'s' if self.n != 1 else ''}, better on {self.wins}/{self.n}{left}): "
-            f"{self.verdict}."
+            f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.{places}f} ± "
+            f"{self.sd:.{places}f} (paired over {self.n} seed{'s' if self.n != 1 else ''}; "
+            f"{self.a} better on {self.wins} of {self.n}{left}): {self.verdict}."
         )
 
     def to_dict(self) -> dict[str, Any]:

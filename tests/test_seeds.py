@@ -90,7 +90,17 @@ def test_paired_comparison_is_a_paired_t_test(group_dirs):
     assert p.verdict.startswith("mlp · pbmc is better")
     q = seeds.paired(configs["logreg"], configs["sk_logreg"], "test_accuracy")
     assert q.p > 0.05 and "within the seed-to-seed spread" in q.verdict
-    assert "better on 3/3" in p.text()
+    assert "mlp · pbmc better on 3 of 3" in p.text()
+
+
+def test_a_loss_on_every_seed_below_significance_is_said_as_such():
+    """'mlp − logreg: -0.05714 ± 0.038 (better on 0/3): within the seed-to-seed spread' read
+    as a tie although the MLP lost on every seed (a browser pass)."""
+    p = seeds.Paired("mlp", "logreg", "test_accuracy", n=3, diff=-0.05714, sd=0.038, p=0.12, wins=0)
+    text = p.text()
+    assert "-0.057 ± 0.038" in text and "mlp better on 0 of 3" in text
+    assert "logreg is better on every seed, but with 3 seeds that is not beyond" in text
+    assert "more seeds would tell" in text
 
 
 def test_lower_is_better_metrics_count_wins_the_other_way():
