@@ -226,3 +226,18 @@ def split_baselines(metrics: dict) -> dict[str, dict]:
         if sub:
             out[label] = {**sub, **shared}
     return out
+
+
+def headline_first(keys) -> list[str]:
+    """Metric keys in reading order: the abnormality AUROC, then test, validation and training
+    scores, then the rest (each group in its given order)."""
+
+    def rank(key: str) -> int:
+        if key == "abnormality_auroc":
+            return 0
+        for i, prefix in enumerate(("test_", "val_", "train_"), start=1):
+            if key.startswith(prefix):
+                return i
+        return 4
+
+    return sorted(keys, key=rank)

@@ -154,7 +154,10 @@ shown = table
 if "abnormality_auroc" in table and table["abnormality_auroc"].notna().all():
     shown = table.drop(columns=["abnormality_trained_on", "abnormality_others"], errors="ignore")
 front = ["run", "seed", "baseline", "abnormality_auroc"]
-shown = shown[[c for c in front if c in shown] + [c for c in shown if c not in front]]
+shown = shown[
+    [c for c in front if c in shown]
+    + metric_names.headline_first([c for c in shown if c not in front])
+]
 if len(shown) < 2:
     st.caption("One row: nothing to rank. Pick more runs to see the best value of each metric.")
 st.dataframe(

@@ -197,8 +197,8 @@ scalar = {
     k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
 }
 if task != "perturb" and scalar:
-    st.dataframe(
-        pd.DataFrame([scalar]),
+    st.dataframe(  # the headline first: a wide table hid the AUROC off the screen's edge
+        pd.DataFrame([scalar])[metric_names.headline_first(scalar)],
         hide_index=True,
         width="stretch",
         column_config=figures.metric_columns(scalar),

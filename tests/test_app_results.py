@@ -839,3 +839,14 @@ def test_results_group_and_colour_by_a_category_not_a_measurement(lognorm_adata)
     assert group.value == "cluster"
     assert at.selectbox(key="umap_color").value == "cluster"
     assert "n_genes" in at.selectbox(key="umap_color").options  # still a colour to choose
+
+
+def test_metric_tables_put_the_headline_first():
+    """The Results table of an abnormality run was wider than the page with the AUROC, its
+    headline, last (behind the edge); Compare's the same."""
+    from engine import metric_names
+
+    keys = ["train_mse", "val_mse", "abnormality_others", "test_mse", "abnormality_auroc"]
+    assert metric_names.headline_first(keys) == [
+        "abnormality_auroc", "test_mse", "val_mse", "train_mse", "abnormality_others"
+    ]  # fmt: skip
