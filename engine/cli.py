@@ -280,7 +280,8 @@ def recipe_from_args(args: argparse.Namespace):
     if args.arcsinh:
         steps.append(Step("arcsinh", {"cofactor": args.arcsinh}))
     if args.scale:
-        steps.append(Step("scale", {"method": args.scale, "max_value": args.clip}))
+        clip = {"max_value": args.clip} if args.scale == "zscore" else {}  # z-score's alone
+        steps.append(Step("scale", {"method": args.scale, **clip}))
     if args.leiden is not None:
         steps.append(Step("leiden", {"resolution": args.leiden}))
     return Recipe(steps)

@@ -195,7 +195,12 @@ with st.container(border=True):
             disabled=method != "zscore",
             key=k("pp_scale_clip"),
         )
-        steps.append(pp.Step("scale", {"method": method, "max_value": clip}))
+        # the clip is z-score's alone: in a MinMax recipe it read as an option that did something
+        steps.append(
+            pp.Step(
+                "scale", {"method": method, **({"max_value": clip} if method == "zscore" else {})}
+            )
+        )
 if st.checkbox(
     "Leiden clusters in obs['leiden']",
     value="leiden" in suggested,

@@ -112,7 +112,9 @@ def sampled_title(title: str, shown: int, total: int) -> str:
 def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figure:
     cols = [c for c in ("train_loss", "val_loss") if c in metrics]
     if metrics.empty:
-        return go.Figure().update_layout(title="No epoch finished yet")
+        fig = go.Figure().update_layout(title="No epoch finished yet")
+        # no axes at all: an empty chart drew meaningless -1..5 scales
+        return fig.update_xaxes(visible=False).update_yaxes(visible=False)
     if not cols:  # a scikit-learn baseline: fitted in one step, scored on train and validation
         scores = metrics.drop(columns=["epoch"]).iloc[-1]
         fig = px.bar(
@@ -254,7 +256,11 @@ def recon_heatmaps(
     note = (
         f"{len(idx):,} of {total:,} cells"
         + (" (random sample)" if len(idx) < total else "")
-        + f", top {len(top)} variable genes"
+        + (
+            f", the {len(top)} most variable of {x.shape[1]:,} features"
+            if len(top) < x.shape[1]
+            else f", all {len(top)} features"  # 23 markers were "the top 23 variable genes"
+        )
     )
     ylabels = [plain(v) for v in np.asarray(groups)[idx]] if groups is not None else None
     common = {  # arrays, not nested lists: plotly validates lists element by element
