@@ -348,6 +348,11 @@ def estimates() -> dict[str, estimate.Estimate]:
 
 def draw_estimates(measuring: bool) -> None:
     ests = estimates()
+    if launcher != "local":  # measured on this machine: a cluster node's time is its own
+        st.caption(
+            "Estimates below are for this machine; on the cluster the time depends on the node "
+            "the scheduler gives (and on the queue before it starts)."
+        )
     for n, e in ests.items():
         st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
     known = [e.seconds for e in ests.values() if e.kind == "torch" and e.seconds]
