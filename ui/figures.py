@@ -382,8 +382,11 @@ def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
         text_auto=True,
         color_continuous_scale="Blues",
         labels={"x": "predicted", "y": "true", "color": "cells"},
+        aspect="auto",  # square cells squeezed 10 classes with long names into a small box
     )
-    return fig.update_layout(title="Confusion matrix (test cells)")
+    return fig.update_layout(
+        title="Confusion matrix (test cells)", height=max(450, 150 + 38 * len(classes))
+    )
 
 
 def per_class_f1(per_class: dict[str, float]) -> go.Figure:
