@@ -104,9 +104,6 @@ def test_the_run_zip_quotes_names_in_the_runs_own_tables(tmp_path, lognorm_adata
     """loo.csv and gene_means.csv carry the data's cell-type and gene names and went into the
     zip as written: '=HYPERLINK(...)' was a formula in a spreadsheet. In the zip they are
     quoted; numbers stay numbers; the run folder's own files stay as the engine reads them."""
-    import io as _io
-    import zipfile
-
     from engine import io
 
     run_dir = tmp_path / "run"
@@ -120,7 +117,7 @@ def test_the_run_zip_quotes_names_in_the_runs_own_tables(tmp_path, lognorm_adata
     )
     hostile = 'cell_type,r2\n"=HYPERLINK(""http://x"",""y"")",-0.5\n@SUM(1+1),0.9\n'
     (run_dir / "loo.csv").write_text(hostile)
-    with zipfile.ZipFile(_io.BytesIO(export.bundle(run_dir))) as zf:
+    with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
         rows = zf.read("loo.csv").decode().splitlines()
     assert rows[1].startswith("\"'=HYPERLINK") and rows[1].endswith(",-0.5")
     assert rows[2] == "'@SUM(1+1),0.9"
