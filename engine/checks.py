@@ -97,10 +97,13 @@ def _refuse_external(name: str, entry: str, ds: Any) -> None:
     chunks = getattr(ds, "chunks", None)
     if chunks:
         chunk = float(np.prod(chunks, dtype=np.float64)) * _itemsize(ds.dtype)
-        if chunk > CHUNK_MAX_BYTES:
+        # a chunk no larger than its dataset is the data itself (rhdf5 writes one whole chunk
+        # by default), counted by the size checks; past that, and past the cap, it is a bomb
+        if chunk > max(CHUNK_MAX_BYTES, _dataset_bytes(ds)):
             raise ScwbError(
-                f"{name}: {entry} is stored in chunks of {human(chunk)} each (at most "
-                f"{human(CHUNK_MAX_BYTES)} are read); refused. Rewrite it with smaller chunks."
+                f"{name}: {entry} is stored in chunks of {human(chunk)} each for "
+                f"{human(_dataset_bytes(ds))} of values (a chunk is decompressed whole); "
+                "refused. Rewrite it with smaller chunks."
             )
 
 
@@ -509,7 +512,7 @@ def table_bounds(path: Path, name: str, sep: str) -> tuple[int, int]:
     """Rows and columns of a (gzipped) text table, streaming it once and stopping as soon as
     the decompressed text passes the memory budget (no guessing from the compressed size)."""
     budget = memory_budget()
-    size, lines, header, last, header_done = 0, 0, b"", b"\n", False
+    size, lines, header, last, header_done, crs = 0, 0, b"", b"\n", False, 0
     try:
         with open_text(path) as fh:
             while chunk := fh.read(1 << 20):
@@ -527,10 +530,15 @@ def table_bounds(path: Path, name: str, sep: str) -> tuple[int, int]:
                     header += chunk.split(b"\n", 1)[0]
                     header_done = b"\n" in chunk
                 lines += chunk.count(b"\n")
+                crs += chunk.count(b"\r")  # old Mac line ends: CR alone
                 last = chunk[-1:]
     except (OSError, EOFError, gzip.BadGzipFile, zlib_error()) as exc:
         raise ScwbError(f"{name} could not be read: {_first_line(exc)}") from None
-    lines += 0 if last == b"\n" or not size else 1
+    if not lines and crs:  # "CSV (Macintosh)": rows end in CR alone
+        lines, header = crs, header.split(b"\r", 1)[0]
+        lines += 0 if last == b"\r" else 1
+    else:
+        lines += 0 if last == b"\n" or not size else 1
     cols = max(header.count(sep.encode()), header.count(b"\t"), header.count(b","))
     return max(lines - 1, 0), cols
 

@@ -373,7 +373,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         metrics = run(_spec(args, str(out)))
     except BaseException as exc:
-        if claimed and (out / "status.json").exists():  # else it stays "running" until
+        if claimed and not (out / "status.json").exists():  # refused before it started: the
+            workspace.release_run_folder(out)  # folder is as it was, for the corrected command
+        elif claimed:  # else it stays "running" until
             from engine import runs  # a listing calls it interrupted, for no given reason
 
             why = str(exc) if isinstance(exc, ScwbError) else f"{type(exc).__name__}: {exc}"

@@ -343,7 +343,10 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
     return adata
 
 
-_ROW_NAME_HINT = re.compile(r"cell|barcode|id|index|name|obs|sample", re.IGNORECASE)
+# a first header field that names the row names: words, or the names R and pandas give them
+_ROW_NAME_HINT = re.compile(
+    r"cell|barcode|id|index|name|obs|sample|^(x|v1|\.\.\.1|unnamed.*)$", re.IGNORECASE
+)
 
 
 def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: str) -> None:
@@ -361,13 +364,16 @@ def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: s
     header = pd.read_csv(
         path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding
     )
-    names = [str(v) for v in header.iloc[0].tolist()[1:]]
+    fields = [str(v) for v in header.iloc[0].tolist()]
+    # R's write.table writes no field above the row names: the header is one field short
+    short = len(fields) == df.shape[1]
+    names = fields if short else fields[1:]
     seen: set[str] = set()
     for gene in names:
         if gene in seen:
             raise ScwbError(f"{name}: the header names {gene[:60]!r} twice; each gene once.")
         seen.add(gene)
-    head = str(header.iloc[0, 0]).strip()
+    head = "" if short else fields[0].strip()
     rows = pd.to_numeric(pd.Series(df.index), errors="coerce")
     if head and not _ROW_NAME_HINT.search(head) and rows.notna().all():
         raise ScwbError(

@@ -25,13 +25,6 @@ def preflight(spec: Any, adata: ad.AnnData) -> None:
     info = spec.info
     setup = InputSetup.register(adata, spec, label_classes=info.task == "classify")
     check_size(info, spec.params, adata.n_vars, len(setup.classes))
-    k = (spec.params or {}).get("n_components")
-    if k is not None and adata.n_vars > 1 and int(k) >= adata.n_vars:
-        raise ScwbError(
-            f"{info.name}: n_components {int(k)} must be below the number of genes "
-            f"({adata.n_vars}): with as many it "
-            "reconstructs every cell exactly and is no baseline."
-        )
     if info.task == "perturb":
         from engine.perturb import check_design
 

@@ -247,6 +247,9 @@ def leiden(
 
     if adata.n_obs < 3:
         raise ScwbError(f"leiden: clustering needs at least 3 cells (this data has {adata.n_obs}).")
+    lo, hi = adata.X.min(axis=0), adata.X.max(axis=0)
+    if not (dense(hi).ravel() > dense(lo).ravel()).any():  # PCA's solver fails on it
+        raise ScwbError("leiden: no gene varies across these cells: nothing to cluster on.")
     if matrix_kind(adata.X) == "counts":
         note("clustered raw counts: normalise first, or clusters follow sequencing depth")
     work = ad.AnnData(X=adata.X)  # the same matrix; PCA and the graph stay out of the result
@@ -279,7 +282,7 @@ def leiden(
         "params": {
             "resolution": float(resolution),
             "n_neighbors": k,
-            "n_pcs": n_comps,
+            "n_pcs": n_comps if n_comps >= 2 else 0,  # 0: on X itself (too few genes)
             "seed": int(seed),
             "flavor": "igraph",
         }
@@ -421,7 +424,7 @@ def hvg_default(n_vars: int) -> int:
     if n_vars > HVG_TOP:
         return HVG_TOP
     half = n_vars // 2
-    return max(min(10, n_vars), half // 100 * 100 if half >= 100 else half)
+    return max(1, half // 100 * 100 if half >= 100 else half)
 
 
 @dataclass

@@ -237,6 +237,7 @@ class Paired:
     p: float  # two-sided paired t-test (nan below 2 seeds or with no spread)
     wins: int  # seeds where a is better than b (by the metric's direction)
     other_cells: int = 0  # shared seeds left out: the two runs were scored on other cells
+    losses: int = 0  # seeds where b is better than a (ties are neither)
 
     def _winner(self) -> str | None:
         better = metric_names.better(self.metric)
@@ -264,7 +265,7 @@ class Paired:
         if self.p < 0.05:
             where = "the difference is larger than the seed-to-seed spread"
             return f"{winner} is better: {where} (p = {self.p:.3g})" if winner else where
-        if winner and self.wins in (0, self.n):  # one direction on every seed, n too small
+        if winner and self.n in (self.wins, self.losses):  # one way on every seed, too few
             return (
                 f"{winner} is better on every seed, but with {self.n} seeds that is not beyond "
                 f"the seed-to-seed spread (p = {self.p:.2g}): no clear winner yet; more seeds "
@@ -290,7 +291,7 @@ class Paired:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN as None)."""
-        keys = ("a", "b", "metric", "n", "diff", "sd", "p", "wins", "other_cells")
+        keys = ("a", "b", "metric", "n", "diff", "sd", "p", "wins", "losses", "other_cells")
         d = {k: getattr(self, k) for k in keys}
         d = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
@@ -318,7 +319,10 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
         p = float(stats.ttest_rel([va[s] for s in shared], [vb[s] for s in shared]).pvalue)
     higher = metric_names.better(metric) != "lower"
     wins = int(((d > 0) if higher else (d < 0)).sum()) if n else 0
-    return Paired(a.label, b.label, metric, n, diff, sd, p, wins, len(both) - len(shared))
+    losses = int(((d < 0) if higher else (d > 0)).sum()) if n else 0
+    return Paired(
+        a.label, b.label, metric, n, diff, sd, p, wins, len(both) - len(shared), losses=losses
+    )
 
 
 def primary_metric(configs: list[Config]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -140,6 +141,14 @@ def claim_run_folder(path: Path) -> None:
         raise ScwbError(
             f"--out {path} is not an empty folder; name a new folder (nothing was replaced)."
         )
+
+
+def release_run_folder(path: Path) -> None:
+    """Undo ``claim_run_folder`` for a run that never started: the claim goes, and the folder
+    too when nothing else is in it (a rerun with corrected options finds it new again)."""
+    (path / CLAIM).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when empty
 
 
 def _not_in_datasets(target: Path, flag: str) -> Path:

@@ -517,11 +517,6 @@ CORPUS = {
         SCGEN,
         "has no value for 9 cell(s)",
     ),
-    "pca_as_many_components_as_genes": (  # an identity: train error 1.7e-12, no baseline
-        lambda t: _write(_lognorm(_adata()), t / "p.h5ad"),
-        ["train", "--model", "pca", "--param", "n_components=12", "--out", "{tmp}/run", "--data"],
-        "must be below the number of genes (12)",
-    ),
     "train_on_one_class": (  # trained on class a alone, it predicted c for most cells
         lambda t: _write(_adata(), t / "x.h5ad"),
         [*TRAIN[:-1], "--train-on", "label=a", "--data"],

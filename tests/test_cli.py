@@ -423,3 +423,16 @@ def test_a_workspace_that_is_no_folder_is_one_line(tmp_path):
         )  # fmt: skip
         assert p.returncode == 2 and words in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_train_refused_before_it_starts_leaves_its_folder_new(tmp_path, lognorm_file, capsys):
+    """The claim of a run refused at once (a wrong label column) stayed behind, and the
+    corrected command was told the folder was not empty."""
+    from engine.cli import main
+
+    out = tmp_path / "r"
+    argv = ["train", "--model", "sk_logreg", "--data", lognorm_file, "--out", str(out)]
+    assert main([*argv, "--label-key", "nope"]) == 2
+    assert not out.exists()
+    assert main([*argv, "--label-key", "cell_type"]) == 0
+    assert (out / "metrics.json").exists()

@@ -55,3 +55,14 @@ def test_qc_violins_split_by_a_column_named_like_a_qc_metric():
     ys = np.concatenate([np.asarray(t.y, dtype=float) for t in counts.data])
     assert sorted(ys) == [9, 90, 95, 900]
     assert {str(x) for t in counts.data for x in t.x} == {"lo", "mid", "hi"}
+
+
+def test_colours_agree_with_missing_values_in_a_categorical_column():
+    """Boxes took colours from the groups they drew (missing cells dropped), the UMAP from
+    every value ('nan' included): the same cluster changed colour between the two."""
+    groups = pd.Categorical([None if i % 13 == 0 else str(i % 10) for i in range(260)])
+    umap = figures.embedding(np.random.default_rng(1).random((260, 2)), groups, "c", "UMAP")
+    boxes = figures.group_boxes(np.arange(260.0), groups, "c", "score", "boxes")
+    in_umap = {t.name: t.marker.color for t in umap.data}
+    in_boxes = {t.name: t.marker.color for t in boxes.data if t.type == "box"}
+    assert "nan" in in_umap and in_boxes.items() <= in_umap.items()

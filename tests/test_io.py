@@ -765,3 +765,40 @@ def test_values_beyond_float32_are_refused_not_turned_into_infinities():
         with pytest.raises(ScwbError, match="beyond 32-bit floats"):
             io.check_finite(m)
     io.check_finite(np.full((2, 2), 3e38))  # still a float32 value
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("mac.csv", ",g1,g2\rc1,0,1\rc2,2,3\r"),  # Excel's "CSV (Macintosh)": CR alone
+        ("rwt.tsv", "g1\tg2\n1\t0\t1\n2\t2\t3\n"),  # R write.table: header one field short
+        ("rx.csv", "X,g1,g2\n1,0,1\n2,2,3\n"),  # R read.csv's name for the row names
+        ("pandas.csv", ",g1,g2\n0,0,1\n1,2,3\n"),  # pandas to_csv of a numbered index
+        ("quoted.csv", '"","g1","g2"\n"c1",0,1\n"c2",2,3\n'),  # R write.csv
+    ],
+)
+def test_tables_written_by_r_excel_and_pandas_are_read(tmp_path, name, text):
+    """The checks that refuse a table without cell names or naming a gene twice must not refuse
+    these (a review found the first three refused by them)."""
+    (tmp_path / name).write_text(text, newline="")
+    a = io.read(tmp_path / name)
+    assert a.shape == (2, 2) and list(a.var_names) == ["g1", "g2"]
+    assert np.asarray(a.X).tolist() == [[0, 1], [2, 3]]
+
+
+def test_one_chunk_holding_the_whole_dataset_is_read(tmp_path, monkeypatch):
+    """rhdf5 stores a dataset as one chunk by default: a 267 MB X in one chunk is data, not a
+    decompression bomb (refused by the chunk check before a review caught it)."""
+    import h5py
+
+    from engine import checks
+
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", "2")
+    path = tmp_path / "whole.h5ad"
+    ad.AnnData(np.ones((10, 5), np.float32)).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        attrs = dict(f["X"].attrs)
+        del f["X"]
+        d = f.create_dataset("X", shape=(70_000, 1000), dtype=np.float32, chunks=(70_000, 1000))
+        d.attrs.update(attrs)
+    assert checks.check_h5ad(path, "whole.h5ad")["X"] == 70_000 * 1000 * 4

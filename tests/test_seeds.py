@@ -96,7 +96,9 @@ def test_paired_comparison_is_a_paired_t_test(group_dirs):
 def test_a_loss_on_every_seed_below_significance_is_said_as_such():
     """'mlp − logreg: -0.05714 ± 0.038 (better on 0/3): within the seed-to-seed spread' read
     as a tie although the MLP lost on every seed (a browser pass)."""
-    p = seeds.Paired("mlp", "logreg", "test_accuracy", n=3, diff=-0.05714, sd=0.038, p=0.12, wins=0)
+    p = seeds.Paired(
+        "mlp", "logreg", "test_accuracy", n=3, diff=-0.05714, sd=0.038, p=0.12, wins=0, losses=3
+    )
     text = p.text()
     assert "-0.057 ± 0.038" in text and "mlp better on 0 of 3" in text
     assert "logreg is better on every seed, but with 3 seeds that is not beyond" in text
@@ -298,3 +300,8 @@ def test_compare_opens_on_a_group_worth_ranking_and_names_each_seed(group_dirs):
     assert "r-lone" not in picked and len(picked) == 9
     every = at.dataframe[-1].value
     assert sorted(every["seed"].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+    # ties are no wins: logreg better on one seed of three is not "better on every seed"
+    tie = seeds.Paired("mlp", "logreg", "test_accuracy", n=3, diff=-0.003, sd=0.006, p=0.42,
+                       wins=0, losses=1)  # fmt: skip
+    assert "every seed" not in tie.verdict and "within the seed-to-seed spread" in tie.verdict

@@ -138,6 +138,20 @@ def test_autoencoder_abnormality_slots_and_train_on(tmp_path, lognorm_adata):
     assert set(res.obs["split"][control]) == {"train", "val", "test"}
 
 
+def test_pca_baseline_never_takes_as_many_components_as_genes(tmp_path, lognorm_adata):
+    """n_components 4096 on 50 genes was capped at 50: an identity with a train error of
+    1e-12, no baseline. It is capped below the genes (the app pairs PCA with a network's
+    latent size, which may exceed a small panel)."""
+    from engine.io import write_h5ad
+
+    small = lognorm_adata[:, :12].copy()
+    path = str(write_h5ad(small, tmp_path / "small.h5ad"))
+    _, metrics = _run(tmp_path, model="pca", data=path, params={"n_components": 4096})
+    assert metrics["test_mse"] > 1e-6 and metrics["train_mse"] > 1e-6
+    res = ad.read_h5ad(tmp_path / "pca" / "results.h5ad")
+    assert res.obsm["X_pca_baseline"].shape[1] == 11
+
+
 def test_pca_baseline(tmp_path, lognorm_file):
     _, metrics = _run(tmp_path, model="pca", data=lognorm_file, params={"n_components": 4})
     assert metrics["test_mse"] > 0

@@ -33,11 +33,22 @@ def natural_key(value: object) -> list:
     ]
 
 
+def observed(values: object) -> list[str]:
+    """The distinct values of a column as text, missing ones as 'nan' (as charts label them);
+    a categorical column answers from its codes (a million cells: no text per cell)."""
+    s = pd.Series(values) if not isinstance(values, pd.Series) else values
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = np.unique(s.cat.codes.to_numpy())
+        return [str(s.cat.categories[c]) if c >= 0 else "nan" for c in codes]
+    return [str(v) for v in pd.unique(s.astype(object).to_numpy())]
+
+
 def category_colours(values: object) -> dict[str, str]:
     """One colour per category, in natural order, the same in every chart of the same column
-    (the Results page coloured one cluster blue in a box plot and red in the UMAP). Beyond 10
-    groups a 48-colour palette, so that no two of them share a colour below that."""
-    cats = sorted({str(v) for v in pd.unique(np.asarray(values, dtype=object))}, key=natural_key)
+    (the Results page coloured one cluster blue in a box plot and red in the UMAP): both charts
+    take the colours of the whole column. Beyond 10 groups a 48-colour palette, so that no two
+    of them share a colour below that."""
+    cats = sorted(set(observed(values)), key=natural_key)
     pal = FEW_COLOURS if len(cats) <= len(FEW_COLOURS) else MANY_COLOURS
     return {c: pal[i % len(pal)] for i, c in enumerate(cats)}
 
@@ -335,7 +346,7 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
     v_all = pd.Series(np.asarray(values, dtype=float))
     parts = {str(k): v.dropna().to_numpy() for k, v in v_all.groupby(g, observed=True)}
     fig = go.Figure()
-    colours = category_colours(list(parts))  # as the UMAP of the same column colours them
+    colours = category_colours(groups)  # the whole column's, as the UMAP of it takes them
     capped = 0
     for g in sorted((k for k, v in parts.items() if len(v)), key=natural_key):
         v = parts[g]
