@@ -201,24 +201,24 @@ with st.container(border=True):
                 "scale", {"method": method, **({"max_value": clip} if method == "zscore" else {})}
             )
         )
-if st.checkbox(
-    "Leiden clusters in obs['leiden']",
-    value="leiden" in suggested,
-    key=k("pp_leiden"),
-    help="the last step: clusters of the cells (PCA, kNN graph), to colour by, compare and "
-    "train classifiers on when the data carries no cell types",
-):
-    if "leiden" in suggested:
-        st.caption("No obs column of this dataset can serve as labels: clusters give it some.")
-    resolution = st.number_input(
-        "resolution (higher: more, smaller clusters)",
-        0.05,
-        10.0,
-        1.0,
-        step=0.1,
-        key=k("pp_leiden_res"),
-    )
-    steps.append(pp.Step("leiden", {"resolution": resolution}))
+    if st.checkbox(
+        "Leiden clusters in obs['leiden']",
+        value="leiden" in suggested,
+        key=k("pp_leiden"),
+        help="the last step: clusters of the cells (PCA, kNN graph), to colour by, compare and "
+        "train classifiers on when the data carries no cell types",
+    ):
+        if "leiden" in suggested:
+            st.caption("No obs column of this dataset can serve as labels: clusters give it some.")
+        resolution = st.number_input(
+            "resolution (higher: more, smaller clusters)",
+            0.05,
+            10.0,
+            1.0,
+            step=0.1,
+            key=k("pp_leiden_res"),
+        )
+        steps.append(pp.Step("leiden", {"resolution": resolution}))
 
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
