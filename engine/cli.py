@@ -125,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output .h5ad")
     p.add_argument("--recipe", help="recipe JSON file (replaces the step options)")
     p.add_argument(
+        "--from-raw",
+        action="store_true",
+        help="start from adata.raw (the values kept before gene selection and scaling)",
+    )
+    p.add_argument(
         "--subset", metavar="KEY=V1,V2", help="keep cells whose obs[KEY] is one of the values"
     )
     p.add_argument(
@@ -247,6 +252,8 @@ def recipe_from_args(args: argparse.Namespace):
     if args.recipe:
         return Recipe.load(args.recipe)
     steps = []
+    if args.from_raw:
+        steps.append(Step("from_raw"))
     if args.subset:
         key, _, values = args.subset.partition("=")
         steps.append(Step("subset", {"key": key, "values": [v for v in values.split(",") if v]}))

@@ -524,6 +524,11 @@ def describe(adata: ad.AnnData) -> dict[str, Any]:
         "recipe": adata.uns.get("recipe"),
         "mito_genes": int(adata.var_names.str.upper().str.startswith("MT-").sum()),
         "unique_names": bool(adata.var_names.is_unique and adata.obs_names.is_unique),
+        "raw": (
+            {"kind": matrix_kind(adata.raw.X), "n_vars": int(adata.raw.n_vars)}
+            if adata.raw is not None
+            else None
+        ),
     }
 
 

@@ -121,6 +121,8 @@ def estimate(data: Any, recipe: Any, copy: bool = True) -> Footprint:
                 s.sparse, s.item, s.nnz = False, 4, s.n * s.g
                 dense_step = dense_step or f"{method} scaling makes X dense"
                 temp = s.x() + (before if method == "zscore" else s.x()) - before
+        elif step.name == "from_raw":
+            temp = before  # raw's matrix copied into a new AnnData (assumed X's size)
         elif step.name == "leiden":
             # PCA centres a copy of X; the scores, the kNN graph and its weights are per cell
             n_pcs = min(int(p.get("n_pcs", 50)), s.g)

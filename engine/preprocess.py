@@ -46,6 +46,18 @@ def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
     return adata[keep].copy()
 
 
+def from_raw(adata: ad.AnnData) -> ad.AnnData:
+    """X and its genes from ``adata.raw``: a scanpy pipeline keeps the log-normalised (or raw
+    count) values there before it selects genes and z-scores X, which a model should not be
+    trained on again. Cells, obs and obsm stay; layers (of X's genes) go."""
+    if adata.raw is None:
+        raise ScwbError("from_raw: the data has no adata.raw to start from.")
+    out = adata.raw.to_adata()
+    out.uns = dict(adata.uns)
+    note(f"X is now adata.raw's {out.n_vars:,} genes ({matrix_kind(out.X)})")
+    return out
+
+
 def filter_cells(
     adata: ad.AnnData, min_genes: int = 0, min_counts: int = 0, max_pct_mito: float = 100.0
 ) -> ad.AnnData:
@@ -300,6 +312,7 @@ def _check_dense(nbytes: int) -> None:
 
 
 STEPS: dict[str, Callable[..., ad.AnnData]] = {
+    "from_raw": from_raw,
     "subset": subset,
     "filter_cells": filter_cells,
     "filter_genes": filter_genes,
@@ -312,6 +325,7 @@ STEPS: dict[str, Callable[..., ad.AnnData]] = {
 }
 
 STEP_HELP = {
+    "from_raw": "start from adata.raw (the values kept before gene selection and scaling)",
     "subset": "keep cells whose obs[key] is one of the values",
     "filter_cells": "drop cells with few genes/counts or a high mitochondrial share",
     "filter_genes": "drop genes seen in fewer than min_cells cells",
@@ -470,6 +484,12 @@ class Recipe:
         nothing; data without any obs column to use as labels gets Leiden clusters. The target follows the depth: CP10k for droplet data (median below
         ``DROPLET_DEPTH`` counts per cell), logCPM for deeper (plate-based) data."""
         kind = description.get("x_kind", "")
+        raw = description.get("raw") or {}
+        if kind.startswith("scaled") and raw.get("kind") in ("counts", "log-normalised"):
+            # X scaled by a pipeline that kept its values in adata.raw: start from those
+            after = {**description, "x_kind": raw["kind"], "n_vars": raw.get("n_vars", 0)}
+            after.pop("raw")
+            return cls([Step("from_raw"), *cls.suggest(after, n_top).steps])
         steps: list[Step] = []
         if kind == "counts":
             steps = [

@@ -56,9 +56,16 @@ if applied:
     st.caption(
         "Recipe already applied to this dataset: " + " → ".join(esc(_step_text(s)) for s in applied)
     )
+raw = d.get("raw") or {}
 if d["x_kind"].startswith("scaled"):
     st.warning(
         "X already looks scaled: scaling it again, normalising or taking logs would distort it."
+        + (
+            f" adata.raw keeps {raw['n_vars']:,} genes of {raw['kind']} values: start from "
+            "them (ticked below)."
+            if raw.get("kind") in ("counts", "log-normalised")
+            else ""
+        )
     )
 
 steps: list[pp.Step] = []
@@ -71,6 +78,13 @@ def k(widget: str) -> str:
 
 
 with st.container(border=True):
+    if raw and st.checkbox(
+        f"Start from adata.raw ({raw['n_vars']:,} genes, {raw['kind']})",
+        value="from_raw" in suggested,
+        key=k("pp_raw"),
+        help="the values a pipeline kept before selecting genes and scaling X",
+    ):
+        steps.append(pp.Step("from_raw"))
     if st.checkbox("Subset cells by an obs column", key=k("pp_subset")) and d["labels"]:
         key = st.selectbox("Column", list(d["labels"]), key=k("pp_subset_key"))
         values = st.multiselect(

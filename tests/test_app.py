@@ -291,6 +291,21 @@ def test_preprocess_preview_and_save(counts_file):
     assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
 
 
+def test_preprocess_offers_adata_raw_under_a_scaled_x():
+    """pbmc68k_reduced: X z-scored, log-normalised values in adata.raw. The page said only
+    that X was scaled; it now says where the values are and starts from them."""
+    import scanpy as sc
+
+    datasets.save(sc.datasets.pbmc68k_reduced(), "pbmc68k")
+    at = app("preprocess")
+    assert any("adata.raw keeps 765 genes of log-normalised values" in w.value for w in at.warning)
+    box = next(c for c in at.checkbox if c.label.startswith("Start from adata.raw"))
+    assert box.value and box.label == "Start from adata.raw (765 genes, log-normalised)"
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=60)
+    assert not at.exception and not errors(at)
+    assert list(at.dataframe[-1].value["step"]) == ["input", "from_raw"]
+
+
 def test_preprocess_after_save_starts_from_the_new_datasets_suggestions(counts_file):
     """After Save the new dataset is current: its form shows what suits it (nothing ticked
     for a normalised, scaled X), not the old form's ticks, which would apply the recipe twice."""

@@ -501,3 +501,21 @@ def test_cli_preprocess_leiden(counts_file, tmp_path):
     a = io.read(out)
     assert a.obs["leiden"].nunique() >= 2 and a.uns["recipe"]
     assert "leiden" in str(a.uns["recipe"])
+
+
+def test_a_scaled_x_starts_from_adata_raw():
+    """scanpy's pbmc68k_reduced keeps log-normalised values in adata.raw and z-scores X: the
+    app warned that X was scaled and offered nothing to do; it now starts from raw."""
+    from engine import io
+
+    a = sc.datasets.pbmc68k_reduced()
+    d = io.describe(a)
+    assert d["raw"] == {"kind": "log-normalised", "n_vars": 765}
+    recipe = pp.Recipe.suggest(d)
+    assert [s.name for s in recipe.steps] == ["from_raw"]
+    out, report = pp.apply(a, recipe)
+    assert io.matrix_kind(out.X) == "log-normalised" and out.n_vars == 765
+    assert list(out.obs["bulk_labels"]) == list(a.obs["bulk_labels"]) and "X_umap" in out.obsm
+    assert report[-1]["note"] == "X is now adata.raw's 765 genes (log-normalised)"
+    with pytest.raises(ScwbError, match="no adata.raw"):
+        pp.apply(out, pp.Recipe([pp.Step("from_raw")]))
