@@ -780,7 +780,11 @@ if too_large:
         + "\n\n".join(f"- {line}" for line in too_large)
     )
 if figs:
-    which = st.selectbox("Figure", list(figs))
+    which = st.selectbox(  # named by their titles, as on the page (the keys are file names)
+        "Figure",
+        list(figs),
+        format_func=lambda k: str(figs[k].layout.title.text or k.replace("_", " ")),
+    )
     fig = figs[which]
     f1, f2 = st.columns(2)
     f1.download_button(

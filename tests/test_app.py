@@ -518,6 +518,9 @@ def test_results_downloads_are_lazy_and_work(dataset):
         "Figure as interactive HTML",
         "Figure as PNG",
     } <= set(labels)
+    # the figures are offered by their titles, not their code names ("loss_curves")
+    pick = next(s for s in at.selectbox if s.label == "Figure")
+    assert "Loss per epoch" in pick.options and "loss_curves" not in pick.options
 
 
 def test_runs_page_baseline_has_no_false_progress_message(dataset):
