@@ -7,7 +7,7 @@ import contextlib
 import pandas as pd
 import streamlit as st
 
-from engine import datasets, io, summary, workspace
+from engine import datasets, defaults, io, summary, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures, uploads
 from ui.state import (
@@ -234,8 +234,18 @@ with right:
     except Exception:  # a column type no table converts: shown as text, never a crashed page
         st.dataframe(cells.astype(str), width="stretch", height=240)
 
+MAX_SPLITS = 100  # columns offered to split the QC by
 st.subheader("Quality control")
-group = st.selectbox("Split by", ["(none)", *d["labels"]], key="qc_group")
+# the label-like columns first; a file with thousands of columns offers the first hundred
+splits = [c for c in defaults.label_columns(d) if c in d["labels"]] or list(d["labels"])
+group = st.selectbox(
+    "Split by",
+    ["(none)", *splits[:MAX_SPLITS]],
+    key="qc_group",
+    help=None
+    if len(splits) <= MAX_SPLITS
+    else f"the first {MAX_SPLITS} of {len(splits):,} columns",
+)
 qc = summary.read_qc(datasets.path(ds_key), adata.obs_names)
 if qc is None:  # saved before QC was stored with the dataset
     qc = io.qc_metrics(load_full(ds_key))

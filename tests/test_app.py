@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -289,6 +290,19 @@ def test_preprocess_preview_and_save(counts_file):
     save = next(b for b in at.button if b.label == "Save")
     save.click().run()
     assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+
+
+def test_data_page_offers_label_columns_first_and_at_most_a_hundred(counts_adata):
+    """A file with thousands of obs columns offered them all to split the QC by."""
+    from engine import runs, workspace
+
+    wide = counts_adata.copy()
+    for i in range(150):
+        wide.obs[f"flag{i}"] = np.where(np.arange(wide.n_obs) % 2, "a", "b")
+    runs.write_json(workspace.home() / "state.json", {"dataset": datasets.save(wide, "wide")})
+    at = app("data")
+    split = next(s for s in at.selectbox if s.label == "Split by")
+    assert len(split.options) == 101 and split.options[1] == "cell_type"
 
 
 def test_preprocess_offers_adata_raw_under_a_scaled_x():
