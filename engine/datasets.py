@@ -252,7 +252,7 @@ def import_file(
     finally:
         tmp.unlink(missing_ok=True)
         summary.remove_qc(tmp)
-        io.remove_temps(tmp)
+        runs.remove_temps(tmp)
 
 
 def incoming_upload(filename: str) -> Path:

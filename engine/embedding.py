@@ -78,7 +78,7 @@ def _pca(m: np.ndarray, n_comps: int, seed: int) -> np.ndarray:
 SCANPY_BRUTE_BELOW = 4096  # scanpy computes exact neighbours below this many cells
 
 
-def _knn(n_obs: int, n_neighbors: int, seed: int) -> Any:
+def knn_transformer(n_obs: int, n_neighbors: int, seed: int) -> Any:
     """The kNN scanpy uses for ``n_obs`` cells (None: its own choice), with its output as a
     ``csr_matrix``. From 4,096 cells scanpy takes pynndescent, whose ``csr_array`` its own
     reader (1.11.5) asks for ``getnnz``, which scipy 1.17's sparse arrays no longer have: every
@@ -167,7 +167,7 @@ def umap(
             use_rep="rep",
             n_neighbors=k,
             random_state=seed,
-            transformer=_knn(len(cells), k, seed),
+            transformer=knn_transformer(len(cells), k, seed),
         )
         sc.tl.umap(a, random_state=seed)
         coords = np.asarray(a.obsm["X_umap"], dtype=np.float32)

@@ -247,7 +247,7 @@ def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
     run_dir = Path(run_dir)
     done = []
     for part, target in _check(run_dir, wanted).items():
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")  # each its own
+        partial = runs.temp_path(target, ".partial")  # each writer its own
         try:
             if part == "zip":
                 with open(partial, "wb") as fh:

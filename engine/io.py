@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from engine import checks
+from engine import checks, runs
 from engine.errors import ScwbError
 
 READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.gz")
@@ -693,29 +693,6 @@ def check_values(adata: ad.AnnData, key: str, values: Iterable[str]) -> None:
         )
 
 
-def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """A hidden temporary name next to ``path``, of this process and call alone: two commands
-    writing the same file at once each wrote ".NAME.tmp" and failed on the other's lock or
-    rename. ``remove_temps`` finds them all."""
-    import secrets
-
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{suffix}")
-
-
-def remove_temps(path: Path) -> None:
-    """The temporaries ``temp_beside`` made for ``path`` (a writer that was killed)."""
-    path = Path(path)
-    for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
-
-
 def write_h5ad(adata: ad.AnnData, path: str | Path, compression: str | None = "gzip") -> Path:
     """Write atomically (temp file + rename) so a reader never sees half a file.
 
@@ -725,7 +702,7 @@ def write_h5ad(adata: ad.AnnData, path: str | Path, compression: str | None = "g
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(path)
+    tmp = runs.temp_path(path)
     try:
         adata.write_h5ad(tmp, compression=compression)
         os.replace(tmp, path)

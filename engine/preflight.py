@@ -38,7 +38,7 @@ def preflight(spec: Any, adata: ad.AnnData) -> None:
         if len(seen) < 2:  # the one-class check of the whole column, on the cells trained on
             raise ScwbError(
                 f"--train-on leaves one class of {spec.label_key!r} to train on "
-                f"({seen[0] if seen else 'none'}); a classifier needs at least 2."
+                f"({seen[0]}); a classifier needs at least 2."  # restrict keeps >= 2 cells
             )
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from engine import pp_memory
@@ -38,6 +37,12 @@ from engine.io import (
 
 
 # ----------------------------------------------------------------------------- steps
+def _any_gene_varies(x: Any) -> bool:
+    """Whether some gene differs between cells (per-gene min < max; sparse kept sparse): the
+    steps that rank, scale or reduce genes have nothing to work on otherwise."""
+    return bool((dense(x.max(axis=0)).ravel() > dense(x.min(axis=0)).ravel()).any())
+
+
 def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
     """Keep the cells whose ``obs[key]`` is one of ``values``."""
     if key not in adata.obs:
@@ -170,15 +175,7 @@ def hvg(adata: ad.AnnData, n_top: int = 2000, flavor: str = "seurat") -> ad.AnnD
         return adata
     if adata.n_obs < 2:
         raise ScwbError(f"hvg: {adata.n_obs} cell(s) left; variable genes need at least 2.")
-    from sklearn.utils.sparsefuncs import mean_variance_axis
-
-    x = adata.X
-    var = (
-        mean_variance_axis(sp.csr_matrix(x, dtype=np.float64), axis=0)[1]
-        if sp.issparse(x)
-        else np.asarray(x, dtype=np.float64).var(axis=0)
-    )
-    if not (var > 0).any():
+    if not _any_gene_varies(adata.X):
         raise ScwbError("hvg: no gene varies between the cells left: nothing to rank.")
     try:
         sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor=flavor, subset=True)
@@ -212,8 +209,7 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
             raise ScwbError(
                 f"scale: scaling each gene needs at least 2 cells (this data has {adata.n_obs})."
             )
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        if not (dense(hi).ravel() > dense(lo).ravel()).any():
+        if not _any_gene_varies(x):
             raise ScwbError(
                 "scale: no gene varies across these cells, so scaling would leave only zeros."
             )
@@ -255,12 +251,11 @@ def leiden(
     HVG-selected) values: clusters of raw counts follow sequencing depth."""
     import scanpy as sc
 
-    from engine.embedding import _knn
+    from engine.embedding import knn_transformer
 
     if adata.n_obs < 3:
         raise ScwbError(f"leiden: clustering needs at least 3 cells (this data has {adata.n_obs}).")
-    lo, hi = adata.X.min(axis=0), adata.X.max(axis=0)
-    if not (dense(hi).ravel() > dense(lo).ravel()).any():  # PCA's solver fails on it
+    if not _any_gene_varies(adata.X):  # PCA's solver fails on it
         raise ScwbError("leiden: no gene varies across these cells: nothing to cluster on.")
     if matrix_kind(adata.X) == "counts":
         note("clustered raw counts: normalise first, or clusters follow sequencing depth")
@@ -274,7 +269,7 @@ def leiden(
         n_neighbors=k,
         use_rep="X_pca" if n_comps >= 2 else "X",
         random_state=seed,
-        transformer=_knn(adata.n_obs, k, seed),
+        transformer=knn_transformer(adata.n_obs, k, seed),
     )
     sc.tl.leiden(
         work,
@@ -287,9 +282,7 @@ def leiden(
     clusters = work.obs["leiden"]
     if "leiden" in adata.obs:
         note("replaced the data's own obs['leiden']")
-    adata.obs["leiden"] = pd.Categorical(
-        clusters.to_numpy(), categories=sorted(clusters.cat.categories, key=int)
-    )
+    adata.obs["leiden"] = clusters.values  # categorical, in scanpy's natural order
     adata.uns["leiden"] = {
         "params": {
             "resolution": float(resolution),
@@ -364,12 +357,12 @@ class Step:
             self.params[key] = _checked(self.name, key, value, signature[key].default, optional)
 
 
-# options that take a bounded number: (lowest, whether the lowest itself is allowed, highest)
 # words a step takes; scanpy's "seurat_v3" flavour needs a package (skmisc) not installed
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("hvg", "flavor"): ("seurat", "cell_ranger"),
     ("scale", "method"): ("minmax", "zscore"),
 }
+# options that take a bounded number: (lowest, whether the lowest itself is allowed, highest)
 _BOUNDS: dict[tuple[str, str], tuple[float, bool, float | None]] = {
     ("filter_cells", "min_genes"): (0, True, None),
     ("filter_cells", "min_counts"): (0, True, None),
@@ -481,8 +474,10 @@ class Recipe:
     @classmethod
     def suggest(cls, description: dict[str, Any], n_top: int = HVG_TOP) -> Recipe:
         """Defaults from what ``describe`` found: counts get log-normalised + HVG; scaled data
-        nothing; data without any obs column to use as labels gets Leiden clusters. The target follows the depth: CP10k for droplet data (median below
-        ``DROPLET_DEPTH`` counts per cell), logCPM for deeper (plate-based) data."""
+        starts from ``adata.raw`` when it keeps the values, else nothing; data without any obs
+        column to use as labels gets Leiden clusters. The target follows the depth: CP10k for
+        droplet data (median below ``DROPLET_DEPTH`` counts per cell), logCPM for deeper
+        (plate-based) data."""
         kind = description.get("x_kind", "")
         raw = description.get("raw") or {}
         if kind.startswith("scaled") and raw.get("kind") in ("counts", "log-normalised"):

@@ -181,10 +181,10 @@ def run_child(
 def _remove_target(target: str | os.PathLike | None) -> None:
     if target is None:
         return
-    from engine import io
+    from engine import runs
 
     t = Path(target)
-    io.remove_temps(t)
+    runs.remove_temps(t)
     for p in (t, t.with_suffix(".qc.npz")):
         with contextlib.suppress(OSError):
             p.unlink()

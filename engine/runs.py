@@ -32,11 +32,29 @@ def new_run_id(model: str) -> str:
     return f"{stamp}-{model}-{secrets.token_hex(2)}"
 
 
+def temp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden temporary name next to ``path`` for one writer alone (process and call): two
+    commands writing one file at once each wrote ".NAME.tmp" and failed on the other's lock or
+    rename. ``clean_tmp`` and ``remove_temps`` find them."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(3)}{suffix}")
+
+
+def remove_temps(path: Path) -> None:
+    """The temporaries ``temp_path`` made for ``path`` (a writer that was killed)."""
+    import glob
+
+    path = Path(path)
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary name and rename; a failed write (a full disk) leaves no temporary
     file behind and the old file untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
@@ -178,7 +196,7 @@ def write_metrics_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    tmp = Path(run_dir) / f".metrics.csv.{os.getpid()}.tmp"
+    tmp = temp_path(Path(run_dir) / "metrics.csv")
     try:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols)

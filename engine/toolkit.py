@@ -337,7 +337,7 @@ def save_weights(path: Path, module: Any) -> None:
     """Plain tensors only, loadable with ``torch.load(weights_only=True)``; written atomically."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = runs.temp_path(path)
     torch.save(state, tmp)
     tmp.replace(path)
 

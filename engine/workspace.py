@@ -27,8 +27,6 @@ def home() -> Path:
             f"SCWB_HOME {root} cannot be the workspace folder ({exc.strerror or exc}); "
             "point it at a folder."
         ) from None
-    if not root.is_dir():
-        raise ScwbError(f"SCWB_HOME {root} is not a folder; point it at one.")
     return root
 
 

@@ -144,9 +144,8 @@ if repeated:
     seed_section(configs)
     st.markdown("**Every run**")
 table = pd.DataFrame(rows)
-if (
-    table["seed"].nunique(dropna=False) <= 1
-):  # one seed says nothing: the column only when they differ
+# the seed column only when seeds differ: one seed says nothing
+if table["seed"].nunique(dropna=False) <= 1:
     table = table.drop(columns="seed")
 # separation of the other cells from the reference group is what matters: where AUROC exists,
 # it stands for the two mean scores (kept in the CSV)

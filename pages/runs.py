@@ -124,8 +124,8 @@ def table(rows: list[dict]) -> pd.DataFrame:
         frac, text = progress(r)
         elapsed, eta = _num(r.get("elapsed_s")), _num(r.get("eta_s"))
         running = r.get("state") == "running" and eta is not None
-        if r.get("state") not in runs.ACTIVE:  # an ended run: start to end, not the loop's time
-            elapsed = wall_s(r) if wall_s(r) is not None else elapsed
+        wall = wall_s(r) if r.get("state") not in runs.ACTIVE else None
+        elapsed = elapsed if wall is None else wall  # ended: start to end, not the loop's time
         out.append(
             {
                 "run": r["id"],

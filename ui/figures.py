@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Callable
 
+import natsort
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -24,13 +25,8 @@ px.defaults.color_discrete_sequence = FEW_COLOURS
 EXPORT_TEMPLATE = "plotly_white"
 
 
-def natural_key(value: object) -> list:
-    """Sort key reading digit runs as numbers: clusters 0, 1, 2, ..., 10 (not 0, 1, 10, 2)."""
-    return [
-        (0, int(t), "") if t.isdigit() else (1, 0, t.lower())
-        for t in re.split(r"(\d+)", str(value))
-        if t
-    ]
+# digit runs read as numbers: clusters 0, 1, 2, ..., 10 (not 0, 1, 10, 2), as scanpy orders them
+natural_key = natsort.natsort_keygen(alg=natsort.ns.IGNORECASE)
 
 
 def observed(values: object) -> list[str]:
