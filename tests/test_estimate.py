@@ -76,10 +76,10 @@ def test_estimate_from_earlier_runs_of_the_same_model():
 
 def test_cpu_epochs_shortened_to_the_budget_gpu_keeps_published(monkeypatch):
     monkeypatch.setenv("SCWB_CPU_BUDGET_S", "180")
-    _earlier("scgen", 100.0)  # 100 cells/s: 100 epochs of 1,000 cells would take 17 min
+    _earlier("scgen", 400.0)  # 400 cells/s: 100 epochs of 1,000 cells would take 4 min
     est = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False)
-    assert est.shortened and est.published_epochs == 100
-    assert est.epochs == int((180 - estimate.DEFAULT_STARTUP_S["cpu"] - 10) / 10)
+    assert est.shortened and not est.over_budget and est.published_epochs == 100
+    assert est.epochs == int((180 - estimate.DEFAULT_STARTUP_S["cpu"] - 10) / 2.5)
     assert est.seconds <= 180
     assert "shortened to fit ~3 min on this CPU; published default 100" in est.epochs_text()
     assert "about 3 min" in est.text()
@@ -88,8 +88,27 @@ def test_cpu_epochs_shortened_to_the_budget_gpu_keeps_published(monkeypatch):
     gpu = estimate.estimate("scgen", 200, 1000, dev=GPU, start=False)
     assert gpu.epochs == 100 and not gpu.shortened
     # the leave-one-out run trains one model per cell type
+    loo = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False, n_models=2)
+    assert loo.epochs < est.epochs and "x 2 models (leave-one-out)" in loo.text()
+
+
+def test_cpu_epochs_never_shortened_below_a_thousand_steps(monkeypatch):
+    """A slow (or busy) machine cut scGen to 5 epochs, 110 optimiser steps, and the mean-shift
+    baseline then beat it; the fewest it gets is ~1,000 steps, even past the time budget."""
+    monkeypatch.setenv("SCWB_CPU_BUDGET_S", "180")
+    _earlier("scgen", 100.0)  # 100 epochs of 1,000 cells: 17 min; the budget fits 12 epochs
+    est = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False)
+    steps_per_epoch = 1000 / 32
+    assert est.epochs == 32 and est.epochs * steps_per_epoch >= estimate.MIN_STEPS
+    assert est.shortened and est.over_budget and est.seconds > 180
+    assert "the fewest that give this model ~1,000 optimiser steps" in est.epochs_text()
     loo = estimate.estimate("scgen", 200, 1000, dev=CPU, start=False, n_models=4)
-    assert loo.epochs < est.epochs and "x 4 models (leave-one-out)" in loo.text()
+    assert loo.epochs == 32  # per model: each trains on its own cells
+    # a small set whose published epochs give fewer than 1,000 steps keeps them all (5.5 min)
+    small = estimate.estimate("scgen", 200, 300, dev=CPU, start=False)
+    assert small.epochs == 100 and not small.shortened and small.over_budget
+    assert small.seconds > 180
+    assert "published default: longer than ~3 min on this CPU" in small.epochs_text()
 
 
 def test_published_default_kept_when_it_fits():
