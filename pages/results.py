@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import defaults, embedding, export, jobs, metric_names, models, runs, settings
+from engine import defaults, embedding, evaluate, export, jobs, metric_names, models, runs, settings
 from engine import results as results_files
 from engine.checks import human
 from engine.perturb import (  # torch-free
@@ -189,9 +189,48 @@ def early_stop_note() -> str | None:
     )
 
 
+def still_learning_note() -> str | None:
+    """'Still improving at its last epoch': a run that ran to its limit with the validation
+    loss falling (per cell type for leave-one-out) is not converged, whatever it is compared
+    with; a CPU run the Train page shortened says so."""
+    if state != "completed" or curve.empty or "val_loss" not in curve or "epoch" not in curve:
+        return None
+    if status.get("optimizer") == "lbfgs" or status.get("stopped_early"):
+        return None
+    parts = curve.groupby("cell_type") if "cell_type" in curve else [(None, curve)]
+    learning = [
+        str(name)
+        for name, c in parts
+        if evaluate.still_improving(pd.to_numeric(c["val_loss"], errors="coerce"))
+    ]
+    if not learning:
+        return None
+    last = int(curve["epoch"].max())
+    info = models.REGISTRY.get(str(spec.get("model")))
+    published = info.epochs if info and info.kind == "torch" else None
+    which = (
+        ""
+        if learning == ["None"]
+        else f" (for {', '.join(learning[:8])}" + (", ..." if len(learning) > 8 else "") + ")"
+    )
+    short = (
+        f", {published} in the model's published defaults (shortened to fit this machine's "
+        "time budget)"
+        if published and last < published
+        else ""
+    )
+    return (
+        f"The validation loss was still falling at the last epoch{which}: {last} epochs"
+        f"{short}. The model has not converged: train it longer (Max epochs on Train) before "
+        "trusting its metrics or a comparison with a baseline."
+    )
+
+
 note = early_stop_note()
 if note:
     st.info(note, icon=":material/timer_off:")
+elif learning_note := still_learning_note():
+    st.warning(learning_note, icon=":material/trending_down:")
 
 scalar = {
     k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -309,6 +309,26 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     assert "raise Max epochs" not in info
 
 
+def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
+    """A browser pass: an MLP whose loss still fell in a straight line at its last epoch, and a
+    5-epoch scGen (shortened on a busy CPU) that the baseline then beat, said nothing."""
+    run = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    falling = [2.0 - 0.03 * e for e in range(1, 21)]  # 20 epochs, the best the last
+    runs.write_metrics_csv(
+        run, [{"epoch": e, "train_loss": v, "val_loss": v} for e, v in enumerate(falling, 1)]
+    )
+    runs.write_json(run / "run.json", {**runs.read_json(run / "run.json"), "epochs": 20})
+    warn = " ".join(texts(app("results", run=run.name), "warning"))
+    assert "still falling at the last epoch: 20 epochs, 50 in the model's published" in warn
+    assert "shortened" in warn and "train it longer" in warn
+    # a curve that levelled off says nothing
+    flat = [1.0 + 1.0 / e for e in range(1, 4)] + [1.34] * 17
+    runs.write_metrics_csv(
+        run, [{"epoch": e, "train_loss": v, "val_loss": v} for e, v in enumerate(flat, 1)]
+    )
+    assert "still falling" not in " ".join(texts(app("results", run=run.name), "warning"))
+
+
 def test_results_every_run_folder_state_renders(dataset):
     base = _finished(dataset, "mlp", label_key="cell_type", epochs=2)
     root = workspace.runs_dir()
