@@ -72,6 +72,12 @@ VARIANTS = {
     "kl5e-2": Variant("KL weight 5e-2", None, {"kl_weight": 5e-2}),
     "hvg2000": Variant("input: 2,000 highly variable genes", "hvg", {}),
     "cp10k": Variant("input: log CP10k (scanpy's default) instead of log CPM", "cp10k", {}),
+    "package-decoder": Variant(
+        "decoder: the scGen package's (latent -> 800 -> genes, BatchNorm, LeakyReLU and dropout on "
+        "the output too) instead of the encoder mirrored with a linear output",
+        None,
+        {"decoder": "package"},
+    ),
     "e300": Variant(
         "training: up to 300 epochs (default 100; early-stopping patience 25 as before)",
         None,

@@ -120,30 +120,35 @@ def meanshift_gap_interval(
     a bootstrap of the control cells (each with its prediction, when ``pred`` holds one row per
     control cell, as scGen's does) and of the real stimulated cells. A held-out type of 7 control
     cells makes a noisy mean that can put either prediction ahead by chance; this says whether
-    the difference is larger than that. Above ``max_cells`` a group is subsampled (a wider,
-    conservative interval). NaN for fewer than 2 cells on a side."""
+    the difference is larger than that. ``shift``: one per gene, or one row per control cell (a
+    baseline cut at a floor). Above ``max_cells`` a group is subsampled (a wider, conservative
+    interval). NaN for fewer than 2 cells on a side."""
     rng = np.random.default_rng(seed)
 
     def rows(x: Any) -> np.ndarray:
         x = np.asarray(dense(x), dtype=np.float32)
         return x if len(x) <= max_cells else x[np.sort(rng.choice(len(x), max_cells, False))]
 
+    shift = np.asarray(shift, dtype=np.float32)
+    per_cell = shift.ndim == 2
     paired = pred.shape[0] == ctrl.shape[0]
-    if paired and ctrl.shape[0] > max_cells:
+    if (paired or per_cell) and ctrl.shape[0] > max_cells:
         keep = np.sort(rng.choice(ctrl.shape[0], max_cells, replace=False))
-        pred, ctrl = pred[keep], ctrl[keep]
+        ctrl = ctrl[keep]
+        pred = pred[keep] if paired else pred
+        shift = shift[keep] if per_cell else shift
     pred, real, ctrl = rows(pred), rows(real), rows(ctrl)
     if len(ctrl) < 2 or len(real) < 2 or len(pred) < 2:
         return float("nan"), float("nan")
+    base = ctrl + shift  # the baseline's prediction, one row per control cell
 
     def weights(n: int) -> np.ndarray:  # each row: one resample's mean as a weighted sum
         return (rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n).astype(np.float32)
 
     wc, wr = weights(len(ctrl)), weights(len(real))
     wp = wc if paired else weights(len(pred))
-    shift = shift.astype(np.float32)
-    m_ctrl, m_real, m_pred = wc @ ctrl, wr @ real, wp @ pred
-    gap = _rowwise_r2(m_pred, m_real) - _rowwise_r2(m_ctrl + shift, m_real)
+    m_base, m_real, m_pred = wc @ base, wr @ real, wp @ pred
+    gap = _rowwise_r2(m_pred, m_real) - _rowwise_r2(m_base, m_real)
     gap = gap[np.isfinite(gap)]
     if not len(gap):
         return float("nan"), float("nan")
@@ -152,7 +157,7 @@ def meanshift_gap_interval(
     # difference itself; reflecting them about it undoes that pull
     point = (
         _rowwise_r2(pred.mean(0, keepdims=True), real.mean(0, keepdims=True))
-        - _rowwise_r2(ctrl.mean(0, keepdims=True) + shift, real.mean(0, keepdims=True))
+        - _rowwise_r2(base.mean(0, keepdims=True), real.mean(0, keepdims=True))
     )[0]
     q_low, q_high = np.percentile(gap, [2.5, 97.5])
     return float(2 * point - q_high), float(2 * point - q_low)
@@ -226,3 +231,19 @@ def perturbation(
         else float("nan"),
     }
     return {prefix + k: v for k, v in out.items()}
+
+
+def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
+    """Whether a run that ran to its epoch limit was still learning: its best validation loss
+    came in the last tenth of the epochs (at least the last two) and is more than ``rel`` of
+    itself below the loss at the start of that stretch. A curve this shape says "train longer"
+    before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline that the
+    same model beats at 100)."""
+    v = np.asarray(val_loss, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n < 3:
+        return False
+    start = min(n - 2, int(0.9 * n))
+    best = int(np.argmin(v))
+    return best >= start and v[start - 1] - v[best] > rel * abs(v[best])

@@ -190,10 +190,12 @@ def against_meanshift(
     if gap is None:
         return None
     low, high = num("meanshift_gap_ci95_low"), num("meanshift_gap_ci95_high")
+    # said as a difference of R² ("0.143 higher"): "R² -0.143" read as a negative R²
+    diff = f"{model}'s R² is {_versus(gap)} the baseline's"
     if "meanshift_gap_ci95_low" in m and (low is None or high is None):
         return "info", (
-            f"For {target}, {model} and the mean-shift baseline cannot be told apart: R² "
-            f"{gap:+.3f}, and too few cells for an interval."
+            f"For {target}, {model} and the mean-shift baseline cannot be told apart: {diff}, "
+            "and too few cells for an interval."
         )
     cells = ""
     if type(n_ctrl) is int and type(n_stim) is int:
@@ -202,23 +204,38 @@ def against_meanshift(
         if gap > 0:
             return (
                 "success",
-                f"For {target}, {model} beats the mean-shift baseline (R² {gap:+.3f}).",
+                f"For {target}, {model} beats the mean-shift baseline: its R² is "
+                f"{abs(gap):.3f} higher.",
             )
         return "warning", (
             f"For {target}, {model} does not beat the simple mean-shift baseline on R² of mean "
-            f"expression (all genes; {gap:+.3f})."
+            f"expression (all genes): {diff}."
         )
-    interval = f"95% interval {low:+.3f} to {high:+.3f}{cells}"
+    interval = f"95% interval of the difference {_signed(low)} to {_signed(high)}{cells}"
     if low > 0:
         return "success", (
-            f"For {target}, {model} beats the mean-shift baseline: R² {gap:+.3f} ({interval})."
+            f"For {target}, {model} beats the mean-shift baseline: its R² is {abs(gap):.3f} "
+            f"higher ({interval})."
         )
     if high < 0:
         return "warning", (
-            f"For {target}, the simple mean-shift baseline predicts better than {model}: R² "
-            f"{gap:+.3f} ({interval})."
+            f"For {target}, the simple mean-shift baseline predicts better than {model}: "
+            f"{model}'s R² is {abs(gap):.3f} lower ({interval})."
         )
     return "info", (
         f"For {target}, {model} and the mean-shift baseline cannot be told apart on these "
-        f"cells: R² {gap:+.3f} ({interval}); more cells of {target} would tell."
+        f"cells: {diff} ({interval}); more cells of {target} would tell."
     )
+
+
+def _versus(gap: float) -> str:
+    """``0.012 above`` / ``0.012 below`` / ``equal to`` (to three decimals)."""
+    if f"{abs(gap):.3f}" == "0.000":
+        return "equal (to 3 decimals) to"
+    return f"{abs(gap):.3f} {'above' if gap > 0 else 'below'}"
+
+
+def _signed(v: float) -> str:
+    """``+0.012`` / ``-0.012``, and ``0.000`` for what rounds to zero (never ``-0.000``)."""
+    text = f"{v:+.3f}"
+    return "0.000" if float(text) == 0 else text

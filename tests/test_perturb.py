@@ -45,6 +45,7 @@ def test_scgen_defaults_are_published_ones():
         "kl_weight": 5e-5,
         "delta": "paired",
         "delta_cell_types": "",
+        "decoder": "mirrored",
         "output": "residual",
     }
     assert spec.lr == 1e-3 and spec.patience == 25
@@ -229,24 +230,30 @@ def test_against_meanshift_says_which_is_better_and_whether_it_is_chance():
         {**m, "meanshift_gap_r2_mean_all": 0.01, "meanshift_gap_ci95_low": 0.004,
          "meanshift_gap_ci95_high": 0.016}, "TA", "scGen")  # fmt: skip
     assert level == "success" and text == (
-        "For TA, scGen beats the mean-shift baseline: R² +0.010 (95% interval +0.004 to +0.016 "
-        "over its 79 control and 69 stimulated cells)."
+        "For TA, scGen beats the mean-shift baseline: its R² is 0.010 higher (95% interval of "
+        "the difference +0.004 to +0.016 over its 79 control and 69 stimulated cells)."
     )
     level, text = against_meanshift(
         {**m, "meanshift_gap_r2_mean_all": -0.008, "meanshift_gap_ci95_low": -0.016,
          "meanshift_gap_ci95_high": -0.002}, "E.P", "scGen")  # fmt: skip
     assert level == "warning" and "mean-shift baseline predicts better than scGen" in text
+    assert "scGen's R² is 0.008 lower" in text  # a difference, never read as a negative R²
     level, text = against_meanshift(
         {**m, "meanshift_gap_r2_mean_all": -0.016, "meanshift_gap_ci95_low": -0.039,
          "meanshift_gap_ci95_high": 0.012, "n_ctrl": 7, "n_stim": 22}, "Tuft", "scGen")  # fmt: skip
     assert level == "info" and "cannot be told apart" in text and "7 control and 22" in text
+    _, text = against_meanshift(
+        {**m, "meanshift_gap_r2_mean_all": -0.0004, "meanshift_gap_ci95_low": -0.01,
+         "meanshift_gap_ci95_high": 0.01}, "Goblet", "scGen")  # fmt: skip
+    assert "scGen's R² is equal (to 3 decimals) to the baseline's" in text
+    assert "-0.000" not in text
     # a run scored before the interval existed: the sign alone, as before
     assert against_meanshift(m, "TA")[0] == "success"
     old = {"r2_mean_all": 0.90, "baseline_meanshift_r2_mean_all": 0.92}
     assert against_meanshift(old, "TA", "scGen") == (
         "warning",
         "For TA, scGen does not beat the simple mean-shift baseline on R² of mean expression "
-        "(all genes; -0.020).",
+        "(all genes): scGen's R² is 0.020 below the baseline's.",
     )
     assert against_meanshift({"r2_mean_all": float("nan")}, "TA") is None
     assert against_meanshift({}, "TA") is None
@@ -336,8 +343,9 @@ def test_predict_new_control_cells_with_saved_model(tmp_path, lognorm_file, logn
 
 
 def test_residual_output_is_the_cell_plus_the_decoded_change(tmp_path, lognorm_file, lognorm_adata):
-    """output='residual': each control cell's own expression + decode(z + delta) - decode(z); the
-    run's saved predictions, a reload and the decoded output of the same weights agree on it."""
+    """output='residual': each control cell's own expression + decode(z + delta) - decode(z),
+    never below 0 on data that never is (a browser pass found 45% of predicted values negative);
+    the run's saved predictions, a reload and the decoded output of the same weights agree."""
     from engine import tasks
     from engine.tasks.perturb import _decode, _encode
 
@@ -345,7 +353,7 @@ def test_residual_output_is_the_cell_plus_the_decoded_change(tmp_path, lognorm_f
     train.run(spec)
     ctrl = lognorm_adata[lognorm_adata.obs["condition"] == "control"].copy()
     task = tasks.load(spec.out)
-    assert task.params["output"] == "residual"
+    assert task.params["output"] == "residual" and task.extra["design"]["floor"] == 0.0
     residual = task.annotate(ctrl)
     task.params["output"] = "decoded"
     decoded = task.annotate(ctrl)
@@ -353,15 +361,45 @@ def test_residual_output_is_the_cell_plus_the_decoded_change(tmp_path, lognorm_f
     b_ctrl = ctrl[(ctrl.obs["cell_type"] == "B cell").to_numpy()]
     x = dense(b_ctrl.X)
     module = task.parts[0]["module"]
-    recon = _decode(module, _encode(module, x, "cpu"), "cpu")
+    z0 = _encode(module, x, "cpu")
+    recon = _decode(module, z0, "cpu")
+    raw = _decode(module, z0 + task.parts[0]["delta"], "cpu")
+    assert (raw + x - recon).min() < 0  # the floor has something to cut
     np.testing.assert_allclose(
-        dense(residual.X[pred]), dense(decoded.X[pred]) + x - recon, rtol=1e-5, atol=1e-4
+        dense(residual.X[pred]), np.maximum(raw + x - recon, 0), rtol=1e-5, atol=1e-4
     )
+    np.testing.assert_allclose(dense(decoded.X[pred]), np.maximum(raw, 0), rtol=1e-5, atol=1e-4)
     assert not np.allclose(dense(residual.X[pred]), dense(decoded.X[pred]), atol=1e-3)
     saved = ad.read_h5ad(tmp_path / "run" / "results.h5ad")  # what training wrote
     np.testing.assert_allclose(
         dense(saved[residual.obs_names[pred]].X), dense(residual.X[pred]), atol=1e-4
     )
+    # a run saved before the floor predicts as it did
+    task.params["output"] = "residual"
+    del task.extra["design"]["floor"]
+    old = task.annotate(ctrl)
+    np.testing.assert_allclose(dense(old.X[pred]), raw + x - recon, rtol=1e-5, atol=1e-4)
+
+
+def test_the_mean_shift_baseline_is_cut_at_the_same_floor():
+    """The baseline is held to the prediction's rule: each control cell + the shift, cut at 0."""
+    from engine.tasks.perturb import score_prediction
+
+    rng = np.random.default_rng(0)
+    ctrl = rng.exponential(1.0, (40, 30)) * (rng.random((40, 30)) < 0.5)
+    real = np.maximum(ctrl[:30] + rng.normal(0.3, 0.5, (30, 30)), 0)
+    shift = rng.normal(0, 1.0, 30)
+    pred = np.maximum(ctrl + shift * 0.9, 0)
+    names = np.array([f"g{i}" for i in range(30)])
+    cut = score_prediction(pred, real, ctrl, names, shift, seed=0, floor=0.0)
+    uncut = score_prediction(pred, real, ctrl, names, shift, seed=0)
+    expect = evaluate.r2_pearson(np.maximum(ctrl + shift, 0).mean(0), real.mean(0))
+    assert cut["baseline_meanshift_r2_mean_all"] == pytest.approx(expect)
+    assert uncut["baseline_meanshift_r2_mean_all"] == pytest.approx(
+        evaluate.r2_pearson((ctrl + shift).mean(0), real.mean(0))
+    )
+    low, high = cut["meanshift_gap_ci95_low"], cut["meanshift_gap_ci95_high"]
+    assert low <= cut["meanshift_gap_r2_mean_all"] <= high
 
 
 def test_leave_one_out_targets_never_share_a_folder(tmp_path, lognorm_adata):
@@ -588,3 +626,23 @@ def test_meanshift_gap_interval_covers_the_difference_it_is_about():
         low, high = evaluate.meanshift_gap_interval(pred, stim, ctrl, shift, seed=seed)
         outside += not (low <= point <= high)
     assert outside <= 1, outside
+
+
+def test_scgen_package_decoder_has_the_packages_layout():
+    """decoder='package' (a lever in bench.scgen_levers): scvi-tools' FCLayers from the latent
+    to the genes, one hidden layer fewer than the encoder, BatchNorm and LeakyReLU on the output
+    too; the torch-free layer count used by estimates agrees with the network."""
+    from torch import nn
+
+    from engine import models
+    from engine.models.scgen import SCGEN
+
+    net = SCGEN(50, decoder="package")
+    linear = [m for m in net.decoder if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(100, 800), (800, 50)]
+    assert isinstance(net.decoder[-2], nn.LeakyReLU) and isinstance(net.decoder[-3], nn.BatchNorm1d)
+    info = models.get("scgen")
+    layers = models.dense_layers(info, {"decoder": "package"}, 50)
+    assert layers[-2:] == [(100, 800), (800, 50)]
+    mirrored = models.dense_layers(info, {}, 50)
+    assert mirrored[-3:] == [(100, 800), (800, 800), (800, 50)]

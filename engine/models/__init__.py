@@ -234,6 +234,13 @@ REGISTRY: dict[str, ModelInfo] = {
                     "cell types the stimulation vector is computed from (empty: all training types; the "
                     "paired vector uses those with training cells of both conditions)",
                 ),
+                "decoder": Param(
+                    "mirrored",
+                    "decoder: 'mirrored' = the encoder's layers in reverse and a linear output; "
+                    "'package' = the scGen package's (scvi-tools FCLayers): n_layers - 1 hidden "
+                    "layers, BatchNorm, LeakyReLU and dropout on the output layer too",
+                    choices=("mirrored", "package"),
+                ),
                 "output": Param(
                     "residual",
                     "predicted cells: 'decoded' = the decoder's output at each control cell's latent + "
@@ -356,6 +363,12 @@ def dense_layers(
         h, n_lat, n_layers = int(p["n_hidden"]), int(p["n_latent"]), int(p["n_layers"])
         enc = [(n_in + n_batch, h)] + [(h, h)] * (n_layers - 1) + [(h, n_lat)] * 2
         dec = [(n_lat + n_batch, h)] + [(h, h)] * (n_layers - 1) + [(h, n_in)]
+        if p.get("decoder") == "package":  # scGen package: one hidden layer fewer
+            dec = (
+                [(n_lat, n_in)]
+                if n_layers == 1
+                else [(n_lat, h)] + [(h, h)] * (n_layers - 2) + [(h, n_in)]
+            )
         if p.get("likelihood") == "zinb":
             dec.append((h, n_in))
         return enc + dec

@@ -24,15 +24,22 @@ class SCGEN(nn.Module):
         n_latent: int = 100,
         dropout: float = 0.2,
         kl_weight: float = 5e-5,
+        decoder: str = "mirrored",
     ):
         super().__init__()
         widths = [n_hidden] * n_layers
         self.encoder = mlp(n_in, widths, "leaky_relu", dropout, batch_norm=True)
         self.z_mean = nn.Linear(n_hidden, n_latent)
         self.z_logvar = nn.Linear(n_hidden, n_latent)
-        self.decoder = nn.Sequential(
-            mlp(n_latent, widths, "leaky_relu", dropout, batch_norm=True), nn.Linear(n_hidden, n_in)
-        )
+        if decoder == "package":
+            # the scGen package's (scvi-tools FCLayers from the latent to the genes): n_layers - 1
+            # hidden layers, and the output layer too has BatchNorm, LeakyReLU and dropout
+            self.decoder = mlp(n_latent, [*widths[1:], n_in], "leaky_relu", dropout, True)
+        else:  # the encoder's layers mirrored, a linear output
+            self.decoder = nn.Sequential(
+                mlp(n_latent, widths, "leaky_relu", dropout, batch_norm=True),
+                nn.Linear(n_hidden, n_in),
+            )
         self.kl_weight = kl_weight
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,4 +123,5 @@ def build(n_in: int, params: dict, dims: dict) -> SCGEN:
         params["n_latent"],
         params["dropout"],
         params["kl_weight"],
+        params.get("decoder", "mirrored"),
     )
