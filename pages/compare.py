@@ -30,7 +30,13 @@ if not tasks:
     st.stop()
 task = st.radio("Task", tasks, format_func=registry.TASKS.get, horizontal=True)
 of_task = [r for r in done if r["task"] == task]
-labels = {r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}" for r in of_task}
+# a cancelled run's metrics are those of a model stopped before its last epoch: said everywhere
+CANCELLED = " · cancelled"
+labels = {
+    r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}"
+    + (CANCELLED if r["state"] == "cancelled" else "")
+    for r in of_task
+}
 # the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
 # left "nothing to rank"), else the two newest runs, completed ones first
 groups: dict[str, list[str]] = {}
@@ -95,7 +101,17 @@ def seed_section(configs: list[seeds.Config]) -> None:
     )
 
 
-rows, curves, splits = [], {}, []
+picked = [r for r in of_task if r["id"] in chosen]
+# the table's rows name the dataset only when the runs do not share one (it cut the baselines'
+# row names to "...baselin")
+one_dataset = len({r["dataset"] for r in picked}) == 1
+row_names = {
+    r["id"]: (f"{r['model']} · {r['id']}" + (CANCELLED if r["state"] == "cancelled" else ""))
+    if one_dataset
+    else labels[r["id"]]
+    for r in picked
+}
+rows, curves, splits, label_keys = [], {}, [], set()
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
     spec = runs.read_json(d / "run.json", {}) or {}
@@ -110,7 +126,7 @@ for rid in chosen:
     for part, values in parts.items():
         rows.append(
             {
-                "run": labels[rid] if not part else f"{labels[rid]} · {part}",
+                "run": row_names[rid] if not part else f"{row_names[rid]} · {part}",
                 "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
                 **values,
@@ -118,8 +134,23 @@ for rid in chosen:
         )
     curves[labels[rid]] = runs.read_metrics_csv(d)
     splits.append((spec.get("data_fingerprint"), spec.get("seed"), spec.get("label_key")))
+    label_keys.add(spec.get("label_key"))
 if not rows:
     st.stop()
+if one_dataset:
+    st.caption(f"Dataset: {figures.esc(picked[0]['dataset'])}.")
+cancelled = [row_names[r["id"]] for r in picked if r["state"] == "cancelled"]
+if cancelled:
+    st.warning(
+        "Cancelled before their last epoch: "
+        + ", ".join(figures.esc(n) for n in cancelled)
+        + ". Their metrics are those of a model still training, not of a finished one."
+    )
+if "leiden" in label_keys and task in ("embed", "reconstruct"):
+    st.info(
+        "The labels these runs are scored against are Leiden clusters, which Preprocess builds "
+        "from a PCA of this same data: latent scores against them favour the PCA baseline."
+    )
 configs = seeds.group(
     [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in chosen],
     parts=metric_names.split_baselines if task == "perturb" else None,
@@ -166,7 +197,9 @@ st.dataframe(
     column_config=figures.metric_columns(
         shown.columns,
         {
-            "run": st.column_config.TextColumn("run"),
+            "run": st.column_config.TextColumn(
+                "run", pinned=True, width=min(460, 7 * int(shown["run"].str.len().max()) + 24)
+            ),
             "seed": st.column_config.NumberColumn("seed", format="%d"),
             "baseline": st.column_config.CheckboxColumn(
                 "baseline", help="a simple reference model or prediction, not a trained network"

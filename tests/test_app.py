@@ -490,6 +490,37 @@ def test_compare_two_runs(dataset):
     assert cols["test_f1_macro"]["width"] >= 7 * len("Macro F1 (test)")
 
 
+def test_compare_marks_cancelled_runs_and_names_rows_without_the_shared_dataset(dataset):
+    """A browser pass: a VAE cancelled at epoch 10 of 100 stood beside the PCA as if finished,
+    and the long row names ('model · dataset · id · baseline: ...') were cut off."""
+    from engine import runs, workspace
+
+    done = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    stopped = _finished(dataset, "sk_logreg", label_key="cell_type")
+    runs.update_status(workspace.runs_dir() / stopped, state="cancelled")
+    at = app("compare")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {f"mlp · {done}", f"sk_logreg · {stopped} · cancelled"}
+    esc = lambda t: t.replace("-", "\\-").replace("_", "\\_")  # noqa: E731 (markdown)
+    assert f"Dataset: {esc(dataset)}." in [c.value for c in at.caption]
+    warned = " ".join(w.value for w in at.warning)
+    assert f"Cancelled before their last epoch: sk\\_logreg · {esc(stopped)} · cancelled" in warned
+    cols = json.loads(at.dataframe[0].proto.columns)
+    assert cols["run"]["pinned"] is True
+
+
+def test_compare_embeddings_scored_on_leiden_clusters_say_they_favour_pca(dataset, lognorm_adata):
+    from engine import runs, workspace
+
+    clustered = lognorm_adata.copy()
+    clustered.obs["leiden"] = clustered.obs["cell_type"].astype(str)
+    name = datasets.save(clustered, "clustered", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    _finished(name, "pca", label_key="leiden", epochs=1)
+    at = app("compare")
+    assert any("Leiden clusters" in i.value and "PCA" in i.value for i in at.info)
+
+
 def test_compare_without_a_label_column_does_not_claim_one(dataset):
     """Reconstruction runs without labels: the caption named a label column none of them used."""
     _finished(dataset, "pca", epochs=1)
