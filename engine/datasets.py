@@ -334,8 +334,9 @@ def load(key: str) -> ad.AnnData:
 
 
 # ----------------------------------------------------------------------------- deleting
-def users(key: str) -> list[dict[str, Any]]:
-    """Queued or running runs of the workspace that train on dataset ``key``."""
+def users(key: str, active_only: bool = True) -> list[dict[str, Any]]:
+    """Queued or running runs of the workspace that train on dataset ``key`` (every run of it,
+    whatever its state, with ``active_only=False``)."""
     key = check_key(key)
     target = str(path(key).resolve())
     out = []
@@ -344,7 +345,7 @@ def users(key: str) -> list[dict[str, Any]]:
         if not run_dir.is_dir() or run_dir.name.startswith("."):
             continue
         state = runs.read_status(run_dir).get("state")
-        if state not in runs.ACTIVE:
+        if active_only and state not in runs.ACTIVE:
             continue
         spec = runs.read_json(run_dir / "run.json", {}) or {}
         data = str(spec.get("data") or "")

@@ -175,14 +175,34 @@ info_col.caption(
     )
 )
 if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
-    try:
-        datasets.delete(ds_key)
-        st.session_state.pop("dataset", None)
-        if "dataset" in st.query_params:
-            del st.query_params["dataset"]
+    st.session_state["confirm_delete_dataset"] = ds_key  # one click deleted it at once
+if st.session_state.get("confirm_delete_dataset") == ds_key:
+    box = st.container(border=True)
+    used = datasets.users(ds_key, active_only=False)
+    box.warning(
+        f"Delete the dataset {md(datasets.label(ds_key))} ({md(ds_key)}) from the workspace? "
+        "This cannot be undone."
+        + (
+            f" {len(used)} run{'s' * (len(used) > 1)} trained on it: their results stay, but "
+            "reproducing them or training on this data again needs the file."
+            if used
+            else ""
+        )
+    )
+    yes, no, _ = box.columns([1, 1, 4])
+    if yes.button("Yes, delete", type="primary", key="delete_dataset_yes"):
+        try:
+            datasets.delete(ds_key)
+            st.session_state.pop("dataset", None)
+            st.session_state.pop("confirm_delete_dataset", None)
+            if "dataset" in st.query_params:
+                del st.query_params["dataset"]
+            st.rerun()
+        except Exception as exc:
+            show_error(exc)
+    if no.button("Keep it", key="delete_dataset_no"):
+        st.session_state.pop("confirm_delete_dataset", None)
         st.rerun()
-    except Exception as exc:
-        show_error(exc)
 
 c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")

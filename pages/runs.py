@@ -239,12 +239,25 @@ def live() -> None:
     if c[1].button(
         "Delete run", disabled=active, help="cancel it first" if active else None, key="runs-delete"
     ):
-        try:
-            jobs.delete(sel)
-            ss.pop("run_selected", None)
-            st.rerun()
-        except Exception as exc:
-            show_error(exc)
+        ss["runs_confirm_delete"] = sel  # one click deleted a run and its files at once
+    if ss.get("runs_confirm_delete") == sel and not active:
+        box = st.container(border=True)
+        box.warning(
+            f"Delete run {figures.esc(sel)} and every file it wrote (model, results, metrics)? "
+            "This cannot be undone."
+        )
+        yes, no, _ = box.columns([1, 1, 4])
+        if yes.button("Yes, delete", type="primary", key="runs-delete-yes"):
+            try:
+                jobs.delete(sel)
+                ss.pop("run_selected", None)
+                ss.pop("runs_confirm_delete", None)
+                st.rerun()
+            except Exception as exc:
+                show_error(exc)
+        if no.button("Keep it", key="runs-delete-no"):
+            ss.pop("runs_confirm_delete", None)
+            st.rerun(scope="fragment")
     ready = has_results(r)
     if c[2].button(
         "Open results",

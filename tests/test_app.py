@@ -169,12 +169,25 @@ def test_data_page_deletes_the_current_dataset_unless_a_run_uses_it(tmp_path, wo
     run.mkdir(parents=True)
     runs.write_json(run / "run.json", {"dataset_key": key})
     runs.write_json(run / "status.json", {"state": "running"})
-    next(b for b in at.button if b.label == "Delete dataset").click().run()
+
+    def click(label: str) -> None:
+        next(b for b in at.button if b.label == label).click().run()
+
+    click("Delete dataset")
+    assert datasets.path(key).exists()  # one click asks first (it deleted at once)
+    asked = " ".join(w.value for w in at.warning)
+    assert "cannot be undone" in asked and "1 run trained on it" in asked
+    click("Yes, delete")
     assert not at.exception
     assert len(errors(at)) == 1 and "used by the running run r1" in errors(at)[0]
     assert datasets.path(key).exists()
     runs.write_json(run / "status.json", {"state": "completed"})
-    next(b for b in at.button if b.label == "Delete dataset").click().run()
+    click("Keep it")
+    assert datasets.path(key).exists() and not any(
+        "cannot be undone" in w.value for w in at.warning
+    )
+    click("Delete dataset")
+    click("Yes, delete")
     assert not at.exception and not errors(at)
     assert datasets.list_datasets() == []
     assert any("No dataset yet" in i.value for i in at.info)

@@ -338,6 +338,11 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     # deleting the selected run moves the selection to one that exists
     button(at, "Delete run").click().run()
     ok(at)
+    assert (workspace.runs_dir() / "2020-01-01-older").exists()  # asked first
+    assert any("cannot be undone" in w.value for w in at.warning)
+    button(at, "Yes, delete").click().run()
+    ok(at)
+    assert not (workspace.runs_dir() / "2020-01-01-older").exists()
     assert at.selectbox(key="run_selected").value == run.name
     assert json.loads((run / "run.json").read_text())["epochs"] == 2
     # Open results opens exactly the selected run
