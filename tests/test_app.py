@@ -414,6 +414,21 @@ def test_train_page_reads_the_transformed_cytometry_layer(workspace):
     assert any("raw cytometry intensities" in w.value for w in at.warning)
 
 
+def test_train_page_shows_the_counts_layer_a_count_model_reads(dataset):
+    """A browser pass: the form said 'Input matrix: X' while the VAE read layers['counts']."""
+    at = app("train")
+    at.radio[0].set_value("embed").run()
+    at.multiselect[0].set_value(["vae"]).run()
+    matrix = next(s for s in at.selectbox if s.label == "Input matrix")
+    assert matrix.value == "counts"
+    at.multiselect[0].set_value(["vae", "pca_embed"]).run()
+    matrix = next(s for s in at.selectbox if s.label == "Input matrix")
+    assert matrix.value == "X"
+    assert "vae reads layers['counts'] (raw counts) instead of X; the other models read X." in [
+        c.value for c in at.caption
+    ]
+
+
 def test_train_page_perturb_choices_come_from_data(dataset):
     at = app("train")
     at.radio[0].set_value("perturb").run()
