@@ -257,7 +257,8 @@ def recipe_from_args(args: argparse.Namespace):
     if args.subset:
         key, _, values = args.subset.partition("=")
         steps.append(Step("subset", {"key": key, "values": [v for v in values.split(",") if v]}))
-    if args.min_genes or args.min_counts or args.max_pct_mito < 100:
+    # "given" is "not the default": 0 or 150 given were dropped silently (the step checks them)
+    if args.min_genes or args.min_counts or args.max_pct_mito != 100:
         steps.append(
             Step(
                 "filter_cells",
@@ -282,9 +283,9 @@ def recipe_from_args(args: argparse.Namespace):
                 },
             )
         )
-    if args.hvg:
+    if args.hvg is not None:
         steps.append(Step("hvg", {"n_top": args.hvg}))
-    if args.arcsinh:
+    if args.arcsinh is not None:
         steps.append(Step("arcsinh", {"cofactor": args.arcsinh}))
     if args.scale:
         clip = {"max_value": args.clip} if args.scale == "zscore" else {}  # z-score's alone
@@ -421,6 +422,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     launcher = args.launcher or settings.get().launcher
     group = args.group or (f"seeds-{secrets.token_hex(3)}" if len(seeds) > 1 else None)
     specs = [_spec(args, seed=s, group=group, launcher=launcher) for s in seeds]
+    jobs.check_room(len(specs))
     for spec in specs:
         print(jobs.submit(spec))
     if len(specs) > 1:  # stdout stays one run folder per line
@@ -516,12 +518,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine import io, reader, workspace
+    from engine import io, jobs, reader, workspace
     from engine.predict import predict
 
     workspace.check_output_file(args.out)
+    _distinct_files(args.data, ("-o", args.out))  # -o over --data replaced the user's file
+    run = args.run if Path(args.run).is_dir() else jobs.resolve_run(args.run)  # a path or an id
     reader.vet(args.data)
-    out = predict(args.run, io.read(args.data), align=args.align)
+    out = predict(run, io.read(args.data), align=args.align)
     io.write_h5ad(out, args.out)
     missing = out.uns.get("scwb", {}).get("missing_genes")
     if missing is not None and len(missing):
@@ -534,6 +538,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine import export, jobs
 
     run_dir = jobs.resolve_run(args.run)
+    state = jobs.status(run_dir).get("state")
+    if state in ("queued", "running"):
+        print(
+            f"warning: {run_dir.name} is {state}: the export holds what it has written so far",
+            file=sys.stderr,
+        )
     wanted = {p: getattr(args, p) for p in export.PARTS if getattr(args, p) is not None}
     for target in export.write(run_dir, wanted or {"zip": f"{run_dir.name}.zip"}):
         print(target)

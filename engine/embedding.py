@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def read(
                 "dropped": int(z["dropped"]),
                 "total": int(z["total"]),
             }
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         return {"state": "failed", "error": f"the cached embedding is unreadable ({exc})"}
 
 

@@ -111,6 +111,13 @@ def _suffix(name: str) -> str:
 def _read_path(path: Path, display: str) -> ad.AnnData:
     suffix = _suffix(display if Path(display).suffix else path.name)
     if path.is_dir():
+        if suffix == ".zarr" or any(
+            (path / m).exists() for m in (".zattrs", ".zgroup", "zarr.json")
+        ):
+            raise ScwbError(
+                f"{Path(display).name} is a zarr store: save it as .h5ad "
+                "(anndata.read_zarr(...).write_h5ad(...)) and load that."
+            )
         return _read_mtx_dir(path, display)
     if path.stat().st_size == 0:
         raise ScwbError(f"{Path(display).name} is empty (0 bytes).")
@@ -406,6 +413,12 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
         raise ScwbError(f"{name} holds no table.") from None
     if df.shape[1] == 0 and sep == ",":
         return _read_table(path, display, sep="\t")
+    # a separator closing every line (Excel's tab-delimited text) made an empty, unnamed "gene"
+    # of NaNs, which training then refused without naming it
+    while (
+        df.shape[1] and str(df.columns[-1]).startswith("Unnamed:") and df.iloc[:, -1].isna().all()
+    ):
+        df = df.iloc[:, :-1]
     _check_header(path, name, sep, df, encoding)
     # only columns pandas did not parse as numbers are looked at one by one (a wide table of
     # numbers would otherwise take a call per gene)

@@ -107,6 +107,19 @@ def _disk_full(exc: OSError) -> ScwbError:
     return ScwbError(f"The run could not be queued: {exc.strerror or exc}.")
 
 
+def check_room(n: int, root: Path | None = None) -> None:
+    """Refuse ``n`` runs submitted together (seeds, models) unless all of them can wait: the
+    limit checked run by run queued part of a group and then refused the rest."""
+    root = Path(root or workspace.runs_dir())
+    waiting = _queued_count(root) if root.exists() else 0
+    if n > 1 and waiting + n > max_queued():
+        raise ScwbError(
+            f"{n} runs would wait beside the {waiting} already waiting, more than "
+            f"{max_queued()} (SCWB_MAX_QUEUED): submit fewer, or wait for some to start "
+            "(nothing was submitted)."
+        )
+
+
 def submit(spec: RunSpec, root: Path | None = None) -> Path:
     """Queue ``spec`` and return its run folder at once."""
     root = Path(root or workspace.runs_dir())

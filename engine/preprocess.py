@@ -93,7 +93,17 @@ def filter_genes(adata: ad.AnnData, min_cells: int = 3) -> ad.AnnData:
 
 
 def keep_counts(adata: ad.AnnData) -> ad.AnnData:
-    """Keep the raw counts in ``layers['counts']`` (count models read them there)."""
+    """Keep the raw counts in ``layers['counts']`` (count models read them there). When the data
+    already hold a counts layer and X is not counts, that layer is kept (copying X over it lost
+    the real counts); when both are counts, X replaces it, and the report says so."""
+    x_counts = matrix_kind(adata.X) == "counts"
+    if "counts" in adata.layers:
+        if not x_counts:
+            note("kept the data's own layers['counts']: X does not hold counts")
+            return adata
+        note("replaced the data's own layers['counts'] with X's counts")
+    elif not x_counts:
+        note("X does not hold counts: layers['counts'] holds a copy of X, not counts")
     adata.layers["counts"] = adata.X.copy()
     return adata
 
@@ -409,6 +419,8 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
         return value
     if value is None and (optional or default is None):  # an option that can be off (a clip)
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise ScwbError(f"{what} is too large a number ({str(value)[:12]}...).")  # no float has it
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ScwbError(f"{what} must be a finite number, not {value!r}.")
     if isinstance(default, int) and value != int(value):
@@ -451,6 +463,8 @@ class Recipe:
             ) from None
         except RecursionError:
             raise ScwbError("The recipe nests too deeply to be a recipe.") from None
+        except ValueError as exc:  # e.g. a number of more than 4,300 digits
+            raise ScwbError(f"The recipe is not valid JSON: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
             raise ScwbError(
                 'A recipe is a JSON object {"steps": [{"name": ..., "params": {...}}, ...]}.'

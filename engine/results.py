@@ -142,10 +142,20 @@ def write(run_dir: str | Path, out: ad.AnnData, sample: ad.AnnData | None) -> No
 
 # ----------------------------------------------------------------------------- reading
 def _open(path: str | Path) -> h5py.File:
+    # only a regular file: opening a named pipe put in its place blocks the reader for good
+    if not Path(path).is_file():
+        raise ScwbError(f"{Path(path).name} is missing or not a regular file.")
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as exc:
         raise ScwbError(f"{Path(path).name} could not be read ({exc}).") from None
+
+
+def _open_path(path: Path) -> Path:
+    """``path``, once it is known to be a regular file (see ``_open``)."""
+    if not Path(path).is_file():
+        raise ScwbError(f"{Path(path).name} is missing or not a regular file.")
+    return Path(path)
 
 
 def _index_len(group: h5py.Group) -> int:
@@ -236,7 +246,7 @@ def sample(run_dir: str | Path, n: int | None = None, seed: int = 0) -> ad.AnnDa
     run_dir = Path(run_dir)
     if (run_dir / SAMPLE).exists():
         try:
-            return ad.read_h5ad(run_dir / SAMPLE)
+            return ad.read_h5ad(_open_path(run_dir / SAMPLE))
         except (OSError, ValueError, KeyError) as exc:
             raise ScwbError(f"{SAMPLE} could not be read ({exc}).") from None
     path = run_dir / RESULTS
@@ -295,6 +305,6 @@ def load(path: str | Path) -> ad.AnnData:
     """The whole results file (perturbation runs made before gene_means.csv): one line when
     unreadable."""
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(_open_path(path))
     except (OSError, ValueError, KeyError) as exc:
         raise ScwbError(f"{Path(path).name} could not be read ({exc}).") from None

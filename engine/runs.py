@@ -142,14 +142,18 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+MAX_JSON_BYTES = 64 << 20  # a run's JSON files are kilobytes; a larger one is not ours
+
+
 def read_json(path: Path, default: Any = None) -> Any:
-    """The parsed file, or ``default`` when it is missing or corrupt. Only a regular file is
+    """The parsed file, or ``default`` when it is missing, corrupt or over ``MAX_JSON_BYTES`` (an
+    800 MB run.json took 1.7 GB to list the runs). Only a regular file is
     opened (a named pipe in its place would block the reader forever), and when ``default`` is
     a dict or a list, a file of another JSON type is corrupt too (``7`` as a run.json broke
     every listing)."""
     path = Path(path)
     try:
-        if not path.is_file():
+        if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
             return default
         value = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):

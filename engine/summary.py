@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -38,7 +39,7 @@ def read_qc(h5ad: str | os.PathLike, obs_names: pd.Index) -> pd.DataFrame | None
     try:
         with np.load(p) as z:
             cols = {k: z[k] for k in z.files}
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # damaged: computed again
         return None
     if any(len(v) != len(obs_names) for v in cols.values()):
         return None

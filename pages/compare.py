@@ -111,14 +111,22 @@ row_names = {
     else labels[r["id"]]
     for r in picked
 }
-rows, curves, splits, label_keys = [], {}, [], set()
+SCALAR = (str, int, float, type(None))
+SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task")
+rows, curves, splits, label_keys, readable = [], {}, [], set(), []
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
     spec = runs.read_json(d / "run.json", {}) or {}
     m = runs.read_json(d / "metrics.json", {}) or {}
-    if not isinstance(spec, dict) or not isinstance(m, dict):
+    # a hand-edited run.json with a list where a value belongs broke the page for every run
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(m, dict)
+        or not all(isinstance(spec.get(k), SCALAR) for k in SPEC_VALUES)
+    ):
         st.caption(f":material/info: {figures.esc(rid)}: run.json or metrics.json is unreadable.")
         continue
+    readable.append(rid)
     numbers = {
         k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -152,7 +160,7 @@ if "leiden" in label_keys and task in ("embed", "reconstruct"):
         "from a PCA of this same data: latent scores against them favour the PCA baseline."
     )
 configs = seeds.group(
-    [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in chosen],
+    [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in readable],
     parts=metric_names.split_baselines if task == "perturb" else None,
 )
 repeated = any(len(c.runs) > 1 for c in configs)

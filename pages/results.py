@@ -106,7 +106,7 @@ if not isinstance(metrics, dict):
     missing.append("metrics.json (the test metrics) is missing or unreadable")
     metrics = {}
 res_path = run_dir / "results.h5ad"
-if not res_path.exists():
+if not res_path.is_file():  # a named pipe in its place would block the reader
     missing.append("results.h5ad (the annotated cells) is missing")
 
 st.caption(
@@ -345,7 +345,7 @@ def target_means(path: str, mtime: float, sub_dir: str, info: dict, target: str,
 
 res_info = None
 mtime = 0.0
-if res_path.exists():
+if res_path.is_file():
     try:
         mtime = res_path.stat().st_mtime
         res_info = summary(str(res_path), mtime)
@@ -756,7 +756,7 @@ def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Pa
     )
 
 
-if res_path.exists():
+if res_path.is_file():
     offer(
         c[0],
         "Annotated .h5ad",

@@ -437,6 +437,7 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 f"again after {RESUBMIT_S} s to train the same runs again."
             )
         else:
+            jobs.check_room(len(specs))  # all or none: never half a group of seeds
             with st.spinner("Checking the data..."):
                 full = load_full(name)
                 for spec in specs:

@@ -810,3 +810,68 @@ def test_count_model_on_negative_values_names_the_ways_out():
         "X holds negative values; count models (NB/ZINB) need raw counts: choose a layer of raw "
         "counts (or, to train, the Gaussian likelihood)."
     )
+
+
+def test_a_separator_closing_every_line_adds_no_gene(tmp_path):
+    """Excel's tab-delimited text ends each line with a tab: an empty, unnamed 'gene' of NaNs
+    was added, and training failed later on NaN without naming it."""
+    from engine import io
+
+    path = tmp_path / "excel.tsv"
+    path.write_text("cell\tg1\tg2\t\nc1\t1\t2\t\nc2\t3\t4\t\nc3\t0\t1\t\n")
+    a = io.read(path)
+    assert list(a.var_names) == ["g1", "g2"] and np.isfinite(a.X).all()
+
+
+def test_run_files_that_are_pipes_damaged_or_huge_are_refused_not_waited_on(tmp_path, monkeypatch):
+    """A hostile pass: results.h5ad as a named pipe hung the Results page for good, a truncated
+    split.npz crashed Compare (BadZipFile), an 800 MB run.json took 1.7 GB to list the runs."""
+    from engine import results, runs, seeds
+    from engine.errors import ScwbError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "results.h5ad")
+    with pytest.raises(ScwbError, match="not a regular file"):
+        results.summary(run / "results.h5ad")
+    (run / "split.npz").write_bytes(b"PK\x03\x04" + b"\0" * 96)  # a zip cut short
+    assert seeds.test_cells(run) is None
+    (run / "run.json").write_text(json.dumps({"model": "mlp", "pad": "x" * 2000}))
+    monkeypatch.setattr(runs, "MAX_JSON_BYTES", 1000)
+    assert runs.read_json(run / "run.json", {}) == {}
+
+
+def test_compare_page_survives_a_hand_edited_run_json(tmp_path, workspace, lognorm_file):
+    """A list where run.json holds the label column crashed Compare for every run."""
+    from streamlit.testing.v1 import AppTest
+
+    from engine import runs, train
+    from engine import workspace as ws
+    from engine.spec import RunSpec
+
+    good = ws.runs_dir() / "a-good"
+    train.run(RunSpec(model="sk_logreg", data=lognorm_file, out=str(good), label_key="cell_type"))
+    bad = ws.runs_dir() / "b-edited"
+    import shutil
+
+    shutil.copytree(good, bad)
+    runs.write_json(bad / "run.json", {**runs.read_json(bad / "run.json"), "label_key": ["x"]})
+    at = AppTest.from_file(
+        str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60
+    )
+    at.run()
+    at.switch_page("pages/compare.py")
+    at.run()
+    at.multiselect[0].set_value(["a-good", "b-edited"]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("b\\-edited: run.json or metrics.json is unreadable" in c.value for c in at.caption)
+
+
+def test_a_zarr_store_is_named_as_one(tmp_path):
+    """A .zarr folder was read as a 10x folder: 'needs genes.tsv or features.tsv(.gz)'."""
+    store = tmp_path / "cells.zarr"
+    store.mkdir()
+    (store / ".zgroup").write_text("{}")
+    proc = run_cli(["info", str(store)])
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "is a zarr store" in err[0], proc.stderr

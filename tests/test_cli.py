@@ -173,10 +173,26 @@ SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-typ
         ),
         (["cancel", "no-such-run"], "No run"),
         (["submit", "--data", "{tmp}/gone.h5ad", "--model", "vae"], "does not exist"),
+        # numbers given that were dropped silently (0, 150, nan) or overflowed (rc 1)
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--hvg", "0"], "n_top must be at"),
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--arcsinh", "0"], "cofactor must"),
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--max-pct-mito", "150"], "at most 100"),
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--max-pct-mito", "nan"], "finite"),
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--hvg", "1" + "0" * 400], "too large"),
+        (
+            ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/huge.json"],
+            "not valid JSON",
+        ),
+        # predict -o over its own --data replaced the user's input
+        (["predict", "--run", "{tmp}", "--data", "{lognorm}", "-o", "{lognorm}"], "is the input"),
     ],
 )
 def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, workspace, args, message):
     (tmp_path / "bad.json").write_text('{"steps": [{"name": "teleport"}]}')
+    digits = "1" + "0" * 5000  # beyond Python's 4,300-digit conversion limit
+    (tmp_path / "huge.json").write_text(
+        json.dumps({"steps": [{"name": "hvg", "params": {"n_top": 1}}]}).replace("1", digits)
+    )
     args = [a.format(lognorm=lognorm_file, tmp=tmp_path) for a in args]
     p = cli(*args, check=False)
     assert p.returncode != 0
@@ -436,3 +452,28 @@ def test_a_train_refused_before_it_starts_leaves_its_folder_new(tmp_path, lognor
     assert not out.exists()
     assert main([*argv, "--label-key", "cell_type"]) == 0
     assert (out / "metrics.json").exists()
+
+
+def test_seeds_past_the_queue_limit_queue_none(tmp_path, lognorm_file, workspace, monkeypatch):
+    """SCWB_MAX_QUEUED=3 and 5 seeds queued three, then refused the rest (a half group that a
+    second try duplicated): all or none."""
+    monkeypatch.setenv("SCWB_MAX_QUEUED", "3")
+    p = cli(
+        "submit", "--data", lognorm_file, "--model", "sk_logreg", "--label-key", "cell_type",
+        "--seeds", "0,1,2,3,4", check=False,
+    )  # fmt: skip
+    assert p.returncode == 2 and "nothing was submitted" in p.stderr and not p.stdout.strip()
+    assert not (workspace / "runs").exists() or not [
+        d for d in (workspace / "runs").iterdir() if not d.name.startswith(".")
+    ]
+
+
+def test_predict_takes_a_run_id_like_export_and_cancel(tmp_path, lognorm_file, workspace):
+    """predict said '<id> holds no saved model ... did the run finish?' for a run id that
+    export, cancel and delete all took."""
+    run = workspace / "runs" / "my-run"
+    cli("train", "--data", lognorm_file, "--model", "sk_logreg", "--label-key", "cell_type",
+        "--out", run)  # fmt: skip
+    out = tmp_path / "pred.h5ad"
+    p = cli("predict", "--run", "my-run", "--data", lognorm_file, "-o", out)
+    assert p.stdout.strip() == str(out) and out.exists()

@@ -90,6 +90,16 @@ def test_arcsinh_keep_counts_subset(counts_adata):
     np.testing.assert_allclose(_x(out), np.arcsinh(out.layers["counts"].toarray() / 5), rtol=1e-5)
 
 
+def test_keep_counts_never_replaces_real_counts_with_transformed_values(lognorm_adata):
+    """A hostile pass: log-normalised X with raw counts in layers['counts']; --keep-counts copied
+    X over them, silently, and the VAE then refused the 'counts' layer."""
+    counts = lognorm_adata.layers["counts"].copy()
+    out, report = pp.apply(lognorm_adata, pp.Recipe([pp.Step("keep_counts")]))
+    assert (out.layers["counts"] != counts).nnz == 0
+    row = next(r for r in report if r["step"] == "keep_counts")
+    assert "kept the data's own layers['counts']" in str(row)
+
+
 def test_recipe_round_trip_and_record(counts_adata):
     r = pp.Recipe(
         [
