@@ -462,6 +462,8 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
         means, stds = np.abs(d.mean(axis=0)), d.std(axis=0)
         if np.median(means) < 0.25 and 0.5 < np.median(stds) < 1.5:
             return "scaled (z-score)"  # every gene centred with unit spread
+        if vmin > -0.05 and vmax <= 1.05:
+            return "scaled (MinMax)"  # within [0, 1] but for small noise (simulated sets)
         if vmin > -3.0 and vmax < 15:
             return "arcsinh-transformed"  # asinh of intensities: small negative noise, < ~10
         return "centred or signed values"

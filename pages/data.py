@@ -23,13 +23,21 @@ ensure_app_navigation()
 st.title("Data")
 
 
+def cells(n: int) -> str:
+    return f"{n:,} cell{'s' * (n != 1)}"
+
+
+def genes(n: int) -> str:
+    return f"{n:,} gene{'s' * (n != 1)}"
+
+
 def _loaded(key: str) -> None:
     """Make ``key`` this session's dataset and say what was loaded (escaped: names are user text)."""
     set_dataset(key)
     m = datasets.meta(key)
     st.success(
         md(
-            f"Loaded {m.get('n_obs', 0):,} cells x {m.get('n_vars', 0):,} genes as "
+            f"Loaded {cells(m.get('n_obs', 0))} x {genes(m.get('n_vars', 0))} as "
             f"'{m.get('name', key)}' (key {key})."
         )
     )
@@ -214,12 +222,28 @@ if d["layers"]:
     st.markdown("**Layers:** " + ", ".join(f"{md(k)} ({md(v)})" for k, v in d["layers"].items()))
 unique = d.get("unique_names")  # stored with the description; older datasets: checked here
 if not (unique if unique is not None else adata.var_names.is_unique and adata.obs_names.is_unique):
-    st.warning("Gene or cell names are duplicated; models need unique names.")
+    dup_cells = int(adata.obs_names.duplicated().sum())
+    dup_genes = int(adata.var_names.duplicated().sum())
+    which = " and ".join(
+        f"{n:,} {what} name{'s' * (n != 1)}"
+        for n, what in ((dup_cells, "cell"), (dup_genes, "gene"))
+        if n
+    )
+    st.warning(
+        f"Duplicated names ({which or 'some'} repeated): models need unique names. Making them "
+        "unique adds -1, -2, ... to the repeats (anndata's rule) and saves a copy named "
+        "'... (unique names)'."
+    )
     if st.button("Make names unique"):
         try:
             fixed = io.make_unique(load_full(ds_key).copy())
             set_dataset(
-                datasets.save(fixed, datasets.label(ds_key), source="made unique", parent=ds_key)
+                datasets.save(
+                    fixed,
+                    f"{datasets.label(ds_key)} (unique names)",
+                    source="made unique",
+                    parent=ds_key,
+                )
             )
             st.rerun()
         except Exception as exc:

@@ -98,4 +98,7 @@ def test_data_page_warns_on_duplicated_names_from_the_description(counts_adata):
     key = datasets.save(a, "dup")
     assert datasets.description(key)["unique_names"] is False
     at = page("data")
-    assert any("duplicated" in w.value for w in at.warning)
+    said = " ".join(w.value for w in at.warning)
+    assert f"Duplicated names ({a.n_vars - 1:,} gene names repeated)" in said  # says which
+    next(b for b in at.button if b.label == "Make names unique").click().run()
+    assert any(r["name"] == "dup (unique names)" for r in datasets.list_datasets())

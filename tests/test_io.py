@@ -802,3 +802,13 @@ def test_one_chunk_holding_the_whole_dataset_is_read(tmp_path, monkeypatch):
         d = f.create_dataset("X", shape=(70_000, 1000), dtype=np.float32, chunks=(70_000, 1000))
         d.attrs.update(attrs)
     assert checks.check_h5ad(path, "whole.h5ad")["X"] == 70_000 * 1000 * 4
+
+
+def test_values_in_zero_one_with_small_noise_are_scaled_not_arcsinh():
+    """scanpy's simulated krumsiek11 (values 0-1, noise to -0.016) was called
+    'arcsinh-transformed', a cytometry transform, and the QC message repeated it."""
+    sc = pytest.importorskip("scanpy")
+    assert io.matrix_kind(sc.datasets.krumsiek11().X) == "scaled (MinMax)"
+    rng = np.random.default_rng(0)
+    asinh = np.arcsinh((rng.gamma(2.0, 200.0, (200, 10)) - 20) / 5).astype(np.float32)
+    assert io.matrix_kind(asinh) == "arcsinh-transformed"  # cytometry keeps its name
