@@ -450,7 +450,11 @@ if res_info is not None and task in ("reconstruct", "embed"):
             st.subheader("Input, reconstruction and error")
             if counts:
                 st.caption(
-                    "Counts and reconstructed counts, each normalised to 10,000 per cell and log1p-transformed."
+                    "Counts and reconstructed counts, each normalised to 10,000 per cell and "
+                    "log1p-transformed. A count model reconstructs each gene's expected count "
+                    "(a mean over what the cell could show), never a zero: where a gene was not "
+                    "detected the error is negative (blue) by nature, so read how far the error "
+                    "is from 0 where the gene was detected, and the per-cell error, not its sign."
                 )
             if stored.get("per_gene") == "sample":
                 st.caption(

@@ -105,6 +105,14 @@ def test_a_loss_on_every_seed_below_significance_is_said_as_such():
     assert "more seeds would tell" in text
 
 
+def test_identical_results_on_every_seed_are_said_so():
+    """Two deterministic baselines read '+0.00 ± 0.00' beside real differences."""
+    a = seeds.Config("a", "pca", "d", label="pca", runs={s: {"test_mse": 0.5} for s in range(3)})
+    b = seeds.Config("b", "pca2", "d", label="pca2", runs={s: {"test_mse": 0.5} for s in range(3)})
+    text = seeds.paired(a, b, "test_mse").text()
+    assert "identical on every seed (3 seeds)" in text and "±" not in text
+
+
 def test_lower_is_better_metrics_count_wins_the_other_way():
     a = seeds.Config(
         "a", "ae", "d", label="ae", runs={s: {"test_mse": 0.1 + s / 100} for s in range(3)}
