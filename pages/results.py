@@ -418,7 +418,14 @@ slots = dict(scwb.get("slots") or {})
 stored = dict(scwb.get("stored") or {})
 SCORE = slots.get("score", "abnormality")
 
-if res_info is not None and task in ("reconstruct", "embed"):
+# the grouping serves the heatmaps and the abnormality boxes: a run with neither (a PCA
+# embedding) showed the selector with nothing under it
+has_recon = "reconstruction" in slots if slots else True  # runs before slots: the usual names
+if (
+    res_info is not None
+    and task in ("reconstruct", "embed")
+    and (has_recon or SCORE in res_info["obs"])
+):
     with guard("the reconstruction figures"):
         groups_opts = [
             "(none)",

@@ -464,7 +464,7 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     # scGen against the mean-shift, with the interval over these cells, in one sentence
     low, high = metrics["meanshift_gap_ci95_low"], metrics["meanshift_gap_ci95_high"]
     said = texts(at, "success") + texts(at, "info") + texts(at, "warning")
-    interval = f"95% interval {low:+.3f} to {high:+.3f} over its {metrics['n_ctrl']} control"
+    interval = f"95% interval of the difference {low:+.3f} to {high:+.3f} over its {metrics['n_ctrl']} control"
     assert any(t.startswith("For B cell, ") and interval in t for t in said), said
     # how scGen predicted: the run's own choices (defaults here)
     assert (

@@ -124,8 +124,10 @@ def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figu
         return fig.update_xaxes(visible=False).update_yaxes(visible=False)
     if not cols:  # a scikit-learn baseline: fitted in one step, scored on train and validation
         scores = metrics.drop(columns=["epoch"]).iloc[-1]
-        fig = px.bar(
-            x=list(scores.index), y=list(scores.to_numpy()), labels={"x": "", "y": "value"}
+        fig = px.bar(  # readable names: the bars read 'train_mse', 'val_mse'
+            x=[plain(metric_names.name(k)) for k in scores.index],
+            y=list(scores.to_numpy()),
+            labels={"x": "", "y": "value"},
         )
         return fig.update_layout(
             title="Fitted in one step (no epochs): training and validation scores"
