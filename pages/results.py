@@ -214,10 +214,7 @@ def still_learning_note() -> str | None:
         else f" (for {', '.join(learning[:8])}" + (", ..." if len(learning) > 8 else "") + ")"
     )
     short = (
-        f", {published} in the model's published defaults (shortened to fit this machine's "
-        "time budget)"
-        if published and last < published
-        else ""
+        f", {published} in the model's published defaults" if published and last < published else ""
     )
     return (
         f"The validation loss was still falling at the last epoch{which}: {last} epochs"

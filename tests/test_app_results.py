@@ -320,7 +320,7 @@ def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
     runs.write_json(run / "run.json", {**runs.read_json(run / "run.json"), "epochs": 20})
     warn = " ".join(texts(app("results", run=run.name), "warning"))
     assert "still falling at the last epoch: 20 epochs, 50 in the model's published" in warn
-    assert "shortened" in warn and "train it longer" in warn
+    assert "train it longer" in warn
     # a curve that levelled off says nothing
     flat = [1.0 + 1.0 / e for e in range(1, 4)] + [1.34] * 17
     runs.write_metrics_csv(
