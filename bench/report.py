@@ -93,8 +93,19 @@ def _scgen_params(block: dict) -> tuple[str, str, bool]:
 def _scgen_how(block: dict) -> str:
     output, delta, recorded = _scgen_params(block)
     how = models.SCGEN_OUTPUTS.get(output, "")
-    return f"{how} (`output={output}`) and the `{delta}` stimulation vector" + (
-        "" if recorded else " (measured before 2026-11-27)"
+    # the 'decoder' parameter came with the cut at 0 (one commit): a block recording it was
+    # scored with predictions, and the mean-shift baseline, cut at 0 on never-negative data
+    cut = recorded and "decoder" in (block.get("params") or {})
+    return (
+        f"{how} (`output={output}`) and the `{delta}` stimulation vector"
+        + ("" if recorded else " (measured before 2026-11-27)")
+        + (
+            "; predictions and the mean-shift baseline cut at 0 (the data are never negative)"
+            if cut
+            else "; predictions not cut at 0 (scored before they were)"
+            if recorded
+            else ""
+        )
     )
 
 

@@ -94,6 +94,10 @@ def test_scgen_tables_say_which_prediction_they_measured():
     )
     assert "Prediction: each control cell + the decoded change (`output=residual`)" in now
     assert "`paired` stimulation vector" in now and "measured before" not in now
+    assert "predictions not cut at 0" in now  # recorded before the cut (no 'decoder' option)
+    cut = {"params": {"output": "residual", "delta": "paired", "decoder": "mirrored"}}
+    cut_text = "\n".join(report._scgen_tables("x", {**cut, "seeds": seeds}))
+    assert "predictions and the mean-shift baseline cut at 0" in cut_text
     assert "above the mean-shift baseline on 1/2 cell types" in now
     weighted = "\n".join(report._scgen_tables("x", {"seeds": seeds}, None, {"A": 0.9}))
     header = next(r for r in weighted.splitlines() if r.startswith("| cell type"))
