@@ -78,7 +78,9 @@ run_id = st.selectbox(
     # fixed for the run's life (no state): the browser sends back the label it shows
     format_func=lambda i: f"{i} · {by_id[i]['model']} on {by_id[i]['dataset']}",
 )
-st.query_params["run"] = st.session_state["results_run"] = run_id
+st.session_state["results_run"] = run_id
+if st.query_params.get("run") != run_id:  # each write is a browser history entry (Back)
+    st.query_params["run"] = run_id
 st.session_state["_results_shown"] = run_id
 row = by_id[run_id]
 run_dir = Path(row["path"])
