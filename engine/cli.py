@@ -523,7 +523,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     workspace.check_output_file(args.out)
     _distinct_files(args.data, ("-o", args.out))  # -o over --data replaced the user's file
-    run = args.run if Path(args.run).is_dir() else jobs.resolve_run(args.run)  # a path or an id
+    # a folder holding a model (run.json or not: a copied model folder) or a workspace run id
+    run = args.run if Path(args.run).is_dir() else jobs.resolve_run(args.run)
     reader.vet(args.data)
     out = predict(run, io.read(args.data), align=args.align)
     io.write_h5ad(out, args.out)
@@ -538,7 +539,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine import export, jobs
 
     run_dir = jobs.resolve_run(args.run)
-    state = jobs.status(run_dir).get("state")
+    state = jobs.effective_status(run_dir).get("state")
     if state in ("queued", "running"):
         print(
             f"warning: {run_dir.name} is {state}: the export holds what it has written so far",

@@ -358,11 +358,11 @@ def users(key: str, active_only: bool = True) -> list[dict[str, Any]]:
     return out
 
 
-def delete(key: str) -> None:
-    """Delete dataset ``key``; refused while a queued or running run uses it."""
+def check_deletable(key: str) -> None:
+    """Refuse, in one line, to delete a dataset that is missing or that a queued or running run
+    uses (the Data page asks this before it asks the user)."""
     key = check_key(key)
-    p = path(key)
-    if not p.exists():
+    if not path(key).exists():
         raise ScwbError(f"No dataset {key!r} in the workspace.")
     busy = users(key)
     if busy:
@@ -372,6 +372,13 @@ def delete(key: str) -> None:
             f"The dataset {label(key)!r} ({key}) is used by the {first['state']} run "
             f"{first['id']}{more}; cancel it or wait until it ends, then delete."
         )
+
+
+def delete(key: str) -> None:
+    """Delete dataset ``key``; refused while a queued or running run uses it."""
+    key = check_key(key)
+    p = path(key)
+    check_deletable(key)
     p.unlink(missing_ok=True)
     summary.remove_qc(p)
     _meta_path(key).unlink(missing_ok=True)

@@ -186,10 +186,14 @@ def _counts(values: Any) -> dict[str, int]:
         s = values if isinstance(values, pd.Series) else pd.Series(list(values))
         # count first, then name the (few) distinct values: turning every cell's value into
         # text cost 1 ms a column, seconds for a file with thousands of obs columns
+        if isinstance(s.dtype, pd.CategoricalDtype):  # ties in order of appearance, as before
+            s = s.astype(str)
+        counts = s.value_counts(dropna=False)
+        counts = counts[counts > 0]  # a categorical's unused categories are counted as 0
         pairs = {}
-        for k, v in s.value_counts(dropna=False).items():
-            if v:  # a categorical's unused categories are counted as 0
-                pairs[str(k)] = pairs.get(str(k), 0) + int(v)  # 1 and "1" are one value
+        # named as pandas writes them as text (a float32 0.1 is '0.1', a date has no time)
+        for k, v in zip(counts.index.astype(str), counts.to_numpy(), strict=True):
+            pairs[k] = pairs.get(k, 0) + int(v)  # 1 and "1" are one value
     return dict(sorted(pairs.items(), key=lambda kv: -kv[1]))
 
 

@@ -462,7 +462,10 @@ def estimate(
         if dev.kind == "cpu" and rate:
             per_epoch = n_train * n_models / rate
             fit = int((budget_s() - startup) / per_epoch) if per_epoch > 0 else published
-            if fit < published:
+            full_batch = {**info.defaults(), **(params or {})}.get("solver") == "lbfgs"
+            if fit < published and full_batch:  # one L-BFGS step an epoch: cut to the budget
+                epochs, shortened = max(MIN_EPOCHS, fit), True
+            elif fit < published:
                 floor = max(MIN_EPOCHS, math.ceil(MIN_STEPS * batch / max(int(n_train), 1)))
                 floor = min(published, floor)
                 epochs, shortened, over_budget = (

@@ -115,32 +115,31 @@ def meanshift_gap_interval(
     n_boot: int = 200,
     seed: int = 0,
     max_cells: int = 20_000,
+    floor: float | None = None,
 ) -> tuple[float, float]:
     """95% interval of ``r2_mean_all`` minus the mean-shift baseline's, over the cells scored:
     a bootstrap of the control cells (each with its prediction, when ``pred`` holds one row per
     control cell, as scGen's does) and of the real stimulated cells. A held-out type of 7 control
     cells makes a noisy mean that can put either prediction ahead by chance; this says whether
-    the difference is larger than that. ``shift``: one per gene, or one row per control cell (a
-    baseline cut at a floor). Above ``max_cells`` a group is subsampled (a wider, conservative
-    interval). NaN for fewer than 2 cells on a side."""
+    the difference is larger than that. The baseline is each control cell + ``shift`` (one per
+    gene), cut at ``floor`` like the prediction when one is given. Above ``max_cells`` a group is
+    subsampled (a wider, conservative interval). NaN for fewer than 2 cells on a side."""
     rng = np.random.default_rng(seed)
 
     def rows(x: Any) -> np.ndarray:
         x = np.asarray(dense(x), dtype=np.float32)
         return x if len(x) <= max_cells else x[np.sort(rng.choice(len(x), max_cells, False))]
 
-    shift = np.asarray(shift, dtype=np.float32)
-    per_cell = shift.ndim == 2
     paired = pred.shape[0] == ctrl.shape[0]
-    if (paired or per_cell) and ctrl.shape[0] > max_cells:
+    if paired and ctrl.shape[0] > max_cells:
         keep = np.sort(rng.choice(ctrl.shape[0], max_cells, replace=False))
-        ctrl = ctrl[keep]
-        pred = pred[keep] if paired else pred
-        shift = shift[keep] if per_cell else shift
+        pred, ctrl = pred[keep], ctrl[keep]
     pred, real, ctrl = rows(pred), rows(real), rows(ctrl)
     if len(ctrl) < 2 or len(real) < 2 or len(pred) < 2:
         return float("nan"), float("nan")
-    base = ctrl + shift  # the baseline's prediction, one row per control cell
+    base = ctrl + np.asarray(shift, dtype=np.float32).ravel()  # the baseline, cell by cell
+    if floor is not None:
+        np.maximum(base, floor, out=base)
 
     def weights(n: int) -> np.ndarray:  # each row: one resample's mean as a weighted sum
         return (rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n).astype(np.float32)
@@ -234,16 +233,19 @@ def perturbation(
 
 
 def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
-    """Whether a run that ran to its epoch limit was still learning: its best validation loss
-    came in the last tenth of the epochs (at least the last two) and is more than ``rel`` of
-    itself below the loss at the start of that stretch. A curve this shape says "train longer"
-    before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline that the
-    same model beats at 100)."""
+    """Whether a run that ran to its epoch limit was still learning: the best validation loss
+    of its last tenth of epochs (at least the last two) is below the best before them by more
+    than ``rel`` of itself and by more than the curve's epoch-to-epoch noise (three robust
+    standard deviations of its steps over the second half). A curve this shape says "train
+    longer" before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline
+    that the same model beats at 100); a noisy plateau is not this shape."""
     v = np.asarray(val_loss, dtype=float)
     v = v[np.isfinite(v)]
     n = len(v)
     if n < 3:
         return False
     start = min(n - 2, int(0.9 * n))
-    best = int(np.argmin(v))
-    return best >= start and v[start - 1] - v[best] > rel * abs(v[best])
+    gain = float(v[:start].min() - v[start:].min())
+    steps = np.diff(v[n // 2 :])
+    noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) if len(steps) else 0.0
+    return gain > max(rel * abs(float(v[start:].min())), 3 * noise)

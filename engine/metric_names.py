@@ -168,6 +168,12 @@ _M = {
         "higher",
     ),
     "val_f1_macro": ("Macro F1 (validation)", "Macro F1 on the validation cells.", "higher"),
+    "train_accuracy": (
+        "Accuracy (train)",
+        "Share of training cells given their true label (a fit, not a test).",
+        "higher",
+    ),
+    "train_f1_macro": ("Macro F1 (train)", "Macro F1 on the training cells.", "higher"),
     "n_ctrl": ("Control cells", "Number of control cells of this cell type.", None),
     "n_stim": ("Stimulated cells", "Number of real stimulated cells of this cell type.", None),
     "epochs": ("Epochs", "Epochs trained.", None),

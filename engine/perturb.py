@@ -204,8 +204,7 @@ def against_meanshift(
         if gap > 0:
             return (
                 "success",
-                f"For {target}, {model} beats the mean-shift baseline: its R² is "
-                f"{abs(gap):.3f} higher.",
+                f"For {target}, {model} beats the mean-shift baseline: {diff}.",
             )
         return "warning", (
             f"For {target}, {model} does not beat the simple mean-shift baseline on R² of mean "
@@ -214,13 +213,12 @@ def against_meanshift(
     interval = f"95% interval of the difference {_signed(low)} to {_signed(high)}{cells}"
     if low > 0:
         return "success", (
-            f"For {target}, {model} beats the mean-shift baseline: its R² is {abs(gap):.3f} "
-            f"higher ({interval})."
+            f"For {target}, {model} beats the mean-shift baseline: {diff} ({interval})."
         )
     if high < 0:
         return "warning", (
             f"For {target}, the simple mean-shift baseline predicts better than {model}: "
-            f"{model}'s R² is {abs(gap):.3f} lower ({interval})."
+            f"{diff} ({interval})."
         )
     return "info", (
         f"For {target}, {model} and the mean-shift baseline cannot be told apart on these "

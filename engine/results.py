@@ -142,17 +142,15 @@ def write(run_dir: str | Path, out: ad.AnnData, sample: ad.AnnData | None) -> No
 
 # ----------------------------------------------------------------------------- reading
 def _open(path: str | Path) -> h5py.File:
-    # only a regular file: opening a named pipe put in its place blocks the reader for good
-    if not Path(path).is_file():
-        raise ScwbError(f"{Path(path).name} is missing or not a regular file.")
     try:
-        return h5py.File(path, "r")
+        return h5py.File(_open_path(Path(path)), "r")
     except (OSError, ValueError) as exc:
         raise ScwbError(f"{Path(path).name} could not be read ({exc}).") from None
 
 
 def _open_path(path: Path) -> Path:
-    """``path``, once it is known to be a regular file (see ``_open``)."""
+    """``path``, once it is known to be a regular file: opening a named pipe put in its place
+    blocks the reader for good."""
     if not Path(path).is_file():
         raise ScwbError(f"{Path(path).name} is missing or not a regular file.")
     return Path(path)

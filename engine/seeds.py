@@ -284,10 +284,7 @@ class Paired:
             else ""
         )
         if self.diff == 0 and self.sd == 0:  # it read "+0.00 ± 0.00" beside real differences
-            return (
-                f"{self.a} − {self.b}: {metric_names.name(self.metric)} identical on every "
-                f"seed ({self.n} seed{'s' if self.n != 1 else ''}{left}): {self.verdict}."
-            )
+            return f"{self.a} − {self.b}: {metric_names.name(self.metric)}: {self.verdict}{left}."
         places = _places(self.diff, self.sd)
         return (
             f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.{places}f} ± "

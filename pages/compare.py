@@ -150,14 +150,16 @@ if one_dataset:
 cancelled = [row_names[r["id"]] for r in picked if r["state"] == "cancelled"]
 if cancelled:
     st.warning(
-        "Cancelled before their last epoch: "
+        "Cancelled before they finished: "
         + ", ".join(figures.esc(n) for n in cancelled)
-        + ". Their metrics are those of a model still training, not of a finished one."
+        + ". Their metrics are those of a model stopped part-way, not of a finished one."
     )
-if "leiden" in label_keys and task in ("embed", "reconstruct"):
+clusters = sorted(k for k in label_keys if k in ("leiden", "louvain"))
+if clusters and task in ("embed", "reconstruct"):
     st.info(
-        "The labels these runs are scored against are Leiden clusters, which Preprocess builds "
-        "from a PCA of this same data: latent scores against them favour the PCA baseline."
+        f"These runs are scored against clusters ({', '.join(clusters)}): when they were "
+        "computed from a PCA of this same data (as Preprocess computes Leiden clusters), latent "
+        "scores against them favour the PCA baseline."
     )
 configs = seeds.group(
     [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in readable],

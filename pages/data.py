@@ -182,8 +182,14 @@ info_col.caption(
         f"Key {ds_key.key} · X fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}"
     )
 )
+if st.session_state.get("confirm_delete_dataset") not in (None, ds_key):
+    del st.session_state["confirm_delete_dataset"]  # asked for another dataset: not this one
 if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
-    st.session_state["confirm_delete_dataset"] = ds_key  # one click deleted it at once
+    try:
+        datasets.check_deletable(ds_key)  # refused at once, not after a question
+        st.session_state["confirm_delete_dataset"] = ds_key  # one click deleted it at once
+    except Exception as exc:
+        show_error(exc)
 if st.session_state.get("confirm_delete_dataset") == ds_key:
     box = st.container(border=True)
     used = datasets.users(ds_key, active_only=False)
@@ -191,7 +197,7 @@ if st.session_state.get("confirm_delete_dataset") == ds_key:
         f"Delete the dataset {md(datasets.label(ds_key))} ({md(ds_key)}) from the workspace? "
         "This cannot be undone."
         + (
-            f" {len(used)} run{'s' * (len(used) > 1)} trained on it: their results stay, but "
+            f" {len(used)} run{'s' * (len(used) > 1)} used it: their results stay, but "
             "reproducing them or training on this data again needs the file."
             if used
             else ""

@@ -194,26 +194,28 @@ def early_stop_note() -> str | None:
 def still_learning_note() -> str | None:
     """'Still improving at its last epoch': a run that ran to its limit with the validation
     loss falling (per cell type for leave-one-out) is not converged, whatever it is compared
-    with; a CPU run the Train page shortened says so."""
+    with; said with its epochs against the model's published ones."""
     if state != "completed" or curve.empty or "val_loss" not in curve or "epoch" not in curve:
         return None
     if status.get("optimizer") == "lbfgs" or status.get("stopped_early"):
         return None
-    parts = curve.groupby("cell_type") if "cell_type" in curve else [(None, curve)]
-    learning = [
-        str(name)
+    # leave-one-out: one curve per cell type, its epochs counted on from the previous type's
+    parts = list(curve.groupby("cell_type")) if "cell_type" in curve else [(None, curve)]
+    learning = {
+        name: len(c)
         for name, c in parts
         if evaluate.still_improving(pd.to_numeric(c["val_loss"], errors="coerce"))
-    ]
+    }
     if not learning:
         return None
-    last = int(curve["epoch"].max())
+    last = max(learning.values())  # epochs of the model (or models) still learning
     info = models.REGISTRY.get(str(spec.get("model")))
     published = info.epochs if info and info.kind == "torch" else None
+    names = [str(n) for n in learning]
     which = (
         ""
-        if learning == ["None"]
-        else f" (for {', '.join(learning[:8])}" + (", ..." if len(learning) > 8 else "") + ")"
+        if list(learning) == [None]
+        else f" (for {', '.join(names[:8])}" + (", ..." if len(names) > 8 else "") + ")"
     )
     short = (
         f", {published} in the model's published defaults" if published and last < published else ""
@@ -420,59 +422,56 @@ SCORE = slots.get("score", "abnormality")
 # the grouping serves the heatmaps and the abnormality boxes: a run with neither (a PCA
 # embedding) showed the selector with nothing under it
 has_recon = "reconstruction" in slots if slots else True  # runs before slots: the usual names
-if (
-    res_info is not None
-    and task in ("reconstruct", "embed")
-    and (has_recon or SCORE in res_info["obs"])
-):
-    with guard("the reconstruction figures"):
-        groups_opts = [
-            "(none)",
-            *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
-        ]
-        # the run's label column, else the first text or categorical column (listed first)
-        # that is not the run's own split
-        first = spec.get("label_key") if spec.get("label_key") in groups_opts else None
-        first = first or next((c for c in groups_opts[1:] if c != scwb.get("split_key")), None)
-        group = st.selectbox(
-            "Order and group cells by",
-            groups_opts,
-            index=groups_opts.index(first) if first else 0,
-        )
-        model_json = runs.read_json(run_dir / "model.json", {}) or {}
-        layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
-        likelihood = (spec.get("params") or {}).get("likelihood", "nb")
-        hm = recon_figures(
-            str(run_dir),
-            mtime,
-            group,
-            layer,
-            task == "embed" and likelihood != "gaussian",
-            slots.get("reconstruction", "reconstruction"),
-            res_info["n_obs"],
-        )
-        if hm is not None:
-            maps, counts = hm
-            st.subheader("Input, reconstruction and error")
-            if counts:
-                st.caption(
-                    "Counts and reconstructed counts, each normalised to 10,000 per cell and "
-                    "log1p-transformed. A count model reconstructs each gene's expected count "
-                    "(a mean over what the cell could show), never a zero: where a gene was not "
-                    "detected the error is negative (blue) by nature, so read how far the error "
-                    "is from 0 where the gene was detected, and the per-cell error, not its sign."
-                )
-            if stored.get("per_gene") == "sample":
-                st.caption(
-                    f"Reconstructions are stored for a sample of {stored.get('cells', 0):,} of "
-                    f"{res_info['n_obs']:,} cells; `python -m engine predict` writes them for every cell."
-                )
-            for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
-                figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
-        if SCORE in res_info["obs"] and group != "(none)":
-            figures.show(
-                "abnormality", lambda: score_boxes(str(res_path), mtime, SCORE, group), figs
+if res_info is not None and task in ("reconstruct", "embed"):
+    if has_recon or SCORE in res_info["obs"]:
+        with guard("the reconstruction figures"):
+            groups_opts = [
+                "(none)",
+                *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
+            ]
+            # the run's label column, else the first text or categorical column (listed first)
+            # that is not the run's own split
+            first = spec.get("label_key") if spec.get("label_key") in groups_opts else None
+            first = first or next((c for c in groups_opts[1:] if c != scwb.get("split_key")), None)
+            group = st.selectbox(
+                "Order and group cells by",
+                groups_opts,
+                index=groups_opts.index(first) if first else 0,
             )
+            model_json = runs.read_json(run_dir / "model.json", {}) or {}
+            layer = scwb.get("layer") or model_json.get("layer") or spec.get("layer") or ""
+            likelihood = (spec.get("params") or {}).get("likelihood", "nb")
+            hm = recon_figures(
+                str(run_dir),
+                mtime,
+                group,
+                layer,
+                task == "embed" and likelihood != "gaussian",
+                slots.get("reconstruction", "reconstruction"),
+                res_info["n_obs"],
+            )
+            if hm is not None:
+                maps, counts = hm
+                st.subheader("Input, reconstruction and error")
+                if counts:
+                    st.caption(
+                        "Counts and reconstructed counts, each normalised to 10,000 per cell and "
+                        "log1p-transformed. A count model reconstructs each gene's expected count "
+                        "(a mean over what the cell could show), never a zero: where a gene was not "
+                        "detected the error is negative (blue) by nature, so read how far the error "
+                        "is from 0 where the gene was detected, and the per-cell error, not its sign."
+                    )
+                if stored.get("per_gene") == "sample":
+                    st.caption(
+                        f"Reconstructions are stored for a sample of {stored.get('cells', 0):,} of "
+                        f"{res_info['n_obs']:,} cells; `python -m engine predict` writes them for every cell."
+                    )
+                for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
+                    figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
+            if SCORE in res_info["obs"] and group != "(none)":
+                figures.show(
+                    "abnormality", lambda: score_boxes(str(res_path), mtime, SCORE, group), figs
+                )
 
     model = spec.get("model") or row.get("model")
     keys = [

@@ -236,6 +236,8 @@ def live() -> None:
             st.toast("Cancelling: the run stops at its next step and keeps its best weights.")
         except Exception as exc:
             show_error(exc)
+    if ss.get("runs_confirm_delete") not in (None, sel):
+        del ss["runs_confirm_delete"]  # asked for another run: not this one
     if c[1].button(
         "Delete run", disabled=active, help="cancel it first" if active else None, key="runs-delete"
     ):

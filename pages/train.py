@@ -210,10 +210,10 @@ with st.container(border=True):
             held = int(((adata.obs[cond] == stim) & (adata.obs[ct_key] == target)).sum())
             n_train = int(0.9 * (in_design - held))
     layers = ["X", *(d.get("layers") or {})]
-    # a count model (the VAE) reads layers['counts'] when X is not counts: the box says so
-    # instead of showing X for a run that reads the counts layer (a browser pass)
+    # a count model (the VAE) left on X reads layers['counts'] when there is one (the engine's
+    # setup.choose_matrix): the box says so instead of showing X for it (a browser pass)
     count_models = [n for n in picked if models.get(n).needs == "counts"]
-    reads_counts = bool(count_models) and "counts" in layers and d.get("x_kind") != "counts"
+    reads_counts = bool(count_models) and "counts" in layers
     layer0 = "counts" if reads_counts and len(count_models) == len(picked) else None
     layer = st.selectbox(
         "Input matrix",
@@ -223,9 +223,10 @@ with st.container(border=True):
     )
     spec_kw["layer"] = None if keep(f"layer:{name}:{layer0}", layer) == "X" else layer
     if reads_counts and layer == "X":
+        others = "; the other models read X" if len(count_models) < len(picked) else ""
         st.caption(
             f"{', '.join(count_models)} read{'s' * (len(count_models) == 1)} layers['counts'] "
-            "(raw counts) instead of X; the other models read X."
+            f"(raw counts) instead of X{others}."
         )
     kind = d.get("x_kind") if layer == "X" else (d.get("layers") or {}).get(layer)
     if kind == "raw intensities":

@@ -173,19 +173,19 @@ def test_data_page_deletes_the_current_dataset_unless_a_run_uses_it(tmp_path, wo
     def click(label: str) -> None:
         next(b for b in at.button if b.label == label).click().run()
 
-    click("Delete dataset")
-    assert datasets.path(key).exists()  # one click asks first (it deleted at once)
-    asked = " ".join(w.value for w in at.warning)
-    assert "cannot be undone" in asked and "1 run trained on it" in asked
-    click("Yes, delete")
+    click("Delete dataset")  # refused at once while a run uses it, before any question
     assert not at.exception
     assert len(errors(at)) == 1 and "used by the running run r1" in errors(at)[0]
     assert datasets.path(key).exists()
+    assert not any("cannot be undone" in w.value for w in at.warning)
     runs.write_json(run / "status.json", {"state": "completed"})
+    click("Delete dataset")
+    assert datasets.path(key).exists()  # one click asks first (it deleted at once)
+    asked = " ".join(w.value for w in at.warning)
+    assert "cannot be undone" in asked and "1 run used it" in asked
     click("Keep it")
-    assert datasets.path(key).exists() and not any(
-        "cannot be undone" in w.value for w in at.warning
-    )
+    assert datasets.path(key).exists()
+    assert not any("cannot be undone" in w.value for w in at.warning)
     click("Delete dataset")
     click("Yes, delete")
     assert not at.exception and not errors(at)
@@ -532,7 +532,7 @@ def test_compare_marks_cancelled_runs_and_names_rows_without_the_shared_dataset(
     esc = lambda t: t.replace("-", "\\-").replace("_", "\\_")  # noqa: E731 (markdown)
     assert f"Dataset: {esc(dataset)}." in [c.value for c in at.caption]
     warned = " ".join(w.value for w in at.warning)
-    assert f"Cancelled before their last epoch: sk\\_logreg · {esc(stopped)} · cancelled" in warned
+    assert f"Cancelled before they finished: sk\\_logreg · {esc(stopped)} · cancelled" in warned
     cols = json.loads(at.dataframe[0].proto.columns)
     assert cols["run"]["pinned"] is True
 
@@ -546,7 +546,7 @@ def test_compare_embeddings_scored_on_leiden_clusters_say_they_favour_pca(datase
     runs.write_json(workspace.home() / "state.json", {"dataset": name})
     _finished(name, "pca", label_key="leiden", epochs=1)
     at = app("compare")
-    assert any("Leiden clusters" in i.value and "PCA" in i.value for i in at.info)
+    assert any("clusters (leiden)" in i.value and "PCA baseline" in i.value for i in at.info)
 
 
 def test_compare_without_a_label_column_does_not_claim_one(dataset):

@@ -327,6 +327,39 @@ def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
         run, [{"epoch": e, "train_loss": v, "val_loss": v} for e, v in enumerate(flat, 1)]
     )
     assert "still falling" not in " ".join(texts(app("results", run=run.name), "warning"))
+    # leave-one-out: one curve per type, epochs counted on from the type before (a review: the
+    # note said 40 epochs for two models of 20)
+    rows = [
+        {"epoch": 20 * i + e, "cell_type": t, "train_loss": v, "val_loss": v}
+        for i, (t, curve) in enumerate((("A", flat), ("B", falling)))
+        for e, v in enumerate(curve, 1)
+    ]
+    runs.write_metrics_csv(run, rows)
+    warn = " ".join(texts(app("results", run=run.name), "warning"))
+    assert "still falling at the last epoch (for B): 20 epochs, 50 in" in warn, warn
+
+
+def test_still_improving_tells_a_falling_curve_from_a_noisy_plateau():
+    """A review: the first rule fired on 7-26% of converged, noisy curves, and on one spike."""
+    from engine.evaluate import still_improving
+
+    rng = np.random.default_rng(0)
+    x = np.arange(20)
+    plateaus = [1 + 2 * np.exp(-x / 3) + rng.normal(0, sd, 20) for sd in (0.002, 0.01, 0.03)] * 100
+    assert np.mean([still_improving(c) for c in plateaus]) < 0.03
+    falling = [3 * np.exp(-x / 30) + rng.normal(0, 0.01, 20) for _ in range(100)]
+    assert np.mean([still_improving(c) for c in falling]) > 0.9
+    assert not still_improving([1.0] * 10 + [1.3, 1.0, 0.999])  # one spike before the end
+    assert still_improving([104, 91, 80, 73, 70])  # the 5-epoch scGen of the browser pass
+
+
+def test_a_pca_embedding_shows_its_latent_space_and_no_empty_grouping(dataset):
+    """A PCA embedding has no reconstruction to group: the selector went, its UMAP stays (a
+    review caught the first version hiding both)."""
+    run = _finished(dataset, "pca_embed", epochs=1)
+    at = app("results", run=run.name)
+    assert "Latent space" in [h.value for h in at.subheader]
+    assert not [s for s in at.selectbox if s.label == "Order and group cells by"]
 
 
 def test_results_every_run_folder_state_renders(dataset):

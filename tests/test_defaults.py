@@ -247,9 +247,9 @@ def test_pbmc68k_reduced():
 
 
 def test_value_counts_name_each_value_once_and_skip_unused_categories():
-    """Values are counted before they become text (one column of 500 cells cost 1 ms as text):
-    the same names as text would give, NaN and None kept, 1 and "1" one value, a categorical's
-    unused categories left out."""
+    """Values are counted before they become text (one column of 500 cells cost 1 ms as text),
+    then named as pandas writes them (a float32 0.1 is '0.1'), NaN and None kept, 1 and "1" one
+    value, a categorical's unused categories left out."""
     mixed = pd.Series(["a", "b", "a", None, np.nan, 1, "1"], dtype=object)
     assert defaults._counts(mixed) == {"a": 2, "1": 2, "b": 1, "None": 1, "nan": 1}
     cat = pd.Series(pd.Categorical(["x", "y", "x"], categories=["x", "y", "unused"]))

@@ -155,3 +155,12 @@ def test_modules_never_import_torch():
 )
 def test_fmt_duration(s, text):
     assert estimate.fmt_duration(s) == text
+
+
+def test_full_batch_lbfgs_is_cut_to_the_budget_without_the_mini_batch_floor(monkeypatch):
+    """logreg's L-BFGS takes one step an epoch: '~1,000 optimiser steps' is not its floor."""
+    monkeypatch.setenv("SCWB_CPU_BUDGET_S", "180")
+    _earlier("logreg", 100.0)  # 50 epochs of 1,000 cells: 8 min
+    est = estimate.estimate("logreg", 200, 1000, dev=CPU, start=False)
+    assert est.shortened and not est.over_budget and est.seconds <= 180
+    assert est.epochs == int((180 - estimate.DEFAULT_STARTUP_S["cpu"] - 10) / 10)

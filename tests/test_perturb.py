@@ -230,14 +230,15 @@ def test_against_meanshift_says_which_is_better_and_whether_it_is_chance():
         {**m, "meanshift_gap_r2_mean_all": 0.01, "meanshift_gap_ci95_low": 0.004,
          "meanshift_gap_ci95_high": 0.016}, "TA", "scGen")  # fmt: skip
     assert level == "success" and text == (
-        "For TA, scGen beats the mean-shift baseline: its R² is 0.010 higher (95% interval of "
-        "the difference +0.004 to +0.016 over its 79 control and 69 stimulated cells)."
+        "For TA, scGen beats the mean-shift baseline: scGen's R² is 0.010 above the baseline's "
+        "(95% interval of the difference +0.004 to +0.016 over its 79 control and 69 stimulated "
+        "cells)."
     )
     level, text = against_meanshift(
         {**m, "meanshift_gap_r2_mean_all": -0.008, "meanshift_gap_ci95_low": -0.016,
          "meanshift_gap_ci95_high": -0.002}, "E.P", "scGen")  # fmt: skip
     assert level == "warning" and "mean-shift baseline predicts better than scGen" in text
-    assert "scGen's R² is 0.008 lower" in text  # a difference, never read as a negative R²
+    assert "scGen's R² is 0.008 below the baseline's" in text  # never read as a negative R²
     level, text = against_meanshift(
         {**m, "meanshift_gap_r2_mean_all": -0.016, "meanshift_gap_ci95_low": -0.039,
          "meanshift_gap_ci95_high": 0.012, "n_ctrl": 7, "n_stim": 22}, "Tuft", "scGen")  # fmt: skip

@@ -339,7 +339,7 @@ def score_prediction(
     m.update(evaluate.perturbation(base, real, ctrl, var_names, degs, prefix="baseline_meanshift_"))
     m["ceiling_r2_mean_all"] = evaluate.noise_ceiling(real)
     m["meanshift_gap_r2_mean_all"] = m["r2_mean_all"] - m["baseline_meanshift_r2_mean_all"]
-    low, high = evaluate.meanshift_gap_interval(pred, real, ctrl, base - ctrl, seed=seed)
+    low, high = evaluate.meanshift_gap_interval(pred, real, ctrl, shift, seed=seed, floor=floor)
     m["meanshift_gap_ci95_low"], m["meanshift_gap_ci95_high"] = low, high
     m["beats_noshift"] = bool(m["r2_mean_all"] > m["baseline_noshift_r2_mean_all"])
     m["beats_meanshift"] = bool(m["r2_mean_all"] > m["baseline_meanshift_r2_mean_all"])
