@@ -523,9 +523,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     workspace.check_output_file(args.out)
     _distinct_files(args.data, ("-o", args.out))  # -o over --data replaced the user's file
+    reader.vet(args.data)  # the data first: a damaged file is said before anything else
     # a folder holding a model (run.json or not: a copied model folder) or a workspace run id
     run = args.run if Path(args.run).is_dir() else jobs.resolve_run(args.run)
-    reader.vet(args.data)
     out = predict(run, io.read(args.data), align=args.align)
     io.write_h5ad(out, args.out)
     missing = out.uns.get("scwb", {}).get("missing_genes")
