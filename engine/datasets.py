@@ -376,9 +376,8 @@ def check_deletable(key: str) -> None:
 
 def delete(key: str) -> None:
     """Delete dataset ``key``; refused while a queued or running run uses it."""
-    key = check_key(key)
-    p = path(key)
     check_deletable(key)
+    p = path(check_key(key))
     p.unlink(missing_ok=True)
     summary.remove_qc(p)
     _meta_path(key).unlink(missing_ok=True)

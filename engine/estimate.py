@@ -468,11 +468,8 @@ def estimate(
             elif fit < published:
                 floor = max(MIN_EPOCHS, math.ceil(MIN_STEPS * batch / max(int(n_train), 1)))
                 floor = min(published, floor)
-                epochs, shortened, over_budget = (
-                    max(floor, fit),
-                    max(floor, fit) < published,
-                    fit < floor,
-                )
+                epochs, over_budget = max(floor, fit), fit < floor
+                shortened = epochs < published
     seconds = None
     if rate:
         seconds = startup + epochs * n_train * n_models / rate

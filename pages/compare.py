@@ -30,13 +30,14 @@ if not tasks:
     st.stop()
 task = st.radio("Task", tasks, format_func=registry.TASKS.get, horizontal=True)
 of_task = [r for r in done if r["task"] == task]
+
+
 # a cancelled run's metrics are those of a model stopped before its last epoch: said everywhere
-CANCELLED = " · cancelled"
-labels = {
-    r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}"
-    + (CANCELLED if r["state"] == "cancelled" else "")
-    for r in of_task
-}
+def _mark(r: dict) -> str:
+    return " · cancelled" if r["state"] == "cancelled" else ""
+
+
+labels = {r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}{_mark(r)}" for r in of_task}
 # the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
 # left "nothing to rank"), else the two newest runs, completed ones first
 groups: dict[str, list[str]] = {}
@@ -106,9 +107,7 @@ picked = [r for r in of_task if r["id"] in chosen]
 # row names to "...baselin")
 one_dataset = len({r["dataset"] for r in picked}) == 1
 row_names = {
-    r["id"]: (f"{r['model']} · {r['id']}" + (CANCELLED if r["state"] == "cancelled" else ""))
-    if one_dataset
-    else labels[r["id"]]
+    r["id"]: f"{r['model']} · {r['id']}{_mark(r)}" if one_dataset else labels[r["id"]]
     for r in picked
 }
 SCALAR = (str, int, float, type(None))

@@ -11,6 +11,8 @@ from engine import datasets, defaults, io, summary, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures, uploads
 from ui.state import (
+    ask_first,
+    confirmed,
     dataset_picker,
     ensure_app_navigation,
     load_full,
@@ -23,12 +25,9 @@ ensure_app_navigation()
 st.title("Data")
 
 
-def cells(n: int) -> str:
-    return f"{n:,} cell{'s' * (n != 1)}"
-
-
-def genes(n: int) -> str:
-    return f"{n:,} gene{'s' * (n != 1)}"
+def count(n: int, word: str) -> str:
+    """'1 cell', '2,000 genes'."""
+    return f"{n:,} {word}{'s' * (n != 1)}"
 
 
 def _loaded(key: str) -> None:
@@ -37,7 +36,7 @@ def _loaded(key: str) -> None:
     m = datasets.meta(key)
     st.success(
         md(
-            f"Loaded {cells(m.get('n_obs', 0))} x {genes(m.get('n_vars', 0))} as "
+            f"Loaded {count(m.get('n_obs', 0), 'cell')} x {count(m.get('n_vars', 0), 'gene')} as "
             f"'{m.get('name', key)}' (key {key})."
         )
     )
@@ -182,41 +181,37 @@ info_col.caption(
         f"Key {ds_key.key} · X fingerprint {meta.get('fingerprint') or '?'} · {meta.get('source') or ''}"
     )
 )
-if st.session_state.get("confirm_delete_dataset") not in (None, ds_key):
-    del st.session_state["confirm_delete_dataset"]  # asked for another dataset: not this one
 if delete_col.button("Delete dataset", key="delete_dataset", help="refused while a run uses it"):
     try:
         datasets.check_deletable(ds_key)  # refused at once, not after a question
-        st.session_state["confirm_delete_dataset"] = ds_key  # one click deleted it at once
+        ask_first("confirm_delete_dataset", ds_key)
     except Exception as exc:
         show_error(exc)
-if st.session_state.get("confirm_delete_dataset") == ds_key:
-    box = st.container(border=True)
-    used = datasets.users(ds_key, active_only=False)
-    box.warning(
+
+
+def delete_question() -> str:
+    used = len(datasets.users(ds_key, active_only=False))
+    return (
         f"Delete the dataset {md(datasets.label(ds_key))} ({md(ds_key)}) from the workspace? "
         "This cannot be undone."
         + (
-            f" {len(used)} run{'s' * (len(used) > 1)} used it: their results stay, but "
-            "reproducing them or training on this data again needs the file."
+            f" {count(used, 'run')} used it: their results stay, but reproducing them or "
+            "training on this data again needs the file."
             if used
             else ""
         )
     )
-    yes, no, _ = box.columns([1, 1, 4])
-    if yes.button("Yes, delete", type="primary", key="delete_dataset_yes"):
-        try:
-            datasets.delete(ds_key)
-            st.session_state.pop("dataset", None)
-            st.session_state.pop("confirm_delete_dataset", None)
-            if "dataset" in st.query_params:
-                del st.query_params["dataset"]
-            st.rerun()
-        except Exception as exc:
-            show_error(exc)
-    if no.button("Keep it", key="delete_dataset_no"):
-        st.session_state.pop("confirm_delete_dataset", None)
+
+
+if confirmed("confirm_delete_dataset", ds_key, delete_question):
+    try:
+        datasets.delete(ds_key)
+        st.session_state.pop("dataset", None)
+        if "dataset" in st.query_params:
+            del st.query_params["dataset"]
         st.rerun()
+    except Exception as exc:
+        show_error(exc)
 
 c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")
@@ -231,9 +226,7 @@ if not (unique if unique is not None else adata.var_names.is_unique and adata.ob
     dup_cells = int(adata.obs_names.duplicated().sum())
     dup_genes = int(adata.var_names.duplicated().sum())
     which = " and ".join(
-        f"{n:,} {what} name{'s' * (n != 1)}"
-        for n, what in ((dup_cells, "cell"), (dup_genes, "gene"))
-        if n
+        count(n, f"{what} name") for n, what in ((dup_cells, "cell"), (dup_genes, "gene")) if n
     )
     st.warning(
         f"Duplicated names ({which or 'some'} repeated): models need unique names. Making them "

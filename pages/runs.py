@@ -20,7 +20,7 @@ from engine import jobs, models, runs
 from engine.checks import human
 from ui import figures
 from ui.sidebar import fmt_s
-from ui.state import ensure_app_navigation, show_error
+from ui.state import ask_first, confirmed, ensure_app_navigation, show_error
 
 ensure_app_navigation()
 ss = st.session_state
@@ -236,30 +236,25 @@ def live() -> None:
             st.toast("Cancelling: the run stops at its next step and keeps its best weights.")
         except Exception as exc:
             show_error(exc)
-    if ss.get("runs_confirm_delete") not in (None, sel):
-        del ss["runs_confirm_delete"]  # asked for another run: not this one
     if c[1].button(
         "Delete run", disabled=active, help="cancel it first" if active else None, key="runs-delete"
     ):
-        ss["runs_confirm_delete"] = sel  # one click deleted a run and its files at once
-    if ss.get("runs_confirm_delete") == sel and not active:
-        box = st.container(border=True)
-        box.warning(
-            f"Delete run {figures.esc(sel)} and every file it wrote (model, results, metrics)? "
-            "This cannot be undone."
-        )
-        yes, no, _ = box.columns([1, 1, 4])
-        if yes.button("Yes, delete", type="primary", key="runs-delete-yes"):
-            try:
-                jobs.delete(sel)
-                ss.pop("run_selected", None)
-                ss.pop("runs_confirm_delete", None)
-                st.rerun()
-            except Exception as exc:
-                show_error(exc)
-        if no.button("Keep it", key="runs-delete-no"):
-            ss.pop("runs_confirm_delete", None)
-            st.rerun(scope="fragment")
+        ask_first("runs_confirm_delete", sel)
+    if not active and confirmed(
+        "runs_confirm_delete",
+        sel,
+        lambda: (
+            f"Delete run {figures.esc(sel)} and every file it wrote (model, results, "
+            "metrics)? This cannot be undone."
+        ),
+        scope="fragment",
+    ):
+        try:
+            jobs.delete(sel)
+            ss.pop("run_selected", None)
+            st.rerun()
+        except Exception as exc:
+            show_error(exc)
     ready = has_results(r)
     if c[2].button(
         "Open results",

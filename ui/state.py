@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,34 @@ def dataset_layout(key: str):
 def load_full(key: str) -> ad.AnnData:
     """Dataset ``key`` with its matrices, from the shared cache."""
     return _load(*dataset_file(key))
+
+
+def ask_first(key: str, subject: str) -> None:
+    """Ask ``confirmed(key, subject, ...)``'s question on the next draw (a destructive button
+    clicked: one click deleted a run or a dataset at once)."""
+    st.session_state[key] = subject
+
+
+def confirmed(key: str, subject: str, question: Callable[[], str], scope: str = "app") -> bool:
+    """The question ``ask_first`` asked about ``subject``, with "Yes, delete" and "Keep it";
+    True once "Yes" is clicked. A question about another subject (another run or dataset
+    picked since) is forgotten. ``question`` is made only when asked (it may read the
+    workspace); ``scope``: "fragment" inside a fragment."""
+    ss = st.session_state
+    if ss.get(key) not in (None, subject):
+        del ss[key]
+    if ss.get(key) != subject:
+        return False
+    box = st.container(border=True)
+    box.warning(question())
+    yes, no, _ = box.columns([1, 1, 4])
+    if no.button("Keep it", key=f"{key}-no"):
+        ss.pop(key, None)
+        st.rerun(scope=scope)
+    if yes.button("Yes, delete", type="primary", key=f"{key}-yes"):
+        ss.pop(key, None)
+        return True
+    return False
 
 
 def show_error(exc: BaseException) -> None:
