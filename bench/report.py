@@ -90,12 +90,17 @@ def _scgen_params(block: dict) -> tuple[str, str, bool]:
     return str(how.get("output")), str(how.get("delta") if recorded else "paired"), recorded
 
 
+def _scgen_cut(block: dict) -> bool:
+    """Whether a block's predictions, and the mean-shift baseline, were cut at 0: the 'decoder'
+    parameter came with the cut (one commit), so a block recording it was scored with the cut."""
+    p = block.get("params")
+    return isinstance(p, dict) and "decoder" in p
+
+
 def _scgen_how(block: dict) -> str:
     output, delta, recorded = _scgen_params(block)
     how = models.SCGEN_OUTPUTS.get(output, "")
-    # the 'decoder' parameter came with the cut at 0 (one commit): a block recording it was
-    # scored with predictions, and the mean-shift baseline, cut at 0 on never-negative data
-    cut = recorded and "decoder" in (block.get("params") or {})
+    cut = _scgen_cut(block)
     return (
         f"{how} (`output={output}`) and the `{delta}` stimulation vector"
         + ("" if recorded else " (measured before 2026-11-27)")
@@ -171,10 +176,13 @@ def scgen_levers(d: dict) -> list[str]:
         "scGen is above). Variants that change the input change both numbers. `output`: the "
         "prediction a row was measured with (`residual`: each control cell + the decoded change, "
         "the default since 2026-11-27; `decoded`: the decoder's output, the default before, so "
-        "rows measured before then changed their lever on top of it). `machine`: where it "
+        "rows measured before then changed their lever on top of it); `cut at 0`: the "
+        "prediction and the mean-shift baseline's were cut at 0 (the default since 2026-11-27; "
+        "rows without it were scored uncut, and the cut moves both R²). `machine`: where it "
         "trained (rows from a GPU machine come from `bench/gpu_levers.sh`, every cell type in "
-        "its own process on the card; compare them with the same machine's defaults row: the "
-        "same seed on another machine differs by about as much as two seeds do).",
+        "its own process on the card; compare them with the same machine's defaults row scored "
+        "the same way: the same seed on another machine differs by about as much as two seeds "
+        "do).",
         "",
     ]
     measured = (_load("quality") or {}).get("scgen", {})
@@ -192,13 +200,15 @@ def scgen_levers(d: dict) -> list[str]:
                 **variants,
             }
         rows = []
-        # the defaults first; another machine's rows after this one's, its defaults row first
+        # the defaults first; another machine's rows after this one's, cut rows before uncut
+        # ones, each group's defaults row first
         order = sorted(
             variants.items(),
             key=lambda kv: (
                 kv[0] != "default",
                 "device" in kv[1],
-                kv[0].split("@")[0] != "default",
+                not _scgen_cut(kv[1]),
+                kv[0].split("@")[0] not in ("default", "default-uncut"),
             ),
         )
         for _, block in order:
@@ -209,7 +219,7 @@ def scgen_levers(d: dict) -> list[str]:
             g = t.groupby("cell_type")
             row = {
                 "variant": block["what"],
-                "output": _scgen_params(block)[0],
+                "output": _scgen_params(block)[0] + (", cut at 0" if _scgen_cut(block) else ""),
                 "machine": block.get("device", "this CPU"),
             }
             for ct, x in g:

@@ -187,6 +187,40 @@ def test_scgen_levers_rows_from_another_machine_say_where(monkeypatch):
     ]
 
 
+def test_scgen_levers_rows_say_whether_they_were_cut_at_0(monkeypatch):
+    """A block recording the decoder (it came with the cut at 0) reads 'cut at 0'; on a machine,
+    the cut rows come first, each group led by its defaults row, so a lever is read against
+    the defaults scored the same way."""
+    monkeypatch.setattr(report, "_load", lambda name: None)
+    card = "NVIDIA H100 80GB HBM3"
+    uncut = {"output": "residual"}
+    cut = {"output": "residual", "decoder": "mirrored"}
+
+    def block(what, params, diff):
+        return {"what": what, "device": card, "params": params, "seeds": _scgen_seeds({"A": diff})}
+
+    levers = {
+        "s": {
+            "default-uncut@h100": block("defaults, uncut", uncut, 0.01),
+            "kl@h100": block("KL, uncut", uncut, 0.02),
+            "small@h100": block("small, cut", cut, -0.01),
+            "default@h100": block("defaults, cut", cut, 0.005),
+        }
+    }
+    text = "\n".join(report.scgen_levers(levers))
+    rows = [
+        [c.strip() for c in r.split("|")[1:-1]]
+        for r in text.splitlines()
+        if r.startswith("| ") and "variant" not in r
+    ]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("defaults, cut", "residual, cut at 0"),
+        ("small, cut", "residual, cut at 0"),
+        ("defaults, uncut", "residual"),
+        ("KL, uncut", "residual"),
+    ]
+
+
 def test_scgen_levers_parallel_keeps_whole_seeds_only(tmp_path, monkeypatch):
     """``--jobs`` runs each cell type in its own process: a seed enters the record once every
     cell type of it finished (a deadline leaves the others out), under the machine's tag."""
