@@ -69,6 +69,7 @@ def seed_section(configs: list[seeds.Config]) -> None:
         figures.metrics_table_style(text, values=means),
         hide_index=True,
         width="stretch",
+        placeholder="-",
         column_config=figures.metric_columns(
             text.columns,
             {
@@ -203,6 +204,7 @@ st.dataframe(
     figures.metrics_table_style(shown),
     hide_index=True,
     width="stretch",
+    placeholder="-",
     column_config=figures.metric_columns(
         shown.columns,
         {

@@ -241,6 +241,7 @@ if task != "perturb" and scalar:
         pd.DataFrame([scalar])[metric_names.headline_first(scalar)],
         hide_index=True,
         width="stretch",
+        placeholder="-",
         column_config=figures.metric_columns(scalar),
     )
 if not curve.empty and "epoch" in curve:
@@ -606,6 +607,7 @@ if res_info is not None and task == "perturb":
                 table[shown],
                 hide_index=True,
                 width="stretch",
+                placeholder="-",
                 column_config=figures.metric_columns(
                     shown, {"cell_type": st.column_config.TextColumn("cell type")}
                 ),
@@ -638,6 +640,7 @@ if res_info is not None and task == "perturb":
                 figures.metric_rows_style(table, list(PERTURB_COLS)),
                 hide_index=True,
                 width="stretch",
+                placeholder="-",
             )
             with st.expander("What these measure"):
                 st.markdown(

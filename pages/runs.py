@@ -206,7 +206,7 @@ def live() -> None:
         st.info("No run yet: submit one on **Train**.")
         return
     df = table(rows)
-    st.dataframe(df, hide_index=True, width="stretch", column_config=columns(df))
+    st.dataframe(df, hide_index=True, width="stretch", placeholder="-", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
     if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
         # a run with a curve to watch first: a scikit-learn baseline is fitted in one step

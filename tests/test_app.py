@@ -518,6 +518,23 @@ def test_compare_two_runs(dataset):
     assert cols["test_f1_macro"]["width"] >= 7 * len("Macro F1 (test)")
 
 
+def test_compare_shows_a_dash_for_a_metric_a_run_lacks(dataset):
+    """A browser pass: a metric one run lacks (a run saved before the metric existed, a model
+    that does not compute it) read "None" in the table: a dash."""
+    from engine import workspace
+
+    _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    older = _finished(dataset, "sk_logreg", label_key="cell_type")
+    path = workspace.runs_dir() / older / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["test_f1_macro"]
+    path.write_text(json.dumps(metrics))
+    at = app("compare")
+    table = at.dataframe[0].value
+    assert table["test_f1_macro"].isna().sum() == 1
+    assert at.dataframe[0].proto.placeholder == "-"
+
+
 def test_compare_marks_cancelled_runs_and_names_rows_without_the_shared_dataset(dataset):
     """A browser pass: a VAE cancelled at epoch 10 of 100 stood beside the PCA as if finished,
     and the long row names ('model · dataset · id · baseline: ...') were cut off."""
