@@ -618,7 +618,7 @@ def recipe_steps(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return [{"name": value.strip()[:200], "params": {}}]
     if isinstance(value, dict):
         if "steps" in value:

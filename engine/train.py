@@ -28,7 +28,7 @@ def _record(spec: RunSpec, adata, run_dir: Path, dev: str, fingerprint: str) -> 
     if isinstance(recipe, str):
         try:
             recipe = json.loads(recipe)
-        except ValueError:
+        except (ValueError, RecursionError):  # the file's own text: not a recipe we can record
             recipe = None
     return {
         **spec.to_dict(),

@@ -121,6 +121,9 @@ def _wait_embedding(folder, key, method="umap", timeout=180) -> dict:
         (3, ["3"]),
         (None, []),
         ("", []),
+        # a hostile file: JSON nested past the parser's depth raised RecursionError on the
+        # Preprocess page and in `preprocess`/`train`
+        ("[" * 100_000 + "]" * 100_000, ["[" * 200]),
     ],
 )
 def test_recipe_steps_reads_any_uns_value(value, names):

@@ -529,3 +529,18 @@ def test_a_scaled_x_starts_from_adata_raw():
     assert report[-1]["note"] == "X is now adata.raw's 765 genes (log-normalised)"
     with pytest.raises(ScwbError, match="no adata.raw"):
         pp.apply(out, pp.Recipe([pp.Step("from_raw")]))
+
+
+def test_a_recipe_nested_past_the_parser_is_history_not_a_crash(counts_adata, tmp_path):
+    """A hostile file: uns['recipe'] nested 100,000 deep made `preprocess` and `train` exit with
+    'unexpected RecursionError' (train after its last epoch, recording the run)."""
+    from engine import train
+    from engine.spec import RunSpec
+
+    counts_adata.uns["recipe"] = "[" * 100_000 + "]" * 100_000
+    out, _ = pp.apply(counts_adata, pp.Recipe([pp.Step("filter_genes", {"min_cells": 1})]))
+    assert [s["name"] for s in pp.recipe_steps(out.uns["recipe"])][-1] == "filter_genes"
+    record = train._record(
+        RunSpec(model="autoencoder", data="x"), counts_adata, tmp_path, "cpu", "f"
+    )
+    assert record["recipe"] is None
