@@ -79,7 +79,35 @@ def check_server_path(path: str | Path) -> Path:
         )
     if not p.exists():
         raise ScwbError(f"{path} does not exist.")
+    if p.is_dir():
+        _check_members(p, path, roots)
     return p
+
+
+MAX_FOLDER_ENTRIES = 200_000  # a 10x folder holds 3 files, a zarr store one per chunk
+
+
+def _check_members(folder: Path, path: str | Path, roots: list[Path]) -> None:
+    """A folder (10x output, zarr store) read by server path: every link in it must resolve
+    under an allowed root too, or a 'barcodes.tsv' linked to a file elsewhere would read that
+    file into cell names that any user of the app can see."""
+    seen = 0
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                raise ScwbError(
+                    f"{path} holds more than {MAX_FOLDER_ENTRIES:,} files: not a data folder."
+                )
+            member = Path(top) / name
+            if not member.is_symlink():
+                continue
+            target = member.resolve()
+            if not any(target == r or r in target.parents for r in roots):
+                raise ScwbError(
+                    f"{path}: {member.relative_to(folder)} links to a file outside the folders "
+                    "this server allows."
+                )
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "-o") -> Path:

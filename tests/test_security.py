@@ -41,6 +41,28 @@ def test_server_paths_only_below_allowed_roots(tmp_path, monkeypatch):
             workspace.check_server_path(bad)
 
 
+
+def test_a_folder_read_by_server_path_may_not_link_outside_the_roots(tmp_path, monkeypatch):
+    """A hostile-input pass: a 10x folder inside an allowed root whose barcodes.tsv linked to a
+    file outside it read that file into cell names (only the folder itself was resolved)."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    tenx = allowed / "tenx"
+    (tenx / "nested").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("root:x:0:0\n")
+    (tenx / "matrix.mtx").write_text("x")
+    (allowed / "shared.tsv").write_text("AAAC\n")
+    (tenx / "features.tsv").symlink_to(allowed / "shared.tsv")  # inside the roots: fine
+    monkeypatch.setenv("SCWB_DATA_ROOTS", str(allowed))
+    assert workspace.check_server_path(tenx) == tenx.resolve()
+    (tenx / "nested" / "barcodes.tsv").symlink_to(outside / "secret.txt")
+    with pytest.raises(ScwbError, match=r"nested/barcodes.tsv links to a file outside"):
+        workspace.check_server_path(tenx)
+    (tenx / "nested" / "barcodes.tsv").unlink()
+    (tenx / "up").symlink_to(outside, target_is_directory=True)  # a linked folder, too
+    with pytest.raises(ScwbError, match="up links to a file outside"):
+        workspace.check_server_path(tenx)
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/scwb-pwned",))
