@@ -202,6 +202,26 @@ def test_memory_budget_refuses_large_dense(tmp_path, monkeypatch):
         io.read(p)
 
 
+
+def test_fixed_length_strings_count_as_the_python_strings_they_become(tmp_path, monkeypatch):
+    """A hostile-input pass: 2 M two-byte strings in uns, gzip-compressed to a few KB, were
+    counted as 4 MB (2 bytes each) and took hundreds of MB once anndata made them str objects
+    (the saved copy, rewritten as variable-length strings, was 4,700x the upload)."""
+    import h5py
+
+    from engine import checks
+
+    p = io.write_h5ad(_small(), tmp_path / "strings.h5ad")
+    n = 2_000_000
+    with h5py.File(p, "r+") as f:
+        ds = f["uns"].create_dataset("s", data=np.full(n, b"ab", dtype="S2"), compression="gzip")
+        ds.attrs["encoding-type"] = "string-array"
+        ds.attrs["encoding-version"] = "0.2.0"
+    assert p.stat().st_size < 200_000
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(n * 32 / 2**30))  # over 2 B, under 64 B each
+    with pytest.raises(ScwbError, match="uns needs 122.1 MB in memory, over the memory budget"):
+        checks.check_h5ad(p, "strings.h5ad")
+
 def test_validation_messages():
     a = _small()
     with pytest.raises(ScwbError, match="no cells"):
