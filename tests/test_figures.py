@@ -66,3 +66,30 @@ def test_colours_agree_with_missing_values_in_a_categorical_column():
     in_umap = {t.name: t.marker.color for t in umap.data}
     in_boxes = {t.name: t.marker.color for t in boxes.data if t.type == "box"}
     assert "nan" in in_umap and in_boxes.items() <= in_umap.items()
+
+
+def test_charts_tell_apart_at_most_a_palette_of_groups():
+    """A hostile-input pass: Explore coloured 20,000 cells by a per-cell barcode column, one
+    plotly trace per value (a 7.8 MB figure, 45 s per draw). The largest groups are drawn, the
+    rest as one 'other' group, and the title says so; a column within the palette is untouched."""
+    n = 20_000
+    rng = np.random.default_rng(0)
+    barcodes = pd.Categorical([f"BC{i:06d}" for i in range(n)])
+    big = np.where(np.arange(n) < 5_000, "T cell", barcodes.astype(str))  # one large group
+    text, merged = figures.few_groups(big)
+    assert merged == n - 5_000 - (figures.MAX_GROUPS - 2)
+    assert (text == "T cell").sum() == 5_000
+    assert len(set(text)) == figures.MAX_GROUPS
+    fig = figures.embedding(rng.normal(size=(n, 2)), barcodes, "barcode", "UMAP")
+    assert len(fig.data) <= figures.MAX_GROUPS
+    assert f"{n - figures.MAX_GROUPS + 1:,} more as 'other'" in fig.layout.title.text
+    other = next(t for t in fig.data if t.name.startswith("other ("))
+    assert other.marker.color == figures.OTHER_COLOUR
+    boxes = figures.group_boxes(rng.normal(size=n), barcodes, "barcode", "score", "Scores")
+    assert len([t for t in boxes.data if t.type == "box"]) == figures.MAX_GROUPS
+    violins = figures.qc_violins(pd.DataFrame({"total_counts": rng.random(n)}), "bc", barcodes)
+    assert len(violins[0].data) == figures.MAX_GROUPS
+    assert "more as 'other'" in violins[0].layout.title.text
+    few = pd.Series(["a", "b", None] * 10)
+    text, merged = figures.few_groups(few)
+    assert merged == 0 and set(text) == {"a", "b", "None"}

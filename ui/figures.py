@@ -49,6 +49,32 @@ def category_colours(values: object) -> dict[str, str]:
     return {c: pal[i % len(pal)] for i, c in enumerate(cats)}
 
 
+MAX_GROUPS = len(MANY_COLOURS)  # groups a chart tells apart; beyond, the largest and "other"
+OTHER_COLOUR = "#bdbdbd"
+
+
+def few_groups(values: object, limit: int = MAX_GROUPS) -> tuple[np.ndarray, int]:
+    """The values as text, all groups but the ``limit - 1`` largest merged into one named
+    'other (N groups)', and how many groups were merged (0: none). A column of per-cell
+    barcodes drew 20,000 traces (a 7.8 MB figure, 45 s per draw); no chart tells more groups
+    than its palette's colours apart."""
+    s = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
+    text = s.reset_index(drop=True).astype(str)  # missing values as text, as charts label them
+    counts = text.value_counts(sort=False)
+    if len(counts) <= limit:
+        return text.to_numpy(dtype=object), 0
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], natural_key(kv[0])))
+    keep = [k for k, _ in ranked[: limit - 1]]
+    merged = len(counts) - len(keep)
+    other = f"other ({merged:,} groups)"
+    return text.where(text.isin(keep), other).to_numpy(dtype=object), merged
+
+
+def merged_note(merged: int, limit: int = MAX_GROUPS) -> str:
+    """Words for a title whose groups ``few_groups`` merged."""
+    return f" (the {limit - 1} largest groups; {merged:,} more as 'other')" if merged else ""
+
+
 def for_export(fig: go.Figure) -> go.Figure:
     """A copy of ``fig`` on a plain template: what the page draws, outside Streamlit."""
     return go.Figure(fig).update_layout(template=EXPORT_TEMPLATE)
@@ -178,8 +204,10 @@ def qc_violins(
         by = plain(group)
         while by in sub.columns:  # a group label named like a QC column keeps both apart
             by += " "
-        sub[by] = np.asarray(groups).astype(str)[idx]
+        text, merged = few_groups(groups)
+        sub[by] = text[idx]
         group = by
+        note = merged_note(merged)
     else:
         group = None
     figs = []
@@ -196,7 +224,7 @@ def qc_violins(
                 color=group,
                 box=True,
                 points=False,
-                title=sampled_title(label, len(sub), len(qc)),
+                title=sampled_title(label + (note if group else ""), len(sub), len(qc)),
             )
             # the density ends at the data: counts per cell are never below 0
             fig.update_traces(spanmode="hard")
@@ -217,14 +245,17 @@ def embedding(
     idx = sample_index(coords.shape[0], MAX_POINTS)
     label = plain(color_name)
     full = np.asarray(color)
-    values = full[idx]
-    numeric = np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.bool_)
-    df = pd.DataFrame({"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], label: values})
+    numeric = np.issubdtype(full.dtype, np.number) and not np.issubdtype(full.dtype, np.bool_)
+    merged = 0
     if not numeric:
-        df[label] = df[label].astype(str).map(plain)
+        full, merged = few_groups(full)
+    df = pd.DataFrame({"dim 1": coords[idx, 0], "dim 2": coords[idx, 1], label: full[idx]})
+    if not numeric:
+        df[label] = df[label].map(plain)
         # colours of the whole column (a sample may miss a group), the caller's first
         colours = {
             **{plain(k): v for k, v in category_colours(full).items()},
+            **({plain(f"other ({merged:,} groups)"): OTHER_COLOUR} if merged else {}),
             **{plain(k): v for k, v in (colours or {}).items()},
         }
     fig = px.scatter(
@@ -232,7 +263,7 @@ def embedding(
         x="dim 1",
         y="dim 2",
         color=label,
-        title=sampled_title(plain(title), len(idx), coords.shape[0]),
+        title=sampled_title(plain(title) + merged_note(merged), len(idx), coords.shape[0]),
         render_mode="webgl",
         category_orders={label: sorted(df[label].unique(), key=natural_key)}
         if not numeric
@@ -338,13 +369,15 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
     send a few numbers to the browser, not a million points. The cells beyond the whiskers are
     drawn as points (for an abnormality score they are the point of the plot), the
     ``MAX_OUTLIERS`` most extreme of each group when there are more, and the title says so."""
-    g = pd.Series(groups).reset_index(drop=True)
-    if not isinstance(g.dtype, pd.CategoricalDtype):  # categories group a million cells fast
-        g = g.astype(str)
+    text, merged = few_groups(groups)
+    g = pd.Series(text, dtype="category")  # categories group a million cells fast
     v_all = pd.Series(np.asarray(values, dtype=float))
     parts = {str(k): v.dropna().to_numpy() for k, v in v_all.groupby(g, observed=True)}
     fig = go.Figure()
-    colours = category_colours(groups)  # the whole column's, as the UMAP of it takes them
+    colours = category_colours(text)  # the whole column's, as the UMAP of it takes them
+    if merged:
+        colours[f"other ({merged:,} groups)"] = OTHER_COLOUR
+        title += merged_note(merged)
     capped = 0
     for g in sorted((k for k, v in parts.items() if len(v)), key=natural_key):
         v = parts[g]
