@@ -14,6 +14,8 @@ import hashlib
 import os
 import re
 import tempfile
+import time
+import warnings
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -158,7 +160,9 @@ def _read_h5ad(path: Path, display: str) -> ad.AnnData:
     name = Path(display).name
     checks.check_h5ad(path, name)  # sizes and sparse structure, before anndata reads anything
     try:
-        adata = ad.read_h5ad(path)
+        with warnings.catch_warnings():  # a library's notes ("Transforming to str index")
+            warnings.simplefilter("ignore")  # are not the user's to read
+            adata = ad.read_h5ad(path)
     except Exception as exc:
         raise ScwbError(f"{name} is a damaged .h5ad file: {_first_line(exc)}") from None
     _check_loaded(adata, name)
@@ -178,6 +182,35 @@ def _check_loaded(adata: ad.AnnData, name: str) -> None:
     for key in adata.obsm:
         if sp.issparse(adata.obsm[key]):
             raise ScwbError(f"{name}: obsm[{key!r}] is a sparse matrix; embeddings must be dense.")
+    for frame in (adata.obs, adata.var):
+        # an index named like one of the columns (an edited '_index' attribute) reads, but no
+        # step can save it again: the column keeps its values, the names lose their title
+        if frame.index.name is not None and frame.index.name in frame.columns:
+            frame.index.name = None
+    _check_uns_saveable(adata.uns, name)
+
+
+def _check_uns_saveable(uns: Any, name: str) -> None:
+    """Every entry of uns written once into memory: what anndata reads but cannot write (an
+    HDF5 object reference) failed every step that saves, a training after its last epoch."""
+    import h5py
+    from anndata.io import write_elem
+
+    with h5py.File(_memory_file(), "w", driver="core", backing_store=False) as f:
+        for key in list(uns):
+            try:
+                write_elem(f, f"u{len(f)}", uns[key])
+            except Exception as exc:
+                what = "an HDF5 object reference" if "Reference" in repr(exc) else _first_line(exc)
+                raise ScwbError(
+                    f"{name}: uns[{str(key)[:80]!r}] cannot be saved again ({what}); remove it "
+                    "from the file (del adata.uns[...]) and load it again."
+                ) from None
+
+
+def _memory_file() -> str:
+    """A name for an HDF5 file that lives in memory only (h5py's core driver)."""
+    return f"scwb-check-{os.getpid()}-{time.monotonic_ns()}.h5"
 
 
 def canonical(adata: ad.AnnData) -> ad.AnnData:

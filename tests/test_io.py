@@ -832,3 +832,28 @@ def test_values_in_zero_one_with_small_noise_are_scaled_not_arcsinh():
     rng = np.random.default_rng(0)
     asinh = np.arcsinh((rng.gamma(2.0, 200.0, (200, 10)) - 20) / 5).astype(np.float32)
     assert io.matrix_kind(asinh) == "arcsinh-transformed"  # cytometry keeps its name
+
+
+def test_files_that_read_but_could_not_be_saved_again(tmp_path):
+    """A hostile-input pass: `info` accepted them, then `preprocess` and `train` (after its last
+    epoch) failed with 'unexpected ...' when saving: obs's '_index' naming one of its own
+    columns, and an HDF5 object reference in uns."""
+    import h5py
+
+    from engine import reader
+
+    a = _small()
+    a.obs["num"] = np.arange(a.n_obs, dtype=float)
+    p = io.write_h5ad(a, tmp_path / "index.h5ad")
+    with h5py.File(p, "r+") as f:
+        f["obs"].attrs["_index"] = "num"
+    back = io.read(p)
+    assert back.obs.index.name is None and "num" in back.obs
+    io.write_h5ad(back, tmp_path / "again.h5ad")  # saved: "also used by a column" before
+    p = io.write_h5ad(_small(), tmp_path / "ref.h5ad")
+    with h5py.File(p, "r+") as f:
+        f["uns"].create_dataset("ref", data=f["X"].ref, dtype=h5py.ref_dtype)
+    with pytest.raises(ScwbError, match=r"uns\['ref'\] cannot be saved again \(an HDF5 object"):
+        io.read(p)
+    with pytest.raises(ScwbError, match=r"uns\['ref'\] cannot be saved again"):
+        reader.run_child(p, "ref.h5ad")
