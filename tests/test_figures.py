@@ -93,3 +93,18 @@ def test_charts_tell_apart_at_most_a_palette_of_groups():
     few = pd.Series(["a", "b", None] * 10)
     text, merged = figures.few_groups(few)
     assert merged == 0 and set(text) == {"a", "b", "None"}
+
+
+def test_names_that_look_like_numbers_stay_names_on_every_axis():
+    """A browser pass: QC violins split by donor (1015, 1016, 1244, 1256, 1488) were drawn on a
+    number line from 1100 to 1400, each violin a thin line, two on top of each other."""
+    rng = np.random.default_rng(0)
+    donors = pd.Series(rng.choice(["1015", "1016", "1244", "1256", "1488"], 300))
+    violins = figures.qc_violins(pd.DataFrame({"total_counts": rng.random(300)}), "donor", donors)
+    boxes = figures.group_boxes(rng.random(300), donors, "donor", "score", "Scores")
+    cm = figures.confusion([[3, 1], [0, 4]], ["0", "10"])
+    f1 = figures.per_class_f1({"0": 0.0, "10": 0.9})
+    for fig in (*violins, boxes, cm, f1):
+        assert fig.layout.xaxis.type == "category"
+    assert cm.layout.yaxis.type == "category"
+    assert f1.data[0].texttemplate == "%{y:.2f}"  # an F1 of 0 reads 0.00, not an empty slot

@@ -228,6 +228,7 @@ def qc_violins(
             )
             # the density ends at the data: counts per cell are never below 0
             fig.update_traces(spanmode="hard")
+            fig.update_xaxes(type="category")  # donors 1015, 1016: names, not a number line
             figs.append(fig.update_layout(showlegend=False, yaxis_title=label))
     return figs
 
@@ -353,6 +354,7 @@ def recon_heatmaps(
         for f in figs:
             f.update_layout(shapes=lines)
     for f in figs:
+        f.update_xaxes(type="category")  # genes named like numbers stay names
         f.update_yaxes(
             title="cells" + (f" by {plain(groups.name)}" if groups is not None else ""),
             autorange="reversed",
@@ -413,6 +415,7 @@ def group_boxes(values, groups, label: str, name: str, title: str) -> go.Figure:
             )
     if capped:
         title += f" (beyond the whiskers: the {MAX_OUTLIERS} most extreme cells of each group)"
+    fig.update_xaxes(type="category")  # groups named 0, 1, 1015: names, not a number line
     return fig.update_layout(title=title, showlegend=False, xaxis_title=label, yaxis_title=name)
 
 
@@ -426,6 +429,7 @@ def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
         labels={"x": "predicted", "y": "true", "color": "cells"},
         aspect="auto",  # square cells squeezed 10 classes with long names into a small box
     )
+    fig.update_xaxes(type="category").update_yaxes(type="category")  # classes 0, 1, 10
     return fig.update_layout(
         title="Confusion matrix (test cells)", height=max(450, 150 + 38 * len(classes))
     )
@@ -433,7 +437,12 @@ def confusion(cm: list[list[int]], classes: list[str]) -> go.Figure:
 
 def per_class_f1(per_class: dict[str, float]) -> go.Figure:
     df = pd.DataFrame({"class": [plain(c) for c in per_class], "F1": list(per_class.values())})
-    return px.bar(df, x="class", y="F1", title="F1 per class (test cells)", range_y=[0, 1])
+    fig = px.bar(
+        df, x="class", y="F1", title="F1 per class (test cells)", range_y=[0, 1.05], text="F1"
+    )
+    # each bar says its value: an F1 of 0 drew no bar and read as a missing class
+    fig.update_traces(texttemplate="%{y:.2f}", textposition="outside", cliponaxis=False)
+    return fig.update_xaxes(type="category")
 
 
 def mean_scatter(
@@ -508,6 +517,7 @@ def deg_violins(
         violingroupgap=0.05,
         xaxis={
             "title": "gene",
+            "type": "category",
             "categoryorder": "array",
             "categoryarray": [plain(g) for g in gene_order],
         },
