@@ -412,3 +412,26 @@ def test_train_page_without_a_label_column_says_what_trains_instead(lognorm_adat
     next(r for r in at.radio if r.label == "Task").set_value("reconstruct").run()
     ok(at)
     assert not button(at, "Submit").disabled
+
+
+def test_sidebar_lists_the_running_run_first_and_says_how_many_more(monkeypatch):
+    """A browser pass: with 3 models x 3 seeds submitted, the sidebar listed six queued runs
+    (newest first) and not the one running, three of them the same "mlp · queued", and no
+    word of the others."""
+    rows = [  # newest first, as jobs.list_jobs gives them
+        {"id": f"mlp-{i:04x}", "model": "mlp", "state": "queued", "seed": i % 3}
+        for i in range(8, 0, -1)
+    ] + [{"id": "logreg-b571", "model": "logreg", "state": "running", "seed": 0}]
+    for r in rows:
+        r.update(epoch=7 if r["state"] == "running" else 0, max_epochs=50, eta_s=20)
+    from types import SimpleNamespace
+
+    from ui import sidebar
+
+    fake = SimpleNamespace(list_jobs=lambda: [dict(r) for r in rows], resume_queue=lambda: None)
+    monkeypatch.setattr(sidebar, "jobs", fake)  # the sidebar's view only: the pages see none
+    at = app("data")
+    shown = [p.proto.text for p in at.get("progress")]
+    assert shown[0].startswith("logreg-b571 · seed 0 · running · ETA")
+    assert shown[1:] == [f"mlp-{i:04x} · seed {i % 3} · queued" for i in range(1, 6)]
+    assert "+ 3 more (3 queued): see the Runs page." in [c.value for c in at.sidebar.caption]

@@ -202,7 +202,6 @@ def test_memory_budget_refuses_large_dense(tmp_path, monkeypatch):
         io.read(p)
 
 
-
 def test_fixed_length_strings_count_as_the_python_strings_they_become(tmp_path, monkeypatch):
     """A hostile-input pass: 2 M two-byte strings in uns, gzip-compressed to a few KB, were
     counted as 4 MB (2 bytes each) and took hundreds of MB once anndata made them str objects
@@ -221,6 +220,7 @@ def test_fixed_length_strings_count_as_the_python_strings_they_become(tmp_path, 
     monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(n * 32 / 2**30))  # over 2 B, under 64 B each
     with pytest.raises(ScwbError, match="uns needs 122.1 MB in memory, over the memory budget"):
         checks.check_h5ad(p, "strings.h5ad")
+
 
 def test_validation_messages():
     a = _small()

@@ -41,7 +41,6 @@ def test_server_paths_only_below_allowed_roots(tmp_path, monkeypatch):
             workspace.check_server_path(bad)
 
 
-
 def test_a_folder_read_by_server_path_may_not_link_outside_the_roots(tmp_path, monkeypatch):
     """A hostile-input pass: a 10x folder inside an allowed root whose barcodes.tsv linked to a
     file outside it read that file into cell names (only the folder itself was resolved)."""
@@ -62,6 +61,7 @@ def test_a_folder_read_by_server_path_may_not_link_outside_the_roots(tmp_path, m
     (tenx / "up").symlink_to(outside, target_is_directory=True)  # a linked folder, too
     with pytest.raises(ScwbError, match="up links to a file outside"):
         workspace.check_server_path(tenx)
+
 
 class _Evil:
     def __reduce__(self):

@@ -34,25 +34,41 @@ def fmt_s(seconds: float | None) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+SHOWN = 6  # runs listed in the sidebar
+
+
 @st.fragment(run_every=3)
 def active_runs() -> None:
-    active = [r for r in jobs.list_jobs() if r["state"] in ("queued", "running")]
+    rows = jobs.list_jobs()  # newest first
+    # running first, then queued in the order they will start (oldest first): the running run
+    # was hidden behind six queued ones when nine were submitted together
+    active = [r for r in rows if r["state"] == "running"] + [
+        r for r in reversed(rows) if r["state"] == "queued"
+    ]
     if not active:
         st.caption("No run in progress.")
         return
-    for r in active[:6]:
+    for r in active[:SHOWN]:
         frac = min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1))
         where = (
             f" · SLURM job {r['job_id']}"
             if r.get("launcher") == "slurm" and r.get("job_id")
             else ""
         )
-        label = f"{r['model']} · {r['state']}{where}" + (
+        # the run's id (three "mlp · queued" lines could not be told apart) and its seed
+        seed = f" · seed {r['seed']}" if r.get("seed") is not None else ""
+        label = f"{r['id']}{seed} · {r['state']}{where}" + (
             f" · ETA ≤ {fmt_s(r['eta_s'])}"  # to the last epoch; early stopping may end sooner
             if r["state"] == "running" and r["eta_s"] is not None
             else ""
         )
         st.progress(frac, text=label)
+    if len(active) > SHOWN:
+        more = active[SHOWN:]
+        st.caption(
+            f"+ {len(more)} more ({sum(r['state'] == 'queued' for r in more)} queued): "
+            "see the Runs page."
+        )
 
 
 def draw() -> None:
