@@ -208,17 +208,26 @@ def live() -> None:
     df = table(rows)
     st.dataframe(df, hide_index=True, width="stretch", placeholder="-", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
-    if ss.get("run_selected") not in by_id:  # first visit, or the run was deleted
-        # a run with a curve to watch first: a scikit-learn baseline is fitted in one step
-        order = sorted(rows, key=lambda r: _kind(r.get("model", "")) == "sklearn")
-        active = [r["id"] for r in order if r.get("state") == "running"] or [
-            r["id"] for r in order if r.get("state") == "queued"
-        ]
-        ss["run_selected"] = (active or [rows[0]["id"]])[0]
+    if ss.get("run_selected") not in by_id:  # first visit, a refresh, or the run was deleted
+        if st.query_params.get("run") in by_id:  # the run picked before a refresh
+            ss["run_selected"] = ss["_runs_auto"] = st.query_params["run"]
+        else:
+            # a run with a curve to watch first: a scikit-learn baseline is fitted in one step
+            order = sorted(rows, key=lambda r: _kind(r.get("model", "")) == "sklearn")
+            active = [r["id"] for r in order if r.get("state") == "running"] or [
+                r["id"] for r in order if r.get("state") == "queued"
+            ]
+            ss["run_selected"] = ss["_runs_auto"] = (active or [rows[0]["id"]])[0]
     # keyed, without index=: the user's pick is the only thing that moves the selection
     sel = st.selectbox(
         "Run", list(by_id), key="run_selected", format_func=lambda i: label(by_id[i])
     )
+    # the URL names the run the user picked, so that a refresh shows it again; the page's own
+    # first pick is not written (each write is one more Back press in the browser's history)
+    if sel != ss.get("_runs_auto"):
+        ss["_runs_auto"] = None
+        if st.query_params.get("run") != sel:
+            st.query_params["run"] = sel
     r = by_id[sel]
     state = r.get("state") or "failed"
     active = state in runs.ACTIVE

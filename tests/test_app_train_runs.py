@@ -435,3 +435,22 @@ def test_sidebar_lists_the_running_run_first_and_says_how_many_more(monkeypatch)
     assert shown[0].startswith("logreg-b571 · seed 0 · running · ETA")
     assert shown[1:] == [f"mlp-{i:04x} · seed {i % 3} · queued" for i in range(1, 6)]
     assert "+ 3 more (3 queued): see the Runs page." in [c.value for c in at.sidebar.caption]
+
+
+def test_runs_page_keeps_the_picked_run_over_a_refresh():
+    """A browser pass: refreshing the Runs page jumped from the picked run back to the top row.
+    The pick is in the URL (a refresh is a new session with the same URL); the page's own first
+    pick is not written (each write is one more press of Back)."""
+    _fake_run("2020-01-01-older", "completed", "sk_logreg", {"epoch": 1}, results=True)
+    _fake_run("2020-01-02-newer", "completed", "mlp", {"epoch": 3}, results=True)
+    at = app("runs")
+    assert at.selectbox(key="run_selected").value == "2020-01-02-newer"
+    assert "run" not in at.query_params
+    at.selectbox(key="run_selected").set_value("2020-01-01-older").run()
+    assert at.query_params["run"] in ("2020-01-01-older", ["2020-01-01-older"])
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    again.query_params["run"] = "2020-01-01-older"
+    again.run()
+    again.switch_page("pages/runs.py").run()
+    ok(again)
+    assert again.selectbox(key="run_selected").value == "2020-01-01-older"
