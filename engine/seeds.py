@@ -364,6 +364,28 @@ def pairs(configs: list[Config], metric: str) -> list[Paired]:
     return out[:MAX_PAIRS]
 
 
+def clear_best(configs: list[Config], metric: str) -> Config | None:
+    """The configuration whose mean is best and which is better than every other one, paired
+    by seed, beyond the seed-to-seed spread (p < 0.05, or better by the same amount on every
+    seed); None where there is no such one, or where the configurations span several scopes
+    (other data or labels: their values do not rank). A table marked the best mean green while
+    the verdict under it said 'no clear winner'."""
+    better = metric_names.better(metric)
+    have = [c for c in configs if c.summary(metric)[2]]
+    if better is None or len(have) < 2 or len({c.scope for c in have}) > 1:
+        return None
+    sign = 1 if better == "higher" else -1
+    best = max(have, key=lambda c: sign * c.summary(metric)[0])
+    for other in have:
+        if other is best:
+            continue
+        p = paired(best, other, metric)
+        beyond = p.n >= 2 and (p.p < 0.05 if math.isfinite(p.p) else p.sd == 0)
+        if not (beyond and sign * p.diff > 0):
+            return None
+    return best
+
+
 def scopes(configs: list[Config]) -> int:
     """How many distinct scopes (data, label, task) the configurations span."""
     return len({c.scope for c in configs})

@@ -65,6 +65,13 @@ def seed_section(configs: list[seeds.Config]) -> None:
     metrics = [k for k in seeds.metrics_of(configs) if metric_names.better(k)]
     rows = seeds.table(configs, metrics)
     text, means = figures.mean_sd_text(rows, metrics)
+    # a best mean is marked only where it is beyond the seed-to-seed spread against every
+    # other configuration (the verdicts below say so): ranked by the clear winner alone
+    winners = {k: seeds.clear_best(configs, k) for k in metrics}
+    for k, best in winners.items():
+        if k in means:  # the winner's value ranks first in the metric's own direction
+            win, rest = (1.0, 0.0) if metric_names.better(k) == "higher" else (0.0, 1.0)
+            means[k] = [win if c is best else rest for c in configs] if best else float("nan")
     st.dataframe(
         figures.metrics_table_style(text, values=means),
         hide_index=True,
@@ -96,6 +103,8 @@ def seed_section(configs: list[seeds.Config]) -> None:
         else ""
     )
     st.caption(
+        "Marked in the table: a configuration better than every other one beyond the "
+        "seed-to-seed spread (none where no such one exists). "
         "Paired by seed: the same seed gives the same split, so each difference is measured on "
         "the same test cells (checked for each seed against the runs' splits: a seed scored on "
         "other cells is left out and said); p is a two-sided paired t-test over the shared "
@@ -169,7 +178,8 @@ repeated = any(len(c.runs) > 1 for c in configs)
 # the split depends on the label column only where one was used (it stratifies the split)
 labelled = any(label for _, _, label in splits)
 same = "data and label column" if labelled else "data"
-if len({(data, label) for data, _, label in splits}) > 1:
+mixed = len({(data, label) for data, _, label in splits}) > 1
+if mixed:
     st.warning(
         f"These runs did not all use the same {same}, so their test cells differ: compare with care."
     )
@@ -200,8 +210,20 @@ shown = shown[
 ]
 if len(shown) < 2:
     st.caption("One row: nothing to rank. Pick more runs to see the best value of each metric.")
+# no best value marked where values do not rank: runs of other data or labels, or single
+# seeds of configurations that the table over seeds above ranks (a lucky seed is not a winner)
+unranked = (
+    pd.DataFrame(float("nan"), index=shown.index, columns=shown.columns)
+    if mixed or repeated
+    else None
+)
+if mixed or repeated:
+    st.caption(
+        "No best value marked: "
+        + ("these runs were scored on different cells." if mixed else "see the table over seeds.")
+    )
 st.dataframe(
-    figures.metrics_table_style(shown),
+    figures.metrics_table_style(shown, values=unranked),
     hide_index=True,
     width="stretch",
     placeholder="-",

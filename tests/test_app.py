@@ -516,6 +516,7 @@ def test_compare_two_runs(dataset):
     ]
     cols = json.loads(at.dataframe[0].proto.columns)  # long names get the width they need
     assert cols["test_f1_macro"]["width"] >= 7 * len("Macro F1 (test)")
+    assert "c7e9c0" in str(at.dataframe[0].proto.arrow_data.styler.styles)  # the best marked
 
 
 def test_compare_shows_a_dash_for_a_metric_a_run_lacks(dataset):
@@ -534,6 +535,22 @@ def test_compare_shows_a_dash_for_a_metric_a_run_lacks(dataset):
     assert table["test_f1_macro"].isna().sum() == 1
     assert at.dataframe[0].proto.placeholder == "-"
 
+
+
+def test_compare_marks_no_best_value_across_datasets(dataset, lognorm_adata):
+    """A browser pass: with runs of two datasets picked, the table still marked one dataset's
+    MLP the best against the other's runs, under its own 'compare with care' warning."""
+    _finished(dataset, "sk_logreg", label_key="cell_type")
+    other = lognorm_adata[::-1].copy()
+    other.X = other.X * 1.5
+    name = datasets.save(other, "other", source="test")
+    _finished(name, "mlp", label_key="cell_type", epochs=2)
+    at = app("compare")
+    assert len(at.dataframe[0].value) == 2
+    assert "c7e9c0" not in str(at.dataframe[0].proto.arrow_data.styler.styles)
+    assert "No best value marked: these runs were scored on different cells." in [
+        c.value for c in at.caption
+    ]
 
 def test_compare_marks_cancelled_runs_and_names_rows_without_the_shared_dataset(dataset):
     """A browser pass: a VAE cancelled at epoch 10 of 100 stood beside the PCA as if finished,

@@ -313,3 +313,40 @@ def test_compare_opens_on_a_group_worth_ranking_and_names_each_seed(group_dirs):
     tie = seeds.Paired("mlp", "logreg", "test_accuracy", n=3, diff=-0.003, sd=0.006, p=0.42,
                        wins=0, losses=1)  # fmt: skip
     assert "every seed" not in tie.verdict and "within the seed-to-seed spread" in tie.verdict
+
+
+def test_the_table_marks_only_a_winner_beyond_the_spread(group_dirs):
+    """A browser pass: the over-seeds table marked the best mean green while the verdict under
+    it said 'within the seed-to-seed spread: no clear winner'."""
+    configs = {c.model: c for c in seeds.group(group_dirs)}
+    every = list(configs.values())
+    assert seeds.clear_best(every, "test_accuracy") is configs["mlp"]  # beyond both others
+    close = [configs["logreg"], configs["sk_logreg"]]  # p > 0.05 between them
+    assert seeds.clear_best(close, "test_accuracy") is None
+    a = seeds.Config(
+        "a", "ae", "d", label="ae", runs={s: {"test_mse": 0.1 + s / 100} for s in (0, 1, 2)}
+    )
+    b = seeds.Config(
+        "b", "pca", "d", label="pca", runs={s: {"test_mse": 0.2 + s / 90} for s in (0, 1, 2)}
+    )
+    assert seeds.clear_best([b, a], "test_mse") is a  # lower is better
+    b.scope = "other data"  # values of other data or labels do not rank
+    assert seeds.clear_best([b, a], "test_mse") is None
+
+
+def test_compare_page_marks_the_clear_winner_only(group_dirs):
+    from tests.test_app import app
+
+    marked = str(app("compare").dataframe[0].proto.arrow_data.styler.styles)
+    assert "c7e9c0" in marked  # the MLP: beyond the spread against both
+    for d in group_dirs:  # keep logreg and the baseline only: no clear winner between them
+        if "-mlp-" in d.name:
+            import shutil
+
+            shutil.rmtree(d)
+    at = app("compare")
+    styles = str(at.dataframe[0].proto.arrow_data.styler.styles)
+    assert "c7e9c0" not in styles
+    assert any(
+        "better than every other one beyond the seed-to-seed spread" in c.value for c in at.caption
+    )
