@@ -229,6 +229,31 @@ with st.container(border=True):
             f"(raw counts) instead of X{others}."
         )
     kind = d.get("x_kind") if layer == "X" else (d.get("layers") or {}).get(layer)
+    where = "X" if layer == "X" else f"layers['{esc(layer)}']"
+    # what each picked model will meet, said on the form, not only after Submit (a browser pass:
+    # a classifier on raw counts was submitted without a word)
+    if kind == "counts":
+        on_counts = [n for n in picked if models.get(n).needs == "any"]
+        refused = [n for n in picked if models.get(n).needs == "lognorm"]
+        if on_counts:
+            st.warning(
+                f"{where} holds raw counts: {', '.join(on_counts)} would train on them as they "
+                "are, where cells with more reads weigh more. Normalise first on Preprocess "
+                "(logCPM, then highly variable genes and scaling)."
+            )
+        if refused:
+            st.warning(
+                f"{', '.join(refused)} read{'s' * (len(refused) == 1)} log-normalised "
+                f"expression and will be refused on the raw counts in {where}: run logCPM on "
+                "Preprocess first."
+            )
+    if count_models and not (reads_counts and layer == "X") and kind != "counts":
+        st.warning(
+            f"{', '.join(count_models)} need{'s' * (len(count_models) == 1)} raw counts, and "
+            f"{where} holds {kind or 'other values'}"
+            + (" with no layers['counts'] beside it" if "counts" not in layers else "")
+            + ": it will be refused. Pick a layer of counts, or load the raw counts."
+        )
     if kind == "raw intensities":
         st.warning(
             f"{'X' if layer == 'X' else esc(layer)} holds raw cytometry intensities: models "

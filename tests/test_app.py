@@ -536,7 +536,6 @@ def test_compare_shows_a_dash_for_a_metric_a_run_lacks(dataset):
     assert at.dataframe[0].proto.placeholder == "-"
 
 
-
 def test_compare_marks_no_best_value_across_datasets(dataset, lognorm_adata):
     """A browser pass: with runs of two datasets picked, the table still marked one dataset's
     MLP the best against the other's runs, under its own 'compare with care' warning."""
@@ -551,6 +550,7 @@ def test_compare_marks_no_best_value_across_datasets(dataset, lognorm_adata):
     assert "No best value marked: these runs were scored on different cells." in [
         c.value for c in at.caption
     ]
+
 
 def test_compare_marks_cancelled_runs_and_names_rows_without_the_shared_dataset(dataset):
     """A browser pass: a VAE cancelled at epoch 10 of 100 stood beside the PCA as if finished,

@@ -454,3 +454,26 @@ def test_runs_page_keeps_the_picked_run_over_a_refresh():
     again.switch_page("pages/runs.py").run()
     ok(again)
     assert again.selectbox(key="run_selected").value == "2020-01-01-older"
+
+
+def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, lognorm_adata):
+    """A browser pass: a classifier on raw counts was submitted without a word, and the count
+    VAE on z-scored data was refused only after Submit."""
+    name = datasets.save(counts_adata, "raw")  # X: raw counts, no other layer
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    ok_warnings = " ".join(w.value for w in at.warning)
+    assert "X holds raw counts: " in ok_warnings and "Normalise first on Preprocess" in ok_warnings
+    scaled = lognorm_adata.copy()
+    del scaled.layers["counts"]
+    x = scaled.X.toarray() if hasattr(scaled.X, "toarray") else scaled.X
+    scaled.X = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    name = datasets.save(scaled, "scaled")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("embed").run()
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["vae"]).run()
+    warned = " ".join(w.value for w in at.warning)
+    assert "vae needs raw counts, and X holds scaled (z-score) with no layers['counts']" in warned
+    assert "it will be refused" in warned
