@@ -331,6 +331,31 @@ def label_columns(source: Any) -> list[str]:
     return text + numbers
 
 
+_GROUP_WORDS = re.compile(
+    r"(donor|sample|patient|individual|subject|^ind$|replicate|\brep\b|batch|orig[._]?ident|"
+    r"library|lane|mouse|animal)",
+    re.IGNORECASE,
+)
+
+
+def group_columns(source: Any) -> list[str]:
+    """Columns whose values are groups of cells a model could be tested on whole (donors,
+    samples, batches: 3 or more of them, none an id per cell), the donor-like names first."""
+    cols = [c for c in columns(source) if c.n_values >= 3 and not _is_id_like(c)]
+    named = [c.name for c in cols if _GROUP_WORDS.search(c.name)]
+    return named + [c.name for c in cols if c.name not in named]
+
+
+def donor_column(source: Any) -> str | None:
+    """The column that looks like donors, samples or batches (by its name), or None."""
+    return next((c for c in group_columns(source) if is_group_name(c)), None)
+
+
+def is_group_name(name: str) -> bool:
+    """Whether a column's name says donors, samples, batches or the like."""
+    return bool(_GROUP_WORDS.search(str(name)))
+
+
 def input_matrix(description: dict) -> str:
     """The matrix a model should read by default: ``X``, unless X holds raw cytometry
     intensities and a layer holds them transformed (arcsinh or scaled), which models train on."""

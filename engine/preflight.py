@@ -14,7 +14,7 @@ import anndata as ad
 from engine import io, models
 from engine.errors import ScwbError
 from engine.setup import InputSetup
-from engine.split import make_split, restrict, train_on_mask
+from engine.split import split_for, train_on_mask
 
 ADAM_COPIES = 4  # weights, gradients and Adam's two moments, float32 each
 
@@ -32,7 +32,7 @@ def preflight(spec: Any, adata: ad.AnnData) -> None:
         return
     keep = train_on_mask(adata.obs, spec.train_on)
     strat = adata.obs[spec.label_key].astype(str).to_numpy() if spec.label_key else None
-    split = restrict(make_split(adata.n_obs, spec.seed, stratify=strat), keep)
+    split = split_for(adata.obs, spec, strat)
     if info.task == "classify" and strat is not None and keep is not None:
         seen = sorted(set(strat[split["train"]]))
         if len(seen) < 2:  # the one-class check of the whole column, on the cells trained on

@@ -41,9 +41,20 @@ _CONFIG = (
     "predict",
     "precision",
     "data_fingerprint",
+    "split_by",
 )
-# runs are compared (paired) only within one scope: the same data, label and task
-_SCOPE = ("data_fingerprint", "label_key", "task", "condition_key", "ctrl", "stim", "predict")
+# runs are compared (paired) only within one scope: the same data, label, task and split
+_SCOPE = (
+    "data_fingerprint",
+    "label_key",
+    "task",
+    "condition_key",
+    "ctrl",
+    "stim",
+    "predict",
+    "split_by",
+)
+OPTIONAL = ("split_by",)  # keys added later: hashed only when set, so older keys stay the same
 TINY = 1e-12  # a spread below this is floating-point noise, not a difference
 
 
@@ -107,7 +118,7 @@ def _finite(v: Any) -> bool:
 
 
 def _hash(spec: dict[str, Any], keys: tuple[str, ...]) -> str:
-    core = {k: spec.get(k) for k in keys}
+    core = {k: spec.get(k) for k in keys if k not in OPTIONAL or spec.get(k)}
     text = json.dumps(core, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

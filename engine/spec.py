@@ -64,6 +64,15 @@ class RunSpec:
             action="append",
         ),
     )
+    split_by: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--split-by",
+            "test (and validate) on whole groups of this obs column the model never saw, such "
+            "as donors or samples (default: cells drawn at random, every group in every part)",
+            metavar="KEY",
+        ),
+    )
     params: dict[str, Any] = field(
         default_factory=dict,
         metadata=_opt(
@@ -159,6 +168,12 @@ class RunSpec:
             raise ScwbError(f"Unknown launcher {self.launcher!r}; use local or slurm.")
         self.params = models.coerce_params(info, dict(self.params or {}))
         self.train_on = parse_train_on(self.train_on)
+        self.split_by = str(self.split_by).strip() or None if self.split_by else None
+        if self.split_by and info.task == "perturb":
+            raise ScwbError(
+                "--split-by is for classifiers, autoencoders and embeddings: scGen holds out "
+                "a cell type (--predict)."
+            )
         if info.task == "classify" and not self.label_key:
             raise ScwbError(f"{self.model} classifies cells: give the label column (--label-key).")
         if info.task == "perturb":

@@ -47,6 +47,35 @@ def make_split(
     return {k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
 
 
+def group_split(
+    groups: np.ndarray, seed: int, val: float = 0.1, test: float = 0.1, key: str = "the column"
+) -> dict[str, np.ndarray]:
+    """Seeded train/val/test row indices where each group (a donor, a sample) lies in one part
+    only: whole groups, drawn in a seeded order, go to test until it holds its share of the
+    cells (at least one group), then to validation, the rest to training. A random split puts
+    every donor's cells in training and test, so its test score says how well the model knows
+    cells of donors it has seen, not of a new one."""
+    text = np.asarray(groups).astype(str)
+    values, codes, counts = np.unique(text, return_inverse=True, return_counts=True)
+    if len(values) < 3:
+        raise ScwbError(
+            f"Holding out groups of {key!r} needs at least 3 of them (training, validation and "
+            f"test); it has {len(values)}."
+        )
+    order = np.random.default_rng(seed).permutation(len(values))
+    n, taken, part_of = len(text), 0, {}
+    for share, part in ((test, "test"), (val, "val")):
+        got = 0
+        for g in order[taken:]:
+            if got and got >= share * n:
+                break
+            if len(order) - taken - 1 < 1:  # keep a group to train on
+                break
+            part_of[g], got, taken = part, got + counts[g], taken + 1
+    parts = np.array([part_of.get(g, "train") for g in range(len(values))])[codes]
+    return {k: np.flatnonzero(parts == k).astype(np.int64) for k in ("train", "val", "test")}
+
+
 def _shares(n: int, val: float, test: float) -> tuple[int, int]:
     """How many of a class's ``n`` cells go to test and to validation (the rest train)."""
     n_test = max(int(round(n * test)), 1) if test > 0 else 0
@@ -59,6 +88,29 @@ def _shares(n: int, val: float, test: float) -> tuple[int, int]:
         else:
             break
     return n_test, n_val
+
+
+def split_for(obs: Any, spec: Any, stratify: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The split a run trains and is scored on: whole groups of ``spec.split_by`` held out, or
+    cells drawn at random (stratified by ``stratify``); then restricted to ``spec.train_on``.
+    Classes must be in training: a held-out donor can hold a cell type no other donor has."""
+    key = getattr(spec, "split_by", None)
+    if key:
+        if key not in obs:
+            raise ScwbError(f"--split-by: obs has no column {key!r}.")
+        split = group_split(obs[key].to_numpy(), spec.seed, key=key)
+        if stratify is not None:
+            missing = sorted(set(stratify[split["test"]]) - set(stratify[split["train"]]))
+            if missing:
+                held = ", ".join(sorted(set(obs[key].astype(str).to_numpy()[split["test"]])))
+                raise ScwbError(
+                    f"With {key!r} held out (test: {held}), {len(missing)} class(es) have no "
+                    f"training cell ({', '.join(missing[:3])}): try another seed or split at "
+                    "random."
+                )
+    else:
+        split = make_split(len(obs), spec.seed, stratify=stratify)
+    return restrict(split, train_on_mask(obs, spec.train_on))
 
 
 def train_on_mask(obs: Any, train_on: dict[str, list[str]] | None) -> np.ndarray | None:

@@ -150,7 +150,9 @@ for rid in chosen:
             }
         )
     curves[labels[rid]] = runs.read_metrics_csv(d)
-    splits.append((spec.get("data_fingerprint"), spec.get("seed"), spec.get("label_key")))
+    # held-out groups or cells at random: another split of the same data (other test cells)
+    data_split = (spec.get("data_fingerprint"), spec.get("split_by"))
+    splits.append((data_split, spec.get("seed"), spec.get("label_key")))
     label_keys.add(spec.get("label_key"))
 if not rows:
     st.stop()
@@ -178,6 +180,8 @@ repeated = any(len(c.runs) > 1 for c in configs)
 # the split depends on the label column only where one was used (it stratifies the split)
 labelled = any(label for _, _, label in splits)
 same = "data and label column" if labelled else "data"
+if len({split_by for (_, split_by), _, _ in splits}) > 1:
+    same = same.replace(" and ", ", ") + " and split (held-out groups or cells at random)"
 mixed = len({(data, label) for data, _, label in splits}) > 1
 if mixed:
     st.warning(

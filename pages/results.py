@@ -355,6 +355,25 @@ if res_path.is_file():
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         st.warning(f"results.h5ad could not be read ({esc(first)}): the task figures are skipped.")
 
+# which cells the test metrics come from: held-out groups, or cells of groups also trained on
+if task != "perturb" and isinstance(spec.get("split_by"), str):
+    st.caption(
+        f"Test cells: whole groups of {esc(spec['split_by'])} held out, so the metrics are "
+        f"those of {esc(spec['split_by'])} groups the model never saw."
+    )
+elif task != "perturb" and res_info is not None:
+    donors = [
+        c
+        for c, n in obs_levels(str(res_path), mtime).items()
+        if n >= 3 and defaults.is_group_name(c) and c != spec.get("label_key")
+    ]
+    if donors:
+        st.caption(
+            f"Test cells drawn at random: every {esc(donors[0])} has cells in training and in "
+            f"test, so the metrics are those of {esc(donors[0])} groups the model has seen "
+            "(Train > Test on: held-out groups scores new ones)."
+        )
+
 
 def _obs_colour(column: str, rows: np.ndarray) -> np.ndarray:
     col = obs_columns(str(res_path), mtime, (column,))[column].iloc[rows]  # the drawn cells only

@@ -209,6 +209,35 @@ with st.container(border=True):
         else:
             held = int(((adata.obs[cond] == stim) & (adata.obs[ct_key] == target)).sum())
             n_train = int(0.9 * (in_design - held))
+    if task != "perturb":
+        # the split: cells at random (every donor in training and test), or whole groups held
+        # out (a browser pass: 0.996 accuracy on 5 donors, each in training and test, unsaid)
+        groups = [g for g in defaults.group_columns(d) if g != spec_kw.get("label_key")]
+        donor = defaults.donor_column(d)
+        options = ["(cells at random)", *groups]
+        split_by = st.selectbox(
+            "Test on",
+            options,
+            key=remember(f"split:{name}", "(cells at random)", options),
+            format_func=lambda o: o if o.startswith("(") else f"held-out groups of {o}",
+            help="held-out groups: whole donors or samples go to test (and validation), so "
+            "the score says how the model does on a donor it never saw",
+        )
+        split_by = keep(f"split:{name}", split_by)
+        if split_by.startswith("("):
+            if donor and donor != spec_kw.get("label_key"):
+                st.caption(
+                    f"Every {esc(donor)} has cells in training and in test: the test score "
+                    f"says how the model does on cells of a {esc(donor)} it has seen. Pick "
+                    f"held-out groups of {esc(donor)} to score it on new ones."
+                )
+        else:
+            spec_kw["split_by"] = split_by
+            n_groups = len(d["labels"].get(split_by) or {})
+            st.caption(
+                f"{n_groups} groups of {esc(split_by)}: whole groups go to test (about 10% of "
+                "the cells, at least one group) and to validation; the seed picks which."
+            )
     layers = ["X", *(d.get("layers") or {})]
     # a count model (the VAE) left on X reads layers['counts'] when there is one (the engine's
     # setup.choose_matrix): the box says so instead of showing X for it (a browser pass)

@@ -477,3 +477,24 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     warned = " ".join(w.value for w in at.warning)
     assert "vae needs raw counts, and X holds scaled (z-score) with no layers['counts']" in warned
     assert "it will be refused" in warned
+
+
+def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_adata, submitted):
+    """A browser pass: 0.996 accuracy on five donors, each with cells in training and test,
+    and nothing said about it; no way to test on a donor the model never saw."""
+    a = lognorm_adata.copy()
+    a.obs["donor"] = pd.Categorical([f"d{i % 5}" for i in range(a.n_obs)])
+    name = datasets.save(a, "donors")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    test_on = box(at, "Test on")
+    assert test_on.value == "(cells at random)"
+    assert "held-out groups of donor" in test_on.options
+    assert any(" has cells in training and in test: the test score" in c.value for c in at.caption)
+    test_on.set_value("donor").run()
+    ok(at)
+    assert any(c.value.startswith("5 groups of donor: whole groups go to test") for c in at.caption)
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted[-1]["split_by"] == "donor"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine import io, models, runs
 from engine.setup import InputSetup
-from engine.split import make_split, restrict, train_on_mask
+from engine.split import split_for
 
 
 class Task:
@@ -70,8 +70,7 @@ class Task:
         return None
 
     def make_split(self, adata: ad.AnnData, spec: Any) -> dict[str, np.ndarray]:
-        split = make_split(adata.n_obs, spec.seed, stratify=self.stratify(adata))
-        return restrict(split, train_on_mask(adata.obs, spec.train_on))
+        return split_for(adata.obs, spec, self.stratify(adata))
 
     # ------------------------------------------------------------------------- the work
     def fit(self, adata: ad.AnnData, split: dict, ctx: Any) -> bool:

@@ -1,0 +1,90 @@
+"""Held-out groups (donors, samples): a model scored on groups of cells it never saw."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine import train
+from engine.errors import ScwbError
+from engine.spec import RunSpec
+from engine.split import group_split, split_for
+
+DONORS = np.repeat(["1015", "1016", "1244", "1256", "1488"], [100, 200, 150, 120, 300])
+
+
+def test_each_group_lies_in_one_part_and_the_seed_picks_which():
+    seen = set()
+    for seed in range(6):
+        s = group_split(DONORS, seed)
+        parts = {k: set(DONORS[v]) for k, v in s.items()}
+        assert all(parts.values())  # at least one group in each part
+        assert not (parts["train"] & parts["test"] or parts["train"] & parts["val"])
+        assert not parts["val"] & parts["test"]
+        assert sum(len(v) for v in s.values()) == len(DONORS)
+        seen.add(tuple(sorted(parts["test"])))
+        np.testing.assert_array_equal(group_split(DONORS, seed)["test"], s["test"])
+    assert len(seen) > 1
+
+
+def test_too_few_groups_and_classes_only_held_out_are_refused():
+    with pytest.raises(ScwbError, match="needs at least 3 of them"):
+        group_split(np.array(["a", "b"] * 10), 0, key="donor")
+    obs = pd.DataFrame({"donor": DONORS})
+    # a cell type only one donor has: whichever part it lands in, training may lack it
+    label = np.where(DONORS == "1488", "rare", "common")
+    spec = RunSpec(model="mlp", data="x", label_key="label", split_by="donor")
+    for seed in range(6):
+        spec.seed = seed
+        s = group_split(DONORS, seed)
+        if "1488" in set(DONORS[s["test"]]):
+            with pytest.raises(ScwbError, match="have no training cell \\(rare\\)"):
+                split_for(obs, spec, label)
+            return
+    raise AssertionError("no seed put donor 1488 in test")
+
+
+def test_a_run_tested_on_held_out_donors(tmp_path, lognorm_adata):
+    a = lognorm_adata.copy()
+    a.obs["donor"] = pd.Categorical(np.arange(a.n_obs) % 5).astype(str)
+    data = str(tmp_path / "d.h5ad")
+    a.write_h5ad(data)
+    spec = RunSpec(
+        model="sk_logreg",
+        data=data,
+        label_key="cell_type",
+        split_by="donor",
+        out=str(tmp_path / "r"),
+    )
+    metrics = train.run(spec)
+    assert 0 <= metrics["test_accuracy"] <= 1
+    res = ad.read_h5ad(tmp_path / "r" / "results.h5ad")
+    by_part = res.obs.groupby("split", observed=True)["donor"].agg(lambda d: set(d))
+    assert not by_part["test"] & by_part["train"] and not by_part["val"] & by_part["train"]
+    with pytest.raises(ScwbError, match="obs has no column 'nope'"):
+        train.run(
+            RunSpec(
+                model="sk_logreg",
+                data=data,
+                label_key="cell_type",
+                split_by="nope",
+                out=str(tmp_path / "r2"),
+            )
+        )
+    with pytest.raises(ScwbError, match="--split-by is for classifiers"):
+        RunSpec(model="scgen", data=data, split_by="donor")
+
+
+def test_held_out_groups_make_another_configuration_and_scope():
+    """Runs that differ by their split are not seeds of one configuration, nor paired; the
+    keys of runs without one are those they had before the option existed."""
+    from engine import seeds
+
+    spec = {"model": "mlp", "task": "classify", "label_key": "t", "data_fingerprint": "f"}
+    assert seeds.config_key(spec) != seeds.config_key({**spec, "split_by": "donor"})
+    assert seeds.config_key(spec) == seeds.config_key({**spec, "split_by": None})
+    from engine import models
+
+    before = tuple(k for k in seeds._CONFIG if k != "split_by")  # the keys before the option
+    full = {**spec, "params": models.recorded_params("mlp", None)}
+    assert seeds.config_key(spec) == seeds._hash(full, before)
