@@ -385,8 +385,26 @@ for n in picked:
                     label, value=p.default, help=p.help, key=wkey, format="%.6g"
                 )
             elif key == "batch_key":
-                v = st.selectbox(label, ["", *d["labels"]], help=p.help, key=wkey)  # any column
+                # donor, sample and batch columns first; none by default (a sample column that
+                # also splits the conditions would have the model remove their difference)
+                cols = list(d["labels"])
+                ordered = [c for c in cols if defaults.is_group_name(c)]
+                ordered += [c for c in cols if c not in ordered]
+                v = st.selectbox(
+                    label,
+                    ["", *ordered],
+                    format_func=lambda c: c or "(none)",
+                    help=p.help + ": what differs between its values is treated as technical "
+                    "and removed from the latent space",
+                    key=wkey,
+                )
                 params[n][key] = v
+                if v and v in (defaults.cell_type_column(d), spec_kw.get("label_key")):
+                    st.warning(
+                        f"{esc(v)} looks like cell types: as the batch, the differences between "
+                        "them would be removed from the latent space. Pick a donor, sample or "
+                        "batch column, or none."
+                    )
             else:
                 params[n][key] = st.text_input(label, p.default, help=p.help, key=wkey)
 

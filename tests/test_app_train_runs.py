@@ -498,3 +498,21 @@ def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_a
     button(at, "Submit").click().run()
     ok(at)
     assert submitted[-1]["split_by"] == "donor"
+
+
+def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata):
+    """A browser pass: the VAE's batch key opened on a blank option and offered cell_type
+    without a word; a cell-type column as the batch removes the cell types."""
+    a = lognorm_adata.copy()
+    a.obs["donor"] = pd.Categorical([f"d{i % 3}" for i in range(a.n_obs)])
+    name = datasets.save(a, "donors")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("embed").run()
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["vae"]).run()
+    batch = box(at, "batch key")
+    assert batch.value == "" and batch.options[0] == "(none)"
+    groups = [o for o in batch.options[1:] if o in ("donor", "sample")]
+    assert batch.options[1 : 1 + len(groups)] == groups and "donor" in groups
+    batch.set_value("cell_type").run()
+    assert any("cell\\_type looks like cell types" in w.value for w in at.warning)
