@@ -418,6 +418,8 @@ def latent_embedding(key: str, n_obs: int, draw) -> None:
     poll()
 
 
+FEW_TEST_CELLS = 5  # below this a class's F1 is mostly chance
+
 if res_info is not None and task == "classify":
     with guard("the classification figures"):
         c = st.columns(2)
@@ -432,6 +434,21 @@ if res_info is not None and task == "classify":
             figures.show(
                 "per_class_f1", lambda: figures.per_class_f1(metrics["per_class_f1"]), figs, c[1]
             )
+        if "confusion" in metrics and "classes" in metrics:
+            # a class with a test cell or two scores 0 or 1 by chance, and macro-F1 (their plain
+            # mean) moves with it (a browser pass: two classes of one test cell each)
+            pairs = zip(metrics["classes"], metrics["confusion"], strict=False)
+            support = {str(k): int(sum(r)) for k, r in pairs}
+            few = sorted((n, k) for k, n in support.items() if n < FEW_TEST_CELLS)
+            if few:
+                st.caption(
+                    f"{len(few)} class{'es' if len(few) > 1 else ''} with fewer than "
+                    f"{FEW_TEST_CELLS} test cells ("
+                    + ", ".join(f"{esc(k)}: {n}" for n, k in few[:6])
+                    + (", ..." if len(few) > 6 else "")
+                    + "): their F1, and the macro-F1 that averages every class equally, rest on "
+                    "those few cells. More seeds (Train > seeds) average over other splits."
+                )
 
 # where the engine put each output (uns['scwb']['slots']: role -> key; the usual names otherwise)
 scwb = dict(res_info["scwb"]) if res_info is not None else {}
@@ -821,10 +838,12 @@ if metrics:
         on_click="ignore",
     )
 with guard("the metrics CSV"):
-    c[1].download_button(
+    c[1].download_button(  # not 'metrics.csv' as the zip's per-epoch history is named
         "Metrics (CSV)",
         lambda: export.metrics_csv(run_dir),
-        file_name=f"{run_id}-metrics.csv",
+        file_name=f"{run_id}-test-metrics.csv",
+        help="the test metrics, one row; the whole run's zip also holds metrics.csv, the "
+        "losses of every epoch",
         on_click="ignore",
     )
 if spec:

@@ -242,7 +242,11 @@ def live() -> None:
     ):
         try:
             jobs.cancel(sel)
-            st.toast("Cancelling: the run stops at its next step and keeps its best weights.")
+            st.toast(
+                "Cancelled before it started."
+                if state == "queued"
+                else "Cancelling: the run stops at its next step and keeps its best weights."
+            )
         except Exception as exc:
             show_error(exc)
     if c[1].button(

@@ -472,6 +472,19 @@ def test_results_classifier(dataset):
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any("Confusion" in t for t in titles) and any("F1 per class" in t for t in titles)
     assert any(b.label == "Reproduce script (.py)" for b in at.get("download_button"))
+    assert not any("fewer than 5 test cells" in c.value for c in at.caption)
+    # a class with a test cell or two (a browser pass: F1 1.0 and 0 on one cell each)
+    from engine import workspace
+
+    path = workspace.runs_dir() / "run-mlp" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["confusion"][0] = [1] + [0] * (len(m["classes"]) - 1)
+    path.write_text(json.dumps(m))
+    at = app("results")
+    first = m["classes"][0].replace("_", "\\_")
+    assert any(
+        c.value.startswith(f"1 class with fewer than 5 test cells ({first}: 1)") for c in at.caption
+    ), [c.value for c in at.caption]
 
 
 def test_results_autoencoder_heatmaps(dataset):
