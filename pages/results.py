@@ -301,16 +301,27 @@ def recon_figures(
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def score_boxes(path: str, mtime: float, score: str, group: str):
+def score_boxes(
+    path: str, mtime: float, score: str, group: str, reference: tuple = (), split_key: str = ""
+):
     """Per-cell abnormality by group, over every cell (quartiles, and the cells beyond the
-    whiskers as points)."""
-    both = results_files.obs(path, [score, group])
+    whiskers as points). Grouped by the column a reference group was chosen from, each
+    reference group is drawn twice, its cells trained on and its held-out test cells (the
+    ones the AUROC scores against the other groups): training cells score low by design."""
+    cols = [score, group] + ([split_key] if reference and split_key else [])
+    both = results_files.obs(path, list(dict.fromkeys(cols)))
+    groups = both[group]
+    title = "Per-cell abnormality (reconstruction MSE) by group"
+    if reference and split_key in both:
+        text = groups.astype(str).to_numpy().astype(object)
+        ref = np.isin(text, list(reference))
+        held = both[split_key].astype(str).to_numpy() == "test"
+        text[ref & held] = [f"{v} · held out" for v in text[ref & held]]
+        text[ref & ~held] = [f"{v} · trained on" for v in text[ref & ~held]]
+        groups = pd.Series(text, index=both.index)
+        title += " (reference groups: cells trained on, and held-out cells the AUROC uses)"
     return figures.group_boxes(
-        both[score].to_numpy(),
-        both[group],
-        figures.plain(group),
-        "abnormality",
-        "Per-cell abnormality (reconstruction MSE) by group",
+        both[score].to_numpy(), groups, figures.plain(group), "abnormality", title
     )
 
 
@@ -466,9 +477,11 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 "(none)",
                 *[c for c in obs_levels(str(res_path), mtime) if c != SCORE],
             ]
-            # the run's label column, else the first text or categorical column (listed first)
-            # that is not the run's own split
-            first = spec.get("label_key") if spec.get("label_key") in groups_opts else None
+            # the column of the run's reference group (an abnormality run), else its label
+            # column, else the first text or categorical column (listed first) that is not the
+            # run's own split
+            ref_keys = list(spec["train_on"]) if isinstance(spec.get("train_on"), dict) else []
+            first = next((k for k in (*ref_keys, spec.get("label_key")) if k in groups_opts), None)
             first = first or next((c for c in groups_opts[1:] if c != scwb.get("split_key")), None)
             group = st.selectbox(
                 "Order and group cells by",
@@ -506,8 +519,14 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
                     figures.show(f"heatmap_{name}", lambda f=fig: f, figs)
             if SCORE in res_info["obs"] and group != "(none)":
+                train_on = spec.get("train_on") if isinstance(spec.get("train_on"), dict) else {}
+                reference = tuple(str(v) for v in train_on.get(group) or ())
                 figures.show(
-                    "abnormality", lambda: score_boxes(str(res_path), mtime, SCORE, group), figs
+                    "abnormality",
+                    lambda: score_boxes(
+                        str(res_path), mtime, SCORE, group, reference, scwb.get("split_key") or ""
+                    ),
+                    figs,
                 )
 
     model = spec.get("model") or row.get("model")

@@ -716,3 +716,24 @@ def test_results_say_whether_test_donors_were_seen_in_training(lognorm_adata):
         "Test cells: whole groups of donor held out, so the metrics are those of donor "
         "groups the model never saw." in captions
     )
+
+
+def test_abnormality_boxes_tell_reference_cells_trained_on_from_held_out(dataset):
+    """A browser pass: the reference groups' boxes mixed the cells trained on (low scores by
+    design) with the held-out ones the AUROC uses, and nothing marked which groups were the
+    reference."""
+    _finished(
+        dataset, "autoencoder", epochs=2, label_key="cell_type", train_on={"condition": ["control"]}
+    )
+    at = app("results")
+    assert (
+        next(s for s in at.selectbox if s.label == "Order and group cells by").value == "condition"
+    )
+    fig = next(
+        json.loads(c.proto.spec)
+        for c in at.get("plotly_chart")
+        if "abnormality" in json.loads(c.proto.spec)["layout"]["title"]["text"]
+    )
+    boxes = {t["name"] for t in fig["data"] if t["type"] == "box"}
+    assert boxes == {"control · held out", "control · trained on", "stimulated"}
+    assert "cells trained on, and held-out cells the AUROC uses" in fig["layout"]["title"]["text"]
