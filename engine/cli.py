@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING
@@ -629,13 +631,60 @@ def run_command(args: argparse.Namespace) -> int:
     return COMMANDS[args.command](args)
 
 
+# control characters (ANSI escapes, carriage returns, C1 codes) and bidirectional overrides:
+# names from a data file reached the terminal raw, where ESC ] 52 can write the clipboard
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+class _Printable(io.TextIOBase):
+    """A text stream that writes control characters as escapes (``\x1b``): everything the
+    command line prints, names from the data included, reaches the terminal as text."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def write(self, text: str) -> int:
+        self._raw.write(_visible(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def isatty(self) -> bool:
+        return self._raw.isatty()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._raw, "encoding", "utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     from engine import quiet
 
     quiet.library_warnings_off()  # the libraries' chatter is not the user's concern here
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Printable(out), _Printable(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         return run_command(args)
+    except BrokenPipeError:  # `... | head`: the reader has gone, nothing is wrong
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a pipe closed early
     except ScwbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -477,3 +477,43 @@ def test_predict_takes_a_run_id_like_export_and_cancel(tmp_path, lognorm_file, w
     out = tmp_path / "pred.h5ad"
     p = cli("predict", "--run", "my-run", "--data", lognorm_file, "-o", out)
     assert p.stdout.strip() == str(out) and out.exists()
+
+
+def test_names_from_the_data_reach_the_terminal_as_text(tmp_path, capsys, workspace):
+    """A hostile-input pass: label values and column names with terminal escapes (colour,
+    screen clear, OSC 52 clipboard write) were printed raw by `info` and in error lines."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from engine import cli
+
+    esc = "\x1b"
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame(
+        {f"cell{esc}[31mtype": pd.Categorical(rng.choice([f"B{esc}]52;c;eA==\a", "NK\r"], 40))},
+        index=[f"c{i}" for i in range(40)],
+    )
+    path = tmp_path / "ansi.h5ad"
+    ad.AnnData(rng.poisson(2, (40, 10)).astype(np.float32), obs=obs).write_h5ad(path)
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert esc not in out and "\r" not in out and "\a" not in out
+    assert "cell\\x1b[31mtype" in out and "NK\\r" in out
+    args = ["train", "--model", "logreg", "--data", str(path), "--label-key", "nope"]
+    assert cli.main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert esc not in err and "cell\\x1b[31mtype" in err
+
+
+def test_a_pipe_closed_early_is_not_an_error(monkeypatch, capsys):
+    """`python -m engine models --json | head -c 10` ended with 'unexpected BrokenPipeError'."""
+    from engine import cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "run_command", closed)
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # the test's own stdout stays
+    assert cli.main(["models"]) == 141
+    assert capsys.readouterr().err == ""
