@@ -467,9 +467,21 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
             )
         df.isetitem(i, values)
     adata = ad.AnnData(X=df.to_numpy(dtype=np.float32))
-    adata.obs_names = df.index.astype(str)
+    adata.obs_names = _cell_names(path, sep, encoding, df)
     adata.var_names = df.columns.astype(str)
     return adata
+
+
+def _cell_names(path: Path, sep: str, encoding: str, df: pd.DataFrame) -> pd.Index:
+    """The first column as written: parsed with the numbers, '0001' became 1 and 'NA' or
+    'null' became NaN (then reported as duplicated 'nan' cells). Read again as text alone."""
+    try:
+        names = pd.read_csv(
+            path, sep=sep, usecols=[0], dtype=str, keep_default_na=False, encoding=encoding
+        ).iloc[:, 0]
+    except Exception:  # the table itself was read: keep its parsed names
+        return df.index.astype(str)
+    return pd.Index(names.to_numpy()) if len(names) == len(df) else df.index.astype(str)
 
 
 # ----------------------------------------------------------------------------- describing

@@ -857,3 +857,16 @@ def test_files_that_read_but_could_not_be_saved_again(tmp_path):
         io.read(p)
     with pytest.raises(ScwbError, match=r"uns\['ref'\] cannot be saved again"):
         reader.run_child(p, "ref.h5ad")
+
+
+def test_table_cell_names_are_kept_as_written(tmp_path):
+    """A hostile-input pass: CSV cell names went through number parsing ('0001' read as 1) and
+    missing-value parsing ('NA', 'null' read as NaN, then reported as duplicated 'nan' cells)."""
+    (tmp_path / "ids.csv").write_text("cell,g1,g2\n0001,1,2\nNA,0,1\nnull,3,3\n1e3,2,2\n")
+    a = io.read(tmp_path / "ids.csv")
+    assert list(a.obs_names) == ["0001", "NA", "null", "1e3"]
+    assert a.X.sum() == 14
+    (tmp_path / "ids.tsv.gz").write_bytes(
+        __import__("gzip").compress(b"barcode\tg1\n007\t1\n008\t2\n")
+    )
+    assert list(io.read(tmp_path / "ids.tsv.gz").obs_names) == ["007", "008"]
