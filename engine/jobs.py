@@ -290,7 +290,14 @@ def delete(run: str | Path, root: Path | None = None) -> None:
     if effective_status(run_dir).get("state") in runs.ACTIVE:
         raise ScwbError(f"Run {run_dir.name} is still active: cancel it first.")
     unqueue(run_dir)
-    shutil.rmtree(run_dir)
+    # renamed out of the listing first (one atomic step), then removed: of two deletes at
+    # once, the second found files vanishing under it ('unexpected FileNotFoundError')
+    trash = run_dir.with_name(f".deleting-{run_dir.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(run_dir, trash)
+    except FileNotFoundError:
+        raise ScwbError(f"Run {run_dir.name} was deleted meanwhile.") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def wait(

@@ -153,6 +153,30 @@ def test_delete_refuses_active_and_removes_finished(lognorm_file):
     assert not run_dir.exists()
 
 
+def test_two_deletes_of_one_run_at_once(monkeypatch):
+    """A hostile-input pass: of two deletes of one run at once, the second failed with
+    'unexpected FileNotFoundError' (files vanishing under its rmtree): the run is renamed out
+    of the listing in one step first, and the second delete says it is gone."""
+    from engine import runs, workspace
+    from engine.errors import ScwbError
+
+    run_dir = workspace.runs_dir() / "done-run"
+    run_dir.mkdir(parents=True)
+    runs.write_json(run_dir / "run.json", {"model": "mlp"})
+    runs.update_status(run_dir, state="completed")
+    real = jobs.os.rename
+
+    def other_delete_first(src, dst):  # the other process renames it between check and act
+        real(src, str(dst) + "-other")
+        real(src, dst)
+
+    monkeypatch.setattr(jobs.os, "rename", other_delete_first)
+    with pytest.raises(ScwbError, match="done-run was deleted meanwhile"):
+        jobs.delete(run_dir)
+    monkeypatch.setattr(jobs.os, "rename", real)
+    assert [r["id"] for r in runs.list_runs(workspace.runs_dir())] == []
+
+
 def test_resolve_run_refuses_escape():
     from engine.errors import ScwbError
 
