@@ -93,7 +93,9 @@ def _new_folder(out):
 
 def main(argv):
     _engine()
-    from engine import io, preprocess
+    from engine import io, preprocess, quiet
+
+    quiet.library_warnings_off()  # Lightning's notes (srun, deprecations) are not the run's
     from engine.spec import RunSpec
     from engine.train import run
 

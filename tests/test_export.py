@@ -36,6 +36,7 @@ def test_script_reproduces_metrics(tmp_path, lognorm_file, model, kw):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr  # a browser pass: Lightning's srun notes
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     numeric = {k: v for k, v in metrics.items() if isinstance(v, float)}
     assert numeric and all(again[k] == pytest.approx(v, rel=1e-6) for k, v in numeric.items())
