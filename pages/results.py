@@ -111,13 +111,21 @@ res_path = run_dir / "results.h5ad"
 if not res_path.is_file():  # a named pipe in its place would block the reader
     missing.append("results.h5ad (the annotated cells) is missing")
 
+def _shape(spec: dict) -> str:
+    """' (8,684 cells x 2,000 genes)' from the recorded shape (it read '([8684, 2000])')."""
+    shape = spec.get("data_shape")
+    if isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) for v in shape):
+        return f" ({shape[0]:,} cells × {shape[1]:,} genes)"
+    return ""
+
+
 st.caption(
     " · ".join(
         esc(x)
         for x in (
             spec.get("model") or row.get("model"),
             f"task: {task or '?'}",
-            f"data {spec.get('dataset_name') or row.get('dataset')} ({spec.get('data_shape')})",
+            f"data {spec.get('dataset_name') or row.get('dataset')}" + _shape(spec),
             f"seed {spec.get('seed')}",
             f"device {spec.get('device_name') or status.get('device') or '?'}",
         )

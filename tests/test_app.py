@@ -473,6 +473,8 @@ def test_results_classifier(dataset):
     assert any("Confusion" in t for t in titles) and any("F1 per class" in t for t in titles)
     assert any(b.label == "Reproduce script (.py)" for b in at.get("download_button"))
     assert not any("fewer than 5 test cells" in c.value for c in at.caption)
+    assert any("600 cells × 200 genes" in c.value for c in at.caption)  # was '([600, 200])'
+
     # a class with a test cell or two (a browser pass: F1 1.0 and 0 on one cell each)
     from engine import workspace
 
