@@ -479,15 +479,21 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     assert "it will be refused" in warned
 
 
-def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_adata, submitted):
-    """A browser pass: 0.996 accuracy on five donors, each with cells in training and test,
-    and nothing said about it; no way to test on a donor the model never saw."""
-    a = lognorm_adata.copy()
-    a.obs["donor"] = pd.Categorical([f"d{i % 5}" for i in range(a.n_obs)])
+def _train_on_donors(adata, n_donors: int, task: str) -> AppTest:
+    """The Train page on a copy of ``adata`` with a 'donor' column, ``task`` picked."""
+    a = adata.copy()
+    a.obs["donor"] = pd.Categorical([f"d{i % n_donors}" for i in range(a.n_obs)])
     name = datasets.save(a, "donors")
     runs.write_json(workspace.home() / "state.json", {"dataset": name})
     at = app("train")
-    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    next(r for r in at.radio if r.label == "Task").set_value(task).run()
+    return at
+
+
+def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_adata, submitted):
+    """A browser pass: 0.996 accuracy on five donors, each with cells in training and test,
+    and nothing said about it; no way to test on a donor the model never saw."""
+    at = _train_on_donors(lognorm_adata, 5, "classify")
     test_on = box(at, "Test on")
     assert test_on.value == "(cells at random)"
     assert "held-out groups of donor" in test_on.options
@@ -503,12 +509,7 @@ def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_a
 def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata):
     """A browser pass: the VAE's batch key opened on a blank option and offered cell_type
     without a word; a cell-type column as the batch removes the cell types."""
-    a = lognorm_adata.copy()
-    a.obs["donor"] = pd.Categorical([f"d{i % 3}" for i in range(a.n_obs)])
-    name = datasets.save(a, "donors")
-    runs.write_json(workspace.home() / "state.json", {"dataset": name})
-    at = app("train")
-    next(r for r in at.radio if r.label == "Task").set_value("embed").run()
+    at = _train_on_donors(lognorm_adata, 3, "embed")
     next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["vae"]).run()
     batch = box(at, "batch key")
     assert batch.value == "" and batch.options[0] == "(none)"
