@@ -98,13 +98,17 @@ def _refuse_external(name: str, entry: str, ds: Any) -> None:
         raise ScwbError(f"{name}: {entry} stores its values in another file; refused.")
     chunks = getattr(ds, "chunks", None)
     if chunks:
-        chunk = float(np.prod(chunks, dtype=np.float64)) * _itemsize(ds.dtype)
+        # bytes as stored (a string's own bytes, not the Python object it becomes): what
+        # decompressing one chunk costs
+        item = max(ds.dtype.itemsize, 1)
+        chunk = float(np.prod(chunks, dtype=np.float64)) * item
+        values = float(np.prod(ds.shape, dtype=np.float64)) * item if ds.shape else item
         # a chunk no larger than its dataset is the data itself (rhdf5 writes one whole chunk
         # by default), counted by the size checks; past that, and past the cap, it is a bomb
-        if chunk > max(CHUNK_MAX_BYTES, _dataset_bytes(ds)):
+        if chunk > max(CHUNK_MAX_BYTES, values):
             raise ScwbError(
                 f"{name}: {entry} is stored in chunks of {human(chunk)} each for "
-                f"{human(_dataset_bytes(ds))} of values (a chunk is decompressed whole); "
+                f"{human(values)} of values (a chunk is decompressed whole); "
                 "refused. Rewrite it with smaller chunks."
             )
 

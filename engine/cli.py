@@ -680,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
-        return run_command(args)
+        code = run_command(args)
+        sys.stdout.flush()  # short output still buffered meets a closed pipe here
+        return code
     except BrokenPipeError:  # `... | head`: the reader has gone, nothing is wrong
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())

@@ -474,14 +474,26 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
 
 def _cell_names(path: Path, sep: str, encoding: str, df: pd.DataFrame) -> pd.Index:
     """The first column as written: parsed with the numbers, '0001' became 1 and 'NA' or
-    'null' became NaN (then reported as duplicated 'nan' cells). Read again as text alone."""
+    'null' became NaN (then reported as duplicated 'nan' cells). Read again as text, only when
+    the parse changed them: the first field of each line after the header, which is the names
+    also where the header is one field short (R's write.table names no first column)."""
+    names = df.index
+    if names.dtype == object and not names.isna().any():
+        return names.astype(str)  # text as written: nothing to read again
     try:
-        names = pd.read_csv(
-            path, sep=sep, usecols=[0], dtype=str, keep_default_na=False, encoding=encoding
+        again = pd.read_csv(
+            path,
+            sep=sep,
+            header=None,
+            skiprows=1,
+            usecols=[0],
+            dtype=str,
+            keep_default_na=False,
+            encoding=encoding,
         ).iloc[:, 0]
     except Exception:  # the table itself was read: keep its parsed names
-        return df.index.astype(str)
-    return pd.Index(names.to_numpy()) if len(names) == len(df) else df.index.astype(str)
+        return names.astype(str)
+    return pd.Index(again.to_numpy()) if len(again) == len(df) else names.astype(str)
 
 
 # ----------------------------------------------------------------------------- describing

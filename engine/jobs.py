@@ -272,7 +272,8 @@ def cancel(run: str | Path, root: Path | None = None) -> str:
     except OSError as exc:
         raise ScwbError(f"Could not ask the run to stop: {exc.strerror or exc}.") from exc
     launchers.get(st.get("launcher")).cancel(run_dir, st)
-    return "cancelling"
+    # a queued run that had not started ends at once; a running one stops at its next step
+    return "cancelled" if runs.read_status(run_dir).get("state") == "cancelled" else "cancelling"
 
 
 def delete(run: str | Path, root: Path | None = None) -> None:
@@ -297,7 +298,13 @@ def delete(run: str | Path, root: Path | None = None) -> None:
         os.rename(run_dir, trash)
     except FileNotFoundError:
         raise ScwbError(f"Run {run_dir.name} was deleted meanwhile.") from None
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        shutil.rmtree(trash)
+    except OSError as exc:
+        raise ScwbError(
+            f"Run {run_dir.name} is out of the list, but some of its files could not be "
+            f"removed ({exc.strerror or exc}): they are in {trash}."
+        ) from None
 
 
 def wait(

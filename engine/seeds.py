@@ -170,6 +170,8 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
         for part, values in split.items():
             key = config_key(spec) + (f"/{part}" if part else "")
             model = spec["model"] if not part else f"{spec['model']} · {part}"
+            if isinstance(spec.get("split_by"), str) and spec["split_by"]:
+                model += f" · held-out {spec['split_by']}"  # else two rows read the same
             try:
                 base = bool(part) or registry.get(spec["model"]).baseline
             except Exception:  # noqa: BLE001 - a model this version no longer has

@@ -51,29 +51,27 @@ def group_split(
     groups: np.ndarray, seed: int, val: float = 0.1, test: float = 0.1, key: str = "the column"
 ) -> dict[str, np.ndarray]:
     """Seeded train/val/test row indices where each group (a donor, a sample) lies in one part
-    only: whole groups, drawn in a seeded order, go to test until it holds its share of the
-    cells (at least one group), then to validation, the rest to training. A random split puts
-    every donor's cells in training and test, so its test score says how well the model knows
-    cells of donors it has seen, not of a new one."""
+    only: ``test`` and ``val`` are shares of the groups, at least one each, drawn at random by
+    the seed, the rest train (scikit-learn's GroupShuffleSplit counts the same way; the cells'
+    shares follow the groups' sizes). A random split puts every donor's cells in training and
+    test, so its test score says how well the model knows cells of donors it has seen, not of
+    a new one."""
     text = np.asarray(groups).astype(str)
-    values, codes, counts = np.unique(text, return_inverse=True, return_counts=True)
-    if len(values) < 3:
+    values, codes = np.unique(text, return_inverse=True)
+    k = len(values)
+    if k < 3:
         raise ScwbError(
             f"Holding out groups of {key!r} needs at least 3 of them (training, validation and "
-            f"test); it has {len(values)}."
+            f"test); it has {k}."
         )
-    order = np.random.default_rng(seed).permutation(len(values))
-    n, taken, part_of = len(text), 0, {}
-    for share, part in ((test, "test"), (val, "val")):
-        got = 0
-        for g in order[taken:]:
-            if got and got >= share * n:
-                break
-            if len(order) - taken - 1 < 1:  # keep a group to train on
-                break
-            part_of[g], got, taken = part, got + counts[g], taken + 1
-    parts = np.array([part_of.get(g, "train") for g in range(len(values))])[codes]
-    return {k: np.flatnonzero(parts == k).astype(np.int64) for k in ("train", "val", "test")}
+    n_test = min(max(int(round(test * k)), 1), k - 2)
+    n_val = min(max(int(round(val * k)), 1), k - 1 - n_test)
+    order = np.random.default_rng(seed).permutation(k)
+    part_of = np.full(k, "train", dtype=object)
+    part_of[order[:n_test]] = "test"
+    part_of[order[n_test : n_test + n_val]] = "val"
+    parts = part_of[codes]
+    return {p: np.flatnonzero(parts == p).astype(np.int64) for p in ("train", "val", "test")}
 
 
 def _shares(n: int, val: float, test: float) -> tuple[int, int]:
@@ -99,7 +97,7 @@ def split_for(obs: Any, spec: Any, stratify: np.ndarray | None) -> dict[str, np.
         if key not in obs:
             raise ScwbError(f"--split-by: obs has no column {key!r}.")
         split = group_split(obs[key].to_numpy(), spec.seed, key=key)
-        if stratify is not None:
+        if stratify is not None and getattr(spec, "task", "classify") == "classify":
             missing = sorted(set(stratify[split["test"]]) - set(stratify[split["train"]]))
             if missing:
                 held = ", ".join(sorted(set(obs[key].astype(str).to_numpy()[split["test"]])))

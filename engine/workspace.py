@@ -102,7 +102,12 @@ def _check_members(folder: Path, path: str | Path, roots: list[Path]) -> None:
             member = Path(top) / name
             if not member.is_symlink():
                 continue
-            target = member.resolve()
+            try:
+                target = member.resolve()
+            except (OSError, RuntimeError):  # a link loop (RuntimeError on Python 3.11)
+                raise ScwbError(
+                    f"{path}: {member.relative_to(folder)} is a link that leads nowhere (a loop)."
+                ) from None
             if not any(target == r or r in target.parents for r in roots):
                 raise ScwbError(
                     f"{path}: {member.relative_to(folder)} links to a file outside the folders "

@@ -121,7 +121,7 @@ row_names = {
     for r in picked
 }
 SCALAR = (str, int, float, type(None))
-SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task")
+SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by")
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
@@ -151,7 +151,7 @@ for rid in chosen:
         )
     curves[labels[rid]] = runs.read_metrics_csv(d)
     # held-out groups or cells at random: another split of the same data (other test cells)
-    data_split = (spec.get("data_fingerprint"), spec.get("split_by"))
+    data_split = (spec.get("data_fingerprint"), spec.get("split_by") or None)
     splits.append((data_split, spec.get("seed"), spec.get("label_key")))
     label_keys.add(spec.get("label_key"))
 if not rows:

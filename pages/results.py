@@ -111,6 +111,7 @@ res_path = run_dir / "results.h5ad"
 if not res_path.is_file():  # a named pipe in its place would block the reader
     missing.append("results.h5ad (the annotated cells) is missing")
 
+
 def _shape(spec: dict) -> str:
     """' (8,684 cells x 2,000 genes)' from the recorded shape (it read '([8684, 2000])')."""
     shape = spec.get("data_shape")
@@ -374,13 +375,31 @@ if res_path.is_file():
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         st.warning(f"results.h5ad could not be read ({esc(first)}): the task figures are skipped.")
 
+
+def held_out_groups(key: str) -> str:
+    """' (d1, d4: 212 of 1,000 cells)': the groups of ``key`` the run was tested on."""
+    split_key = (res_info or {}).get("scwb", {}).get("split_key")
+    if res_info is None or not split_key:
+        return ""
+    try:
+        both = obs_columns(str(res_path), mtime, (key, split_key))
+    except Exception:
+        return ""
+    test = (both[split_key].astype(str) == "test").to_numpy()
+    names = sorted(set(both[key].astype(str).to_numpy()[test]))
+    shown = ", ".join(esc(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f" ({shown}: {int(test.sum()):,} of {len(test):,} cells)"
+
+
 # which cells the test metrics come from: held-out groups, or cells of groups also trained on
-if task != "perturb" and isinstance(spec.get("split_by"), str):
+if task != "perturb" and isinstance(spec.get("split_by"), str) and spec["split_by"]:
     st.caption(
         f"Test cells: whole groups of {esc(spec['split_by'])} held out, so the metrics are "
-        f"those of {esc(spec['split_by'])} groups the model never saw."
+        f"those of {esc(spec['split_by'])} groups the model never saw"
+        + held_out_groups(spec["split_by"])
+        + "."
     )
-elif task != "perturb" and res_info is not None:
+elif task != "perturb" and res_info is not None and not spec.get("train_on"):
     donors = [
         c
         for c, n in obs_levels(str(res_path), mtime).items()
@@ -388,9 +407,9 @@ elif task != "perturb" and res_info is not None:
     ]
     if donors:
         st.caption(
-            f"Test cells drawn at random: every {esc(donors[0])} has cells in training and in "
-            f"test, so the metrics are those of {esc(donors[0])} groups the model has seen "
-            "(Train > Test on: held-out groups scores new ones)."
+            f"Test cells drawn at random from all the cells: the same {esc(donors[0])} groups "
+            "are in training and in test, so the metrics are those of groups the model has "
+            "seen (Train > Test on: held-out groups scores new ones)."
         )
 
 
@@ -458,7 +477,14 @@ if res_info is not None and task == "classify":
             # mean) moves with it (a browser pass: two classes of one test cell each)
             pairs = zip(metrics["classes"], metrics["confusion"], strict=False)
             support = {str(k): int(sum(r)) for k, r in pairs}
-            few = sorted((n, k) for k, n in support.items() if n < FEW_TEST_CELLS)
+            few = sorted((n, k) for k, n in support.items() if 0 < n < FEW_TEST_CELLS)
+            absent = [k for k, n in support.items() if n == 0]
+            if absent:  # held-out groups may lack a class
+                st.caption(
+                    f"No test cell of {', '.join(esc(k) for k in absent[:6])}"
+                    + (", ..." if len(absent) > 6 else "")
+                    + ": left out of the macro-F1 and the F1 per class."
+                )
             if few:
                 st.caption(
                     f"{len(few)} class{'es' if len(few) > 1 else ''} with fewer than "

@@ -241,10 +241,10 @@ def live() -> None:
         key="runs-cancel",
     ):
         try:
-            jobs.cancel(sel)
+            how = jobs.cancel(sel)  # the state when asked, not the table's of a moment ago
             st.toast(
                 "Cancelled before it started."
-                if state == "queued"
+                if how == "cancelled"
                 else "Cancelling: the run stops at its next step and keeps its best weights."
             )
         except Exception as exc:

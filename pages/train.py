@@ -46,6 +46,14 @@ def remember(key: str, default: Any, options: list | None = None, many: bool = F
     return wkey
 
 
+def needs(model: str) -> str:
+    """What ``model`` reads with the parameters picked below on the page's last run (a VAE
+    with a Gaussian likelihood reads any values, not only counts)."""
+    info = models.get(model)
+    likelihood = ss.get(f"p-{model}-likelihood")
+    return info.needs_for({"likelihood": likelihood} if likelihood else {})
+
+
 def keep(key: str, value: Any) -> Any:
     ss[f"keep:{key}"] = value
     return value
@@ -225,23 +233,24 @@ with st.container(border=True):
         )
         split_by = keep(f"split:{name}", split_by)
         if split_by.startswith("("):
-            if donor and donor != spec_kw.get("label_key"):
+            if donor and donor != spec_kw.get("label_key") and not spec_kw.get("train_on"):
                 st.caption(
-                    f"Every {esc(donor)} has cells in training and in test: the test score "
-                    f"says how the model does on cells of a {esc(donor)} it has seen. Pick "
-                    f"held-out groups of {esc(donor)} to score it on new ones."
+                    f"Test cells drawn at random: the same {esc(donor)} groups are in training "
+                    f"and in test, so the test score says how the model does on a {esc(donor)} "
+                    f"it has seen. Pick held-out groups of {esc(donor)} to score it on new ones."
                 )
         else:
             spec_kw["split_by"] = split_by
             n_groups = len(d["labels"].get(split_by) or {})
             st.caption(
-                f"{n_groups} groups of {esc(split_by)}: whole groups go to test (about 10% of "
-                "the cells, at least one group) and to validation; the seed picks which."
+                f"{n_groups} groups of {esc(split_by)}: whole groups go to test and to "
+                "validation (a tenth of the groups each, at least one), the seed picks which; "
+                "the share of cells in each follows the groups' sizes."
             )
     layers = ["X", *(d.get("layers") or {})]
     # a count model (the VAE) left on X reads layers['counts'] when there is one (the engine's
     # setup.choose_matrix): the box says so instead of showing X for it (a browser pass)
-    count_models = [n for n in picked if models.get(n).needs == "counts"]
+    count_models = [n for n in picked if needs(n) == "counts"]
     reads_counts = bool(count_models) and "counts" in layers
     layer0 = "counts" if reads_counts and len(count_models) == len(picked) else None
     layer = st.selectbox(
@@ -262,8 +271,8 @@ with st.container(border=True):
     # what each picked model will meet, said on the form, not only after Submit (a browser pass:
     # a classifier on raw counts was submitted without a word)
     if kind == "counts":
-        on_counts = [n for n in picked if models.get(n).needs == "any"]
-        refused = [n for n in picked if models.get(n).needs == "lognorm"]
+        on_counts = [n for n in picked if needs(n) == "any"]
+        refused = [n for n in picked if needs(n) == "lognorm"]
         if on_counts:
             st.warning(
                 f"{where} holds raw counts: {', '.join(on_counts)} would train on them as they "

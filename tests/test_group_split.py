@@ -88,3 +88,55 @@ def test_held_out_groups_make_another_configuration_and_scope():
     before = tuple(k for k in seeds._CONFIG if k != "split_by")  # the keys before the option
     full = {**spec, "params": models.recorded_params("mlp", None)}
     assert seeds.config_key(spec) == seeds._hash(full, before)
+
+
+def test_three_unequal_groups_still_fill_every_part():
+    """The review: with groups of 5, 100 and 100 cells, test took two groups on some seeds and
+    left validation empty. Each part takes a share of the groups, at least one."""
+    g = np.repeat(["small", "a", "b"], [5, 100, 100])
+    for seed in range(8):
+        s = group_split(g, seed)
+        assert [len(set(g[s[p]])) for p in ("train", "val", "test")] == [1, 1, 1]
+
+
+def test_macro_f1_counts_only_classes_with_test_cells():
+    """The review: with donors held out a class may have no test cell; it scored F1 0 and a
+    perfect classifier read macro-F1 0.667."""
+    from engine import evaluate
+
+    y = np.array([0, 0, 1, 1])
+    proba = np.eye(3)[y]
+    m = evaluate.classification(y, proba, ["A", "B", "C"])
+    assert m["test_f1_macro"] == 1.0 and set(m["per_class_f1"]) == {"A", "B"}
+    assert m["confusion"][2] == [0, 0, 0]  # the class stays in the confusion matrix
+
+
+def test_configurations_that_differ_by_their_split_are_named_apart(tmp_path):
+    """The review: an MLP tested on random cells and one on held-out donors both read
+    'mlp · pbmc' in Compare."""
+    from engine import runs, seeds
+
+    dirs = []
+    for i, split_by in enumerate((None, "donor")):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        runs.write_json(
+            d / "run.json",
+            {
+                "model": "mlp",
+                "task": "classify",
+                "seed": 0,
+                "label_key": "t",
+                "params": {},
+                "data_fingerprint": "f",
+                "dataset_name": "pbmc",
+                "split_by": split_by,
+            },
+        )
+        runs.write_json(d / "metrics.json", {"test_accuracy": 0.9})
+        runs.update_status(d, state="completed")
+        dirs.append(d)
+    assert sorted(c.label for c in seeds.group(dirs)) == [
+        "mlp · held-out donor · pbmc",
+        "mlp · pbmc",
+    ]

@@ -870,3 +870,8 @@ def test_table_cell_names_are_kept_as_written(tmp_path):
         __import__("gzip").compress(b"barcode\tg1\n007\t1\n008\t2\n")
     )
     assert list(io.read(tmp_path / "ids.tsv.gz").obs_names) == ["007", "008"]
+    # R's write.table: the header one field short (the review: every name read as NaN)
+    (tmp_path / "r.tsv").write_text("g1\tg2\nc1\t1\t2\nc2\t3\t4\n")
+    (tmp_path / "r2.tsv").write_text("g1\tg2\n0001\t1\t2\nNA\t3\t4\n")
+    assert list(io.read(tmp_path / "r.tsv").obs_names) == ["c1", "c2"]
+    assert list(io.read(tmp_path / "r2.tsv").obs_names) == ["0001", "NA"]

@@ -78,9 +78,9 @@ def test_cancel_queued_job(monkeypatch, lognorm_file):
     a = jobs.submit(RunSpec(data=lognorm_file, **LONG))
     b = jobs.submit(RunSpec(model="logreg", data=lognorm_file, label_key="cell_type", epochs=2))
     _wait_state(a, {"running"})
-    jobs.cancel(b)
+    assert jobs.cancel(b) == "cancelled"  # at once: it had not started (the app's toast says so)
     assert jobs.wait(b, timeout=30)["state"] == "cancelled"
-    jobs.cancel(a)
+    assert jobs.cancel(a) == "cancelling"
     assert jobs.wait(a, timeout=60)["state"] == "cancelled"
 
 

@@ -61,6 +61,11 @@ def test_a_folder_read_by_server_path_may_not_link_outside_the_roots(tmp_path, m
     (tenx / "up").symlink_to(outside, target_is_directory=True)  # a linked folder, too
     with pytest.raises(ScwbError, match="up links to a file outside"):
         workspace.check_server_path(tenx)
+    (tenx / "up").unlink()
+    (tenx / "a").symlink_to(tenx / "b")  # a loop: one line, not 'unexpected RuntimeError'
+    (tenx / "b").symlink_to(tenx / "a")
+    with pytest.raises(ScwbError, match="is a link that leads nowhere"):
+        workspace.check_server_path(tenx)
 
 
 class _Evil:

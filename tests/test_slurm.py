@@ -193,8 +193,8 @@ def test_slurm_cancel_of_a_pending_job_is_immediate(cluster, separable_file):
         st = jobs.status(run_dir)
         assert st["state"] == "queued" and st["job_id"], st
         time.sleep(1.0)
-        assert jobs.cancel(run_dir) == "cancelling"
-        assert runs.read_status(run_dir)["state"] == "cancelled"  # at once: it never started
+        assert jobs.cancel(run_dir) == "cancelled"  # at once: it never started
+        assert runs.read_status(run_dir)["state"] == "cancelled"
         assert _sacct_state(st["job_id"], "CANCELLED").startswith("CANCELLED")
         assert not (run_dir / "model.pt").exists()
     finally:
