@@ -108,3 +108,4 @@ def test_names_that_look_like_numbers_stay_names_on_every_axis():
         assert fig.layout.xaxis.type == "category"
     assert cm.layout.yaxis.type == "category"
     assert f1.data[0].texttemplate == "%{y:.2f}"  # an F1 of 0 reads 0.00, not an empty slot
+    assert [t.name for t in violins[0].data] == ["1015", "1016", "1244", "1256", "1488"]

@@ -225,6 +225,10 @@ def qc_violins(
                 box=True,
                 points=False,
                 title=sampled_title(label + (note if group else ""), len(sub), len(qc)),
+                # groups in natural order (donors 1015, 1016, ...), not as the cells come
+                category_orders={group: sorted(set(sub[group]), key=natural_key)}
+                if group
+                else None,
             )
             # the density ends at the data: counts per cell are never below 0
             fig.update_traces(spanmode="hard")
