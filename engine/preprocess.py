@@ -135,7 +135,11 @@ def normalize(adata: ad.AnnData, target_sum: float = 1e6, log: bool = True) -> a
     n_neg, lowest = negatives(x)
     if n_neg:
         advice = {
-            "scaled (z-score)": "it looks scaled (z-score): normalise the raw counts, before scaling",
+            # pbmc68k_reduced: z-scored X, log-normalised raw, no counts anywhere (a browser
+            # pass read 'normalise the raw counts' as a step it could take)
+            "scaled (z-score)": "it looks scaled (z-score), which comes after normalising; "
+            "normalise needs the raw counts (where only log-normalised values are kept, as in "
+            "adata.raw of many files, start from those and leave normalize out)",
             "raw intensities": "it looks like cytometry intensities, which take arcsinh instead",
             "arcsinh-transformed": "it looks arcsinh-transformed already (cytometry)",
         }.get(kind, "normalise raw counts")

@@ -242,7 +242,11 @@ def test_normalize_refuses_negative_values(counts_adata, kind):
     if kind == "zscore":
         x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
         n = int((x < 0).sum())
-        advice = "it looks scaled \\(z-score\\): normalise the raw counts, before scaling"
+        advice = (
+            "it looks scaled \\(z-score\\), which comes after normalising; normalise needs the "
+            "raw counts \\(where only log-normalised values are kept, as in adata.raw of many "
+            "files, start from those and leave normalize out\\)"
+        )
     else:
         x[0, :4] = -0.5
         n = 4
