@@ -66,8 +66,14 @@ def home() -> None:
         if not recent:
             st.caption("None yet.")
         for r in recent:
-            st.markdown(
-                f"{md(r['id'])} · {md(r['model'])} on {md(r['dataset'])} · **{md(r['state'])}**"
+            # each a link (a browser pass: plain text): a finished run to its results, the
+            # others to the Runs page, on that run
+            done = r["state"] == "completed"
+            st.page_link(
+                "pages/results.py" if done else "pages/runs.py",
+                label=f"{md(r['id'])} · {md(r['model'])} on {md(r['dataset'])} · {md(r['state'])}",
+                icon=":material/insights:" if done else ":material/monitoring:",
+                query_params={"run": r["id"]},
             )
         if recent:
             st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")

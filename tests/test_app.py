@@ -57,6 +57,16 @@ def test_home_shows_intro_and_loads_demo():
     assert [d["name"] for d in datasets.list_datasets()] == ["pbmc68k_reduced"]
 
 
+def test_home_links_each_recent_run(dataset):
+    """A browser pass: Home's recent runs were plain text. A finished run links to its
+    results, the page opening on that run."""
+    run = _finished(dataset, "sk_logreg", label_key="cell_type")
+    at = app()
+    links = [p.proto for p in at.get("page_link")]
+    mine = next(link for link in links if run in link.label)
+    assert (mine.page, mine.query_string) == ("results", f"run={run}")
+
+
 def _upload(at, name: str, content: bytes):
     at.file_uploader[0].upload(name, content).run()
     next(b for b in at.button if b.label == "Load file").click().run()
