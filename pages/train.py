@@ -46,11 +46,16 @@ def remember(key: str, default: Any, options: list | None = None, many: bool = F
     return wkey
 
 
+def param_key(model: str, name: str) -> str:
+    """The widget key of a model parameter (read back by ``needs`` before the widget is drawn)."""
+    return f"p-{model}-{name}"
+
+
 def needs(model: str) -> str:
     """What ``model`` reads with the parameters picked below on the page's last run (a VAE
     with a Gaussian likelihood reads any values, not only counts)."""
     info = models.get(model)
-    likelihood = ss.get(f"p-{model}-likelihood")
+    likelihood = ss.get(param_key(model, "likelihood"))
     return info.needs_for({"likelihood": likelihood} if likelihood else {})
 
 
@@ -378,7 +383,7 @@ for n in picked:
     with st.expander(f"{info.title}: hyperparameters"):
         params[n] = {}
         for key, p in info.params.items():
-            label, wkey = key.replace("_", " "), f"p-{n}-{key}"
+            label, wkey = key.replace("_", " "), param_key(n, key)
             if p.choices:
                 params[n][key] = st.selectbox(
                     label, p.choices, index=p.choices.index(p.default), help=p.help, key=wkey
