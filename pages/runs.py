@@ -135,7 +135,8 @@ def table(rows: list[dict]) -> pd.DataFrame:
                 "state": r.get("state") or "?",
                 "model": r.get("model") or "?",
                 "dataset": r.get("dataset") or "?",
-                "progress": frac,
+                # whole percents: Streamlit's "percent" format printed "12.12%"
+                "progress": int(round(100 * frac)),
                 "epochs": text,
                 "time": fmt_s(elapsed) + (f" · ETA ≤ {fmt_s(eta)}" if running else ""),
                 **({} if one_device else {"device": r.get("device") or "-"}),
@@ -175,7 +176,7 @@ def columns(df: pd.DataFrame) -> dict[str, Any]:
         c: st.column_config.TextColumn(c, width=int(w), help=HELP.get(c)) for c, w in want.items()
     }
     out["progress"] = st.column_config.ProgressColumn(
-        "progress", min_value=0, max_value=1, format="percent", width=PROGRESS_PX
+        "progress", min_value=0, max_value=100, format="%d%%", width=PROGRESS_PX
     )
     return out
 

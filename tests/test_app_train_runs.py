@@ -266,7 +266,9 @@ def test_runs_page_every_run_state_without_raising(monkeypatch):
     assert {"launcher", "job_id"} <= set(df.columns)
     said = dict(zip(df["run"], df["epochs"], strict=True))
     assert said["2026-01-01-a-early"] == "stopped early at epoch 11 of 50 (best epoch 8)"
-    assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 1.0
+    assert df.set_index("run").loc["2026-01-01-a-early", "progress"] == 100
+    bar = json.loads(at.dataframe[0].proto.columns)["progress"]["type_config"]
+    assert bar["format"] == "%d%%" and bar["max_value"] == 100  # "12%", not "12.12%"
     assert said["2026-01-02-b-sklearn"] == "fitted in one step"
     assert df.set_index("run").loc["2026-01-02-b-sklearn", "time"] == "7s"
     assert said["2026-01-03-c-cancelled"] == "cancelled at epoch 3 of 50"  # whole epochs
