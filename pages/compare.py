@@ -123,6 +123,7 @@ row_names = {
 SCALAR = (str, int, float, type(None))
 SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by")
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
+curve_models: dict[str, str] = {}  # one colour per model on the overlaid curves
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
     spec = runs.read_json(d / "run.json", {}) or {}
@@ -150,6 +151,7 @@ for rid in chosen:
             }
         )
     curves[labels[rid]] = runs.read_metrics_csv(d)
+    curve_models[labels[rid]] = str(spec.get("model") or "?")
     # held-out groups or cells at random: another split of the same data (other test cells)
     data_split = (spec.get("data_fingerprint"), spec.get("split_by") or None)
     splits.append((data_split, spec.get("seed"), spec.get("label_key")))
@@ -251,7 +253,7 @@ options = [
 ]
 if options:
     metric = st.selectbox("Curve", options, format_func=metric_names.name)
-    figures.show("overlaid_curves", lambda: figures.overlaid_curves(curves, metric))
+    figures.show("overlaid_curves", lambda: figures.overlaid_curves(curves, metric, curve_models))
     without = [name for name, df in curves.items() if metric not in df]
     if without:
         st.caption(

@@ -109,3 +109,18 @@ def test_names_that_look_like_numbers_stay_names_on_every_axis():
     assert cm.layout.yaxis.type == "category"
     assert f1.data[0].texttemplate == "%{y:.2f}"  # an F1 of 0 reads 0.00, not an empty slot
     assert [t.name for t in violins[0].data] == ["1015", "1016", "1244", "1256", "1488"]
+
+
+def test_overlaid_curves_give_each_model_one_colour_and_each_seed_a_dash():
+    """Three seeds of two models read as six unrelated lines when each run had its own colour."""
+    df = pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [3.0, 2.0, 1.5]})
+    names = [f"{m} · seed {s}" for m in ("mlp", "logreg") for s in (0, 1, 2)]
+    fig = figures.overlaid_curves(
+        {n: df for n in names}, "val_loss", {n: n.split(" ")[0] for n in names}
+    )
+    lines = {t.name: (t.line.color, t.line.dash) for t in fig.data}
+    assert len({lines[n][0] for n in names[:3]}) == 1  # one model, one colour
+    assert lines["mlp · seed 0"][0] != lines["logreg · seed 0"][0]
+    assert len({lines[n][1] for n in names[:3]}) == 3  # its seeds told apart by the dash
+    plain = figures.overlaid_curves({n: df for n in names[:2]}, "val_loss")  # no groups
+    assert plain.data[0].line.color != plain.data[1].line.color

@@ -172,12 +172,36 @@ def _whole_epochs(fig: go.Figure, epochs: pd.Series) -> go.Figure:
     return fig.update_xaxes(dtick=1) if last == last and last <= 12 else fig
 
 
-def overlaid_curves(curves: dict[str, pd.DataFrame], metric: str = "val_loss") -> go.Figure:
+DASHES = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
+
+
+def overlaid_curves(
+    curves: dict[str, pd.DataFrame],
+    metric: str = "val_loss",
+    groups: dict[str, str] | None = None,
+) -> go.Figure:
+    """One line per run. ``groups`` (run name -> model) gives the runs of one model one colour,
+    told apart by their dash: with a colour per run, three seeds of two models read as six
+    unrelated models."""
     fig = go.Figure()
+    palette = px.colors.qualitative.Plotly
+    colour: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for name, df in curves.items():
         if metric in df and "epoch" in df:
+            group = (groups or {}).get(name, name)
+            colour.setdefault(group, palette[len(colour) % len(palette)])
+            nth = seen[group] = seen.get(group, -1) + 1
             fig.add_trace(
-                go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=plain(name))
+                go.Scatter(
+                    x=df["epoch"],
+                    y=df[metric],
+                    mode="lines+markers",
+                    name=plain(name),
+                    legendgroup=plain(group),
+                    line={"color": colour[group], "dash": DASHES[nth % len(DASHES)]},
+                    marker={"color": colour[group]},
+                )
             )
     label = plain(metric_names.name(metric))
     epochs = [df["epoch"] for df in curves.values() if "epoch" in df]
