@@ -126,6 +126,11 @@ def check_output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
             raise ScwbError(f"{flag} {target}: write it outside the run folder {folder.name}.")
     if where.is_dir():
         raise ScwbError(f"{flag} {target} is a folder; name a file.")
+    if where.exists() and not where.is_file():  # written beside, then renamed over it
+        raise ScwbError(
+            f"{flag} {target} is not a regular file (a device, pipe or socket); name a file "
+            "(nothing was written)."
+        )
     return target
 
 

@@ -1,6 +1,8 @@
 """The command line: real subprocesses, exit codes, one line on stderr for bad input."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -310,6 +312,14 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
         ([*pp, datasets.path(key)], "workspace dataset"),
         (["preprocess", lognorm_file, "-o", lognorm_file, "--hvg", 5], "is the input"),
     ]
+    # a pipe (or a device: `-o /dev/null` run as root) was replaced by a regular file, exit 0
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases += [
+        (["preprocess", lognorm_file, "-o", fifo, "--hvg", 5], "not a regular file"),
+        ([*pp, fifo], "not a regular file"),
+        (["demo", "synthetic_perturbation", "-o", fifo], "not a regular file"),
+    ]
     for argv, message in cases:
         p = cli(*argv, check=False)
         assert p.returncode == 2, (argv, p.stderr)
@@ -319,6 +329,7 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
     assert datasets.path(key).read_bytes() == kept
     assert (other / "keep.txt").read_text() == "mine" and len(list(other.iterdir())) == 1
     assert not list(ws.runs_dir().iterdir()) and not (run / "nested").exists()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def test_delete_never_takes_other_runs_with_it(tmp_path, lognorm_file, workspace):
