@@ -46,6 +46,35 @@ def resolve(requested: str = "auto") -> str:
     raise ScwbError(f"Unknown device {requested!r}; use auto, cpu, cuda or mps.")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's share, not the host's)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_count(kind: str, n: int) -> None:
+    """Refuse more devices than this machine has for one run: on a CPU each device is a process
+    (``--devices 1000`` started a thousand), on CUDA each a GPU."""
+    if n <= 1:
+        return
+    if kind == "cuda":
+        import torch
+
+        have, what = torch.cuda.device_count(), "CUDA GPU(s)"
+    elif kind == "cpu":
+        have, what = usable_cores(), "CPU core(s), one process each"
+    else:
+        have, what = 1, f"{kind} device"
+    if n > have:
+        raise ScwbError(
+            f"--devices {n}: this machine has {have} {what}; use at most {have} (nothing ran)."
+        )
+
+
 def device_name(kind: str) -> str:
     import torch
 

@@ -92,10 +92,9 @@ def _cpu_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from engine.device import usable_cores
+
+    return usable_cores()
 
 
 @functools.cache

@@ -51,6 +51,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     if writer:  # a cancel file already there is honoured (it may come just before training)
         run_dir.mkdir(parents=True, exist_ok=True)
     dev = devices.resolve(spec.device)
+    devices.check_count(dev, spec.devices)
     pl.seed_everything(spec.seed, workers=False, verbose=False)
     adata = io.read(spec.data)
     fingerprint = io.fingerprint(adata)

@@ -464,6 +464,15 @@ def test_a_train_refused_before_it_starts_leaves_its_folder_new(tmp_path, lognor
     assert main([*argv, "--label-key", "cell_type"]) == 0
     assert (out / "metrics.json").exists()
 
+    # more devices than the machine has: a process per CPU device (--devices 1000 started them)
+    capsys.readouterr()
+    many = ["--label-key", "cell_type", "--device", "cpu", "--devices", "1000"]
+    other = tmp_path / "r2"
+    assert main([*argv[:2], "mlp", *argv[3:-1], str(other), *many]) == 2
+    err = capsys.readouterr().err
+    assert "--devices 1000: this machine has" in err and len(err.strip().splitlines()) == 1
+    assert not other.exists()
+
 
 def test_seeds_past_the_queue_limit_queue_none(tmp_path, lognorm_file, workspace, monkeypatch):
     """SCWB_MAX_QUEUED=3 and 5 seeds queued three, then refused the rest (a half group that a

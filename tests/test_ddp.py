@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 
 from engine import runs
+from engine.device import usable_cores
 from tests.conftest import ROOT
 
 TIMEOUT = 300
+# a CPU device is a process on a core of its own: two devices are refused on one core
+pytestmark = pytest.mark.skipif(usable_cores() < 2, reason="two CPU devices need two cores")
 
 
 def _engine(*args: str) -> list[str]:

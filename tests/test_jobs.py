@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine import jobs, queue, runs
+from engine.device import usable_cores
 from engine.spec import RunSpec
 
 LONG = dict(
@@ -184,6 +185,7 @@ def test_resolve_run_refuses_escape():
         jobs.resolve_run("../../etc")
 
 
+@pytest.mark.skipif(usable_cores() < 2, reason="two CPU devices need two cores")
 def test_one_run_on_two_devices_ddp(monkeypatch, lognorm_file):
     """Data-parallel training (Lightning DDP; here two CPU processes with gloo, on GPUs one per
     slot): the run holds two slots, each rank trains a disjoint half, rank 0 writes."""
