@@ -343,10 +343,28 @@ def save_weights(path: Path, module: Any) -> None:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``save_weights`` file, refused unless it is what ``torch.save`` writes:
+    a zip archive of stored (uncompressed) entries. Its tensors are mapped, not read: a small
+    file of compressed zeros inflated to 4 GB before the shapes could be compared."""
+    import zipfile
+
     if not Path(path).is_file():  # a named pipe in its place would block forever
         raise ScwbError(f"{path} is not a weights file (missing, or not a regular file).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise ScwbError(f"{path} is not a plain weights file and is not loaded.") from None
+    if (
+        any(e.compress_type != zipfile.ZIP_STORED for e in entries)
+        or sum(e.file_size for e in entries) > Path(path).stat().st_size
+    ):
+        raise ScwbError(
+            f"{path} is not a plain weights file (compressed entries, which torch.save never "
+            "writes) and is not loaded."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a pickle that needs code to load, or a damaged file: refused
         raise ScwbError(
             f"{path} is not a plain weights file and is not loaded ({type(exc).__name__})."

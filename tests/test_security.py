@@ -84,6 +84,14 @@ def test_model_weights_never_unpickle_code(tmp_path, separable_file):
     with pytest.raises(ScwbError, match="not a plain weights file"):
         predict.load(run_dir)
     assert not os.path.exists("/tmp/scwb-pwned")
+    # a zip of deflated zeros (13 KB here; 17 MB made 4 GB): refused before anything inflates
+    import zipfile
+
+    with zipfile.ZipFile(run_dir / "model.pt", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/data.pkl", pickle.dumps({}))
+        z.writestr("a/data/0", bytes(40_000_000))
+    with pytest.raises(ScwbError, match="compressed entries"):
+        predict.load(run_dir)
     # the weights a run writes load with weights_only=True
     torch.save({"w": torch.zeros(1)}, run_dir / "ok.pt")
     assert torch.load(run_dir / "ok.pt", weights_only=True)["w"].shape == (1,)

@@ -71,4 +71,7 @@ def load(run_dir: str | Path):
     except ScwbError:
         raise
     except Exception as exc:  # a field of the wrong type, weights of another shape
-        raise ScwbError(f"{damaged} ({type(exc).__name__}): train the run again.") from None
+        raise ScwbError(
+            f"{run_dir}/model.json and model.pt do not describe a model this version can load "
+            f"({type(exc).__name__}): train the run again."
+        ) from None
