@@ -222,6 +222,28 @@ def test_fixed_length_strings_count_as_the_python_strings_they_become(tmp_path, 
         checks.check_h5ad(p, "strings.h5ad")
 
 
+def test_an_index_counts_as_the_names_it_becomes_whatever_its_stored_type(tmp_path, monkeypatch):
+    """A hostile-input pass: a var index stored as gzip-compressed int64 (20 M genes in a 400 KB
+    file) was counted at 8 bytes a name; anndata makes each a Python string (about 200 B with
+    its index), so the reader took 3.5 GB until its time limit. Counted at 256 B a name, and
+    refused at once."""
+    import h5py
+
+    from engine import checks
+
+    n = 200_000
+    p = io.write_h5ad(ad.AnnData(sp.csr_matrix((3, n), dtype=np.float32)), tmp_path / "i.h5ad")
+    with h5py.File(p, "r+") as f:
+        del f["var/_index"]
+        ds = f["var"].create_dataset("_index", data=np.arange(n), compression="gzip")
+        ds.attrs["encoding-type"] = "array"
+        ds.attrs["encoding-version"] = "0.2.0"
+    assert checks.check_h5ad(p, "i.h5ad")["var"] == n * checks.INDEX_BYTES
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(n * 64 / 2**30))  # over 8 B, under 256 B
+    with pytest.raises(ScwbError, match="i.h5ad: var needs 48.8 MB in memory, over the memory"):
+        checks.check_h5ad(p, "i.h5ad")
+
+
 def test_validation_messages():
     a = _small()
     with pytest.raises(ScwbError, match="no cells"):
