@@ -439,6 +439,7 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
 
 
 HVG_TOP = 2000  # scanpy's and Seurat's usual number of highly variable genes
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few lines of JSON
 
 
 def hvg_default(n_vars: int) -> int:
@@ -482,8 +483,18 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
+        """A recipe file: a regular file (a pipe blocked forever) of at most ``MAX_RECIPE_BYTES``
+        (``--recipe /dev/zero`` grew until memory ran out)."""
         try:
-            return cls.from_json(Path(path).read_text())
+            p = Path(path)
+            if not p.is_file():
+                raise ScwbError(f"The recipe {path} is not a file (a JSON recipe).")
+            if p.stat().st_size > MAX_RECIPE_BYTES:
+                raise ScwbError(
+                    f"The recipe {path} is over {MAX_RECIPE_BYTES // 2**20} MB; a recipe is a few "
+                    "lines of JSON."
+                )
+            return cls.from_json(p.read_text())
         except OSError as exc:
             raise ScwbError(f"The recipe {path} could not be read: {exc.strerror}.") from None
         except UnicodeDecodeError:

@@ -185,6 +185,13 @@ SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-typ
             ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/huge.json"],
             "not valid JSON",
         ),
+        # --recipe /dev/zero grew until memory ran out; a pipe blocked forever
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "/dev/zero"], "not a file"),
+        (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/fifo"], "not a file"),
+        (
+            ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/big.json"],
+            "is over 1 MB",
+        ),
         # predict -o over its own --data replaced the user's input
         (["predict", "--run", "{tmp}", "--data", "{lognorm}", "-o", "{lognorm}"], "is the input"),
     ],
@@ -195,6 +202,8 @@ def test_bad_input_one_line_nonzero(tmp_path, lognorm_file, workspace, args, mes
     (tmp_path / "huge.json").write_text(
         json.dumps({"steps": [{"name": "hvg", "params": {"n_top": 1}}]}).replace("1", digits)
     )
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big.json").write_text(" " * (2 << 20) + "{}")
     args = [a.format(lognorm=lognorm_file, tmp=tmp_path) for a in args]
     p = cli(*args, check=False)
     assert p.returncode != 0
