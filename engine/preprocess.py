@@ -516,9 +516,12 @@ class Recipe:
             return cls([Step("from_raw"), *cls.suggest(after, n_top).steps])
         steps: list[Step] = []
         if kind == "counts":
+            # scanpy's usual 10 genes a cell and 3 cells a gene, never a filter that leaves
+            # nothing: 8 genes in all made every cell fall below 10 (a tenth of the genes or cells)
+            n_vars, n_obs = int(description.get("n_vars") or 0), int(description.get("n_obs") or 0)
             steps = [
-                Step("filter_cells", {"min_genes": 10}),
-                Step("filter_genes", {"min_cells": 3}),
+                Step("filter_cells", {"min_genes": min(10, max(1, n_vars // 10))}),
+                Step("filter_genes", {"min_cells": min(3, max(1, n_obs // 10))}),
                 Step("keep_counts"),
                 Step("normalize", {"target_sum": target_sum(description), "log": True}),
             ]

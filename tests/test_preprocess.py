@@ -136,6 +136,19 @@ def test_suggest_from_description(counts_adata, lognorm_adata):
     names = [s.name for s in pp.Recipe.suggest(describe(counts_adata), n_top=100).steps]
     assert names == ["filter_cells", "filter_genes", "keep_counts", "normalize", "hvg"]
     assert pp.Recipe.suggest(describe(lognorm_adata)).steps == []
+    params = {s.name: s.params for s in pp.Recipe.suggest(describe(counts_adata)).steps}
+    assert params["filter_cells"] == {"min_genes": 10} and params["filter_genes"]["min_cells"] == 3
+
+
+def test_suggested_filters_never_leave_nothing_on_few_genes_or_cells(counts_adata):
+    """90 cells of 8 genes: the suggested 10 genes a cell left no cell (a hostile-input pass;
+    the Preprocess page's default Preview said so for a one-gene upload)."""
+    from engine.io import describe
+
+    for few in (counts_adata[:90, :8].copy(), counts_adata[:90, :1].copy(), counts_adata[:4]):
+        recipe = pp.Recipe.suggest(describe(few))
+        out, _ = pp.apply(few, pp.Recipe([s for s in recipe.steps if s.name.startswith("filter")]))
+        assert out.n_obs > 0 and out.n_vars > 0
 
 
 def test_suggested_target_follows_the_sequencing_depth(counts_adata):
