@@ -122,6 +122,17 @@ row_names = {
 }
 SCALAR = (str, int, float, type(None))
 SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by")
+DESIGN = ("condition_key", "ctrl", "stim", "cell_type_key", "predict")
+
+
+def _design(spec: dict) -> str:
+    """' · Goblet (Control → Hpoly.Day10)': a perturbation run's cell type and direction (two
+    runs predicting other cell types or directions read alike and were ranked together)."""
+    if task != "perturb" or not spec.get("predict"):
+        return ""
+    return f" · {spec['predict']} ({spec.get('ctrl')} → {spec.get('stim')})"
+
+
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
 curve_models: dict[str, str] = {}  # one colour per model on the overlaid curves
 for rid in chosen:
@@ -141,19 +152,25 @@ for rid in chosen:
         k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     parts = metric_names.split_baselines(numbers) if task == "perturb" else {"": numbers}
+    design = _design(spec)
     for part, values in parts.items():
         rows.append(
             {
-                "run": row_names[rid] if not part else f"{row_names[rid]} · {part}",
+                "run": row_names[rid] + design + (f" · {part}" if part else ""),
                 "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
                 **values,
             }
         )
-    curves[labels[rid]] = runs.read_metrics_csv(d)
-    curve_models[labels[rid]] = str(spec.get("model") or "?")
-    # held-out groups or cells at random: another split of the same data (other test cells)
-    data_split = (spec.get("data_fingerprint"), spec.get("split_by") or None)
+    curves[labels[rid] + design] = runs.read_metrics_csv(d)
+    curve_models[labels[rid] + design] = str(spec.get("model") or "?")
+    # held-out groups or cells at random: another split of the same data (other test cells);
+    # a perturbation predicts the cells of its design (another type or direction: other cells)
+    data_split = (
+        spec.get("data_fingerprint"),
+        spec.get("split_by") or None,
+        *(spec.get(k) for k in DESIGN),
+    )
     splits.append((data_split, spec.get("seed"), spec.get("label_key")))
     label_keys.add(spec.get("label_key"))
 if not rows:
@@ -182,7 +199,9 @@ repeated = any(len(c.runs) > 1 for c in configs)
 # the split depends on the label column only where one was used (it stratifies the split)
 labelled = any(label for _, _, label in splits)
 same = "data and label column" if labelled else "data"
-if len({split_by for (_, split_by), _, _ in splits}) > 1:
+if task == "perturb":
+    same = same.replace(" and ", ", ") + " and design (cell type predicted, direction)"
+if len({data[1] for data, _, _ in splits}) > 1:
     same = same.replace(" and ", ", ") + " and split (held-out groups or cells at random)"
 mixed = len({(data, label) for data, _, label in splits}) > 1
 if mixed:
@@ -196,6 +215,7 @@ elif len({seed for _, seed, _ in splits}) > 1:
     )
 else:
     every = "data, seed and label column" if labelled else "data and seed"
+    every = every.replace(" and ", ", ") + " and design" if task == "perturb" else every
     st.caption(f"Same {every}: every run was scored on the same test cells.")
 if repeated:
     seed_section(configs)

@@ -563,6 +563,23 @@ def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
     assert table["run"].str.endswith("baseline: control + mean shift").sum() == 1
     assert "baseline_noshift_r2_mean_all" not in table
     assert "background-color" in _styles(at)  # three rows: the best is marked
+    assert table["run"].str.contains("B cell (control → stimulated)", regex=False).all()
+    # another cell type in the other direction: other test cells, never ranked together (a
+    # browser pass: "every run was scored on the same test cells", the best value marked)
+    other = run.parent / "scgen-other"
+    shutil.copytree(run, other)
+    spec = runs.read_json(other / "run.json")
+    runs.write_json(
+        other / "run.json", {**spec, "predict": "T cell", "ctrl": "stimulated", "stim": "control"}
+    )
+    at = app("compare")
+    table = at.dataframe[0].value
+    assert len(table) == 6
+    assert table["run"].str.contains("T cell (stimulated → control)", regex=False).sum() == 3
+    said = " ".join(w.value for w in at.warning)
+    assert "did not all use the same data and design (cell type predicted, direction)" in said
+    assert "background-color" not in _styles(at)
+    shutil.rmtree(other)
     # two abnormality runs (metrics as an AUROC-writing engine leaves them)
     shutil.rmtree(run)
     for i, (auroc, others) in enumerate(((0.9, 0.5), (0.6, 0.9))):
