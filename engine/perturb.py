@@ -57,7 +57,54 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
             )
         if not ((types == spec.predict) & (cond == spec.ctrl)).any():
             raise ScwbError(f"The cell type {spec.predict!r} has no control cells to predict from.")
+    params = getattr(spec, "params", None) or {}
+    allowed = [t for t in str(params.get("delta_cell_types") or "").split(",") if t]
+    targets = (
+        [spec.predict]
+        if spec.predict != "all"
+        else targets_with_enough_cells(cond, types, spec.ctrl, spec.stim)
+    )
+    if not targets:  # leave-one-out with nothing to leave out
+        raise ScwbError(
+            f"No cell type of {spec.cell_type_key!r} has at least {MIN_CELLS} control and "
+            f"{MIN_CELLS} stimulated cells (does {spec.cell_type_key!r} follow the condition?)."
+        )
+    problem = vector_problem(
+        cond, types, spec.ctrl, spec.stim, targets, spec.cell_type_key, allowed
+    )
+    if problem:
+        raise ScwbError(problem)
     return cond, types
+
+
+def vector_problem(
+    cond: np.ndarray,
+    types: np.ndarray,
+    ctrl: str,
+    stim: str,
+    targets: list[str],
+    cell_type_key: str,
+    allowed: list[str] | None = None,
+) -> str | None:
+    """Why no stimulation vector can be learned for a target, or None. The vector is the shift
+    of cell types seen in both conditions other than the target; a "cell-type" column that
+    follows the condition (a batch column holding one batch per condition) has none, and the
+    run trained to its last epoch before it failed."""
+    both = {
+        t
+        for t in set(types[cond == ctrl]) & set(types[cond == stim])
+        if not allowed or t in allowed
+    }
+    short = [t for t in targets if not both - {t}]
+    if not short:
+        return None
+    where = " among the delta cell types" if allowed else ""
+    return (
+        f"No cell type of {cell_type_key!r} other than {short[0]!r} has both {ctrl!r} and "
+        f"{stim!r} cells{where}, and the stimulation vector is learned from such types: pick a "
+        f"cell-type column whose types each hold both conditions (does {cell_type_key!r} follow "
+        "the condition?)."
+    )
 
 
 def targets_with_enough_cells(

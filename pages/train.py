@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine import datasets, defaults, estimate, jobs, models, settings
+from engine import datasets, defaults, estimate, jobs, models, perturb, settings
 from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
@@ -207,8 +207,18 @@ with st.container(border=True):
         spec_kw.update(
             condition_key=cond, ctrl=ctrl, stim=stim, cell_type_key=ct_key, predict=target
         )
+        problem = perturb.vector_problem(
+            adata.obs[cond].astype(str).to_numpy(),
+            adata.obs[ct_key].astype(str).to_numpy(),
+            ctrl,
+            stim,
+            both if target == "all" else [target],
+            ct_key,
+        )
         if ctrl == stim:
             st.warning("Control and stimulated must differ.")
+        elif problem:
+            st.warning(problem)
         else:
             st.caption(
                 f"Trains on {ctrl} and {stim} cells and predicts how "

@@ -523,3 +523,21 @@ def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata)
     assert batch.options[1 : 1 + len(groups)] == groups and "donor" in groups
     batch.set_value("cell_type").run()
     assert any("cell\\_type looks like cell types" in w.value for w in at.warning)
+
+
+def test_perturb_form_warns_when_the_cell_type_column_follows_the_condition(seurat_like, submitted):
+    """A browser pass: 'batch' (one batch per condition) as the cell-type column said 'predicts
+    how 0 responds', trained to its last epoch and failed. Said before Submit, refused on it."""
+    a = seurat_like.copy()
+    a.obs["batch"] = pd.Categorical(np.where(a.obs["condition"] == "control", "0", "1"))
+    name = datasets.save(a, "batch_follows", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    box(at, "Cell-type column").set_value("batch").run()
+    ok(at)
+    said = " ".join(w.value for w in at.warning)
+    assert "No cell type of 'batch' other than" in said and "follow the condition" in said
+    box(at, "Cell type to predict").set_value("0").run()  # '1' has no control cell either
+    button(at, "Submit").click().run()
+    assert not submitted and any("No cell type of 'batch'" in e.value for e in at.error)

@@ -2,6 +2,7 @@
 
 import ast
 import json
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -606,8 +607,9 @@ def test_a_run_saved_before_the_delta_option_stays_sampled(tmp_path):
 def test_a_vector_from_the_held_out_type_alone_is_refused_in_one_line(tmp_path, lognorm_file):
     # the vector from B cells alone: their stimulated cells are the held-out ones
     spec = _b_cell_spec(tmp_path, lognorm_file, epochs=1, delta_cell_types="B cell")
-    with pytest.raises(ScwbError, match="both conditions in one cell type; widen the delta"):
-        train.run(spec)
+    with pytest.raises(ScwbError, match="other than 'B cell' has both .* among the delta cell"):
+        train.run(spec)  # refused before training (it failed after its last epoch)
+    assert not (Path(spec.out) / "metrics.csv").exists()
 
 
 def test_meanshift_gap_interval_covers_the_difference_it_is_about():
@@ -647,3 +649,33 @@ def test_scgen_package_decoder_has_the_packages_layout():
     assert layers[-2:] == [(100, 800), (800, 50)]
     mirrored = models.dense_layers(info, {}, 50)
     assert mirrored[-3:] == [(100, 800), (800, 800), (800, 50)]
+
+
+def test_a_cell_type_column_that_follows_the_condition_is_refused_before_training(
+    tmp_path, lognorm_adata
+):
+    """A browser pass: 'batch' (one batch per condition) taken as the cell-type column trained
+    to its last epoch, then failed; no type other than the target holds both conditions, so no
+    stimulation vector can be learned. Refused at once, the Train form says it before Submit."""
+    from engine import perturb
+    from engine.preflight import preflight
+
+    a = lognorm_adata.copy()
+    a.obs["batch"] = np.where(a.obs["condition"] == "control", "b0", "b1")
+    for target in ("b0", "all"):
+        spec = RunSpec(model="scgen", data="x", params=SMALL, **(DESIGN | dict(predict=target)))
+        spec.cell_type_key = "batch"
+        with pytest.raises(ScwbError, match="No cell type of 'batch' (other than|has at least)"):
+            preflight(spec, a)
+    # one shared type: fine for another target, refused for that type itself
+    cond, types = a.obs["condition"].astype(str).to_numpy(), a.obs["cell_type"].astype(str)
+    one = types.where(types == "B cell", "other" + a.obs["condition"].astype(str)).to_numpy()
+    assert perturb.vector_problem(cond, one, "control", "stimulated", ["othercontrol"], "c") is None
+    assert "other than 'B cell'" in perturb.vector_problem(
+        cond, one, "control", "stimulated", ["B cell"], "c"
+    )
+    # the delta cell types narrow it
+    said = perturb.vector_problem(
+        cond, types.to_numpy(), "control", "stimulated", ["B cell"], "c", ["B cell"]
+    )
+    assert "among the delta cell types" in said
