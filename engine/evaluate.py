@@ -216,8 +216,11 @@ def perturbation(
     top = np.array([lookup[g] for g in degs if g in lookup], dtype=int)
     top20 = top[:20]
     d_pred, d_real = m_pred - m_ctrl, m_real - m_ctrl
+    # a prediction of no change (the baseline 'control unchanged') has no correlation with the
+    # real change and no direction: undefined (NaN, shown as a dash), not 0
+    moves = d_pred.std() > 0
     pearson_delta = (
-        float(np.corrcoef(d_pred, d_real)[0, 1]) if d_pred.std() > 0 and d_real.std() > 0 else 0.0
+        float(np.corrcoef(d_pred, d_real)[0, 1]) if moves and d_real.std() > 0 else float("nan")
     )
     out = {
         "r2_mean_all": r2_pearson(m_pred, m_real),
@@ -229,7 +232,7 @@ def perturbation(
         "r2_var_all": r2_pearson(v_pred, v_real),
         "pearson_delta": pearson_delta,
         "direction_top20": float(np.mean(np.sign(d_pred[top20]) == np.sign(d_real[top20])))
-        if len(top20)
+        if len(top20) and moves
         else float("nan"),
     }
     return {prefix + k: v for k, v in out.items()}

@@ -100,13 +100,13 @@ _M = {
         "higher",
     ),
     "r2score_mean_all": (
-        "Coefficient of determination of means (all genes)",
-        "Coefficient of determination (1 - residual / total variance) of the real means by the predicted means; can be negative.",
+        "1 − SSE/SST of mean expression (all genes)",
+        "The coefficient of determination (scikit-learn's r2_score) of the real means by the predicted means: unlike the squared correlation above, it also counts a prediction that is off by a constant or a scale; can be negative.",
         "higher",
     ),
     "r2score_mean_top100": (
-        "Coefficient of determination of means (top-100 DEGs)",
-        "The coefficient of determination on the 100 genes that change most.",
+        "1 − SSE/SST of mean expression (top-100 DEGs)",
+        "The same coefficient of determination, on the 100 genes that change most between control and stimulated.",
         "higher",
     ),
     "r2_var_all": (

@@ -631,6 +631,7 @@ PERTURB_COLS = (
     "r2_mean_all",
     "r2_mean_top100",
     "r2score_mean_all",
+    "r2score_mean_top100",  # both or neither: the one shown alone was where scGen led
     "r2_var_all",
     "pearson_delta",
     "direction_top20",
@@ -738,6 +739,11 @@ if res_info is not None and task == "perturb":
                         f"- **{metric_names.name(k)}**: {metric_names.describe(k).help}"
                         for k in PERTURB_COLS
                     )
+                    + "\n\nThe baselines, scored the same way on the same cells: **control "
+                    "unchanged** predicts the held-out control cells as they are (no response; "
+                    "its change has no correlation or direction: a dash); **control + mean "
+                    "shift** adds to each control cell the average response of the other cell "
+                    "types (mean stimulated minus mean control of each, averaged over the types)."
                 )
             ceiling = m.get("ceiling_r2_mean_all")
             if type(ceiling) in (int, float) and np.isfinite(ceiling):  # not a bool, not NaN
