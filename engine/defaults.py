@@ -331,6 +331,7 @@ def label_columns(source: Any) -> list[str]:
     return text + numbers
 
 
+_QC_NAME = re.compile(r"(^n_|^total_|^pct_|percent|^log1p_|_counts$|^ncount|^nfeature)", re.I)
 _GROUP_WORDS = re.compile(
     r"(donor|sample|patient|individual|subject|^ind$|replicate|\brep\b|batch|orig[._]?ident|"
     r"library|lane|mouse|animal)",
@@ -341,7 +342,14 @@ _GROUP_WORDS = re.compile(
 def group_columns(source: Any) -> list[str]:
     """Columns whose values are groups of cells a model could be tested on whole (donors,
     samples, batches: 3 or more of them, none an id per cell), the donor-like names first."""
-    cols = [c for c in columns(source) if c.n_values >= 3 and not _is_id_like(c)]
+    cols = [
+        c
+        for c in columns(source)
+        if c.n_values >= 3
+        and not _is_id_like(c)
+        # a measurement per cell is no group (n_genes, 187 values, was offered to test on)
+        and not (c.numeric and (c.n_values > MAX_NUMERIC_CLASSES or _QC_NAME.search(c.name)))
+    ]
     named = [c.name for c in cols if _GROUP_WORDS.search(c.name)]
     return named + [c.name for c in cols if c.name not in named]
 

@@ -251,7 +251,10 @@ if not (unique if unique is not None else adata.var_names.is_unique and adata.ob
 left, right = st.columns([1, 1])
 with left:
     st.subheader("Label columns")
-    if d["labels"]:
+    # the columns a model may take as labels (a QC count of 187 values was listed: n_genes)
+    usable = set(defaults.label_columns(d))
+    shown_labels = {k: v for k, v in d["labels"].items() if k in usable}
+    if shown_labels:
         st.dataframe(
             pd.DataFrame(
                 [
@@ -261,14 +264,17 @@ with left:
                         "counts": ", ".join(f"{a} {b}" for a, b in list(v.items())[:6])
                         + (f", … ({len(v) - 6} more)" if len(v) > 6 else ""),
                     }
-                    for k, v in d["labels"].items()
+                    for k, v in shown_labels.items()
                 ]
             ),
             hide_index=True,
             width="stretch",
         )
     else:
-        st.caption("No categorical column with 2-200 values.")
+        st.caption(
+            "No column to use as labels (text or categories with 2-200 values, or numbers with "
+            f"at most {defaults.MAX_NUMERIC_CLASSES})."
+        )
 with right:
     st.subheader("Cells (first 200)")
     cells = adata.obs.head(200)

@@ -269,3 +269,21 @@ def test_numeric_columns_are_judged_by_their_number_of_values():
     assert cols["cluster_id"].n_values == 5
     assert defaults.label_column(obs) == "cell_type"
     assert defaults.label_columns(obs) == ["cell_type", "cluster_id"]
+
+
+def test_a_measurement_per_cell_is_neither_a_label_nor_a_group_to_test_on():
+    """A browser pass: after filtering, obs['n_genes'] (187 values) was offered as a label on
+    Data and as 'held-out groups of n_genes' on Train."""
+    from engine.io import describe
+
+    obs = _obs(
+        donor=["d1", "d2", "d3", "d4"],
+        n_genes=lambda rng, n: rng.integers(200, 400, n),
+        n_counts_small=lambda rng, n: rng.integers(0, 5, n),  # few values, still a QC count
+        plate=lambda rng, n: rng.integers(1, 5, n),  # plate numbers: groups
+    )
+    d = describe(ad.AnnData(np.ones((len(obs), 3), np.float32), obs=obs))
+    assert "n_genes" not in defaults.label_columns(d)
+    groups = defaults.group_columns(d)
+    assert groups[0] == "donor" and "plate" in groups
+    assert "n_genes" not in groups and "n_counts_small" not in groups
