@@ -134,6 +134,7 @@ def _design(spec: dict) -> str:
 
 
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
+shortened: list[str] = []
 curve_models: dict[str, str] = {}  # one colour per model on the overlaid curves
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
@@ -148,6 +149,16 @@ for rid in chosen:
         st.caption(f":material/info: {figures.esc(rid)}: run.json or metrics.json is unreadable.")
         continue
     readable.append(rid)
+    published = registry.REGISTRY.get(str(spec.get("model")))
+    planned = spec.get("epochs")
+    # a run cut by the CPU time budget reads as finished
+    if (
+        published
+        and published.kind == "torch"
+        and isinstance(planned, int)
+        and planned < published.epochs
+    ):
+        shortened.append(f"{row_names[rid]}{_design(spec)} ({planned} of {published.epochs})")
     numbers = {
         k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -184,8 +195,16 @@ if cancelled:
         + ", ".join(figures.esc(n) for n in cancelled)
         + ". Their metrics are those of a model stopped part-way, not of a finished one."
     )
+if shortened:
+    st.caption(
+        "Trained for fewer epochs than the model's published defaults: "
+        + ", ".join(figures.esc(n) for n in shortened)
+        + ". Their metrics may be those of a model not yet converged (Results says whether its "
+        "validation loss was still falling)."
+    )
 clusters = sorted(k for k in label_keys if k in ("leiden", "louvain"))
-if clusters and task in ("embed", "reconstruct"):
+latent = any(k in r for r in rows for k in ("latent_knn_accuracy", "latent_silhouette"))
+if clusters and task in ("embed", "reconstruct") and latent:  # only beside latent scores
     st.info(
         f"These runs are scored against clusters ({', '.join(clusters)}): when they were "
         "computed from a PCA of this same data (as Preprocess computes Leiden clusters), latent "
@@ -249,7 +268,12 @@ if mixed or repeated:
         + ("these runs were scored on different cells." if mixed else "see the table over seeds.")
     )
 st.dataframe(
-    figures.metrics_table_style(shown, values=unranked),
+    # a training-set score is no result to win on (its best was marked like a test score)
+    figures.metrics_table_style(
+        shown,
+        better=lambda k: None if str(k).startswith("train_") else metric_names.better(k),
+        values=unranked,
+    ),
     hide_index=True,
     width="stretch",
     placeholder="-",

@@ -188,7 +188,7 @@ def early_stop_note() -> str | None:
             f"Converged at epoch {last}"
             + (f" of {int(planned)}" if planned else "")
             + ": the full-batch L-BFGS fit stopped once the training loss stopped moving, and "
-            "its last weights (the optimum) are kept."
+            "its last weights (the optimum) are kept." + rising_validation(curve)
         )
     if not stopped:
         return None
@@ -197,6 +197,40 @@ def early_stop_note() -> str | None:
         + (f" of {int(planned)}" if planned else "")
         + (f" (best epoch {best})" if best is not None else "")
         + ": the validation loss stopped improving, and the weights of the best epoch are kept."
+    )
+
+
+def rising_validation(curve: pd.DataFrame) -> str:
+    """' The validation loss rose from 0.47 (epoch 1) to 0.89 ...' where it did: the optimum of
+    the penalised training loss is kept, not the best validation epoch (a browser pass read
+    'converged' over a validation curve that doubled)."""
+    val = pd.to_numeric(curve["val_loss"], errors="coerce")
+    if val.notna().sum() < 2:
+        return ""
+    low, end = val.min(), val.dropna().iloc[-1]
+    if not (end > 1.1 * low):
+        return ""
+    at = int(curve.loc[val.idxmin(), "epoch"])
+    return (
+        f" The validation loss rose from {low:.3g} (epoch {at}) to {end:.3g} meanwhile: the fit "
+        "minimises the training loss with its L2 penalty (scikit-learn's objective), whose "
+        "optimum fits the training cells more closely than the validation loss's best; the test "
+        "metrics are those of that optimum, comparable with scikit-learn's."
+    )
+
+
+def shortened_note() -> str | None:
+    """'Trained 42 epochs, fewer than the published 100': a run shortened (by the CPU time
+    budget on Train, or by hand) said so after training too, converged or not."""
+    info = models.REGISTRY.get(str(spec.get("model")))
+    planned = spec.get("epochs")
+    if not info or info.kind != "torch" or not isinstance(planned, int) or state != "completed":
+        return None
+    if planned >= info.epochs:
+        return None
+    return (
+        f"Trained for at most {planned} epochs, fewer than the {info.epochs} of the model's "
+        "published defaults (the Train page shortens them to its time budget on a CPU)."
     )
 
 
@@ -241,6 +275,17 @@ if note:
     st.info(note, icon=":material/timer_off:")
 elif learning_note := still_learning_note():
     st.warning(learning_note, icon=":material/trending_down:")
+if status.get("solver_converged") is False:  # scikit-learn only warns, in the worker's log
+    sk = models.REGISTRY.get(str(spec.get("model")))
+    saved = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+    limit = {**(sk.defaults() if sk else {}), **saved}.get("max_iter", "its")
+    st.warning(
+        f"scikit-learn's solver stopped at its limit of {limit} iterations before it converged: "
+        "this baseline is not at its optimum (raise max_iter on Train, or scale the data).",
+        icon=":material/warning:",
+    )
+if shortened := shortened_note():
+    st.caption(shortened)
 
 scalar = {
     k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -253,6 +298,15 @@ if task != "perturb" and scalar:
         placeholder="-",
         column_config=figures.metric_columns(scalar),
     )
+    scored_on = str(spec.get("label_key") or "")
+    if scored_on in ("leiden", "louvain") and {"latent_knn_accuracy", "latent_silhouette"} & set(
+        scalar
+    ):  # said on Compare only, where a browser pass did not look
+        st.caption(
+            f"The latent scores are measured against {esc(scored_on)} clusters: when they were "
+            "computed from a PCA of this same data (as Preprocess computes them), they favour "
+            "the PCA baseline's latent space and say little about this model's."
+        )
 if not curve.empty and "epoch" in curve:
     figures.show("loss_curves", lambda: figures.loss_curves(curve), figs, what="the loss curves")
 

@@ -604,9 +604,21 @@ def test_compare_embeddings_scored_on_leiden_clusters_say_they_favour_pca(datase
     clustered.obs["leiden"] = clustered.obs["cell_type"].astype(str)
     name = datasets.save(clustered, "clustered", source="test")
     runs.write_json(workspace.home() / "state.json", {"dataset": name})
-    _finished(name, "pca", label_key="leiden", epochs=1)
+    run = _finished(name, "pca_embed", label_key="leiden", epochs=1)
     at = app("compare")
     assert any("clusters (leiden)" in i.value and "PCA baseline" in i.value for i in at.info)
+    # and on the run's own Results, where a browser pass read the scores without it
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.query_params["run"] = run
+    at.run()
+    at.switch_page("pages/results.py")
+    said = " ".join(c.value for c in at.run().caption)
+    assert "measured against leiden clusters" in said and "favour the PCA baseline" in said
+    # a reconstruction without latent scores: nothing to caution about (it was said there too)
+    _finished(name, "pca", label_key="leiden", epochs=1)
+    at = app("compare")
+    at.radio[0].set_value("reconstruct").run()
+    assert not any("PCA baseline" in i.value for i in at.info)
 
 
 def test_compare_without_a_label_column_does_not_claim_one(dataset):

@@ -290,6 +290,18 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     assert status["stopped_early"] and status["epoch"] < 50  # converged well before the cap
     info = " ".join(texts(app("results", run=run.name), "info"))
     assert f"Converged at epoch {status['epoch']} of 50" in info and "best epoch" not in info
+    # a browser pass read 'converged' over a validation curve that doubled: said why
+    curve = runs.read_metrics_csv(run)
+    rising = [0.47 + 0.42 * (e - 1) / (len(curve) - 1) for e in curve["epoch"]]
+    runs.write_metrics_csv(
+        run,
+        [
+            {"epoch": e, "train_loss": 0.1, "val_loss": v}
+            for e, v in zip(curve["epoch"], rising, strict=True)
+        ],
+    )
+    info = " ".join(texts(app("results", run=run.name), "info"))
+    assert "The validation loss rose from 0.47 (epoch 1) to 0.89 meanwhile" in info, info
     at = app("runs")
     df = at.dataframe[0].value
     said = dict(zip(df["run"], df["epochs"], strict=True))
@@ -310,6 +322,23 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     info = " ".join(texts(app("results", run=short.name), "info"))
     assert "ran to its 40-epoch limit with the training loss flat" in info, info
     assert "raise Max epochs" not in info
+
+
+def test_an_unconverged_scikit_learn_baseline_and_a_shortened_run_say_so(dataset):
+    """A browser pass: sk_logreg stopped at max_iter (scikit-learn's ConvergenceWarning, in the
+    log only) and stood as the reference as 'fitted in one step'; a scGen cut from 100 to 42
+    epochs by the CPU budget said nothing of it after training."""
+    run = _finished(dataset, "sk_logreg", label_key="cell_type", params={"max_iter": 1, "C": 1e6})
+    assert runs.read_json(run / "status.json")["solver_converged"] is False
+    warn = " ".join(texts(app("results", run=run.name), "warning"))
+    assert "stopped at its limit of 1 iterations before it converged" in warn
+    fine = _finished(dataset, "sk_logreg", "-ok", label_key="cell_type")
+    assert "solver_converged" not in runs.read_json(fine / "status.json")
+    assert "before it converged" not in " ".join(texts(app("results", run=fine.name), "warning"))
+    short = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    at = app("results", run=short.name)
+    said = " ".join(c.value for c in at.caption)
+    assert "Trained for at most 3 epochs, fewer than the 50 of the model's published" in said
 
 
 def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):

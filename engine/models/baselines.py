@@ -18,8 +18,20 @@ class SkLogReg:
         self.est = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> SkLogReg:
-        self.est.fit(x, y)
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # said in the run's status instead (see ``converged``)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.est.fit(x, y)
         return self
+
+    @property
+    def converged(self) -> bool:
+        """Whether the solver stopped before its ``max_iter`` limit (scikit-learn only warns,
+        and the baseline stood as the reference with an unfinished fit)."""
+        return int(np.max(self.est.n_iter_)) < self.est.max_iter
 
     def proba(self, x: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         """Probabilities with one column per class code 0..n_classes-1 (a class absent from

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from engine import evaluate, io
+from engine import evaluate, io, runs
 from engine.tasks.base import Task, baseline_epoch
 
 
@@ -35,6 +35,8 @@ class Classify(Task):
                 train_accuracy=_accuracy(proba, y, split["train"]),
                 val_accuracy=_accuracy(proba, y, split["val"]),
             )
+            if not self.module.converged:
+                runs.update_status(ctx.run_dir, solver_converged=False)
             return False
         import torch
 
