@@ -46,7 +46,7 @@ class InputSetup:
         needs = info.needs_for(spec.params)
         x, layer = choose_matrix(adata, spec.layer, prefer_counts=needs == "counts")
         transform = "none"
-        if info.name == "pca_embed" and io.matrix_kind(x) == "counts":
+        if info.lognorm_counts and io.matrix_kind(x) == "counts":
             transform = "log1p_cp10k"  # PCA on log-normalised counts, as a user would
         setup = cls(
             var_names=list(map(str, adata.var_names)),

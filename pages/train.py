@@ -286,7 +286,8 @@ with st.container(border=True):
     # what each picked model will meet, said on the form, not only after Submit (a browser pass:
     # a classifier on raw counts was submitted without a word)
     if kind == "counts":
-        on_counts = [n for n in picked if needs(n) == "any"]
+        # a model that log-normalises counts itself (the PCA baseline) is not warned
+        on_counts = [n for n in picked if needs(n) == "any" and not models.get(n).lognorm_counts]
         refused = [n for n in picked if needs(n) == "lognorm"]
         if on_counts:
             st.warning(

@@ -467,6 +467,11 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     next(r for r in at.radio if r.label == "Task").set_value("classify").run()
     ok_warnings = " ".join(w.value for w in at.warning)
     assert "X holds raw counts: " in ok_warnings and "Normalise first on Preprocess" in ok_warnings
+    # the PCA baseline log-normalises counts itself: never warned it reads them as they are
+    next(r for r in at.radio if r.label == "Task").set_value("embed").run()
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["pca_embed"]).run()
+    assert not any("would train on them" in w.value for w in at.warning)
+    assert any("raw counts are log-normalised first" in c.value for c in at.caption)
     scaled = lognorm_adata.copy()
     del scaled.layers["counts"]
     x = scaled.X.toarray() if hasattr(scaled.X, "toarray") else scaled.X

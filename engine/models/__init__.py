@@ -49,6 +49,7 @@ class ModelInfo:
     doc: str
     builder: str = ""  # "engine.models.module:function" building the network (or estimator)
     needs: str = "any"  # 'any' | 'counts' (raw integer counts) | 'lognorm' (not raw counts)
+    lognorm_counts: bool = False  # raw counts are log-normalised (CP10k) before it reads them
     kind: str = "torch"  # 'torch' | 'sklearn'
     baseline: bool = False
     params: dict[str, Param] = field(default_factory=dict)
@@ -200,9 +201,10 @@ REGISTRY: dict[str, ModelInfo] = {
             "pca_embed",
             "embed",
             "Baseline: PCA embedding",
-            "sklearn PCA on log-normalised counts with the VAE's latent size.",
+            "sklearn PCA with the VAE's latent size (raw counts are log-normalised first).",
             builder="engine.models.baselines:build_pca",
             kind="sklearn",
+            lognorm_counts=True,
             baseline=True,
             params={"n_components": Param(10, "number of components", low=1, high=4096)},
         ),
