@@ -433,16 +433,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import jobs
+    from engine import jobs, progress
 
     rows = jobs.list_jobs()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
+    if rows:  # the Runs page's words: whole epochs, 'fitted in one step' for a baseline
+        print(f"{'run':<40} {'state':<11} {'model':<12} {'dataset':<28} progress")
     for r in rows:
         print(
             f"{r['id']:<40} {r['state'] or '?':<11} {r['model']:<12} {str(r['dataset']):<28} "
-            f"epoch {r['epoch'] or 0}/{r['max_epochs'] or '?'}"
+            f"{progress.progress(r)[1]}"
         )
     return 0
 

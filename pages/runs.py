@@ -8,7 +8,6 @@ interrupted, a corrupt status.json), this page shows it and never raises.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs, models, runs
+from engine import progress as progress_text
 from engine.checks import human
 from ui import figures
 from ui.sidebar import fmt_s
@@ -32,12 +32,7 @@ if (opening := ss.pop("runs_open", None)) is not None:
 st.title("Runs")
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_num = progress_text.number
 
 
 def _kind(model: str) -> str:
@@ -47,15 +42,7 @@ def _kind(model: str) -> str:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _curve_facts(path: str, mtime: float) -> dict[str, Any]:
-    """The best epoch (lowest validation loss) and, for leave-one-out, the models trained."""
-    out: dict[str, Any] = {}
-    curve = runs.read_metrics_csv(Path(path))
-    if "val_loss" in curve and "epoch" in curve and curve["val_loss"].notna().any():
-        if "cell_type" in curve:  # leave-one-out: several models, one curve each
-            out["loo"] = int(curve["cell_type"].nunique())
-        else:
-            out["best_epoch"] = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
-    return out
+    return progress_text.curve_facts(path)
 
 
 def curve_facts(run_dir: Path) -> dict[str, Any]:
@@ -67,30 +54,9 @@ def curve_facts(run_dir: Path) -> dict[str, Any]:
 
 def progress(r: dict[str, Any]) -> tuple[float, str]:
     """The bar's fill and what to say about a run's progress, in whole epochs."""
-    state = r.get("state") or "failed"
-    if _kind(r.get("model", "")) == "sklearn":
-        said = {"completed": "fitted in one step", "queued": "queued", "running": "fitting"}
-        return (1.0 if state == "completed" else 0.0), said.get(state, state)
-    raw = _num(r.get("epoch")) or 0.0
-    epoch, top = int(raw), int(_num(r.get("max_epochs")) or 0)
-    frac = min(1.0, raw / top) if top else 0.0
-    if state == "queued":
-        return 0.0, "queued"
-    if state == "running":
-        return frac, f"epoch {epoch} of {top or '?'}"
-    facts = curve_facts(Path(r["path"]))
-    if state == "completed":
-        if facts.get("loo"):
-            return 1.0, f"leave-one-out: {facts['loo']} models trained"
-        if r.get("optimizer") == "lbfgs":  # full batch to the optimum: the last weights kept
-            if top and epoch < top:
-                return 1.0, f"converged at epoch {epoch} of {top}"
-            return 1.0, f"{epoch} of {top} epochs"
-        best = f" (best epoch {facts['best_epoch']})" if facts.get("best_epoch") else ""
-        if top and epoch < top:
-            return 1.0, f"stopped early at epoch {epoch} of {top}{best}"
-        return 1.0, f"{epoch} of {top} epochs{best}"
-    return frac, f"{state} at epoch {epoch} of {top or '?'}"
+    if r.get("state") in ("queued", "running"):
+        return progress_text.progress(r, {})
+    return progress_text.progress(r, curve_facts(Path(r["path"])))
 
 
 def has_results(r: dict[str, Any]) -> bool:

@@ -133,6 +133,17 @@ def test_submit_runs_wait(tmp_path, lognorm_file):
     assert cli("wait", run_dir).stdout.strip() == "completed"
     rows = json.loads(cli("runs", "--json").stdout)
     assert rows[0]["path"] == run_dir and rows[0]["state"] == "completed"
+    # the Runs page's words, under a header (it printed 'epoch 3.31/100', no header)
+    from engine.progress import progress
+
+    header, line = cli("runs").stdout.strip().splitlines()
+    assert header.split() == ["run", "state", "model", "dataset", "progress"]
+    assert line.endswith(progress(rows[0])[1]) and "." not in progress(rows[0])[1]
+    assert progress({"state": "completed", "model": "sk_logreg"})[1] == "fitted in one step"
+    assert progress({"state": "running", "model": "mlp", "epoch": 3.31, "max_epochs": 100}) == (
+        0.0331,
+        "epoch 3 of 100",
+    )
 
 
 def test_submit_takes_a_workspace_dataset_key(lognorm_adata, workspace):
