@@ -465,10 +465,15 @@ def draw_estimates(measuring: bool) -> None:
         st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
     known = [e.seconds for e in ests.values() if e.kind == "torch" and e.seconds]
     if (len(ests) > 1 or n_seeds > 1) and known:
-        runs_text = f"{len(ests) * n_seeds} runs" if n_seeds > 1 else "they"
+        # networks take a slot each (one on a CPU, one per GPU); baselines run beside them
+        at_once = max(1, min(jobs.n_slots(), len(known) * n_seeds))
+        order = "one after another" if at_once == 1 else f"{at_once} at a time"
+        beside = any(e.kind == "sklearn" for e in ests.values())
         st.caption(
-            f"Together about {estimate.fmt_duration(sum(known) * n_seeds)} when {runs_text} "
-            "run one after another."
+            f"Together about {estimate.fmt_duration(sum(known) * n_seeds / at_once)}: the "
+            f"networks train {order}"
+            + ("; the scikit-learn baselines run beside them" if beside else "")
+            + ". Times are for an idle machine: other work on it slows every run."
         )
     if measuring and not any(estimate.benchmark_pending(k) for k in ("cpu", "cuda")):
         st.rerun()  # the benchmark has finished: redraw the form with the epochs it allows

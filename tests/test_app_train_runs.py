@@ -181,6 +181,8 @@ def test_estimate_before_submit_and_cpu_epochs_over_the_budget(seurat_like, subm
     assert "measured from 1 earlier run" in text and "about 20 min" in text
     assert "**sk_logreg** · no epochs (fitted in one step)" in text
     at.multiselect[0].set_value(["mlp", "sk_logreg"]).run()
+    said = " ".join(c.value for c in at.caption)  # a browser pass saw both run at once
+    assert "the networks train one after another; the scikit-learn baselines run beside" in said
     button(at, "Submit").click().run()
     ok(at)
     by_model = {s["model"]: s for s in submitted}
