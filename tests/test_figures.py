@@ -124,3 +124,22 @@ def test_overlaid_curves_give_each_model_one_colour_and_each_seed_a_dash():
     assert len({lines[n][1] for n in names[:3]}) == 3  # its seeds told apart by the dash
     plain = figures.overlaid_curves({n: df for n in names[:2]}, "val_loss")  # no groups
     assert plain.data[0].line.color != plain.data[1].line.color
+
+
+def test_deg_violins_draw_every_cell_of_a_small_group():
+    """A browser pass: a control group with most cells at 0 drew a spike at 0 as wide as the
+    violin, and the rest of it as a thin line; each cell is a point where there are few."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "gene": np.repeat(["Reg3b", "Ang4"], 60),
+            "condition": np.tile(np.repeat(["ctrl", "stim"], 30), 2),
+            "expression": np.where(rng.random(120) < 0.7, 0.0, rng.gamma(2, 1, 120)),
+        }
+    )
+    fig = figures.deg_violins(df, ["Reg3b", "Ang4"], "condition", ["ctrl", "stim"])
+    assert [t.points for t in fig.data] == ["all", "all"]
+    many = pd.concat([df] * 20, ignore_index=True)  # 600 cells a gene and group: no points
+    assert figures.MAX_VIOLIN_POINTS < 600
+    fig = figures.deg_violins(many, ["Reg3b", "Ang4"], "condition", ["ctrl", "stim"])
+    assert [t.points for t in fig.data] == [False, False]

@@ -505,6 +505,9 @@ def mean_scatter(
     )
 
 
+MAX_VIOLIN_POINTS = 400  # cells per gene and group drawn as points on the DEG violins
+
+
 def deg_violins(
     values: pd.DataFrame, gene_order: list[str], condition: str, order: list[str] | None = None
 ) -> go.Figure:
@@ -519,6 +522,9 @@ def deg_violins(
         sub = values[values[condition].astype(str) == g]
         if sub.empty:
             continue
+        # every cell drawn where there are few: a group with many zeros made a spike at 0 that
+        # took the violin's width, and the rest of it read as a thin line (a browser pass)
+        per_gene = int(sub.groupby("gene", observed=True).size().max())
         fig.add_trace(
             go.Violin(
                 x=sub["gene"].map(plain),
@@ -531,7 +537,10 @@ def deg_violins(
                 box_visible=True,
                 box={"width": 0.35, "fillcolor": "white", "line": {"color": "black", "width": 1}},
                 meanline_visible=False,
-                points=False,
+                points="all" if per_gene <= MAX_VIOLIN_POINTS else False,
+                jitter=0.4,
+                pointpos=0,
+                marker={"size": 3, "opacity": 0.45, "color": "#333333"},
                 scalemode="width",
                 spanmode="hard",
                 # no trace width: a fixed one makes plotly draw the groups on top of each other
