@@ -278,6 +278,9 @@ with left:
 with right:
     st.subheader("Cells (first 200)")
     cells = adata.obs.head(200)
+    if cells.shape[1] == 0:  # no annotation: the names alone (an empty unnamed column before)
+        st.caption("obs has no columns: the cells carry names only.")
+        cells = pd.DataFrame({"cell": cells.index.astype(str)})
     try:
         st.dataframe(cells, width="stretch", height=240)
     except Exception:  # a column type no table converts: shown as text, never a crashed page

@@ -170,6 +170,23 @@ def test_two_sessions_upload_one_name_and_keep_their_own_data(tmp_path):
     assert {m.label: m.value for m in second.metric}["Cells"] == "20"
 
 
+def test_data_page_shows_the_cell_names_of_data_without_annotations(tmp_path):
+    """A browser pass: 'Cells (first 200)' of a file with no obs column was an empty, unnamed
+    column."""
+    import anndata as ad
+    import numpy as np
+
+    a = ad.AnnData(np.ones((6, 3), np.float32))
+    a.obs_names = [f"cell{i}" for i in range(6)]
+    path = tmp_path / "bare.h5ad"
+    a.write_h5ad(path)
+    at = app("data")
+    _upload(at, "bare.h5ad", path.read_bytes())
+    assert any("the cells carry names only" in c.value for c in at.caption)
+    table = next(d.value for d in at.dataframe if "cell" in d.value.columns)
+    assert table["cell"].tolist() == [f"cell{i}" for i in range(6)]
+
+
 def test_data_page_deletes_the_current_dataset_unless_a_run_uses_it(tmp_path, workspace):
     from engine import runs
 
