@@ -19,6 +19,7 @@ LIBRARIES = (
     "numba",
     "pynndescent",
     "h5py",
+    "scipy",  # SparseEfficiencyWarning from a matrix written with duplicate entries
 )
 
 
