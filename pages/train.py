@@ -96,6 +96,7 @@ for n in picked:
 
 labels = defaults.label_columns(d)  # never a continuous measurement (genes per cell, ...)
 spec_kw: dict = {}
+form_block: str | None = None  # what the form already knows Submit would be refused for
 n_train = int(0.8 * d["n_obs"])
 n_models = 1
 n_classes = 2
@@ -216,8 +217,10 @@ with st.container(border=True):
             ct_key,
         )
         if ctrl == stim:
-            st.warning("Control and stimulated must differ.")
+            form_block = "Control and stimulated must differ."
+            st.warning(form_block)
         elif problem:
+            form_block = problem
             st.warning(problem)
         else:
             st.caption(
@@ -495,6 +498,8 @@ def _signature(specs: list[RunSpec]) -> str:
 reason = None if picked else "pick at least one model"
 if task == "classify" and not labels:
     reason = "this dataset has no label column to classify by"
+if form_block and task == "perturb":  # said above the button; clicking it would only repeat it
+    reason = form_block
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
     submitted = []

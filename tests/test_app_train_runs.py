@@ -546,5 +546,10 @@ def test_perturb_form_warns_when_the_cell_type_column_follows_the_condition(seur
     said = " ".join(w.value for w in at.warning)
     assert "No cell type of 'batch' other than" in said and "follow the condition" in said
     box(at, "Cell type to predict").set_value("0").run()  # '1' has no control cell either
-    button(at, "Submit").click().run()
-    assert not submitted and any("No cell type of 'batch'" in e.value for e in at.error)
+    assert button(at, "Submit").disabled  # refused at Submit too (tests/test_perturb.py)
+    assert "No cell type of 'batch'" in button(at, "Submit").help
+    box(at, "Cell-type column").set_value("cell_type").run()  # a real cell-type column
+    assert not button(at, "Submit").disabled
+    box(at, "Stimulated value").set_value("control").run()  # the same value twice
+    assert button(at, "Submit").disabled and "must differ" in button(at, "Submit").help
+    assert not submitted
