@@ -71,12 +71,19 @@ def home() -> None:
             done = r["state"] == "completed"
             st.page_link(
                 "pages/results.py" if done else "pages/runs.py",
-                label=f"{md(r['id'])} · {md(r['model'])} on {md(r['dataset'])} · {md(r['state'])}",
+                # the id names the model already; a long dataset name is shortened with an
+                # ellipsis (the link was cut at the column's edge), whole in the tooltip
+                label=f"{md(r['id'])} · {md(_short(str(r['dataset'])))} · {md(r['state'])}",
+                help=f"{md(r['model'])} on {md(r['dataset'])}",
                 icon=":material/insights:" if done else ":material/monitoring:",
                 query_params={"run": r["id"]},
             )
         if recent:
             st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")
+
+
+def _short(text: str, most: int = 24) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 # a local file: a material icon as page icon is fetched from fonts.gstatic.com (fails offline)

@@ -65,6 +65,7 @@ def test_home_links_each_recent_run(dataset):
     links = [p.proto for p in at.get("page_link")]
     mine = next(link for link in links if run in link.label)
     assert (mine.page, mine.query_string) == ("results", f"run={run}")
+    assert mine.label.endswith(" · completed") and "sk_logreg on syn" in mine.help
 
 
 def _upload(at, name: str, content: bytes):
