@@ -277,12 +277,26 @@ if st.button(
         target = datasets.new_incoming()
         # big recipes in a memory-capped child: the working copies never enter the app process
         peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
-        with st.spinner("Applying recipe..."):
+        names = [s.name for s in steps]
+        said = st.empty()
+
+        finished: list[dict] = []
+
+        def done(row: dict) -> None:  # each finished step, as it finishes (Leiden: minutes)
+            finished.append(row)
+            k = len(finished)  # steps run in the recipe's order, a name may come twice
+            after = f"; now {names[k]} ({k + 1} of {len(names)})" if 0 < k < len(names) else ""
+            said.caption(f"{esc(row.get('step'))} done in {row.get('seconds', 0):.1f} s{after}.")
+
+        with st.spinner(
+            f"Applying recipe: {names[0] if names else 'nothing'} (1 of {len(names)})..."
+        ):
             # clustering takes seconds to minutes whatever the size: never in the page's thread
-            if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in [s.name for s in steps]:
-                info = pp_child.make(load_full(name), recipe, target)
+            if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:
+                info = pp_child.make(load_full(name), recipe, target, on_step=done)
             else:
-                info = pp_child.run(datasets.path(name), recipe, target)
+                info = pp_child.run(datasets.path(name), recipe, target, on_step=done)
+        said.empty()
         st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
     except Exception as exc:
         show_error(exc)

@@ -82,11 +82,12 @@ def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
     monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
     calls = []
     real = pp_child.run
-    monkeypatch.setattr(pp_child, "run", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(pp_child, "run", lambda *a, **k: calls.append(k) or real(*a, **k))
     datasets.save(counts_adata, "raw")
     at = page("preprocess")
     next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
     assert calls and not at.exception and not at.error
+    assert callable(calls[0]["on_step"])  # each step said as it finishes
     next(b for b in at.button if b.label == "Save").click().run(timeout=T)
     assert not at.exception and "raw_pp" in [d["name"] for d in datasets.list_datasets()]
     assert not list((datasets.path("x").parent / datasets.INCOMING).glob("*.h5ad"))

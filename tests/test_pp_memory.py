@@ -79,8 +79,10 @@ def test_child_preprocesses_a_file_and_adopt_registers_it(tmp_path):
 
     key = datasets.save(_counts(), "raw")
     target = datasets.new_incoming()
-    info = pp_child.run(datasets.path(key), LOGCPM, target)
+    seen: list[dict] = []
+    info = pp_child.run(datasets.path(key), LOGCPM, target, on_step=seen.append)
     assert [r["step"] for r in info["report"]] == ["input", "keep_counts", "normalize"]
+    assert seen == info["report"][1:]  # each step handed over as the child finished it
     assert summary.qc_path(target).exists()
     new = datasets.adopt(target, "raw_pp", info, parent=key)
     assert datasets.load(new).layers["counts"].nnz == _counts().X.nnz
