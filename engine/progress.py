@@ -1,0 +1,65 @@
+"""What to say about a run's progress, in whole epochs: one wording for the Runs page and
+``python -m engine runs`` (the command line printed 'epoch 3.31/100', and 'epoch 1/1' for a
+baseline the page called 'fitted in one step')."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from engine import models, runs
+
+
+def number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def curve_facts(run_dir: str | Path) -> dict[str, Any]:
+    """The best epoch (lowest validation loss) and, for leave-one-out, the models trained."""
+    out: dict[str, Any] = {}
+    curve = runs.read_metrics_csv(Path(run_dir))
+    if "val_loss" in curve and "epoch" in curve and curve["val_loss"].notna().any():
+        if "cell_type" in curve:  # leave-one-out: several models, one curve each
+            out["loo"] = int(curve["cell_type"].nunique())
+        else:
+            out["best_epoch"] = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
+    return out
+
+
+def progress(r: dict[str, Any], facts: dict[str, Any] | None = None) -> tuple[float, str]:
+    """The bar's fill and what to say about a run's progress (a row of ``jobs.list_jobs``);
+    ``facts``: its ``curve_facts``, read here when not given."""
+    state = r.get("state") or "failed"
+    info = models.REGISTRY.get(str(r.get("model", "")))
+    if info is not None and info.kind == "sklearn":
+        said = {"completed": "fitted in one step", "queued": "queued", "running": "fitting"}
+        return (1.0 if state == "completed" else 0.0), said.get(state, state)
+    raw = number(r.get("epoch")) or 0.0
+    epoch, top = int(raw), int(number(r.get("max_epochs")) or 0)
+    frac = min(1.0, raw / top) if top else 0.0
+    if state == "queued":
+        return 0.0, "queued"
+    if state == "running":
+        return frac, f"epoch {epoch} of {top or '?'}"
+    if facts is None:
+        try:
+            facts = curve_facts(r["path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            facts = {}
+    if state == "completed":
+        if facts.get("loo"):
+            return 1.0, f"leave-one-out: {facts['loo']} models trained"
+        if r.get("optimizer") == "lbfgs":  # full batch to the optimum: the last weights kept
+            if top and epoch < top:
+                return 1.0, f"converged at epoch {epoch} of {top}"
+            return 1.0, f"{epoch} of {top} epochs"
+        best = f" (best epoch {facts['best_epoch']})" if facts.get("best_epoch") else ""
+        if top and epoch < top:
+            return 1.0, f"stopped early at epoch {epoch} of {top}{best}"
+        return 1.0, f"{epoch} of {top} epochs{best}"
+    return frac, f"{state} at epoch {epoch} of {top or '?'}"
