@@ -58,7 +58,6 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
         if not ((types == spec.predict) & (cond == spec.ctrl)).any():
             raise ScwbError(f"The cell type {spec.predict!r} has no control cells to predict from.")
     params = getattr(spec, "params", None) or {}
-    allowed = [t for t in str(params.get("delta_cell_types") or "").split(",") if t]
     targets = (
         [spec.predict]
         if spec.predict != "all"
@@ -70,11 +69,24 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
             f"{MIN_CELLS} stimulated cells (does {spec.cell_type_key!r} follow the condition?)."
         )
     problem = vector_problem(
-        cond, types, spec.ctrl, spec.stim, targets, spec.cell_type_key, allowed
+        cond,
+        types,
+        spec.ctrl,
+        spec.stim,
+        targets,
+        spec.cell_type_key,
+        delta_types(params),
+        str(params.get("delta") or "paired"),
     )
     if problem:
         raise ScwbError(problem)
     return cond, types
+
+
+def delta_types(params: dict[str, Any]) -> list[str]:
+    """The cell types the stimulation vector is restricted to (``delta_cell_types``, comma-
+    separated), or [] for all of them."""
+    return [t for t in str((params or {}).get("delta_cell_types") or "").split(",") if t]
 
 
 def vector_problem(
@@ -85,20 +97,27 @@ def vector_problem(
     targets: list[str],
     cell_type_key: str,
     allowed: list[str] | None = None,
+    delta: str = "paired",
 ) -> str | None:
-    """Why no stimulation vector can be learned for a target, or None. The vector is the shift
-    of cell types seen in both conditions other than the target; a "cell-type" column that
-    follows the condition (a batch column holding one batch per condition) has none, and the
-    run trained to its last epoch before it failed."""
-    both = {
-        t
-        for t in set(types[cond == ctrl]) & set(types[cond == stim])
-        if not allowed or t in allowed
-    }
-    short = [t for t in targets if not both - {t}]
+    """Why no stimulation vector can be learned for a target, or None. The ``paired`` vector
+    is the shift of the cell types seen in both conditions other than the target; a
+    "cell-type" column that follows the condition (a batch column holding one batch per
+    condition) has none, and the run trained to its last epoch before it failed. The
+    ``sampled`` vector needs control cells and stimulated cells other than the target's."""
+    where = " among the delta cell types" if allowed else ""
+    in_ctrl = {t for t in set(types[cond == ctrl]) if not allowed or t in allowed}
+    in_stim = {t for t in set(types[cond == stim]) if not allowed or t in allowed}
+    if delta == "sampled":
+        short = [t for t in targets if not in_ctrl or not in_stim - {t}]
+        if not short:
+            return None
+        return (
+            f"No {ctrl!r} cells, or no {stim!r} cells outside the cell type {short[0]!r}"
+            f"{where}: the stimulation vector is learned from training cells of both conditions."
+        )
+    short = [t for t in targets if not (in_ctrl & in_stim) - {t}]
     if not short:
         return None
-    where = " among the delta cell types" if allowed else ""
     return (
         f"No cell type of {cell_type_key!r} other than {short[0]!r} has both {ctrl!r} and "
         f"{stim!r} cells{where}, and the stimulation vector is learned from such types: pick a "

@@ -208,6 +208,8 @@ with st.container(border=True):
         spec_kw.update(
             condition_key=cond, ctrl=ctrl, stim=stim, cell_type_key=ct_key, predict=target
         )
+        # the vector's settings below, as the page's last run left them (drawn after this)
+        vector = {k: ss.get(param_key("scgen", k)) for k in ("delta", "delta_cell_types")}
         problem = perturb.vector_problem(
             adata.obs[cond].astype(str).to_numpy(),
             adata.obs[ct_key].astype(str).to_numpy(),
@@ -215,18 +217,25 @@ with st.container(border=True):
             stim,
             both if target == "all" else [target],
             ct_key,
+            perturb.delta_types(vector),
+            str(vector["delta"] or "paired"),
         )
         if ctrl == stim:
             form_block = "Control and stimulated must differ."
-            st.warning(form_block)
+        elif target == "all" and not both:
+            form_block = (
+                f"No cell type of {ct_key!r} has at least {perturb.MIN_CELLS} {ctrl!r} and "
+                f"{perturb.MIN_CELLS} {stim!r} cells: leave-one-out has nothing to hold out."
+            )
         elif problem:
             form_block = problem
-            st.warning(problem)
+        if form_block:
+            st.warning(esc(form_block))
         else:
             st.caption(
-                f"Trains on {ctrl} and {stim} cells and predicts how "
-                + ("each cell type" if target == "all" else f"**{target}**")
-                + f" responds: {ctrl} → {stim}."
+                f"Trains on {esc(ctrl)} and {esc(stim)} cells and predicts how "
+                + ("each cell type" if target == "all" else f"**{esc(target)}**")
+                + f" responds: {esc(ctrl)} → {esc(stim)}."
             )
         in_design = counts.get(ctrl, 0) + counts.get(stim, 0)
         if target == "all":
@@ -499,7 +508,7 @@ reason = None if picked else "pick at least one model"
 if task == "classify" and not labels:
     reason = "this dataset has no label column to classify by"
 if form_block and task == "perturb":  # said above the button; clicking it would only repeat it
-    reason = form_block
+    reason = esc(form_block)
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
     submitted = []

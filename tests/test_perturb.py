@@ -681,3 +681,14 @@ def test_a_cell_type_column_that_follows_the_condition_is_refused_before_trainin
         cond, types.to_numpy(), "control", "stimulated", ["B cell"], "c", ["B cell"]
     )
     assert "among the delta cell types" in said
+    # the package's 'sampled' vector needs cells of both conditions, not a type holding both
+    # (a review: types A both, B control only, C stimulated only trained before the check)
+    c3 = np.array(["control", "stimulated", "control", "stimulated"])
+    t3 = np.array(["A", "A", "B", "C"])
+    args = (c3, t3, "control", "stimulated", ["A"], "ct", None)
+    assert "other than 'A' has both" in perturb.vector_problem(*args)
+    assert perturb.vector_problem(*args, "sampled") is None
+    only_a = np.array(["A", "A", "B", "A"])  # no stimulated cell but the target's
+    assert "no 'stimulated' cells outside the cell type 'A'" in perturb.vector_problem(
+        c3, only_a, "control", "stimulated", ["A"], "ct", None, "sampled"
+    )

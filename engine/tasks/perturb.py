@@ -17,6 +17,7 @@ from engine.errors import ScwbError
 from engine.perturb import (
     GENE_MEANS,
     check_design,
+    delta_types,
     mean_shift,
     target_folder,
     targets_with_enough_cells,
@@ -45,9 +46,7 @@ class Perturb(Task):
         self.extra["folders"] = (
             ["."] if len(targets) == 1 else [target_folder(i, t) for i, t in enumerate(targets)]
         )
-        self.extra["delta_cell_types"] = [
-            t for t in str(self.params.get("delta_cell_types") or "").split(",") if t
-        ]
+        self.extra["delta_cell_types"] = delta_types(self.params)
         self.parts: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------- design
