@@ -10,6 +10,7 @@ only rank 0 writes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def run(spec: RunSpec) -> dict[str, Any]:
     if writer:  # a cancel file already there is honoured (it may come just before training)
         run_dir.mkdir(parents=True, exist_ok=True)
     dev = devices.resolve(spec.device)
-    devices.check_count(dev, spec.devices)
+    if not {"SLURM_JOB_ID", "SCWB_NUM_NODES"} & set(os.environ):  # else a scheduler granted them
+        devices.check_count(dev, spec.devices)  # (each SLURM task may see one core)
     pl.seed_everything(spec.seed, workers=False, verbose=False)
     adata = io.read(spec.data)
     fingerprint = io.fingerprint(adata)

@@ -472,7 +472,9 @@ def test_a_workspace_that_is_no_folder_is_one_line(tmp_path):
         assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_a_train_refused_before_it_starts_leaves_its_folder_new(tmp_path, lognorm_file, capsys):
+def test_a_train_refused_before_it_starts_leaves_its_folder_new(
+    tmp_path, lognorm_file, capsys, monkeypatch
+):
     """The claim of a run refused at once (a wrong label column) stayed behind, and the
     corrected command was told the folder was not empty."""
     from engine.cli import main
@@ -492,6 +494,17 @@ def test_a_train_refused_before_it_starts_leaves_its_folder_new(tmp_path, lognor
     err = capsys.readouterr().err
     assert "--devices 1000: this machine has" in err and len(err.strip().splitlines()) == 1
     assert not other.exists()
+    # under SLURM the scheduler granted the devices (each task may see one core): not refused
+    from engine import device
+
+    calls = []
+    monkeypatch.setattr(device, "check_count", lambda *a: calls.append(a))
+    assert main([*argv[:-1], str(tmp_path / "r3"), "--label-key", "cell_type"]) == 0
+    assert calls  # checked on this machine
+    calls.clear()
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert main([*argv[:-1], str(tmp_path / "r4"), "--label-key", "cell_type"]) == 0
+    assert not calls
 
 
 def test_seeds_past_the_queue_limit_queue_none(tmp_path, lognorm_file, workspace, monkeypatch):
