@@ -214,6 +214,12 @@ def better(key: str) -> str | None:
     return describe(key).better
 
 
+def ranked(key: str) -> str | None:
+    """``better`` for a result to rank runs by; ``None`` for a score on the training cells
+    (a lowest training error was marked best, and paired-tested, like a test score)."""
+    return None if str(key).startswith("train_") else better(key)
+
+
 def higher_is_better(key: str) -> bool | None:
     b = better(key)
     return None if b is None else b == "higher"

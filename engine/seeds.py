@@ -51,6 +51,7 @@ _SCOPE = (
     "condition_key",
     "ctrl",
     "stim",
+    "cell_type_key",
     "predict",
     "split_by",
 )
@@ -352,7 +353,7 @@ def primary_metric(configs: list[Config]) -> str | None:
         "test_mse",
     )
     have = [set(k for m in c.runs.values() for k in m) for c in configs]
-    ranked = [k for k in metrics_of(configs) if metric_names.better(k)]
+    ranked = [k for k in metrics_of(configs) if metric_names.ranked(k)]
     candidates = [k for k in order if k in ranked] + [k for k in ranked if k not in order]
     if not candidates:
         return None

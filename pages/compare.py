@@ -67,7 +67,10 @@ def seed_section(configs: list[seeds.Config]) -> None:
     text, means = figures.mean_sd_text(rows, metrics)
     # a best mean is marked only where it is beyond the seed-to-seed spread against every
     # other configuration (the verdicts below say so): ranked by the clear winner alone
-    winners = {k: seeds.clear_best(configs, k) for k in metrics}
+    winners = {k: seeds.clear_best(configs, k) for k in metrics if metric_names.ranked(k)}
+    for k in metrics:  # a training score is shown, never marked (no winner: NaN)
+        if k not in winners and k in means:
+            means[k] = float("nan")
     for k, best in winners.items():
         if k in means:  # the winner's value ranks first in the metric's own direction
             win, rest = (1.0, 0.0) if metric_names.better(k) == "higher" else (0.0, 1.0)
@@ -86,12 +89,13 @@ def seed_section(configs: list[seeds.Config]) -> None:
         ),
     )
     first = seeds.primary_metric(configs)
-    if not metrics or first is None:
+    tested = [k for k in metrics if metric_names.ranked(k)]
+    if not tested or first is None:
         return
     metric = st.selectbox(
         "Metric over seeds",
-        metrics,
-        index=metrics.index(first) if first in metrics else 0,
+        tested,
+        index=tested.index(first) if first in tested else 0,
         format_func=metric_names.name,
     )
     figures.show("seed_spread", lambda: figures.seed_spread(rows, metric))
@@ -121,8 +125,8 @@ row_names = {
     for r in picked
 }
 SCALAR = (str, int, float, type(None))
-SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by")
 DESIGN = ("condition_key", "ctrl", "stim", "cell_type_key", "predict")
+SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by", *DESIGN)
 
 
 def _design(spec: dict) -> str:
@@ -130,7 +134,8 @@ def _design(spec: dict) -> str:
     runs predicting other cell types or directions read alike and were ranked together)."""
     if task != "perturb" or not spec.get("predict"):
         return ""
-    return f" · {spec['predict']} ({spec.get('ctrl')} → {spec.get('stim')})"
+    what = "every cell type" if spec["predict"] == "all" else spec["predict"]
+    return f" · {what} ({spec.get('ctrl')} → {spec.get('stim')})"
 
 
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
@@ -174,7 +179,9 @@ for rid in chosen:
             }
         )
     curves[labels[rid] + design] = runs.read_metrics_csv(d)
-    curve_models[labels[rid] + design] = str(spec.get("model") or "?")
+    # one colour per configuration (its seeds told apart by dash): a model with another
+    # design or learning rate is another configuration, not another seed
+    curve_models[labels[rid] + design] = seeds.config_key(spec)
     # held-out groups or cells at random: another split of the same data (other test cells);
     # a perturbation predicts the cells of its design (another type or direction: other cells)
     data_split = (
@@ -227,6 +234,11 @@ if mixed:
     st.warning(
         f"These runs did not all use the same {same}, so their test cells differ: compare with care."
     )
+elif task == "perturb":  # the held-out cells are the design's, whatever the seed
+    st.caption(
+        f"Same {same}: every run predicts the same held-out stimulated cells"
+        + (" (each seed draws its own training and validation cells)." if repeated else ".")
+    )
 elif len({seed for _, seed, _ in splits}) > 1:
     st.caption(
         f"Same {same}; each seed draws its own split, so runs are compared seed "
@@ -271,7 +283,7 @@ st.dataframe(
     # a training-set score is no result to win on (its best was marked like a test score)
     figures.metrics_table_style(
         shown,
-        better=lambda k: None if str(k).startswith("train_") else metric_names.better(k),
+        better=metric_names.ranked,
         values=unranked,
     ),
     hide_index=True,

@@ -593,6 +593,8 @@ def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
     assert "baseline_noshift_r2_mean_all" not in table
     assert "background-color" in _styles(at)  # three rows: the best is marked
     assert table["run"].str.contains("B cell (control → stimulated)", regex=False).all()
+    said = " ".join(c.value for c in at.caption)  # the held-out cells are the design's
+    assert "every run predicts the same held-out stimulated cells" in said
     # another cell type in the other direction: other test cells, never ranked together (a
     # browser pass: "every run was scored on the same test cells", the best value marked)
     other = run.parent / "scgen-other"

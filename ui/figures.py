@@ -180,9 +180,9 @@ def overlaid_curves(
     metric: str = "val_loss",
     groups: dict[str, str] | None = None,
 ) -> go.Figure:
-    """One line per run. ``groups`` (run name -> model) gives the runs of one model one colour,
-    told apart by their dash: with a colour per run, three seeds of two models read as six
-    unrelated models."""
+    """One line per run. ``groups`` (run name -> configuration) gives the runs of one
+    configuration (its seeds) one colour, told apart by their dash: with a colour per run,
+    three seeds of two models read as six unrelated models."""
     fig = go.Figure()
     palette = px.colors.qualitative.Plotly
     colour: dict[str, str] = {}
@@ -212,7 +212,8 @@ def overlaid_curves(
         xaxis_title="epoch",
         yaxis_title=label,
         showlegend=True,  # even for one curve: say which run it is
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2},
+        # a click hides one run, not every run of its configuration
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "groupclick": "toggleitem"},
     )
 
 
