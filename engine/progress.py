@@ -63,3 +63,21 @@ def progress(r: dict[str, Any], facts: dict[str, Any] | None = None) -> tuple[fl
             return 1.0, f"stopped early at epoch {epoch} of {top}{best}"
         return 1.0, f"{epoch} of {top} epochs{best}"
     return frac, f"{state} at epoch {epoch} of {top or '?'}"
+
+
+def shortened(spec: dict[str, Any], status: dict[str, Any]) -> tuple[int, int] | None:
+    """(epochs it ran to, the model's published epochs) for a completed run that trained to an
+    epoch cap below its published default (the Train page's CPU time budget sets one), else
+    None: a run that stopped early or converged before its cap was not cut short by it."""
+    info = models.REGISTRY.get(str(spec.get("model")))
+    planned = spec.get("epochs")
+    if info is None or info.kind != "torch" or status.get("state") != "completed":
+        return None
+    if not isinstance(planned, int) or isinstance(planned, bool) or planned >= info.epochs:
+        return None
+    if status.get("stopped_early") or status.get("optimizer") == "lbfgs":
+        return None
+    epoch, top = number(status.get("epoch")), number(status.get("max_epochs"))
+    if epoch is None or not top or epoch < top:
+        return None
+    return planned, info.epochs

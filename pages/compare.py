@@ -14,6 +14,7 @@ import streamlit as st
 
 from engine import csvsafe, jobs, metric_names, runs, seeds
 from engine import models as registry
+from engine import progress as progress_text
 from ui import figures
 from ui.state import ensure_app_navigation
 
@@ -154,16 +155,9 @@ for rid in chosen:
         st.caption(f":material/info: {figures.esc(rid)}: run.json or metrics.json is unreadable.")
         continue
     readable.append(rid)
-    published = registry.REGISTRY.get(str(spec.get("model")))
-    planned = spec.get("epochs")
-    # a run cut by the CPU time budget reads as finished
-    if (
-        published
-        and published.kind == "torch"
-        and isinstance(planned, int)
-        and planned < published.epochs
-    ):
-        shortened.append(f"{row_names[rid]}{_design(spec)} ({planned} of {published.epochs})")
+    cut = progress_text.shortened(spec, runs.read_status(d))  # ended by a cap under the
+    if cut:  # published epochs: reads as finished (not a run that stopped early first)
+        shortened.append(f"{row_names[rid]}{_design(spec)} ({cut[0]} of {cut[1]})")
     numbers = {
         k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
@@ -204,7 +198,7 @@ if cancelled:
     )
 if shortened:
     st.caption(
-        "Trained for fewer epochs than the model's published defaults: "
+        "Trained to an epoch cap below the model's published defaults: "
         + ", ".join(figures.esc(n) for n in shortened)
         + ". Their metrics may be those of a model not yet converged (Results says whether its "
         "validation loss was still falling)."

@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import defaults, embedding, evaluate, export, jobs, metric_names, models, runs, settings
+from engine import progress as progress_text
 from engine import results as results_files
 from engine.checks import human
 from engine.perturb import (  # torch-free
@@ -220,16 +221,13 @@ def rising_validation(curve: pd.DataFrame) -> str:
 
 
 def shortened_note() -> str | None:
-    """'Trained 42 epochs, fewer than the published 100': a run shortened (by the CPU time
-    budget on Train, or by hand) said so after training too, converged or not."""
-    info = models.REGISTRY.get(str(spec.get("model")))
-    planned = spec.get("epochs")
-    if not info or info.kind != "torch" or not isinstance(planned, int) or state != "completed":
-        return None
-    if planned >= info.epochs:
+    """'Trained to its cap of 42 epochs, fewer than the published 100': said after training too,
+    where the cap ended it (not where it stopped early or converged first)."""
+    cut = progress_text.shortened(spec, status)
+    if cut is None:
         return None
     return (
-        f"Trained for at most {planned} epochs, fewer than the {info.epochs} of the model's "
+        f"Trained to its cap of {cut[0]} epochs, fewer than the {cut[1]} of the model's "
         "published defaults (the Train page shortens them to its time budget on a CPU)."
     )
 

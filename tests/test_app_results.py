@@ -335,10 +335,21 @@ def test_an_unconverged_scikit_learn_baseline_and_a_shortened_run_say_so(dataset
     fine = _finished(dataset, "sk_logreg", "-ok", label_key="cell_type")
     assert "solver_converged" not in runs.read_json(fine / "status.json")
     assert "before it converged" not in " ".join(texts(app("results", run=fine.name), "warning"))
-    short = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    short = _finished(dataset, "mlp", label_key="cell_type", epochs=3, patience=100)
     at = app("results", run=short.name)
     said = " ".join(c.value for c in at.caption)
-    assert "Trained for at most 3 epochs, fewer than the 50 of the model's published" in said
+    assert "Trained to its cap of 3 epochs, fewer than the 50 of the model's published" in said
+    # one that stopped early before its cap was not cut short by it: nothing said
+    status = runs.read_json(short / "status.json")
+    runs.write_json(short / "status.json", {**status, "stopped_early": True, "epoch": 2})
+    said = " ".join(c.value for c in app("results", run=short.name).caption)
+    assert "Trained to its cap" not in said
+    runs.write_json(short / "status.json", status)  # ended by its cap: Compare says so too
+    at = app("compare")
+    at.multiselect[0].set_value([short.name, run.name]).run()
+    said = " ".join(c.value for c in at.caption)
+    assert "Trained to an epoch cap below the model's published defaults: mlp" in said
+    assert "\\(3 of 50\\)" in said  # escaped Markdown
 
 
 def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
