@@ -475,15 +475,20 @@ def draw_estimates(measuring: bool) -> None:
         )
     for n, e in ests.items():
         st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
-    known = [e.seconds for e in ests.values() if e.kind == "torch" and e.seconds]
-    if (len(ests) > 1 or n_seeds > 1) and known:
-        # networks take a slot each (one on a CPU, one per GPU); baselines run beside them
-        at_once = max(1, min(jobs.n_slots(), len(known) * n_seeds))
+    nets = [e for e in ests.values() if e.kind == "torch" and e.seconds]
+    if (len(ests) > 1 or n_seeds > 1) and nets and launcher == "local":
+        # networks take a slot each (one per GPU; on a CPU they share its cores, one at a time);
+        # the baselines run beside them. Unequal runs on several slots: never below the longest
+        on_gpu = all(e.device.kind == "cuda" for e in nets)
+        at_once = max(1, min(jobs.n_slots() if on_gpu else 1, len(nets) * n_seeds))
+        total = sum(e.seconds for e in nets) * n_seeds
+        total = max(max(e.seconds for e in nets), total / at_once)
         order = "one after another" if at_once == 1 else f"{at_once} at a time"
+        if not on_gpu and jobs.n_slots() > 1:  # SCWB_SLOTS on a CPU: together, sharing cores
+            order = f"{min(jobs.n_slots(), len(nets) * n_seeds)} at a time, sharing the cores"
         beside = any(e.kind == "sklearn" for e in ests.values())
         st.caption(
-            f"Together about {estimate.fmt_duration(sum(known) * n_seeds / at_once)}: the "
-            f"networks train {order}"
+            f"Together about {estimate.fmt_duration(total)}: the networks train {order}"
             + ("; the scikit-learn baselines run beside them" if beside else "")
             + ". Times are for an idle machine: other work on it slows every run."
         )
