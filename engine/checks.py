@@ -453,6 +453,8 @@ def check_10x_h5(path: str | os.PathLike, name: str) -> int:
                 (n_genes, n_cells),
                 "csc",
             )
+            # the barcodes and gene ids become the cells' and genes' names (an index each)
+            total += (n_cells + n_genes) * INDEX_BYTES
             for k in ("barcodes", "genes", "gene_names"):
                 if k in g:
                     total += _dataset_bytes(g[k])

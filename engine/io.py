@@ -323,8 +323,12 @@ def _read_mtx_dir(folder: Path, display: str) -> ad.AnnData:
     if nnz > rows * cols:
         raise ScwbError(f"{name}: matrix.mtx declares more entries than genes x cells.")
     # parsing holds int64 rows + cols + float64 values, then a float32/int32 CSR
+    # ... and the barcodes and genes become the names of the cells and genes (an index each)
     checks.check_budget(
-        name, "matrix.mtx", nnz * (8 + 8 + 8 + 4 + 4) + (cols + 1) * 8, f"({nnz:,} entries)"
+        name,
+        "matrix.mtx",
+        nnz * (8 + 8 + 8 + 4 + 4) + (cols + 1) * 8 + (rows + cols) * checks.INDEX_BYTES,
+        f"({nnz:,} entries, {cols:,} cells, {rows:,} genes)",
     )
     ncol = 2 if field == "pattern" else 3
     try:
@@ -428,7 +432,13 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     if n_rows == 0:  # pandas takes minutes over a wide header with no rows under it
         raise ScwbError(f"{name} holds a header but no rows: no cells to read.")
     # pandas parses to float64, the numeric check makes a second float64 frame, X is float32
-    checks.check_budget(name, "the table", n_rows * n_cols * 20, f"(dense {n_rows} x {n_cols})")
+    # ... and the row and column names become the cells' and genes' names (an index each)
+    checks.check_budget(
+        name,
+        "the table",
+        n_rows * n_cols * 20 + (n_rows + n_cols) * checks.INDEX_BYTES,
+        f"(dense {n_rows} x {n_cols})",
+    )
     encoding = "utf-8"
     try:
         df = pd.read_csv(path, sep=sep, index_col=0, engine="c")

@@ -243,6 +243,20 @@ def test_an_index_counts_as_the_names_it_becomes_whatever_its_stored_type(tmp_pa
     with pytest.raises(ScwbError, match="i.h5ad: var needs 48.8 MB in memory, over the memory"):
         checks.check_h5ad(p, "i.h5ad")
 
+    # the same for the names of a 10x folder (4 M barcodes in an 11 KB folder were counted at
+    # 32 MB) and of a table: each name counted as it becomes an index entry
+    folder = tmp_path / "tenx"
+    folder.mkdir()
+    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("AAACCTGAGAAACCAT-1\n" * n)
+    (folder / "features.tsv").write_text("".join(f"g{i}\tG{i}\n" for i in range(3)))
+    (folder / "matrix.mtx").write_text(
+        f"%%MatrixMarket matrix coordinate integer general\n3 {n} 0\n"
+    )
+    monkeypatch.setenv("SCWB_MEMORY_BUDGET_GB", str(n * 64 / 2**30))
+    with pytest.raises(ScwbError, match=r"matrix.mtx \(0 entries, 200,000 cells.* over the memory"):
+        io.read(folder)
+
 
 def test_validation_messages():
     a = _small()
