@@ -487,14 +487,18 @@ class Recipe:
         (``--recipe /dev/zero`` grew until memory ran out)."""
         try:
             p = Path(path)
+            if not p.exists():
+                raise ScwbError(f"The recipe {path} does not exist.")
             if not p.is_file():
                 raise ScwbError(f"The recipe {path} is not a file (a JSON recipe).")
-            if p.stat().st_size > MAX_RECIPE_BYTES:
+            with open(p, "rb") as fh:  # at most one byte past the limit, however it grows
+                raw = fh.read(MAX_RECIPE_BYTES + 1)
+            if len(raw) > MAX_RECIPE_BYTES:
                 raise ScwbError(
                     f"The recipe {path} is over {MAX_RECIPE_BYTES // 2**20} MB; a recipe is a few "
                     "lines of JSON."
                 )
-            return cls.from_json(p.read_text())
+            return cls.from_json(raw.decode("utf-8"))
         except OSError as exc:
             raise ScwbError(f"The recipe {path} could not be read: {exc.strerror}.") from None
         except UnicodeDecodeError:

@@ -355,13 +355,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise ScwbError(f"{path} is not a plain weights file and is not loaded.") from None
-    if (
-        any(e.compress_type != zipfile.ZIP_STORED for e in entries)
-        or sum(e.file_size for e in entries) > Path(path).stat().st_size
-    ):
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
         raise ScwbError(
             f"{path} is not a plain weights file (compressed entries, which torch.save never "
             "writes) and is not loaded."
+        )
+    if sum(e.file_size for e in entries) > Path(path).stat().st_size:
+        raise ScwbError(
+            f"{path} is not a plain weights file (its entries claim more bytes than the file "
+            "holds) and is not loaded."
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -278,7 +278,8 @@ if status.get("solver_converged") is False:  # scikit-learn only warns, in the w
     saved = spec.get("params") if isinstance(spec.get("params"), dict) else {}
     limit = {**(sk.defaults() if sk else {}), **saved}.get("max_iter", "its")
     st.warning(
-        f"scikit-learn's solver stopped at its limit of {limit} iterations before it converged: "
+        f"scikit-learn's solver stopped at its limit of {esc(limit)} iterations before it "
+        "converged: "
         "this baseline is not at its optimum (raise max_iter on Train, or scale the data).",
         icon=":material/warning:",
     )

@@ -200,6 +200,10 @@ SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-typ
         (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "/dev/zero"], "not a file"),
         (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/fifo"], "not a file"),
         (
+            ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/no.json"],
+            "not exist",
+        ),
+        (
             ["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--recipe", "{tmp}/big.json"],
             "is over 1 MB",
         ),

@@ -35,7 +35,7 @@ class Classify(Task):
                 train_accuracy=_accuracy(proba, y, split["train"]),
                 val_accuracy=_accuracy(proba, y, split["val"]),
             )
-            if not self.module.converged:
+            if not getattr(self.module, "converged", True):
                 runs.update_status(ctx.run_dir, solver_converged=False)
             return False
         import torch
