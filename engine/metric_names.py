@@ -12,6 +12,7 @@ know get their own text back and are not ranked, so a new metric never gets a wr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,23 @@ def name(key: str) -> str:
 def better(key: str) -> str | None:
     """``"higher"``, ``"lower"`` or ``None`` when the metric is not ranked."""
     return describe(key).better
+
+
+CLUSTER_KEYS = ("leiden", "louvain")  # label columns that are clusters computed from the data
+LATENT_SCORES = ("latent_knn_accuracy", "latent_silhouette")
+
+
+def cluster_caution(label_keys: Any, metric_keys: Any) -> str | None:
+    """What to say beside latent scores measured against clusters computed from a PCA of the
+    same data (Preprocess's Leiden): they favour the PCA baseline. None where no such score."""
+    clusters = sorted({str(k) for k in label_keys} & set(CLUSTER_KEYS))
+    if not clusters or not set(LATENT_SCORES) & set(metric_keys):
+        return None
+    return (
+        f"The latent scores are measured against clusters ({', '.join(clusters)}): when they "
+        "were computed from a PCA of this same data (as Preprocess computes Leiden clusters), "
+        "they favour the PCA baseline's latent space and say little about a model's."
+    )
 
 
 def ranked(key: str) -> str | None:

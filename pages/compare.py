@@ -203,14 +203,9 @@ if shortened:
         + ". Their metrics may be those of a model not yet converged (Results says whether its "
         "validation loss was still falling)."
     )
-clusters = sorted(k for k in label_keys if k in ("leiden", "louvain"))
-latent = any(k in r for r in rows for k in ("latent_knn_accuracy", "latent_silhouette"))
-if clusters and task in ("embed", "reconstruct") and latent:  # only beside latent scores
-    st.info(
-        f"These runs are scored against clusters ({', '.join(clusters)}): when they were "
-        "computed from a PCA of this same data (as Preprocess computes Leiden clusters), latent "
-        "scores against them favour the PCA baseline."
-    )
+caution = metric_names.cluster_caution(label_keys, {k for r in rows for k in r})
+if caution and task in ("embed", "reconstruct"):  # only beside latent scores
+    st.info(figures.esc(caution))
 configs = seeds.group(
     [Path(next(r["path"] for r in of_task if r["id"] == rid)) for rid in readable],
     parts=metric_names.split_baselines if task == "perturb" else None,

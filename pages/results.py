@@ -297,15 +297,9 @@ if task != "perturb" and scalar:
         placeholder="-",
         column_config=figures.metric_columns(scalar),
     )
-    scored_on = str(spec.get("label_key") or "")
-    if scored_on in ("leiden", "louvain") and {"latent_knn_accuracy", "latent_silhouette"} & set(
-        scalar
-    ):  # said on Compare only, where a browser pass did not look
-        st.caption(
-            f"The latent scores are measured against {esc(scored_on)} clusters: when they were "
-            "computed from a PCA of this same data (as Preprocess computes them), they favour "
-            "the PCA baseline's latent space and say little about this model's."
-        )
+    # said on Compare only before, where a browser pass did not look
+    if caution := metric_names.cluster_caution([spec.get("label_key")], scalar):
+        st.caption(esc(caution))
 if not curve.empty and "epoch" in curve:
     figures.show("loss_curves", lambda: figures.loss_curves(curve), figs, what="the loss curves")
 
