@@ -210,9 +210,12 @@ with st.container(border=True):
         )
         # the vector's settings below, as the page's last run left them (drawn after this)
         vector = {k: ss.get(param_key("scgen", k)) for k in ("delta", "delta_cell_types")}
+        # which (cell type, condition) pairs exist is all it needs: the distinct pairs, not a
+        # string per cell on every rerun of the form
+        pairs = adata.obs[[cond, ct_key]].drop_duplicates().astype(str)
         problem = perturb.vector_problem(
-            adata.obs[cond].astype(str).to_numpy(),
-            adata.obs[ct_key].astype(str).to_numpy(),
+            pairs[cond].to_numpy(),
+            pairs[ct_key].to_numpy(),
             ctrl,
             stim,
             both if target == "all" else [target],
