@@ -166,7 +166,8 @@ for rid in chosen:
     for part, values in parts.items():
         rows.append(
             {
-                "run": row_names[rid] + design + (f" · {part}" if part else ""),
+                # the baseline's name before the design: the end of a long name is cut
+                "run": row_names[rid] + (f" · {part}" if part else "") + design,
                 "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
                 **values,
@@ -282,7 +283,7 @@ st.dataframe(
         shown.columns,
         {
             "run": st.column_config.TextColumn(
-                "run", pinned=True, width=min(460, 7 * int(shown["run"].str.len().max()) + 24)
+                "run", pinned=True, width=min(600, 7 * int(shown["run"].str.len().max()) + 24)
             ),
             "seed": st.column_config.NumberColumn("seed", format="%d"),
             "baseline": st.column_config.CheckboxColumn(

@@ -599,8 +599,9 @@ def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
     at = app("compare")
     table = at.dataframe[0].value
     assert len(table) == 3
-    assert table["run"].str.endswith("baseline: control unchanged").sum() == 1
-    assert table["run"].str.endswith("baseline: control + mean shift").sum() == 1
+    said = table["run"].str
+    assert said.contains("baseline: control unchanged · B cell (", regex=False).sum() == 1
+    assert said.contains("baseline: control + mean shift · B cell (", regex=False).sum() == 1
     assert "baseline_noshift_r2_mean_all" not in table
     assert "background-color" in _styles(at)  # three rows: the best is marked
     assert table["run"].str.contains("B cell (control → stimulated)", regex=False).all()
