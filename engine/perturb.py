@@ -64,10 +64,7 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
         else targets_with_enough_cells(cond, types, spec.ctrl, spec.stim)
     )
     if not targets:  # leave-one-out with nothing to leave out
-        raise ScwbError(
-            f"No cell type of {spec.cell_type_key!r} has at least {MIN_CELLS} control and "
-            f"{MIN_CELLS} stimulated cells (does {spec.cell_type_key!r} follow the condition?)."
-        )
+        raise ScwbError(no_targets(spec.cell_type_key, spec.ctrl, spec.stim))
     problem = vector_problem(
         cond,
         types,
@@ -81,6 +78,15 @@ def check_design(adata: ad.AnnData, spec: Any) -> tuple[np.ndarray, np.ndarray]:
     if problem:
         raise ScwbError(problem)
     return cond, types
+
+
+def no_targets(cell_type_key: str, ctrl: str, stim: str) -> str:
+    """Why a leave-one-out has nothing to hold out (the engine's refusal and the form's)."""
+    return (
+        f"No cell type of {cell_type_key!r} has at least {MIN_CELLS} {ctrl!r} and {MIN_CELLS} "
+        f"{stim!r} cells: leave-one-out has nothing to hold out (does {cell_type_key!r} follow "
+        "the condition?)."
+    )
 
 
 def delta_types(params: dict[str, Any]) -> list[str]:

@@ -68,7 +68,7 @@ def run(
     ``{"report", "describe", "fingerprint", "content", "n_obs", "n_vars"}``. ``on_step`` is
     called here, in the caller's thread, with each step's report row as the child finishes it
     (a Preview of Leiden on 10,000 cells said nothing for 45 s)."""
-    from engine import reader, settings
+    from engine import reader, runs, settings
 
     with tempfile.TemporaryDirectory(prefix="scwb-pp-") as tmp:
         result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
@@ -97,7 +97,7 @@ def run(
                     reader._remove_target(target)
                     raise ScwbError("Preprocessing took longer than SCWB_READ_TIMEOUT_S.") from None
             told = _tell(steps, told, on_step)
-        out = _json(result)
+        out = runs.read_json(result, {})
     if code == 0 and "report" in out:
         return out
     reader._remove_target(target)
@@ -107,14 +107,6 @@ def run(
         f"Preprocessing stopped (exit code {code}): it ran out of memory or was "
         "killed; select fewer genes or raise SCWB_MEMORY_BUDGET_GB."
     )
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _tell(steps: Path, told: int, on_step: Callable[[dict], None] | None) -> int:

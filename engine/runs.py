@@ -260,6 +260,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
                 "launcher",
                 "job_id",
                 "optimizer",
+                "stopped_early",
                 "started",
                 "finished",
             )

@@ -155,8 +155,10 @@ for rid in chosen:
         st.caption(f":material/info: {figures.esc(rid)}: run.json or metrics.json is unreadable.")
         continue
     readable.append(rid)
-    cut = progress_text.shortened(spec, runs.read_status(d))  # ended by a cap under the
-    if cut:  # published epochs: reads as finished (not a run that stopped early first)
+    # ended by a cap under the published epochs: reads as finished (not a run that stopped
+    # early first); the listing's row holds the status fields it needs
+    cut = progress_text.shortened(spec, next(r for r in of_task if r["id"] == rid))
+    if cut:
         shortened.append(f"{row_names[rid]}{_design(spec)} ({cut[0]} of {cut[1]})")
     numbers = {
         k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -226,10 +226,7 @@ with st.container(border=True):
         if ctrl == stim:
             form_block = "Control and stimulated must differ."
         elif target == "all" and not both:
-            form_block = (
-                f"No cell type of {ct_key!r} has at least {perturb.MIN_CELLS} {ctrl!r} and "
-                f"{perturb.MIN_CELLS} {stim!r} cells: leave-one-out has nothing to hold out."
-            )
+            form_block = perturb.no_targets(ct_key, ctrl, stim)
         elif problem:
             form_block = problem
         if form_block:
