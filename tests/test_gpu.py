@@ -133,12 +133,17 @@ def check_run_folder(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     assert numbers, metrics
+    # undefined by design: a silhouette over one label; the change of "control unchanged" (no
+    # change has no correlation or direction: NaN, shown as a dash)
+    undefined = {"baseline_noshift_pearson_delta", "baseline_noshift_direction_top20"}
     bad = {
         k: v
         for k, v in numbers.items()
-        if not math.isfinite(v) and not k.endswith("silhouette")  # silhouette: nan if 1 label
+        if not math.isfinite(v) and not k.endswith("silhouette") and k not in undefined
     }
     assert not bad, f"non-finite metrics {bad}"
+    for k in undefined & set(numbers):
+        assert math.isnan(numbers[k]), f"{k} = {numbers[k]}: the unchanged control has no change"
     split = np.load(run_dir / "split.npz")
     assert len(split["train"]) > 0
     res = ad.read_h5ad(run_dir / "results.h5ad")
