@@ -84,6 +84,16 @@ VARIANTS = {
         {},
         {"epochs": 300},
     ),
+    "dropout0": Variant(
+        "network: no dropout (default 0.2, the published; dropout shrinks what the decoder "
+        "gives back)",
+        None,
+        {"dropout": 0.0},
+    ),
+    "dropout0.1": Variant("network: dropout 0.1 (default 0.2)", None, {"dropout": 0.1}),
+    "dropout0-kl5e-4": Variant(
+        "network: no dropout and KL weight 5e-4", None, {"dropout": 0.0, "kl_weight": 5e-4}
+    ),
     "latent10": Variant("network: latent 10 (default 100)", None, {"n_latent": 10}),
     "small": Variant(
         "network: 2x256 hidden, latent 20 (default 2x800, latent 100)",
