@@ -36,6 +36,9 @@ format: $(VENV)/.installed-test
 
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	# the gpu-marked tests' bodies once more on the CPU (skipped above without a card), so that
+	# they cannot drift from the engine between the sessions that have a card (~40 s)
+	SCWB_TEST_DEVICE=cpu $(PY) -m pytest -q -m gpu tests/test_gpu.py
 
 bench: $(VENV)/.installed-test
 	$(PY) -m bench.quality
