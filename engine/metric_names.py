@@ -189,6 +189,10 @@ BASELINES = {
     "baseline_meanshift_": "baseline: control + mean shift",
 }
 
+# a baseline that predicts no change has no correlation with the real change and no direction
+NO_CHANGE = {"baseline_noshift_"}
+CHANGE_METRICS = ("pearson_delta", "direction_top20")
+
 
 def describe(key: str) -> Metric:
     """The readable name, one-line help and direction of ``key`` (any string)."""
@@ -253,6 +257,9 @@ def split_baselines(metrics: dict) -> dict[str, dict]:
     shared = {k: v for k, v in own.items() if k in SHARED}
     for prefix, label in BASELINES.items():
         sub = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if prefix in NO_CHANGE:
+            # undefined whatever a run stored (runs scored before 2026-11-28 stored 0)
+            sub.update({k: float("nan") for k in CHANGE_METRICS if k in sub})
         if sub:
             out[label] = {**sub, **shared}
     return out

@@ -184,6 +184,20 @@ def test_every_engine_metric_has_a_name_help_and_direction():
         "baseline: control unchanged": {"r2_mean_all": 0.5, "ceiling_r2_mean_all": 0.98},
         "baseline: control + mean shift": {"r2_mean_all": 0.7, "ceiling_r2_mean_all": 0.98},
     }
+    # a run scored before 2026-11-28 stored 0 for the unchanged control's change correlation and
+    # direction: read as undefined, whatever was stored; the mean shift's stay as they are
+    legacy = metric_names.split_baselines(
+        {
+            "pearson_delta": 0.6,
+            "baseline_noshift_pearson_delta": 0.0,
+            "baseline_noshift_direction_top20": 0.0,
+            "baseline_meanshift_pearson_delta": 0.5,
+        }
+    )
+    noshift = legacy["baseline: control unchanged"]
+    assert np.isnan(noshift["pearson_delta"]) and np.isnan(noshift["direction_top20"])
+    assert legacy["baseline: control + mean shift"]["pearson_delta"] == 0.5
+    assert legacy[""]["pearson_delta"] == 0.6
 
 
 def test_csv_cells_that_spreadsheets_would_evaluate_are_quoted():

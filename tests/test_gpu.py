@@ -135,7 +135,9 @@ def check_run_folder(run_dir: Path) -> dict:
     assert numbers, metrics
     # undefined by design: a silhouette over one label; the change of "control unchanged" (no
     # change has no correlation or direction: NaN, shown as a dash)
-    undefined = {"baseline_noshift_pearson_delta", "baseline_noshift_direction_top20"}
+    from engine import metric_names
+
+    undefined = {p + k for p in metric_names.NO_CHANGE for k in metric_names.CHANGE_METRICS}
     bad = {
         k: v
         for k, v in numbers.items()
