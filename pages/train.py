@@ -71,6 +71,7 @@ if adata is None:
     st.stop()
 
 tasks = list(models.TASKS)
+asked = st.query_params.get("task")  # the task picked before a browser refresh
 task = keep(
     "task",
     st.radio(
@@ -78,9 +79,13 @@ task = keep(
         tasks,
         format_func=models.TASKS.get,
         horizontal=True,
-        key=remember("task", tasks[0], tasks),
+        key=remember("task", asked if asked in tasks else tasks[0], tasks),
     ),
 )
+if asked != task and (asked is not None or task != tasks[0]):
+    # in the address, so that a refresh keeps it; the default is not written (each write is
+    # one more press of Back)
+    st.query_params["task"] = task
 choices = [m.name for m in models.for_task(task)]
 picked = keep(
     f"models:{task}",

@@ -149,6 +149,28 @@ def test_choices_survive_leaving_train_and_are_per_session(seurat_like):
     assert other.radio[0].value == "classify"
 
 
+def test_train_task_survives_a_browser_refresh(seurat_like):
+    """A browser pass: a refresh (a new session, the same URL) put the Train form back on the
+    first task. The task is in the URL; the default one is not written."""
+    at = app("train")
+    assert "task" not in at.query_params
+    at.radio[0].set_value("perturb").run()
+    assert at.query_params["task"] in ("perturb", ["perturb"])
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    again.query_params["task"] = "perturb"
+    again.run()
+    again.switch_page("pages/train.py").run()
+    ok(again)
+    assert again.radio[0].value == "perturb"
+    assert box(again, "Cell type to predict")  # the perturbation form, not the classifier's
+    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    fresh.query_params["task"] = "no-such-task"
+    fresh.run()
+    fresh.switch_page("pages/train.py").run()
+    ok(fresh)
+    assert fresh.radio[0].value == "classify"
+
+
 def _slow_earlier_run(model: str, cells_per_s: float) -> None:
     d = workspace.runs_dir() / f"2020-earlier-{model}"
     d.mkdir(parents=True)
