@@ -480,7 +480,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             }
             for row in table
         ]
-        out = {"metric": metric, "table": safe, "paired": [p.to_dict() for p in pairs]}
+        out = {
+            "metric": metric,
+            "table": safe,
+            "paired": [p.to_dict() for p in pairs],
+            "repeated_splits": seeds.repeated_splits(configs),
+        }
         print(json.dumps(out, indent=2, default=str))
         return 0
     for row in table:
@@ -494,6 +499,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "note: these runs used different data, label or task; only runs of the same "
             "one are paired."
         )
+    for line in seeds.repeated_splits(configs):
+        print(f"note: {line}")
     for p in pairs:
         print(p.text())
     return 0

@@ -41,6 +41,8 @@ def script(run_dir: str | Path) -> str:
         for k in _spec_fields()
         if k in record and k not in NOT_REPLAYED and record[k] not in (None, "", {}, [])
     }
+    if spec.get("split_by") and "group_split" not in record:
+        spec["group_split"] = "shuffle"  # how seeds drew held-out groups before 2026-11-28
     # the parameters as it ran, also for a run saved before a parameter existed
     params = models.recorded_params(spec.get("model"), spec.get("params") or {})
     if params:

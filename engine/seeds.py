@@ -42,6 +42,7 @@ _CONFIG = (
     "precision",
     "data_fingerprint",
     "split_by",
+    "group_split",
 )
 # runs are compared (paired) only within one scope: the same data, label, task and split
 _SCOPE = (
@@ -54,8 +55,10 @@ _SCOPE = (
     "cell_type_key",
     "predict",
     "split_by",
+    "group_split",
 )
-OPTIONAL = ("split_by",)  # keys added later: hashed only when set, so older keys stay the same
+# keys added later: hashed only when set, so older keys stay the same
+OPTIONAL = ("split_by", "group_split")
 TINY = 1e-12  # a spread below this is floating-point noise, not a difference
 
 
@@ -398,6 +401,30 @@ def clear_best(configs: list[Config], metric: str) -> Config | None:
         if not (beyond and sign * p.diff > 0):
             return None
     return best
+
+
+def repeated_splits(configs: list[Config]) -> list[str]:
+    """One sentence per configuration whose seeds were scored on the same test cells more than
+    once (groups held out with the ``shuffle`` scheme, or more seeds than there are groups to
+    hold out): its ± counts one split several times and reads smaller than the spread over
+    splits."""
+    out = []
+    for c in configs:
+        same: dict[str, list[int]] = {}
+        for seed in c.seeds:
+            if seed in c.tests:
+                same.setdefault(c.tests[seed], []).append(seed)
+        repeats = [v for v in same.values() if len(v) > 1]
+        if not repeats:
+            continue
+        which = "; ".join(", ".join(map(str, v)) for v in repeats)
+        n_splits = len(same) + sum(1 for s in c.seeds if s not in c.tests)
+        out.append(
+            f"{c.label or c.model}: seeds {which} were scored on the same test cells, so its "
+            f"{len(c.runs)} seeds hold {n_splits} different split{'s' if n_splits != 1 else ''} "
+            "and its ± leaves out how much the split moves the score."
+        )
+    return out
 
 
 def scopes(configs: list[Config]) -> int:

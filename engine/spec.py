@@ -16,6 +16,7 @@ from engine.errors import ScwbError
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 LAUNCHERS = ("local", "slurm")
+GROUP_SPLITS = ("rotate", "shuffle")
 
 
 def _opt(flag: str | None, help: str, **argparse_kw: Any) -> dict[str, Any]:
@@ -71,6 +72,17 @@ class RunSpec:
             "test (and validate) on whole groups of this obs column the model never saw, such "
             "as donors or samples (default: cells drawn at random, every group in every part)",
             metavar="KEY",
+        ),
+    )
+    group_split: str | None = field(
+        default="rotate",
+        metadata=_opt(
+            "--group-split",
+            "with --split-by, how the seed picks the held-out groups: rotate (seeds 0, 1, 2, "
+            "... test different groups until every group was tested once; default) or shuffle "
+            "(each seed draws them at random, as runs made before 2026-11-28 did: seeds can "
+            "repeat a split)",
+            choices=list(GROUP_SPLITS),
         ),
     )
     params: dict[str, Any] = field(
@@ -169,6 +181,12 @@ class RunSpec:
         self.params = models.coerce_params(info, dict(self.params or {}))
         self.train_on = parse_train_on(self.train_on)
         self.split_by = str(self.split_by).strip() or None if self.split_by else None
+        if self.split_by:
+            self.group_split = str(self.group_split or "rotate").strip().lower()
+            if self.group_split not in GROUP_SPLITS:
+                raise ScwbError(f"Unknown group split {self.group_split!r}; use rotate or shuffle.")
+        else:
+            self.group_split = None  # the cells are drawn at random: no groups to pick
         if self.split_by and info.task == "perturb":
             raise ScwbError(
                 "--split-by is for classifiers, autoencoders and embeddings: scGen holds out "

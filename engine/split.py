@@ -48,14 +48,26 @@ def make_split(
 
 
 def group_split(
-    groups: np.ndarray, seed: int, val: float = 0.1, test: float = 0.1, key: str = "the column"
+    groups: np.ndarray,
+    seed: int,
+    val: float = 0.1,
+    test: float = 0.1,
+    key: str = "the column",
+    scheme: str = "rotate",
 ) -> dict[str, np.ndarray]:
     """Seeded train/val/test row indices where each group (a donor, a sample) lies in one part
-    only: ``test`` and ``val`` are shares of the groups, at least one each, drawn at random by
-    the seed, the rest train (scikit-learn's GroupShuffleSplit counts the same way; the cells'
-    shares follow the groups' sizes). A random split puts every donor's cells in training and
-    test, so its test score says how well the model knows cells of donors it has seen, not of
-    a new one."""
+    only: ``test`` and ``val`` are shares of the groups, at least one each, the rest train (the
+    cells' shares follow the groups' sizes). A random split puts every donor's cells in
+    training and test, so its test score says how well the model knows cells of donors it has
+    seen, not of a new one.
+
+    ``rotate`` (the default): the groups in one fixed order, cut into
+    ``distinct_group_splits(k)`` test blocks; seed s tests block ``s % blocks`` and validates
+    on the groups after it (group k-fold), so any ``blocks`` seeds in a row test every group
+    once; a later round tests the same blocks with other validation groups. ``shuffle``: each
+    seed draws its groups at random (runs made before 2026-11-28): with 5 donors, seeds 0, 2
+    and 4 tested the same one and gave one result three times, which a mean ± sd over seeds
+    counted as three."""
     text = np.asarray(groups).astype(str)
     values, codes = np.unique(text, return_inverse=True)
     k = len(values)
@@ -64,14 +76,58 @@ def group_split(
             f"Holding out groups of {key!r} needs at least 3 of them (training, validation and "
             f"test); it has {k}."
         )
-    n_test = min(max(int(round(test * k)), 1), k - 2)
-    n_val = min(max(int(round(val * k)), 1), k - 1 - n_test)
-    order = np.random.default_rng(seed).permutation(k)
+    n_test, n_val = _group_shares(k, val, test)
     part_of = np.full(k, "train", dtype=object)
-    part_of[order[:n_test]] = "test"
-    part_of[order[n_test : n_test + n_val]] = "val"
+    if scheme == "shuffle":
+        order = np.random.default_rng(seed).permutation(k)
+        part_of[order[:n_test]] = "test"
+        part_of[order[n_test : n_test + n_val]] = "val"
+    elif scheme == "rotate":
+        cycle, fold = divmod(int(seed), k // n_test)
+        # one order of the (sorted) group names for every seed: test blocks never overlap
+        order = np.random.default_rng(0).permutation(k)
+        test_ids = order[fold * n_test : (fold + 1) * n_test]
+        rest = np.concatenate([order[(fold + 1) * n_test :], order[: fold * n_test]])
+        part_of[test_ids] = "test"
+        # the block after the test one validates; each later round of seeds moves it on
+        part_of[np.roll(rest, -cycle * n_val)[:n_val]] = "val"
+    else:
+        raise ScwbError(f"Unknown group split {scheme!r}; use rotate or shuffle.")
     parts = part_of[codes]
     return {p: np.flatnonzero(parts == p).astype(np.int64) for p in ("train", "val", "test")}
+
+
+def _group_shares(k: int, val: float = 0.1, test: float = 0.1) -> tuple[int, int]:
+    """How many of ``k`` groups are tested and validated on (at least one each, one trains)."""
+    n_test = min(max(int(round(test * k)), 1), k - 2)
+    n_val = min(max(int(round(val * k)), 1), k - 1 - n_test)
+    return n_test, n_val
+
+
+def distinct_group_splits(k: int, val: float = 0.1, test: float = 0.1) -> int:
+    """How many seeds in a row the ``rotate`` scheme gives different test groups (``k``
+    groups): after that, the test groups repeat."""
+    return k // _group_shares(k, val, test)[0] if k >= 3 else 0
+
+
+def test_groups(names: list[str], seeds: list[int], scheme: str = "rotate") -> dict[int, tuple]:
+    """The groups each seed tests on, for groups named ``names`` (a form says before Submit
+    how many different test sets a range of seeds gives)."""
+    names = sorted(set(map(str, names)))
+    out = {}
+    for seed in seeds:
+        test = group_split(np.array(names), seed, scheme=scheme)["test"]
+        out[seed] = tuple(names[i] for i in test)
+    return out
+
+
+def group_part_sizes(counts: dict[str, int], seed: int, scheme: str = "rotate") -> dict[str, int]:
+    """Cells in train, val and test when the groups of ``counts`` (group -> cells) are held
+    out with ``seed``: a form's estimate counts the training cells the run will have."""
+    names = sorted(map(str, counts))
+    split = group_split(np.array(names), seed, scheme=scheme)
+    sizes = {str(k): int(v) for k, v in counts.items()}
+    return {part: sum(sizes[names[i]] for i in rows) for part, rows in split.items()}
 
 
 def _shares(n: int, val: float, test: float) -> tuple[int, int]:
@@ -96,7 +152,8 @@ def split_for(obs: Any, spec: Any, stratify: np.ndarray | None) -> dict[str, np.
     if key:
         if key not in obs:
             raise ScwbError(f"--split-by: obs has no column {key!r}.")
-        split = group_split(obs[key].to_numpy(), spec.seed, key=key)
+        scheme = getattr(spec, "group_split", None) or "rotate"
+        split = group_split(obs[key].to_numpy(), spec.seed, key=key, scheme=scheme)
         if stratify is not None and getattr(spec, "task", "classify") == "classify":
             missing = sorted(set(stratify[split["test"]]) - set(stratify[split["train"]]))
             if missing:

@@ -89,6 +89,8 @@ def seed_section(configs: list[seeds.Config]) -> None:
             },
         ),
     )
+    for line in seeds.repeated_splits(configs):
+        st.warning(figures.esc(line))
     first = seeds.primary_metric(configs)
     tested = [k for k in metrics if metric_names.ranked(k)]
     if not tested or first is None:

@@ -140,3 +140,84 @@ def test_configurations_that_differ_by_their_split_are_named_apart(tmp_path):
         "mlp · held-out donor · pbmc",
         "mlp · pbmc",
     ]
+
+
+def test_seeds_in_a_row_test_every_group_once_then_validate_elsewhere():
+    """A browser pass: with 5 donors, seeds 0, 2 and 4 tested the same donor (each seed drew
+    at random) and a mean ± sd over seeds counted one result three times. Any 5 seeds in a row
+    now test the 5 donors once each; the next round tests them again with other validation."""
+    for start in (0, 3, 7):
+        tested = [
+            tuple(sorted(set(DONORS[group_split(DONORS, s)["test"]])))
+            for s in range(start, start + 5)
+        ]
+        assert sorted(tested) == [(d,) for d in sorted(set(DONORS))], start
+    for seed in range(5):
+        a, b = group_split(DONORS, seed), group_split(DONORS, seed + 5)
+        np.testing.assert_array_equal(a["test"], b["test"])
+        assert set(DONORS[a["val"]]) != set(DONORS[b["val"]])  # another split all the same
+    many = np.repeat([f"g{i}" for i in range(30)], 10)  # 3 groups tested a seed: 10 blocks
+    blocks = [set(many[group_split(many, s)["test"]]) for s in range(10)]
+    assert all(len(b) == 3 for b in blocks) and len(set().union(*blocks)) == 30
+
+
+def test_shuffle_keeps_the_splits_of_runs_made_before_the_rotation():
+    """Runs made before 2026-11-28 drew their groups at random by the seed: ``shuffle`` gives
+    them the same split (their reproduce script asks for it)."""
+    values, codes = np.unique(DONORS, return_inverse=True)
+    for seed in range(6):
+        order = np.random.default_rng(seed).permutation(len(values))  # the earlier code
+        old_test = np.flatnonzero(np.isin(codes, order[:1]))
+        old_val = np.flatnonzero(np.isin(codes, order[1:2]))
+        s = group_split(DONORS, seed, scheme="shuffle")
+        np.testing.assert_array_equal(s["test"], old_test)
+        np.testing.assert_array_equal(s["val"], old_val)
+    with pytest.raises(ScwbError, match="Unknown group split 'kfold'"):
+        RunSpec(model="mlp", data="x", label_key="t", split_by="donor", group_split="kfold")
+    assert RunSpec(model="mlp", data="x", label_key="t").group_split is None  # no groups
+    assert RunSpec(model="mlp", data="x", label_key="t", split_by="d").group_split == "rotate"
+
+
+def test_an_earlier_held_out_run_reproduces_with_its_own_split(tmp_path):
+    from engine import export, runs
+
+    d = tmp_path / "old"
+    d.mkdir()
+    record = {"model": "mlp", "data": "x.h5ad", "label_key": "t", "seed": 2, "split_by": "donor"}
+    runs.write_json(d / "run.json", record)
+    assert '"group_split": "shuffle"' in export.script(d)
+    runs.write_json(d / "run.json", {**record, "group_split": "rotate"})
+    assert '"group_split": "rotate"' in export.script(d)
+    runs.write_json(d / "run.json", {k: v for k, v in record.items() if k != "split_by"})
+    assert "group_split" not in export.script(d)
+
+
+def test_seeds_scored_on_the_same_cells_are_said(tmp_path):
+    """Compare and ``engine compare`` say when seeds of one configuration share their test
+    cells: its ± then counts one split several times."""
+    from engine import runs, seeds
+
+    dirs = []
+    for seed, test in ((0, [1, 2]), (1, [3, 4]), (2, [1, 2]), (3, [5, 6]), (4, [2, 1])):
+        d = tmp_path / f"r{seed}"
+        d.mkdir()
+        runs.write_json(
+            d / "run.json",
+            {
+                "model": "sk_logreg",
+                "task": "classify",
+                "seed": seed,
+                "label_key": "t",
+                "params": {},
+                "data_fingerprint": "f",
+                "split_by": "donor",
+            },
+        )
+        runs.write_json(d / "metrics.json", {"test_accuracy": 0.9 + seed / 100})
+        runs.update_status(d, state="completed")
+        np.savez(d / "split.npz", train=np.array([0]), val=np.array([9]), test=np.array(test))
+        dirs.append(d)
+    (line,) = seeds.repeated_splits(seeds.group(dirs))
+    assert "seeds 0, 2, 4 were scored on the same test cells" in line
+    assert "5 seeds hold 3 different splits" in line
+    assert seeds.repeated_splits(seeds.group(dirs[:2])) == []
