@@ -17,6 +17,7 @@ from typing import Any
 import streamlit as st
 
 from engine import datasets, defaults, estimate, jobs, models, perturb, settings
+from engine import split as split_mod
 from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
@@ -51,17 +52,31 @@ def param_key(model: str, name: str) -> str:
     return f"p-{model}-{name}"
 
 
+def current(wkey: str) -> Any:
+    """A widget's value before the widget is drawn on this run: its state, or the value kept."""
+    return ss.get(wkey, ss.get(f"keep:{wkey}"))
+
+
 def needs(model: str) -> str:
     """What ``model`` reads with the parameters picked below on the page's last run (a VAE
     with a Gaussian likelihood reads any values, not only counts)."""
     info = models.get(model)
-    likelihood = ss.get(param_key(model, "likelihood"))
+    likelihood = current(param_key(model, "likelihood"))
     return info.needs_for({"likelihood": likelihood} if likelihood else {})
 
 
 def keep(key: str, value: Any) -> Any:
     ss[f"keep:{key}"] = value
     return value
+
+
+def kept(wkey: str) -> str:
+    """``wkey``, a widget key, given back the value this session last kept for it: Streamlit
+    drops a widget's value when its page is left (a browser pass: 3 seeds, a hidden size and a
+    VAE's batch key came back as the defaults); ``keep(wkey, value)`` after the widget."""
+    if wkey not in ss and f"keep:{wkey}" in ss:
+        ss[wkey] = ss[f"keep:{wkey}"]
+    return wkey
 
 
 st.title("Train")
@@ -214,7 +229,7 @@ with st.container(border=True):
             condition_key=cond, ctrl=ctrl, stim=stim, cell_type_key=ct_key, predict=target
         )
         # the vector's settings below, as the page's last run left them (drawn after this)
-        vector = {k: ss.get(param_key("scgen", k)) for k in ("delta", "delta_cell_types")}
+        vector = {k: current(param_key("scgen", k)) for k in ("delta", "delta_cell_types")}
         # which (cell type, condition) pairs exist is all it needs: the distinct pairs, not a
         # string per cell on every rerun of the form
         pairs = adata.obs[[cond, ct_key]].drop_duplicates().astype(str)
@@ -274,6 +289,10 @@ with st.container(border=True):
         else:
             spec_kw["split_by"] = split_by
             n_groups = len(d["labels"].get(split_by) or {})
+            counts = d["labels"].get(split_by) or {}
+            if n_groups >= 3 and sum(counts.values()) == d["n_obs"]:  # every group counted
+                seed0 = int(ss.get("seed") or ss.get("keep:seed") or 0)
+                n_train = split_mod.group_part_sizes(counts, seed0)["train"]
             st.caption(
                 f"{n_groups} groups of {esc(split_by)}: whole groups go to test and to "
                 "validation (a tenth of the groups each, at least one), the seed picks which; "
@@ -349,7 +368,9 @@ with st.container(border=True):
         placeholder="automatic",
         help="leave empty for each model's default: its published one, shortened on a CPU to "
         "fit a few minutes; early stopping may end sooner",
+        key=kept(f"epochs:{task}"),  # one task's cap is not another's (1 for an MLP test)
     )
+    keep(f"epochs:{task}", epochs)
     blank = "leave empty for each model's own default" + (
         " ("
         + ", ".join(
@@ -360,14 +381,30 @@ with st.container(border=True):
         else ""
     )
     batch = c[1].number_input(
-        "Batch size", 2, 65_536, None, placeholder="model default", help=blank
+        "Batch size",
+        2,
+        65_536,
+        None,
+        placeholder="model default",
+        help=blank,
+        key=kept(f"batch:{task}"),
     )
+    keep(f"batch:{task}", batch)
     lr = c[2].number_input(
-        "Learning rate", 1e-6, 1.0, None, format="%.5f", placeholder="model default", help=blank
+        "Learning rate",
+        1e-6,
+        1.0,
+        None,
+        format="%.5f",
+        placeholder="model default",
+        help=blank,
+        key=kept(f"lr:{task}"),
     )
+    keep(f"lr:{task}", lr)
     seed = c[3].number_input(
-        "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy"
+        "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy", key=kept("seed")
     )
+    keep("seed", seed)
     n_seeds = st.radio(
         "Seeds per model",
         [1, 3, 5],
@@ -378,9 +415,23 @@ with st.container(border=True):
         help="repeat each model over several seeds (each a new split and initialisation): "
         "Compare then shows every metric as mean ± sd and says whether two models differ by "
         "more than the seed-to-seed spread",
+        key=kept("n_seeds"),
     )
+    keep("n_seeds", n_seeds)
     if n_seeds > 1:
-        st.caption(f"Seeds {seed} to {seed + n_seeds - 1}, one run each per model.")
+        held = ""
+        names = list(d["labels"].get(spec_kw.get("split_by") or "") or {})
+        if len(names) >= 3:
+            tested = split_mod.test_groups(names, list(range(seed, seed + n_seeds)))
+            n_sets = len(set(tested.values()))
+            held = (
+                f" Each tests other groups of {esc(spec_kw['split_by'])}."
+                if n_sets == n_seeds
+                else f" Only {n_sets} different sets of test groups of "
+                f"{esc(spec_kw['split_by'])} among them ({len(names)} groups): seeds that "
+                "repeat one are scored on the same cells, and Compare says so."
+            )
+        st.caption(f"Seeds {seed} to {seed + n_seeds - 1}, one run each per model.{held}")
     options = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
     device = c[4].selectbox(
         "Device",
@@ -411,7 +462,7 @@ for n in picked:
     with st.expander(f"{info.title}: hyperparameters"):
         params[n] = {}
         for key, p in info.params.items():
-            label, wkey = key.replace("_", " "), param_key(n, key)
+            label, wkey = key.replace("_", " "), kept(param_key(n, key))
             if p.choices:
                 params[n][key] = st.selectbox(
                     label, p.choices, index=p.choices.index(p.default), help=p.help, key=wkey
@@ -449,6 +500,7 @@ for n in picked:
                     )
             else:
                 params[n][key] = st.text_input(label, p.default, help=p.help, key=wkey)
+            keep(wkey, params[n][key])
 
 
 def estimates() -> dict[str, estimate.Estimate]:

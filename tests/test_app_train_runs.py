@@ -577,3 +577,51 @@ def test_perturb_form_warns_when_the_cell_type_column_follows_the_condition(seur
     box(at, "Stimulated value").set_value("control").run()  # the same value twice
     assert button(at, "Submit").disabled and "must differ" in button(at, "Submit").help
     assert not submitted
+
+
+def test_held_out_donor_seeds_each_test_another_donor(lognorm_adata, submitted):
+    """A browser pass: with 5 donors held out, seeds 0, 2 and 4 tested the same donor (seeds
+    drew at random) and Compare counted one result three times. The form says how many
+    different test sets the seeds give; each submitted seed tests another donor; the training
+    cells estimated are those of the held-out split."""
+    from engine import split
+
+    at = _train_on_donors(lognorm_adata, 5, "classify")
+    box(at, "Test on").set_value("donor").run()
+    next(r for r in at.radio if r.label == "Seeds per model").set_value(5).run()
+    ok(at)
+    assert any("Each tests other groups of donor" in c.value for c in at.caption)
+    button(at, "Submit").click().run()
+    ok(at)
+    specs = [s for s in submitted if s["split_by"] == "donor"]
+    assert {s["group_split"] for s in specs} == {"rotate"}
+    donors = np.array([f"d{i % 5}" for i in range(lognorm_adata.n_obs)])  # as _train_on_donors
+    tested = {
+        s["seed"]: tuple(sorted(set(donors[split.group_split(donors, s["seed"])["test"]])))
+        for s in specs
+        if s["model"] == specs[0]["model"]
+    }
+    assert len(tested) == 5 and len(set(tested.values())) == 5  # every donor tested once
+
+
+def test_train_settings_survive_leaving_the_page(lognorm_adata, submitted):
+    """A browser pass: 3 seeds, an MLP's hidden size and a VAE's batch key came back as the
+    defaults after a visit to another page; a cap of 1 epoch typed for an MLP stayed for the
+    autoencoder."""
+    at = _train_on_donors(lognorm_adata, 3, "classify")
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["mlp"]).run()
+    next(r for r in at.radio if r.label == "Seeds per model").set_value(3).run()
+    next(t for t in at.text_input if t.label == "hidden").set_value("128").run()
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(1).run()
+    at.radio[0].set_value("embed").run()
+    assert next(n for n in at.number_input if n.label == "Max epochs").value is None
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["vae"]).run()
+    box(at, "batch key").set_value("donor").run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/train.py").run()
+    ok(at)
+    assert box(at, "batch key").value == "donor"
+    assert next(r for r in at.radio if r.label == "Seeds per model").value == 3
+    at.radio[0].set_value("classify").run()
+    assert next(t for t in at.text_input if t.label == "hidden").value == "128"
+    assert next(n for n in at.number_input if n.label == "Max epochs").value == 1
