@@ -67,6 +67,8 @@ def _spec(args: argparse.Namespace, out: str = "", **overrides: Any):
     values["params"] = dict(values.get("params") or [])
     values["train_on"] = values.get("train_on") or None
     values.update(_data(args.data))
+    if values.get("epochs") is not None:
+        values["epochs_set_by"] = "user"  # --epochs: Results does not blame a time budget
     return RunSpec(**{**values, "out": out, **overrides})
 
 

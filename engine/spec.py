@@ -114,6 +114,14 @@ class RunSpec:
             metavar="CELLTYPE|all",
         ),
     )
+    epochs_set_by: str | None = field(
+        default=None,
+        metadata=_opt(
+            None,
+            "who set epochs below the published default: 'budget' (the Train page's CPU time "
+            "budget) or 'user' (typed); None: the model's default or a run made before",
+        ),
+    )
     dataset_name: str | None = field(default=None, metadata=_opt(None, "the data's label"))
     dataset_key: str | None = field(default=None, metadata=_opt(None, "workspace dataset key"))
     data_fingerprint: str | None = field(

@@ -226,9 +226,13 @@ def shortened_note() -> str | None:
     cut = progress_text.shortened(spec, status)
     if cut is None:
         return None
+    who = {
+        "budget": "the Train page shortened them to its time budget on a CPU",
+        "user": "the cap was set when it was submitted",
+    }.get(spec.get("epochs_set_by"), "a cap set on Train, or its time budget on a CPU")
     return (
-        f"Trained to its cap of {cut[0]} epochs, fewer than the {cut[1]} of the model's "
-        "published defaults (the Train page shortens them to its time budget on a CPU)."
+        f"Trained to its cap of {cut[0]} epoch{'s' if cut[0] != 1 else ''}, fewer than the "
+        f"{cut[1]} of the model's published defaults ({who})."
     )
 
 
@@ -247,6 +251,11 @@ def still_learning_note() -> str | None:
         for name, c in parts
         if evaluate.still_improving(pd.to_numeric(c["val_loss"], errors="coerce"))
     }
+    lowest = ""  # where the lowest came, said of one curve (it need not be the last epoch)
+    if list(learning) == [None]:
+        loss = pd.to_numeric(curve["val_loss"], errors="coerce").reset_index(drop=True)
+        if loss.notna().any():
+            lowest = f" (its lowest at epoch {int(loss.idxmin()) + 1} of {len(loss)})"
     if not learning:
         return None
     last = max(learning.values())  # epochs of the model (or models) still learning
@@ -262,9 +271,9 @@ def still_learning_note() -> str | None:
         f", {published} in the model's published defaults" if published and last < published else ""
     )
     return (
-        f"The validation loss was still falling at the last epoch{which}: {last} epochs"
-        f"{short}. The model has not converged: train it longer (Max epochs on Train) before "
-        "trusting its metrics or a comparison with a baseline."
+        f"The validation loss was still falling over the last epochs{which}{lowest}: {last} "
+        f"epochs{short}. The model has not converged: train it longer (Max epochs on Train) "
+        "before trusting its metrics or a comparison with a baseline."
     )
 
 

@@ -593,6 +593,15 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                     if n in chosen
                     else None
                 ),
+                epochs_set_by=(
+                    None
+                    if models.get(n).kind == "sklearn"
+                    else "user"
+                    if epochs is not None
+                    else "budget"
+                    if n in chosen and chosen[n].shortened
+                    else None
+                ),
                 batch_size=None if batch is None else int(batch),
                 lr=None if lr is None else float(lr),
                 seed=int(seed) + k,

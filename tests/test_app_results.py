@@ -353,6 +353,20 @@ def test_an_unconverged_scikit_learn_baseline_and_a_shortened_run_say_so(dataset
     at = app("results", run=short.name)
     said = " ".join(c.value for c in at.caption)
     assert "Trained to its cap of 3 epochs, fewer than the 50 of the model's published" in said
+    assert "(a cap set on Train, or its time budget on a CPU)" in said  # a run made before
+    # a browser pass: a cap typed on Train was said to be the Train page's time budget
+    record = runs.read_json(short / "run.json")
+    for who, words in (
+        ("user", "(the cap was set when it was submitted)"),
+        ("budget", "(the Train page shortened them to its time budget on a CPU)"),
+    ):
+        runs.write_json(short / "run.json", {**record, "epochs_set_by": who})
+        said = " ".join(c.value for c in app("results", run=short.name).caption)
+        assert words in said, said
+    runs.write_json(short / "run.json", {**record, "epochs": 1})
+    said = " ".join(c.value for c in app("results", run=short.name).caption)
+    assert "Trained to its cap of 1 epoch, fewer" in said, said
+    runs.write_json(short / "run.json", record)
     # one that stopped early before its cap was not cut short by it: nothing said
     status = runs.read_json(short / "status.json")
     runs.write_json(short / "status.json", {**status, "stopped_early": True, "epoch": 2})
@@ -376,8 +390,20 @@ def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
     )
     runs.write_json(run / "run.json", {**runs.read_json(run / "run.json"), "epochs": 20})
     warn = " ".join(texts(app("results", run=run.name), "warning"))
-    assert "still falling at the last epoch: 20 epochs, 50 in the model's published" in warn
+    said = "still falling over the last epochs (its lowest at epoch 20 of 20): 20 epochs, 50 in"
+    assert said in warn, warn
     assert "train it longer" in warn
+    # a browser pass: 1102.7, 1035.1, 1039.0 read "still falling at the last epoch", which
+    # rose; the lowest is said where it came
+    runs.write_metrics_csv(
+        run,
+        [
+            {"epoch": e, "train_loss": v, "val_loss": v}
+            for e, v in enumerate((1102.7, 1035.1, 1039.0), 1)
+        ],
+    )
+    warn = " ".join(texts(app("results", run=run.name), "warning"))
+    assert "(its lowest at epoch 2 of 3)" in warn and "at the last epoch" not in warn, warn
     # a curve that levelled off says nothing
     flat = [1.0 + 1.0 / e for e in range(1, 4)] + [1.34] * 17
     runs.write_metrics_csv(
@@ -393,7 +419,7 @@ def test_a_run_still_learning_at_its_last_epoch_says_train_longer(dataset):
     ]
     runs.write_metrics_csv(run, rows)
     warn = " ".join(texts(app("results", run=run.name), "warning"))
-    assert "still falling at the last epoch (for B): 20 epochs, 50 in" in warn, warn
+    assert "still falling over the last epochs (for B): 20 epochs, 50 in" in warn, warn
 
 
 def test_still_improving_tells_a_falling_curve_from_a_noisy_plateau():

@@ -211,9 +211,15 @@ def test_estimate_before_submit_and_cpu_epochs_over_the_budget(seurat_like, subm
     n_train = int(0.8 * seurat_like.n_obs)
     expected = estimate.estimate("mlp", 200, n_train, n_classes=4, start=False).epochs
     assert by_model["mlp"]["epochs"] == expected == 50
-    # a number typed in the box wins
+    assert by_model["mlp"]["epochs_set_by"] is None  # published: not shortened
+    assert by_model["sk_logreg"]["epochs_set_by"] is None
+    # a number typed in the box wins, and the run says who set it
     next(n for n in at.number_input if n.label == "Max epochs").set_value(7).run()
     assert "**mlp** · epochs: 7 ·" in " ".join(m.value for m in at.markdown)
+    at.multiselect[0].set_value(["mlp"]).run()
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted[-1]["epochs"] == 7 and submitted[-1]["epochs_set_by"] == "user"
 
 
 # ----------------------------------------------------------------------------- Runs

@@ -160,6 +160,7 @@ def test_submit_takes_a_workspace_dataset_key(lognorm_adata, workspace):
     assert spec["data"] == str(datasets.path(key)) and spec["dataset_key"] == key
     assert spec["dataset_name"] == "my pbmc"
     assert spec["data_fingerprint"] == datasets.fingerprint(key)
+    assert spec["epochs_set_by"] == "user"  # --epochs: Results says the cap was chosen
 
 
 TRAIN_MLP = ["train", "--data", "{lognorm}", "--model", "mlp"]
