@@ -215,6 +215,22 @@ def save(
     return _register(tmp, name, info, {"source": source, "parent": parent, "report": report})
 
 
+def name_taken(name: str) -> str | None:
+    """The key of a dataset already labelled ``name`` (as ``_register`` would store it), or
+    None: two datasets of one name could not be told apart on Train, Runs or Compare."""
+    clean = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    return next((r["key"] for r in list_datasets() if r["name"] == clean), None)
+
+
+def free_name(base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ...: the first name no dataset has (a second
+    preprocessing of one file was offered the first one's name)."""
+    taken = {r["name"] for r in list_datasets()}
+    if base not in taken:
+        return base
+    return next(f"{base}_{i}" for i in range(2, 10_000) if f"{base}_{i}" not in taken)
+
+
 def new_incoming() -> Path:
     """A fresh path in the incoming folder for a file that ``adopt`` will register."""
     return _incoming() / f"{secrets.token_hex(8)}.h5ad"
@@ -227,11 +243,17 @@ def adopt(
     source: str = "",
     parent: str | None = None,
     report: list | None = None,
+    unique: bool = False,
 ) -> str:
     """Register a file a child process wrote in the incoming folder (``engine.pp_child``) with
-    its description; return its key. The file is moved, never read again."""
+    its description; return its key. The file is moved, never read again. ``unique``: refuse a
+    name another dataset has."""
     if not str(name).strip():
         raise ScwbError("A dataset needs a name.")
+    if unique and name_taken(name):
+        raise ScwbError(
+            f"A dataset is already named {str(name).strip()!r}: save this one under another name."
+        )
     tmp_h5ad = Path(tmp_h5ad)
     if tmp_h5ad.parent.resolve() != _incoming().resolve() or not tmp_h5ad.exists():
         raise ScwbError("That preview is gone; press Preview again.")

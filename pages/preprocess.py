@@ -336,7 +336,11 @@ if result and result[0] == name and result[1] == recipe.to_json():
             where=col,
             what="the value histogram",
         )
-    new_name = st.text_input("Save as dataset", value=f"{name}_pp")
+    new_name = st.text_input(
+        "Save as dataset",
+        value=datasets.free_name(f"{datasets.label(name)}_pp"),
+        help="a name no other dataset has: Train, Runs and Compare name a run's data by it",
+    )
     if st.button("Save"):
         try:
             saved = datasets.adopt(
@@ -346,6 +350,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
                 source=f"recipe on {name}",
                 parent=name,
                 report=report,
+                unique=True,
             )
             set_dataset(saved)
             st.session_state["pp_saved"] = saved

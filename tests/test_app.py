@@ -332,6 +332,18 @@ def test_preprocess_preview_and_save(counts_file):
     save = next(b for b in at.button if b.label == "Save")
     save.click().run()
     assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+    # a browser pass: a second preprocessing of the same file was offered the first one's name
+    # and saved under it; the two then read alike on Train, Runs and Compare
+    raw = next(d["key"] for d in datasets.list_datasets() if d["name"] == "raw")
+    at = app("preprocess")
+    at.selectbox[0].set_value(raw).run()
+    next(b for b in at.button if b.label == "Preview").click().run()
+    name = next(t for t in at.text_input if t.label == "Save as dataset")
+    assert name.value == "raw_pp_2"
+    name.set_value("raw_pp").run()
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert errors(at) == ["A dataset is already named 'raw_pp': save this one under another name."]
+    assert [d["name"] for d in datasets.list_datasets()].count("raw_pp") == 1
 
 
 def test_data_page_offers_label_columns_first_and_at_most_a_hundred(counts_adata):
