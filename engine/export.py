@@ -30,7 +30,7 @@ def _spec_fields() -> list[str]:
     return [f.name for f in fields(RunSpec)]
 
 
-def script(run_dir: str | Path) -> str:
+def script(run_dir: str | Path, filename: str = "reproduce.py") -> str:
     """A Python script that reruns this run with the engine and prints its metrics. It runs
     from any folder (it finds this scWorkbench installation) and can first rebuild the input
     from the raw data with the recorded preprocessing recipe (``--raw RAW.h5ad``)."""
@@ -54,9 +54,10 @@ def script(run_dir: str | Path) -> str:
 
 Usage, from any folder, on any machine with scWorkbench (its engine importable, or its folder
 in the SCWORKBENCH environment variable; else the folder that wrote this script):
-    python reproduce.py [DATA.h5ad] [OUT_DIR]            # train on the preprocessed data
-    python reproduce.py --raw RAW.h5ad [DATA] [OUT_DIR]  # apply the recorded recipe first
-DATA defaults to the file the run trained on, OUT_DIR to a new folder here.
+    python {_doc_safe(filename)} [DATA.h5ad] [OUT_DIR]            # train on the preprocessed data
+    python {_doc_safe(filename)} --raw RAW.h5ad [DATA] [OUT_DIR]  # apply the recorded recipe first
+DATA defaults to the file the run trained on, OUT_DIR to a new folder here. Run it with the
+Python that runs scWorkbench (its .venv/bin/python): the engine needs its packages.
 """
 import json
 import os
@@ -94,12 +95,24 @@ def _new_folder(out):
 
 
 def main(argv):
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
+    unknown = [a for a in argv if a.startswith("-") and a != "--raw"]
+    if unknown:
+        sys.exit(f"error: unknown option {{unknown[0]}} (python {{sys.argv[0]}} --help)")
     _engine()
-    from engine import io, preprocess, quiet
+    try:
+        from engine import io, preprocess, quiet
 
-    quiet.library_warnings_off()  # Lightning's notes (srun, deprecations) are not the run's
-    from engine.spec import RunSpec
-    from engine.train import run
+        quiet.library_warnings_off()  # Lightning's notes (srun, deprecations) are not the run's
+        from engine.spec import RunSpec
+        from engine.train import run
+    except ImportError as exc:
+        sys.exit(
+            f"error: scWorkbench's engine needs {{exc.name or 'its packages'}}: run this with "
+            "the Python that runs scWorkbench (its .venv/bin/python)."
+        )
 
     raw = None
     if argv[:1] == ["--raw"]:
@@ -107,7 +120,7 @@ def main(argv):
     data = argv[0] if len(argv) > 0 else DATA
     out = argv[1] if len(argv) > 1 else _new_folder(OUT)
     if raw is None and not os.path.exists(data):
-        sys.exit(f"error: the data {{data}} is not here: python reproduce.py DATA.h5ad")
+        sys.exit(f"error: the data {{data}} is not here: python {{sys.argv[0]}} DATA.h5ad")
     if raw is not None:
         adata, _ = preprocess.apply(io.read(raw), preprocess.Recipe.from_json(json.dumps(RECIPE)))
         data = str(io.write_h5ad(adata, data if len(argv) > 0 else out + "-input.h5ad"))
@@ -259,7 +272,11 @@ def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
             elif part in ("h5ad", "model"):
                 shutil.copyfile(run_dir / SOURCES[part], partial)
             else:
-                text = script(run_dir) if part == "script" else metrics_csv(run_dir)
+                text = (
+                    script(run_dir, filename=Path(target).name)
+                    if part == "script"
+                    else metrics_csv(run_dir)
+                )
                 partial.write_text(text)
             partial.replace(target)  # a new entry: never writes through a link at the target
         except OSError as exc:

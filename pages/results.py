@@ -965,7 +965,7 @@ with guard("the metrics CSV"):
 if spec:
     c[2].download_button(
         "Reproduce script (.py)",
-        lambda: export.script(run_dir),
+        lambda: export.script(run_dir, filename=f"{run_id}.py"),
         file_name=f"{run_id}.py",
         on_click="ignore",
     )

@@ -37,6 +37,17 @@ def test_script_reproduces_metrics(tmp_path, lognorm_file, model, kw):
     )
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr  # a browser pass: Lightning's srun notes
+    if model == "mlp":  # a browser pass: --help was read as the data's path
+        named = tmp_path / "run-id.py"
+        named.write_text(export.script(run_dir, filename=named.name))
+        helped = subprocess.run(
+            [sys.executable, str(named), "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert helped.returncode == 0 and "python run-id.py --raw RAW.h5ad" in helped.stdout
+        bad = subprocess.run(
+            [sys.executable, str(named), "-x"], capture_output=True, text=True, timeout=60
+        )
+        assert bad.returncode == 1 and bad.stderr.startswith("error: unknown option -x")
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     numeric = {k: v for k, v in metrics.items() if isinstance(v, float)}
     assert numeric and all(again[k] == pytest.approx(v, rel=1e-6) for k, v in numeric.items())
@@ -198,7 +209,7 @@ def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, c
     assert len(capsys.readouterr().out.split()) == 5
     assert (out / "r.h5ad").read_bytes() == (run_dir / "results.h5ad").read_bytes()
     assert (out / "m.pt").read_bytes() == (run_dir / "model.pt").read_bytes()
-    assert (out / "r.py").read_text() == export.script(run_dir)
+    assert (out / "r.py").read_text() == export.script(run_dir, filename="r.py")
     assert (out / "m.csv").read_text() == export.metrics_csv(run_dir)
     with (
         zipfile.ZipFile(out / "r.zip") as streamed,
@@ -240,7 +251,7 @@ def test_cli_export_streams_the_same_files_at_any_size(tmp_path, lognorm_file, c
     os.link(run_dir / "run.json", out / "hard.py")
     assert cli.main(["export", str(run_dir), "--script", str(out / "hard.py")]) == 0
     assert (run_dir / "run.json").read_bytes() == before
-    assert (out / "hard.py").read_text() == export.script(run_dir)
+    assert (out / "hard.py").read_text() == export.script(run_dir, filename="hard.py")
     # a source that is a link is not followed (as in the zip); nothing is written when a part fails
     secret = tmp_path / "secret.txt"
     secret.write_text("not the run's")
