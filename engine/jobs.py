@@ -59,13 +59,25 @@ def max_queued() -> int:
 
 
 def resolve_run(run: str | Path, root: Path | None = None) -> Path:
-    """A run id (inside the workspace) or a run folder path."""
+    """A run id (the exact name of a folder in the workspace's runs) or a run folder path.
+    The id is never cleaned up nor followed through a link: 'my run' was read as 'my_run', a
+    link as the run it points to, and Delete removed that other run (a hostile-input pass)."""
+    base = Path(root or workspace.runs_dir())
+    name = str(run)
     p = Path(run)
-    if p.is_dir() and (p / "run.json").exists():
-        return p
-    candidate = workspace.inside(root or workspace.runs_dir(), str(run))
+    if len(p.parts) > 1 or p.is_absolute():  # a path, typed on the command line
+        if p.is_dir() and (p / "run.json").exists():
+            return p
+        raise ScwbError(f"No run folder at {name!r}.")
+    if name in ("", ".", "..") or "\x00" in name:
+        raise ScwbError(f"{name!r} is not a run id.")
+    candidate = base / name
+    if candidate.is_symlink():
+        raise ScwbError(f"{name!r} in {base} is a link, not a run folder: act on the run itself.")
     if not candidate.is_dir():
-        raise ScwbError(f"No run {run!r} in {root or workspace.runs_dir()}.")
+        if p.is_dir() and (p / "run.json").exists() and not p.is_symlink():
+            return p  # a run folder in the current folder, named without a path
+        raise ScwbError(f"No run {name!r} in {base}.")
     return candidate
 
 

@@ -316,7 +316,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         if e.name.startswith("."):
             continue
         try:
-            if not e.is_dir():
+            if not e.is_dir(follow_symlinks=False):  # a link is an alias, not a run of its own
                 continue
             mtime = e.stat().st_mtime_ns
         except OSError:

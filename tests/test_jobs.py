@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from engine import jobs, queue, runs
+from engine import jobs, queue, runs, workspace
 from engine.device import usable_cores
 from engine.spec import RunSpec
 
@@ -183,6 +183,30 @@ def test_resolve_run_refuses_escape():
 
     with pytest.raises(ScwbError):
         jobs.resolve_run("../../etc")
+
+
+def test_a_run_id_names_its_own_folder_never_a_cleaned_or_linked_one():
+    """A hostile-input pass: with runs 'my run' and 'my_run', Delete on 'my run' removed
+    'my_run' (the id was cleaned up to a safe name first), and a link's id deleted the run it
+    points to."""
+    from engine.errors import ScwbError
+
+    base = workspace.runs_dir()
+    for name in ("my run", "my_run"):
+        (base / name).mkdir()
+        runs.write_json(base / name / "run.json", {"model": "mlp"})
+        runs.update_status(base / name, state="completed")
+    assert jobs.resolve_run("my run") == base / "my run"
+    (base / "alias").symlink_to(base / "my_run", target_is_directory=True)
+    with pytest.raises(ScwbError, match="is a link, not a run folder"):
+        jobs.resolve_run("alias")
+    with pytest.raises(ScwbError, match="is a link"):
+        jobs.delete("alias")
+    assert "alias" not in [r["id"] for r in runs.list_runs(base)]  # not listed as a run
+    jobs.delete("my run")
+    assert not (base / "my run").exists() and (base / "my_run" / "run.json").exists()
+    with pytest.raises(ScwbError, match="No run 'nope'"):
+        jobs.resolve_run("nope")
 
 
 @pytest.mark.skipif(usable_cores() < 2, reason="two CPU devices need two cores")
