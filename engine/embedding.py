@@ -238,6 +238,8 @@ def read(
         return status
     if status["state"] == "failed":
         return status
+    if not runs.regular_file(npz, 2**31):  # a named pipe in its place blocked Results
+        return {"state": "missing"}
     try:
         with np.load(npz) as z:
             return {

@@ -233,6 +233,10 @@ def write_gene_means(means: pd.DataFrame, path: str | Path) -> None:
 def read_gene_means(path: str | Path) -> pd.DataFrame:
     """A stored ``gene_means.csv``; gene names are read as written (a gene called "NA" or
     "nan" stays a name, never a missing value)."""
+    from engine import runs
+
+    if not runs.regular_file(path, 2**30):  # a named pipe in its place hung Results
+        raise ScwbError(f"{Path(path).name} is not a plain file of the run folder: not read.")
     return pd.read_csv(
         path,
         index_col=0,

@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from datetime import UTC, datetime
@@ -143,6 +144,34 @@ def _jsonable(o: Any) -> Any:
 
 
 MAX_JSON_BYTES = 64 << 20  # a run's JSON files are kilobytes; a larger one is not ours
+MAX_CSV_BYTES = 1 << 30  # metrics.csv: a line an epoch (and a cell type), megabytes at most
+
+
+def regular_file(path: str | Path, max_bytes: int | None = None) -> bool:
+    """Whether ``path`` is a plain file (not a link, named pipe, device or folder) of at most
+    ``max_bytes``. What a run folder holds is read only then: a model.pt linked to /dev/zero
+    read until the server ran out of memory, a named pipe blocked a page (or the download
+    threads) forever, a link to /etc/passwd was served (a hostile-input pass)."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and (max_bytes is None or st.st_size <= max_bytes)
+
+
+def read_capped(path: str | Path, max_bytes: int) -> bytes:
+    """A plain file's bytes (``regular_file``), never more than ``max_bytes`` (a file that grew
+    meanwhile is refused, not read on); ScwbError otherwise."""
+    from engine.errors import ScwbError
+
+    if not regular_file(path):
+        raise ScwbError(f"{Path(path).name} is not a plain file of the run folder: not read.")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ScwbError(f"{Path(path).name} is larger than {max_bytes:,} bytes: not read.")
+    return data
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -219,7 +248,8 @@ def read_metrics_csv(run_dir: Path):
 
     path = Path(run_dir) / "metrics.csv"
     try:
-        return pd.read_csv(path) if path.is_file() else pd.DataFrame()  # never a pipe
+        # never a pipe, a device or a link (read until memory ran out)
+        return pd.read_csv(path) if regular_file(path, MAX_CSV_BYTES) else pd.DataFrame()
     except (OSError, ValueError):
         return pd.DataFrame()
 

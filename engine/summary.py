@@ -16,6 +16,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from engine import runs
+
 
 def qc_path(h5ad: str | os.PathLike) -> Path:
     return Path(h5ad).with_suffix(".qc.npz")
@@ -36,6 +38,8 @@ def write_qc(adata: ad.AnnData, h5ad: str | os.PathLike) -> None:
 def read_qc(h5ad: str | os.PathLike, obs_names: pd.Index) -> pd.DataFrame | None:
     """The stored QC frame, or None when there is none (datasets saved before it was stored)."""
     p = qc_path(h5ad)
+    if not runs.regular_file(p, 2**31):  # a named pipe in its place blocked the Data page
+        return None
     try:
         with np.load(p) as z:
             cols = {k: z[k] for k in z.files}

@@ -109,7 +109,7 @@ if not isinstance(metrics, dict):
     missing.append("metrics.json (the test metrics) is missing or unreadable")
     metrics = {}
 res_path = run_dir / "results.h5ad"
-if not res_path.is_file():  # a named pipe in its place would block the reader
+if not runs.regular_file(res_path):  # a pipe, device or link in its place: never read
     missing.append("results.h5ad (the annotated cells) is missing")
 
 
@@ -409,7 +409,7 @@ def target_means(path: str, mtime: float, sub_dir: str, info: dict, target: str,
     baseline: as the worker stored them with the metrics (``gene_means.csv``), or, for a run
     made before it did, from the whole results file."""
     stored = Path(sub_dir) / GENE_MEANS
-    if stored.exists():
+    if runs.regular_file(stored):
         return read_gene_means(stored)
     return gene_means(
         load_results(path, mtime),
@@ -424,7 +424,7 @@ def target_means(path: str, mtime: float, sub_dir: str, info: dict, target: str,
 
 res_info = None
 mtime = 0.0
-if res_path.is_file():
+if runs.regular_file(res_path):
     try:
         mtime = res_path.stat().st_mtime
         res_info = summary(str(res_path), mtime)
@@ -720,7 +720,7 @@ if res_info is not None and task == "perturb":
             sub_dir = run_dir / "loo" / safe_name(target)
         m = runs.read_json(sub_dir / "metrics.json", {}) if sub_dir != run_dir else metrics
         m = m if isinstance(m, dict) else {}
-        if len(targets) > 1 and (run_dir / "loo.csv").exists():
+        if len(targets) > 1 and runs.regular_file(run_dir / "loo.csv", 64 * 2**20):
             st.subheader("Leave-one-cell-type-out")
             table = pd.read_csv(run_dir / "loo.csv")
             cols = [
@@ -920,12 +920,12 @@ def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Pa
     )
 
 
-if res_path.is_file():
+if runs.regular_file(res_path):  # never a link, pipe or device (read until memory ran out)
     offer(
         c[0],
         "Annotated .h5ad",
         res_path.stat().st_size,
-        res_path.read_bytes,
+        lambda: runs.read_capped(res_path, limit),
         f"{run_id}.h5ad",
         "h5ad",
         res_path,
@@ -936,12 +936,12 @@ if res_path.is_file():
             f"({stored.get('cells', 0):,} cells)."
         )
 weights = run_dir / "model.pt"
-if weights.exists():
+if runs.regular_file(weights):
     offer(
         c[0],
         "Model weights (.pt)",
         weights.stat().st_size,
-        weights.read_bytes,
+        lambda: runs.read_capped(weights, limit),
         f"{run_id}-model.pt",
         "model",
         weights,

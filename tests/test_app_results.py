@@ -1006,3 +1006,42 @@ def test_metric_tables_put_the_headline_first():
     assert metric_names.headline_first(keys) == [
         "abnormality_auroc", "test_mse", "val_mse", "train_mse", "abnormality_others"
     ]  # fmt: skip
+
+
+def test_run_files_that_are_links_pipes_or_devices_are_never_read(dataset, tmp_path):
+    """A hostile-input pass: model.pt linked to /dev/zero read until the server ran out of
+    memory on one download click; named pipes in place of split.npz, loo.csv, gene_means.csv,
+    a cached UMAP or a dataset's QC file blocked Compare, Results or Data forever; a link to
+    /etc/passwd was offered as the run's weights."""
+    import os
+
+    from engine import perturb, seeds, summary
+    from engine.errors import ScwbError
+
+    run = _finished(dataset, "mlp", label_key="cell_type", epochs=2)
+    assert runs.regular_file(run / "model.pt") and len(runs.read_capped(run / "model.pt", 2**30))
+    (run / "model.pt").unlink()
+    (run / "model.pt").symlink_to("/dev/zero")
+    assert not runs.regular_file(run / "model.pt")
+    with pytest.raises(ScwbError, match="not a plain file"):
+        runs.read_capped(run / "model.pt", 2**20)
+    labels = [b.label for b in app("results", run=run.name).get("download_button")]
+    assert "Model weights (.pt)" not in labels and "Metrics (JSON)" in labels
+    (run / "metrics.csv").unlink()
+    (run / "metrics.csv").symlink_to("/dev/zero")
+    assert runs.read_metrics_csv(run).empty
+    for name in ("gene_means.csv", "data.qc.npz"):
+        os.mkfifo(tmp_path / name)
+    npz, status = embedding.paths(tmp_path, "X_mlp")
+    runs.write_json(status, {"state": "done"})
+    os.mkfifo(npz)
+    assert embedding.read(tmp_path, "X_mlp")["state"] == "missing"
+    (run / "split.npz").unlink()
+    os.mkfifo(run / "split.npz")
+    assert seeds.test_cells(run) is None  # returns at once: a pipe is never opened
+    with pytest.raises(ScwbError, match="not a plain file"):
+        perturb.read_gene_means(tmp_path / "gene_means.csv")
+    assert summary.read_qc(tmp_path / "data.h5ad", pd.Index(["a"])) is None
+    with pytest.raises(ScwbError, match="larger than 4 bytes"):
+        (tmp_path / "big").write_bytes(b"12345")
+        runs.read_capped(tmp_path / "big", 4)
