@@ -68,8 +68,8 @@ def slurm_available() -> bool:
 # ----------------------------------------------------------------------------- helpers
 def _submitted_age_s(run_dir: Path, st: dict[str, Any]) -> float:
     ns = (runs.read_json(run_dir / "run.json", {}) or {}).get("submitted_ns")
-    if ns:
-        return time.time() - ns / 1e9
+    if isinstance(ns, int | float) and not isinstance(ns, bool) and 0 < ns < time.time() * 2e9:
+        return time.time() - ns / 1e9  # a hand-edited "yesterday" or 1e30 is not a time
     return file_age_s(run_dir / "status.json") or 0.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -42,11 +43,15 @@ def child_env() -> dict[str, str]:
 def pid_alive(pid: int | None, marker: str | None = None) -> bool:
     """Whether ``pid`` runs on this host (and, where /proc exists, is ours: its command line
     names ``marker``)."""
-    if not pid:
+    try:
+        pid = int(pid)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    if not 0 < pid < 2**31:  # 0 and -1 name process groups: os.kill(-1, 0) succeeds as root
         return False
     try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError, TypeError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -101,7 +106,11 @@ class Heartbeat:
 
 
 def scancel(job_id: str | None, *args: str) -> bool:
+    """Cancel SLURM job ``job_id`` (a number, or an array task ``12345_7``, nothing else: a
+    job id of '--me' read from a damaged status.json cancelled every job of the user)."""
     if not job_id or not shutil.which("scancel"):
+        return False
+    if not re.fullmatch(r"[0-9][0-9_]{0,40}", str(job_id)):
         return False
     try:
         return (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,9 +37,18 @@ def marker_devices(marker: Path) -> int:
     return int(marker.name.split("-", 3)[2])
 
 
+# what _marker_name writes: anything else in a queue folder is not a queued run (a stray
+# notes.txt stopped every submit and the dispatcher: a hostile-input pass)
+_MARKER = re.compile(r"[0-9]{20}-[^-/]+-[0-9]{1,4}-[^/]+")
+
+
 def queue_items(qdir: Path) -> list[Path]:
     try:
-        return sorted(p for p in Path(qdir).iterdir() if not p.name.startswith("."))
+        return sorted(
+            p
+            for p in Path(qdir).iterdir()
+            if not p.name.startswith(".") and _MARKER.fullmatch(p.name)
+        )
     except OSError:
         return []
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
+import re
 import secrets
 import stat
 import threading
@@ -192,9 +194,65 @@ def read_json(path: Path, default: Any = None) -> Any:
     return value
 
 
+# status.json's fields by type: a value of another type (hand-edited, another version, a
+# damaged file) is dropped when read, so no listing, sidebar or page meets it (one run's
+# supervisor_pid of 1e400 stopped every page and every run command: a hostile-input pass)
+_NUMBERS = (
+    "epoch", "max_epochs", "cells_per_s", "peak_memory_mb", "elapsed_s", "eta_s", "train_loss",
+    "val_loss", "resumed_after_epoch", "best_epoch",
+)  # fmt: skip
+_PIDS = ("pid", "supervisor_pid")
+_TEXTS = ("device", "error", "host", "launcher", "optimizer", "started", "finished", "updated")
+_FLAGS = ("stopped_early", "solver_converged", "computed", "corrupt", "requeued")
+_JOB_ID = re.compile(r"[0-9][0-9_]{0,40}")  # SLURM: 12345, an array task 12345_7
+
+
+def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
+    out = dict(status)
+    for k in _NUMBERS:
+        v = out.get(k)
+        if v is not None and not (
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and 0 <= v < 1e15
+        ):
+            del out[k]
+    for k in _PIDS:  # a pid of -1 or 0 names a process group: never "alive"
+        v = out.get(k)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31):
+            del out[k]
+    slot = out.get("slot")
+    if slot is not None and not (
+        isinstance(slot, int) and not isinstance(slot, bool) and 0 <= slot < 4096
+    ):
+        del out["slot"]
+    for k in _TEXTS:
+        if k in out and out[k] is not None and not isinstance(out[k], str):
+            out[k] = str(out[k])[:2000] if k == "error" else None
+    for k in ("started", "finished", "updated"):
+        if isinstance(out.get(k), str) and not _aware_time(out[k]):
+            out[k] = None  # a time without its zone could not be compared with now
+    for k in _FLAGS:
+        if k in out and not isinstance(out[k], bool):
+            del out[k]
+    job = out.get("job_id")
+    if job is not None and not (isinstance(job, str | int) and _JOB_ID.fullmatch(str(job))):
+        del out["job_id"]  # '--me' reached scancel as an option: every job of the user
+    return out
+
+
+def _aware_time(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
     """status.json, with an end recorded in place (``.end.json``, see ``record_end``) merged in
-    while status.json still shows the run active. Never writes."""
+    while status.json still shows the run active; fields of the wrong type dropped. Never
+    writes."""
     status = read_json(Path(run_dir) / "status.json")
     if not isinstance(status, dict) or status.get("state") not in STATES:
         return {"state": "failed", "error": "status.json is missing or corrupt", "corrupt": True}
@@ -202,7 +260,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         end = read_json(Path(run_dir) / END_FILE)
         if isinstance(end, dict) and end.get("state") in STATES and end["state"] not in ACTIVE:
             status = {**status, **end}
-    return status
+    return _clean_status(status)
 
 
 def peak_memory_mb(children: bool = False) -> int:

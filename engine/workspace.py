@@ -30,16 +30,27 @@ def home() -> Path:
     return root
 
 
-def datasets_dir() -> Path:
-    d = home() / "datasets"
-    d.mkdir(exist_ok=True)
+def _sub(name: str) -> Path:
+    """A folder of the workspace, made on first use; one line when it cannot be (a file in its
+    place, or a link to an unmounted disk, raised FileExistsError on every page)."""
+    d = home() / name
+    try:
+        d.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ScwbError(
+            f"{d} cannot be the workspace's {name} folder ({exc.strerror or exc})."
+        ) from None
+    if not d.is_dir():
+        raise ScwbError(f"{d} is not a folder: the workspace keeps its {name} there.")
     return d
+
+
+def datasets_dir() -> Path:
+    return _sub("datasets")
 
 
 def runs_dir() -> Path:
-    d = home() / "runs"
-    d.mkdir(exist_ok=True)
-    return d
+    return _sub("runs")
 
 
 def safe_name(name: str, what: str = "name") -> str:

@@ -19,6 +19,7 @@ from engine import jobs, models, runs
 from engine import progress as progress_text
 from engine.checks import human
 from ui import figures
+from ui.figures import esc
 from ui.sidebar import fmt_s
 from ui.state import ask_first, confirmed, ensure_app_navigation, show_error
 
@@ -251,15 +252,19 @@ def live() -> None:
             ss["results_run"] = ss["runs_open"] = sel
             st.rerun(scope="app")
         else:
-            st.error(f"Run {sel} has no results to open.")
+            st.error(f"Run {esc(sel)} has no results to open.")
     frac, text = progress(r)
-    st.subheader(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}")
+    # names from the data and the run's files are text, never Markdown (an image in a dataset's
+    # name was fetched by the browser: a hostile-input pass)
+    st.subheader(esc(f"{r.get('model') or '?'} on {r.get('dataset') or '?'} · {state}"))
     cps, peak = _num(r.get("cells_per_s")), _num(r.get("peak_memory_mb"))
     st.caption(
-        " · ".join(
-            [text, r.get("device") or "device not known yet"]
-            + ([f"{cps:,.0f} cells/s"] if cps else [])
-            + ([f"peak memory {human(peak * 2**20)}"] if peak else [])
+        esc(
+            " · ".join(
+                [text, r.get("device") or "device not known yet"]
+                + ([f"{cps:,.0f} cells/s"] if cps else [])
+                + ([f"peak memory {human(peak * 2**20)}"] if peak else [])
+            )
         )
     )
     if _kind(r.get("model", "")) == "sklearn":  # no epochs: an empty epoch chart says nothing
@@ -270,7 +275,7 @@ def live() -> None:
         except Exception as exc:  # a half-written or foreign metrics.csv: say so, never raise
             st.caption(f"No loss curve to draw ({type(exc).__name__}).")
     if state in ("failed", "interrupted"):
-        st.error(r.get("error") or "The run ended without a reason.")
+        st.error(esc(r.get("error") or "The run ended without a reason."))
         tail = runs.read_status(Path(r["path"])).get("log_tail")
         if tail:
             st.code(tail, language=None)

@@ -7,6 +7,7 @@ import os
 import streamlit as st
 
 from engine import jobs
+from ui.figures import esc
 
 
 @st.cache_resource(show_spinner=False)
@@ -49,7 +50,7 @@ def active_runs() -> None:
         st.caption("No run in progress.")
         return
     for r in active[:SHOWN]:
-        frac = min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1))
+        frac = max(0.0, min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1)))
         where = (
             f" · SLURM job {r['job_id']}"
             if r.get("launcher") == "slurm" and r.get("job_id")
@@ -62,7 +63,7 @@ def active_runs() -> None:
             if r["state"] == "running" and r["eta_s"] is not None
             else ""
         )
-        st.progress(frac, text=label)
+        st.progress(frac, text=esc(label))
     if len(active) > SHOWN:
         more = active[SHOWN:]
         st.caption(

@@ -1,0 +1,122 @@
+"""What the app reads back from its own workspace, damaged or hand-edited (a hostile-input
+pass): one run's status.json, a stray file in the queue, a file where a folder belongs. Each is
+one line or a value dropped, never every page and every run command stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import jobs, procs, queue, runs, workspace
+from engine.errors import ScwbError
+from tests.conftest import ROOT
+
+
+def _run(name: str, status: dict, spec: dict | None = None) -> Path:
+    d = workspace.runs_dir() / name
+    d.mkdir()
+    runs.write_json(d / "run.json", {"model": "mlp", "task": "classify", **(spec or {})})
+    runs.write_json(d / "status.json", status)
+    return d
+
+
+def _app(page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    return at
+
+
+@pytest.mark.parametrize(
+    "status, spec",
+    [
+        ({"state": "running", "supervisor_pid": 99999999999}, {}),
+        ({"state": "running", "supervisor_pid": 1e400}, {}),
+        ({"state": "running", "supervisor_pid": -1, "pid": 0}, {}),
+        ({"state": "queued"}, {"submitted_ns": "yesterday"}),
+        ({"state": "queued"}, {"submitted_ns": 1e30}),
+        ({"state": "running", "epoch": "abc", "max_epochs": -3, "device": ["cpu"]}, {}),
+        ({"state": "completed", "started": "2026-11-28T03:33:35", "epoch": 1e400}, {}),
+    ],
+)
+def test_one_damaged_status_stops_neither_the_app_nor_the_run_commands(status, spec):
+    d = _run("bad", status, spec)
+    _run("good", {"state": "completed", "epoch": 2, "max_epochs": 2})
+    rows = {r["id"]: r for r in jobs.list_jobs()}
+    assert set(rows) == {"bad", "good"}
+    row = rows["bad"]
+    for k in ("epoch", "max_epochs", "cells_per_s", "eta_s"):
+        assert row.get(k) is None or isinstance(row[k], int | float), (k, row[k])
+    assert row.get("device") is None or isinstance(row["device"], str)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "runs"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "good" in out.stdout, out.stderr
+    for page in ("data", "runs"):
+        at = _app(page)
+        assert not at.exception, (page, [e.message for e in at.exception])
+    # the run can be cancelled or deleted: one line, not a traceback
+    with contextlib.suppress(ScwbError):
+        jobs.cancel("bad")
+    jobs.wait(d, timeout=30)
+
+
+def test_a_pid_of_minus_one_or_zero_is_never_alive():
+    assert not procs.pid_alive(-1) and not procs.pid_alive(0) and not procs.pid_alive(1e400)
+    assert procs.pid_alive(os.getpid())
+
+
+def test_a_job_id_that_is_an_option_never_reaches_scancel(tmp_path, monkeypatch):
+    log = tmp_path / "called"
+    fake = tmp_path / "scancel"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert not procs.scancel("--me")
+    assert not log.exists()
+    assert procs.scancel("12345_7") and log.read_text().strip() == "12345_7"
+    d = _run("slurm", {"state": "queued", "launcher": "slurm", "job_id": "--me"})
+    assert "job_id" not in runs.read_status(d)  # dropped when read
+
+
+def test_a_stray_file_in_the_queue_folder_is_not_a_queued_run(lognorm_file):
+    from engine.spec import RunSpec
+
+    qdir = queue.queue_dir(workspace.runs_dir(), "somehost")
+    qdir.mkdir(parents=True)
+    (qdir / "notes.txt").write_text("x")
+    assert queue.queue_items(qdir) == []
+    run = jobs.submit(RunSpec(model="sk_logreg", data=lognorm_file, label_key="cell_type"))
+    assert jobs.wait(run, timeout=300)["state"] == "completed"
+
+
+def test_a_file_where_the_runs_folder_belongs_is_one_line():
+    (workspace.home() / "runs").write_text("not a folder")
+    with pytest.raises(ScwbError, match="is not a folder|cannot be the workspace"):
+        workspace.runs_dir()
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "runs"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_names_from_runs_are_text_on_the_runs_page():
+    _run(
+        "md",
+        {"state": "failed", "error": "![x](http://127.0.0.1:9/e.png)", "device": "**cpu**"},
+        {"dataset_name": "PBMC ![t](http://127.0.0.1:9/label.png)"},
+    )
+    at = _app("runs")
+    assert not at.exception
+    shown = json.dumps(
+        [e.value for kind in ("subheader", "error", "caption") for e in getattr(at, kind)]
+    )
+    assert "![t](" not in shown and "![x](" not in shown and "\\\\!\\\\[t\\\\]" in shown
