@@ -5,6 +5,8 @@ Run with ``make run``. Every action is an engine call (``engine/``); pages only 
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -105,5 +107,24 @@ nav = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     ]
 )
-sidebar.draw()
-nav.run()
+# the last net under every page: an error no page caught is one line, the traceback goes to
+# the server's log (a hand-edited run file gave Streamlit's redacted error box, and one read by
+# the sidebar gave it on every page: a hostile-input pass)
+try:
+    sidebar.draw()
+except Exception as exc:  # noqa: BLE001
+    if os.environ.get("SCWB_PAGE_ERRORS") == "raise":
+        raise
+    logging.getLogger("scworkbench").exception("the sidebar failed")
+    with st.sidebar:
+        show_error(exc)
+try:
+    nav.run()
+except Exception as exc:  # noqa: BLE001
+    if os.environ.get("SCWB_PAGE_ERRORS") == "raise":  # the tests: a crash stays a crash
+        raise
+    logging.getLogger("scworkbench").exception("page %s failed", nav.title)
+    show_error(exc)
+    st.caption(
+        "The page stopped here; what is saved is unchanged. The server's log has the details."
+    )

@@ -118,7 +118,13 @@ def _sd(v: np.ndarray) -> float:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A number a float holds (an int of 400 digits in a hand-edited metrics.json is not)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _hash(spec: dict[str, Any], keys: tuple[str, ...]) -> str:
@@ -167,7 +173,7 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
             continue
         try:
             seed = int(spec["seed"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue  # without its seed a run cannot be paired
         numbers = {k: float(v) for k, v in metrics.items() if _finite(v)}
         if not numbers:

@@ -14,6 +14,8 @@ quiet.library_warnings_off()  # the libraries' chatter; our own warnings stay vi
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 os.environ.setdefault("SCWB_CANCEL_GRACE_S", "20")
+# a page's uncaught error stays an exception in AppTest (the app shows it as one line)
+os.environ.setdefault("SCWB_PAGE_ERRORS", "raise")
 
 
 def shared_file(name: str) -> Path:

@@ -120,3 +120,46 @@ def test_names_from_runs_are_text_on_the_runs_page():
         [e.value for kind in ("subheader", "error", "caption") for e in getattr(at, kind)]
     )
     assert "![t](" not in shown and "![x](" not in shown and "\\\\!\\\\[t\\\\]" in shown
+
+
+def test_an_error_no_page_caught_is_one_line_and_the_log_has_it(monkeypatch, caplog):
+    """The last net under every page (in the tests SCWB_PAGE_ERRORS=raise keeps crashes as
+    exceptions, so that no test passes over one)."""
+    from engine import metric_names
+    from ui import sidebar
+
+    monkeypatch.delenv("SCWB_PAGE_ERRORS")
+    _run("ok", {"state": "completed", "epoch": 2, "max_epochs": 2})
+    runs.write_json(workspace.runs_dir() / "ok" / "metrics.json", {"test_accuracy": 0.9})
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(metric_names, "headline_first", broken)
+    monkeypatch.setattr(sidebar, "draw", broken)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = "ok"
+    at.run()
+    at.switch_page("pages/results.py").run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors.count("Unexpected RuntimeError: a bug") == 2, errors  # sidebar and page
+    assert any("The page stopped here" in c.value for c in at.caption)
+
+
+def test_compare_passes_over_a_seed_or_a_metric_no_float_holds(tmp_path):
+    from engine import seeds
+
+    dirs = []
+    for i, (seed, acc) in enumerate(((float("inf"), 0.9), (0, 10**400), (1, 0.8))):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        runs.write_json(d / "run.json", {"model": "mlp", "seed": 0, "label_key": "t"})
+        (d / "run.json").write_text(
+            json.dumps({"model": "mlp", "label_key": "t"})[:-1] + f', "seed": {json.dumps(seed)}}}'
+        )
+        (d / "metrics.json").write_text(f'{{"test_accuracy": {acc}, "test_f1_macro": 0.5}}')
+        runs.update_status(d, state="completed")
+        dirs.append(d)
+    (config,) = seeds.group(dirs)
+    assert config.seeds == [0, 1] and "test_accuracy" not in config.runs[0]
