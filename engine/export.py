@@ -17,6 +17,7 @@ from pathlib import Path
 
 import engine
 from engine import csvsafe, models, runs, workspace
+from engine.errors import ScwbError
 
 # fields a rerun must not inherit: where the data and the run folder were, and identity checks
 NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
@@ -36,6 +37,8 @@ def script(run_dir: str | Path, filename: str = "reproduce.py") -> str:
     from the raw data with the recorded preprocessing recipe (``--raw RAW.h5ad``)."""
     run_dir = Path(run_dir)
     record = runs.read_json(run_dir / "run.json", {}) or {}
+    if not record.get("model"):  # a script of '{}' replays nothing (a run deleted meanwhile)
+        raise ScwbError(f"Run {run_dir.name} has no readable run.json (deleted?): no script.")
     spec = {
         k: record[k]
         for k in _spec_fields()
@@ -201,6 +204,8 @@ def bundle(run_dir: str | Path) -> bytes:
     """The run folder (results, the stored sample, model, metrics, split, spec) and the script,
     zipped in memory (the app's download). Compressed files (.h5ad, .pt) are stored as they
     are: deflating a million-cell results file again costs minutes and saves little."""
+    if not (Path(run_dir) / "run.json").is_file():
+        raise ScwbError(f"Run {Path(run_dir).name} is gone (deleted?): nothing to zip.")
     buf = _io.BytesIO()
     _pack(Path(run_dir), buf)
     return buf.getvalue()
@@ -291,6 +296,8 @@ def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
 
 def metrics_csv(run_dir: str | Path) -> str:
     metrics = runs.read_json(Path(run_dir) / "metrics.json", {}) or {}
+    if not metrics:  # a header alone read as a run without metrics (a run deleted meanwhile)
+        raise ScwbError(f"Run {Path(run_dir).name} has no readable metrics.json (deleted?).")
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

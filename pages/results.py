@@ -65,6 +65,7 @@ if request is None and st.query_params.get("run") != st.session_state.get("_resu
     request = st.query_params.get("run")
 if request in by_id:
     st.session_state["results_pick"] = request
+gone = request if request is not None and request not in by_id else None
 if st.session_state.get("results_pick") not in by_id:
     last = st.session_state.get("results_run")
     st.session_state["results_pick"] = (
@@ -80,6 +81,11 @@ run_id = st.selectbox(
     format_func=lambda i: f"{i} · {by_id[i]['model']} on {by_id[i]['dataset']}",
 )
 st.session_state["results_run"] = run_id
+if gone is not None:  # a link to a deleted run showed another one without a word
+    st.warning(
+        f"There is no run {esc(str(gone)[:200])} (deleted, or a link from another workspace): "
+        f"showing {esc(run_id)} instead."
+    )
 if st.query_params.get("run") != run_id:  # each write is a browser history entry (Back)
     st.query_params["run"] = run_id
 st.session_state["_results_shown"] = run_id

@@ -163,3 +163,25 @@ def test_compare_passes_over_a_seed_or_a_metric_no_float_holds(tmp_path):
         dirs.append(d)
     (config,) = seeds.group(dirs)
     assert config.seeds == [0, 1] and "test_accuracy" not in config.runs[0]
+
+
+def test_a_link_to_a_deleted_run_says_so_and_its_downloads_refuse(tmp_path):
+    """A hostile-input pass: Results opened on a deleted run's link showed the newest run
+    without a word; a download clicked after the run was deleted in another tab gave a zip of
+    a script replaying '{}' and a CSV of its header alone."""
+    from engine import export
+
+    _run("kept", {"state": "completed", "epoch": 2, "max_epochs": 2})
+    runs.write_json(workspace.runs_dir() / "kept" / "metrics.json", {"test_accuracy": 0.9})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = "deleted-run"
+    at.run()
+    at.switch_page("pages/results.py").run()
+    assert not at.exception
+    (warning,) = [w.value for w in at.warning if "There is no run" in w.value]
+    assert "deleted\\-run" in warning and "showing kept instead" in warning
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for call in (export.script, export.metrics_csv, export.bundle):
+        with pytest.raises(ScwbError, match="deleted"):
+            call(gone)
