@@ -136,6 +136,13 @@ st.caption(
             f"data {spec.get('dataset_name') or row.get('dataset')}" + _shape(spec),
             f"seed {spec.get('seed')}",
             f"device {spec.get('device_name') or status.get('device') or '?'}",
+            # how it was split and what was removed as batch: said, not only in run.json
+            *([f"held-out groups of {spec['split_by']}"] if spec.get("split_by") else []),
+            *(
+                [f"batch key {spec['params']['batch_key']}"]
+                if isinstance(spec.get("params"), dict) and spec["params"].get("batch_key")
+                else []
+            ),
         )
     )
 )

@@ -492,6 +492,13 @@ for n in picked:
                     key=wkey,
                 )
                 params[n][key] = v
+                if v and v == spec_kw.get("split_by"):
+                    st.warning(
+                        f"{esc(v)} is also what is held out for testing: the test groups' "
+                        "batches are never seen in training, so the model cannot remove "
+                        "them there. Hold out by another column, or pick no batch key to "
+                        "see how far a new batch moves the latent space."
+                    )
                 if v and v in (defaults.cell_type_column(d), spec_kw.get("label_key")):
                     st.warning(
                         f"{esc(v)} looks like cell types: as the batch, the differences between "

@@ -558,6 +558,11 @@ def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata)
     assert batch.options[1 : 1 + len(groups)] == groups and "donor" in groups
     batch.set_value("cell_type").run()
     assert any("cell\\_type looks like cell types" in w.value for w in at.warning)
+    # a browser pass: the batch key also held out for testing trained without a word
+    batch.set_value("donor").run()
+    assert not any("is also what is held out" in w.value for w in at.warning)
+    box(at, "Test on").set_value("donor").run()
+    assert any("donor is also what is held out for testing" in w.value for w in at.warning)
 
 
 def test_perturb_form_warns_when_the_cell_type_column_follows_the_condition(seurat_like, submitted):

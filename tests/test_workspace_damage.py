@@ -185,3 +185,17 @@ def test_a_link_to_a_deleted_run_says_so_and_its_downloads_refuse(tmp_path):
     for call in (export.script, export.metrics_csv, export.bundle):
         with pytest.raises(ScwbError, match="deleted"):
             call(gone)
+
+
+def test_results_says_the_split_and_the_batch_key_a_run_used():
+    """A browser pass: a VAE's batch key and its held-out groups were only in run.json."""
+    spec = {"model": "vae", "task": "embed", "seed": 0, "split_by": "donor",
+            "params": {"batch_key": "sample_id"}}  # fmt: skip
+    _run("vae-run", {"state": "completed", "epoch": 2, "max_epochs": 2}, spec)
+    runs.write_json(workspace.runs_dir() / "vae-run" / "metrics.json", {"test_elbo": -1.0})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = "vae-run"
+    at.run()
+    at.switch_page("pages/results.py").run()
+    said = " ".join(c.value for c in at.caption)
+    assert "held\\-out groups of donor · batch key sample\\_id" in said, said
