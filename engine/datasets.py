@@ -332,10 +332,12 @@ def list_datasets() -> list[dict[str, Any]]:
                 "path": str(p),
                 "size_mb": round(st.st_size / 2**20, 2),
                 "mtime": st.st_mtime,
+                # a hand-edited metadata file: text as text, counts as counts, else None
                 **{
-                    k: m.get(k)
-                    for k in ("source", "parent", "created", "n_obs", "n_vars", "x_kind")
+                    k: m.get(k) if isinstance(m.get(k), str) else None
+                    for k in ("source", "parent", "created", "x_kind")
                 },
+                **{k: m.get(k) if type(m.get(k)) is int else None for k in ("n_obs", "n_vars")},
             }
         )
     rows.sort(key=lambda r: r["mtime"], reverse=True)
@@ -400,6 +402,8 @@ def delete(key: str) -> None:
     """Delete dataset ``key``; refused while a queued or running run uses it."""
     check_deletable(key)
     p = path(check_key(key))
+    if p.is_dir() and not p.is_symlink():  # not what the workspace writes: said, not removed
+        raise ScwbError(f"{p} is a folder, not a dataset file: remove it by hand.")
     p.unlink(missing_ok=True)
     summary.remove_qc(p)
     _meta_path(key).unlink(missing_ok=True)

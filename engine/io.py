@@ -121,6 +121,8 @@ def _read_path(path: Path, display: str) -> ad.AnnData:
                 "(anndata.read_zarr(...).write_h5ad(...)) and load that."
             )
         return _read_mtx_dir(path, display)
+    if not path.is_file():  # a named pipe, a device or a socket: never opened
+        raise ScwbError(f"{Path(display).name} is not a regular file (a pipe or a device?).")
     if path.stat().st_size == 0:
         raise ScwbError(f"{Path(display).name} is empty (0 bytes).")
     if suffix in (".pkl", ".pickle", ".pt", ".pth", ".joblib"):

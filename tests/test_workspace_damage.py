@@ -199,3 +199,29 @@ def test_results_says_the_split_and_the_batch_key_a_run_used():
     at.switch_page("pages/results.py").run()
     said = " ".join(c.value for c in at.caption)
     assert "held\\-out groups of donor · batch key sample\\_id" in said, said
+
+
+def test_dataset_files_hand_edited_or_replaced_are_one_line(lognorm_adata, tmp_path):
+    from engine import datasets
+
+    key = datasets.save(lognorm_adata, "pbmc")
+    meta = workspace.datasets_dir() / f"{key}.json"
+    runs.write_json(meta, {**runs.read_json(meta, {}), "x_kind": ["counts"], "n_obs": "many"})
+    (row,) = datasets.list_datasets()
+    assert row["x_kind"] is None and row["n_obs"] is None
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "datasets", "list"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and key in out.stdout, out.stderr
+    h5ad = workspace.datasets_dir() / f"{key}.h5ad"
+    h5ad.unlink()
+    h5ad.mkdir()
+    with pytest.raises(ScwbError, match="is a folder, not a dataset file"):
+        datasets.delete(key)
+    fifo = tmp_path / "pipe.h5ad"
+    os.mkfifo(fifo)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "info", str(fifo)], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "is not a regular file" in out.stderr, out.stderr
