@@ -365,7 +365,7 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     ok(at)
     assert at.selectbox(key="run_selected").value == "2020-01-01-older"
     assert not button(at, "Open results").disabled
-    assert at.subheader[0].value.startswith("sk_logreg")
+    assert at.subheader[0].value.startswith("sk\\_logreg")  # Markdown-escaped names
     assert any(c.value.startswith("fitted in one step") for c in at.caption)
     # deleting the selected run moves the selection to one that exists
     button(at, "Delete run").click().run()
@@ -464,8 +464,9 @@ def test_sidebar_lists_the_running_run_first_and_says_how_many_more(monkeypatch)
     monkeypatch.setattr(sidebar, "jobs", fake)  # the sidebar's view only: the pages see none
     at = app("data")
     shown = [p.proto.text for p in at.get("progress")]
-    assert shown[0].startswith("logreg-b571 · seed 0 · running · ETA")
-    assert shown[1:] == [f"mlp-{i:04x} · seed {i % 3} · queued" for i in range(1, 6)]
+    # Markdown-escaped (a run id is text)
+    assert shown[0].startswith("logreg\\-b571 · seed 0 · running · ETA")
+    assert shown[1:] == [f"mlp\\-{i:04x} · seed {i % 3} · queued" for i in range(1, 6)]
     assert "+ 3 more (3 queued): see the Runs page." in [c.value for c in at.sidebar.caption]
 
 
