@@ -29,7 +29,18 @@ tasks = sorted({r["task"] for r in done if r["task"] in registry.TASKS})
 if not tasks:
     st.info("No finished run to compare yet.")
     st.stop()
-task = st.radio("Task", tasks, format_func=registry.TASKS.get, horizontal=True)
+# the task and runs picked are in the address: a browser refresh keeps them (they went back
+# to the defaults: a browser pass); a default is not written (each write is a press of Back)
+asked_task = st.query_params.get("task")
+task = st.radio(
+    "Task",
+    tasks,
+    index=tasks.index(asked_task) if asked_task in tasks else 0,
+    format_func=registry.TASKS.get,
+    horizontal=True,
+)
+if task != asked_task and (asked_task is not None or task != tasks[0]):
+    st.query_params["task"] = task
 of_task = [r for r in done if r["task"] == task]
 
 
@@ -48,7 +59,10 @@ for r in of_task:
 default = next((ids for ids in groups.values() if len(ids) >= 2), None) or [
     r["id"] for r in sorted(of_task, key=lambda r: r["state"] != "completed")[:2]
 ]
-chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get)
+asked_runs = [r for r in st.query_params.get_all("run") if r in labels]
+chosen = st.multiselect("Runs", list(labels), default=asked_runs or default, format_func=labels.get)
+if chosen != (asked_runs or default):
+    st.query_params["run"] = chosen
 if not chosen:
     st.stop()
 

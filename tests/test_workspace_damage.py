@@ -225,3 +225,26 @@ def test_dataset_files_hand_edited_or_replaced_are_one_line(lognorm_adata, tmp_p
         timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "is not a regular file" in out.stderr, out.stderr
+
+
+def test_compare_keeps_its_task_and_runs_over_a_refresh():
+    """A browser pass: a refresh put Compare back on its first task and two newest runs."""
+    for i, (model, task) in enumerate((("mlp", "classify"),) * 3 + (("vae", "embed"),)):
+        d = _run(f"r{i}", {"state": "completed", "epoch": 2, "max_epochs": 2},
+                 {"model": model, "task": task, "seed": i})  # fmt: skip
+        runs.write_json(d / "metrics.json", {"test_accuracy": 0.9, "latent_knn_accuracy": 0.8})
+    at = _app("compare")
+    assert "task" not in at.query_params and "run" not in at.query_params  # defaults unwritten
+    at.multiselect[0].set_value(["r0", "r2"]).run()
+    assert at.query_params["run"] == ["r0", "r2"]
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    again.query_params["run"] = ["r0", "r2", "gone"]
+    again.run()
+    again.switch_page("pages/compare.py").run()
+    assert not again.exception
+    assert again.multiselect[0].value == ["r0", "r2"]
+    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    fresh.query_params["task"] = "embed"
+    fresh.run()
+    fresh.switch_page("pages/compare.py").run()
+    assert fresh.radio[0].value == "embed" and fresh.multiselect[0].value == ["r3"]
