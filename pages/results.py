@@ -648,12 +648,16 @@ if res_info is not None and task in ("reconstruct", "embed"):
             by = spec.get("label_key") if spec.get("label_key") in colour_opts else None
             levels = [c for c in obs_levels(str(res_path), mtime) if c != scwb.get("split_key")]
             by = by or next(iter(levels), None)
+            asked = st.query_params.get("colour")  # kept over a refresh (a browser pass)
+            pick = asked if asked in colour_opts else by
             color = st.selectbox(
                 "Colour the latent UMAP by",
                 colour_opts,
-                index=colour_opts.index(by) if by in colour_opts else 0,
+                index=colour_opts.index(pick) if pick in colour_opts else 0,
                 key="umap_color",
             )
+            if color != asked and (asked is not None or color != by):
+                st.query_params["colour"] = color
             st.page_link(
                 "pages/explore.py",
                 label="Colour by a gene, or compare with other embeddings, on Explore",

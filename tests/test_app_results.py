@@ -995,6 +995,16 @@ def test_results_group_and_colour_by_a_category_not_a_measurement(lognorm_adata)
     assert group.value == "cluster"
     assert at.selectbox(key="umap_color").value == "cluster"
     assert "n_genes" in at.selectbox(key="umap_color").options  # still a colour to choose
+    assert "colour" not in at.query_params  # the default is not written
+    # a browser pass: a refresh put the UMAP's colour back to the default
+    at.selectbox(key="umap_color").set_value("batch_no").run()
+    assert at.query_params["colour"] in ("batch_no", ["batch_no"])
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    again.query_params["run"] = run.name
+    again.query_params["colour"] = "batch_no"
+    again.run()
+    again.switch_page("pages/results.py").run()
+    assert again.selectbox(key="umap_color").value == "batch_no"
 
 
 def test_metric_tables_put_the_headline_first():
