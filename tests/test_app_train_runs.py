@@ -32,6 +32,17 @@ def app(page: str | None = None) -> AppTest:
     return at
 
 
+def reopen(page: str, **params) -> AppTest:
+    """``page`` opened in a new session on an address with ``params`` (a browser refresh)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"pages/{page}.py").run()
+    ok(at)
+    return at
+
+
 def ok(at) -> None:
     assert not at.exception, [e.message for e in at.exception]
     assert not [e.value for e in at.error], [e.value for e in at.error]
@@ -156,19 +167,10 @@ def test_train_task_survives_a_browser_refresh(seurat_like):
     assert "task" not in at.query_params
     at.radio[0].set_value("perturb").run()
     assert at.query_params["task"] in ("perturb", ["perturb"])
-    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
-    again.query_params["task"] = "perturb"
-    again.run()
-    again.switch_page("pages/train.py").run()
-    ok(again)
+    again = reopen("train", task="perturb")
     assert again.radio[0].value == "perturb"
     assert box(again, "Cell type to predict")  # the perturbation form, not the classifier's
-    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
-    fresh.query_params["task"] = "no-such-task"
-    fresh.run()
-    fresh.switch_page("pages/train.py").run()
-    ok(fresh)
-    assert fresh.radio[0].value == "classify"
+    assert reopen("train", task="no-such-task").radio[0].value == "classify"
 
 
 def _slow_earlier_run(model: str, cells_per_s: float) -> None:
@@ -481,11 +483,7 @@ def test_runs_page_keeps_the_picked_run_over_a_refresh():
     assert "run" not in at.query_params
     at.selectbox(key="run_selected").set_value("2020-01-01-older").run()
     assert at.query_params["run"] in ("2020-01-01-older", ["2020-01-01-older"])
-    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
-    again.query_params["run"] = "2020-01-01-older"
-    again.run()
-    again.switch_page("pages/runs.py").run()
-    ok(again)
+    again = reopen("runs", run="2020-01-01-older")
     assert again.selectbox(key="run_selected").value == "2020-01-01-older"
 
 
