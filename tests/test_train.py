@@ -363,6 +363,11 @@ def test_run_writes_results_without_copying_its_input(
         (lambda m: m["setup"].update(var_names=[{"a": 1}]), "gene names are not a list"),
         (lambda m: m["setup"].update(classes=None), "names no two classes"),
         (lambda m: m["setup"].update(classes=["A"]), "names no two classes"),
+        (lambda m: m["setup"].update(classes=["A", "B", "A", "C"]), "names a class twice"),
+        (
+            lambda m: m["setup"].update(var_names=["HES4"] * len(m["setup"]["var_names"])),
+            "names a gene twice",
+        ),
         (lambda m: m.update(model=["mlp"]), "does not describe a model"),
     ],
 )

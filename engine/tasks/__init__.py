@@ -62,6 +62,10 @@ def load(run_dir: str | Path):
         or not all(isinstance(c, str | int | float) for c in classes)
     ):
         raise ScwbError(f"{damaged} (it names no two classes): train the run again.")
+    if isinstance(classes, list) and len({str(c) for c in classes}) != len(classes):
+        raise ScwbError(f"{damaged} (it names a class twice): train the run again.")
+    if len(set(names)) != len(names):  # 'HES4' for every gene aligned any data silently
+        raise ScwbError(f"{damaged} (it names a gene twice): train the run again.")
     try:  # the sizes it names are built before any weight is read: never past the budget
         n_in = int(meta.get("n_in") or len(names))
         n_out = len(classes or [])
