@@ -425,12 +425,18 @@ def repeated_splits(configs: list[Config]) -> list[str]:
         repeats = [v for v in same.values() if len(v) > 1]
         if not repeats:
             continue
-        which = "; ".join(", ".join(map(str, v)) for v in repeats)
+
+        def seeds_text(v: list[int]) -> str:
+            return ", ".join(map(str, v[:-1])) + f" and {v[-1]}"
+
+        which = f"seeds {seeds_text(repeats[0])} were scored on the same test cells" + "".join(
+            f", seeds {seeds_text(v)} on other shared ones" for v in repeats[1:]
+        )
         n_splits = len(same) + sum(1 for s in c.seeds if s not in c.tests)
         out.append(
-            f"{c.label or c.model}: seeds {which} were scored on the same test cells, so its "
-            f"{len(c.runs)} seeds hold {n_splits} different split{'s' if n_splits != 1 else ''} "
-            "and its ± leaves out how much the split moves the score."
+            f"{c.label or c.model}: {which}, so its {len(c.runs)} seeds hold {n_splits} "
+            f"different split{'s' if n_splits != 1 else ''} and its ± leaves out how much the "
+            "split moves the score."
         )
     return out
 

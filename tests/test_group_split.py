@@ -218,6 +218,6 @@ def test_seeds_scored_on_the_same_cells_are_said(tmp_path):
         np.savez(d / "split.npz", train=np.array([0]), val=np.array([9]), test=np.array(test))
         dirs.append(d)
     (line,) = seeds.repeated_splits(seeds.group(dirs))
-    assert "seeds 0, 2, 4 were scored on the same test cells" in line
+    assert "seeds 0, 2 and 4 were scored on the same test cells, so its" in line
     assert "5 seeds hold 3 different splits" in line
     assert seeds.repeated_splits(seeds.group(dirs[:2])) == []
