@@ -18,6 +18,7 @@ from pathlib import Path
 import engine
 from engine import csvsafe, models, runs, workspace
 from engine.errors import ScwbError
+from engine.spec import with_earlier_defaults
 
 # fields a rerun must not inherit: where the data and the run folder were, and identity checks
 NOT_REPLAYED = ("data", "out", "task", "dataset_key", "data_fingerprint", "launcher")
@@ -39,13 +40,12 @@ def script(run_dir: str | Path, filename: str = "reproduce.py") -> str:
     record = runs.read_json(run_dir / "run.json", {}) or {}
     if not record.get("model"):  # a script of '{}' replays nothing (a run deleted meanwhile)
         raise ScwbError(f"Run {run_dir.name} has no readable run.json (deleted?): no script.")
+    record = with_earlier_defaults(record)  # e.g. the split scheme of a run made before it
     spec = {
         k: record[k]
         for k in _spec_fields()
         if k in record and k not in NOT_REPLAYED and record[k] not in (None, "", {}, [])
     }
-    if spec.get("split_by") and "group_split" not in record:
-        spec["group_split"] = "shuffle"  # how seeds drew held-out groups before 2026-11-28
     # the parameters as it ran, also for a run saved before a parameter existed
     params = models.recorded_params(spec.get("model"), spec.get("params") or {})
     if params:

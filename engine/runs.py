@@ -198,12 +198,13 @@ def read_json(path: Path, default: Any = None) -> Any:
 # damaged file) is dropped when read, so no listing, sidebar or page meets it (one run's
 # supervisor_pid of 1e400 stopped every page and every run command: a hostile-input pass)
 _NUMBERS = (
-    "epoch", "max_epochs", "cells_per_s", "peak_memory_mb", "elapsed_s", "eta_s", "train_loss",
-    "val_loss", "resumed_after_epoch", "best_epoch",
+    "epoch", "max_epochs", "cells_per_s", "peak_memory_mb", "elapsed_s", "eta_s",
+    "resumed_after_epoch", "best_epoch", "requeued",
 )  # fmt: skip
+_LOSSES = ("train_loss", "val_loss")  # a Gaussian likelihood's loss can be below 0
 _PIDS = ("pid", "supervisor_pid")
 _TEXTS = ("device", "error", "host", "launcher", "optimizer", "started", "finished", "updated")
-_FLAGS = ("stopped_early", "solver_converged", "computed", "corrupt", "requeued")
+_FLAGS = ("stopped_early", "solver_converged", "computed", "corrupt")
 _JOB_ID = re.compile(r"[0-9][0-9_]{0,40}")  # SLURM: 12345, an array task 12345_7
 
 
@@ -216,6 +217,12 @@ def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
             and not isinstance(v, bool)
             and math.isfinite(v)
             and 0 <= v < 1e15
+        ):
+            del out[k]
+    for k in _LOSSES:
+        v = out.get(k)
+        if v is not None and not (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         ):
             del out[k]
     for k in _PIDS:  # a pid of -1 or 0 names a process group: never "alive"

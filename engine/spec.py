@@ -226,8 +226,18 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        """A spec from a run.json, also one written before a field existed (a run resumed after
+        an upgrade trains on the split it started with)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in with_earlier_defaults(d).items() if k in names})
+
+
+def with_earlier_defaults(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (a run.json) with the values its version meant for fields added later: held-out
+    groups were drawn at random by the seed before ``group_split`` existed (2026-11-28)."""
+    if record.get("split_by") and "group_split" not in record:
+        return {**record, "group_split": "shuffle"}
+    return record
 
 
 def parse_train_on(value: Any) -> dict[str, list[str]] | None:

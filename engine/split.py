@@ -78,16 +78,22 @@ def group_split(
         )
     n_test, n_val = _group_shares(k, val, test)
     part_of = np.full(k, "train", dtype=object)
+    if scheme == "rotate":  # a block may hold one group more than n_test: validation fits
+        n_val = min(n_val, k - 1 - -(-k // distinct_group_splits(k, val, test)))
     if scheme == "shuffle":
         order = np.random.default_rng(seed).permutation(k)
         part_of[order[:n_test]] = "test"
         part_of[order[n_test : n_test + n_val]] = "val"
     elif scheme == "rotate":
-        cycle, fold = divmod(int(seed), k // n_test)
-        # one order of the (sorted) group names for every seed: test blocks never overlap
+        n_blocks = distinct_group_splits(k, val, test)
+        cycle, fold = divmod(int(seed), n_blocks)
+        # one order of the (sorted) group names for every seed, cut into near-equal blocks that
+        # never overlap and together hold every group (17 groups, 2 a test: 8 blocks of 2 or 3;
+        # blocks of 2 alone left one group out of every test)
         order = np.random.default_rng(0).permutation(k)
-        test_ids = order[fold * n_test : (fold + 1) * n_test]
-        rest = np.concatenate([order[(fold + 1) * n_test :], order[: fold * n_test]])
+        blocks = np.array_split(order, n_blocks)
+        test_ids = blocks[fold]
+        rest = np.concatenate([*blocks[fold + 1 :], *blocks[:fold]])
         part_of[test_ids] = "test"
         # the block after the test one validates; each later round of seeds moves it on
         part_of[np.roll(rest, -cycle * n_val)[:n_val]] = "val"
@@ -110,7 +116,7 @@ def distinct_group_splits(k: int, val: float = 0.1, test: float = 0.1) -> int:
     return k // _group_shares(k, val, test)[0] if k >= 3 else 0
 
 
-def test_groups(names: list[str], seeds: list[int], scheme: str = "rotate") -> dict[int, tuple]:
+def groups_tested(names: list[str], seeds: list[int], scheme: str = "rotate") -> dict[int, tuple]:
     """The groups each seed tests on, for groups named ``names`` (a form says before Submit
     how many different test sets a range of seeds gives)."""
     names = sorted(set(map(str, names)))

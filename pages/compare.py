@@ -31,14 +31,12 @@ if not tasks:
     st.stop()
 # the task and runs picked are in the address: a browser refresh keeps them (they went back
 # to the defaults: a browser pass); a default is not written (each write is a press of Back)
+# (fixed widget keys, seeded from the address once: a default taken from the address gave the
+# widget a new identity after each write, and the next click was lost)
 asked_task = st.query_params.get("task")
-task = st.radio(
-    "Task",
-    tasks,
-    index=tasks.index(asked_task) if asked_task in tasks else 0,
-    format_func=registry.TASKS.get,
-    horizontal=True,
-)
+if st.session_state.get("cmp_task") not in tasks:
+    st.session_state["cmp_task"] = asked_task if asked_task in tasks else tasks[0]
+task = st.radio("Task", tasks, key="cmp_task", format_func=registry.TASKS.get, horizontal=True)
 if task != asked_task and (asked_task is not None or task != tasks[0]):
     st.query_params["task"] = task
 of_task = [r for r in done if r["task"] == task]
@@ -60,8 +58,13 @@ default = next((ids for ids in groups.values() if len(ids) >= 2), None) or [
     r["id"] for r in sorted(of_task, key=lambda r: r["state"] != "completed")[:2]
 ]
 asked_runs = [r for r in st.query_params.get_all("run") if r in labels]
-chosen = st.multiselect("Runs", list(labels), default=asked_runs or default, format_func=labels.get)
-if chosen != (asked_runs or default):
+runs_key = f"cmp_runs:{task}"
+if runs_key not in st.session_state:
+    st.session_state[runs_key] = asked_runs or default
+else:  # a run deleted meanwhile is no option any more
+    st.session_state[runs_key] = [r for r in st.session_state[runs_key] if r in labels]
+chosen = st.multiselect("Runs", list(labels), key=runs_key, format_func=labels.get)
+if chosen != asked_runs and (asked_runs or chosen != default):
     st.query_params["run"] = chosen
 if not chosen:
     st.stop()

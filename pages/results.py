@@ -242,7 +242,7 @@ def shortened_note() -> str | None:
     who = {
         "budget": "the Train page shortened them to its time budget on a CPU",
         "user": "the cap was set when it was submitted",
-    }.get(spec.get("epochs_set_by"), "a cap set on Train, or its time budget on a CPU")
+    }.get(str(spec.get("epochs_set_by")), "a cap set on Train, or its time budget on a CPU")
     return (
         f"Trained to its cap of {cut[0]} epoch{'s' if cut[0] != 1 else ''}, fewer than the "
         f"{cut[1]} of the model's published defaults ({who})."

@@ -290,9 +290,10 @@ with st.container(border=True):
             spec_kw["split_by"] = split_by
             n_groups = len(d["labels"].get(split_by) or {})
             counts = d["labels"].get(split_by) or {}
-            if n_groups >= 3 and sum(counts.values()) == d["n_obs"]:  # every group counted
-                seed0 = int(ss.get("seed") or ss.get("keep:seed") or 0)
-                n_train = split_mod.group_part_sizes(counts, seed0)["train"]
+            # every group counted, and no training subset (its own count stands)
+            if n_groups >= 3 and sum(counts.values()) == d["n_obs"] and not spec_kw.get("train_on"):
+                seed0 = current("seed")
+                n_train = split_mod.group_part_sizes(counts, int(seed0 or 0))["train"]
             st.caption(
                 f"{n_groups} groups of {esc(split_by)}: whole groups go to test and to "
                 "validation (a tenth of the groups each, at least one), the seed picks which; "
@@ -422,7 +423,7 @@ with st.container(border=True):
         held = ""
         names = list(d["labels"].get(spec_kw.get("split_by") or "") or {})
         if len(names) >= 3:
-            tested = split_mod.test_groups(names, list(range(seed, seed + n_seeds)))
+            tested = split_mod.groups_tested(names, list(range(seed, seed + n_seeds)))
             n_sets = len(set(tested.values()))
             held = (
                 f" Each tests other groups of {esc(spec_kw['split_by'])}."

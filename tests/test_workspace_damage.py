@@ -227,9 +227,21 @@ def test_dataset_files_hand_edited_or_replaced_are_one_line(lognorm_adata, tmp_p
     assert out.returncode == 2 and "is not a regular file" in out.stderr, out.stderr
 
 
+def _reopen(page: str, **params) -> AppTest:
+    """``page`` in a new session on an address with ``params`` (a browser refresh)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
 def test_compare_keeps_its_task_and_runs_over_a_refresh():
-    """A browser pass: a refresh put Compare back on its first task and two newest runs."""
-    for i, (model, task) in enumerate((("mlp", "classify"),) * 3 + (("vae", "embed"),)):
+    """A browser pass: a refresh put Compare back on its first task and two newest runs. A
+    review: with the address as the widgets' default, every second click was lost."""
+    for i, (model, task) in enumerate((("mlp", "classify"),) * 4 + (("vae", "embed"),) * 2):
         d = _run(f"r{i}", {"state": "completed", "epoch": 2, "max_epochs": 2},
                  {"model": model, "task": task, "seed": i})  # fmt: skip
         runs.write_json(d / "metrics.json", {"test_accuracy": 0.9, "latent_knn_accuracy": 0.8})
@@ -237,14 +249,27 @@ def test_compare_keeps_its_task_and_runs_over_a_refresh():
     assert "task" not in at.query_params and "run" not in at.query_params  # defaults unwritten
     at.multiselect[0].set_value(["r0", "r2"]).run()
     assert at.query_params["run"] == ["r0", "r2"]
-    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    again.query_params["run"] = ["r0", "r2", "gone"]
-    again.run()
-    again.switch_page("pages/compare.py").run()
-    assert not again.exception
-    assert again.multiselect[0].value == ["r0", "r2"]
-    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    fresh.query_params["task"] = "embed"
-    fresh.run()
-    fresh.switch_page("pages/compare.py").run()
-    assert fresh.radio[0].value == "embed" and fresh.multiselect[0].value == ["r3"]
+    at.multiselect[0].set_value(["r0", "r2", "r3"]).run()  # a second click in a row
+    at.multiselect[0].set_value(["r0", "r1", "r2", "r3"]).run()
+    assert at.multiselect[0].value == ["r0", "r1", "r2", "r3"]
+    assert at.query_params["run"] == ["r0", "r1", "r2", "r3"]
+    at.radio[0].set_value("embed").run()
+    at.radio[0].set_value("classify").run()
+    at.radio[0].set_value("embed").run()
+    assert at.radio[0].value == "embed" and at.query_params["task"] in ("embed", ["embed"])
+    assert _reopen("compare", run=["r0", "r2", "gone"]).multiselect[0].value == ["r0", "r2"]
+    fresh = _reopen("compare", task="embed")
+    assert fresh.radio[0].value == "embed" and fresh.multiselect[0].value == ["r5", "r4"]
+
+
+def test_status_fields_the_engine_writes_survive_the_cleaning():
+    """A review: the cleaning dropped the SLURM requeue count (an int) and a Gaussian VAE's
+    negative losses; slot 0 and an array task's job id are kept too."""
+    d = _run(
+        "ok",
+        {"state": "queued", "requeued": 2, "train_loss": -3.5, "val_loss": -1.0, "slot": 0,
+         "job_id": "12345_7", "started": runs.now(), "stopped_early": True},
+    )  # fmt: skip
+    st = runs.read_status(d)
+    assert (st["requeued"], st["train_loss"], st["val_loss"], st["slot"]) == (2, -3.5, -1.0, 0)
+    assert st["job_id"] == "12345_7" and st["stopped_early"] is True and st["started"]
