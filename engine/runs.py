@@ -168,6 +168,7 @@ def read_capped(path: str | Path, max_bytes: int) -> bytes:
 
     if not regular_file(path):
         raise ScwbError(f"{Path(path).name} is not a plain file of the run folder: not read.")
+    max_bytes = int(max_bytes)  # a limit of MB x 2**20 may come as a float
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(max_bytes + 1)

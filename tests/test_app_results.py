@@ -1029,7 +1029,7 @@ def test_run_files_that_are_links_pipes_or_devices_are_never_read(dataset, tmp_p
     from engine.errors import ScwbError
 
     run = _finished(dataset, "mlp", label_key="cell_type", epochs=2)
-    assert runs.regular_file(run / "model.pt") and len(runs.read_capped(run / "model.pt", 2**30))
+    assert runs.regular_file(run / "model.pt") and len(runs.read_capped(run / "model.pt", 2.0**30))
     (run / "model.pt").unlink()
     (run / "model.pt").symlink_to("/dev/zero")
     assert not runs.regular_file(run / "model.pt")
