@@ -104,8 +104,7 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
     """Give the written file ``tmp_h5ad`` its key (claimed with O_EXCL on KEY.json, so two
     sessions never get one key for different data) and move it into place."""
     folder = workspace.datasets_dir()
-    # a label is one line: a newline in it broke the listing's rows in two
-    name = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    name = _one_line(name)
     base = f"{slug(name)}-{info['content'][:8]}"
     record = {
         "key": "",
@@ -218,8 +217,13 @@ def save(
 def name_taken(name: str) -> str | None:
     """The key of a dataset already labelled ``name`` (as ``_register`` would store it), or
     None: two datasets of one name could not be told apart on Train, Runs or Compare."""
-    clean = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    clean = _one_line(name)
     return next((r["key"] for r in list_datasets() if r["name"] == clean), None)
+
+
+def _one_line(name: str) -> str:
+    """A label as stored: one line (a newline in it broke the listing's rows in two)."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
 
 
 def free_name(base: str) -> str:

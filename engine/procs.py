@@ -105,12 +105,16 @@ class Heartbeat:
         self._stop.set()
 
 
+# a SLURM job id: 12345, or an array task 12345_7 (what status.json may hold, nothing else)
+JOB_ID = re.compile(r"[0-9][0-9_]{0,40}")
+
+
 def scancel(job_id: str | None, *args: str) -> bool:
     """Cancel SLURM job ``job_id`` (a number, or an array task ``12345_7``, nothing else: a
     job id of '--me' read from a damaged status.json cancelled every job of the user)."""
     if not job_id or not shutil.which("scancel"):
         return False
-    if not re.fullmatch(r"[0-9][0-9_]{0,40}", str(job_id)):
+    if not JOB_ID.fullmatch(str(job_id)):
         return False
     try:
         return (

@@ -13,7 +13,6 @@ import csv
 import json
 import math
 import os
-import re
 import secrets
 import stat
 import threading
@@ -21,6 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from engine.procs import JOB_ID
 
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -206,7 +207,6 @@ _LOSSES = ("train_loss", "val_loss")  # a Gaussian likelihood's loss can be belo
 _PIDS = ("pid", "supervisor_pid")
 _TEXTS = ("device", "error", "host", "launcher", "optimizer", "started", "finished", "updated")
 _FLAGS = ("stopped_early", "solver_converged", "computed", "corrupt")
-_JOB_ID = re.compile(r"[0-9][0-9_]{0,40}")  # SLURM: 12345, an array task 12345_7
 
 
 def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
         if k in out and not isinstance(out[k], bool):
             del out[k]
     job = out.get("job_id")
-    if job is not None and not (isinstance(job, str | int) and _JOB_ID.fullmatch(str(job))):
+    if job is not None and not (isinstance(job, str | int) and JOB_ID.fullmatch(str(job))):
         del out["job_id"]  # '--me' reached scancel as an option: every job of the user
     return out
 
