@@ -16,7 +16,7 @@ from engine import csvsafe, jobs, metric_names, runs, seeds
 from engine import models as registry
 from engine import progress as progress_text
 from ui import figures
-from ui.state import ensure_app_navigation
+from ui.state import ensure_app_navigation, to_address
 
 ensure_app_navigation()
 st.title("Compare")
@@ -37,8 +37,7 @@ asked_task = st.query_params.get("task")
 if st.session_state.get("cmp_task") not in tasks:
     st.session_state["cmp_task"] = asked_task if asked_task in tasks else tasks[0]
 task = st.radio("Task", tasks, key="cmp_task", format_func=registry.TASKS.get, horizontal=True)
-if task != asked_task and (asked_task is not None or task != tasks[0]):
-    st.query_params["task"] = task
+to_address("task", task, tasks[0])
 of_task = [r for r in done if r["task"] == task]
 
 
@@ -64,8 +63,7 @@ if runs_key not in st.session_state:
 else:  # a run deleted meanwhile is no option any more
     st.session_state[runs_key] = [r for r in st.session_state[runs_key] if r in labels]
 chosen = st.multiselect("Runs", list(labels), key=runs_key, format_func=labels.get)
-if chosen != asked_runs and (asked_runs or chosen != default):
-    st.query_params["run"] = chosen
+to_address("run", chosen, default)
 if not chosen:
     st.stop()
 

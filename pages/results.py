@@ -30,7 +30,7 @@ from engine.perturb import (  # torch-free
 )
 from ui import figures
 from ui.figures import esc
-from ui.state import ensure_app_navigation
+from ui.state import ensure_app_navigation, to_address
 
 VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
 
@@ -656,8 +656,7 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 index=colour_opts.index(pick) if pick in colour_opts else 0,
                 key="umap_color",
             )
-            if color != asked and (asked is not None or color != by):
-                st.query_params["colour"] = color
+            to_address("colour", color, by)
             st.page_link(
                 "pages/explore.py",
                 label="Colour by a gene, or compare with other embeddings, on Explore",

@@ -22,7 +22,7 @@ from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
 from ui.figures import esc
-from ui.state import dataset_picker, ensure_app_navigation, load_full, show_error
+from ui.state import dataset_picker, ensure_app_navigation, load_full, show_error, to_address
 
 ensure_app_navigation()
 ss = st.session_state
@@ -97,10 +97,7 @@ task = keep(
         key=remember("task", asked if asked in tasks else tasks[0], tasks),
     ),
 )
-if asked != task and (asked is not None or task != tasks[0]):
-    # in the address, so that a refresh keeps it; the default is not written (each write is
-    # one more press of Back)
-    st.query_params["task"] = task
+to_address("task", task, tasks[0])
 choices = [m.name for m in models.for_task(task)]
 picked = keep(
     f"models:{task}",

@@ -212,6 +212,15 @@ def confirmed(key: str, subject: str, question: Callable[[], str], scope: str = 
     return False
 
 
+def to_address(key: str, value: Any, default: Any) -> None:
+    """Keep a page's choice in the address (``?key=value``; a list as repeated keys), so that a
+    browser refresh keeps it. The default is not written while the address has none: each
+    write is one more press of Back."""
+    asked = st.query_params.get_all(key) if isinstance(value, list) else st.query_params.get(key)
+    if value != asked and (asked not in (None, []) or value != default):
+        st.query_params[key] = value
+
+
 def show_error(exc: BaseException) -> None:
     """Engine errors as one readable, escaped line; anything else as a short message, never a
     traceback."""
