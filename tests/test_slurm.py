@@ -296,13 +296,19 @@ def test_slurm_preemption_requeues_and_resumes_from_the_last_checkpoint(cluster,
     while runs.read_status(run).get("state") != "queued":  # submitit checkpointed and requeued
         assert time.time() - t0 < 60, runs.read_status(run)
         time.sleep(0.5)
-    # SLURM holds a requeued job for a while (Reason=BeginTime): let it start now. Asked again
-    # until it runs: asked once while SLURM was still requeueing it (a loaded machine), the
-    # update did not hold and the job waited out its begin time past the deadline
+    # SLURM holds a requeued job for a while (Reason=BeginTime): let it start now, once SLURM
+    # shows it pending and the node has cleaned up its first run. Asked at once (0.4 s after the
+    # requeue), SLURM started it while its credential was still revoked and killed it; asked
+    # once too early on a loaded machine, the update did not hold. So: asked while it pends.
     nudged = 0.0
     while not runs.read_status(run).get("resumed_after_epoch"):
         assert time.time() - t0 < 180, runs.read_status(run)
-        if time.time() - nudged > 5:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+            capture_output=True, text=True, timeout=15,
+        ).stdout.strip()  # fmt: skip
+        if state == "PENDING" and time.time() - nudged > 5:
+            time.sleep(2)
             subprocess.run(
                 ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
                 timeout=15,
