@@ -80,16 +80,44 @@ def label(key: str) -> str:
     return str(meta(key).get("name") or key)
 
 
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+
+
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What a dataset's record keeps of its file, to tell later that the file is as saved."""
+    return {"file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
+
+
 def fingerprint(key: str) -> str:
-    """The data fingerprint (``engine.io.fingerprint``) stored when ``key`` was saved; runs
-    record it and refuse to start when the data no longer matches."""
-    fp = meta(key).get("fingerprint")
-    if fp:
-        return str(fp)
+    """Return ``key``'s data fingerprint (``engine.io.fingerprint``; runs record it and refuse
+    to start when the data no longer matches) once its file is known to be the one saved.
+
+    A file whose size and time match its record is the one that was read safely when it was
+    imported. Any other (a dataset saved before records kept them, a file changed or damaged
+    on disk, a damaged record) is read again in a child process first: a damaged file is one
+    line here, never a hang or a crash of the process that would read it next, and a file that
+    reads but holds other data is named as changed, not taken for the saved one."""
     p = path(key)
-    if not p.exists():
-        raise ScwbError(f"No dataset {key!r} in the workspace.")
-    return io.fingerprint(io.read(p))  # datasets saved before fingerprints were stored
+    try:
+        st = p.stat()
+    except OSError:
+        raise ScwbError(f"No dataset {key!r} in the workspace.") from None
+    m = meta(key)
+    fp = m.get("fingerprint")
+    fp = fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None
+    if fp and all(m.get(k) == v for k, v in _stamp(st).items()):
+        return fp
+    name = label(key)
+    now = str(reader.run_child(p, name.replace("/", "_"), check_only=True).get("fingerprint"))
+    if fp and fp != now:
+        raise ScwbError(
+            f"Dataset {name!r} no longer holds the data it was saved with (its file changed on "
+            "disk): load the file again, or delete this dataset."
+        )
+    if m and p.stat().st_mtime_ns == st.st_mtime_ns:  # read as it was: trusted from now on
+        with contextlib.suppress(OSError):
+            runs.write_json(_meta_path(key), {**m, "fingerprint": now, **_stamp(st)})
+    return now
 
 
 def exists(key: str) -> bool:
@@ -110,6 +138,7 @@ def _register(tmp_h5ad: Path, name: str, info: dict[str, Any], extra: dict[str, 
         "key": "",
         "name": name,
         "fingerprint": info["fingerprint"],
+        **_stamp(tmp_h5ad.stat()),  # os.replace below keeps the size and time
         "content": info["content"],
         "created": runs.now(),
         "n_obs": info["n_obs"],
@@ -355,10 +384,9 @@ def description(key: str) -> dict[str, Any] | None:
 
 
 def load(key: str) -> ad.AnnData:
-    p = path(key)
-    if not p.exists():
-        raise ScwbError(f"No dataset {key!r} in the workspace.")
-    return io.read(p)
+    """Dataset ``key``, read in this process once its file is known to be intact."""
+    fingerprint(key)
+    return io.read(path(key))
 
 
 # ----------------------------------------------------------------------------- deleting

@@ -96,7 +96,7 @@ def run_child(
 ) -> dict[str, Any]:
     """Read ``source`` (and write it to ``target`` as .h5ad when given) in a child process with
     a memory and CPU cap; return its description (``check_only``: only read it, and return
-    ``{}``). Any failure, a crash by signal included, is one ``ScwbError`` line; a half-written
+    ``{"fingerprint": ...}``). Any failure, a crash by signal included, is one ``ScwbError`` line; a half-written
     ``target`` is removed."""
     name = Path(display).name or "the file"
     timeout = timeout or read_timeout(source)
@@ -153,7 +153,7 @@ def run_child(
         except (OSError, ValueError):
             out = None
     if proc.returncode == 0 and isinstance(out, dict) and ("describe" in out or check_only):
-        return {} if check_only else out
+        return out
     _remove_target(target)
     if isinstance(out, dict) and out.get("error"):
         raise ScwbError(str(out["error"]))
@@ -257,7 +257,7 @@ def _child(argv: list[str] | None = None) -> int:
 
         adata = io.canonical(io.read_validated(Path(args.source), args.display))
         if args.check_only:  # reading it is the check (reader.vet): nothing to describe
-            result.write_text("{}")
+            result.write_text(json.dumps({"fingerprint": io.fingerprint(adata)}))
             return 0
         d = io.describe(adata)
         out = {

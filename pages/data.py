@@ -11,8 +11,10 @@ from engine import datasets, defaults, io, summary, workspace
 from engine.demos import DEMOS, load_demo
 from ui import figures, uploads
 from ui.state import (
+    DatasetKey,
     ask_first,
     confirmed,
+    current_dataset,
     dataset_picker,
     ensure_app_navigation,
     load_full,
@@ -171,8 +173,11 @@ st.divider()
 ds_key, adata, d = dataset_picker(
     "Current dataset", "No dataset yet: upload a file above or pick a bundled demo.", full=False
 )
-if adata is None:
-    st.stop()
+if ds_key is None:  # a dataset whose file cannot be read (said above) can still be deleted
+    picked = current_dataset()
+    if not picked:
+        st.stop()
+    ds_key = DatasetKey(picked)
 
 meta = datasets.meta(ds_key)
 info_col, delete_col = st.columns([4, 1])
@@ -213,6 +218,8 @@ if confirmed("confirm_delete_dataset", ds_key, delete_question):
     except Exception as exc:
         show_error(exc)
 
+if adata is None:
+    st.stop()
 c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")
 c[1].metric("Genes", f"{d['n_vars']:,}")

@@ -18,6 +18,7 @@ from engine.checks import human
 from ui import figures
 from ui.figures import esc, values_noun
 from ui.state import (
+    dataset_file,
     dataset_layout,
     dataset_picker,
     ensure_app_navigation,
@@ -316,7 +317,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
     for row in report:  # what a step said of its effect, in full (a table cell cuts it off)
         if row.get("note"):
             st.caption(f":material/info: **{row['step']}**: {esc(row['note'])}")
-    before, after = _values(str(datasets.path(name))), _values(out_path)
+    before, after = _values(dataset_file(name)[0]), _values(out_path)
     h = st.columns(2)
     for i, (col, vals, label) in enumerate(
         (

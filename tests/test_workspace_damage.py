@@ -273,3 +273,51 @@ def test_status_fields_the_engine_writes_survive_the_cleaning():
     st = runs.read_status(d)
     assert (st["requeued"], st["train_loss"], st["val_loss"], st["slot"]) == (2, -3.5, -1.0, 0)
     assert st["job_id"] == "12345_7" and st["stopped_early"] is True and st["started"]
+
+
+def test_a_dataset_file_damaged_on_disk_is_refused_before_anything_reads_it(
+    lognorm_adata, tmp_path
+):
+    """A workspace dataset is trusted as it was imported only while its file is the one saved:
+    damaged, it is one line at submit (nothing queued) and on the pages that would read it in
+    the server; replaced by other data, it is named as changed; its record damaged or written
+    before records kept the file's size, it is read again in a child and the record repaired."""
+    from engine import datasets, io
+
+    key = datasets.save(lognorm_adata, "pbmc")
+    h5ad, meta = datasets.path(key), workspace.datasets_dir() / f"{key}.json"
+    fp = runs.read_json(meta, {})["fingerprint"]
+    assert datasets.fingerprint(key) == fp
+
+    # a damaged record, and one from before records kept the file's size: read, then repaired
+    record = runs.read_json(meta, {})
+    legacy = {k: v for k, v in record.items() if not k.startswith("file_")}
+    runs.write_json(meta, {**legacy, "fingerprint": "../../etc"})
+    assert datasets.fingerprint(key) == fp
+    assert runs.read_json(meta, {}) == record
+
+    # other data under the same key
+    other = lognorm_adata[:50].copy()
+    io.write_h5ad(other, h5ad)
+    with pytest.raises(ScwbError, match="no longer holds the data it was saved with"):
+        datasets.fingerprint(key)
+
+    # damaged bytes: one line at submit, nothing queued, and one line on a page
+    h5ad.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4000))
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "submit", "--data", key, "--model", "sk_logreg",
+         "--label-key", "cell_type"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+    assert not any(workspace.runs_dir().iterdir())
+    for page in ("explore", "train"):
+        at = _app(page)
+        assert not at.exception, [e.message for e in at.exception]
+        assert any("pbmc" in e.value for e in at.error), [e.value for e in at.error]
+    at = _app("data")  # and it can still be deleted there
+    at.button(key="delete_dataset").click().run()
+    at.button(key="confirm_delete_dataset-yes").click().run()
+    assert not at.exception and not datasets.exists(key)

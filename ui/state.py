@@ -75,7 +75,9 @@ def set_dataset(key: str) -> None:
 
 
 def dataset_file(name: str) -> tuple[str, int, float]:
-    """Dataset ``name``'s file as (path, size, mtime): the key of every cache of its content."""
+    """Dataset ``name``'s file as (path, size, mtime): the key of every cache of its content.
+    The file is the one saved (``datasets.fingerprint``) before anything here reads it."""
+    datasets.fingerprint(name)
     p = datasets.path(name)
     s = p.stat()
     return str(p), s.st_size, s.st_mtime
