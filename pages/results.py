@@ -446,6 +446,34 @@ if runs.regular_file(res_path):
         st.warning(f"results.h5ad could not be read ({esc(first)}): the task figures are skipped.")
 
 
+def _loo_table(run_dir: Path, targets: list) -> pd.DataFrame | None:
+    """The run's per-cell-type table (``loo.csv``), or None with one line where it is missing
+    or damaged: a cut file read as fewer cell types, or a cut name, without a word."""
+    path = run_dir / "loo.csv"
+    if not path.exists():
+        return None
+    problem = None
+    try:
+        if not runs.regular_file(path, 64 * 2**20):
+            raise ValueError("not a plain file of at most 64 MB")
+        table = pd.read_csv(path)
+        names = [str(x) for x in table.get("cell_type", pd.Series(dtype=object))]
+        expected = [str(t) for t in targets]
+        if sorted(names) != sorted(expected):
+            problem = (
+                f"it names {len(set(names) & set(expected))} of the {len(expected)} cell types"
+            )
+    except Exception as exc:
+        problem = " ".join(str(exc).split())[:160] or type(exc).__name__
+    if problem:
+        st.warning(
+            f"This run's table of all cell types (loo.csv) is damaged ({esc(problem)}), so it is "
+            "not shown; each cell type's own figures below are."
+        )
+        return None
+    return table
+
+
 def held_out_groups(key: str) -> str:
     """' (d1, d4: 212 of 1,000 cells)': the groups of ``key`` the run was tested on."""
     split_key = (res_info or {}).get("scwb", {}).get("split_key")
@@ -736,9 +764,9 @@ if res_info is not None and task == "perturb":
             sub_dir = run_dir / "loo" / safe_name(target)
         m = runs.read_json(sub_dir / "metrics.json", {}) if sub_dir != run_dir else metrics
         m = m if isinstance(m, dict) else {}
-        if len(targets) > 1 and runs.regular_file(run_dir / "loo.csv", 64 * 2**20):
+        table = _loo_table(run_dir, targets) if len(targets) > 1 else None
+        if table is not None:
             st.subheader("Leave-one-cell-type-out")
-            table = pd.read_csv(run_dir / "loo.csv")
             cols = [
                 "cell_type",
                 "n_ctrl",

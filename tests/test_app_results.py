@@ -952,6 +952,15 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
         assert any("Top DEGs" in t for t in titles), titles
         pick = next(s for s in at.selectbox if s.label == "Cell type")
 
+    # the table cut mid-row (a full disk, a hand edit): said, never read as fewer cell types
+    text = (run / "loo.csv").read_text()
+    (run / "loo.csv").write_text(text[: text.rindex("\n", 0, len(text) - 1) - 5])
+    at = app("results", run=run.name)
+    assert "Leave-one-cell-type-out" not in [h.value for h in at.subheader]
+    (warning,) = [w for w in texts(at, "warning") if "loo.csv" in w]
+    assert f"names {len(loo) - 1} of the {len(loo)} cell types" in warning, warning
+    assert any(s.label == "Cell type" for s in at.selectbox)  # each type's figures stay
+
 
 def test_metric_rows_mark_the_best_prediction_per_metric():
     """The perturbation table (a metric per row): each ranked row marks its best prediction;

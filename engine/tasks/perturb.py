@@ -254,7 +254,8 @@ class Perturb(Task):
             )
         table = pd.DataFrame(rows)
         if len(self.parts) > 1:
-            table.to_csv(Path(spec.out) / "loo.csv", index=False)
+            # whole or not at all: a half-written table would read as fewer cell types
+            runs.atomic_write_text(Path(spec.out) / "loo.csv", table.to_csv(index=False))
             num = table.select_dtypes("number").drop(  # an interval per type is no mean's
                 columns=["n_ctrl", "n_stim", "epochs", *INTERVAL_COLS], errors="ignore"
             )
