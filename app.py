@@ -5,8 +5,6 @@ Run with ``make run``. Every action is an engine call (``engine/``); pages only 
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import streamlit as st
@@ -14,7 +12,7 @@ import streamlit as st
 from engine import datasets, jobs
 from engine.demos import DEMOS
 from ui import sidebar
-from ui.state import md, set_dataset, show_error
+from ui.state import md, net, set_dataset, show_error
 
 
 def home() -> None:
@@ -110,21 +108,10 @@ nav = st.navigation(
 # the last net under every page: an error no page caught is one line, the traceback goes to
 # the server's log (a hand-edited run file gave Streamlit's redacted error box, and one read by
 # the sidebar gave it on every page: a hostile-input pass)
-try:
+with st.sidebar, net("the sidebar"):
     sidebar.draw()
-except Exception as exc:  # noqa: BLE001
-    if os.environ.get("SCWB_PAGE_ERRORS") == "raise":
-        raise
-    logging.getLogger("scworkbench").exception("the sidebar failed")
-    with st.sidebar:
-        show_error(exc)
-try:
+with net(
+    f"the page {nav.title}",
+    "The page stopped here; what is saved is unchanged. The server's log has the details.",
+):
     nav.run()
-except Exception as exc:  # noqa: BLE001
-    if os.environ.get("SCWB_PAGE_ERRORS") == "raise":  # the tests: a crash stays a crash
-        raise
-    logging.getLogger("scworkbench").exception("page %s failed", nav.title)
-    show_error(exc)
-    st.caption(
-        "The page stopped here; what is saved is unchanged. The server's log has the details."
-    )

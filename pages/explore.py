@@ -19,7 +19,7 @@ from engine import defaults, embedding, jobs, runs, summary, workspace
 from engine import results as results_files
 from ui import figures
 from ui.figures import esc
-from ui.state import dataset_file, dataset_picker, ensure_app_navigation
+from ui.state import dataset_file, dataset_picker, ensure_app_navigation, fragment
 
 AUTO_UMAP_CELLS = 20_000  # run latents start by themselves up to this many cells
 POLL_S = 2.0
@@ -252,7 +252,7 @@ if state["state"] in ("missing", "failed"):
 computing = state["state"] == "computing"
 
 
-@st.fragment(run_every=POLL_S if computing else None)
+@fragment(run_every=POLL_S if computing else None)
 def poll() -> None:
     cur = embedding.read(source.folder, source.key, source.method, source.source)
     if cur["state"] == "computing":

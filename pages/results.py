@@ -30,7 +30,7 @@ from engine.perturb import (  # torch-free
 )
 from ui import figures
 from ui.figures import esc
-from ui.state import ensure_app_navigation, to_address
+from ui.state import ensure_app_navigation, fragment, to_address
 
 VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
 
@@ -536,7 +536,7 @@ def latent_embedding(key: str, n_obs: int, draw) -> None:
         return
     computing = now["state"] == "computing"
 
-    @st.fragment(run_every=POLL_S if computing else None)
+    @fragment(run_every=POLL_S if computing else None)
     def poll() -> None:
         cur = embedding.read(run_dir, key)
         if cur["state"] == "computing":

@@ -21,7 +21,7 @@ from engine.checks import human
 from ui import figures
 from ui.figures import esc
 from ui.sidebar import fmt_s
-from ui.state import ask_first, confirmed, ensure_app_navigation, show_error
+from ui.state import ask_first, confirmed, ensure_app_navigation, fragment, show_error
 
 ensure_app_navigation()
 ss = st.session_state
@@ -168,7 +168,7 @@ def curve_figure(r: dict[str, Any]):
     return fig
 
 
-@st.fragment(run_every=2)
+@fragment(run_every=2)
 def live() -> None:
     rows = jobs.list_jobs()
     if not rows:

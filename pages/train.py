@@ -22,7 +22,14 @@ from engine.launchers import slurm_available
 from engine.preflight import preflight  # torch-free: the app process never loads torch
 from engine.spec import RunSpec
 from ui.figures import esc
-from ui.state import dataset_picker, ensure_app_navigation, load_full, show_error, to_address
+from ui.state import (
+    dataset_picker,
+    ensure_app_navigation,
+    fragment,
+    load_full,
+    show_error,
+    to_address,
+)
 
 ensure_app_navigation()
 ss = st.session_state
@@ -560,7 +567,7 @@ def draw_estimates(measuring: bool) -> None:
 
 with estimates_box:
     measuring = any(e.pending for e in estimates().values())
-    st.fragment(run_every=2 if measuring else None)(draw_estimates)(measuring)
+    fragment(run_every=2 if measuring else None)(draw_estimates)(measuring)
 
 RESUBMIT_S = 30  # seconds within which the same settings are not submitted again
 

@@ -321,3 +321,22 @@ def test_a_dataset_file_damaged_on_disk_is_refused_before_anything_reads_it(
     at.button(key="delete_dataset").click().run()
     at.button(key="confirm_delete_dataset-yes").click().run()
     assert not at.exception and not datasets.exists(key)
+
+
+def test_an_error_in_a_fragment_is_one_line_there_and_the_page_goes_on(monkeypatch, caplog):
+    """A fragment's own reruns (the sidebar's runs every 3 s, the Runs table every 2 s) run
+    outside the page's net: each fragment has its own, and what follows it is drawn."""
+    from ui import sidebar
+
+    monkeypatch.delenv("SCWB_PAGE_ERRORS")
+    _run("busy", {"state": "running", "epoch": 1, "max_epochs": 4, "eta_s": 30})
+
+    def broken(*a, **k):
+        raise RuntimeError("a poll broke\nsecond line")
+
+    monkeypatch.setattr(sidebar, "esc", broken)  # the sidebar's name for it: its fragment only
+    at = _app("runs")
+    assert not at.exception
+    assert [e.value for e in at.sidebar.error] == ["Unexpected RuntimeError: a poll broke"]
+    assert "busy" in at.dataframe[0].value["run"].tolist()  # the page under it
+    assert "the fragment active_runs failed" in caplog.text

@@ -8,6 +8,7 @@ import streamlit as st
 
 from engine import jobs
 from ui.figures import esc
+from ui.state import fragment
 
 
 @st.cache_resource(show_spinner=False)
@@ -38,7 +39,7 @@ def fmt_s(seconds: float | None) -> str:
 SHOWN = 6  # runs listed in the sidebar
 
 
-@st.fragment(run_every=3)
+@fragment(run_every=3)
 def active_runs() -> None:
     rows = jobs.list_jobs()  # newest first
     # running first, then queued in the order they will start (oldest first): the running run

@@ -10,8 +10,11 @@ the last choice only to seed a brand-new session. Loaded datasets are cached by 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +234,38 @@ def show_error(exc: BaseException) -> None:
     else:
         first = str(exc).splitlines()[0] if str(exc) else ""
         st.error(md(f"Unexpected {type(exc).__name__}: {first}"))
+
+
+@contextlib.contextmanager
+def net(what: str, note: str | None = None) -> Iterator[None]:
+    """The last net under a page, the sidebar and each fragment's own reruns (those run
+    outside the page's net): an error nothing caught is one line (and ``note``), and the
+    server's log has its traceback. ``SCWB_PAGE_ERRORS=raise`` (the tests): raised as it is.
+    st.stop and st.rerun are BaseExceptions and pass through."""
+    try:
+        yield
+    except Exception as exc:
+        if os.environ.get("SCWB_PAGE_ERRORS") == "raise":
+            raise
+        logging.getLogger("scworkbench").exception("%s failed", what)
+        show_error(exc)
+        if note:
+            st.caption(note)
+
+
+def fragment(run_every: float | None = None) -> Callable[[Callable], Callable]:
+    """``st.fragment`` with ``net`` under its body: a run file that breaks one poll is one
+    line in the fragment, not Streamlit's error box every few seconds."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            with net(f"the fragment {fn.__name__}"):
+                return fn(*args, **kwargs)
+
+        return st.fragment(run_every=run_every)(body)
+
+    return wrap
 
 
 def ensure_app_navigation() -> None:
