@@ -82,10 +82,31 @@ def _is_index(ds: Any) -> bool:
     return isinstance(name, str) and ds.name.rsplit("/", 1)[-1] == name
 
 
+def _n_chunks(ds: Any) -> int:
+    """How many chunks ``ds`` is stored in (0: not chunked)."""
+    chunks = getattr(ds, "chunks", None)
+    if not chunks or not ds.shape:
+        return 0
+    return int(
+        np.prod(
+            [-(-int(d) // max(int(c), 1)) for d, c in zip(ds.shape, chunks, strict=False)],
+            dtype=np.float64,
+        )
+    )
+
+
+def _chunk_overhead(ds: Any) -> int:
+    """What HDF5 holds for the chunks of ``ds`` while reading it: a record for every chunk,
+    stored or not (a 96 KB file of 1 x 1 chunks took 3.8 GB to read 3.8 MB of values: a
+    hostile-input pass). One chunk holding it all costs what its values do."""
+    return max(_n_chunks(ds) - 1, 0) * CHUNK_READ_BYTES
+
+
 def _dataset_bytes(ds: Any) -> int:
+    """Memory that reading ``ds`` takes: its values as Python will hold them, and its chunks."""
     n = int(np.prod(ds.shape, dtype=np.float64)) if ds.shape else 1
     size = _itemsize(ds.dtype)
-    return n * (max(size, INDEX_BYTES) if _is_index(ds) else size)
+    return n * (max(size, INDEX_BYTES) if _is_index(ds) else size) + _chunk_overhead(ds)
 
 
 def _entry(path: str) -> str:
@@ -100,6 +121,7 @@ def _entry(path: str) -> str:
 
 
 CHUNK_MAX_BYTES = 256 << 20  # HDF5 decompresses a whole chunk to read any value of it
+CHUNK_READ_BYTES = 4096  # what HDF5 holds per chunk while reading (measured 3.7 KB)
 
 
 def _refuse_external(name: str, entry: str, ds: Any) -> None:
@@ -174,12 +196,27 @@ def _walk(name: str, group: Any, entry: str | None = None):
 
 
 def _refuse_links(name: str, f: Any) -> None:
-    """HDF5 links into other files (``ExternalLink``) would read a file the user never sent."""
+    """HDF5 links into other files (``ExternalLink``) would read a file the user never sent;
+    HDF5 references (to objects or regions) are nothing AnnData writes, and a column of them
+    was read, then failed the run's last write after its whole training (a hostile-input pass)."""
     import h5py
 
-    for entry, link, _ in _walk(name, f):
+    for entry, link, obj in _walk(name, f):
         if isinstance(link, h5py.ExternalLink):
             raise ScwbError(f"{name}: {entry} links to another file; refused.")
+        if isinstance(obj, h5py.Dataset) and _has_reference(obj.dtype):
+            raise ScwbError(
+                f"{name}: {entry} holds HDF5 references, which AnnData does not store; refused."
+            )
+
+
+def _has_reference(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` holds HDF5 references anywhere (a field of a compound type too)."""
+    import h5py
+
+    if h5py.check_dtype(ref=dtype) is not None:
+        return True
+    return bool(dtype.fields) and any(_has_reference(t[0]) for t in dtype.fields.values())
 
 
 def _numeric(name: str, entry: str, dtype: np.dtype, what: str = "values") -> None:
@@ -225,15 +262,23 @@ def check_sparse(
             f"{name}: {entry} is a sparse matrix of float16, which scipy cannot hold; save it "
             "as float32."
         )
+    if data.dtype.byteorder == (">" if np.little_endian else "<"):
+        raise ScwbError(
+            f"{name}: {entry} is a sparse matrix stored in the other byte order "
+            f"({data.dtype.str}), which scipy cannot hold; save it in this machine's byte order "
+            "(for instance with anndata's write_h5ad)."
+        )
     for part, ds in (("indices", indices), ("indptr", indptr)):
         if ds.dtype.kind not in "iu":
             raise ScwbError(f"{name}: {entry}/{part} is not an integer array ({ds.dtype}).")
     n_rows, n_cols = shape
     major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
     nnz = int(data.shape[0])
-    size = nnz * (_itemsize(data.dtype) + _itemsize(indices.dtype)) + int(
-        indptr.shape[0]
-    ) * _itemsize(indptr.dtype)
+    size = (
+        nnz * (_itemsize(data.dtype) + _itemsize(indices.dtype))
+        + int(indptr.shape[0]) * _itemsize(indptr.dtype)
+        + sum(_chunk_overhead(ds) for ds in (data, indices, indptr))
+    )
     check_budget(name, entry, size, f"(sparse {n_rows} x {n_cols}, {nnz:,} non-zeros)")
     if int(indices.shape[0]) != nnz:
         raise ScwbError(
@@ -288,6 +333,16 @@ def _shape_attr(name: str, entry: str, raw: Any) -> tuple[int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _matrix_shape(name: str, path: str, obj: Any) -> tuple[int, ...]:
+    """The shape of a checked matrix entry (a dense dataset or a sparse group)."""
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        return tuple(int(n) for n in obj.shape) + (0, 0)
+    raw = obj.attrs.get("shape", obj.attrs.get("h5sparse_shape"))
+    return _shape_attr(name, _entry(path), raw)
+
+
 def _sparse_format(group: Any) -> str | None:
     enc = group.attrs.get("encoding-type", group.attrs.get("h5sparse_format"))
     if isinstance(enc, bytes):
@@ -308,8 +363,13 @@ def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
     if isinstance(obj, h5py.Dataset):
         _refuse_external(name, entry, obj)
         _numeric(name, entry, obj.dtype)
-        size = _dataset_bytes(obj)
-        check_budget(name, entry, size, f"(dense {' x '.join(map(str, obj.shape))})")
+        size, chunks = _dataset_bytes(obj), _chunk_overhead(obj)
+        note = (
+            f", stored in {_n_chunks(obj):,} chunks of about {human(CHUNK_READ_BYTES)} each to read"
+            if chunks > size - chunks
+            else ""
+        )
+        check_budget(name, entry, size, f"(dense {' x '.join(map(str, obj.shape))}{note})")
         return size
     if not isinstance(obj, h5py.Group):
         raise ScwbError(f"{name}: {entry} is not a matrix; it is damaged.")
@@ -395,6 +455,15 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
         for p in ("obs", "var", "raw/var"):
             if isinstance(f.get(p), h5py.Group):
                 _check_frame(name, _entry(p), f[p])
+        # a missing obs or var: AnnData makes a name up for every cell or gene of the matrix
+        # (a 23 KB file without var, declaring 8 M genes, took 1.7 GB: a hostile-input pass)
+        for frame, matrix, axis in (("obs", "X", 0), ("var", "X", 1), ("raw/var", "raw/X", 1)):
+            if matrix in f and not isinstance(f.get(frame), h5py.Group):
+                n = _matrix_shape(name, matrix, f[matrix])[axis]
+                sizes[_entry(frame)] = n * INDEX_BYTES
+                check_budget(
+                    name, _entry(frame), n * INDEX_BYTES, f"(not stored: {n:,} names made up)"
+                )
         # everything else (obs, var, uns, raw/var): counted too, so no entry can hide a bomb
         checked = {p for p, _, _ in matrices}
         for top in sorted(keys):
@@ -421,6 +490,62 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
     total = sum(sizes.values())
     check_budget(name, "the whole file", total, "(all matrices together)")
     return sizes
+
+
+def _held_bytes(obj: Any, depth: int = 0) -> int:
+    """Bytes ``obj`` (a matrix, a data frame, an uns value) holds once read, text included."""
+    import sys
+
+    import pandas as pd
+    import scipy.sparse as sp
+
+    if depth > 64:
+        return 0
+    if obj is None:
+        return 0
+    if sp.issparse(obj):
+        return sum(
+            int(getattr(obj, a).nbytes)
+            for a in ("data", "indices", "indptr", "row", "col")
+            if hasattr(obj, a)
+        )
+    if isinstance(obj, pd.DataFrame | pd.Series | pd.Index):
+        usage = obj.memory_usage(deep=True)
+        return int(usage.sum() if hasattr(usage, "sum") else usage)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            return int(obj.nbytes) + sum(_held_bytes(v, depth + 1) for v in obj.ravel())
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(sys.getsizeof(k) + _held_bytes(v, depth + 1) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return sum(_held_bytes(v, depth + 1) for v in obj)
+    if hasattr(obj, "nbytes"):
+        return int(obj.nbytes)
+    return sys.getsizeof(obj)
+
+
+def check_loaded(adata: Any, name: str) -> None:
+    """What a dataset holds once read, text included, against the memory budget (run by the
+    memory-capped reader child, before anything keeps the data or reads the file again). The
+    checks before the read count a text value at a fixed size; a file whose strings all point
+    at one block of its heap reads as far more (1 MB of file became 1 GB of obs: a
+    hostile-input pass)."""
+    parts: dict[str, Any] = {
+        "X": adata.X,
+        "obs": adata.obs,
+        "var": adata.var,
+        "uns": dict(adata.uns),
+    }
+    for group in MATRIX_GROUPS:
+        for k, v in getattr(adata, group).items():
+            parts[_entry(f"{group}/{k}")] = v
+    if adata.raw is not None:
+        parts["raw.X"], parts["raw.var"] = adata.raw.X, adata.raw.var
+    sizes = {entry: _held_bytes(v) for entry, v in parts.items()}
+    for entry, size in sizes.items():
+        check_budget(name, entry, size, "(once read)")
+    check_budget(name, "the whole file", sum(sizes.values()), "(once read, all entries together)")
 
 
 def check_10x_h5(path: str | os.PathLike, name: str) -> int:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine import checks
 from engine.checks import _first_line, human, memory_budget
 from engine.errors import ScwbError
 
@@ -256,6 +257,7 @@ def _child(argv: list[str] | None = None) -> int:
         from engine import io
 
         adata = io.canonical(io.read_validated(Path(args.source), args.display))
+        checks.check_loaded(adata, name)  # text the checks before the read could not count
         if args.check_only:  # reading it is the check (reader.vet): nothing to describe
             result.write_text(json.dumps({"fingerprint": io.fingerprint(adata)}))
             return 0

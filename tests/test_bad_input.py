@@ -337,6 +337,55 @@ def _chunk_bomb(p: Path) -> Path:
     return p
 
 
+def _chunk_count_bomb(p: Path) -> Path:
+    """A 600 x 600 X in 1 x 1 chunks, none written (the fill value): a small file whose read
+    costs HDF5 about 4 KB a chunk, 1.4 GB for 1.4 MB of values."""
+    _write(ad.AnnData(np.ones((600, 4), np.float32)), p)
+    with h5py.File(p, "r+") as f:
+        attrs = dict(f["X"].attrs)
+        del f["X"]
+        f.create_dataset("X", shape=(600, 600), dtype="f4", chunks=(1, 1), fillvalue=1.0)
+        f["X"].attrs.update(attrs)
+        del f["var"]  # 600 genes now: the names made up for a missing var are counted too
+    return p
+
+
+def _aliased_strings(p: Path, n: int = 300) -> Path:
+    """An uns string array whose ``n`` elements all point at one 1 MB string of the file's
+    heap (their 16-byte references copied over each other): 1 MB of file, n MB once read."""
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        vals = np.array(["A" * (1 << 20)] + [f"b{i}" for i in range(n - 1)], dtype=object)
+        d = f["uns"].create_dataset("notes", data=vals, dtype=h5py.string_dtype())
+        d.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        offset, item = d.id.get_offset(), d.id.get_storage_size() // n
+    with open(p, "r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(item)
+        fh.seek(offset)
+        fh.write(first * n)
+    return p
+
+
+def _no_var(p: Path, n_genes: int) -> Path:
+    """A sparse X of 2 cells x ``n_genes`` with 2 values and no var group: AnnData makes up a
+    name for every gene."""
+    _write(_adata(2, 2), p)
+    with h5py.File(p, "r+") as f:
+        f["X"].attrs["shape"] = np.array([2, n_genes], dtype=np.int64)
+        del f["var"]
+    return p
+
+
+def _big_endian_sparse(p: Path) -> Path:
+    _write(_adata(), p)
+    with h5py.File(p, "r+") as f:
+        data = f["X"]["data"][:].astype(">f4")
+        del f["X"]["data"]
+        f["X"].create_dataset("data", data=data)
+    return p
+
+
 def _shape_attr(p: Path, shape) -> Path:
     _write(_adata(), p)
     with h5py.File(p, "r+") as f:
@@ -386,7 +435,7 @@ HOSTILE = {
     "sparse_x_40M_nnz": (
         lambda t: _nnz_bomb(t / "s.h5ad"),
         ["info"],
-        "40,000,000 non-zeros) needs 305.2 MB",
+        "40,000,000 non-zeros) needs 305.5 MB",
     ),
     "csv_gz_4000x4000": (lambda t: _csv_gz_bomb(t / "b.csv.gz"), ["info"], "dense 4000 x 4000"),
     "x_of_strings": (
@@ -414,6 +463,26 @@ HOSTILE = {
         lambda t: _external_x(t / "e.h5ad"),
         ["info"],
         "stores its values in another file",
+    ),
+    "chunk_count_bomb": (
+        lambda t: _chunk_count_bomb(t / "c.h5ad"),
+        ["info"],
+        "stored in 360,000 chunks",
+    ),
+    "strings_aliased_in_the_heap": (
+        lambda t: _aliased_strings(t / "a.h5ad"),
+        ["info"],
+        "uns (once read) needs 300.",
+    ),
+    "no_var_2M_genes": (
+        lambda t: _no_var(t / "v.h5ad", 2_000_000),
+        ["info"],
+        "var (not stored: 2,000,000 names made up)",
+    ),
+    "sparse_x_big_endian": (
+        lambda t: _big_endian_sparse(t / "b.h5ad"),
+        ["info"],
+        "stored in the other byte order",
     ),
 }
 
@@ -607,6 +676,8 @@ def test_hostile_files_are_small(tmp_path):
     assert sizes["mtx_header_2e9_rows"] < 1000
     assert sizes["csv_gz_4000x4000"] < 80_000
     assert sizes["obsm_compression_bomb"] < 200_000 and sizes["sparse_x_40M_nnz"] < 200_000
+    assert sizes["chunk_count_bomb"] < 100_000 and sizes["no_var_2M_genes"] < 50_000
+    assert sizes["strings_aliased_in_the_heap"] < 1_200_000
 
 
 def test_memory_budget_is_checked_before_loading(tmp_path, monkeypatch, capsys):
