@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
 import unicodedata
@@ -209,7 +210,10 @@ def _incoming() -> Path:
     for p in d.iterdir():
         with contextlib.suppress(OSError):
             if now - p.stat().st_mtime > STALE_S:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a preview's job folder (pp_child.start)
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink()
     return d
 
 

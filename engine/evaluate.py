@@ -242,9 +242,13 @@ def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
     """Whether a run that ran to its epoch limit was still learning: the best validation loss
     of its last tenth of epochs (at least the last two) is below the best before them by more
     than ``rel`` of itself and by more than the curve's epoch-to-epoch noise (three robust
-    standard deviations of its steps over the second half). A curve this shape says "train
+    standard deviations of a step, over the second half). A curve this shape says "train
     longer" before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline
-    that the same model beats at 100); a noisy plateau is not this shape."""
+    that the same model beats at 100); a noisy plateau is not this shape.
+
+    The noise is measured around the curve's own trend (second differences cancel a smooth
+    fall): measured on the steps themselves, a curve still falling 10% an epoch, ever more
+    slowly, counted its own slowing as noise and was called converged (a browser pass)."""
     v = np.asarray(val_loss, dtype=float)
     v = v[np.isfinite(v)]
     n = len(v)
@@ -252,6 +256,11 @@ def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
         return False
     start = min(n - 2, int(0.9 * n))
     gain = float(v[:start].min() - v[start:].min())
-    steps = np.diff(v[n // 2 :])
-    noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) if len(steps) else 0.0
+    half = v[n // 2 :]
+    if len(half) >= 4:  # white noise of sd s: second differences have sd s * sqrt(6)
+        sd = 1.4826 * float(np.median(np.abs(np.diff(half, 2)))) / np.sqrt(6)
+        noise = np.sqrt(2) * sd  # of a step, the difference of two values
+    else:
+        steps = np.diff(half)
+        noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) if len(steps) else 0.0
     return gain > max(rel * abs(float(v[start:].min())), 3 * noise)

@@ -58,6 +58,110 @@ def make(
     }
 
 
+_STARTED: dict[str, subprocess.Popen] = {}  # this process's children, reaped when polled
+
+
+def _command(source: Any, recipe: Path, target: Any, result: Path, steps: Path) -> list[str]:
+    from engine import reader
+
+    # after "--": a file name that starts with "-" is a name, not an option
+    cmd = [sys.executable, "-m", "engine.pp_child", "--steps", str(steps), "--"]
+    return cmd + [
+        str(source),
+        str(recipe),
+        str(target),
+        str(result),
+        str(reader.child_memory_limit()),
+    ]
+
+
+def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> Path:
+    """Start ``recipe`` on the .h5ad ``source`` in a child that outlives the caller's wait;
+    return its folder (``TARGET.job``, beside ``target``), which ``poll`` reads. A Preview of
+    Leiden takes minutes: waited for in the page's run, a click on another page stopped the
+    wait and lost the preview while the child went on (a browser pass)."""
+    from engine import reader, runs, settings
+
+    job = Path(f"{target}.job")
+    job.mkdir()
+    (job / "recipe.json").write_text(recipe.to_json())
+    cmd = _command(source, job / "recipe.json", target, job / "result.json", job / "steps.jsonl")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=str(reader.ROOT),
+        env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not stopped with the caller's process group
+    )
+    _STARTED[str(job)] = proc
+    limit = settings.get().read_timeout_s
+    runs.write_json(job / "job.json", {"pid": proc.pid, "started": time.time(), "limit_s": limit})
+    return job
+
+
+def poll(job: str | os.PathLike) -> dict[str, Any]:
+    """What a ``start``ed recipe has done: ``{"state": "running" | "done" | "failed", "steps":
+    [each finished step's report row], "info": (when done) what ``run`` returns, "error":
+    (when failed) one line}``. A child past its time limit is stopped here."""
+    from engine import procs, runs
+
+    job = Path(job)
+    steps: list[dict] = []
+    _tell(job / "steps.jsonl", 0, steps.append)
+    out = runs.read_json(job / "result.json", {})
+    out = out if isinstance(out, dict) else {}
+    if "report" in out:
+        return {"state": "done", "steps": steps, "info": out}
+    if out.get("error"):
+        return {"state": "failed", "steps": steps, "error": str(out["error"])}
+    meta = runs.read_json(job / "job.json", {})
+    meta = meta if isinstance(meta, dict) else {}
+    proc = _STARTED.get(str(job))
+    target = str(job)[: -len(".job")]
+    alive = proc.poll() is None if proc is not None else procs.pid_alive(meta.get("pid"), target)
+    if alive:
+        started, limit = meta.get("started"), meta.get("limit_s")
+        late = isinstance(started, int | float) and isinstance(limit, int | float)
+        if late and time.time() - started > limit:
+            stop(job)
+            return {
+                "state": "failed",
+                "steps": steps,
+                "error": "Preprocessing took longer than SCWB_READ_TIMEOUT_S.",
+            }
+        return {"state": "running", "steps": steps}
+    if "report" in (runs.read_json(job / "result.json", {}) or {}):  # it ended just now
+        return poll(job)
+    return {
+        "state": "failed",
+        "steps": steps,
+        "error": "Preprocessing stopped: it ran out of memory or was killed; select fewer "
+        "genes or raise SCWB_MEMORY_BUDGET_GB.",
+    }
+
+
+def stop(job: str | os.PathLike) -> None:
+    """Stop a ``start``ed recipe (if it still runs) and remove its folder and its output."""
+    import shutil
+
+    from engine import procs, reader, runs
+
+    job = Path(job)
+    target = str(job)[: -len(".job")]
+    proc = _STARTED.pop(str(job), None)
+    pid = proc.pid if proc is not None else (runs.read_json(job / "job.json", {}) or {}).get("pid")
+    if proc is not None or procs.pid_alive(pid, target):
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            os.kill(int(pid), 9)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    shutil.rmtree(job, ignore_errors=True)
+    reader._remove_target(target)
+
+
 def run(
     source: str | os.PathLike,
     recipe: Any,
@@ -74,9 +178,7 @@ def run(
         result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
         steps = Path(tmp) / "steps.jsonl"
         rec.write_text(recipe.to_json())
-        # after "--": a file name that starts with "-" is a name, not an option
-        cmd = [sys.executable, "-m", "engine.pp_child", "--steps", str(steps), "--"]
-        cmd += [str(source), str(rec), str(target), str(result), str(reader.child_memory_limit())]
+        cmd = _command(source, rec, target, result, steps)
         proc = subprocess.Popen(
             cmd,
             cwd=str(reader.ROOT),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from engine.errors import ScwbError
 
@@ -164,14 +165,29 @@ def split_for(obs: Any, spec: Any, stratify: np.ndarray | None) -> dict[str, np.
             missing = sorted(set(stratify[split["test"]]) - set(stratify[split["train"]]))
             if missing:
                 held = ", ".join(sorted(set(obs[key].astype(str).to_numpy()[split["test"]])))
+                alone = set(single_group_classes(obs[key].to_numpy(), stratify))
+                way = (
+                    f"each is in one {key} only, so no seed can train on it while that one is "
+                    "tested: split at random, or hold out another column"
+                    if alone >= set(missing)
+                    else "try another seed or split at random"
+                )
                 raise ScwbError(
                     f"With {key!r} held out (test: {held}), {len(missing)} class(es) have no "
-                    f"training cell ({', '.join(missing[:3])}): try another seed or split at "
-                    "random."
+                    f"training cell ({', '.join(map(str, missing[:3]))}): {way}."
                 )
     else:
         split = make_split(len(obs), spec.seed, stratify=stratify)
     return restrict(split, train_on_mask(obs, spec.train_on))
+
+
+def single_group_classes(groups: Any, labels: Any) -> list[str]:
+    """Classes whose cells all lie in one group: holding out whole groups leaves each without
+    a training cell whenever its group is tested (a sample per cluster, in a CytOF file, was
+    suggested as the held-out column: a browser pass)."""
+    frame = pd.DataFrame({"g": np.asarray(groups).astype(str), "y": np.asarray(labels).astype(str)})
+    spread = frame.groupby("y", sort=True)["g"].nunique()
+    return [str(y) for y, n in spread.items() if n < 2]
 
 
 def train_on_mask(obs: Any, train_on: dict[str, list[str]] | None) -> np.ndarray | None:

@@ -144,9 +144,10 @@ else:
     obs = adata.obs
 
 cols = [str(c) for c in obs.columns]
+noun = defaults.feature_noun(d or {})  # "marker" on cytometry data
 mode = c2.radio(
     "Colour by",
-    ["obs column", "gene"],
+    ["obs column", noun],
     index=0 if cols else 1,  # a set without obs columns opens on genes
     horizontal=True,
     key="explore_mode",
@@ -154,7 +155,7 @@ mode = c2.radio(
 color_name, values = None, None
 if mode == "obs column":
     if not cols:
-        st.caption("This dataset has no obs column: colour by a gene instead.")
+        st.caption(f"This dataset has no obs column: colour by a {noun} instead.")
     else:
         # the same default as the other pages: the cell-type (label) column, else the first
         # column that makes groups, else the first; never a per-cell measurement by default
@@ -164,16 +165,16 @@ if mode == "obs column":
         )
 else:
     query = c2.text_input(
-        "Search genes", key="explore_gene_query", placeholder="type part of a gene name"
+        f"Search {noun}s", key="explore_gene_query", placeholder=f"type part of a {noun} name"
     )
     genes = adata.var_names.astype(str)
     matches = genes[genes.str.contains(query, case=False, regex=False)] if query else genes
     shown = list(matches[:MAX_GENE_MATCHES])
     if not shown:
-        c2.caption(f"No gene matches {esc(query)}.")
+        c2.caption(f"No {noun} matches {esc(query)}.")
     else:
         color_name = c2.selectbox(
-            f"Gene ({len(matches):,} match{'es' if len(matches) != 1 else ''}"
+            f"{noun.capitalize()} ({len(matches):,} match{'es' if len(matches) != 1 else ''}"
             + (f", first {MAX_GENE_MATCHES} shown" if len(matches) > MAX_GENE_MATCHES else "")
             + ")",
             shown,

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import streamlit as st
 from anndata.io import sparse_dataset
 
-from engine import datasets, io, pp_child, pp_memory, summary
+from engine import datasets, defaults, io, pp_child, pp_memory, summary
 from engine import preprocess as pp
 from engine.checks import human
 from ui import figures
@@ -22,6 +22,9 @@ from ui.state import (
     dataset_layout,
     dataset_picker,
     ensure_app_navigation,
+    fragment,
+    keep,
+    kept,
     load_full,
     set_dataset,
     show_error,
@@ -74,8 +77,9 @@ steps: list[pp.Step] = []
 
 def k(widget: str) -> str:
     """A widget's key for this dataset: each dataset starts from its own suggestions (after Save
-    the new dataset is current, and the old form's ticks would apply the recipe twice)."""
-    return f"{widget}@{name}"
+    the new dataset is current, and the old form's ticks would apply the recipe twice). Its
+    value is kept for the session: a visit to another page reset them (a browser pass)."""
+    return kept(f"{widget}@{name}")
 
 
 with st.container(border=True):
@@ -235,6 +239,10 @@ with st.container(border=True):
         )
         steps.append(pp.Step("leiden", {"resolution": resolution}))
 
+for wkey in [
+    x for x in st.session_state if str(x).startswith("pp_") and str(x).endswith(f"@{name}")
+]:
+    keep(wkey, st.session_state[wkey])
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
     fp = pp_memory.estimate(dataset_layout(name), recipe, copy=False)  # as Preview runs it
@@ -268,6 +276,9 @@ def _drop_preview() -> None:
     if old:
         Path(old[2]).unlink(missing_ok=True)
         summary.remove_qc(old[2])
+    job = st.session_state.pop("pp_job", None)
+    if job:
+        pp_child.stop(job[2])
 
 
 if st.button(
@@ -275,32 +286,61 @@ if st.button(
 ):
     try:
         _drop_preview()
+        st.session_state.pop("pp_failed", None)
         target = datasets.new_incoming()
         # big recipes in a memory-capped child: the working copies never enter the app process
         peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
         names = [s.name for s in steps]
-        said = st.empty()
-
-        finished: list[dict] = []
-
-        def done(row: dict) -> None:  # each finished step, as it finishes (Leiden: minutes)
-            finished.append(row)
-            k = len(finished)  # steps run in the recipe's order, a name may come twice
-            after = f"; now {names[k]} ({k + 1} of {len(names)})" if 0 < k < len(names) else ""
-            said.caption(f"{esc(row.get('step'))} done in {row.get('seconds', 0):.1f} s{after}.")
-
-        with st.spinner(
-            f"Applying recipe: {names[0] if names else 'nothing'} (1 of {len(names)})..."
-        ):
-            # clustering takes seconds to minutes whatever the size: never in the page's thread
-            if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:
-                info = pp_child.make(load_full(name), recipe, target, on_step=done)
-            else:
-                info = pp_child.run(datasets.path(name), recipe, target, on_step=done)
-        said.empty()
-        st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
+        if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:  # seconds at most
+            with st.spinner(f"Applying recipe: {', '.join(names)}..."):
+                info = pp_child.make(load_full(name), recipe, target)
+            st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
+        else:  # clustering takes minutes: in the background, never in the page's run
+            job = pp_child.start(datasets.path(name), recipe, target)
+            st.session_state["pp_job"] = (name, recipe.to_json(), str(job), str(target), names)
     except Exception as exc:
         show_error(exc)
+
+
+@fragment(run_every=1)
+def preview_progress() -> None:
+    """The background Preview's progress, polled; its result taken in when it ends (leaving
+    the page and coming back finds it running, or done)."""
+    job = st.session_state.get("pp_job")
+    if not job or job[0] != name:
+        return
+    now = pp_child.poll(job[2])
+    names, done = job[4], now["steps"]
+    if now["state"] == "running":
+        k = min(len(done), len(names) - 1)
+        finished = "; ".join(
+            f"{esc(r.get('step'))} done in {r.get('seconds', 0):.1f} s" for r in done
+        )
+        st.caption(
+            f":material/hourglass_top: Applying the recipe in the background: {esc(names[k])} "
+            f"({k + 1} of {len(names)}){' · ' + finished if finished else ''}. Other pages can "
+            "be used meanwhile."
+        )
+        if st.button("Stop the preview", key="pp_stop"):
+            _drop_preview()
+            st.rerun(scope="app")
+        return
+    st.session_state.pop("pp_job", None)
+    if now["state"] == "done":
+        import shutil
+
+        shutil.rmtree(job[2], ignore_errors=True)  # the result stays, at job[3]
+        st.session_state["pp_result"] = (job[0], job[1], job[3], now["info"])
+    else:
+        st.session_state["pp_failed"] = (job[0], now["error"])
+        pp_child.stop(job[2])
+    st.rerun(scope="app")
+
+
+preview_progress()
+failed = st.session_state.get("pp_failed")
+if failed and failed[0] == name:
+    st.error(esc(failed[1]))
 
 result = st.session_state.get("pp_result")
 if result and result[0] == name and result[1] == recipe.to_json():
@@ -310,7 +350,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
     st.dataframe(
         pd.DataFrame(report)
         .drop(columns="note", errors="ignore")
-        .rename(columns={"n_obs": "cells", "n_vars": "genes"}),
+        .rename(columns={"n_obs": "cells", "n_vars": f"{defaults.feature_noun(d)}s"}),
         hide_index=True,
         width="stretch",
     )

@@ -18,7 +18,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import defaults, embedding, evaluate, export, jobs, metric_names, models, runs, settings
+from engine import (
+    datasets,
+    defaults,
+    embedding,
+    evaluate,
+    export,
+    jobs,
+    metric_names,
+    models,
+    runs,
+    settings,
+    split,
+)
 from engine import progress as progress_text
 from engine import results as results_files
 from engine.checks import human
@@ -123,7 +135,10 @@ def _shape(spec: dict) -> str:
     """' (8,684 cells x 2,000 genes)' from the recorded shape (it read '([8684, 2000])')."""
     shape = spec.get("data_shape")
     if isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) for v in shape):
-        return f" ({shape[0]:,} cells × {shape[1]:,} genes)"
+        key = spec.get("dataset_key")
+        known = datasets.description(key) if isinstance(key, str) and datasets.exists(key) else None
+        noun = defaults.feature_noun({"recipe": spec.get("recipe"), **(known or {})})
+        return f" ({shape[0]:,} cells × {shape[1]:,} {noun}s)"
     return ""
 
 
@@ -290,6 +305,27 @@ def still_learning_note() -> str | None:
     )
 
 
+def warmup_note() -> str | None:
+    """A VAE whose KL warm-up outlasted its training never trained on its whole objective (the
+    Train page said nothing when 10 epochs met a warm-up of 20: a browser pass)."""
+    info = models.REGISTRY.get(str(spec.get("model")))
+    if info is None or "kl_warmup" not in info.params or curve.empty or "epoch" not in curve:
+        return None
+    saved = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+    warm = {**info.defaults(), **models.recorded_params(info.name, saved)}.get("kl_warmup")
+    last = pd.to_numeric(curve["epoch"], errors="coerce").max()
+    if not isinstance(warm, int | float) or not np.isfinite(last) or int(last) >= warm:
+        return None
+    return (
+        f"Its KL warm-up ({warm:g} epochs) was longer than its training ({int(last)}): the KL "
+        f"term's weight reached only {int(last) / warm:.2f} of 1, so the model never trained "
+        "on the VAE's whole objective (its validation loss is scored on it). Train it longer, "
+        "or with a shorter kl_warmup."
+    )
+
+
+if warm := warmup_note():
+    st.warning(warm, icon=":material/warning:")
 note = early_stop_note()
 if note:
     st.info(note, icon=":material/timer_off:")
@@ -503,6 +539,11 @@ elif task != "perturb" and res_info is not None and not spec.get("train_on"):
         for c, n in obs_levels(str(res_path), mtime).items()
         if n >= 3 and defaults.is_group_name(c) and c != spec.get("label_key")
     ]
+    label = spec.get("label_key") if task == "classify" else None
+    if label and label in obs_levels(str(res_path), mtime):  # not a column that holds classes
+        # out of training (one sample per cluster: a browser pass on CytOF)
+        cols = obs_columns(str(res_path), mtime, (label, *donors))
+        donors = [c for c in donors if not split.single_group_classes(cols[c], cols[label])]
     if donors:
         st.caption(
             f"Test cells drawn at random from all the cells: the same {esc(donors[0])} groups "

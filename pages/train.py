@@ -26,6 +26,8 @@ from ui.state import (
     dataset_picker,
     ensure_app_navigation,
     fragment,
+    keep,
+    kept,
     load_full,
     show_error,
     to_address,
@@ -70,20 +72,6 @@ def needs(model: str) -> str:
     info = models.get(model)
     likelihood = current(param_key(model, "likelihood"))
     return info.needs_for({"likelihood": likelihood} if likelihood else {})
-
-
-def keep(key: str, value: Any) -> Any:
-    ss[f"keep:{key}"] = value
-    return value
-
-
-def kept(wkey: str) -> str:
-    """``wkey``, a widget key, given back the value this session last kept for it: Streamlit
-    drops a widget's value when its page is left (a browser pass: 3 seeds, a hidden size and a
-    VAE's batch key came back as the defaults); ``keep(wkey, value)`` after the widget."""
-    if wkey not in ss and f"keep:{wkey}" in ss:
-        ss[wkey] = ss[f"keep:{wkey}"]
-    return wkey
 
 
 st.title("Train")
@@ -283,8 +271,21 @@ with st.container(border=True):
             "the score says how the model does on a donor it never saw",
         )
         split_by = keep(f"split:{name}", split_by)
+        label_key = spec_kw.get("label_key") if task == "classify" else None
+
+        def alone(column: str) -> list[str]:
+            """Classes of the label found in one group of ``column`` only."""
+            if not label_key or column not in adata.obs or label_key not in adata.obs:
+                return []
+            return split_mod.single_group_classes(adata.obs[column], adata.obs[label_key])
+
         if split_by.startswith("("):
-            if donor and donor != spec_kw.get("label_key") and not spec_kw.get("train_on"):
+            if (
+                donor
+                and donor != spec_kw.get("label_key")
+                and not spec_kw.get("train_on")
+                and not alone(donor)  # holding it out would hold classes out of training
+            ):
                 st.caption(
                     f"Test cells drawn at random: the same {esc(donor)} groups are in training "
                     f"and in test, so the test score says how the model does on a {esc(donor)} "
@@ -292,6 +293,13 @@ with st.container(border=True):
                 )
         else:
             spec_kw["split_by"] = split_by
+            if lone := alone(split_by):
+                st.warning(
+                    f"{len(lone)} class(es) of {esc(label_key)} are each in one {esc(split_by)} "
+                    f"only ({esc(', '.join(lone[:3]))}): whenever that one is tested, the class "
+                    "has no training cell, whatever the seed. Test on cells at random, or hold "
+                    "out another column."
+                )
             n_groups = len(d["labels"].get(split_by) or {})
             counts = d["labels"].get(split_by) or {}
             # every group counted, and no training subset (its own count stands)
@@ -544,6 +552,14 @@ def draw_estimates(measuring: bool) -> None:
         )
     for n, e in ests.items():
         st.markdown(f"**{n}** · {e.epochs_text()} · {e.text()}")
+        warm = (params.get(n) or {}).get("kl_warmup")
+        if isinstance(warm, int | float) and e.epochs and warm > e.epochs:
+            st.warning(
+                f"{n}: its KL warm-up ({warm:g} epochs) is longer than its {e.epochs} epochs: "
+                f"the KL term's weight would reach only {e.epochs / warm:.2f} of 1, so it would "
+                "never train on the VAE's whole objective. Give it more epochs or a shorter "
+                "kl_warmup."
+            )
     nets = [e for e in ests.values() if e.kind == "torch" and e.seconds]
     if (len(ests) > 1 or n_seeds > 1) and nets and launcher == "local":
         # networks take a slot each (one per GPU; on a CPU they share its cores, one at a time);

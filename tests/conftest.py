@@ -26,6 +26,19 @@ def shared_file(name: str) -> Path:
     return path
 
 
+def finish_preview(at, timeout: float = 240):
+    """Rerun the Preprocess page (as its progress fragment does each second) until its
+    background Preview has ended; return the AppTest."""
+    import time
+
+    t0 = time.time()
+    while "pp_job" in at.session_state:
+        assert time.time() - t0 < timeout, "the background Preview did not end"
+        time.sleep(0.5)
+        at.run(timeout=60)
+    return at
+
+
 @pytest.fixture(autouse=True)
 def workspace(tmp_path, monkeypatch):
     home = tmp_path / "scwb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from engine import datasets, jobs, train
 from engine.demos import load_demo
 from engine.spec import RunSpec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, finish_preview
 
 T = 60
 
@@ -288,7 +289,12 @@ def test_unannotated_data_gets_clusters_to_train_a_classifier_on(counts_adata):
     at = app("preprocess")
     box = next(c for c in at.checkbox if c.label.startswith("Leiden clusters"))
     assert box.value and any("No obs column" in c.value for c in at.caption)
-    next(b for b in at.button if b.label == "Preview").click().run(timeout=240)
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=60)
+    # Leiden runs in the background: the page says so, and other pages can be used meanwhile
+    assert any("in the background" in c.value for c in at.caption), [c.value for c in at.caption]
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/preprocess.py").run()  # back: the Preview is still there
+    finish_preview(at)
     assert not at.exception and not errors(at)
     assert list(at.dataframe[-1].value["step"])[-1] == "leiden"
     notes = [c.value.replace("\\", "") for c in at.caption if c.value.startswith(":material/info:")]
@@ -321,6 +327,11 @@ def test_preprocess_preview_and_save(counts_file):
     # a step that changes nothing says so (200 genes, HVG asks for as many)
     box.set_value(200).run()
     assert any("genes: 200 keeps them all" in c.value for c in at.caption)
+    # a visit to another page keeps the form (it came back with its defaults: a browser pass)
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/preprocess.py").run()
+    assert next(c for c in at.checkbox if c.label == "Highly variable genes").value
+    assert next(n for n in at.number_input if n.label == "number of genes").value == 200
     next(b for b in at.button if b.label == "Preview").click().run()
     assert "hvg" in list(at.dataframe[-1].value["step"])
     notes = [
@@ -791,3 +802,17 @@ def test_abnormality_boxes_tell_reference_cells_trained_on_from_held_out(dataset
     boxes = {t["name"] for t in fig["data"] if t["type"] == "box"}
     assert boxes == {"control · held out", "control · trained on", "stimulated"}
     assert "cells trained on, and held-out cells the AUROC uses" in fig["layout"]["title"]["text"]
+
+
+def test_cytometry_data_names_its_markers(counts_adata):
+    """A browser pass on CytOF: 'Loaded 3,000 cells x 23 genes', a 'Genes' tile and 'Search
+    genes' on a mass-cytometry panel."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 2, (300, 5)), rng.lognormal(5, 1, (300, 5))], axis=1)
+    datasets.save(ad.AnnData(x.astype(np.float32)), "cytof")
+    at = app("data")
+    assert "Markers" in [m.label for m in at.metric]
+    at = app("explore")
+    assert any(r.options == ["obs column", "marker"] for r in at.radio), [
+        r.options for r in at.radio
+    ]

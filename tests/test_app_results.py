@@ -438,6 +438,18 @@ def test_still_improving_tells_a_falling_curve_from_a_noisy_plateau():
     assert np.mean([still_improving(c) for c in falling]) > 0.9
     assert not still_improving([1.0] * 10 + [1.3, 1.0, 0.999])  # one spike before the end
     assert still_improving([104, 91, 80, 73, 70])  # the 5-epoch scGen of the browser pass
+    # an MLP stopped at 20 epochs, still 10% lower each epoch but ever more slowly (its own
+    # slowing was counted as noise: a browser pass on CytOF)
+    mlp = [1.0117, 0.9264, 0.8281, 0.7041, 0.5813, 0.4692, 0.3748, 0.2992, 0.2409, 0.1954]
+    assert still_improving(
+        mlp + [0.161, 0.1348, 0.1144, 0.0986, 0.0852, 0.0748, 0.0658, 0.0587, 0.0529, 0.0481]
+    )
+    for n in (50, 100):  # longer curves: plateaus stay quiet, slow falls are caught
+        x = np.arange(n)
+        flat = [1 + 2 * np.exp(-x / 5) + rng.normal(0, sd, n) for sd in (0.002, 0.01, 0.03)] * 30
+        assert np.mean([still_improving(c) for c in flat]) < 0.03
+        slow = [3 * np.exp(-x / (1.5 * n)) + rng.normal(0, 0.01, n) for _ in range(30)]
+        assert np.mean([still_improving(c) for c in slow]) > 0.9
 
 
 def test_a_pca_embedding_shows_its_latent_space_and_no_empty_grouping(dataset):
@@ -507,6 +519,7 @@ def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
     run = _finished(dataset, "vae", epochs=2, label_key="cell_type", params={"kl_warmup": 1})
     at = app("results", run=run.name)
     assert not texts(at, "error")
+    assert not [w for w in texts(at, "warning") if "KL warm-up" in w]
     assert any("normalised to 10,000 per cell" in c for c in texts(at, "caption"))
     heat = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("Input"))
     z = arr(heat["data"][0]["z"])
@@ -525,6 +538,20 @@ def test_results_vae_lognormalised_heatmaps_and_background_umap(dataset):
     assert not at.exception
     umap = next(s for s in specs(at) if s["layout"]["title"]["text"].startswith("UMAP of X_vae"))
     assert umap["layout"]["showlegend"] is True and len(umap["data"]) >= 2
+
+
+def test_a_vae_trained_within_its_kl_warm_up_says_so(dataset):
+    """A browser pass: 10 epochs under a warm-up of 20 (the default) trained without a word,
+    and its validation loss mixed a KL weight that changed every epoch. The validation loss is
+    the whole objective; Results says the weight never reached 1."""
+    import pandas as pd
+
+    run = _finished(dataset, "vae", epochs=2, label_key="cell_type")
+    (warm,) = [w for w in texts(app("results", run=run.name), "warning") if "KL warm-up" in w]
+    assert "(20 epochs) was longer than its training (2)" in warm and "only 0.10 of 1" in warm
+    curve = pd.read_csv(run / "metrics.csv").dropna(subset=["val_loss"])
+    whole = curve["val_reconstruction"] + curve["val_kl"]
+    assert np.allclose(curve["val_loss"], whole, rtol=1e-4), curve  # KL weight 1, not 0.05
 
 
 def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import datasets, io, summary
-from tests.conftest import ROOT
+from tests.conftest import ROOT, finish_preview
 
 T = 60
 
@@ -81,16 +81,22 @@ def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
 
     monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
     calls = []
-    real = pp_child.run
-    monkeypatch.setattr(pp_child, "run", lambda *a, **k: calls.append(k) or real(*a, **k))
+    real = pp_child.start
+    monkeypatch.setattr(pp_child, "start", lambda *a, **k: calls.append(a) or real(*a, **k))
     datasets.save(counts_adata, "raw")
     at = page("preprocess")
     next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
     assert calls and not at.exception and not at.error
-    assert callable(calls[0]["on_step"])  # each step said as it finishes
+    finish_preview(at)
+    assert (
+        not at.exception
+        and not at.error
+        and "Effect of each step" in [h.value for h in at.subheader]
+    )
     next(b for b in at.button if b.label == "Save").click().run(timeout=T)
     assert not at.exception and "raw_pp" in [d["name"] for d in datasets.list_datasets()]
-    assert not list((datasets.path("x").parent / datasets.INCOMING).glob("*.h5ad"))
+    incoming = datasets.path("x").parent / datasets.INCOMING
+    assert not list(incoming.glob("*.h5ad")) and not list(incoming.glob("*.job"))
 
 
 def test_data_page_warns_on_duplicated_names_from_the_description(counts_adata):

@@ -546,6 +546,26 @@ def test_train_offers_held_out_donors_and_says_when_donors_are_in_both(lognorm_a
     assert submitted[-1]["split_by"] == "donor"
 
 
+def test_a_group_column_that_holds_whole_classes_is_not_suggested(lognorm_adata, submitted):
+    """A browser pass on CytOF: one sample per cluster, and Train and Results advised holding
+    samples out; Submit then refused with "try another seed", which could never help."""
+    a = lognorm_adata.copy()
+    a.obs["sample"] = pd.Categorical("s_" + a.obs["cell_type"].astype(str))
+    name = datasets.save(a, "one_sample_per_type")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    box(at, "Label column").set_value("cell_type").run()
+    assert not any("Pick held-out groups" in c.value for c in at.caption)
+    box(at, "Test on").set_value("sample").run()
+    (warned,) = [w.value for w in at.warning if "whatever the seed" in w.value]
+    assert "class(es) of cell\\_type are each in one sample only" in warned, warned
+    button(at, "Submit").click().run()
+    said = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "each is in one sample only, so no seed can train on it" in said, said
+    assert "try another seed" not in said
+
+
 def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata):
     """A browser pass: the VAE's batch key opened on a blank option and offered cell_type
     without a word; a cell-type column as the batch removes the cell types."""
@@ -562,6 +582,11 @@ def test_vae_batch_key_lists_donors_first_and_warns_on_cell_types(lognorm_adata)
     assert not any("is also what is held out" in w.value for w in at.warning)
     box(at, "Test on").set_value("donor").run()
     assert any("donor is also what is held out for testing" in w.value for w in at.warning)
+    # a cap under the KL warm-up (20 epochs): it would never train on its whole objective
+    assert not any("KL warm-up" in w.value for w in at.warning)
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(8).run()
+    (warm,) = [w.value for w in at.warning if "KL warm-up" in w.value]
+    assert "(20 epochs) is longer than its 8 epochs" in warm and "only 0.40 of 1" in warm
 
 
 def test_perturb_form_warns_when_the_cell_type_column_follows_the_condition(seurat_like, submitted):

@@ -268,6 +268,22 @@ def fragment(run_every: float | None = None) -> Callable[[Callable], Callable]:
     return wrap
 
 
+def keep(key: str, value: Any) -> Any:
+    """Keep ``value`` for this session under ``key`` (``kept`` gives it back to a widget)."""
+    st.session_state[f"keep:{key}"] = value
+    return value
+
+
+def kept(wkey: str) -> str:
+    """``wkey``, a widget key, given back the value this session last kept for it: Streamlit
+    drops a widget's value when its page is left (a browser pass: 3 seeds, a hidden size and a
+    VAE's batch key came back as the defaults); ``keep(wkey, value)`` after the widget."""
+    ss = st.session_state
+    if wkey not in ss and f"keep:{wkey}" in ss:
+        ss[wkey] = ss[f"keep:{wkey}"]
+    return wkey
+
+
 def ensure_app_navigation() -> None:
     """Route a page URL opened first after a server start through ``app.py``.
 

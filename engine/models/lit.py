@@ -57,7 +57,10 @@ class LitModel(pl.LightningModule):
             )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.module.loss(batch, kl_weight=self.kl_weight())
+        # the model's whole objective, whatever the warm-up's weight (scvi-tools' validation
+        # ELBO): early stopping, the best epoch and the curve compare one quantity across
+        # epochs (with the warm-up's weight, each epoch's loss held a larger share of KL)
+        out = self.module.loss(batch, kl_weight=1.0)
         n = batch["x"].shape[0]
         for key, value in out.items():
             self.log(
