@@ -215,16 +215,42 @@ def _memory_file() -> str:
     return f"scwb-check-{os.getpid()}-{time.monotonic_ns()}.h5"
 
 
+def _long_float(dtype: Any) -> bool:
+    return getattr(dtype, "kind", "") == "f" and getattr(dtype, "itemsize", 0) > 8
+
+
+def _valid_log1p(value: Any) -> bool:
+    """``uns['log1p']`` as scanpy writes it: a dict whose base is None or a positive number
+    other than 1."""
+    if not isinstance(value, dict):
+        return False
+    base = value.get("base")
+    if base is None:
+        return True
+    try:
+        base = float(base)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(base)) and base > 0 and base != 1
+
+
 def canonical(adata: ad.AnnData) -> ad.AnnData:
     """X in the form every step and model expects, made once where data enters the workspace
     (the reader child, before its fingerprint) and where preprocessing starts: a bool X as
     float32 (normalize failed on a cast), and a sparse X with a column twice in one row summed
     (scipy's meaning; a step that assumes one entry per position failed on 'infinity'); an obs
-    or var column of records (a compound dtype, which no table can show) as text. Not
+    or var column of records (a compound dtype, which no table can show) as text, one of long
+    doubles as float64; an ``uns['log1p']`` scanpy could not read dropped. Not
     done by ``read``: a saved dataset's fingerprint is of the bytes it was saved with."""
     for frame in (adata.obs, adata.var):  # a record per cell (compound dtype): as text, once
         for col in [c for c in frame.columns if getattr(frame[c].dtype, "kind", "") == "V"]:
             frame[col] = frame[col].map(str).astype("category")
+        # long double: pandas cannot describe it (info refused what preprocess accepted)
+        for col in [c for c in frame.columns if _long_float(frame[c].dtype)]:
+            frame[col] = frame[col].astype(np.float64)
+    log1p = adata.uns.get("log1p")
+    if log1p is not None and not _valid_log1p(log1p):  # scanpy's HVG reads its base
+        del adata.uns["log1p"]  # (a string there failed HVG with "'str' object has no 'get'")
     x = adata.X
     if x is None:
         return adata

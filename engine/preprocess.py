@@ -576,6 +576,10 @@ def apply(
             f"X is empty (the data are in layers: {layers}); preprocessing works on X: "
             "save the data with the matrix to preprocess as X."
         )
+    if recipe.steps and 0 in adata.shape:  # else a step was blamed for removing them all
+        raise ScwbError(
+            f"The data hold {adata.n_obs:,} cells x {adata.n_vars:,} genes: nothing to preprocess."
+        )
     pp_memory.check(adata, recipe, copy)
     if recipe.steps:  # NaN or infinity spread through every step and came out as a dataset
         check_finite(adata.X, "X")
@@ -591,7 +595,7 @@ def apply(
                 out = STEPS[step.name](out, **step.params)
         except ScwbError:
             raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
             raise ScwbError(
                 f"Step {step.name!r} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None

@@ -561,3 +561,27 @@ def test_a_recipe_nested_past_the_parser_is_history_not_a_crash(counts_adata, tm
         RunSpec(model="autoencoder", data="x"), counts_adata, tmp_path, "cpu", "f"
     )
     assert record["recipe"] is None
+
+
+def test_what_a_file_says_beside_its_matrix_cannot_break_a_step(lognorm_adata):
+    """A hostile-input pass: uns['log1p'] as text failed HVG with "'str' object has no attribute
+    'get'" (base 0: a message about infinity); a long-double obs column was refused by info and
+    taken by preprocess; an input with no cell blamed its first step for removing them all."""
+    import anndata as ad
+
+    from engine import io
+
+    recipe = pp.Recipe([pp.Step("hvg", {"n_top": 20})])
+    for bad in ("x", {"base": 0}, {"base": "e"}, [1, 2]):
+        a = lognorm_adata.copy()
+        a.uns["log1p"] = bad
+        out, _ = pp.apply(a, recipe)
+        assert out.n_vars == 20 and "log1p" not in out.uns
+    a = lognorm_adata.copy()
+    a.uns["log1p"] = {"base": 2.0}  # scanpy's own: kept
+    assert io.canonical(a).uns["log1p"] == {"base": 2.0}
+    a.obs["f128"] = np.ones(a.n_obs, dtype=np.longdouble)
+    assert io.canonical(a).obs["f128"].dtype == np.float64
+    io.describe(a)
+    with pytest.raises(ScwbError, match="hold 0 cells x 200 genes: nothing to preprocess"):
+        pp.apply(ad.AnnData(np.zeros((0, 200), np.float32)), recipe)
