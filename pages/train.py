@@ -355,7 +355,14 @@ with st.container(border=True):
             f"{', '.join(count_models)} need{'s' * (len(count_models) == 1)} raw counts, and "
             f"{where} holds {kind or 'other values'}"
             + (" with no layers['counts'] beside it" if "counts" not in layers else "")
-            + ": it will be refused. Pick a layer of counts, or load the raw counts."
+            + ": it will be refused. Pick a layer of counts, or load the raw counts"
+            + (
+                "; or, for the VAE, set its likelihood to gaussian (below), which models "
+                "normalised or scaled values as they are"
+                if any("likelihood" in models.get(n).params for n in count_models)
+                else ""
+            )
+            + "."
         )
     if kind == "raw intensities":
         st.warning(

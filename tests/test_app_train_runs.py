@@ -513,6 +513,7 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     warned = " ".join(w.value for w in at.warning)
     assert "vae needs raw counts, and X holds scaled (z-score) with no layers['counts']" in warned
     assert "it will be refused" in warned
+    assert "for the VAE, set its likelihood to gaussian" in warned  # the way out, said
     box(at, "likelihood").set_value("gaussian").run()  # reads any values: no refusal ahead
     assert not any("needs raw counts" in w.value for w in at.warning)
 
