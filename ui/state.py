@@ -80,7 +80,10 @@ def set_dataset(key: str) -> None:
 def dataset_file(name: str) -> tuple[str, int, float]:
     """Dataset ``name``'s file as (path, size, mtime): the key of every cache of its content.
     The file is the one saved (``datasets.fingerprint``) before anything here reads it."""
-    datasets.fingerprint(name)
+    # instant when its record matches; else (a dataset saved by an older version, a file
+    # changed on disk) read once in a child first, said after half a second
+    with st.spinner("Checking the dataset's file (once)..."):
+        datasets.fingerprint(name)
     p = datasets.path(name)
     s = p.stat()
     return str(p), s.st_size, s.st_mtime
