@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -108,17 +109,34 @@ def fingerprint(key: str) -> str:
     fp = fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None
     if fp and all(m.get(k) == v for k, v in _stamp(st).items()):
         return fp
-    name = label(key)
-    now = str(reader.run_child(p, name.replace("/", "_"), check_only=True).get("fingerprint"))
-    if fp and fp != now:
-        raise ScwbError(
-            f"Dataset {name!r} no longer holds the data it was saved with (its file changed on "
-            "disk): load the file again, or delete this dataset."
-        )
-    if m and p.stat().st_mtime_ns == st.st_mtime_ns:  # read as it was: trusted from now on
-        with contextlib.suppress(OSError):
-            runs.write_json(_meta_path(key), {**m, "fingerprint": now, **_stamp(st)})
-    return now
+    state = (str(p), st.st_size, st.st_mtime_ns)
+    with _CHECKING.setdefault(str(p), threading.Lock()):  # two tabs: one read, not two
+        if state in _REFUSED:  # said once per state of the file, not read again each rerun
+            raise ScwbError(_REFUSED[state])
+        m = meta(key)  # another thread may have stamped it meanwhile
+        if m.get("fingerprint") == fp and fp and all(m.get(k) == v for k, v in _stamp(st).items()):
+            return fp
+        name = label(key)
+        try:
+            now = reader.run_child(
+                p, name.replace("/", "_"), check_only=True, fingerprint=True
+            ).get("fingerprint")
+            if fp and fp != now:
+                raise ScwbError(
+                    f"Dataset {name!r} no longer holds the data it was saved with (its file "
+                    "changed on disk): load the file again, or delete this dataset."
+                )
+        except ScwbError as exc:
+            _REFUSED[state] = str(exc)
+            raise
+        if p.stat().st_mtime_ns == st.st_mtime_ns:  # read as it was: trusted from now on
+            with contextlib.suppress(OSError):  # (a record lost: this much of it again)
+                runs.write_json(_meta_path(key), {**m, "fingerprint": now, **_stamp(st)})
+        return str(now)
+
+
+_CHECKING: dict[str, threading.Lock] = {}
+_REFUSED: dict[tuple[str, int, int], str] = {}  # file state -> why it was refused
 
 
 def exists(key: str) -> bool:

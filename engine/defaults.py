@@ -364,20 +364,6 @@ def is_group_name(name: str) -> bool:
     return bool(_GROUP_WORDS.search(str(name)))
 
 
-CYTOMETRY_KINDS = ("raw intensities", "arcsinh-transformed")
-
-
-def feature_noun(description: dict) -> str:
-    """What a dataset's variables are called: 'marker' for cytometry (intensities, raw or
-    arcsinh-transformed, in X or a layer, or an arcsinh step in its recipe), else 'gene' (a
-    23-marker CytOF panel read as '23 genes' on every page: a browser pass)."""
-    from engine import preprocess as pp
-
-    kinds = [description.get("x_kind"), *(description.get("layers") or {}).values()]
-    steps = [s["name"] for s in pp.recipe_steps(description.get("recipe"))]
-    return "marker" if set(kinds) & set(CYTOMETRY_KINDS) or "arcsinh" in steps else "gene"
-
-
 def input_matrix(description: dict) -> str:
     """The matrix a model should read by default: ``X``, unless X holds raw cytometry
     intensities and a layer holds them transformed (arcsinh or scaled), which models train on."""

@@ -435,13 +435,26 @@ def estimate(
             "weight_s": bench.get("weight_s", 0.0),
         }
         rate = 1.0 / spc(speed)
-        calib = (same or past)[:20]
+        # other models calibrate only a network of about their size: what separates a small
+        # network's real speed from the benchmark's (fixed costs per step) does not scale to
+        # one a hundred times larger (three small runs made a first scGen 100x too slow: a
+        # browser pass)
+        size = max(n_weights(model, n_genes, params, n_classes), 1)
+        similar = [
+            r for r in past if 0.1 <= n_weights(r["model"], r["n_genes"], r["params"]) / size <= 10
+        ]
+        calib = (same or similar)[:20]
         if calib:  # how far this machine's real runs were from the benchmark's prediction
             rate *= statistics.median(r["cells_per_s"] * spc(speed, r) for r in calib)
             source = (
                 f"measured from {plural(len(calib))}"
                 if same
                 else f"warm-up benchmark of this machine, calibrated by {plural(len(calib))}"
+            )
+        elif past:
+            source = (
+                "from a warm-up benchmark of this machine (rough: no earlier run of a "
+                "network this size to calibrate it)"
             )
         else:
             source = "from a warm-up benchmark of this machine"

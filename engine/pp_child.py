@@ -58,34 +58,42 @@ def make(
     }
 
 
-_STARTED: dict[str, subprocess.Popen] = {}  # this process's children, reaped when polled
+_STARTED: dict[str, subprocess.Popen] = {}  # this process's children (each reaped by a thread)
 
 
-def _command(source: Any, recipe: Path, target: Any, result: Path, steps: Path) -> list[str]:
+def _command(
+    source: Any, recipe: Path, target: Any, result: Path, steps: Path, cpu_s: int = 0
+) -> list[str]:
     from engine import reader
 
     # after "--": a file name that starts with "-" is a name, not an option
-    cmd = [sys.executable, "-m", "engine.pp_child", "--steps", str(steps), "--"]
+    cmd = [sys.executable, "-m", "engine.pp_child", "--steps", str(steps)]
+    cmd += [f"--cpu-limit={cpu_s}"] if cpu_s else []
     return cmd + [
-        str(source),
-        str(recipe),
-        str(target),
-        str(result),
+        "--",
+        *map(str, (source, recipe, target, result)),
         str(reader.child_memory_limit()),
     ]
 
 
 def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> Path:
     """Start ``recipe`` on the .h5ad ``source`` in a child that outlives the caller's wait;
-    return its folder (``TARGET.job``, beside ``target``), which ``poll`` reads. A Preview of
-    Leiden takes minutes: waited for in the page's run, a click on another page stopped the
-    wait and lost the preview while the child went on (a browser pass)."""
+    return its folder (``TARGET.job``, beside ``target``), which ``poll`` reads and ``find``
+    finds again (a refresh loses the page's session, not the job). A Preview of Leiden takes
+    minutes: waited for in the page's run, a click on another page stopped the wait and lost
+    the preview while the child went on (a browser pass). The child stops itself at the time
+    limit whether or not anyone polls it."""
+    import threading
+
     from engine import reader, runs, settings
 
     job = Path(f"{target}.job")
     job.mkdir()
     (job / "recipe.json").write_text(recipe.to_json())
-    cmd = _command(source, job / "recipe.json", target, job / "result.json", job / "steps.jsonl")
+    limit = int(settings.get().read_timeout_s)
+    cmd = _command(
+        source, job / "recipe.json", target, job / "result.json", job / "steps.jsonl", limit
+    )
     proc = subprocess.Popen(
         cmd,
         cwd=str(reader.ROOT),
@@ -96,15 +104,42 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
         start_new_session=True,  # not stopped with the caller's process group
     )
     _STARTED[str(job)] = proc
-    limit = settings.get().read_timeout_s
-    runs.write_json(job / "job.json", {"pid": proc.pid, "started": time.time(), "limit_s": limit})
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+    runs.write_json(
+        job / "job.json",
+        {
+            "pid": proc.pid,
+            "started": time.time(),
+            "limit_s": limit,
+            "source": str(Path(source).resolve()),
+            "recipe": recipe.to_json(),
+        },
+    )
     return job
+
+
+def find(source: str | os.PathLike, recipe: Any, folder: str | os.PathLike) -> Path | None:
+    """The newest job in ``folder`` ``start``ed on ``source`` with ``recipe`` that is running,
+    or done with its result not yet saved; else None. Preview again, or a page refreshed
+    mid-preview, takes it up instead of starting the same work twice (a browser pass)."""
+    from engine import runs
+
+    want, text = str(Path(source).resolve()), recipe.to_json()
+    found = []
+    for job in Path(folder).glob("*.job"):
+        meta = runs.read_json(job / "job.json", {})
+        if not isinstance(meta, dict) or (meta.get("source"), meta.get("recipe")) != (want, text):
+            continue
+        state = poll(job)["state"]
+        if state == "running" or (state == "done" and Path(str(job)[: -len(".job")]).exists()):
+            found.append((float(meta.get("started") or 0), job))
+    return max(found)[1] if found else None
 
 
 def poll(job: str | os.PathLike) -> dict[str, Any]:
     """What a ``start``ed recipe has done: ``{"state": "running" | "done" | "failed", "steps":
     [each finished step's report row], "info": (when done) what ``run`` returns, "error":
-    (when failed) one line}``. A child past its time limit is stopped here."""
+    (when failed) one line}``."""
     from engine import procs, runs
 
     job = Path(job)
@@ -123,8 +158,8 @@ def poll(job: str | os.PathLike) -> dict[str, Any]:
     alive = proc.poll() is None if proc is not None else procs.pid_alive(meta.get("pid"), target)
     if alive:
         started, limit = meta.get("started"), meta.get("limit_s")
-        late = isinstance(started, int | float) and isinstance(limit, int | float)
-        if late and time.time() - started > limit:
+        timed = isinstance(started, int | float) and isinstance(limit, int | float)
+        if timed and time.time() - started > limit + 30:  # its CPU limit did not end it
             stop(job)
             return {
                 "state": "failed",
@@ -137,8 +172,8 @@ def poll(job: str | os.PathLike) -> dict[str, Any]:
     return {
         "state": "failed",
         "steps": steps,
-        "error": "Preprocessing stopped: it ran out of memory or was killed; select fewer "
-        "genes or raise SCWB_MEMORY_BUDGET_GB.",
+        "error": "Preprocessing stopped: it ran out of memory or time (SCWB_READ_TIMEOUT_S) "
+        "or was killed; select fewer genes or raise SCWB_MEMORY_BUDGET_GB.",
     }
 
 
@@ -151,15 +186,25 @@ def stop(job: str | os.PathLike) -> None:
     job = Path(job)
     target = str(job)[: -len(".job")]
     proc = _STARTED.pop(str(job), None)
-    pid = proc.pid if proc is not None else (runs.read_json(job / "job.json", {}) or {}).get("pid")
-    if proc is not None or procs.pid_alive(pid, target):
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            os.kill(int(pid), 9)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+    if proc is not None:
+        proc.kill()  # nothing once it has ended and been reaped (its pid may be another's)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    else:
+        pid = (runs.read_json(job / "job.json", {}) or {}).get("pid")
+        if procs.pid_alive(pid, target):  # started by an earlier server: ours by its target
+            with contextlib.suppress(OSError, TypeError, ValueError):
+                os.kill(int(pid), 9)
     shutil.rmtree(job, ignore_errors=True)
     reader._remove_target(target)
+
+
+def taken(job: str | os.PathLike) -> None:
+    """Forget a finished job once its result is taken (the output stays at its target)."""
+    import shutil
+
+    _STARTED.pop(str(job), None)
+    shutil.rmtree(job, ignore_errors=True)
 
 
 def run(
@@ -232,10 +277,13 @@ def _child(argv: list[str] | None = None) -> int:
         ap.add_argument(name)
     ap.add_argument("limit", type=int)
     ap.add_argument("--steps", help="a file that gets each finished step's report, one JSON line")
+    ap.add_argument("--cpu-limit", type=int, default=0, help="CPU seconds, then it stops")
     args = ap.parse_args(argv)
     from engine import reader
 
     reader._limit_memory(args.limit)
+    if args.cpu_limit:  # its own end, polled or not (a page refreshed away stops no one)
+        reader._limit_cpu(args.cpu_limit)
     try:
         import warnings
 

@@ -185,9 +185,11 @@ def single_group_classes(groups: Any, labels: Any) -> list[str]:
     """Classes whose cells all lie in one group: holding out whole groups leaves each without
     a training cell whenever its group is tested (a sample per cluster, in a CytOF file, was
     suggested as the held-out column: a browser pass)."""
-    frame = pd.DataFrame({"g": np.asarray(groups).astype(str), "y": np.asarray(labels).astype(str)})
-    spread = frame.groupby("y", sort=True)["g"].nunique()
-    return [str(y) for y, n in spread.items() if n < 2]
+    g, _ = pd.factorize(np.asarray(groups).astype(str))
+    y, names = pd.factorize(np.asarray(labels).astype(str), sort=True)
+    pairs = np.unique(g.astype(np.int64) * len(names) + y)  # each (group, class) met, once
+    spread = np.bincount(pairs % len(names), minlength=len(names)) if len(names) else []
+    return [str(names[i]) for i, n in enumerate(spread) if n < 2]
 
 
 def train_on_mask(obs: Any, train_on: dict[str, list[str]] | None) -> np.ndarray | None:

@@ -36,7 +36,7 @@ def _loaded(key: str) -> None:
     """Make ``key`` this session's dataset and say what was loaded (escaped: names are user text)."""
     set_dataset(key)
     m = datasets.meta(key)
-    noun = defaults.feature_noun(datasets.description(key) or {})
+    noun = figures.feature_noun(datasets.description(key) or {})
     st.success(
         md(
             f"Loaded {count(m.get('n_obs', 0), 'cell')} x {count(m.get('n_vars', 0), noun)} as "
@@ -223,7 +223,7 @@ if adata is None:
     st.stop()
 c = st.columns(4)
 c[0].metric("Cells", f"{d['n_obs']:,}")
-c[1].metric(defaults.feature_noun(d).capitalize() + "s", f"{d['n_vars']:,}")
+c[1].metric(figures.feature_noun(d).capitalize() + "s", f"{d['n_vars']:,}")
 c[2].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
 c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
 st.markdown(f"**X holds:** {md(d['x_kind'])} ({'sparse' if d['sparse'] else 'dense'})")

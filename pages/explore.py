@@ -144,7 +144,7 @@ else:
     obs = adata.obs
 
 cols = [str(c) for c in obs.columns]
-noun = defaults.feature_noun(d or {})  # "marker" on cytometry data
+noun = figures.feature_noun(d or {})  # "marker" on cytometry data
 mode = c2.radio(
     "Colour by",
     ["obs column", noun],

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import streamlit as st
 from anndata.io import sparse_dataset
 
-from engine import datasets, defaults, io, pp_child, pp_memory, summary
+from engine import datasets, io, pp_child, pp_memory, summary
 from engine import preprocess as pp
 from engine.checks import human
 from ui import figures
@@ -53,8 +53,12 @@ def _step_text(s: dict) -> str:
 suggested = {s.name: s.params for s in pp.Recipe.suggest(d).steps}
 applied = pp.recipe_steps(d.get("recipe"))
 st.caption(
-    f"X holds **{esc(d['x_kind'])}**{values_noun(d['x_kind'])}; the ticked steps are suggested "
-    "for that."
+    f"X holds **{esc(d['x_kind'])}**{values_noun(d['x_kind'])}; "
+    + (
+        "the ticked steps are suggested for that."
+        if suggested
+        else "no step is suggested for that (tick what you need)."
+    )
 )
 if applied:
     st.caption(
@@ -281,28 +285,49 @@ def _drop_preview() -> None:
         pp_child.stop(job[2])
 
 
+incoming = datasets.new_incoming().parent
+names = [s.name for s in steps]
+
+
+def _follow(job: Path) -> None:
+    """Make ``job`` (a background Preview of this recipe) the one this page follows."""
+    st.session_state["pp_job"] = (name, recipe.to_json(), str(job), str(job)[: -len(".job")], names)
+
+
 if st.button(
     "Preview", type="primary", disabled=not steps, help=None if steps else "tick at least one step"
 ):
     try:
-        _drop_preview()
         st.session_state.pop("pp_failed", None)
-        target = datasets.new_incoming()
-        # big recipes in a memory-capped child: the working copies never enter the app process
-        peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
-        names = [s.name for s in steps]
-        if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:  # seconds at most
-            with st.spinner(f"Applying recipe: {', '.join(names)}..."):
-                info = pp_child.make(load_full(name), recipe, target)
-            st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
-        else:  # clustering takes minutes: in the background, never in the page's run
-            job = pp_child.start(datasets.path(name), recipe, target)
-            st.session_state["pp_job"] = (name, recipe.to_json(), str(job), str(target), names)
+        same = pp_child.find(datasets.path(name), recipe, incoming)
+        if same is not None:  # running or done already (another tab, before a refresh)
+            current = st.session_state.get("pp_job")
+            if current and current[2] != str(same):
+                pp_child.stop(current[2])
+            st.session_state.pop("pp_result", None)
+            _follow(same)
+        else:
+            _drop_preview()
+            target = datasets.new_incoming()
+            # big recipes in a memory-capped child: the working copies never enter the app
+            peak = pp_memory.estimate(dataset_layout(name), recipe).peak_bytes
+            if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:  # seconds at most
+                with st.spinner(f"Applying recipe: {', '.join(names)}..."):
+                    info = pp_child.make(load_full(name), recipe, target)
+                st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
+            else:  # clustering takes minutes: in the background, never in the page's run
+                _follow(pp_child.start(datasets.path(name), recipe, target))
     except Exception as exc:
         show_error(exc)
+elif steps and "pp_job" not in st.session_state:
+    shown = st.session_state.get("pp_result")
+    # a page refreshed mid-preview lost its session, not the job: take it up again
+    stale = not shown or shown[0] != name or shown[1] != recipe.to_json()
+    if stale and (same := pp_child.find(datasets.path(name), recipe, incoming)) is not None:
+        _follow(same)
 
 
-@fragment(run_every=1)
+@fragment(run_every=1 if st.session_state.get("pp_job") else None)
 def preview_progress() -> None:
     """The background Preview's progress, polled; its result taken in when it ends (leaving
     the page and coming back finds it running, or done)."""
@@ -310,26 +335,30 @@ def preview_progress() -> None:
     if not job or job[0] != name:
         return
     now = pp_child.poll(job[2])
-    names, done = job[4], now["steps"]
+    job_names, done = job[4], now["steps"]
     if now["state"] == "running":
-        k = min(len(done), len(names) - 1)
+        k = min(len(done), len(job_names) - 1)
         finished = "; ".join(
             f"{esc(r.get('step'))} done in {r.get('seconds', 0):.1f} s" for r in done
         )
         st.caption(
-            f":material/hourglass_top: Applying the recipe in the background: {esc(names[k])} "
-            f"({k + 1} of {len(names)}){' · ' + finished if finished else ''}. Other pages can "
-            "be used meanwhile."
+            f":material/hourglass_top: Applying the recipe in the background: "
+            f"{esc(job_names[k])} ({k + 1} of {len(job_names)})"
+            f"{' · ' + finished if finished else ''}. Other pages can be used meanwhile."
         )
+        if job[1] != recipe.to_json():
+            st.caption(
+                ":material/info: This preview is of the settings before your last change; "
+                "press Preview for the new ones (or change them back)."
+            )
         if st.button("Stop the preview", key="pp_stop"):
             _drop_preview()
+            st.toast("Preview stopped.")
             st.rerun(scope="app")
         return
     st.session_state.pop("pp_job", None)
     if now["state"] == "done":
-        import shutil
-
-        shutil.rmtree(job[2], ignore_errors=True)  # the result stays, at job[3]
+        pp_child.taken(job[2])  # the result stays, at job[3]
         st.session_state["pp_result"] = (job[0], job[1], job[3], now["info"])
     else:
         st.session_state["pp_failed"] = (job[0], now["error"])
@@ -350,7 +379,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
     st.dataframe(
         pd.DataFrame(report)
         .drop(columns="note", errors="ignore")
-        .rename(columns={"n_obs": "cells", "n_vars": f"{defaults.feature_noun(d)}s"}),
+        .rename(columns={"n_obs": "cells", "n_vars": f"{figures.feature_noun(d)}s"}),
         hide_index=True,
         width="stretch",
     )
@@ -400,5 +429,10 @@ if result and result[0] == name and result[1] == recipe.to_json():
             show_error(exc)
         else:
             st.rerun()  # open the saved dataset here, with "Next: Train"
-elif steps:
+elif result and result[0] == name and steps:  # a preview of other settings is kept
+    st.caption(
+        "The last preview was of other settings (kept): press Preview for these, or change "
+        "them back to see it again."
+    )
+elif steps and "pp_job" not in st.session_state:
     st.caption("Press Preview to see the effect before saving.")

@@ -137,7 +137,7 @@ def _shape(spec: dict) -> str:
     if isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) for v in shape):
         key = spec.get("dataset_key")
         known = datasets.description(key) if isinstance(key, str) and datasets.exists(key) else None
-        noun = defaults.feature_noun({"recipe": spec.get("recipe"), **(known or {})})
+        noun = figures.feature_noun({"recipe": spec.get("recipe"), **(known or {})})
         return f" ({shape[0]:,} cells × {shape[1]:,} {noun}s)"
     return ""
 
@@ -319,8 +319,8 @@ def warmup_note() -> str | None:
     return (
         f"Its KL warm-up ({warm:g} epochs) was longer than its training ({int(last)}): the KL "
         f"term's weight reached only {int(last) / warm:.2f} of 1, so the model never trained "
-        "on the VAE's whole objective (its validation loss is scored on it). Train it longer, "
-        "or with a shorter kl_warmup."
+        "on the VAE's whole objective (the loss curves show that whole objective). Train it "
+        "longer, or with a shorter kl_warmup."
     )
 
 
@@ -492,7 +492,8 @@ def _loo_table(run_dir: Path, targets: list) -> pd.DataFrame | None:
     try:
         if not runs.regular_file(path, 64 * 2**20):
             raise ValueError("not a plain file of at most 64 MB")
-        table = pd.read_csv(path)
+        # names as written: '01' is not 1, 'NA' is a cell type (a review)
+        table = pd.read_csv(path, converters={"cell_type": str})
         names = [str(x) for x in table.get("cell_type", pd.Series(dtype=object))]
         expected = [str(t) for t in targets]
         if sorted(names) != sorted(expected):
@@ -511,7 +512,9 @@ def _loo_table(run_dir: Path, targets: list) -> pd.DataFrame | None:
 
 
 def held_out_groups(key: str) -> str:
-    """' (d1, d4: 212 of 1,000 cells)': the groups of ``key`` the run was tested on."""
+    """' (test: d1, d4, 212 cells; validation: d2, 98 cells; training: 690 of 1,000 cells)':
+    the groups of ``key`` the run was tested and validated on, and what it trained on (a
+    browser pass: a held-out validation donor left 602 training cells, unsaid on Results)."""
     split_key = (res_info or {}).get("scwb", {}).get("split_key")
     if res_info is None or not split_key:
         return ""
@@ -519,10 +522,20 @@ def held_out_groups(key: str) -> str:
         both = obs_columns(str(res_path), mtime, (key, split_key))
     except Exception:
         return ""
-    test = (both[split_key].astype(str) == "test").to_numpy()
-    names = sorted(set(both[key].astype(str).to_numpy()[test]))
-    shown = ", ".join(esc(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
-    return f" ({shown}: {int(test.sum()):,} of {len(test):,} cells)"
+    part = both[split_key].astype(str).to_numpy()
+    groups = both[key].astype(str).to_numpy()
+
+    def named(which: str, word: str) -> str:
+        rows = part == which
+        names = sorted(set(groups[rows]))
+        shown = ", ".join(esc(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        return f"{word}: {shown}, {int(rows.sum()):,} cells"
+
+    trained = int((part == "train").sum())
+    return (
+        f" ({named('test', 'test')}; {named('val', 'validation')}; "
+        f"training: {trained:,} of {len(part):,} cells)"
+    )
 
 
 # which cells the test metrics come from: held-out groups, or cells of groups also trained on

@@ -296,7 +296,8 @@ with st.container(border=True):
             if lone := alone(split_by):
                 st.warning(
                     f"{len(lone)} class(es) of {esc(label_key)} are each in one {esc(split_by)} "
-                    f"only ({esc(', '.join(lone[:3]))}): whenever that one is tested, the class "
+                    f"only ({esc(', '.join(lone[:3]))}{', ...' if len(lone) > 3 else ''}): whenever that "
+                    "one is tested, the class "
                     "has no training cell, whatever the seed. Test on cells at random, or hold "
                     "out another column."
                 )

@@ -780,7 +780,9 @@ def test_results_say_whether_test_donors_were_seen_in_training(lognorm_adata):
     _finished(name, "sk_logreg", label_key="cell_type", split_by="donor")
     captions = [c.value for c in app("results").caption]
     held = next(c for c in captions if c.startswith("Test cells: whole groups of donor held out"))
-    assert "groups the model never saw (d" in held and " of 600 cells)." in held, held
+    assert "groups the model never saw (test: d" in held and " of 600 cells)." in held, held
+    # the validation group and the cells trained on are said too (a browser pass)
+    assert "; validation: d" in held and "; training: " in held, held
 
 
 def test_abnormality_boxes_tell_reference_cells_trained_on_from_held_out(dataset):

@@ -552,6 +552,11 @@ def test_a_vae_trained_within_its_kl_warm_up_says_so(dataset):
     curve = pd.read_csv(run / "metrics.csv").dropna(subset=["val_loss"])
     whole = curve["val_reconstruction"] + curve["val_kl"]
     assert np.allclose(curve["val_loss"], whole, rtol=1e-4), curve  # KL weight 1, not 0.05
+    # and the training curve beside it is the same quantity (a gap from the weight alone read
+    # as overfitting: a browser pass)
+    train_curve = pd.read_csv(run / "metrics.csv").dropna(subset=["train_loss"])
+    train_whole = train_curve["train_reconstruction"] + train_curve["train_kl"]
+    assert np.allclose(train_curve["train_loss"], train_whole, rtol=1e-4), train_curve
 
 
 def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):

@@ -3,6 +3,8 @@ a dataset is saved and read back, never recomputed; the Preprocess page says its
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -109,3 +111,41 @@ def test_data_page_warns_on_duplicated_names_from_the_description(counts_adata):
     assert f"Duplicated names ({a.n_vars - 1:,} gene names repeated)" in said  # says which
     next(b for b in at.button if b.label == "Make names unique").click().run()
     assert any(r["name"] == "dup (unique names)" for r in datasets.list_datasets())
+
+
+def test_a_background_preview_survives_a_refresh_and_is_not_started_twice(
+    counts_adata, monkeypatch
+):
+    """A browser pass: a refresh mid-preview lost the page's session; the preview went on
+    unseen, Preview again started the same work a second time, and finished children stayed
+    zombies. A new session takes the running job up; Stop removes it and its output."""
+    import time
+
+    from engine import pp_child
+
+    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
+    started = []
+    real = pp_child.start
+    monkeypatch.setattr(pp_child, "start", lambda *a, **k: started.append(a) or real(*a, **k))
+    datasets.save(counts_adata, "raw")
+    at = page("preprocess")
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    job = at.session_state["pp_job"][2]
+    pid = pp_child._STARTED[job].pid
+    again = page("preprocess")  # a refresh: a new session, the same settings
+    assert again.session_state["pp_job"][2] == job  # taken up, not started again
+    next(b for b in again.button if b.label == "Preview").click().run(timeout=T)
+    assert again.session_state["pp_job"][2] == job and len(started) == 1
+    finish_preview(again)
+    assert "Effect of each step" in [h.value for h in again.subheader]
+    time.sleep(0.5)  # reaped by its thread once it ended: no zombie left in the server
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] != "Z"
+    # stopped while running: nothing of it is left
+    at = page("preprocess")
+    next(c for c in at.checkbox if c.label.startswith("Highly variable")).uncheck().run(timeout=T)
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    job = Path(at.session_state["pp_job"][2])
+    next(b for b in at.button if b.label == "Stop the preview").click().run(timeout=T)
+    assert "pp_job" not in at.session_state and not job.exists()
+    assert not Path(str(job)[: -len(".job")]).exists()

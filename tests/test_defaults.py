@@ -287,16 +287,3 @@ def test_a_measurement_per_cell_is_neither_a_label_nor_a_group_to_test_on():
     groups = defaults.group_columns(d)
     assert groups[0] == "donor" and "plate" in groups
     assert "n_genes" not in groups and "n_counts_small" not in groups
-
-
-def test_cytometry_variables_are_markers_not_genes():
-    """A browser pass: a 23-marker CytOF panel read as '23 genes' on Data, Explore, Preprocess
-    and Results. Intensities (raw or arcsinh, in X or a layer) or an arcsinh step: markers."""
-    assert defaults.feature_noun({"x_kind": "raw intensities"}) == "marker"
-    assert defaults.feature_noun({"x_kind": "counts", "layers": {"a": "arcsinh-transformed"}}) == (
-        "marker"
-    )
-    minmax = {"x_kind": "scaled (MinMax)", "recipe": '{"steps": [{"name": "arcsinh"}]}'}
-    assert defaults.feature_noun(minmax) == "marker"
-    assert defaults.feature_noun({"x_kind": "counts", "recipe": "not json"}) == "gene"
-    assert defaults.feature_noun({}) == "gene"

@@ -143,3 +143,16 @@ def test_deg_violins_draw_every_cell_of_a_small_group():
     assert figures.MAX_VIOLIN_POINTS < 600
     fig = figures.deg_violins(many, ["Reg3b", "Ang4"], "condition", ["ctrl", "stim"])
     assert [t.points for t in fig.data] == [False, False]
+
+
+def test_cytometry_variables_are_markers_not_genes():
+    """A browser pass: a 23-marker CytOF panel read as '23 genes' on Data, Explore, Preprocess
+    and Results. Intensities (raw or arcsinh, in X or a layer) or an arcsinh step: markers."""
+    assert figures.feature_noun({"x_kind": "raw intensities"}) == "marker"
+    assert figures.feature_noun({"x_kind": "counts", "layers": {"a": "arcsinh-transformed"}}) == (
+        "marker"
+    )
+    minmax = {"x_kind": "scaled (MinMax)", "recipe": '{"steps": [{"name": "arcsinh"}]}'}
+    assert figures.feature_noun(minmax) == "marker"
+    assert figures.feature_noun({"x_kind": "counts", "recipe": "not json"}) == "gene"
+    assert figures.feature_noun({}) == "gene"

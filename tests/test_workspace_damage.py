@@ -340,3 +340,33 @@ def test_an_error_in_a_fragment_is_one_line_there_and_the_page_goes_on(monkeypat
     assert [e.value for e in at.sidebar.error] == ["Unexpected RuntimeError: a poll broke"]
     assert "busy" in at.dataframe[0].value["run"].tolist()  # the page under it
     assert "the fragment active_runs failed" in caplog.text
+
+
+def test_a_dataset_is_checked_against_its_values_as_stored_and_once_per_state(monkeypatch):
+    """A review: the re-check hashed the values after the reader's clean-up (unsorted sparse
+    indices sorted), so a healthy dataset without a stamp read as 'changed'; a damaged file
+    or a lost record was read again in a child on every page rerun."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from engine import datasets, reader
+
+    x = sp.csr_matrix((np.array([1.0, 2.0], np.float32), np.array([2, 0]), np.array([0, 2, 2])))
+    assert not x.has_sorted_indices
+    key = datasets.save(ad.AnnData(x, obs={"t": ["a", "b"]}), "unsorted")
+    meta = workspace.datasets_dir() / f"{key}.json"
+    record = runs.read_json(meta, {})
+    runs.write_json(meta, {k: v for k, v in record.items() if not k.startswith("file_")})
+    assert datasets.fingerprint(key) == record["fingerprint"]  # not "changed"
+    meta.unlink()  # a record lost: read once, then this much of it kept again
+    assert datasets.fingerprint(key) == record["fingerprint"]
+    assert runs.read_json(meta, {})["file_size"] == datasets.path(key).stat().st_size
+    datasets.path(key).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(3000))  # damaged
+    reads = []
+    real = reader.run_child
+    monkeypatch.setattr(reader, "run_child", lambda *a, **k: reads.append(a) or real(*a, **k))
+    for _ in range(3):
+        with pytest.raises(ScwbError, match="not a readable .h5ad"):
+            datasets.fingerprint(key)
+    assert len(reads) == 1  # once per state of the file, not once per page rerun

@@ -93,6 +93,22 @@ def values_noun(kind: str) -> str:
     return "" if str(kind).endswith(("values", "intensities", "counts")) else " values"
 
 
+CYTOMETRY_KINDS = ("raw intensities", "arcsinh-transformed")
+
+
+def feature_noun(description: dict) -> str:
+    """What a dataset's variables are called: 'marker' for cytometry (intensities, raw or
+    arcsinh-transformed, in X or a layer, or an arcsinh step in its recipe), else 'gene' (a
+    23-marker CytOF panel read as '23 genes' on every page: a browser pass)."""
+    from engine import preprocess as pp  # (engine.defaults cannot: preprocess imports it)
+
+    layers = description.get("layers")
+    kinds = [description.get("x_kind"), *(layers.values() if isinstance(layers, dict) else [])]
+    kinds = [k for k in kinds if isinstance(k, str)]  # a hand-edited record: no error here
+    steps = [s["name"] for s in pp.recipe_steps(description.get("recipe"))]
+    return "marker" if set(kinds) & set(CYTOMETRY_KINDS) or "arcsinh" in steps else "gene"
+
+
 def esc(text: object) -> str:
     """``text`` (a run id, dataset name, layer key, class label...) safe inside st.markdown,
     st.caption, st.error, widget labels: every markdown/HTML character is backslash-escaped, so

@@ -40,7 +40,11 @@ class LitModel(pl.LightningModule):
         # running sums on the device, logged once per epoch: no per-step logging overhead
         out = self.module.loss(batch, kl_weight=self.kl_weight())
         n = batch["x"].shape[0]
-        for key, value in out.items():
+        # logged: the whole objective (as validation scores it), so that during a KL warm-up
+        # the two curves compare one quantity (a gap from the weight read as overfitting)
+        shown = {**out, "loss": out.get("objective", out["loss"])}
+        shown.pop("objective", None)
+        for key, value in shown.items():
             self._sums[key] = self._sums.get(key, 0.0) + value.detach() * n
         self._count += n
         return out["loss"]
@@ -61,6 +65,7 @@ class LitModel(pl.LightningModule):
         # ELBO): early stopping, the best epoch and the curve compare one quantity across
         # epochs (with the warm-up's weight, each epoch's loss held a larger share of KL)
         out = self.module.loss(batch, kl_weight=1.0)
+        out.pop("objective", None)  # equal to the loss at weight 1
         n = batch["x"].shape[0]
         for key, value in out.items():
             self.log(

@@ -94,6 +94,7 @@ class VAE(nn.Module):
         kl = kl_normal(mu, logvar)
         return {
             "loss": (rec + kl_weight * kl).mean(),
+            "objective": (rec + kl).mean(),  # the whole one, whatever the warm-up's weight
             "reconstruction": rec.mean(),
             "kl": kl.mean(),
             "elbo": -(rec + kl).mean(),
