@@ -76,6 +76,21 @@ def _command(
     ]
 
 
+def _spawn(cmd: list[str], detached: bool = False) -> subprocess.Popen:
+    """The child process of ``cmd``, run from the project with no terminal I/O."""
+    from engine import reader
+
+    return subprocess.Popen(
+        cmd,
+        cwd=str(reader.ROOT),
+        env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=detached,
+    )
+
+
 def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> Path:
     """Start ``recipe`` on the .h5ad ``source`` in a child that outlives the caller's wait;
     return its folder (``TARGET.job``, beside ``target``), which ``poll`` reads and ``find``
@@ -85,7 +100,7 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     limit whether or not anyone polls it."""
     import threading
 
-    from engine import reader, runs, settings
+    from engine import runs, settings
 
     job = Path(f"{target}.job")
     job.mkdir()
@@ -94,15 +109,7 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     cmd = _command(
         source, job / "recipe.json", target, job / "result.json", job / "steps.jsonl", limit
     )
-    proc = subprocess.Popen(
-        cmd,
-        cwd=str(reader.ROOT),
-        env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # not stopped with the caller's process group
-    )
+    proc = _spawn(cmd, detached=True)  # not stopped with the caller's process group
     _STARTED[str(job)] = proc
     threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
     runs.write_json(
@@ -223,15 +230,7 @@ def run(
         result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
         steps = Path(tmp) / "steps.jsonl"
         rec.write_text(recipe.to_json())
-        cmd = _command(source, rec, target, result, steps)
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(reader.ROOT),
-            env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _spawn(_command(source, rec, target, result, steps))
         deadline, told = time.monotonic() + settings.get().read_timeout_s, 0
         code: int | None = None
         while code is None:

@@ -78,16 +78,23 @@ def test_upload_limit_allows_2_gb(size_mb):
     assert cfg["server"]["maxUploadSize"] >= size_mb
 
 
-def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
+def _preview_in_a_child(counts_adata, monkeypatch) -> tuple[AppTest, list]:
+    """Preprocess's Preview clicked on a dataset taken as big (its recipe runs in a child);
+    the page and the calls to ``pp_child.start``."""
     from engine import pp_child
 
-    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
-    calls = []
+    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)
+    started: list = []
     real = pp_child.start
-    monkeypatch.setattr(pp_child, "start", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(pp_child, "start", lambda *a, **k: started.append(a) or real(*a, **k))
     datasets.save(counts_adata, "raw")
     at = page("preprocess")
     next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    return at, started
+
+
+def test_preprocess_preview_in_a_child_then_save(counts_adata, monkeypatch):
+    at, calls = _preview_in_a_child(counts_adata, monkeypatch)
     assert calls and not at.exception and not at.error
     finish_preview(at)
     assert (
@@ -123,13 +130,7 @@ def test_a_background_preview_survives_a_refresh_and_is_not_started_twice(
 
     from engine import pp_child
 
-    monkeypatch.setattr(pp_child, "IN_PROCESS_BYTES", 0)  # as a big dataset: in the child
-    started = []
-    real = pp_child.start
-    monkeypatch.setattr(pp_child, "start", lambda *a, **k: started.append(a) or real(*a, **k))
-    datasets.save(counts_adata, "raw")
-    at = page("preprocess")
-    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    at, started = _preview_in_a_child(counts_adata, monkeypatch)
     job = at.session_state["pp_job"][2]
     pid = pp_child._STARTED[job].pid
     again = page("preprocess")  # a refresh: a new session, the same settings
