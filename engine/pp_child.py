@@ -125,22 +125,28 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     return job
 
 
+def jobs_of(source: str | os.PathLike, folder: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """Every job in ``folder`` on ``source`` that is running, or done with its result not yet
+    saved, newest first: ``(job, its recipe as JSON, "running" | "done")``."""
+    from engine import runs
+
+    want, found = str(Path(source).resolve()), []
+    for job in Path(folder).glob("*.job"):
+        meta = runs.read_json(job / "job.json", {})
+        if not isinstance(meta, dict) or meta.get("source") != want:
+            continue
+        state = poll(job)["state"]
+        if state == "running" or (state == "done" and Path(str(job)[: -len(".job")]).exists()):
+            found.append((float(meta.get("started") or 0), job, str(meta.get("recipe")), state))
+    return [(job, text, state) for _, job, text, state in sorted(found, reverse=True)]
+
+
 def find(source: str | os.PathLike, recipe: Any, folder: str | os.PathLike) -> Path | None:
     """The newest job in ``folder`` ``start``ed on ``source`` with ``recipe`` that is running,
     or done with its result not yet saved; else None. Preview again, or a page refreshed
     mid-preview, takes it up instead of starting the same work twice (a browser pass)."""
-    from engine import runs
-
-    want, text = str(Path(source).resolve()), recipe.to_json()
-    found = []
-    for job in Path(folder).glob("*.job"):
-        meta = runs.read_json(job / "job.json", {})
-        if not isinstance(meta, dict) or (meta.get("source"), meta.get("recipe")) != (want, text):
-            continue
-        state = poll(job)["state"]
-        if state == "running" or (state == "done" and Path(str(job)[: -len(".job")]).exists()):
-            found.append((float(meta.get("started") or 0), job))
-    return max(found)[1] if found else None
+    text = recipe.to_json()
+    return next((job for job, other, _ in jobs_of(source, folder) if other == text), None)
 
 
 def poll(job: str | os.PathLike) -> dict[str, Any]:

@@ -327,6 +327,20 @@ elif steps and "pp_job" not in st.session_state:
         _follow(same)
 
 
+if steps and "pp_job" not in st.session_state:  # a refresh resets the form, not the job
+    for job, text, state in pp_child.jobs_of(datasets.path(name), incoming)[:1]:
+        if text != recipe.to_json():
+            earlier = " → ".join(esc(s["name"]) for s in pp.recipe_steps(text))
+            st.caption(
+                f":material/info: A preview of this dataset started earlier ({earlier}) is "
+                f"{'still running' if state == 'running' else 'done'}: tick the same steps "
+                "to see it."
+            )
+            if state == "running" and st.button("Stop that preview", key="pp_stop_other"):
+                pp_child.stop(job)
+                st.rerun()
+
+
 @fragment(run_every=1 if st.session_state.get("pp_job") else None)
 def preview_progress() -> None:
     """The background Preview's progress, polled; its result taken in when it ends (leaving

@@ -144,9 +144,13 @@ def test_a_background_preview_survives_a_refresh_and_is_not_started_twice(
     assert not stat.exists() or stat.read_text().split()[2] != "Z"
     # stopped while running: nothing of it is left
     at = page("preprocess")
-    next(c for c in at.checkbox if c.label.startswith("Highly variable")).uncheck().run(timeout=T)
+    next(c for c in at.checkbox if c.label == "Filter genes").uncheck().run(timeout=T)
     next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
     job = Path(at.session_state["pp_job"][2])
+    # a refresh resets the form to the suggested steps: told of the preview it cannot show
+    other = page("preprocess")
+    told = [c.value for c in other.caption if "started earlier" in c.value]
+    assert told and "tick the same steps to see it" in told[0], [c.value for c in other.caption]
     next(b for b in at.button if b.label == "Stop the preview").click().run(timeout=T)
     assert "pp_job" not in at.session_state and not job.exists()
     assert not Path(str(job)[: -len(".job")]).exists()
