@@ -90,6 +90,13 @@ def _stamp(st: os.stat_result) -> dict[str, int]:
     return {"file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
 
 
+def _trusted(record: dict, st: os.stat_result) -> str | None:
+    """The record's fingerprint when it is well formed and its stamp matches the file."""
+    fp = record.get("fingerprint")
+    stamped = all(record.get(k) == v for k, v in _stamp(st).items())
+    return fp if stamped and isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None
+
+
 def fingerprint(key: str) -> str:
     """Return ``key``'s data fingerprint (``engine.io.fingerprint``; runs record it and refuse
     to start when the data no longer matches) once its file is known to be the one saved.
@@ -104,18 +111,17 @@ def fingerprint(key: str) -> str:
         st = p.stat()
     except OSError:
         raise ScwbError(f"No dataset {key!r} in the workspace.") from None
-    m = meta(key)
-    fp = m.get("fingerprint")
-    fp = fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None
-    if fp and all(m.get(k) == v for k, v in _stamp(st).items()):
-        return fp
+    if trusted := _trusted(meta(key), st):
+        return trusted
     state = (str(p), st.st_size, st.st_mtime_ns)
     with _CHECKING.setdefault(str(p), threading.Lock()):  # two tabs: one read, not two
         if state in _REFUSED:  # said once per state of the file, not read again each rerun
             raise ScwbError(_REFUSED[state])
         m = meta(key)  # another thread may have stamped it meanwhile
-        if m.get("fingerprint") == fp and fp and all(m.get(k) == v for k, v in _stamp(st).items()):
-            return fp
+        if trusted := _trusted(m, st):
+            return trusted
+        fp = m.get("fingerprint")
+        fp = fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None
         name = label(key)
         try:
             now = reader.run_child(

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,34 +60,9 @@ def make(
 _STARTED: dict[str, subprocess.Popen] = {}  # this process's children (each reaped by a thread)
 
 
-def _command(
-    source: Any, recipe: Path, target: Any, result: Path, steps: Path, cpu_s: int = 0
-) -> list[str]:
-    from engine import reader
-
-    # after "--": a file name that starts with "-" is a name, not an option
-    cmd = [sys.executable, "-m", "engine.pp_child", "--steps", str(steps)]
-    cmd += [f"--cpu-limit={cpu_s}"] if cpu_s else []
-    return cmd + [
-        "--",
-        *map(str, (source, recipe, target, result)),
-        str(reader.child_memory_limit()),
-    ]
-
-
-def _spawn(cmd: list[str], detached: bool = False) -> subprocess.Popen:
-    """The child process of ``cmd``, run from the project with no terminal I/O."""
-    from engine import reader
-
-    return subprocess.Popen(
-        cmd,
-        cwd=str(reader.ROOT),
-        env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=detached,
-    )
+def _target(job: Path) -> str:
+    """The output a job writes: its folder's name without ``.job``."""
+    return str(job)[: -len(".job")]
 
 
 def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> Path:
@@ -100,16 +74,24 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     limit whether or not anyone polls it."""
     import threading
 
-    from engine import runs, settings
+    from engine import reader, runs, settings
 
     job = Path(f"{target}.job")
     job.mkdir()
     (job / "recipe.json").write_text(recipe.to_json())
     limit = int(settings.get().read_timeout_s)
-    cmd = _command(
-        source, job / "recipe.json", target, job / "result.json", job / "steps.jsonl", limit
+    files = (source, job / "recipe.json", target, job / "result.json")
+    proc = subprocess.Popen(
+        # after "--": a file name that starts with "-" is a name, not an option
+        [sys.executable, "-m", "engine.pp_child", "--steps", str(job / "steps.jsonl")]
+        + [f"--cpu-limit={limit}", "--", *map(str, files), str(reader.child_memory_limit())],
+        cwd=str(reader.ROOT),
+        env={**os.environ, "PYTHONPATH": str(reader.ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not stopped with the caller's process group
     )
-    proc = _spawn(cmd, detached=True)  # not stopped with the caller's process group
     _STARTED[str(job)] = proc
     threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
     runs.write_json(
@@ -136,7 +118,7 @@ def jobs_of(source: str | os.PathLike, folder: str | os.PathLike) -> list[tuple[
         if not isinstance(meta, dict) or meta.get("source") != want:
             continue
         state = poll(job)["state"]
-        if state == "running" or (state == "done" and Path(str(job)[: -len(".job")]).exists()):
+        if state == "running" or (state == "done" and Path(_target(job)).exists()):
             found.append((float(meta.get("started") or 0), job, str(meta.get("recipe")), state))
     return [(job, text, state) for _, job, text, state in sorted(found, reverse=True)]
 
@@ -156,8 +138,7 @@ def poll(job: str | os.PathLike) -> dict[str, Any]:
     from engine import procs, runs
 
     job = Path(job)
-    steps: list[dict] = []
-    _tell(job / "steps.jsonl", 0, steps.append)
+    steps = _finished_steps(job / "steps.jsonl")
     out = runs.read_json(job / "result.json", {})
     out = out if isinstance(out, dict) else {}
     if "report" in out:
@@ -167,7 +148,7 @@ def poll(job: str | os.PathLike) -> dict[str, Any]:
     meta = runs.read_json(job / "job.json", {})
     meta = meta if isinstance(meta, dict) else {}
     proc = _STARTED.get(str(job))
-    target = str(job)[: -len(".job")]
+    target = _target(job)
     alive = proc.poll() is None if proc is not None else procs.pid_alive(meta.get("pid"), target)
     if alive:
         started, limit = meta.get("started"), meta.get("limit_s")
@@ -197,7 +178,7 @@ def stop(job: str | os.PathLike) -> None:
     from engine import procs, reader, runs
 
     job = Path(job)
-    target = str(job)[: -len(".job")]
+    target = _target(job)
     proc = _STARTED.pop(str(job), None)
     if proc is not None:
         proc.kill()  # nothing once it has ended and been reaped (its pid may be another's)
@@ -226,54 +207,42 @@ def run(
     target: str | os.PathLike,
     on_step: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Apply ``recipe`` to the .h5ad ``source``; write the result to ``target``; return
-    ``{"report", "describe", "fingerprint", "content", "n_obs", "n_vars"}``. ``on_step`` is
-    called here, in the caller's thread, with each step's report row as the child finishes it
-    (a Preview of Leiden on 10,000 cells said nothing for 45 s)."""
-    from engine import reader, runs, settings
-
-    with tempfile.TemporaryDirectory(prefix="scwb-pp-") as tmp:
-        result, rec = Path(tmp) / "result.json", Path(tmp) / "recipe.json"
-        steps = Path(tmp) / "steps.jsonl"
-        rec.write_text(recipe.to_json())
-        proc = _spawn(_command(source, rec, target, result, steps))
-        deadline, told = time.monotonic() + settings.get().read_timeout_s, 0
-        code: int | None = None
-        while code is None:
-            try:
-                code = proc.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    reader._remove_target(target)
-                    raise ScwbError("Preprocessing took longer than SCWB_READ_TIMEOUT_S.") from None
-            told = _tell(steps, told, on_step)
-        out = runs.read_json(result, {})
-    if code == 0 and "report" in out:
-        return out
-    reader._remove_target(target)
-    if out.get("error"):
-        raise ScwbError(out["error"])
-    raise ScwbError(
-        f"Preprocessing stopped (exit code {code}): it ran out of memory or was "
-        "killed; select fewer genes or raise SCWB_MEMORY_BUDGET_GB."
-    )
+    """``start``, then wait for it: apply ``recipe`` to the .h5ad ``source``, write the result
+    to ``target`` and return ``{"report", "describe", "fingerprint", "content", "n_obs",
+    "n_vars"}``. ``on_step`` is called here, in the caller's thread, with each step's report
+    row as the child finishes it (a Preview of Leiden on 10,000 cells said nothing for 45 s)."""
+    job = start(source, recipe, target)
+    told = 0
+    while (now := poll(job))["state"] == "running":
+        time.sleep(0.25)
+        told = _hand_over(now["steps"], told, on_step)
+    _hand_over(now["steps"], told, on_step)
+    if now["state"] == "done":
+        taken(job)
+        return now["info"]
+    stop(job)  # its folder and any half-written output
+    raise ScwbError(now["error"])
 
 
-def _tell(steps: Path, told: int, on_step: Callable[[dict], None] | None) -> int:
-    """Hand ``on_step`` the finished steps it has not seen (whole lines only); return how many
-    it has now seen."""
-    if on_step is None or not steps.exists():
-        return told
+def _hand_over(steps: list[dict], told: int, on_step: Callable[[dict], None] | None) -> int:
+    """Give ``on_step`` the finished steps it has not seen; return how many it has seen."""
+    for row in steps[told:]:
+        if on_step is not None:
+            on_step(row)
+    return len(steps)
+
+
+def _finished_steps(steps: Path) -> list[dict]:
+    """The report rows of the steps a child has finished (whole lines only)."""
     try:
         lines = steps.read_text().split("\n")[:-1]  # the last is partial, or empty
     except OSError:
-        return told
-    for line in lines[told:]:
+        return []
+    rows = []
+    for line in lines:
         with contextlib.suppress(ValueError):
-            on_step(json.loads(line))
-    return max(told, len(lines))
+            rows.append(json.loads(line))
+    return rows
 
 
 def _child(argv: list[str] | None = None) -> int:

@@ -320,25 +320,23 @@ if st.button(
     except Exception as exc:
         show_error(exc)
 elif steps and "pp_job" not in st.session_state:
+    # a page refreshed mid-preview lost its session and its form, not the job
+    jobs = pp_child.jobs_of(datasets.path(name), incoming)  # newest first
+    same = next((job for job, text, _ in jobs if text == recipe.to_json()), None)
     shown = st.session_state.get("pp_result")
-    # a page refreshed mid-preview lost its session, not the job: take it up again
-    stale = not shown or shown[0] != name or shown[1] != recipe.to_json()
-    if stale and (same := pp_child.find(datasets.path(name), recipe, incoming)) is not None:
-        _follow(same)
-
-
-if steps and "pp_job" not in st.session_state:  # a refresh resets the form, not the job
-    for job, text, state in pp_child.jobs_of(datasets.path(name), incoming)[:1]:
-        if text != recipe.to_json():
-            earlier = " → ".join(esc(s["name"]) for s in pp.recipe_steps(text))
-            st.caption(
-                f":material/info: A preview of this dataset started earlier ({earlier}) is "
-                f"{'still running' if state == 'running' else 'done'}: tick the same steps "
-                "to see it."
-            )
-            if state == "running" and st.button("Stop that preview", key="pp_stop_other"):
-                pp_child.stop(job)
-                st.rerun()
+    if same is not None and (not shown or shown[0] != name or shown[1] != recipe.to_json()):
+        _follow(same)  # taken up again
+    elif jobs and jobs[0][1] != recipe.to_json():  # the form is back to other steps: said
+        job, text, state = jobs[0]
+        earlier = " → ".join(esc(s["name"]) for s in pp.recipe_steps(text))
+        st.caption(
+            f":material/info: A preview of this dataset started earlier ({earlier}) is "
+            f"{'still running' if state == 'running' else 'done'}: tick the same steps "
+            "to see it."
+        )
+        if state == "running" and st.button("Stop that preview", key="pp_stop_other"):
+            pp_child.stop(job)
+            st.rerun()
 
 
 @fragment(run_every=1 if st.session_state.get("pp_job") else None)
