@@ -335,6 +335,8 @@ class Estimate:
     pending: bool = False  # a benchmark is measuring this machine now
     n_models: int = 1  # leave-one-out: one model per target
     over_budget: bool = False  # the fewest epochs that train the model take longer than the budget
+    startup_s: float = 0.0  # in ``seconds``: starting the process and reading the data
+    full_batch: bool = False  # L-BFGS: one step an epoch, ending once converged (epochs: a cap)
 
     @property
     def where(self) -> str:
@@ -343,6 +345,15 @@ class Estimate:
     def epochs_text(self) -> str:
         if self.epochs is None:
             return "no epochs (fitted in one step)"
+        text = self._epochs_text()
+        if self.full_batch:  # 'epochs: 50' read as 50 epochs for a fit that converged at 6
+            return (
+                text.replace(f"epochs: {self.epochs}", f"epochs: up to {self.epochs}", 1)
+                + " · one full-batch L-BFGS step per epoch, ending once converged"
+            )
+        return text
+
+    def _epochs_text(self) -> str:
         if self.shortened and self.over_budget:
             return (
                 f"epochs: {self.epochs} (shortened on this CPU, to the fewest that give this model "
@@ -376,9 +387,14 @@ class Estimate:
                 else "no estimate yet: no earlier run or benchmark on this device"
             )
         models_part = f" x {self.n_models} models (leave-one-out)" if self.n_models > 1 else ""
+        # the fixed part named: '20 s' for a 2-epoch run read as the training's own time
+        start = f"~{fmt_duration(self.startup_s)} to start and read the data, then " * bool(
+            self.startup_s
+        )
+        lead, cap = ("at most about", "up to ") if self.full_batch else ("about", "")
         return (
-            f"about {fmt_duration(self.seconds)} on {self.device.name} for {self.epochs} epochs x "
-            f"{self.n_train:,} training cells{models_part}; {self.source}"
+            f"{lead} {fmt_duration(self.seconds)} on {self.device.name}: {start}{cap}"
+            f"{self.epochs} epochs x {self.n_train:,} training cells{models_part}; {self.source}"
         )
 
 
@@ -469,12 +485,12 @@ def estimate(
     startup = DEFAULT_STARTUP_S.get(dev.kind, 20.0) + (statistics.median(afters) if afters else 0)
     published = info.epochs
     shortened = over_budget = False
+    full_batch = {**info.defaults(), **(params or {})}.get("solver") == "lbfgs"
     if epochs is None:
         epochs = published
         if dev.kind == "cpu" and rate:
             per_epoch = n_train * n_models / rate
             fit = int((budget_s() - startup) / per_epoch) if per_epoch > 0 else published
-            full_batch = {**info.defaults(), **(params or {})}.get("solver") == "lbfgs"
             if fit < published and full_batch:  # one L-BFGS step an epoch: cut to the budget
                 epochs, shortened = max(MIN_EPOCHS, fit), True
             elif fit < published:
@@ -498,6 +514,8 @@ def estimate(
         pending,
         n_models,
         over_budget,
+        startup,
+        full_batch,
     )
 
 

@@ -60,7 +60,7 @@ _M = {
     ),
     "test_elbo": (
         "ELBO (test)",
-        "Evidence lower bound per test cell: how likely the model finds held-out cells.",
+        "Evidence lower bound per test cell: a bound on the log-likelihood of the held-out cells' counts, so usually a large negative number (such as -900); closer to zero means the model finds the cells more likely. Comparable only between runs on the same cells and genes.",
         "higher",
     ),
     "latent_knn_accuracy": (

@@ -262,7 +262,8 @@ def leiden(
     """Leiden clusters of the cells, in ``obs['leiden']`` (scanpy's recipe: PCA, a kNN graph,
     ``tl.leiden`` with igraph, seeded), so that a dataset without annotations has groups to
     colour by, to compare and to train a classifier on. Run it last, on log-normalised (and
-    HVG-selected) values: clusters of raw counts follow sequencing depth."""
+    HVG-selected) values: clusters of raw counts follow sequencing depth. Its PCA is kept in
+    ``obsm['X_pca']`` (scanpy's slot) for Explore; a later step of the recipe drops it."""
     import scanpy as sc
 
     from engine.embedding import knn_transformer
@@ -273,7 +274,7 @@ def leiden(
         raise ScwbError("leiden: no gene varies across these cells: nothing to cluster on.")
     if matrix_kind(adata.X) == "counts":
         note("clustered raw counts: normalise first, or clusters follow sequencing depth")
-    work = ad.AnnData(X=adata.X)  # the same matrix; PCA and the graph stay out of the result
+    work = ad.AnnData(X=adata.X)  # the same matrix; the graph stays out of the result
     n_comps = int(min(n_pcs, adata.n_obs - 1, adata.n_vars - 1))
     if n_comps >= 2:
         sc.pp.pca(work, n_comps=n_comps, random_state=seed)
@@ -306,8 +307,25 @@ def leiden(
             "flavor": "igraph",
         }
     }
+    if n_comps >= 2:  # Explore draws it as it is, instead of computing the same PCA again
+        if "X_pca" in adata.obsm:
+            note("replaced the data's own obsm['X_pca']")
+        adata.obsm["X_pca"] = work.obsm["X_pca"]
+        adata.uns["pca"] = {
+            "variance_ratio": np.asarray(work.uns["pca"]["variance_ratio"]),
+            "params": {"n_comps": n_comps, "by": "leiden"},
+        }
     note(f"{len(clusters.cat.categories)} clusters in obs['leiden'] (resolution {resolution:g})")
     return adata
+
+
+def _drop_stale_pca(adata: ad.AnnData, step: str) -> None:
+    """Leiden's PCA describes X as it was: a later step that changes X makes it stale."""
+    pca = adata.uns.get("pca")
+    if isinstance(pca, dict) and (pca.get("params") or {}).get("by") == "leiden":
+        adata.obsm.pop("X_pca", None)
+        del adata.uns["pca"]
+        note(f"dropped leiden's obsm['X_pca']: {step} changed the data it was computed on")
 
 
 def _check_dense(nbytes: int) -> None:
@@ -591,6 +609,8 @@ def apply(
         said: list[str] = []
         token = _NOTES.set(said)
         try:
+            if step.name != "leiden":
+                _drop_stale_pca(out, step.name)
             with np.errstate(all="ignore"):  # overflow is checked below, as one line
                 out = STEPS[step.name](out, **step.params)
         except ScwbError:

@@ -27,8 +27,22 @@ def curve_facts(run_dir: str | Path) -> dict[str, Any]:
         if "cell_type" in curve:  # leave-one-out: several models, one curve each
             out["loo"] = int(curve["cell_type"].nunique())
         else:
-            out["best_epoch"] = int(curve.loc[curve["val_loss"].idxmin(), "epoch"])
+            out["best_epoch"] = best_epoch(curve)
     return out
+
+
+def best_epoch(curve: Any, optimizer: Any = None) -> int | None:
+    """The epoch of the lowest validation loss, whose weights a run keeps; None where there is
+    none to mark: one model's curve only (not leave-one-out's several), and not a full-batch
+    L-BFGS fit, which keeps its last weights (the optimum)."""
+    if optimizer == "lbfgs" or "cell_type" in curve or "epoch" not in curve:
+        return None
+    if "val_loss" not in curve or len(curve) < 2:
+        return None
+    val = curve["val_loss"]
+    if not val.notna().any():
+        return None
+    return int(curve.loc[val.idxmin(), "epoch"])
 
 
 def progress(r: dict[str, Any], facts: dict[str, Any] | None = None) -> tuple[float, str]:

@@ -359,7 +359,13 @@ if task != "perturb" and scalar:
     if caution := metric_names.cluster_caution([spec.get("label_key")], scalar):
         st.caption(esc(caution))
 if not curve.empty and "epoch" in curve:
-    figures.show("loss_curves", lambda: figures.loss_curves(curve), figs, what="the loss curves")
+    best = progress_text.best_epoch(curve, status.get("optimizer"))
+    figures.show(
+        "loss_curves",
+        lambda: figures.loss_curves(curve, best_epoch=best),
+        figs,
+        what="the loss curves",
+    )
 
 
 # cached on (path, mtime): a finished run's files change only when it is trained again

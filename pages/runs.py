@@ -158,14 +158,8 @@ def label(r: dict[str, Any]) -> str:
 
 def curve_figure(r: dict[str, Any]):
     metrics = runs.read_metrics_csv(Path(r["path"]))
-    fig = figures.loss_curves(metrics, f"Loss per epoch · {r['id']}")
-    best = curve_facts(Path(r["path"])).get("best_epoch")
-    # a full-batch L-BFGS fit keeps its last weights (the optimum), not a best epoch's
-    if best and "val_loss" in metrics and len(metrics) > 1 and r.get("optimizer") != "lbfgs":
-        fig.add_vline(
-            x=best, line_dash="dot", line_color="grey", annotation_text=f"best epoch {best}"
-        )
-    return fig
+    best = progress_text.best_epoch(metrics, r.get("optimizer"))
+    return figures.loss_curves(metrics, f"Loss per epoch · {r['id']}", best_epoch=best)
 
 
 @fragment(run_every=2)

@@ -288,6 +288,11 @@ def test_results_metric_names_early_stop_and_escaping(dataset):
     at = app("results", run=run.name)
     info = " ".join(texts(at, "info"))
     assert f"Stopped early at epoch 3 of 50 (best epoch {best})" in info
+    # the curve marks the epoch whose weights were kept, as on Runs (a pass found it only there)
+    (curve_fig,) = [c for c in at.get("plotly_chart") if "Loss per epoch" in c.proto.spec]
+    marks = json.loads(curve_fig.proto.spec)["layout"]["shapes"]
+    assert [m["x0"] for m in marks] == [best], marks
+    assert f"best epoch {best} (weights kept)" in curve_fig.proto.spec
     cap = texts(at, "caption")[0]
     assert "\\[x\\]\\(http\\://evil\\.example\\) \\*\\*b\\*\\*" in cap, cap
     cols = json.loads(at.dataframe[0].proto.columns)
@@ -303,8 +308,10 @@ def test_lbfgs_logistic_regression_says_it_converged(dataset):
     status = runs.read_json(run / "status.json")
     assert status["optimizer"] == "lbfgs" and status["weights_kept"] == "last (converged)"
     assert status["stopped_early"] and status["epoch"] < 50  # converged well before the cap
-    info = " ".join(texts(app("results", run=run.name), "info"))
+    at = app("results", run=run.name)
+    info = " ".join(texts(at, "info"))
     assert f"Converged at epoch {status['epoch']} of 50" in info and "best epoch" not in info
+    assert not any("best epoch" in c.proto.spec for c in at.get("plotly_chart"))  # last kept
     # a browser pass read 'converged' over a validation curve that doubled: said why
     curve = runs.read_metrics_csv(run)
     rising = [0.47 + 0.42 * (e - 1) / (len(curve) - 1) for e in curve["epoch"]]

@@ -71,7 +71,10 @@ def test_estimate_from_earlier_runs_of_the_same_model():
     assert est.source == "measured from 2 earlier runs"
     startup = estimate.DEFAULT_STARTUP_S["cpu"] + 10.0
     assert est.seconds == pytest.approx(startup + 40 * 1000 / 2000.0)
-    assert est.text().startswith("about 50 s on CPU (2 threads) for 40 epochs x 1,000 training")
+    assert est.text().startswith(
+        "about 50 s on CPU (2 threads): ~30 s to start and read the data, then 40 epochs x "
+        "1,000 training cells; measured from 2 earlier runs"
+    )
 
 
 def test_cpu_epochs_shortened_to_the_budget_gpu_keeps_published(monkeypatch):
@@ -192,3 +195,19 @@ def test_other_models_calibrate_only_a_network_of_their_size():
     assert big.seconds == pytest.approx(plain.seconds) and "rough" in big.source
     small = estimate.estimate("autoencoder", 1267, 700, epochs=15, dev=CPU, start=False)
     assert "calibrated by 2 earlier runs" in small.source
+
+
+def test_full_batch_lbfgs_epochs_are_a_cap():
+    """logreg's L-BFGS takes one full-batch step an epoch and ends once converged: Train said
+    'epochs: 50' for a fit that ran 6 (a browser pass); the estimate is an upper bound."""
+    _earlier("logreg", 50_000.0)
+    est = estimate.estimate("logreg", 200, 480, dev=CPU, start=False)
+    assert est.full_batch and est.epochs == 50
+    assert est.epochs_text() == (
+        "epochs: up to 50 (published default, fits on this CPU) · one full-batch L-BFGS step "
+        "per epoch, ending once converged"
+    )
+    assert est.text().startswith("at most about ") and "then up to 50 epochs x 480" in est.text()
+    adam = estimate.estimate("logreg", 200, 480, {"solver": "adam"}, dev=CPU, start=False)
+    assert not adam.full_batch and adam.epochs_text().startswith("epochs: 50 (")
+    assert adam.text().startswith("about ")

@@ -480,7 +480,19 @@ def test_leiden_finds_the_planted_cell_types(counts_adata):
     assert adjusted_rand_score(ctrl.obs["cell_type"], out.obs["leiden"]) > 0.95
     assert list(out.obs["leiden"].cat.categories) == ["0", "1", "2", "3"]
     assert report[-1]["note"] == "4 clusters in obs['leiden'] (resolution 0.3)"
-    assert out.uns["leiden"]["params"]["resolution"] == 0.3 and "X_pca" not in out.obsm
+    assert out.uns["leiden"]["params"]["resolution"] == 0.3
+    # its PCA is kept in scanpy's slot for Explore (a pass saw Explore compute it again)...
+    n_comps = out.uns["leiden"]["params"]["n_pcs"]
+    assert out.obsm["X_pca"].shape == (out.n_obs, n_comps) and n_comps >= 2
+    assert out.uns["pca"]["variance_ratio"].shape == (n_comps,)
+    # ...and dropped by a later step that changes the data it describes, here or in a next recipe
+    later, rep = pp.apply(out, pp.Recipe([pp.Step("scale", {"method": "zscore"})]))
+    assert "X_pca" not in later.obsm and "pca" not in later.uns
+    assert "dropped leiden's obsm['X_pca']: scale changed" in rep[-1]["note"]
+    own = ctrl.copy()
+    own.obsm["X_pca"] = np.zeros((own.n_obs, 2), np.float32)  # the file's own, not leiden's
+    kept, _ = pp.apply(own, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
+    assert kept.obsm["X_pca"].shape == (own.n_obs, 2)
     again, _ = pp.apply(ctrl, recipe)
     assert (again.obs["leiden"] == out.obs["leiden"]).all()
     # more resolution, more clusters; raw counts are clustered but the note says what that means
@@ -527,7 +539,7 @@ def test_cli_preprocess_leiden(counts_file, tmp_path):
     )
     a = io.read(out)
     assert a.obs["leiden"].nunique() >= 2 and a.uns["recipe"]
-    assert "leiden" in str(a.uns["recipe"])
+    assert "leiden" in str(a.uns["recipe"]) and a.obsm["X_pca"].shape[0] == a.n_obs
 
 
 def test_a_scaled_x_starts_from_adata_raw():

@@ -158,7 +158,11 @@ def sampled_title(title: str, shown: int, total: int) -> str:
     return title if shown == total else f"{title} (random sample of {shown:,} of {total:,} cells)"
 
 
-def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figure:
+def loss_curves(
+    metrics: pd.DataFrame, title: str = "Loss per epoch", best_epoch: int | None = None
+) -> go.Figure:
+    """Training and validation loss per epoch; ``best_epoch`` (the weights the run kept) is
+    marked with a dotted line."""
     cols = [c for c in ("train_loss", "val_loss") if c in metrics]
     if metrics.empty:
         fig = go.Figure().update_layout(title="No epoch finished yet")
@@ -176,10 +180,18 @@ def loss_curves(metrics: pd.DataFrame, title: str = "Loss per epoch") -> go.Figu
         )
     long = metrics.melt(id_vars="epoch", value_vars=cols, var_name="split", value_name="loss")
     long["split"] = long["split"].map({"train_loss": "train", "val_loss": "validation"})
-    return _whole_epochs(
+    fig = _whole_epochs(
         px.line(long, x="epoch", y="loss", color="split", markers=True, title=title),
         metrics["epoch"],
     )
+    if best_epoch is not None:
+        fig.add_vline(
+            x=best_epoch,
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=f"best epoch {best_epoch} (weights kept)",
+        )
+    return fig
 
 
 def _whole_epochs(fig: go.Figure, epochs: pd.Series) -> go.Figure:
