@@ -147,6 +147,14 @@ DESIGN = ("condition_key", "ctrl", "stim", "cell_type_key", "predict")
 SPEC_VALUES = ("model", "seed", "label_key", "data_fingerprint", "task", "split_by", *DESIGN)
 
 
+def _seed_order(seed: object) -> tuple[int, float]:
+    """Seeds in numeric order, a run without a readable seed last."""
+    try:
+        return 0, float(seed)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1, 0.0
+
+
 def _design(spec: dict) -> str:
     """' · Goblet (Control → Hpoly.Day10)': a perturbation run's cell type and direction (two
     runs predicting other cell types or directions read alike and were ranked together)."""
@@ -187,6 +195,7 @@ for rid in chosen:
             {
                 # the baseline's name before the design: the end of a long name is cut
                 "run": row_names[rid] + (f" · {part}" if part else "") + design,
+                "_config": (seeds.config_key(spec), part, design),
                 "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
                 **values,
@@ -260,7 +269,11 @@ else:
 if repeated:
     seed_section(configs)
     st.markdown("**Every run**")
-table = pd.DataFrame(rows)
+# each configuration's seeds together and in order (interleaved groups read 0, 1, 2, 2, 0, 1),
+# configurations in the order first picked
+first = {c: i for i, c in reversed(list(enumerate(r["_config"] for r in rows)))}
+rows.sort(key=lambda r: (first[r["_config"]], _seed_order(r["seed"])))
+table = pd.DataFrame(rows).drop(columns="_config")
 # the seed column only when seeds differ: one seed says nothing
 if table["seed"].nunique(dropna=False) <= 1:
     table = table.drop(columns="seed")

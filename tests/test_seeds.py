@@ -171,6 +171,12 @@ def test_compare_page_shows_mean_sd_and_paired_test(group_dirs):
     assert seeds_trace["text"] == ["seed 0", "seed 1", "seed 2"]
     lines = " ".join(m.value for m in at.markdown).replace("\\", "")
     assert "mlp · pbmc is better" in lines and "within the seed-to-seed spread" in lines
+    # every run: each configuration's seeds together and in order (a pass read 0, 1, 2, 2, 0, 1)
+    every = at.dataframe[1].value
+    assert list(every["seed"]) == [0, 1, 2] * 3, every
+    models = [name.split(" · ")[0] for name in every["run"]]
+    assert [models[i] for i in (0, 3, 6)] == sorted(set(models), key=models.index)
+    assert all(models[i] == models[i - i % 3] for i in range(9)), models
 
 
 def test_unfinished_runs_do_not_blank_the_comparison(group_dirs, capsys):
