@@ -107,20 +107,52 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     return job
 
 
+def _jobs(folder: str | os.PathLike, source: str | os.PathLike | None = None):
+    """``(started, job, its job.json, its poll)`` of every job in ``folder`` (on ``source``
+    only, when given), newest first."""
+    from engine import runs
+
+    want, found = (str(Path(source).resolve()) if source is not None else None), []
+    for job in Path(folder).glob("*.job"):
+        meta = runs.read_json(job / "job.json", {})
+        if not isinstance(meta, dict) or (want is not None and meta.get("source") != want):
+            continue
+        started = meta.get("started")
+        found.append((float(started) if isinstance(started, int | float) else 0.0, job, meta))
+    found.sort(key=lambda f: f[0], reverse=True)
+    return [(t, job, meta, poll(job)) for t, job, meta in found]
+
+
 def jobs_of(source: str | os.PathLike, folder: str | os.PathLike) -> list[tuple[Path, str, str]]:
     """Every job in ``folder`` on ``source`` that is running, or done with its result not yet
     saved, newest first: ``(job, its recipe as JSON, "running" | "done")``."""
-    from engine import runs
+    return [
+        (job, str(meta.get("recipe")), now["state"])
+        for _, job, meta, now in _jobs(folder, source)
+        if now["state"] == "running" or (now["state"] == "done" and Path(_target(job)).exists())
+    ]
 
-    want, found = str(Path(source).resolve()), []
-    for job in Path(folder).glob("*.job"):
-        meta = runs.read_json(job / "job.json", {})
-        if not isinstance(meta, dict) or meta.get("source") != want:
-            continue
-        state = poll(job)["state"]
-        if state == "running" or (state == "done" and Path(_target(job)).exists()):
-            found.append((float(meta.get("started") or 0), job, str(meta.get("recipe")), state))
-    return [(job, text, state) for _, job, text, state in sorted(found, reverse=True)]
+
+def running(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The jobs in ``folder`` still running, newest first, for the sidebar of every page (a
+    Preview of Leiden runs minutes, and went unseen from other pages): ``source`` (the .h5ad
+    it reads), ``steps`` (the recipe's step names), ``done`` (steps finished) and ``started``."""
+    from engine.preprocess import recipe_steps
+
+    out = []
+    for started, job, meta, now in _jobs(folder):
+        if now["state"] == "running":
+            names = [str(s.get("name")) for s in recipe_steps(meta.get("recipe"))]
+            out.append(
+                {
+                    "job": job,
+                    "source": str(meta.get("source")),
+                    "steps": names,
+                    "done": len(now["steps"]),
+                    "started": started,
+                }
+            )
+    return out
 
 
 def find(source: str | os.PathLike, recipe: Any, folder: str | os.PathLike) -> Path | None:

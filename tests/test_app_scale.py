@@ -154,3 +154,56 @@ def test_a_background_preview_survives_a_refresh_and_is_not_started_twice(
     next(b for b in at.button if b.label == "Stop the preview").click().run(timeout=T)
     assert "pp_job" not in at.session_state and not job.exists()
     assert not Path(str(job)[: -len(".job")]).exists()
+
+
+def test_a_background_preview_is_shown_in_the_sidebar_of_every_page(counts_adata):
+    """A browser pass: a Preview of Leiden (minutes) left running on Preprocess was seen on no
+    other page. The sidebar names the dataset, the step and how long it has run."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from engine import pp_child
+    from ui import sidebar
+
+    key = datasets.save(counts_adata, "kang")
+    target = datasets.new_incoming()
+    job = Path(f"{target}.job")
+    job.mkdir()
+    steps = [{"name": n, "params": {}} for n in ("normalize", "hvg", "leiden")]
+    # a live process whose command line names the job's output, as pp_child's child does
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(target)])
+    cmdline = Path(f"/proc/{child.pid}/cmdline")
+    for _ in range(100):  # until it has exec'd (before, its command line is pytest's)
+        if str(target) in cmdline.read_bytes().decode(errors="replace"):
+            break
+        time.sleep(0.05)
+    try:
+        (job / "job.json").write_text(
+            json.dumps(
+                {
+                    "pid": child.pid,
+                    "started": time.time() - 75,
+                    "limit_s": 600,
+                    "source": str(datasets.path(key).resolve()),
+                    "recipe": json.dumps({"steps": steps}),
+                }
+            )
+        )
+        (job / "steps.jsonl").write_text(
+            "".join(json.dumps({"step": n, "seconds": 1.0}) + "\n" for n in ("normalize", "hvg"))
+        )
+        (found,) = pp_child.running(job.parent)
+        assert found["steps"] == ["normalize", "hvg", "leiden"] and found["done"] == 2
+        assert sidebar.preview_text(found).startswith("Preview of kang · leiden (3 of 3) · 1m 1")
+        at = page("runs")
+        said = [c.value.replace("\\", "") for c in at.sidebar.caption]
+        assert any("Preview of kang · leiden (3 of 3)" in c for c in said), said
+        assert "**Previews in progress**" in [m.value for m in at.sidebar.markdown]
+    finally:
+        child.kill()
+        child.wait()
+    at = page("runs")  # ended: no longer listed
+    assert "**Previews in progress**" not in [m.value for m in at.sidebar.markdown]
+    assert not any("Preview of" in c.value for c in at.sidebar.caption)

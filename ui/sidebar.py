@@ -1,12 +1,14 @@
-"""The sidebar on every page: the compute device and the runs in progress."""
+"""The sidebar on every page: the compute device, the runs and the previews in progress."""
 
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import streamlit as st
 
-from engine import jobs
+from engine import datasets, jobs, pp_child, workspace
 from ui.figures import esc
 from ui.state import fragment
 
@@ -73,6 +75,34 @@ def active_runs() -> None:
         )
 
 
+def preview_text(p: dict) -> str:
+    """'Preview of kang · leiden (5 of 5) · 2m 10s': a background Preview seen from any page."""
+    src = Path(p["source"])
+    try:
+        inside = src.parent.resolve() == workspace.datasets_dir().resolve()
+        name = datasets.label(src.stem) if inside else src.name
+    except (OSError, ValueError):  # a damaged record: the file's own name
+        name = src.name
+    steps = p["steps"] or ["?"]
+    k = min(p["done"], len(steps) - 1)
+    took = fmt_s(time.time() - p["started"]) if p["started"] else "-"
+    return f"Preview of {name} · {steps[k]} ({k + 1} of {len(steps)}) · {took}"
+
+
+@fragment(run_every=3)
+def active_previews() -> None:
+    """Previews running in the background (Leiden takes minutes): said on every page, or a
+    user who left Preprocess did not know one was still using the CPU."""
+    folder = workspace.datasets_dir() / datasets.INCOMING
+    found = pp_child.running(folder) if folder.is_dir() else []
+    if found:
+        st.markdown("**Previews in progress**")
+    for p in found[:SHOWN]:
+        st.caption(f":material/hourglass_top: {esc(preview_text(p))}")
+    if len(found) > SHOWN:
+        st.caption(f"+ {len(found) - SHOWN} more: see the Preprocess page.")
+
+
 def draw() -> None:
     resume_queue(os.environ.get("SCWB_HOME", ""))
     with st.sidebar:
@@ -81,3 +111,4 @@ def draw() -> None:
         st.markdown(f"**Compute:** {icon} {info['name']}")
         st.markdown("**Runs in progress**")
         active_runs()
+        active_previews()
