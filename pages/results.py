@@ -914,7 +914,14 @@ if res_info is not None and task == "perturb":
                 )
             verdict = against_meanshift(m, esc(target), "scGen")
             if verdict:
-                getattr(st, verdict[0])(verdict[1])
+                said = verdict[1]
+                cut = progress_text.shortened(spec, status)
+                if verdict[0] != "success" and cut:  # a loss said beside its likely cause
+                    said += (
+                        f" This scGen trained {cut[0]} of its published {cut[1]} epochs: a "
+                        "full training (epochs on Train, or a GPU) may close the gap."
+                    )
+                getattr(st, verdict[0])(said)
             means = target_means(
                 str(res_path), mtime, str(sub_dir), info, target, str(scwb.get("layer") or "X")
             )
