@@ -12,7 +12,7 @@ import streamlit as st
 from engine import datasets, jobs
 from engine.demos import DEMOS
 from ui import sidebar
-from ui.state import md, net, set_dataset, show_error
+from ui.state import dataset_to_address, md, net, set_dataset, show_error
 
 
 def home() -> None:
@@ -110,6 +110,8 @@ nav = st.navigation(
 # the sidebar gave it on every page: a hostile-input pass)
 with st.sidebar, net("the sidebar"):
     sidebar.draw()
+with net("the address"):
+    dataset_to_address()
 with net(
     f"the page {nav.title}",
     "The page stopped here; what is saved is unchanged. The server's log has the details.",

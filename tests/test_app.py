@@ -170,6 +170,19 @@ def test_two_sessions_upload_one_name_and_keep_their_own_data(tmp_path):
     picker.set_value(keys[40]).run()
     assert second.run().session_state["dataset"] == keys[20]
     assert {m.label: m.value for m in second.metric}["Cells"] == "20"
+    # a sidebar link leads to a bare address (/train): the page puts the tab's dataset back
+    # in it, so that a refresh there keeps this tab's dataset, not the other tab's last pick
+    # (a browser pass: the refreshed tab moved to the other tab's dataset)
+    linked = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    linked.session_state["dataset"] = keys[20]  # this tab's pick; the workspace's seed: 40
+    linked.session_state["_dataset_seeded"] = True
+    linked.run().switch_page("pages/train.py").run()
+    assert linked.query_params["dataset"] in (keys[20], [keys[20]])
+    refreshed = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    refreshed.query_params["dataset"] = keys[20]  # the address the refresh reloads
+    refreshed.switch_page("pages/data.py").run()
+    assert refreshed.session_state["dataset"] == keys[20]
+    assert {m.label: m.value for m in refreshed.metric}["Cells"] == "20"
 
 
 def test_data_page_shows_the_cell_names_of_data_without_annotations(tmp_path):

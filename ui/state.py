@@ -66,6 +66,15 @@ def current_dataset() -> str | None:
     return None
 
 
+def dataset_to_address() -> None:
+    """Put this session's dataset back in the address when a page link dropped it: a link in
+    the sidebar leads to a bare /train, and a refresh there took the dataset another tab had
+    picked last (the workspace's seed), not this tab's own (a browser pass)."""
+    key = current_dataset()
+    if key and st.query_params.get("dataset") != key:
+        st.query_params["dataset"] = key
+
+
 def set_dataset(key: str) -> None:
     """Make ``key`` this session's dataset (and the seed of the next new session)."""
     st.session_state["dataset"] = key
