@@ -89,9 +89,18 @@ def shortened(spec: dict[str, Any], status: dict[str, Any]) -> tuple[int, int] |
         return None
     if not isinstance(planned, int) or isinstance(planned, bool) or planned >= info.epochs:
         return None
-    if status.get("stopped_early") or status.get("optimizer") == "lbfgs":
+    if ended_early(status) or status.get("optimizer") == "lbfgs":
         return None
     epoch, top = number(status.get("epoch")), number(status.get("max_epochs"))
     if epoch is None or not top or epoch < top:
         return None
     return planned, info.epochs
+
+
+def ended_early(status: dict[str, Any]) -> bool:
+    """Whether early stopping ended a run before its epoch cap; runs saved before 2026-11-28
+    flagged a stop at the last epoch too, which ended nothing early."""
+    epoch, top = number(status.get("epoch")), number(status.get("max_epochs"))
+    if status.get("optimizer") == "lbfgs":  # converged at its last epoch: it did converge
+        return bool(status.get("stopped_early"))
+    return bool(status.get("stopped_early")) and not (epoch and top and epoch >= top)

@@ -292,7 +292,14 @@ def fit(
         runs.update_status(
             ctx.run_dir,
             optimizer=ctx.optimizer,
-            stopped_early=bool(stop is not None and stop.stopped_epoch > 0),
+            # stopped before its last epoch: a stop at the last one ended nothing early (Results
+            # said "stopped early at epoch 20 of 20": a browser pass)
+            # (L-BFGS converging at its last epoch did converge: kept)
+            stopped_early=bool(
+                stop is not None
+                and stop.stopped_epoch > 0
+                and (converge or stop.stopped_epoch < (trainer.max_epochs or 0) - 1)
+            ),
             weights_kept="last (converged)" if converge else "best validation epoch",
         )
     if trainer.world_size > 1:

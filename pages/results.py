@@ -199,6 +199,9 @@ def early_stop_note() -> str | None:
     stopped = status.get("stopped_early")
     if stopped is None:
         stopped = bool(planned) and last < int(planned)
+    elif stopped and planned and last >= int(planned) and status.get("optimizer") != "lbfgs":
+        # runs saved before 2026-11-28 flagged a stop at the last epoch, which ended nothing
+        stopped = False
     if status.get("optimizer") == "lbfgs":  # convex, full batch: the last weights are the optimum
         if not stopped:
             moved = lbfgs_last_moves(curve)

@@ -300,6 +300,27 @@ def test_results_metric_names_early_stop_and_escaping(dataset):
     assert "Higher is better" in cols["test_accuracy"]["help"]
 
 
+def test_a_stop_at_the_last_epoch_is_not_called_early(dataset):
+    """A browser pass: an MLP capped at 20 epochs ran all 20 and Results said 'Stopped early at
+    epoch 20 of 20'; Compare then left it out of the runs cut below their published epochs.
+    Runs saved with that flag read as trained to their cap."""
+    from engine import progress
+
+    run = _finished(dataset, "mlp", label_key="cell_type", epochs=3)
+    status = runs.read_json(run / "status.json")
+    assert status["epoch"] == status["max_epochs"] == 3
+    runs.update_status(run, stopped_early=True)  # as runs saved before the fix recorded it
+    status = runs.read_json(run / "status.json")
+    assert not progress.ended_early(status)
+    assert progress.shortened(runs.read_json(run / "run.json"), status) == (3, 50)
+    at = app("results", run=run.name)
+    said = " ".join(texts(at, "info") + texts(at, "caption"))
+    assert "Stopped early" not in said, said
+    assert "Trained to its cap of 3 epochs, fewer than the 50" in said, said
+    runs.update_status(run, epoch=2)  # before its cap: early
+    assert progress.ended_early(runs.read_json(run / "status.json"))
+
+
 def test_lbfgs_logistic_regression_says_it_converged(dataset):
     """Full-batch L-BFGS stops once the training loss stops moving and keeps its last weights
     (the optimum of a convex loss); the pages said 'stopped early (best epoch 1): the weights of
