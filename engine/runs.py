@@ -363,6 +363,8 @@ def summary(run_dir: Path) -> dict[str, Any]:
         },
     }
     row["launcher"] = row["launcher"] or spec.get("launcher") or "local"
+    ns = spec.get("submitted_ns")
+    row["submitted_ns"] = ns if isinstance(ns, int) and not isinstance(ns, bool) else None
     seed = spec.get("seed")
     row["seed"] = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return row
@@ -381,6 +383,23 @@ RESCAN_S = 5.0
 def _settled(mtime_ns: int) -> bool:
     """Whether a folder's mtime is old enough (1 s) that a later change must move it."""
     return time.time() - mtime_ns / 1e9 > 1.0
+
+
+def _newest_first(rows: list[dict[str, Any]]) -> None:
+    """Newest submission first; the runs of one submission (a group: models x seeds) together,
+    in the order they were submitted. Sorted by the second of ``created`` and then by the run's
+    random id, nine runs of one click read sk_logreg 2, 1, 0, mlp 1, 2, 0 (a browser pass)."""
+    rows.sort(key=lambda r: (r.get("submitted_ns") or 0, r["id"]))  # oldest first
+    start: dict[str, tuple[str, int]] = {}  # each group's first run: (created, submitted_ns)
+    for r in rows:
+        if r.get("group"):
+            start.setdefault(r["group"], (r["created"] or "", r.get("submitted_ns") or 0))
+
+    def batch(r: dict[str, Any]) -> tuple[str, int]:
+        own = (r["created"] or "", r.get("submitted_ns") or 0)
+        return start.get(r["group"], own) if r.get("group") else own
+
+    rows.sort(key=batch, reverse=True)  # stable: a batch keeps its submission order
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
@@ -427,7 +446,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             with _CACHE_LOCK:
                 _CACHE[e.path] = (mtime, row)
         rows.append(row)
-    rows.sort(key=lambda r: (r["created"] or "", r["id"]), reverse=True)
+    _newest_first(rows)
     with _CACHE_LOCK:
         _SNAP[str(root)] = (t_scan, root_mtime, rows, _settled(root_mtime))
         if len(_CACHE) > 2 * max(len(rows), 1000):  # folders deleted meanwhile

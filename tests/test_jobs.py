@@ -467,3 +467,31 @@ def test_slots_map_to_the_gpus_this_process_may_use(monkeypatch):
     )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaa,GPU-bbb")
     assert queue.gpu_ids([1]) == "GPU-bbb"
+
+
+def test_runs_of_one_submission_are_listed_together_in_submission_order(tmp_path):
+    """A browser pass: 3 models x 3 seeds submitted in one click were listed sk_logreg 2, 1, 0,
+    mlp 1, 2, 0, logreg 2, 0, 1 (sorted by the second they were created, then by their random
+    ids). Newest submission first; one submission's runs in the order they were submitted."""
+    import random
+
+    root = tmp_path / "runs"
+    order = [(m, s) for m in ("sk_logreg", "mlp", "logreg") for s in (0, 1, 2)]
+    ns = 1_000_000_000
+    made = []
+    for i, (model, seed) in enumerate(order):
+        rid = f"20261128-1036-{model}-{random.Random(i).getrandbits(16):04x}"
+        made.append(rid)
+        spec = {"model": model, "seed": seed, "group": "seeds-1", "created": "2026-11-28T10:36:26"}
+        (root / rid).mkdir(parents=True)
+        runs.write_json(root / rid / "run.json", spec | {"submitted_ns": ns + i})
+        runs.update_status(root / rid, state="queued")
+    for rid, created, n in (("old", "2026-11-28T09:00:00", 1), ("new", "2026-11-28T11:00:00", 2)):
+        (root / rid).mkdir()
+        runs.write_json(
+            root / rid / "run.json", {"model": "mlp", "created": created, "submitted_ns": n}
+        )
+        runs.update_status(root / rid, state="completed")
+    listed = [r["id"] for r in runs.list_runs(root)]
+    assert listed == ["new", *made, "old"], listed
+    assert [(r["model"], r["seed"]) for r in runs.list_runs(root)[1:10]] == order

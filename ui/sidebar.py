@@ -46,9 +46,9 @@ def active_runs() -> None:
     rows = jobs.list_jobs()  # newest first
     # running first, then queued in the order they will start (oldest first): the running run
     # was hidden behind six queued ones when nine were submitted together
-    active = [r for r in rows if r["state"] == "running"] + [
-        r for r in reversed(rows) if r["state"] == "queued"
-    ]
+    queued = [r for r in rows if r["state"] == "queued"]
+    queued.sort(key=lambda r: (r.get("created") or "", r.get("submitted_ns") or 0, r["id"]))
+    active = [r for r in rows if r["state"] == "running"] + queued
     if not active:
         st.caption("No run in progress.")
         return
