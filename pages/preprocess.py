@@ -26,6 +26,8 @@ from ui.state import (
     keep,
     kept,
     load_full,
+    restore_form,
+    save_form,
     set_dataset,
     show_error,
 )
@@ -77,6 +79,7 @@ if d["x_kind"].startswith("scaled"):
     )
 
 steps: list[pp.Step] = []
+restore_form(f"preprocess@{name}")  # a refresh keeps the form (and finds its running preview)
 
 
 def k(widget: str) -> str:
@@ -243,10 +246,14 @@ with st.container(border=True):
         )
         steps.append(pp.Step("leiden", {"resolution": resolution}))
 
-for wkey in [
-    x for x in st.session_state if str(x).startswith("pp_") and str(x).endswith(f"@{name}")
-]:
-    keep(wkey, st.session_state[wkey])
+form = {
+    str(x): st.session_state[x]
+    for x in list(st.session_state)
+    if str(x).startswith("pp_") and str(x).endswith(f"@{name}")
+}
+for wkey, value in form.items():
+    keep(wkey, value)
+save_form(f"preprocess@{name}", form)
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
     fp = pp_memory.estimate(dataset_layout(name), recipe, copy=False)  # as Preview runs it

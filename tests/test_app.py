@@ -831,3 +831,31 @@ def test_cytometry_data_names_its_markers(counts_adata):
     assert any(r.options == ["obs column", "marker"] for r in at.radio), [
         r.options for r in at.radio
     ]
+
+
+def test_preprocess_form_survives_a_refresh(dataset):
+    """A browser pass: min genes 200, logCPM, 1,000 HVG and Scale were all back to their
+    suggestions after a refresh. The form of each dataset is kept on disk for new sessions;
+    a damaged or foreign forms.json is ignored."""
+    from engine import workspace
+
+    def hvg_box(at):
+        return next(c for c in at.checkbox if c.label == "Highly variable genes")
+
+    at = app("preprocess")
+    suggested = hvg_box(at).value
+    hvg_box(at).set_value(not suggested).run()
+    if not suggested:
+        next(n for n in at.number_input if n.label == "number of genes").set_value(123).run()
+    refreshed = app("preprocess")  # a new session: the form as left
+    assert hvg_box(refreshed).value is (not suggested)
+    if not suggested:
+        hvg_n = next(n for n in refreshed.number_input if n.label == "number of genes")
+        assert hvg_n.value == 123
+    forms = workspace.home() / "forms.json"
+    foreign = json.dumps({f"preprocess@{dataset}": {f"pp_hvg@{dataset}": {"x": 1}}})
+    for damage in ("[", foreign):
+        forms.write_text(damage)
+        again = app("preprocess")
+        assert not again.exception and not errors(again)
+        assert hvg_box(again).value is suggested

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import datasets, io, summary
+from engine import datasets, io, summary, workspace
 from tests.conftest import ROOT, finish_preview
 
 T = 60
@@ -147,7 +147,13 @@ def test_a_background_preview_survives_a_refresh_and_is_not_started_twice(
     next(c for c in at.checkbox if c.label == "Filter genes").uncheck().run(timeout=T)
     next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
     job = Path(at.session_state["pp_job"][2])
-    # a refresh resets the form to the suggested steps: told of the preview it cannot show
+    # a refresh keeps the form (a browser pass: it went back to the suggested steps), so the
+    # running preview of these steps is taken up
+    refreshed = page("preprocess")
+    assert not next(c for c in refreshed.checkbox if c.label == "Filter genes").value
+    assert refreshed.session_state["pp_job"][2] == str(job)
+    # a form of other steps (another tab's last settings): told of the preview it cannot show
+    (workspace.home() / "forms.json").unlink()
     other = page("preprocess")
     told = [c.value for c in other.caption if "started earlier" in c.value]
     assert told and "tick the same steps to see it" in told[0], [c.value for c in other.caption]

@@ -296,6 +296,53 @@ def kept(wkey: str) -> str:
     return wkey
 
 
+FORMS_KEPT = 100  # scopes (datasets) whose form is kept on disk; the oldest go first
+
+
+def _forms_file() -> Path:
+    return workspace.home() / "forms.json"
+
+
+def _form_value(v: Any) -> bool:
+    """A value a widget can take back: plain JSON scalars, or a list of texts (multiselect)."""
+    if isinstance(v, list):
+        return len(v) <= 10_000 and all(isinstance(x, str) for x in v)
+    return isinstance(v, bool | int | float | str) and not (isinstance(v, str) and len(v) > 10_000)
+
+
+def restore_form(scope: str) -> None:
+    """Give a new session (a refresh) the form values of ``scope`` last saved by ``save_form``:
+    a refresh on Preprocess put every step back to its suggestion, and a running preview of
+    the steps set before could no longer be matched (a browser pass). Once per session and
+    scope; a value this session kept already wins."""
+    ss, seen = st.session_state, f"_form_restored:{scope}"
+    if seen in ss:
+        return
+    ss[seen] = True
+    forms = runs.read_json(_forms_file(), {})
+    values = forms.get(scope) if isinstance(forms, dict) else None
+    if not isinstance(values, dict):
+        return
+    for wkey, value in values.items():
+        if isinstance(wkey, str) and _form_value(value) and f"keep:{wkey}" not in ss:
+            keep(wkey, value)
+
+
+def save_form(scope: str, values: dict[str, Any]) -> None:
+    """Keep ``values`` (widget key -> value) of ``scope`` on disk for ``restore_form``; written
+    only when they changed, and never breaking the page (a read-only workspace keeps nothing)."""
+    values = {k: v for k, v in values.items() if _form_value(v)}
+    ss, last = st.session_state, f"_form_saved:{scope}"
+    if ss.get(last) == values:
+        return
+    ss[last] = values
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        forms = runs.read_json(_forms_file(), {})
+        forms = {k: v for k, v in forms.items() if k != scope} if isinstance(forms, dict) else {}
+        forms[scope] = values  # the newest last: the oldest scopes are dropped first
+        runs.write_json(_forms_file(), dict(list(forms.items())[-FORMS_KEPT:]))
+
+
 def ensure_app_navigation() -> None:
     """Route a page URL opened first after a server start through ``app.py``.
 
