@@ -174,9 +174,16 @@ def _safe_csv(path: Path) -> str:
     in the run folder stay as written: the engine reads them back by name."""
     out = _io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        for row in csv.reader(fh):
-            writer.writerow([c if _number(c) else csvsafe.cell(c) for c in row])
+    # a field may be as long as the file (the csv module's 128 KB limit failed the whole zip
+    # on one long cell: a hostile pass); the limit is the process's, so it is put back after
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(path.stat().st_size + 1, 2**31 - 1)))
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.reader(fh):
+                writer.writerow([c if _number(c) else csvsafe.cell(c) for c in row])
+    finally:
+        csv.field_size_limit(limit)
     return out.getvalue()
 
 
@@ -188,16 +195,34 @@ def _number(text: str) -> bool:
     return True
 
 
+LEFT_OUT = "LEFT_OUT.txt"  # in a zip: the run's files that could not be read, and why
+
+
 def _pack(run_dir: Path, fileobj) -> None:
-    with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED) as zf:  # .h5ad: gzip inside already
+    """Zip the run folder's ``members``; a file that cannot be read is left out and named in
+    ``LEFT_OUT.txt`` (one file dated before 1980 or one long CSV cell failed the whole zip, with
+    no word in the app: a hostile pass). File dates before 1980, which a zip cannot hold, are
+    stored as 1980."""
+    left: list[str] = []
+    # .h5ad: gzip inside already
+    with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
         for p in members(run_dir):
             name = p.relative_to(run_dir).as_posix()
-            if p.suffix.lower() == ".csv":  # the run's own tables hold gene and cell-type names
-                zf.writestr(name, _safe_csv(p), zipfile.ZIP_DEFLATED)
-                continue
-            packed = p.suffix in (".h5ad", ".pt")
-            zf.write(p, name, zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
+            try:
+                if p.suffix.lower() == ".csv":  # the run's tables hold gene and cell-type names
+                    zf.writestr(name, _safe_csv(p), zipfile.ZIP_DEFLATED)
+                    continue
+                packed = p.suffix in (".h5ad", ".pt")
+                zf.write(p, name, zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
+            except (OSError, ValueError, csv.Error, UnicodeError) as exc:
+                left.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         zf.writestr("reproduce.py", script(run_dir))
+        if left:
+            zf.writestr(
+                LEFT_OUT,
+                "Files of the run that could not be read, left out of this zip:\n"
+                + "".join(f"- {line}\n" for line in left),
+            )
 
 
 def bundle(run_dir: str | Path) -> bytes:

@@ -136,6 +136,45 @@ def test_the_run_zip_quotes_names_in_the_runs_own_tables(tmp_path, lognorm_adata
     assert (run_dir / "loo.csv").read_text() == hostile
 
 
+def test_the_run_zip_takes_old_dates_and_long_cells_and_names_what_it_left_out(
+    tmp_path, lognorm_file, monkeypatch
+):
+    """A hostile pass: one file dated before 1980 (a run restored from a backup) or one CSV
+    cell over 128 KB failed the whole zip, on the command line with 'unexpected ValueError' and
+    in the app with no download and no word. Both are zipped now; a file that cannot be read
+    is left out and named in LEFT_OUT.txt, and the rest of the run is there."""
+    import csv
+    import os
+
+    run_dir = tmp_path / "run"
+    train.run(RunSpec(model="pca", data=lognorm_file, out=str(run_dir)))
+    os.utime(run_dir / "metrics.json", (0, 0))  # 1970
+    long = "x" * 300_000
+    (run_dir / "loo.csv").write_text(f"cell_type,r2\n{long},0.5\n=cmd,1\n")
+    limit = csv.field_size_limit()
+    with zipfile.ZipFile(pyio.BytesIO(export.bundle(run_dir))) as zf:
+        assert zf.getinfo("metrics.json").date_time[0] == 1980
+        rows = zf.read("loo.csv").decode().splitlines()
+        assert rows[1] == f"{long},0.5" and rows[2] == "'=cmd,1"
+        assert export.LEFT_OUT not in zf.namelist()
+    assert csv.field_size_limit() == limit  # the process's limit is put back
+    real = export._safe_csv
+
+    def unreadable(p):
+        if p.name == "loo.csv":  # as a file removed or made unreadable while zipping
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(p)
+
+    monkeypatch.setattr(export, "_safe_csv", unreadable)
+    out = tmp_path / "run.zip"
+    export.write(run_dir, {"zip": out})
+    with zipfile.ZipFile(out) as zf:
+        assert {"run.json", "metrics.json", "reproduce.py"} <= set(zf.namelist())
+        assert "loo.csv" not in zf.namelist()
+        said = zf.read(export.LEFT_OUT).decode()
+        assert "- loo.csv: FileNotFoundError: " in said, said
+
+
 HOSTILE = "x'''\"\"\"; import os; os.system('touch PWNED'); '''"
 
 
