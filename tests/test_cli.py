@@ -575,3 +575,30 @@ def test_a_pipe_closed_early_is_not_an_error(monkeypatch, capsys):
     monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # the test's own stdout stays
     assert cli.main(["models"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_terminated_export_leaves_no_partial_file(tmp_path, lognorm_file, workspace):
+    """A hostile pass: `export --zip` killed by a timeout (SIGTERM) left a 17 GB .partial
+    beside its target. SIGTERM unwinds like Ctrl-C: the half-written file is removed."""
+    import signal
+    import time
+
+    run = workspace / "runs" / "big-run"
+    cli("train", "--data", lognorm_file, "--model", "pca", "--out", run)
+    (run / "notes.bin").write_bytes(os.urandom(96 * 2**20))  # slow to deflate: seconds
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "engine", "export", "big-run", "--zip", str(out_dir / "r.zip")],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    t0 = time.time()
+    while not any(out_dir.iterdir()) and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "the export ended before it could be stopped"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 130
+    assert p.stderr.read().strip() == "error: interrupted"
+    assert not list(out_dir.iterdir())  # neither the zip nor its .partial
