@@ -7,7 +7,7 @@ command line (``engine.cli``) and the reproduce script (``engine.export``) deriv
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from engine import models
@@ -151,15 +151,19 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         info = models.get(self.model)
-        try:
-            self.epochs = int(info.epochs if self.epochs is None else self.epochs)
-            self.batch_size = int(info.batch_size if self.batch_size is None else self.batch_size)
-            self.lr = float(info.lr if self.lr is None else self.lr)
-            self.patience = int(info.patience if self.patience is None else self.patience)
-            self.seed = int(self.seed)
-            self.devices = int(self.devices)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ScwbError(f"A training setting is not a number: {exc}.") from None
+        for name, kind, default in (
+            ("epochs", int, info.epochs),
+            ("batch_size", int, info.batch_size),
+            ("lr", float, info.lr),
+            ("patience", int, info.patience),
+            ("seed", int, None),
+            ("devices", int, None),
+        ):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, kind(default if value is None else value))
+            except (TypeError, ValueError, OverflowError) as exc:  # named: which one, and why
+                raise ScwbError(f"The training setting {name} is not a number: {exc}.") from None
         if self.epochs < 1:
             raise ScwbError(f"epochs must be at least 1, not {self.epochs}.")
         if self.epochs > 100_000:
@@ -228,8 +232,25 @@ class RunSpec:
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         """A spec from a run.json, also one written before a field existed (a run resumed after
         an upgrade trains on the split it started with)."""
+        if not isinstance(d, dict):
+            raise ScwbError("run.json is unreadable (damaged or not a JSON object).")
+        required = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing := [k for k in required if d.get(k) in (None, "")]:
+            # a queued run whose run.json was damaged failed with "TypeError: RunSpec.__init__()
+            # missing 2 required positional arguments" as its reason (a hostile pass)
+            raise ScwbError(
+                f"run.json is unreadable or incomplete (no {' or '.join(missing)}): "
+                "the run cannot be trained or reproduced from it."
+            )
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in with_earlier_defaults(d).items() if k in names})
+        try:
+            return cls(**{k: v for k, v in with_earlier_defaults(d).items() if k in names})
+        except ScwbError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ScwbError(f"run.json holds a value that is not a run's: {exc}") from None
 
 
 def with_earlier_defaults(record: dict[str, Any]) -> dict[str, Any]:

@@ -825,7 +825,8 @@ if res_info is not None and task == "perturb":
             from engine.workspace import safe_name
 
             sub_dir = run_dir / "loo" / safe_name(target)
-        m = runs.read_json(sub_dir / "metrics.json", {}) if sub_dir != run_dir else metrics
+        m = runs.read_json(sub_dir / "metrics.json", None) if sub_dir != run_dir else metrics
+        unreadable = not isinstance(m, dict)  # missing or damaged; {}: too few cells to score
         m = m if isinstance(m, dict) else {}
         table = _loo_table(run_dir, targets) if len(targets) > 1 else None
         if table is not None:
@@ -866,7 +867,12 @@ if res_info is not None and task == "perturb":
                     shown, {"cell_type": st.column_config.TextColumn("cell type")}
                 ),
             )
-        if "r2_mean_all" not in m:
+        if unreadable:  # the file's fault, not the data's (a hostile pass)
+            st.warning(
+                f"The scores of {esc(target)} (its metrics.json) are missing or unreadable: "
+                "the predictions are in the results file, but their scores cannot be shown."
+            )
+        elif "r2_mean_all" not in m:
             st.info(
                 f"{esc(target)} has fewer than 2 real stimulated or 2 control cells in the "
                 "data: predictions are in the results file, but cannot be scored."

@@ -1024,6 +1024,18 @@ def test_results_scgen_leave_one_out_draws_each_cell_type(dataset, monkeypatch):
     (warning,) = [w for w in texts(at, "warning") if "loo.csv" in w]
     assert f"names {len(loo) - 1} of the {len(loo)} cell types" in warning, warning
     assert any(s.label == "Cell type" for s in at.selectbox)  # each type's figures stay
+    # a damaged metrics.json of a type is said as the file's fault, not the data's (a hostile
+    # pass read "has fewer than 2 real stimulated or 2 control cells"); {} is too few cells
+    parts = sorted(run.glob("*/metrics.json"))
+    assert len(parts) == len(loo)
+    for damage, level, said in (
+        ("\x00garbage", "warning", "(its metrics.json) are missing or unreadable"),
+        ("{}", "info", "has fewer than 2 real stimulated or 2 control cells"),
+    ):
+        for p in parts:
+            p.write_text(damage)
+        at = app("results", run=run.name)
+        assert any(said in t for t in texts(at, level)), texts(at, level)
 
 
 def test_metric_rows_mark_the_best_prediction_per_metric():

@@ -213,3 +213,27 @@ def test_run_records_of_the_wrong_type_or_not_files_are_listed_not_fatal(workspa
     os.mkfifo(good / "model.pt")
     with pytest.raises(ScwbError, match="not a regular file"):
         toolkit.load_weights(good / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        ("{", "run.json is unreadable or incomplete (no model or data)"),
+        ('{"model": "mlp"}', "run.json is unreadable or incomplete (no data)"),
+        ('{"model": "mlp", "data": "x.h5ad", "epochs": "many"}', "epochs"),
+    ],
+)
+def test_a_queued_run_whose_run_json_was_damaged_fails_with_one_line(
+    tmp_path, lognorm_file, damage, said
+):
+    """A hostile pass: a queued run whose run.json was damaged before it started failed with
+    'TypeError: RunSpec.__init__() missing 2 required positional arguments' as its reason and
+    a traceback in its log; the reason now names run.json."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(damage)
+    runs.write_json(run_dir / "status.json", {"state": "running"})
+    assert train_child(run_dir) == 1
+    st = runs.read_status(run_dir)
+    assert st["state"] == "failed" and said in st["error"], st["error"]
+    assert "TypeError" not in st["error"] and "Traceback" not in str(st.get("log_tail") or "")
