@@ -445,6 +445,8 @@ def _checked(step: str, key: str, value: Any, default: Any, optional: bool = Fal
         raise ScwbError(f"{what} is too large a number ({str(value)[:12]}...).")  # no float has it
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ScwbError(f"{what} must be a finite number, not {value!r}.")
+    if abs(value) > 2**53:  # 1e300 genes passed as a whole number, printed with 300 digits
+        raise ScwbError(f"{what} is too large a number ({value:.3g}).")
     if isinstance(default, int) and value != int(value):
         raise ScwbError(f"{what} must be a whole number, not {value!r}.")
     value = int(value) if isinstance(default, int) else float(value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ class Config:
         v = np.array(list(self.values(metric).values()), dtype=float)
         if not len(v):
             return math.nan, math.nan, 0
-        return float(v.mean()), _sd(v), len(v)
+        with np.errstate(all="ignore"):  # 1e308 in a hand-edited metrics.json: inf, no warning
+            return float(v.mean()), _sd(v), len(v)
 
     def text(self, metric: str) -> str:
         """``mean ± sd`` as every view shows it, with "(n of N)" when some seeds lack the
@@ -113,7 +115,8 @@ def _g(v: float, digits: int) -> str:
 def _sd(v: np.ndarray) -> float:
     if len(v) < 2:
         return 0.0
-    sd = float(v.std(ddof=1))
+    with np.errstate(all="ignore"):  # numpy's overflow warning reached the CLI's stderr
+        sd = float(v.std(ddof=1))
     return 0.0 if sd <= TINY * max(1.0, float(np.abs(v).max())) else sd
 
 
@@ -337,14 +340,17 @@ def paired(a: Config, b: Config, metric: str) -> Paired:
     d = np.array([va[s] - vb[s] for s in shared], dtype=float)
     n = len(d)
     sd = _sd(d)
-    diff = float(d.mean()) if n else math.nan
+    with np.errstate(all="ignore"):
+        diff = float(d.mean()) if n else math.nan
     if n and sd == 0 and abs(diff) <= TINY:  # equal on every seed up to float noise
         diff = 0.0
     p = math.nan
     if n > 1 and sd > 0:
         from scipy import stats
 
-        p = float(stats.ttest_rel([va[s] for s in shared], [vb[s] for s in shared]).pvalue)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_rel([va[s] for s in shared], [vb[s] for s in shared]).pvalue)
     higher = metric_names.better(metric) != "lower"
     wins = int(((d > 0) if higher else (d < 0)).sum()) if n else 0
     losses = int(((d < 0) if higher else (d > 0)).sum()) if n else 0

@@ -409,6 +409,12 @@ def test_notes_stay_apart_when_steps_overlap(monkeypatch):
         ),
         ('{"steps": [{"name": "hvg", "params": {"n_top": -3}}]}', "hvg: n_top must be at least 1"),
         ('{"steps": [{"name": "hvg", "params": {"n_top": 2.5}}]}', "whole number"),
+        # a hostile pass: taken, and its report printed a 300-digit gene count
+        (
+            '{"steps": [{"name": "hvg", "params": {"n_top": 1e300}}]}',
+            r"too large a number \(1e\+300\)",
+        ),
+        ('{"steps": [{"name": "scale", "params": {"max_value": 1e300}}]}', "too large a number"),
         ('{"steps": [{"name": "normalize", "params": {"target_sum": -1}}]}', "at least 1"),
         ('{"steps": [{"name": "normalize", "params": {"target_sum": 1e-320}}]}', "at least 1"),
         ('{"steps": [{"name": "hvg", "params": {"flavor": "seurat_v3"}}]}', "one of seurat"),

@@ -356,3 +356,18 @@ def test_compare_page_marks_the_clear_winner_only(group_dirs):
     assert any(
         "better than every other one beyond the seed-to-seed spread" in c.value for c in at.caption
     )
+
+
+def test_huge_metric_values_compare_without_numpy_warnings(tmp_path, capsys):
+    """A hostile pass: 1e308 in a hand-edited metrics.json made `compare` print numpy's
+    'RuntimeWarning: overflow encountered' on stderr (exit 0)."""
+    import warnings
+
+    dirs = [_fake_run(tmp_path, f"h{s}", "mlp", s, 1e308, group="g") for s in range(3)]
+    dirs += [_fake_run(tmp_path, f"b{s}", "sk_logreg", s, -1e308, group="g") for s in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        configs = seeds.group(dirs)
+        texts = [c.text("test_accuracy") for c in configs]
+        paired = seeds.paired(configs[0], configs[1], "test_accuracy").text()
+    assert texts and paired
