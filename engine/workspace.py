@@ -142,7 +142,26 @@ def check_output_file(path: str | os.PathLike, flag: str = "-o") -> Path:
             f"{flag} {target} is not a regular file (a device, pipe or socket); name a file "
             "(nothing was written)."
         )
+    if where.parent.is_dir():  # a folder that cannot take a file is said before any work
+        _probe_writable(where.parent, f"{flag} {target}")
     return target
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a file in ``folder``: permissions, a read-only file system or /proc
+    (where root may 'write' but no file can be made) are found before the work, in one line
+    (``predict -o /proc/x.h5ad`` ended in HDF5's 'unexpected FileNotFoundError')."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".scwb-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScwbError(
+            f"{what}: no file can be written in {folder} ({exc.strerror or exc}); "
+            "name another folder (nothing was written)."
+        ) from None
 
 
 def check_new_run_folder(path: str | os.PathLike) -> Path:
@@ -198,6 +217,18 @@ def release_run_folder(path: Path) -> None:
         path.rmdir()  # only when empty
 
 
+def _dataset_record(path: Path) -> bool:
+    """Whether ``path`` is a workspace's record of a saved dataset (it holds its fingerprint)."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        return "fingerprint" in (json.loads(path.read_text()) or {})
+    except (OSError, ValueError, TypeError, RecursionError):
+        return False
+
+
 def _not_in_datasets(target: Path, flag: str) -> Path:
     """``target`` resolved, refused inside the workspace's datasets (files its listing
     describes)."""
@@ -207,4 +238,15 @@ def _not_in_datasets(target: Path, flag: str) -> Path:
             f"{flag} {target}: that is a workspace dataset's folder; write elsewhere "
             "(the workspace keeps its own files)."
         )
+    # another workspace's (another SCWB_HOME): its saved dataset was replaced in silence and
+    # then refused there as changed on disk (a hostile pass)
+    for folder in where.parents:
+        workspace = folder.name == "datasets" and (folder.parent / "runs").is_dir()
+        if workspace and (
+            _dataset_record(where.parent / f"{where.stem}.json") or (folder / ".incoming").is_dir()
+        ):
+            raise ScwbError(
+                f"{flag} {target}: that is the datasets folder of a workspace "
+                f"({folder.parent}); write elsewhere (the workspace keeps its own files)."
+            )
     return where

@@ -345,10 +345,30 @@ def test_outputs_never_replace_a_run_or_a_workspace_dataset(tmp_path, lognorm_fi
         ([*pp, fifo], "not a regular file"),
         (["demo", "synthetic_perturbation", "-o", fifo], "not a regular file"),
     ]
+    # another workspace's saved dataset (its own SCWB_HOME) was replaced, exit 0, and refused
+    # there as changed; a folder no file can be made in ended in HDF5's 'unexpected
+    # FileNotFoundError' (a hostile pass)
+    other_ws = tmp_path / "other-ws"
+    (other_ws / "runs").mkdir(parents=True)
+    (other_ws / "datasets").mkdir()
+    theirs = other_ws / "datasets" / "pbmc-0123abcd.h5ad"
+    theirs.write_bytes(b"their data")
+    (other_ws / "datasets" / "pbmc-0123abcd.json").write_text('{"fingerprint": "ab"}')
+    cases += [
+        (["preprocess", lognorm_file, "-o", theirs, "--hvg", 5], "datasets folder of a workspace"),
+        (["preprocess", lognorm_file, "-o", "/proc/x.h5ad", "--hvg", 5], "no file can be written"),
+    ]
     for argv, message in cases:
         p = cli(*argv, check=False)
         assert p.returncode == 2, (argv, p.stderr)
         assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert theirs.read_bytes() == b"their data"
+    # a project's own folders that happen to be named datasets and runs are not a workspace
+    mine = tmp_path / "project" / "datasets"
+    mine.mkdir(parents=True)
+    (mine.parent / "runs").mkdir()
+    cli("preprocess", lognorm_file, "-o", mine / "pp.h5ad", "--hvg", 5)
+    assert (mine / "pp.h5ad").exists()
     assert Path(lognorm_file).read_bytes() == source and not (tmp_path / "pp.h5ad").exists()
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert datasets.path(key).read_bytes() == kept
