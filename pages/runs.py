@@ -168,6 +168,8 @@ def live() -> None:
     if not rows:
         st.info("No run yet: submit one on **Train**.")
         return
+    if gone := ss.pop("runs_deleted", None):
+        st.success(f"Deleted run {figures.esc(gone)}.", icon=":material/delete:")
     df = table(rows)
     st.dataframe(df, hide_index=True, width="stretch", placeholder="-", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
@@ -228,6 +230,9 @@ def live() -> None:
         try:
             jobs.delete(sel)
             ss.pop("run_selected", None)
+            ss["runs_deleted"] = sel  # said after the rerun (a browser pass: no word of it)
+            if st.query_params.get("run") == sel:
+                del st.query_params["run"]
             st.rerun()
         except Exception as exc:
             show_error(exc)

@@ -378,6 +378,11 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     ok(at)
     assert not (workspace.runs_dir() / "2020-01-01-older").exists()
     assert at.selectbox(key="run_selected").value == run.name
+    # said (a browser pass: the page jumped to another run without a word), and only once
+    assert "Deleted run 2020\\-01\\-01\\-older." in [s.value for s in at.success]
+    assert "run" not in at.query_params  # a refresh does not look for the deleted run
+    at.run()
+    assert not [s.value for s in at.success if s.value.startswith("Deleted run")]
     assert json.loads((run / "run.json").read_text())["epochs"] == 2
     # Open results opens exactly the selected run
     button(at, "Open results").click().run()
