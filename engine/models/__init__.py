@@ -176,7 +176,7 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo(
             "vae",
             "embed",
-            "VAE on counts (scVI-style)",
+            "VAE (scVI-style; counts, or Gaussian)",
             "Library-size aware VAE with NB (default), ZINB or Gaussian likelihood; optional batch covariate.",
             builder="engine.models.vae:build",
             needs="counts",
