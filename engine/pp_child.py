@@ -164,12 +164,15 @@ def find(source: str | os.PathLike, recipe: Any, folder: str | os.PathLike) -> P
 
 
 def poll(job: str | os.PathLike) -> dict[str, Any]:
-    """What a ``start``ed recipe has done: ``{"state": "running" | "done" | "failed", "steps":
+    """What a ``start``ed recipe has done: ``{"state": "running" | "done" | "failed" | "taken"
+    (its folder is gone: another tab took its result or stopped it), "steps":
     [each finished step's report row], "info": (when done) what ``run`` returns, "error":
     (when failed) one line}``."""
     from engine import procs, runs
 
     job = Path(job)
+    if not job.is_dir():  # taken or stopped by another tab: its output is that tab's now
+        return {"state": "taken", "steps": []}
     steps = _finished_steps(job / "steps.jsonl")
     out = runs.read_json(job / "result.json", {})
     out = out if isinstance(out, dict) else {}
@@ -211,6 +214,10 @@ def stop(job: str | os.PathLike) -> None:
 
     job = Path(job)
     target = _target(job)
+    if not job.is_dir() and str(job) not in _STARTED:
+        # taken by another tab following the same job: the output is that tab's result (a
+        # review: two tabs on one preview, the second deleted what the first was showing)
+        return
     proc = _STARTED.pop(str(job), None)
     if proc is not None:
         proc.kill()  # nothing once it has ended and been reaped (its pid may be another's)

@@ -376,7 +376,14 @@ def preview_progress() -> None:
             st.rerun(scope="app")
         return
     st.session_state.pop("pp_job", None)
-    if now["state"] == "done":
+    if now["state"] == "taken":  # another tab followed the same job and took its result
+        st.session_state["pp_failed"] = (
+            job[0],
+            "This preview was taken up in another tab (same dataset and steps): press Preview "
+            "to see it here.",
+            "info",
+        )
+    elif now["state"] == "done":
         pp_child.taken(job[2])  # the result stays, at job[3]
         st.session_state["pp_result"] = (job[0], job[1], job[3], now["info"])
     else:
@@ -388,7 +395,7 @@ def preview_progress() -> None:
 preview_progress()
 failed = st.session_state.get("pp_failed")
 if failed and failed[0] == name:
-    st.error(esc(failed[1]))
+    getattr(st, failed[2] if len(failed) > 2 else "error")(esc(failed[1]))
 
 result = st.session_state.get("pp_result")
 if result and result[0] == name and result[1] == recipe.to_json():

@@ -213,3 +213,23 @@ def test_a_background_preview_is_shown_in_the_sidebar_of_every_page(counts_adata
     at = page("runs")  # ended: no longer listed
     assert "**Previews in progress**" not in [m.value for m in at.sidebar.markdown]
     assert not any("Preview of" in c.value for c in at.sidebar.caption)
+
+
+def test_two_tabs_following_one_preview_never_delete_each_others_result(counts_adata, monkeypatch):
+    """A review: two tabs on Preprocess with the same steps follow one background job; the
+    first to see it done took its result, and the second then read it as failed and deleted
+    the result file the first was showing. The second now says it was taken elsewhere."""
+    at, _ = _preview_in_a_child(counts_adata, monkeypatch)
+    other = page("preprocess")  # another tab, the same form (kept on disk): the same job
+    assert other.session_state["pp_job"][2] == at.session_state["pp_job"][2]
+    finish_preview(at)
+    result = Path(at.session_state["pp_result"][2])
+    assert result.exists() and "Effect of each step" in [h.value for h in at.subheader]
+    finish_preview(other)
+    assert "pp_result" not in other.session_state
+    assert any("taken up in another tab" in i.value for i in other.info), [
+        i.value for i in other.info
+    ]
+    assert not other.error and result.exists()  # the first tab's result is still there
+    next(b for b in at.button if b.label == "Save").click().run(timeout=T)
+    assert not at.exception and not at.error
