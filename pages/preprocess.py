@@ -79,7 +79,16 @@ if d["x_kind"].startswith("scaled"):
     )
 
 steps: list[pp.Step] = []
-restore_form(f"preprocess@{name}")  # a refresh keeps the form (and finds its running preview)
+# each widget's value type: a refresh keeps the form (and finds its running preview)
+FORM = {"pp_subset_key": str, "pp_subset_vals": list, "pp_norm_target": str}
+FORM |= {"pp_scale_method": str, "pp_fc_mito": float, "pp_asinh_cofactor": float}
+FORM |= {"pp_scale_clip": float, "pp_leiden_res": float}
+FORM |= dict.fromkeys(("pp_fc_min_genes", "pp_fc_min_counts", "pp_fg_min_cells", "pp_hvg_n"), int)
+FORM |= dict.fromkeys(
+    ("pp_raw", "pp_subset", "pp_fc", "pp_fg", "pp_kc", "pp_norm", "pp_hvg", "pp_asinh"), bool
+)
+FORM |= dict.fromkeys(("pp_scale", "pp_leiden"), bool)
+restore_form(f"preprocess@{name}", FORM)
 
 
 def k(widget: str) -> str:

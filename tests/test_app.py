@@ -858,8 +858,18 @@ def test_preprocess_form_survives_a_refresh(dataset):
         hvg_n = next(n for n in refreshed.number_input if n.label == "number of genes")
         assert hvg_n.value == 123
     forms = workspace.home() / "forms.json"
-    foreign = json.dumps({f"preprocess@{dataset}": {f"pp_hvg@{dataset}": {"x": 1}}})
-    for damage in ("[", foreign):
+    # every widget of the form has its type listed (else a refresh would not keep it)
+    import re
+
+    source = (ROOT / "pages" / "preprocess.py").read_text()
+    widgets = set(re.findall(r'key=k\("(pp_\w+)"\)', source))
+    form = source[source.index("FORM = ") : source.index("restore_form(f")]
+    assert widgets == set(re.findall(r'"(pp_\w+)"', form)), widgets
+    # damaged, or values of another type than their widget's (a text for a checkbox broke the
+    # page for good: a review), or a key no widget has: ignored, the page as suggested
+    wrong = {f"pp_hvg@{dataset}": "yes", f"pp_hvg_n@{dataset}": "many", f"pp_x@{dataset}": 1}
+    wrong |= {f"pp_fc@{dataset}": {"x": 1}, f"pp_fc_min_genes@{dataset}": 1.5}
+    for damage in ("[", json.dumps({f"preprocess@{dataset}": wrong})):
         forms.write_text(damage)
         again = app("preprocess")
         assert not again.exception and not errors(again)

@@ -310,11 +310,13 @@ def _form_value(v: Any) -> bool:
     return isinstance(v, bool | int | float | str) and not (isinstance(v, str) and len(v) > 10_000)
 
 
-def restore_form(scope: str) -> None:
+def restore_form(scope: str, kinds: dict[str, type]) -> None:
     """Give a new session (a refresh) the form values of ``scope`` last saved by ``save_form``:
     a refresh on Preprocess put every step back to its suggestion, and a running preview of
     the steps set before could no longer be matched (a browser pass). Once per session and
-    scope; a value this session kept already wins."""
+    scope; a value this session kept already wins. ``kinds``: each widget's name (its key
+    before '@') and the type its value has; anything else in the file is ignored (a text for
+    a checkbox broke the page for good: a review)."""
     ss, seen = st.session_state, f"_form_restored:{scope}"
     if seen in ss:
         return
@@ -324,7 +326,12 @@ def restore_form(scope: str) -> None:
     if not isinstance(values, dict):
         return
     for wkey, value in values.items():
-        if isinstance(wkey, str) and _form_value(value) and f"keep:{wkey}" not in ss:
+        kind = kinds.get(str(wkey).split("@")[0])
+        if kind is float and type(value) is int:
+            value = float(value)
+        if kind is None or type(value) is not kind or not _form_value(value):
+            continue
+        if f"keep:{wkey}" not in ss:
             keep(wkey, value)
 
 
