@@ -385,21 +385,29 @@ def _settled(mtime_ns: int) -> bool:
     return time.time() - mtime_ns / 1e9 > 1.0
 
 
+BATCH_GAP_NS = 60 * 10**9  # runs of one group submitted further apart are another submission
+
+
 def _newest_first(rows: list[dict[str, Any]]) -> None:
-    """Newest submission first; the runs of one submission (a group: models x seeds) together,
-    in the order they were submitted. Sorted by the second of ``created`` and then by the run's
-    random id, nine runs of one click read sk_logreg 2, 1, 0, mlp 1, 2, 0 (a browser pass)."""
+    """Newest submission first; the runs of one submission (one group's models x seeds, sent
+    together) in the order they were submitted. Sorted by the second of ``created`` and then by
+    the run's random id, nine runs of one click read sk_logreg 2, 1, 0, mlp 1, 2, 0 (a browser
+    pass). A group name given again later (``submit --group``) starts another submission: its
+    runs are not buried under the first's date (a review)."""
     rows.sort(key=lambda r: (r.get("submitted_ns") or 0, r["id"]))  # oldest first
-    start: dict[str, tuple[str, int]] = {}  # each group's first run: (created, submitted_ns)
+    batches: dict[str, tuple[tuple[str, int], int]] = {}  # group -> (its batch's key, last ns)
+    keys = {}
     for r in rows:
-        if r.get("group"):
-            start.setdefault(r["group"], (r["created"] or "", r.get("submitted_ns") or 0))
-
-    def batch(r: dict[str, Any]) -> tuple[str, int]:
-        own = (r["created"] or "", r.get("submitted_ns") or 0)
-        return start.get(r["group"], own) if r.get("group") else own
-
-    rows.sort(key=batch, reverse=True)  # stable: a batch keeps its submission order
+        ns = r.get("submitted_ns")
+        key = (r["created"] or "", ns or 0)
+        group = r.get("group")
+        if group and ns:
+            open_batch = batches.get(group)
+            if open_batch and ns - open_batch[1] <= BATCH_GAP_NS:
+                key = open_batch[0]
+            batches[group] = (key, ns)
+        keys[r["id"]] = key
+    rows.sort(key=lambda r: keys[r["id"]], reverse=True)  # stable: a batch keeps its order
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:

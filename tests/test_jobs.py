@@ -495,3 +495,12 @@ def test_runs_of_one_submission_are_listed_together_in_submission_order(tmp_path
     listed = [r["id"] for r in runs.list_runs(root)]
     assert listed == ["new", *made, "old"], listed
     assert [(r["model"], r["seed"]) for r in runs.list_runs(root)[1:10]] == order
+    # the group's name given again an hour later (submit --group): another submission, listed
+    # as the newest, not under the first one's date (a review)
+    for rid, n in (("again-0", 3600), ("again-1", 3601)):
+        (root / rid).mkdir()
+        spec = {"model": "mlp", "group": "seeds-1", "created": "2026-11-28T11:36:26"}
+        runs.write_json(root / rid / "run.json", spec | {"submitted_ns": ns + n * 10**9})
+        runs.update_status(root / rid, state="queued")
+    listed = [r["id"] for r in runs.list_runs(root)]
+    assert listed == ["again-0", "again-1", "new", *made, "old"], listed
