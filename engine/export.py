@@ -12,6 +12,7 @@ import csv
 import io as _io
 import json
 import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -176,15 +177,19 @@ def _safe_csv(path: Path) -> str:
     writer = csv.writer(out, lineterminator="\n")
     # a field may be as long as the file (the csv module's 128 KB limit failed the whole zip
     # on one long cell: a hostile pass); the limit is the process's, so it is put back after
-    limit = csv.field_size_limit()
-    csv.field_size_limit(max(limit, min(path.stat().st_size + 1, 2**31 - 1)))
-    try:
-        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            for row in csv.reader(fh):
-                writer.writerow([c if _number(c) else csvsafe.cell(c) for c in row])
-    finally:
-        csv.field_size_limit(limit)
+    with _CSV_LIMIT:  # two downloads at once (the app's threads) must not undo each other's
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, min(path.stat().st_size + 1, 2**31 - 1)))
+        try:
+            with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+                for row in csv.reader(fh):
+                    writer.writerow([c if _number(c) else csvsafe.cell(c) for c in row])
+        finally:
+            csv.field_size_limit(limit)
     return out.getvalue()
+
+
+_CSV_LIMIT = threading.Lock()  # csv.field_size_limit is the process's
 
 
 def _number(text: str) -> bool:
@@ -208,6 +213,9 @@ def _pack(run_dir: Path, fileobj) -> None:
     with zipfile.ZipFile(fileobj, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
         for p in members(run_dir):
             name = p.relative_to(run_dir).as_posix()
+            if name in ("reproduce.py", LEFT_OUT):  # the zip's own: one entry of each name
+                left.append(f"{name}: the run folder's own file of that name (the zip writes one)")
+                continue
             try:
                 if p.suffix.lower() == ".csv":  # the run's tables hold gene and cell-type names
                     zf.writestr(name, _safe_csv(p), zipfile.ZIP_DEFLATED)
@@ -215,12 +223,15 @@ def _pack(run_dir: Path, fileobj) -> None:
                 packed = p.suffix in (".h5ad", ".pt")
                 zf.write(p, name, zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
             except (OSError, ValueError, csv.Error, UnicodeError) as exc:
-                left.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                # a read that failed part-way leaves a cut entry in the zip: said as such
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                cut = " (its copy in this zip, if any, is incomplete)" * (name in zf.namelist())
+                left.append(f"{name}: {why}{cut}")
         zf.writestr("reproduce.py", script(run_dir))
         if left:
             zf.writestr(
                 LEFT_OUT,
-                "Files of the run that could not be read, left out of this zip:\n"
+                "Files of the run that could not be read, or are left out of this zip:\n"
                 + "".join(f"- {line}\n" for line in left),
             )
 

@@ -166,6 +166,7 @@ def test_the_run_zip_takes_old_dates_and_long_cells_and_names_what_it_left_out(
         return real(p)
 
     monkeypatch.setattr(export, "_safe_csv", unreadable)
+    (run_dir / "reproduce.py").write_text("# a file of the zip's own name (a review)")
     out = tmp_path / "run.zip"
     export.write(run_dir, {"zip": out})
     with zipfile.ZipFile(out) as zf:
@@ -173,6 +174,9 @@ def test_the_run_zip_takes_old_dates_and_long_cells_and_names_what_it_left_out(
         assert "loo.csv" not in zf.namelist()
         said = zf.read(export.LEFT_OUT).decode()
         assert "- loo.csv: FileNotFoundError: " in said, said
+        assert "- reproduce.py: the run folder's own file of that name" in said, said
+        assert len(zf.namelist()) == len(set(zf.namelist()))  # one entry of each name
+        assert b"a file of the zip's own name" not in zf.read("reproduce.py")
 
 
 HOSTILE = "x'''\"\"\"; import os; os.system('touch PWNED'); '''"
