@@ -8,6 +8,7 @@ interrupted, a corrupt status.json), this page shows it and never raises.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -162,14 +163,20 @@ def curve_figure(r: dict[str, Any]):
     return figures.loss_curves(metrics, f"Loss per epoch · {r['id']}", best_epoch=best)
 
 
+DELETED_SHOWN_S = 10.0
+
+
 @fragment(run_every=2)
 def live() -> None:
     rows = jobs.list_jobs()
     if not rows:
         st.info("No run yet: submit one on **Train**.")
         return
-    if gone := ss.pop("runs_deleted", None):
-        st.success(f"Deleted run {figures.esc(gone)}.", icon=":material/delete:")
+    gone = ss.get("runs_deleted")  # said for 10 s: this fragment redraws every 2 s (a review)
+    if gone and time.time() - gone[1] < DELETED_SHOWN_S:
+        st.success(f"Deleted run {figures.esc(gone[0])}.", icon=":material/delete:")
+    elif gone:
+        ss.pop("runs_deleted", None)
     df = table(rows)
     st.dataframe(df, hide_index=True, width="stretch", placeholder="-", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
@@ -230,7 +237,7 @@ def live() -> None:
         try:
             jobs.delete(sel)
             ss.pop("run_selected", None)
-            ss["runs_deleted"] = sel  # said after the rerun (a browser pass: no word of it)
+            ss["runs_deleted"] = (sel, time.time())  # said after the rerun (a browser pass)
             if st.query_params.get("run") == sel:
                 del st.query_params["run"]
             st.rerun()

@@ -4,6 +4,7 @@ estimate before Submit, and Runs controls that follow each run's current state."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,9 @@ def test_runs_controls_follow_a_run_that_finishes_while_the_page_is_open(
     # said (a browser pass: the page jumped to another run without a word), and only once
     assert "Deleted run 2020\\-01\\-01\\-older." in [s.value for s in at.success]
     assert "run" not in at.query_params  # a refresh does not look for the deleted run
+    at.run()  # the page redraws every 2 s: still said for 10 s, then gone
+    assert "Deleted run 2020\\-01\\-01\\-older." in [s.value for s in at.success]
+    at.session_state["runs_deleted"] = ("2020-01-01-older", time.time() - 11)
     at.run()
     assert not [s.value for s in at.success if s.value.startswith("Deleted run")]
     assert json.loads((run / "run.json").read_text())["epochs"] == 2
