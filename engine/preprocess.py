@@ -308,7 +308,9 @@ def leiden(
         }
     }
     if n_comps >= 2:  # Explore draws it as it is, instead of computing the same PCA again
-        if "X_pca" in adata.obsm:
+        earlier = adata.uns.get("pca")
+        by_leiden = isinstance(earlier, dict) and (earlier.get("params") or {}).get("by")
+        if "X_pca" in adata.obsm and by_leiden != "leiden":
             note("replaced the data's own obsm['X_pca']")
         adata.obsm["X_pca"] = work.obsm["X_pca"]
         adata.uns["pca"] = {
@@ -317,6 +319,10 @@ def leiden(
         }
     note(f"{len(clusters.cat.categories)} clusters in obs['leiden'] (resolution {resolution:g})")
     return adata
+
+
+# steps that leave the values of the cells and genes they keep as they were: a PCA of them stays
+KEEP_X_VALUES = ("leiden", "keep_counts", "subset", "filter_cells")
 
 
 def _drop_stale_pca(adata: ad.AnnData, step: str) -> None:
@@ -611,7 +617,7 @@ def apply(
         said: list[str] = []
         token = _NOTES.set(said)
         try:
-            if step.name != "leiden":
+            if step.name not in KEEP_X_VALUES:
                 _drop_stale_pca(out, step.name)
             with np.errstate(all="ignore"):  # overflow is checked below, as one line
                 out = STEPS[step.name](out, **step.params)

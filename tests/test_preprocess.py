@@ -495,6 +495,12 @@ def test_leiden_finds_the_planted_cell_types(counts_adata):
     later, rep = pp.apply(out, pp.Recipe([pp.Step("scale", {"method": "zscore"})]))
     assert "X_pca" not in later.obsm and "pca" not in later.uns
     assert "dropped leiden's obsm['X_pca']: scale changed" in rep[-1]["note"]
+    # a step that keeps the values (keep_counts, a cell filter) keeps it, and says nothing of it;
+    # Leiden again replaces its own PCA without calling it the data's own (a review)
+    kept, rep = pp.apply(
+        out, pp.Recipe([pp.Step("filter_cells", {"min_genes": 1}), pp.Step("leiden")])
+    )
+    assert "X_pca" in kept.obsm and "obsm['X_pca']" not in str(rep), rep
     own = ctrl.copy()
     own.obsm["X_pca"] = np.zeros((own.n_obs, 2), np.float32)  # the file's own, not leiden's
     kept, _ = pp.apply(own, pp.Recipe([pp.Step("normalize", {"target_sum": 1e4})]))
