@@ -295,9 +295,15 @@ def fit(
             # stopped before its last epoch: a stop at the last one ended nothing early (Results
             # said "stopped early at epoch 20 of 20": a browser pass)
             # (L-BFGS converging at its last epoch did converge: kept)
+            # EarlyStopping's own reason: stopped_epoch is 0 both for no stop and for a stop at
+            # the first epoch (a non-finite validation loss: a review)
             stopped_early=bool(
                 stop is not None
-                and stop.stopped_epoch > 0
+                and (
+                    stop.stopping_reason.name != "NOT_STOPPED"
+                    if hasattr(stop, "stopping_reason")
+                    else stop.stopped_epoch > 0
+                )
                 and (converge or stop.stopped_epoch < (trainer.max_epochs or 0) - 1)
             ),
             weights_kept="last (converged)" if converge else "best validation epoch",

@@ -155,13 +155,14 @@ def _probe_writable(folder: Path, what: str) -> None:
 
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".scwb-probe-")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as exc:
         raise ScwbError(
             f"{what}: no file can be written in {folder} ({exc.strerror or exc}); "
             "name another folder (nothing was written)."
         ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):  # made, so the folder takes files; removed if it can be
+        os.unlink(probe)
 
 
 def check_new_run_folder(path: str | os.PathLike) -> Path:

@@ -385,3 +385,27 @@ def test_predict_refuses_a_damaged_model_json_in_one_line(tmp_path, lognorm_file
     (bad / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ScwbError, match=message):
         predict.predict(bad, ad.read_h5ad(lognorm_file))
+
+
+def test_stopped_early_is_recorded_only_before_the_cap(tmp_path, lognorm_file):
+    """A browser pass: a run that trained all 20 of its 20 epochs was called 'stopped early at
+    epoch 20 of 20'. The flag is EarlyStopping's own reason, before the cap (a review: its
+    stopped_epoch is also 0 for a stop at the first epoch)."""
+    early = tmp_path / "early"
+    train.run(  # patience 1: the first epoch that does not improve ends it
+        RunSpec(
+            model="mlp", data=lognorm_file, label_key="cell_type", epochs=300, patience=1,
+            out=str(early),
+        )
+    )  # fmt: skip
+    st = runs.read_status(early)
+    assert st["stopped_early"] is True and st["epoch"] < 300, st
+    full = tmp_path / "full"
+    train.run(
+        RunSpec(
+            model="mlp", data=lognorm_file, label_key="cell_type", epochs=3, patience=100,
+            out=str(full),
+        )
+    )  # fmt: skip
+    st = runs.read_status(full)
+    assert st["stopped_early"] is False and st["epoch"] == 3, st
