@@ -373,6 +373,9 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
 
+TERMINATED = False  # set by SIGTERM under ``python -m engine`` (engine/__main__.py)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import workspace
     from engine.train import run
@@ -385,18 +388,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         metrics = run(_spec(args, str(out)))
     except BaseException as exc:
+        if TERMINATED and isinstance(exc, SystemExit):  # Lightning's exit after our interrupt
+            exc = KeyboardInterrupt("terminated (SIGTERM)")
         if claimed and not (out / "status.json").exists():  # refused before it started: the
             workspace.release_run_folder(out)  # folder is as it was, for the corrected command
         elif claimed:  # else it stays "running" until
             from engine import runs  # a listing calls it interrupted, for no given reason
 
-            why = str(exc) if isinstance(exc, ScwbError) else f"{type(exc).__name__}: {exc}"
+            why = (
+                str(exc)
+                if isinstance(exc, ScwbError | KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}"
+            )
             with contextlib.suppress(OSError):
                 runs.record_end(
                     out,
                     state="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
                     error=(why.splitlines() or ["interrupted"])[0][:500],
                 )
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc from None  # exit 130, "error: interrupted"
         raise
     if metrics:  # the extra processes of a multi-device run print nothing
         print(json.dumps(_scalars(metrics), indent=2))

@@ -622,3 +622,32 @@ def test_a_terminated_export_leaves_no_partial_file(tmp_path, lognorm_file, work
     assert p.wait(timeout=60) == 130
     assert p.stderr.read().strip() == "error: interrupted"
     assert not list(out_dir.iterdir())  # neither the zip nor its .partial
+
+
+def test_a_terminated_train_is_recorded_as_stopped(tmp_path, lognorm_file, workspace):
+    """A review: SIGTERM during `train` reached Lightning as an interrupt, which exits with
+    sys.exit(1); the run was recorded as failed with 'SystemExit: 1'. It is a stop: cancelled,
+    said why, exit 130."""
+    import signal
+    import time
+
+    from engine import runs
+
+    run = tmp_path / "run"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "engine", "train", "--data", lognorm_file, "--model", "mlp",
+         "--label-key", "cell_type", "--epochs", "5000", "--patience", "5000", "--out", str(run)],
+        cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    t0 = time.time()
+    while time.time() - t0 < 180 and p.poll() is None:
+        st = runs.read_json(run / "status.json", {}) or {}
+        if st.get("state") == "running" and (st.get("epoch") or 0) >= 1:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 130
+    assert p.stderr.read().strip().splitlines()[-1] == "error: interrupted"
+    st = runs.read_status(run)
+    assert st["state"] == "cancelled" and st["error"] == "terminated (SIGTERM)", st
