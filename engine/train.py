@@ -31,9 +31,12 @@ def _record(spec: RunSpec, adata, run_dir: Path, dev: str, fingerprint: str) -> 
             recipe = json.loads(recipe)
         except (ValueError, RecursionError):  # the file's own text: not a recipe we can record
             recipe = None
+    earlier = runs.read_json(run_dir / "run.json", {}) or {}
+    submitted = earlier.get("submitted_ns")  # the runs listing's order within one submission
     return {
         **spec.to_dict(),
-        "created": (runs.read_json(run_dir / "run.json", {}) or {}).get("created") or runs.now(),
+        "created": earlier.get("created") or runs.now(),
+        **({"submitted_ns": submitted} if isinstance(submitted, int) else {}),
         "data_fingerprint": fingerprint,
         "data_shape": list(adata.shape),
         "recipe": recipe if isinstance(recipe, dict) else None,

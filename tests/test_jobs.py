@@ -504,3 +504,13 @@ def test_runs_of_one_submission_are_listed_together_in_submission_order(tmp_path
         runs.update_status(root / rid, state="queued")
     listed = [r["id"] for r in runs.list_runs(root)]
     assert listed == ["again-0", "again-1", "new", *made, "old"], listed
+
+
+def test_a_finished_run_keeps_its_submission_time(lognorm_file):
+    """The run's record was written again when it started, without its submission time: once
+    finished, one click's runs fell back to the order of their random ids (a browser check)."""
+    run = jobs.submit(RunSpec(model="sk_logreg", data=lognorm_file, label_key="cell_type"))
+    ns = runs.read_json(run / "run.json")["submitted_ns"]
+    assert jobs.wait(run, timeout=180)["state"] == "completed"
+    record = runs.read_json(run / "run.json")
+    assert record["submitted_ns"] == ns and record["data_fingerprint"]  # rewritten, kept
