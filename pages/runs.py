@@ -184,12 +184,16 @@ def live() -> None:
         if st.query_params.get("run") in by_id:  # the run picked before a refresh
             ss["run_selected"] = ss["_runs_auto"] = st.query_params["run"]
         else:
-            # a run with a curve to watch first: a scikit-learn baseline is fitted in one step
-            order = sorted(rows, key=lambda r: _kind(r.get("model", "")) == "sklearn")
-            active = [r["id"] for r in order if r.get("state") == "running"] or [
-                r["id"] for r in order if r.get("state") == "queued"
-            ]
-            ss["run_selected"] = ss["_runs_auto"] = (active or [rows[0]["id"]])[0]
+            # a run with a curve to watch first: a scikit-learn baseline is fitted in one step,
+            # and one running beside a queued network is not the run to watch (it was picked
+            # while the network waited for its slot, and the page showed no curve)
+            def watch(r: dict[str, Any]) -> tuple[bool, int]:
+                sklearn = _kind(r.get("model", "")) == "sklearn"
+                return sklearn, 0 if r.get("state") == "running" else 1
+
+            active = [r for r in rows if r.get("state") in ("running", "queued")]
+            pick = min(active, key=watch) if active else rows[0]
+            ss["run_selected"] = ss["_runs_auto"] = pick["id"]
     # keyed, without index=: the user's pick is the only thing that moves the selection
     sel = st.selectbox(
         "Run", list(by_id), key="run_selected", format_func=lambda i: label(by_id[i])

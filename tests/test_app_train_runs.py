@@ -670,3 +670,15 @@ def test_train_settings_survive_leaving_the_page(lognorm_adata, submitted):
     at.radio[0].set_value("classify").run()
     assert next(t for t in at.text_input if t.label == "hidden").value == "128"
     assert next(n for n in at.number_input if n.label == "Max epochs").value == 1
+
+
+def test_runs_page_first_shows_a_network_over_a_baseline_running_beside_it():
+    """A browser test's flake: one click submitted logreg, mlp and sk_logreg; the baseline ran
+    at once beside the queued network, the page picked the baseline (no curve to watch) and
+    kept it. A network running or queued comes first; a baseline only when nothing else."""
+    _fake_run("2026-01-01-a-done", "completed", "logreg", {"epoch": 9})
+    _fake_run("2026-01-02-b-sk", "running", "sk_logreg", {"epoch": 0, "max_epochs": 1})
+    queued = _fake_run("2026-01-02-c-mlp", "queued", status={"epoch": 0, "max_epochs": 50})
+    at = app("runs")
+    assert at.selectbox(key="run_selected").value == queued.name
+    assert at.subheader[0].value == "mlp on syn · queued"
