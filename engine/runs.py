@@ -407,7 +407,15 @@ def _newest_first(rows: list[dict[str, Any]]) -> None:
                 key = open_batch[0]
             batches[group] = (key, ns)
         keys[r["id"]] = key
-    rows.sort(key=lambda r: keys[r["id"]], reverse=True)  # stable: a batch keeps its order
+
+    def newest_first(r: dict[str, Any]) -> tuple:
+        ns = r.get("submitted_ns")
+        # reversed below: one submission's runs by ascending submission time; runs of no
+        # submission (trained in place, older records) that tie, by id as before
+        within = (1, -ns) if r.get("group") and ns else (0, r["id"])
+        return keys[r["id"]], within
+
+    rows.sort(key=newest_first, reverse=True)
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
