@@ -345,37 +345,36 @@ class Estimate:
     def epochs_text(self) -> str:
         if self.epochs is None:
             return "no epochs (fitted in one step)"
-        text = self._epochs_text()
         if self.full_batch:  # 'epochs: 50' read as 50 epochs for a fit that converged at 6
             return (
-                text.replace(f"epochs: {self.epochs}", f"epochs: up to {self.epochs}", 1)
+                self._epochs_text(f"up to {self.epochs}")
                 + " · one full-batch L-BFGS step per epoch, ending once converged"
             )
-        return text
+        return self._epochs_text(str(self.epochs))
 
-    def _epochs_text(self) -> str:
+    def _epochs_text(self, n: str) -> str:
         if self.shortened and self.over_budget:
             return (
-                f"epochs: {self.epochs} (shortened on this CPU, to the fewest that give this model "
+                f"epochs: {n} (shortened on this CPU, to the fewest that give this model "
                 f"~{MIN_STEPS:,} optimiser steps, longer than ~{fmt_duration(budget_s())}; "
                 f"published default {self.published_epochs})"
             )
         if self.shortened:
             return (
-                f"epochs: {self.epochs} (shortened to fit ~{fmt_duration(budget_s())} on this CPU; "
+                f"epochs: {n} (shortened to fit ~{fmt_duration(budget_s())} on this CPU; "
                 f"published default {self.published_epochs})"
             )
         if self.over_budget:
             return (
-                f"epochs: {self.epochs} (published default: longer than "
+                f"epochs: {n} (published default: longer than "
                 f"~{fmt_duration(budget_s())} on this CPU, but fewer would leave it under-trained)"
             )
         if self.published_epochs and self.epochs == self.published_epochs:
             if self.seconds is None:
-                return f"epochs: {self.epochs} (published default)"
+                return f"epochs: {n} (published default)"
             why = "on this GPU" if self.device.kind == "cuda" else "fits on this CPU"
-            return f"epochs: {self.epochs} (published default, {why})"
-        return f"epochs: {self.epochs}"
+            return f"epochs: {n} (published default, {why})"
+        return f"epochs: {n}"
 
     def text(self) -> str:
         if self.kind == "sklearn":

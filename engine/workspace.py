@@ -220,14 +220,9 @@ def release_run_folder(path: Path) -> None:
 
 def _dataset_record(path: Path) -> bool:
     """Whether ``path`` is a workspace's record of a saved dataset (it holds its fingerprint)."""
-    import json
+    from engine import runs  # runs.read_json: regular files only, size-capped, never raises
 
-    try:
-        if not path.is_file() or path.stat().st_size > 1 << 20:
-            return False
-        return "fingerprint" in (json.loads(path.read_text()) or {})
-    except (OSError, ValueError, TypeError, RecursionError):
-        return False
+    return "fingerprint" in runs.read_json(path, {})
 
 
 def _not_in_datasets(target: Path, flag: str) -> Path:
