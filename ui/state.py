@@ -321,8 +321,7 @@ def restore_form(scope: str, kinds: dict[str, type]) -> None:
     if seen in ss:
         return
     ss[seen] = True
-    forms = runs.read_json(_forms_file(), {})
-    values = forms.get(scope) if isinstance(forms, dict) else None
+    values = runs.read_json(_forms_file(), {}).get(scope)  # {} unless a readable JSON object
     if not isinstance(values, dict):
         return
     for wkey, value in values.items():
@@ -344,8 +343,7 @@ def save_form(scope: str, values: dict[str, Any]) -> None:
         return
     ss[last] = values
     with contextlib.suppress(OSError, TypeError, ValueError):
-        forms = runs.read_json(_forms_file(), {})
-        forms = {k: v for k, v in forms.items() if k != scope} if isinstance(forms, dict) else {}
+        forms = {k: v for k, v in runs.read_json(_forms_file(), {}).items() if k != scope}
         forms[scope] = values  # the newest last: the oldest scopes are dropped first
         runs.write_json(_forms_file(), dict(list(forms.items())[-FORMS_KEPT:]))
 
