@@ -3,7 +3,8 @@
 Every default comes from the data (engine.defaults): the condition column and its control and
 stimulated values, one target cell type, the cell-type column as label. The time each run will
 take on the chosen device is shown before Submit (engine.estimate), and on a CPU the default
-epochs are shortened to fit a few minutes. The choices survive leaving the page (per session).
+epochs are shortened to fit a few minutes. The choices survive leaving the page and a refresh
+(kept in forms.json, as Preprocess keeps its form).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from ui.state import (
     keep,
     kept,
     load_full,
+    restore_form,
+    save_form,
     show_error,
     to_address,
 )
@@ -66,6 +69,57 @@ def current(wkey: str) -> Any:
     return ss.get(wkey, ss.get(f"keep:{wkey}"))
 
 
+# the Training box's number widgets: (type, min, max); a restored value outside them would break
+# the widget, and the widgets are drawn with these bounds
+NUMBERS = {
+    "epochs": (int, 1, 10_000),
+    "batch": (int, 2, 65_536),
+    "lr": (float, 1e-6, 1.0),
+    "seed": (int, 0, 2**31 - 1),
+}
+SEED_COUNTS = [1, 3, 5]
+# widgets whose value must be one of the options they are drawn with: ``remember`` drops any
+# other, so any plain value may be restored ("task" is not: the address carries the tab's own)
+CHOSEN = {"label", "label2", "cond", "ctrl", "stim", "ct", "target", "split", "layer", "device"}
+CHOSEN |= {"launcher"}
+
+
+def form_value(wkey: str, value: Any) -> Any | None:
+    """The value of the Train widget ``wkey`` to give back after a refresh (a browser pass: 3
+    seeds, 40 epochs and a VAE's likelihood came back as the defaults), None if ``value`` is not
+    one that widget can take: ``forms.json`` is a file anyone can edit."""
+    head = wkey.split(":")[0]
+    scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
+    if head == "models":
+        return value if isinstance(value, list) else None
+    if head in CHOSEN:
+        return value if scalar else None
+    if head in NUMBERS:
+        kind, low, high = NUMBERS[head]
+        if kind is float and type(value) is int:
+            value = float(value)
+        return value if type(value) is kind and low <= value <= high else None
+    if head == "n_seeds":
+        return value if type(value) is int and value in SEED_COUNTS else None
+    info, key = next(
+        (
+            (m, wkey[len(param_key(m.name, "")) :])
+            for m in models.REGISTRY.values()
+            if wkey.startswith(param_key(m.name, ""))
+        ),
+        (None, ""),
+    )
+    p = info.params.get(key) if info else None
+    if p is None:
+        return None
+    if p.choices:
+        return value if value in p.choices and type(value) is type(p.default) else None
+    kind = type(p.default) if isinstance(p.default, bool | int | float) else str
+    if kind is float and type(value) is int:
+        value = float(value)
+    return value if type(value) is kind else None
+
+
 def needs(model: str) -> str:
     """What ``model`` reads with the parameters picked below on the page's last run (a VAE
     with a Gaussian likelihood reads any values, not only counts)."""
@@ -75,6 +129,7 @@ def needs(model: str) -> str:
 
 
 st.title("Train")
+restore_form("train", form_value)  # a refresh keeps the form as it was left (the task: its URL)
 # the annotations alone (X is None) for the form; the matrices are read only to check a submit
 name, adata, d = dataset_picker("Dataset to train on", full=False)
 if adata is None:
@@ -383,8 +438,7 @@ with st.container(border=True):
     c = st.columns(5)
     epochs = c[0].number_input(
         "Max epochs",
-        1,
-        10_000,
+        *NUMBERS["epochs"][1:],
         None,
         placeholder="automatic",
         help="leave empty for each model's default: its published one, shortened on a CPU to "
@@ -403,8 +457,7 @@ with st.container(border=True):
     )
     batch = c[1].number_input(
         "Batch size",
-        2,
-        65_536,
+        *NUMBERS["batch"][1:],
         None,
         placeholder="model default",
         help=blank,
@@ -413,8 +466,7 @@ with st.container(border=True):
     keep(f"batch:{task}", batch)
     lr = c[2].number_input(
         "Learning rate",
-        1e-6,
-        1.0,
+        *NUMBERS["lr"][1:],
         None,
         format="%.5f",
         placeholder="model default",
@@ -423,12 +475,16 @@ with st.container(border=True):
     )
     keep(f"lr:{task}", lr)
     seed = c[3].number_input(
-        "Seed", 0, 2**31 - 1, 0, help="one seed drives the split, torch and numpy", key=kept("seed")
+        "Seed",
+        *NUMBERS["seed"][1:],
+        0,
+        help="one seed drives the split, torch and numpy",
+        key=kept("seed"),
     )
     keep("seed", seed)
     n_seeds = st.radio(
         "Seeds per model",
-        [1, 3, 5],
+        SEED_COUNTS,
         horizontal=True,
         # a label must not change with another widget: the browser sends back the label it
         # shows, and one that no longer matches resets the choice (to 1 run, silently)
@@ -529,6 +585,8 @@ for n in picked:
             else:
                 params[n][key] = st.text_input(label, p.default, help=p.help, key=wkey)
             keep(wkey, params[n][key])
+saved = {k[len("keep:") :]: v for k, v in ss.to_dict().items() if str(k).startswith("keep:")}
+save_form("train", {k: v for k, v in saved.items() if form_value(k, v) is not None})
 
 
 def estimates() -> dict[str, estimate.Estimate]:

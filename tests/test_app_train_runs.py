@@ -672,6 +672,58 @@ def test_train_settings_survive_leaving_the_page(lognorm_adata, submitted):
     assert next(n for n in at.number_input if n.label == "Max epochs").value == 1
 
 
+def test_train_form_survives_a_browser_refresh(lognorm_adata, submitted):
+    """A browser pass: the Train form was kept over page visits but not over a refresh (a new
+    session): 3 seeds, the epochs cap, a model's settings and the test split came back as the
+    defaults. The form is kept on disk (forms.json) as Preprocess's is; values no widget can
+    take (a hand-edited file) are ignored, never break the page."""
+    at = _train_on_donors(lognorm_adata, 3, "classify")
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["mlp"]).run()
+    next(r for r in at.radio if r.label == "Seeds per model").set_value(3).run()
+    next(t for t in at.text_input if t.label == "hidden").set_value("64").run()
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(7).run()
+    next(n for n in at.number_input if n.label == "Seed").set_value(11).run()
+    box(at, "Test on").set_value("donor").run()
+    ok(at)
+    # every value the page keeps for its session is one a refresh gives back (but the task,
+    # which the address carries): a widget added without a rule would be lost again
+    state = at.session_state._state.filtered_state
+    kept_keys = [k[5:] for k, v in state.items() if k.startswith("keep:") and v is not None]
+    assert len(kept_keys) > 10, kept_keys  # (a blank number box is its default: not kept)
+    saved = json.loads((workspace.home() / "forms.json").read_text())["train"]
+    assert set(kept_keys) - set(saved) == {"task"}, set(kept_keys) - set(saved)
+
+    again = app("train")  # a refresh: a new session on the same address
+    assert next(m for m in again.multiselect if m.label.startswith("Models")).value == ["mlp"]
+    assert next(r for r in again.radio if r.label == "Seeds per model").value == 3
+    assert next(t for t in again.text_input if t.label == "hidden").value == "64"
+    assert next(n for n in again.number_input if n.label == "Max epochs").value == 7
+    assert next(n for n in again.number_input if n.label == "Seed").value == 11
+    assert box(again, "Test on").value == "donor"
+    button(again, "Submit").click().run()
+    ok(again)
+    assert [(s["seed"], s["epochs"], s["split_by"]) for s in submitted] == [
+        (11, 7, "donor"),
+        (12, 7, "donor"),
+        (13, 7, "donor"),
+    ]
+    assert submitted[0]["params"]["hidden"] == "64"
+
+    # damaged, of another type, out of a widget's range or not among its options: ignored
+    wrong = {"n_seeds": 4, "epochs:classify": 0, "batch:classify": "big", "lr:classify": 5.0}
+    wrong |= {"seed": -1, "p-mlp-hidden": 64, "p-mlp-dropout": "x", "models:classify": "mlp"}
+    wrong |= {"device": "tpu", "split:donors": ["donor"], "p-nope-x": 1, "task": "embed"}
+    forms = workspace.home() / "forms.json"
+    for damage in ("[", json.dumps({"train": wrong}), json.dumps({"train": [1]})):
+        forms.write_text(damage)
+        fresh = app("train")
+        assert fresh.radio[0].value == "classify"
+        assert next(r for r in fresh.radio if r.label == "Seeds per model").value == 1
+        assert next(n for n in fresh.number_input if n.label == "Max epochs").value is None
+        assert next(n for n in fresh.number_input if n.label == "Seed").value == 0
+        assert box(fresh, "Device").value == "auto"
+
+
 def test_runs_page_first_shows_a_network_over_a_baseline_running_beside_it():
     """A browser test's flake: one click submitted logreg, mlp and sk_logreg; the baseline ran
     at once beside the queued network, the page picked the baseline (no curve to watch) and

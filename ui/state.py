@@ -310,13 +310,14 @@ def _form_value(v: Any) -> bool:
     return isinstance(v, bool | int | float | str) and not (isinstance(v, str) and len(v) > 10_000)
 
 
-def restore_form(scope: str, kinds: dict[str, type]) -> None:
+def restore_form(scope: str, kinds: dict[str, type] | Callable[[str, Any], Any | None]) -> None:
     """Give a new session (a refresh) the form values of ``scope`` last saved by ``save_form``:
     a refresh on Preprocess put every step back to its suggestion, and a running preview of
     the steps set before could no longer be matched (a browser pass). Once per session and
     scope; a value this session kept already wins. ``kinds``: each widget's name (its key
-    before '@') and the type its value has; anything else in the file is ignored (a text for
-    a checkbox broke the page for good: a review)."""
+    before '@') and the type its value has, or a function giving the value to restore for a
+    (widget key, saved value), None to leave the widget as it is; anything else in the file is
+    ignored (a text for a checkbox broke the page for good: a review)."""
     ss, seen = st.session_state, f"_form_restored:{scope}"
     if seen in ss:
         return
@@ -324,14 +325,19 @@ def restore_form(scope: str, kinds: dict[str, type]) -> None:
     values = runs.read_json(_forms_file(), {}).get(scope)  # {} unless a readable JSON object
     if not isinstance(values, dict):
         return
+    check = kinds if callable(kinds) else functools.partial(_of_kind, kinds)
     for wkey, value in values.items():
-        kind = kinds.get(str(wkey).split("@")[0])
-        if kind is float and type(value) is int:
-            value = float(value)
-        if kind is None or type(value) is not kind or not _form_value(value):
-            continue
-        if f"keep:{wkey}" not in ss:
-            keep(wkey, value)
+        value = check(str(wkey), value) if _form_value(value) else None
+        if value is not None and f"keep:{wkey}" not in ss:
+            keep(str(wkey), value)
+
+
+def _of_kind(kinds: dict[str, type], wkey: str, value: Any) -> Any | None:
+    """``value`` if it has the type ``kinds`` lists for ``wkey``'s widget (an int for a float)."""
+    kind = kinds.get(wkey.split("@")[0])
+    if kind is float and type(value) is int:
+        value = float(value)
+    return value if kind is not None and type(value) is kind else None
 
 
 def save_form(scope: str, values: dict[str, Any]) -> None:
