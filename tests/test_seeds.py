@@ -152,7 +152,7 @@ def test_cli_compare_group(group_dirs, capsys):
     assert any(p["a"] == "mlp · pbmc" and p["p"] < 0.05 for p in out["paired"])
     assert cli.main(["compare", "--group", "seeds-abc"]) == 0
     text = capsys.readouterr().out
-    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.9133 ±" in text and "is better" in text
+    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.913 ±" in text and "is better" in text
     assert cli.main(["compare", "--group", "nope"]) == 2
     assert "no run belongs to the group" in capsys.readouterr().err
 
@@ -164,7 +164,7 @@ def test_compare_page_shows_mean_sd_and_paired_test(group_dirs):
     assert not at.exception
     table = at.dataframe[0].value
     row = table[table["model"] == "mlp · pbmc"].iloc[0]
-    assert row["seeds"] == 3 and row["test_accuracy"].startswith("0.9133 ± 0.015")
+    assert row["seeds"] == 3 and row["test_accuracy"].startswith("0.913 ± 0.015")
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     seeds_trace = next(t for t in fig["data"] if t["y"][0] == "mlp · pbmc")
     assert sorted(seeds_trace["x"]) == sorted(NET.values())
@@ -198,7 +198,7 @@ def test_unfinished_runs_do_not_blank_the_comparison(group_dirs, capsys):
     assert [len(x.runs) for x in configs] == [3, 3, 3]
     assert cli.main(["compare", "--group", "seeds-abc"]) == 0
     out = capsys.readouterr().out
-    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.9133" in out and "is better" in out
+    assert "mlp · pbmc (3 seeds): Accuracy (test) 0.913 ± 0.015" in out and "is better" in out
 
 
 def test_a_metric_some_runs_lack_is_kept_and_counted(tmp_path):
@@ -299,6 +299,21 @@ def test_mean_sd_text_keeps_its_digits():
     assert c.text("epochs") == "1461 ± 58"
     c.runs = {0: {"acc": 0.98305}, 1: {"acc": 1.0}}
     assert c.text("acc") == "0.9915 ± 0.012"
+
+
+def test_a_metric_column_shows_one_number_of_decimals():
+    """A browser pass: Compare's column read "0.9915 ± 0.0030" above "0.891 ± 0.012" (each
+    row its own significant digits). A column now has one number of decimals, two significant
+    digits of its smallest spread; a column whose spread needs more than 6 keeps its digits."""
+    a, b, c = (seeds.Config(m, m, "d", label=m) for m in ("mlp", "logreg", "sk_logreg"))
+    a.runs = {0: {"acc": 0.9900, "loss": 1e-9}, 1: {"acc": 0.9930, "loss": 2e-9}}
+    b.runs = {0: {"acc": 0.8827, "loss": 3e-9}, 1: {"acc": 0.8997, "loss": 1e-9}, 2: {}}
+    c.runs = {0: {"acc": 0.75}}
+    rows = {r["model"]: r for r in seeds.table([a, b, c], ["acc", "loss"])}
+    assert rows["mlp"]["acc_text"] == "0.9915 ± 0.0021"
+    assert rows["logreg"]["acc_text"] == "0.8912 ± 0.0120 (2 of 3)"
+    assert rows["sk_logreg"]["acc_text"] == "0.7500"
+    assert rows["mlp"]["loss_text"] == a.text("loss")  # 7 decimals: left as it was
 
 
 def test_compare_opens_on_a_group_worth_ranking_and_names_each_seed(group_dirs):
