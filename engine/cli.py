@@ -438,11 +438,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     group = args.group or (f"seeds-{secrets.token_hex(3)}" if len(seeds) > 1 else None)
     specs = [_spec(args, seed=s, group=group, launcher=launcher) for s in seeds]
     jobs.check_room(len(specs))
+    _preflight(specs)
     for spec in specs:
         print(jobs.submit(spec))
     if len(specs) > 1:  # stdout stays one run folder per line
         print(f"compare them: python -m engine compare --group {group}", file=sys.stderr)
     return 0
+
+
+def _preflight(specs: list) -> None:
+    """Refuse here, with exit 2, what a worker would refuse (scGen on raw counts, a missing
+    label column...), as the app's Submit does: 'submit' printed a run folder and exited 0,
+    and the run failed seconds later (a browser pass found the same on the app's form)."""
+    from engine import io
+    from engine.preflight import preflight
+
+    adata = io.read(specs[0].data)  # one file for every seed, vetted by _data
+    for spec in specs:
+        preflight(spec, adata)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

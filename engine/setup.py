@@ -55,7 +55,10 @@ class InputSetup:
             transform=transform,
             counts=io.matrix_kind(x) == "counts",
         )
-        setup.check_values(x)
+        try:
+            setup.check_values(x)
+        except ScwbError as exc:  # name the layer that would do (Kang's 'logcounts')
+            raise ScwbError(str(exc) + _other_layer(adata, layer, needs)) from None
         if spec.label_key:
             labels = io.check_label(adata, spec.label_key, 2 if label_classes else 1)
             setup.label_key = spec.label_key
@@ -201,3 +204,17 @@ def log1p_cp10k(x: Any) -> Any:
         return x
     d = np.asarray(x, dtype=np.float32)
     return np.log1p(d / np.maximum(d.sum(1, keepdims=True), 1) * 1e4).astype(np.float32)
+
+
+def _other_layer(adata: ad.AnnData, layer: str, needs: str) -> str:
+    """ " Or pick layers['x'] (--layer x), which holds ..." for a layer of ``adata`` that a
+    model needing ``needs`` reads, where ``layer`` was refused; '' when none does."""
+    kind, said = {"counts": ("counts", "raw counts"), "lognorm": ("log-normalised",) * 2}.get(
+        needs, ("", "")
+    )
+    if kind and layer != "X" and io.matrix_kind(adata.X) == kind:
+        return f" Or train on X (no --layer), which holds {said} values."
+    for name in adata.layers:
+        if kind and name != layer and io.matrix_kind(adata.layers[name]) == kind:
+            return f" Or pick layers['{name}'] (--layer {name}), which holds {said} values."
+    return ""

@@ -164,6 +164,7 @@ for n in picked:
 labels = defaults.label_columns(d)  # never a continuous measurement (genes per cell, ...)
 spec_kw: dict = {}
 form_block: str | None = None  # what the form already knows Submit would be refused for
+refusal: str | None = None  # the input matrix the picked models would be refused on
 n_train = int(0.8 * d["n_obs"])
 n_models = 1
 n_classes = 2
@@ -373,6 +374,12 @@ with st.container(border=True):
     count_models = [n for n in picked if needs(n) == "counts"]
     reads_counts = bool(count_models) and "counts" in layers
     layer0 = "counts" if reads_counts and len(count_models) == len(picked) else None
+    # a file that holds counts in X and their log-normalised values in a layer (Kang's
+    # 'logcounts'): models that do not read counts start on that layer (a browser pass: scGen
+    # was sent to Preprocess, then refused on X, with the layer it needed in the box)
+    logs = [str(n) for n, k in (d.get("layers") or {}).items() if k == "log-normalised"]
+    if d.get("x_kind") == "counts" and logs and picked and not count_models:
+        layer0 = logs[0]
     layer = st.selectbox(
         "Input matrix",
         layers,
@@ -394,20 +401,26 @@ with st.container(border=True):
         # a model that log-normalises counts itself (the PCA baseline) is not warned
         on_counts = [n for n in picked if needs(n) == "any" and not models.get(n).lognorm_counts]
         refused = [n for n in picked if needs(n) == "lognorm"]
+        use_log = (
+            f"pick layers['{esc(logs[0])}'] (log-normalised) as the input matrix above, or "
+            if logs
+            else ""
+        )
         if on_counts:
             st.warning(
                 f"{where} holds raw counts: {', '.join(on_counts)} would train on them as they "
-                "are, where cells with more reads weigh more. Normalise first on Preprocess "
-                "(logCPM, then highly variable genes and scaling)."
+                f"are, where cells with more reads weigh more: {use_log}normalise first on "
+                "Preprocess (logCPM, then highly variable genes and scaling)."
             )
         if refused:
-            st.warning(
+            refusal = (
                 f"{', '.join(refused)} read{'s' * (len(refused) == 1)} log-normalised "
-                f"expression and will be refused on the raw counts in {where}: run logCPM on "
-                "Preprocess first."
+                f"expression and will be refused on the raw counts in {where}: {use_log}run "
+                "logCPM on Preprocess first."
             )
+            st.warning(refusal)
     if count_models and not (reads_counts and layer == "X") and kind != "counts":
-        st.warning(
+        refusal = (
             f"{', '.join(count_models)} need{'s' * (len(count_models) == 1)} raw counts, and "
             f"{where} holds {kind or 'other values'}"
             + (" with no layers['counts'] beside it" if "counts" not in layers else "")
@@ -420,6 +433,7 @@ with st.container(border=True):
             )
             + "."
         )
+        st.warning(refusal)
     if kind == "raw intensities":
         st.warning(
             f"{'X' if layer == 'X' else esc(layer)} holds raw cytometry intensities: models "
@@ -665,6 +679,8 @@ if task == "classify" and not labels:
     reason = "this dataset has no label column to classify by"
 if form_block and task == "perturb":  # said above the button; clicking it would only repeat it
     reason = esc(form_block)
+if refusal:  # said above the button, with what to pick instead
+    reason = refusal
 if st.button("Submit", type="primary", disabled=reason is not None, help=reason):
     group = secrets.token_hex(3) if n_seeds == 1 else f"seeds-{secrets.token_hex(3)}"
     submitted = []

@@ -504,7 +504,7 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     at = app("train")
     next(r for r in at.radio if r.label == "Task").set_value("classify").run()
     ok_warnings = " ".join(w.value for w in at.warning)
-    assert "X holds raw counts: " in ok_warnings and "Normalise first on Preprocess" in ok_warnings
+    assert "X holds raw counts: " in ok_warnings and "normalise first on Preprocess" in ok_warnings
     # the PCA baseline log-normalises counts itself: never warned it reads them as they are
     next(r for r in at.radio if r.label == "Task").set_value("embed").run()
     next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["pca_embed"]).run()
@@ -523,8 +523,44 @@ def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, l
     assert "vae needs raw counts, and X holds scaled (z-score) with no layers['counts']" in warned
     assert "it will be refused" in warned
     assert "for the VAE, set its likelihood to gaussian" in warned  # the way out, said
+    assert button(at, "Submit").disabled  # a click would only be refused
     box(at, "likelihood").set_value("gaussian").run()  # reads any values: no refusal ahead
     assert not any("needs raw counts" in w.value for w in at.warning)
+    assert not button(at, "Submit").disabled
+
+
+def test_a_log_layer_beside_counts_is_the_default_for_models_that_do_not_read_counts(
+    counts_adata, submitted
+):
+    """A browser pass on Kang (counts in X, log-normalised values in layers['logcounts']):
+    scGen was sent to Preprocess for logCPM, and refused on X after Submit, while the layer it
+    needed was in the Input matrix box. That layer is now its default, the warnings name it,
+    and Submit is off while the picked matrix would be refused."""
+    import scanpy as sc
+
+    a = counts_adata.copy()
+    logs = sc.pp.log1p(sc.pp.normalize_total(a, target_sum=1e4, copy=True), copy=True)
+    a.layers["logcounts"] = logs.X
+    name = datasets.save(a, "counts_and_logs")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    next(r for r in at.radio if r.label == "Task").set_value("perturb").run()
+    assert box(at, "Input matrix").value == "logcounts"
+    assert not any("raw counts" in w.value for w in at.warning), [w.value for w in at.warning]
+    box(at, "Input matrix").set_value("X").run()
+    warned = " ".join(w.value for w in at.warning)
+    assert "will be refused on the raw counts in X: pick layers['logcounts']" in warned, warned
+    assert button(at, "Submit").disabled
+    box(at, "Input matrix").set_value("logcounts").run()
+    button(at, "Submit").click().run()
+    ok(at)
+    assert submitted and submitted[0]["layer"] == "logcounts"
+    # a count model keeps X (its counts); the classifiers start on the log layer too
+    next(r for r in at.radio if r.label == "Task").set_value("embed").run()
+    next(m for m in at.multiselect if m.label.startswith("Models")).set_value(["vae"]).run()
+    assert box(at, "Input matrix").value == "X"
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    assert box(at, "Input matrix").value == "logcounts"
 
 
 def _train_on_donors(adata, n_donors: int, task: str) -> AppTest:

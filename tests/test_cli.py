@@ -187,6 +187,13 @@ SCGEN_DESIGN = ["--condition-key", "condition", "--ctrl", "control", "--cell-typ
         ),
         (["cancel", "no-such-run"], "No run"),
         (["submit", "--data", "{tmp}/gone.h5ad", "--model", "vae"], "does not exist"),
+        # refused by a worker seconds after 'submit' had printed its folder and exited 0
+        (
+            ["submit", "--data", "{lognorm}", "--model", "scgen", *SCGEN_DESIGN, "--stim"]
+            + ["stimulated", "--predict", "B cell", "--layer", "counts"],
+            "holds raw counts: run logCPM (Preprocess > normalize) first. Or train on X",
+        ),
+        (["submit", "--data", "{lognorm}", "--model", "mlp", "--label-key", "x"], "no column 'x'"),
         # numbers given that were dropped silently (0, 150, nan) or overflowed (rc 1)
         (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--hvg", "0"], "n_top must be at"),
         (["preprocess", "{lognorm}", "-o", "{tmp}/o.h5ad", "--arcsinh", "0"], "cofactor must"),
