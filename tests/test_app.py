@@ -838,6 +838,27 @@ def test_cytometry_data_names_its_markers(counts_adata):
     ]
 
 
+def test_hvg_on_a_panel_of_scaled_values_is_warned_before_preview():
+    """A browser pass: HVG ticked on an 11-gene MinMax panel (krumsiek11) dropped the lineage
+    factors without a word. The form says, before Preview, what the step would rank and what a
+    panel loses; after a logCPM step ticked above it, only the panel is said."""
+
+    from engine import runs, workspace
+
+    rng = np.random.default_rng(0)
+    panel = ad.AnnData(rng.random((80, 11)).astype(np.float32))
+    panel.obs["cell_type"] = pd.Categorical(rng.choice(["Ery", "Mk", "Mo"], 80))
+    name = datasets.save(panel, "panel", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("preprocess")
+    next(c for c in at.checkbox if c.label == "Highly variable genes").check().run()
+    warned = " ".join(w.value for w in at.warning)
+    assert "Genes ranked on scaled (MinMax) values" in warned, warned
+    assert "11 genes in all, as in a targeted panel" in warned
+    next(n for n in at.number_input if n.label == "number of genes").set_value(11).run()
+    assert not any("targeted panel" in w.value for w in at.warning)  # keeps them all
+
+
 def test_preprocess_form_survives_a_refresh(dataset):
     """A browser pass: min genes 200, logCPM, 1,000 HVG and Scale were all back to their
     suggestions after a refresh. The form of each dataset is kept on disk for new sessions;

@@ -473,6 +473,27 @@ def test_hvg_default_selects_on_small_gene_sets():
     assert all(1 <= pp.hvg_default(n) < n for n in range(2, 3000))
 
 
+def test_hvg_on_a_panel_or_on_values_not_logged_is_said(lognorm_adata):
+    """A browser pass: on krumsiek11 (11 genes, MinMax-scaled) HVG kept 5 genes and dropped the
+    erythroid and megakaryocyte factors; accuracy fell from 0.98 to 0.84 without a word. The
+    step's note says what it ranked and what a panel loses; log-normalised genomes: nothing."""
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    panel = ad.AnnData(rng.random((60, 11)).astype(np.float32))  # scaled (MinMax)
+    out, report = pp.apply(panel, pp.Recipe([pp.Step("hvg", {"n_top": 5})]))
+    assert 5 <= out.n_vars < 11  # scanpy keeps genes tied with the 5th
+    assert "genes ranked on scaled (MinMax) values" in report[-1]["note"]
+    assert "11 genes in all, as in a targeted panel" in report[-1]["note"]
+    assert f"drops {11 - out.n_vars} of them, markers included" in report[-1]["note"]
+    assert pp.hvg_cautions("log-normalised", 20_000, 2000) == []
+    assert pp.hvg_cautions("log-normalised", 11, 11) == []  # all kept: nothing dropped
+    assert len(pp.hvg_cautions("counts", 20_000, 2000)) == 1
+    big = lognorm_adata.copy()
+    _, report = pp.apply(big, pp.Recipe([pp.Step("hvg", {"n_top": 50})]))
+    assert "ranked on" not in (report[-1]["note"] or "")  # log-normalised: no caution
+
+
 def test_leiden_finds_the_planted_cell_types(counts_adata):
     """Four cell types planted in generated control cells: Leiden (scanpy's PCA, kNN graph and
     igraph Leiden, seeded) finds exactly them, the same clusters twice, and records how."""
