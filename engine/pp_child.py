@@ -107,6 +107,20 @@ def start(source: str | os.PathLike, recipe: Any, target: str | os.PathLike) -> 
     return job
 
 
+def keep(source: str | os.PathLike, recipe: Any, target: str | os.PathLike, info: dict) -> Path:
+    """Record a result ``make`` wrote to ``target`` in this process as a finished job, so that
+    ``find`` and ``jobs_of`` find it as they find a child's: a refresh after Preview showed
+    "Press Preview" and computed it again (a browser pass: a Leiden of 72 s)."""
+    from engine import runs
+
+    job = Path(f"{target}.job")
+    job.mkdir()
+    meta = {"pid": None, "started": time.time(), "source": str(Path(source).resolve())}
+    runs.write_json(job / "job.json", meta | {"recipe": recipe.to_json()})
+    runs.write_json(job / "result.json", info)
+    return job
+
+
 def _jobs(folder: str | os.PathLike, source: str | os.PathLike | None = None):
     """``(started, job, its job.json, its poll)`` of every job in ``folder`` (on ``source``
     only, when given), newest first."""
@@ -165,7 +179,7 @@ def find(source: str | os.PathLike, recipe: Any, folder: str | os.PathLike) -> P
 
 def poll(job: str | os.PathLike) -> dict[str, Any]:
     """What a ``start``ed recipe has done: ``{"state": "running" | "done" | "failed" | "taken"
-    (its folder is gone: another tab took its result or stopped it), "steps":
+    (its folder is gone: its result was saved, or it was stopped, in another tab), "steps":
     [each finished step's report row], "info": (when done) what ``run`` returns, "error":
     (when failed) one line}``."""
     from engine import procs, runs
@@ -233,7 +247,8 @@ def stop(job: str | os.PathLike) -> None:
 
 
 def taken(job: str | os.PathLike) -> None:
-    """Forget a finished job once its result is taken (the output stays at its target)."""
+    """Forget a finished job once its result is saved (the output was moved from its target).
+    Until then the job stays, done, for a refresh or another tab to show."""
     import shutil
 
     _STARTED.pop(str(job), None)

@@ -201,6 +201,14 @@ with st.container(border=True):
                 f"The dataset has {d['n_vars']:,} genes: {n_top:,} keeps them all "
                 "(the step's note says so after Preview)."
             )
+        # what the step will rank: X as it is, or as the steps ticked above leave it
+        from_raw = raw and any(s.name == "from_raw" for s in steps)
+        kind_then = raw["kind"] if from_raw else d["x_kind"]
+        if any(s.name == "normalize" for s in steps):
+            kind_then = "log-normalised"
+        genes_then = raw["n_vars"] if from_raw else d["n_vars"]
+        for line in pp.hvg_cautions(kind_then, genes_then, n_top):
+            st.warning(line[0].upper() + line[1:] + ".")
         steps.append(pp.Step("hvg", {"n_top": n_top}))
     if st.checkbox("arcsinh (cytometry)", value="arcsinh" in suggested, key=k("pp_asinh")):
         steps.append(
@@ -294,6 +302,7 @@ def _values(path: str) -> np.ndarray:
 def _drop_preview() -> None:
     old = st.session_state.pop("pp_result", None)
     if old:
+        pp_child.stop(f"{old[2]}.job")  # its record, kept for a refresh
         Path(old[2]).unlink(missing_ok=True)
         summary.remove_qc(old[2])
     job = st.session_state.pop("pp_job", None)
@@ -303,6 +312,12 @@ def _drop_preview() -> None:
 
 incoming = datasets.new_incoming().parent
 names = [s.name for s in steps]
+
+
+GONE = (
+    "This preview was saved, or replaced, in another tab (same dataset and steps): press "
+    "Preview to see it here."
+)
 
 
 def _follow(job: Path) -> None:
@@ -330,6 +345,7 @@ if st.button(
             if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:  # seconds at most
                 with st.spinner(f"Applying recipe: {', '.join(names)}..."):
                     info = pp_child.make(load_full(name), recipe, target)
+                pp_child.keep(datasets.path(name), recipe, target, info)  # for a refresh
                 st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
             else:  # clustering takes minutes: in the background, never in the page's run
                 _follow(pp_child.start(datasets.path(name), recipe, target))
@@ -341,8 +357,10 @@ elif steps and "pp_job" not in st.session_state:
     same = next((job for job, text, _ in jobs if text == recipe.to_json()), None)
     shown = st.session_state.get("pp_result")
     if same is not None and (not shown or shown[0] != name or shown[1] != recipe.to_json()):
-        _follow(same)  # taken up again
-    elif jobs and jobs[0][1] != recipe.to_json():  # the form is back to other steps: said
+        _follow(same)  # taken up again: its progress, or its result, drawn below
+    own = Path(f"{shown[2]}.job") if shown else None  # this tab's own: said below as "kept"
+    jobs = [j for j in jobs if j[0] != own]
+    if jobs and jobs[0][1] != recipe.to_json():  # the form is back to other steps: said
         job, text, state = jobs[0]
         earlier = " → ".join(esc(s["name"]) for s in pp.recipe_steps(text))
         st.caption(
@@ -385,15 +403,9 @@ def preview_progress() -> None:
             st.rerun(scope="app")
         return
     st.session_state.pop("pp_job", None)
-    if now["state"] == "taken":  # another tab followed the same job and took its result
-        st.session_state["pp_failed"] = (
-            job[0],
-            "This preview was taken up in another tab (same dataset and steps): press Preview "
-            "to see it here.",
-            "info",
-        )
-    elif now["state"] == "done":
-        pp_child.taken(job[2])  # the result stays, at job[3]
+    if now["state"] == "taken":  # another tab saved its result, or stopped it
+        st.session_state["pp_failed"] = (job[0], GONE, "info")
+    elif now["state"] == "done":  # its record stays until Save: a refresh shows it again
         st.session_state["pp_result"] = (job[0], job[1], job[3], now["info"])
     else:
         st.session_state["pp_failed"] = (job[0], now["error"])
@@ -407,6 +419,11 @@ if failed and failed[0] == name:
     getattr(st, failed[2] if len(failed) > 2 else "error")(esc(failed[1]))
 
 result = st.session_state.get("pp_result")
+if result and not Path(result[2]).exists():  # saved, or replaced, in another tab
+    st.session_state.pop("pp_result", None)
+    if result[0] == name:
+        st.info(GONE)
+    result = None
 if result and result[0] == name and result[1] == recipe.to_json():
     _, _, out_path, info = result
     report = info["report"]
@@ -457,6 +474,7 @@ if result and result[0] == name and result[1] == recipe.to_json():
                 report=report,
                 unique=True,
             )
+            pp_child.taken(f"{out_path}.job")  # saved: no longer one to show again
             set_dataset(saved)
             st.session_state["pp_saved"] = saved
             st.session_state.pop("pp_result", None)

@@ -218,7 +218,8 @@ def test_a_background_preview_is_shown_in_the_sidebar_of_every_page(counts_adata
 def test_two_tabs_following_one_preview_never_delete_each_others_result(counts_adata, monkeypatch):
     """A review: two tabs on Preprocess with the same steps follow one background job; the
     first to see it done took its result, and the second then read it as failed and deleted
-    the result file the first was showing. The second now says it was taken elsewhere."""
+    the result file the first was showing. Both now show it; once one saves it, the other
+    says so (no error) and the saved dataset is whole."""
     at, _ = _preview_in_a_child(counts_adata, monkeypatch)
     other = page("preprocess")  # another tab, the same form (kept on disk): the same job
     assert other.session_state["pp_job"][2] == at.session_state["pp_job"][2]
@@ -226,10 +227,43 @@ def test_two_tabs_following_one_preview_never_delete_each_others_result(counts_a
     result = Path(at.session_state["pp_result"][2])
     assert result.exists() and "Effect of each step" in [h.value for h in at.subheader]
     finish_preview(other)
-    assert "pp_result" not in other.session_state
-    assert any("taken up in another tab" in i.value for i in other.info), [
-        i.value for i in other.info
-    ]
-    assert not other.error and result.exists()  # the first tab's result is still there
+    assert other.session_state["pp_result"][2] == str(result)
+    assert "Effect of each step" in [h.value for h in other.subheader]
     next(b for b in at.button if b.label == "Save").click().run(timeout=T)
     assert not at.exception and not at.error
+    assert "raw_pp" in [d["name"] for d in datasets.list_datasets()]
+    other.run(timeout=T)
+    assert not other.exception and not other.error
+    assert "Effect of each step" not in [h.value for h in other.subheader]
+    assert any("saved, or replaced, in another tab" in i.value for i in other.info)
+
+
+def test_a_finished_preview_is_shown_again_after_a_refresh(counts_adata, monkeypatch):
+    """A browser pass: a refresh after Preview had finished showed "Press Preview", and the
+    same steps were computed again (a Leiden of 72 s). A finished preview is kept, in the
+    page's process or in a child, until it is saved or replaced; Preview finds it too."""
+    from engine import pp_child
+
+    made = []
+    real = pp_child.make
+    monkeypatch.setattr(pp_child, "make", lambda *a, **k: made.append(1) or real(*a, **k))
+    datasets.save(counts_adata, "raw")
+    at = page("preprocess")  # a small recipe: applied in the page's process
+    next(b for b in at.button if b.label == "Preview").click().run(timeout=T)
+    assert "Effect of each step" in [h.value for h in at.subheader] and made == [1]
+    again = page("preprocess")  # a refresh: a new session, the form kept on disk
+    finish_preview(again)
+    assert "Effect of each step" in [h.value for h in again.subheader], [
+        c.value for c in again.caption
+    ]
+    next(b for b in again.button if b.label == "Preview").click().run(timeout=T)
+    finish_preview(again)
+    assert "Effect of each step" in [h.value for h in again.subheader] and made == [1]
+    # other steps previewed in the same tab: the earlier result is replaced, not kept twice
+    incoming = datasets.path("x").parent / datasets.INCOMING
+    next(c for c in again.checkbox if c.label == "Filter genes").uncheck().run(timeout=T)
+    next(b for b in again.button if b.label == "Preview").click().run(timeout=T)
+    assert len(list(incoming.glob("*.job"))) == 1 and len(list(incoming.glob("*.h5ad"))) == 1
+    next(b for b in again.button if b.label == "Save").click().run(timeout=T)
+    assert not again.exception and not again.error
+    assert not list(incoming.glob("*.job")) and not list(incoming.glob("*.h5ad"))
