@@ -304,7 +304,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     d = reader.describe_file(args.file)  # read in a memory-capped child process
     if args.json:
-        print(json.dumps(d, indent=2, default=str))
+        print(_json(d))
         return 0
     print(
         f"{d['n_obs']} cells x {d['n_vars']} genes; X: {d['x_kind']} ({'sparse' if d['sparse'] else 'dense'}, "
@@ -369,6 +369,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json(obj: object) -> str:
+    """``--json`` output: strict JSON (NaN as null), as the run folder's files are written."""
+    from engine.runs import json_text
+
+    return json_text(obj)
+
+
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
@@ -410,7 +417,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise exc from None  # exit 130, "error: interrupted"
         raise
     if metrics:  # the extra processes of a multi-device run print nothing
-        print(json.dumps(_scalars(metrics), indent=2))
+        print(_json(_scalars(metrics)))
     return 0
 
 
@@ -463,7 +470,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = jobs.list_jobs()
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(_json(rows))
         return 0
     if rows:  # the Runs page's words: whole epochs, 'fitted in one step' for a baseline
         print(f"{'run':<40} {'state':<11} {'model':<12} {'dataset':<28} progress")
@@ -512,7 +519,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "paired": [p.to_dict() for p in pairs],
             "repeated_splits": seeds.repeated_splits(configs),
         }
-        print(json.dumps(out, indent=2, default=str))
+        print(_json(out))
         return 0
     for row in table:
         cells = [f"{metric_names.name(k)} {row[k + '_text']}" for k in known if k in row]

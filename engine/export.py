@@ -331,7 +331,7 @@ def write(run_dir: str | Path, wanted: dict[str, str | Path]) -> list[Path]:
 
 
 def metrics_csv(run_dir: str | Path) -> str:
-    metrics = runs.read_json(Path(run_dir) / "metrics.json", {}) or {}
+    metrics = runs.read_metrics(Path(run_dir) / "metrics.json", {}) or {}
     if not metrics:  # a header alone read as a run without metrics (a run deleted meanwhile)
         raise ScwbError(f"Run {Path(run_dir).name} has no readable metrics.json (deleted?).")
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}

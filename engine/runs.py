@@ -135,15 +135,51 @@ def record_end(run_dir: Path, **fields: Any) -> bool:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
+    """``obj`` as strict JSON: a NaN or infinite number is written ``null`` (an undefined
+    metric, such as the no-shift baseline's correlation of a change it does not predict).
+    Python writes NaN, which JSON has not: R, JavaScript and jq refused the metrics.json a
+    user downloaded (a browser pass). ``read_metrics`` gives such a metric back as NaN."""
+    atomic_write_text(path, json_text(obj))
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text (non-finite numbers as ``null``), as ``write_json`` writes."""
+    return json.dumps(_finite_or_null(obj), indent=indent, default=_jsonable, allow_nan=False)
+
+
+def _finite_or_null(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite_or_null(v) for v in o]
+    return o
 
 
 def _jsonable(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:
+        return _finite_or_null(o.item())
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return _finite_or_null(o.tolist())
     return str(o)
+
+
+def read_metrics(path: Path, default: Any = None) -> Any:
+    """A run's ``metrics.json`` (``read_json``), each ``null`` read back as NaN: metrics are
+    numbers, and ``write_json`` writes an undefined one as ``null``."""
+    value = read_json(path, default)
+    return _nan_for_null(value) if isinstance(value, dict) else value
+
+
+def _nan_for_null(o: Any) -> Any:
+    if o is None:
+        return math.nan
+    if isinstance(o, dict):
+        return {k: _nan_for_null(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_nan_for_null(v) for v in o]
+    return o
 
 
 MAX_JSON_BYTES = 64 << 20  # a run's JSON files are kilobytes; a larger one is not ours

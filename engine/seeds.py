@@ -171,7 +171,7 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
         if runs.read_status(d).get("state") != "completed":
             continue
         spec = runs.read_json(d / "run.json", {}) or {}
-        metrics = runs.read_json(d / "metrics.json", {}) or {}
+        metrics = runs.read_metrics(d / "metrics.json", {}) or {}
         if not isinstance(spec, dict) or not isinstance(metrics, dict) or "model" not in spec:
             continue
         try:

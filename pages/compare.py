@@ -170,7 +170,7 @@ curve_models: dict[str, str] = {}  # one colour per model on the overlaid curves
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
     spec = runs.read_json(d / "run.json", {}) or {}
-    m = runs.read_json(d / "metrics.json", {}) or {}
+    m = runs.read_metrics(d / "metrics.json", {}) or {}
     # a hand-edited run.json with a list where a value belongs broke the page for every run
     if (
         not isinstance(spec, dict)

@@ -9,7 +9,6 @@ heatmaps), so a million-cell run opens as fast as a small one.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,7 +121,7 @@ if state in runs.ACTIVE:
     st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
     st.stop()
 
-metrics = runs.read_json(run_dir / "metrics.json", None)
+metrics = runs.read_metrics(run_dir / "metrics.json", None)
 if not isinstance(metrics, dict):
     missing.append("metrics.json (the test metrics) is missing or unreadable")
     metrics = {}
@@ -825,7 +824,7 @@ if res_info is not None and task == "perturb":
             from engine.workspace import safe_name
 
             sub_dir = run_dir / "loo" / safe_name(target)
-        m = runs.read_json(sub_dir / "metrics.json", None) if sub_dir != run_dir else metrics
+        m = runs.read_metrics(sub_dir / "metrics.json", None) if sub_dir != run_dir else metrics
         unreadable = not isinstance(m, dict)  # missing or damaged; {}: too few cells to score
         m = m if isinstance(m, dict) else {}
         table = _loo_table(run_dir, targets) if len(targets) > 1 else None
@@ -896,12 +895,25 @@ if res_info is not None and task == "perturb":
                     for label in parts
                 }
             )
+            verdict = against_meanshift(m, esc(target), "scGen")
+            # a "best" marked in green where the verdict below says the two cannot be told
+            # apart on these cells read as a win (a browser pass: 0.7778 against 0.7734)
+            undecided = verdict is not None and verdict[0] == "info"
             st.dataframe(
-                figures.metric_rows_style(table, list(PERTURB_COLS)),
+                figures.metric_rows_style(
+                    table,
+                    list(PERTURB_COLS),
+                    **({"better": lambda _k: None} if undecided else {}),
+                ),
                 hide_index=True,
                 width="stretch",
                 placeholder="-",
             )
+            if undecided:
+                st.caption(
+                    "No prediction is marked best: scGen and the mean-shift baseline cannot be "
+                    "told apart on these cells (below)."
+                )
             with st.expander("What these measure"):
                 st.markdown(
                     "\n".join(
@@ -921,7 +933,6 @@ if res_info is not None and task == "perturb":
                     f"(all genes) against the real stimulated cells of {esc(target)}, whose mean is "
                     "itself noisy when they are few (split-half estimate)."
                 )
-            verdict = against_meanshift(m, esc(target), "scGen")
             if verdict:
                 said = verdict[1]
                 cut = progress_text.shortened(spec, status)
@@ -1069,7 +1080,7 @@ if runs.regular_file(weights):
 if metrics:
     c[1].download_button(
         "Metrics (JSON)",
-        json.dumps(metrics, indent=2, default=str),
+        runs.json_text(metrics),
         file_name=f"{run_id}-metrics.json",
         on_click="ignore",
     )

@@ -650,6 +650,11 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     verdict = next(t for t in said if t.startswith("For B cell, "))
     short = "This scGen trained 2 of its published 100 epochs: a full training" in verdict
     assert short == (low <= 0), verdict
+    # the table marks no "best" where the verdict says the two cannot be told apart
+    undecided = low <= 0 <= high
+    unmarked = "No prediction is marked best: scGen and the mean-shift baseline cannot be"
+    assert any(c.startswith(unmarked) for c in texts(at, "caption")) == undecided
+    assert ("background-color" in at.dataframe[0].proto.arrow_data.styler.styles) != undecided
     # how scGen predicted: the run's own choices (defaults here)
     assert (
         "scGen's prediction: each control cell + the decoded change; stimulation vector: paired."

@@ -514,3 +514,35 @@ def test_a_finished_run_keeps_its_submission_time(lognorm_file):
     assert jobs.wait(run, timeout=180)["state"] == "completed"
     record = runs.read_json(run / "run.json")
     assert record["submitted_ns"] == ns and record["data_fingerprint"]  # rewritten, kept
+
+
+def test_run_files_are_strict_json_and_an_undefined_metric_reads_back_as_nan(tmp_path):
+    """A browser pass: a scGen run's metrics.json (and its download) held NaN, which is not
+    JSON: R's jsonlite, JavaScript's JSON.parse and jq refused it. Non-finite numbers are
+    written null, numpy's too, and a metric written null reads back as NaN."""
+    import json
+    import math
+
+    import numpy as np
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+
+    metrics = {
+        "r2": 0.93,
+        "pearson_delta": float("nan"),
+        "ratio": float("inf"),
+        "f32": np.float32("nan"),
+        "per_class": {"B": np.float64("-inf"), "T": 1.0},
+        "curve": np.array([0.5, np.nan]),
+        "n": np.int64(3),
+    }
+    runs.write_json(tmp_path / "metrics.json", metrics)
+    on_disk = strict((tmp_path / "metrics.json").read_text())
+    assert on_disk["pearson_delta"] is None and on_disk["f32"] is None
+    assert on_disk["per_class"] == {"B": None, "T": 1.0} and on_disk["curve"] == [0.5, None]
+    assert on_disk["n"] == 3
+    back = runs.read_metrics(tmp_path / "metrics.json", {})
+    assert math.isnan(back["pearson_delta"]) and math.isnan(back["per_class"]["B"])
+    assert back["r2"] == 0.93 and back["per_class"]["T"] == 1.0
+    assert strict(runs.json_text(back)) == on_disk  # the Results page's download: the same
