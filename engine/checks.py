@@ -66,7 +66,9 @@ def check_budget(name: str, entry: str, nbytes: float, what: str = "") -> None:
 def _itemsize(dtype: np.dtype) -> int:
     # variable-length strings and objects, and fixed-length strings too: anndata makes each a
     # Python string (10 M two-byte entries, 56 KB compressed, took 800 MB once read)
-    if dtype.kind in "OVSU":
+    if dtype.kind == "S":  # bytes become text of 4 bytes a character (S64: U64, 256 bytes;
+        return max(4 * dtype.itemsize, VLEN_BYTES)  # 50 M of them took 12 GB, counted as 3)
+    if dtype.kind in "OVU":
         return max(dtype.itemsize, VLEN_BYTES)
     return max(dtype.itemsize, 1)
 
@@ -268,9 +270,25 @@ def check_sparse(
             f"({data.dtype.str}), which scipy cannot hold; save it in this machine's byte order "
             "(for instance with anndata's write_h5ad)."
         )
+    if data.dtype.kind == "f" and data.dtype.itemsize > 8:  # numba and scipy's sums refused it
+        raise ScwbError(
+            f"{name}: {entry} is a sparse matrix of {data.dtype} (extended precision), which "
+            "the analysis libraries cannot use; save it as float32 or float64."
+        )
     for part, ds in (("indices", indices), ("indptr", indptr)):
         if ds.dtype.kind not in "iu":
             raise ScwbError(f"{name}: {entry}/{part} is not an integer array ({ds.dtype}).")
+        # scipy's own kernels take int32 or int64 in this machine's byte order: other widths
+        # and byte orders were read, then failed in the app's first step with scipy's words
+        # ("Output dtype not compatible with inputs"), while the command line went on
+        if ds.dtype.itemsize not in (4, 8) or ds.dtype.byteorder == (
+            ">" if np.little_endian else "<"
+        ):
+            raise ScwbError(
+                f"{name}: {entry}/{part} is stored as {ds.dtype.str} integers; a sparse matrix's "
+                "indices must be 32- or 64-bit integers in this machine's byte order (as "
+                "anndata's write_h5ad writes them)."
+            )
     n_rows, n_cols = shape
     major, minor = (n_rows, n_cols) if fmt == "csr" else (n_cols, n_rows)
     nnz = int(data.shape[0])
@@ -389,9 +407,20 @@ def _check_matrix(name: str, path: str, obj: Any, dense_only: bool) -> int:
 
 
 def _group_bytes(name: str, entry: str, group: Any) -> int:
+    """What reading ``group`` (uns, a data frame, another encoding) takes; a sparse matrix
+    anywhere inside it is checked as X is (one in uns, with an index of -7, was read, saved
+    with the dataset, and crashed scipy once used: a hostile-input pass)."""
     import h5py
 
-    found = [obj for _, _, obj in _walk(name, group, entry=entry) if isinstance(obj, h5py.Dataset)]
+    walked = [(here, obj) for here, _, obj in _walk(name, group, entry=entry)]
+    for here, obj in [(entry, group), *walked]:
+        fmt = _sparse_format(obj) if isinstance(obj, h5py.Group) else None
+        if fmt is not None:
+            shape = _shape_attr(name, here, obj.attrs.get("shape", obj.attrs.get("h5sparse_shape")))
+            check_sparse(
+                name, here, obj.get("data"), obj.get("indices"), obj.get("indptr"), shape, fmt
+            )
+    found = [obj for _, obj in walked if isinstance(obj, h5py.Dataset)]
     total = 0
     for ds in found:
         _refuse_external(name, entry, ds)

@@ -189,6 +189,19 @@ def _check_loaded(adata: ad.AnnData, name: str) -> None:
         # step can save it again: the column keeps its values, the names lose their title
         if frame.index.name is not None and frame.index.name in frame.columns:
             frame.index.name = None
+    frames = [("obs", adata.obs), ("var", adata.var)]
+    if adata.raw is not None:
+        frames.append(("raw.var", adata.raw.var))
+    for where, frame in frames:
+        # a column '_index' reads (a frame written without its encoding, or whose column order
+        # lists its names) but no step can write it again: a run failed after its training,
+        # on writing its results (a hostile-input pass)
+        if "_index" in map(str, frame.columns):
+            raise ScwbError(
+                f"{name}: {where} has a column named '_index', the name anndata keeps for the "
+                f"{'cell' if where == 'obs' else 'gene'} names (the file's {where} was not "
+                "written as anndata writes it); write the file again with anndata's write_h5ad."
+            )
     _check_uns_saveable(adata.uns, name)
 
 
@@ -533,6 +546,9 @@ def _cell_names(path: Path, sep: str, encoding: str, df: pd.DataFrame) -> pd.Ind
 
 
 # ----------------------------------------------------------------------------- describing
+KIND_SAMPLE_VALUES = 20_000_000  # entries of a dense X that matrix_kind reads at most
+
+
 def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     """What a matrix holds: 'counts', 'log-normalised', 'normalised (not log)', 'raw intensities'
     (cytometry), 'arcsinh-transformed' (cytometry after asinh(x / cofactor)), 'scaled (MinMax)',
@@ -540,6 +556,8 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     to ``max_rows`` rows."""
     if x is None or x.shape[0] == 0 or x.shape[1] == 0:
         return "empty"
+    if not sp.issparse(x):  # rows of 6 M genes: 2,000 of them in float64 took gigabytes
+        max_rows = max(1, min(max_rows, KIND_SAMPLE_VALUES // x.shape[1]))
     rows = x[: min(max_rows, x.shape[0])]
     vals = rows.data if sp.issparse(rows) else np.asarray(rows).ravel()
     vals = np.asarray(vals, dtype=np.float64)
@@ -649,10 +667,18 @@ def fingerprint(adata: ad.AnnData) -> str:
     x = adata.X
     if sp.issparse(x):
         for a in (x.data, x.indices, x.indptr):
-            h.update(np.ascontiguousarray(a).tobytes())
+            _update(h, a)
     elif x is not None:
-        h.update(np.ascontiguousarray(x).tobytes())
+        _update(h, x)
     return h.hexdigest()[:16]
+
+
+def _update(h: Any, a: Any) -> None:
+    """``h.update(a.tobytes())`` without the copy ``tobytes`` makes (a 1.4 GB X took 1.4 GB
+    more to fingerprint: a hostile-input pass); the same bytes, so the same hash."""
+    a = np.ascontiguousarray(a)
+    if a.size:
+        h.update(memoryview(a.reshape(-1)).cast("B"))
 
 
 def content_hash(adata: ad.AnnData) -> str:
@@ -667,13 +693,16 @@ def content_hash(adata: ad.AnnData) -> str:
             x = sp.csr_matrix(x)
             h.update(f"{x.shape}{x.dtype}".encode())
             for a in (x.data, x.indices, x.indptr):
-                h.update(np.ascontiguousarray(a).tobytes())
+                _update(h, a)
         elif isinstance(x, pd.DataFrame):
             frame(x)
         else:
             a = np.ascontiguousarray(x)
             h.update(f"{a.shape}{a.dtype}".encode())
-            h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+            if a.dtype.kind != "O":
+                _update(h, a)
+            else:
+                h.update(repr(a.tolist()).encode())
 
     def frame(df: pd.DataFrame) -> None:
         h.update(repr([(str(c), str(df[c].dtype)) for c in df.columns]).encode())

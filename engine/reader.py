@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,52 @@ def _limit_memory(limit: int) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def reader_slots() -> int:
+    """How many reader children may run at once on this machine: ``$SCWB_READERS``, else as
+    many as three quarters of its memory holds at their cap (``child_memory_limit``), at
+    least one. Two tabs uploading at once ran two readers of 3.7 GB each, and a third would
+    have exhausted the machine (a hostile-input pass)."""
+    given = os.environ.get("SCWB_READERS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1
+    return max(1, int(0.75 * total // child_memory_limit()))
+
+
+@contextlib.contextmanager
+def reader_slot(name: str, wait_s: float):
+    """Hold one of ``reader_slots()`` machine-wide (a lock file per slot, per user) while a
+    reader child runs; wait up to ``wait_s`` for one, then refuse in one line."""
+    import fcntl
+
+    folder = Path(tempfile.gettempdir()) / f"scwb-readers-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    n, deadline = reader_slots(), time.monotonic() + wait_s
+    while True:
+        for i in range(n):
+            fh = open(folder / f"slot-{i}.lock", "a")  # noqa: SIM115 (held until the read ends)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            try:
+                yield
+            finally:
+                fh.close()  # the lock goes with it
+            return
+        if time.monotonic() > deadline:
+            raise ScwbError(
+                f"{name} was not read: {n} other file{'s were' if n > 1 else ' was'} being "
+                f"read for {wait_s:.0f} s, and this machine's memory reads {n} at a time "
+                "(SCWB_READERS); try again."
+            )
+        time.sleep(0.2)
 
 
 READ_FLOOR_S = 60.0  # every file gets this long to be read, checked and described
@@ -133,14 +180,15 @@ def run_child(
             cmd.append("--fingerprint")
         cmd += ["--", str(source)]
         try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                cwd=str(ROOT),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-            )
+            with reader_slot(name, timeout):
+                proc = subprocess.run(
+                    cmd,
+                    env=env,
+                    cwd=str(ROOT),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=timeout,
+                )
         except subprocess.TimeoutExpired:
             _remove_target(target)
             raise ScwbError(

@@ -925,3 +925,115 @@ def test_table_cell_names_are_kept_as_written(tmp_path):
     (tmp_path / "r2.tsv").write_text("g1\tg2\n0001\t1\t2\nNA\t3\t4\n")
     assert list(io.read(tmp_path / "r.tsv").obs_names) == ["c1", "c2"]
     assert list(io.read(tmp_path / "r2.tsv").obs_names) == ["0001", "NA"]
+
+
+def _hostile_base(path, **uns):
+    """60 cells x 12 genes, CSR counts, a label: the base of a hostile-input pass's files."""
+    x = np.random.default_rng(0).poisson(3, (60, 12)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"label": pd.Categorical(np.array(["a", "b", "c"])[np.arange(60) % 3])},
+        index=[f"c{i}" for i in range(60)],
+    )
+    a = ad.AnnData(sp.csr_matrix(x), obs=obs)
+    a.var_names = [f"G{i}" for i in range(12)]
+    a.uns.update(uns)
+    a.write_h5ad(path)
+    return path
+
+
+def _swap(f, path, values):
+    del f[path]
+    f[path] = values
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        # scipy.sparse in uns was never checked: an index of -7 was saved with the dataset and
+        # crashed scipy (exit 139) once the matrix was used
+        ("uns_sparse", r"uns\['m'\] has an index -7 outside 0..4"),
+        ("uns_nested_sparse", r"uns\['d'\] has an index 2000000000 outside"),
+        # read by the command line, refused by the app's first step in scipy's words
+        ("big_endian_indices", r"X/indices is stored as >i4 integers"),
+        ("int8_indices", r"X/indices is stored as \|i1 integers"),
+        ("int16_indptr", r"X/indptr is stored as <i2 integers"),
+        ("float128_data", r"sparse matrix of float128 \(extended precision\)"),
+        # read as a column '_index', then a run failed on writing its results after training
+        ("obs_order_lists_index", r"obs has a column named '_index'"),
+        ("var_without_encoding", r"var has a column named '_index'"),
+    ],
+)
+def test_files_that_read_but_fail_later_are_refused_when_read(tmp_path, case, message):
+    """A hostile-input pass: each of these files passed `info` and the upload and failed
+    later (a segfault, a failed run after its training, scipy's words in the app). Each is
+    now refused where it is read, in one line that names the entry."""
+    eye = sp.csr_matrix(np.eye(5, dtype=np.float32))
+    uns = {"d": {"e": {"m": eye}}} if case == "uns_nested_sparse" else {"m": eye}
+    path = _hostile_base(tmp_path / f"{case}.h5ad", **uns)
+    with h5py.File(path, "r+") as f:
+        if case == "uns_sparse":
+            f["uns/m/indices"][0] = -7
+        elif case == "uns_nested_sparse":
+            f["uns/d/e/m/indices"][0] = 2_000_000_000
+        elif case == "big_endian_indices":
+            _swap(f, "X/indices", f["X/indices"][:].astype(">i4"))
+        elif case == "int8_indices":
+            _swap(f, "X/indices", f["X/indices"][:].astype(np.int8))
+        elif case == "int16_indptr":
+            _swap(f, "X/indptr", f["X/indptr"][:].astype(np.int16))
+        elif case == "float128_data":
+            _swap(f, "X/data", f["X/data"][:].astype(np.longdouble))
+        elif case == "obs_order_lists_index":
+            f["obs"].attrs["column-order"] = np.array(["label", "_index"], dtype=object)
+        elif case == "var_without_encoding":
+            del f["var"].attrs["encoding-type"], f["var"].attrs["encoding-version"]
+    with pytest.raises(ScwbError, match=message) as e:
+        io.read(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_recipe_of_lists_in_uns_is_recorded_with_a_run(tmp_path):
+    """A hostile-input pass: a file whose uns['recipe'] held a list (any pipeline's) made every
+    training on it fail ("can only convert an array of size 1 to a Python scalar") where the
+    run's record was written. Arrays are written as lists."""
+    from engine import runs
+
+    a = io.read(_hostile_base(tmp_path / "r.h5ad", recipe={"steps": ["normalize", "log1p"]}))
+    runs.write_json(tmp_path / "run.json", {"recipe": a.uns["recipe"]})
+    assert json.loads((tmp_path / "run.json").read_text())["recipe"] == {
+        "steps": ["normalize", "log1p"]
+    }
+
+
+def test_readers_wait_for_a_slot_and_refuse_in_one_line(tmp_path, monkeypatch):
+    """A hostile-input pass: two tabs uploading at once ran two reader children of 3.7 GB
+    each, and nothing limited a third. Readers hold one of a machine-wide number of slots
+    (``SCWB_READERS``, else what the memory holds); one that waits too long is refused."""
+    import threading
+    import time
+
+    from engine import reader
+
+    monkeypatch.setenv("SCWB_READERS", "1")
+    assert reader.reader_slots() == 1
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with reader.reader_slot("first.h5ad", 5):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(5)
+    t0 = time.monotonic()
+    said = r"^second.h5ad was not read: 1 other file was being read"
+    with pytest.raises(ScwbError, match=said), reader.reader_slot("second.h5ad", 0.5):
+        pass
+    assert time.monotonic() - t0 >= 0.5
+    release.set()
+    t.join()
+    with reader.reader_slot("third.h5ad", 0.5):  # free again
+        pass
+    monkeypatch.delenv("SCWB_READERS")
+    assert reader.reader_slots() >= 1
