@@ -338,9 +338,11 @@ class Paired:
         if self.diff == 0 and self.sd == 0:  # it read "+0.00 ± 0.00" beside real differences
             return f"{self.a} − {self.b}: {metric_names.name(self.metric)}: {self.verdict}{left}."
         places = _places(self.diff, self.sd)
+        # one seed has no spread: "± 0.000" read as a measured one (a browser pass)
+        spread = f" ± {self.sd:.{places}f}" if self.n > 1 else ""
         return (
-            f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.{places}f} ± "
-            f"{self.sd:.{places}f} (paired over {self.n} seed{'s' if self.n != 1 else ''}; "
+            f"{self.a} − {self.b}: {metric_names.name(self.metric)} {self.diff:+.{places}f}"
+            f"{spread} (paired over {self.n} seed{'s' if self.n != 1 else ''}; "
             f"{self.a} better on {self.wins} of {self.n}{left}): {self.verdict}."
         )
 

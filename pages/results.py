@@ -112,12 +112,9 @@ if not isinstance(spec, dict):
 task = spec.get("task") if spec.get("task") != "?" else None
 
 if state in runs.ACTIVE:
-    ep, mx = status.get("epoch"), status.get("max_epochs")
-    st.info(
-        f"This run is {state}"
-        + (f" (epoch {esc(ep)} of {esc(mx)})" if ep is not None and mx else "")
-        + ": its results appear here when it finishes."
-    )
+    # the Runs page's words: whole epochs ("epoch 0.41 of 12" was said: a browser pass)
+    said = progress_text.progress({**row, **status, "state": state})[1]
+    st.info(f"This run is {state} ({esc(said)}): its results appear here when it finishes.")
     st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
     st.stop()
 

@@ -770,3 +770,15 @@ def test_runs_page_first_shows_a_network_over_a_baseline_running_beside_it():
     at = app("runs")
     assert at.selectbox(key="run_selected").value == queued.name
     assert at.subheader[0].value == "mlp on syn · queued"
+
+
+def test_results_of_a_running_run_say_whole_epochs():
+    """A browser pass: Results of a running scGen said "epoch 0.41 of 12" (the worker's
+    fraction); it says the Runs page's words."""
+    import os
+
+    _fake_run("2026-01-03-running", "running", "mlp", {"epoch": 0.41, "max_epochs": 12})
+    runs.update_status(workspace.runs_dir() / "2026-01-03-running", pid=os.getpid())
+    at = reopen("results", run="2026-01-03-running")
+    said = [i.value for i in at.info if i.value.startswith("This run is")]
+    assert said and "(epoch 0 of 12)" in said[0] and "0.41" not in said[0], said

@@ -273,6 +273,12 @@ def test_same_values_are_no_spread_and_a_constant_gap_names_the_winner():
     y = seeds.Config("y", "lr", "d", label="lr", runs=acc)
     p = seeds.paired(x, y, "test_accuracy")
     assert p.sd == 0 and p.verdict == "mlp is better by the same amount on every seed"
+    one = seeds.paired(
+        seeds.Config("o", "mlp", "d", label="mlp", runs={0: {"test_accuracy": 0.9}}),
+        seeds.Config("p", "lr", "d", label="lr", runs={0: {"test_accuracy": 0.869}}),
+        "test_accuracy",
+    )  # one seed has no spread: "+0.031 ± 0.000" read as a measured one (a browser pass)
+    assert one.text().startswith("mlp − lr: Accuracy (test) +0.031 (paired over 1 seed;")
     assert seeds.paired(a, a, "m").verdict.endswith("no difference")
     assert seeds.paired(b, seeds.Config("c", "c", "d", label="c"), "m").verdict.startswith(
         "no seed"
