@@ -518,6 +518,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "table": safe,
             "paired": [p.to_dict() for p in pairs],
             "repeated_splits": seeds.repeated_splits(configs),
+            "one_class": seeds.one_class_runs(configs),
         }
         print(_json(out))
         return 0
@@ -532,7 +533,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "note: these runs used different data, label or task; only runs of the same "
             "one are paired."
         )
-    for line in seeds.repeated_splits(configs):
+    for line in seeds.repeated_splits(configs) + seeds.one_class_runs(configs):
         print(f"note: {line}")
     for p in pairs:
         print(p.text())

@@ -75,6 +75,7 @@ class Config:
     runs: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
     run_ids: dict[int, str] = field(default_factory=dict)
     tests: dict[int, str] = field(default_factory=dict)  # seed -> digest of its test cells
+    one_class: dict[int, str] = field(default_factory=dict)  # seed -> the class it always said
     scope: str = ""  # configurations of one scope were scored on the same cells per seed
 
     @property
@@ -205,6 +206,8 @@ def group(run_dirs: list[Path], parts: Any = None) -> list[Config]:
                 continue
             c.runs[seed] = values
             c.run_ids[seed] = d.name
+            if not part and (only := predicted_one_class(metrics)) is not None:
+                c.one_class[seed] = only
             digest = test_cells(d)
             if digest:
                 c.tests[seed] = digest
@@ -469,6 +472,41 @@ def repeated_splits(configs: list[Config]) -> list[str]:
             f"{c.label or c.model}: {which}, so its {len(c.runs)} seeds hold {n_splits} "
             f"different split{'s' if n_splits != 1 else ''} and its ± leaves out how much the "
             "split moves the score."
+        )
+    return out
+
+
+def predicted_one_class(metrics: dict[str, Any]) -> str | None:
+    """The class a classifier predicted for every test cell of two or more classes (from its
+    confusion matrix: rows true, columns predicted), else None. Such a model has learned
+    nothing (a browser pass: an MLP of 20 epochs said 'progenitor' for every cell, and Compare
+    called the logistic regression better beyond the seed-to-seed spread, without a word)."""
+    confusion, classes = metrics.get("confusion"), metrics.get("classes")
+    try:
+        m = np.asarray(confusion, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or not isinstance(classes, list):
+        return None
+    if len(classes) != m.shape[0] or not np.isfinite(m).all() or (m.sum(axis=1) > 0).sum() < 2:
+        return None
+    used = np.flatnonzero(m.sum(axis=0) > 0)
+    return str(classes[int(used[0])]) if len(used) == 1 else None
+
+
+def one_class_runs(configs: list[Config]) -> list[str]:
+    """One sentence per configuration with seeds that predicted one class for every test cell."""
+    out = []
+    for c in configs:
+        if not c.one_class:
+            continue
+        seeds_ = sorted(c.one_class)
+        said = sorted(set(c.one_class.values()))
+        out.append(
+            f"{c.label or c.model}: seed{'s' if len(seeds_) > 1 else ''} "
+            f"{', '.join(map(str, seeds_))} of {len(c.runs)} predicted one class "
+            f"({', '.join(said)}) for every test cell: the model has not learned, so its scores "
+            "say nothing of what it can do; train it longer (Max epochs) or check its settings."
         )
     return out
 

@@ -104,7 +104,7 @@ def seed_section(configs: list[seeds.Config]) -> None:
             },
         ),
     )
-    for line in seeds.repeated_splits(configs):
+    for line in seeds.repeated_splits(configs) + seeds.one_class_runs(configs):
         st.warning(figures.esc(line))
     first = seeds.primary_metric(configs)
     tested = [k for k in metrics if metric_names.ranked(k)]

@@ -392,3 +392,28 @@ def test_huge_metric_values_compare_without_numpy_warnings(tmp_path, capsys):
         texts = [c.text("test_accuracy") for c in configs]
         paired = seeds.paired(configs[0], configs[1], "test_accuracy").text()
     assert texts and paired
+
+
+def test_a_model_that_predicts_one_class_for_every_cell_is_said(tmp_path, capsys):
+    """A browser pass: an MLP of 20 epochs said 'progenitor' for every test cell (accuracy
+    0.5000 ± 0.0) and Compare called logreg better beyond the spread, without a word. Such
+    seeds are named on Compare, by `compare` on the command line, and on Results."""
+    assert (
+        seeds.predicted_one_class({"confusion": [[0, 4], [0, 6]], "classes": ["Ery", "progenitor"]})
+        == "progenitor"
+    )
+    assert seeds.predicted_one_class({"confusion": [[4, 1], [0, 6]], "classes": ["a", "b"]}) is None
+    assert seeds.predicted_one_class({"confusion": [[0, 0], [0, 6]], "classes": ["a", "b"]}) is None
+    assert seeds.predicted_one_class({"confusion": "x", "classes": ["a"]}) is None
+    root = workspace.runs_dir()
+    for seed in (0, 1):
+        d = _fake_run(root, f"r-mlp-{seed}", "mlp", seed, 0.5, group="flat")
+        metrics = runs.read_metrics(d / "metrics.json", {})
+        metrics |= {"confusion": [[0, 4], [0, 4]], "classes": ["Ery", "progenitor"]}
+        runs.write_json(d / "metrics.json", metrics)
+        _fake_run(root, f"r-lr-{seed}", "logreg", seed, 0.9, group="flat")
+    configs = seeds.group(sorted(root.iterdir()))
+    (line,) = seeds.one_class_runs(configs)
+    assert line.startswith("mlp · pbmc: seeds 0, 1 of 2 predicted one class (progenitor)"), line
+    assert cli.main(["compare", "--group", "flat"]) == 0
+    assert "note: mlp · pbmc: seeds 0, 1 of 2 predicted one class" in capsys.readouterr().out
