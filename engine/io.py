@@ -166,9 +166,37 @@ def _read_h5ad(path: Path, display: str) -> ad.AnnData:
             warnings.simplefilter("ignore")  # are not the user's to read
             adata = ad.read_h5ad(path)
     except Exception as exc:
-        raise ScwbError(f"{name} is a damaged .h5ad file: {_first_line(exc)}") from None
+        raise ScwbError(f"{name} is a damaged .h5ad file: {_read_failure(exc)}") from None
     _check_loaded(adata, name)
     return adata
+
+
+_IOSPEC = re.compile(r"IOSpec\(encoding_type='([^']*)', encoding_version='([^']*)'\)")
+_READING = re.compile(r"reading key '([^']+)'")
+
+
+def _read_failure(exc: BaseException) -> str:
+    """anndata's reason in a user's words: "No read method registered for IOSpec(...). You may
+    need to update your installation of anndata." and a list of classes cut off mid-line were
+    said as they came (a hostile-input pass)."""
+    text = " ".join([str(exc), *getattr(exc, "__notes__", [])])
+    at = _READING.search(text)
+    entry = at.group(1).strip("/") if at else ""
+    where = f"its {entry}" if entry else "an entry"
+    if spec := _IOSPEC.search(text):
+        return (
+            f"{where} is stored as {spec.group(1) or 'an unnamed encoding'} (encoding version "
+            f"{spec.group(2) or '?'}), which anndata does not read; write the file with "
+            "anndata's write_h5ad."
+        )
+    first = _first_line(exc)
+    if " needs to be of one of " in first:
+        what = first.split(" needs to be of one of ")[0][:60]
+        return (
+            f"its {what} is not a matrix (a single value, an empty group, or a sparse group "
+            "without its encoding-type); write the file with anndata's write_h5ad."
+        )
+    return first
 
 
 def _check_loaded(adata: ad.AnnData, name: str) -> None:

@@ -1037,3 +1037,35 @@ def test_readers_wait_for_a_slot_and_refuse_in_one_line(tmp_path, monkeypatch):
         pass
     monkeypatch.delenv("SCWB_READERS")
     assert reader.reader_slots() >= 1
+
+
+@pytest.mark.parametrize(
+    "case, said",
+    [
+        ("coo", "its X is stored as coo_matrix (encoding version 0.1.0), which anndata does not"),
+        ("version", "its X is stored as csr_matrix (encoding version 9.9.9), which anndata"),
+        ("no_encoding", "its X is not a matrix (a single value, an empty group, or a sparse"),
+        ("scalar", "its X is not a matrix (a single value, an empty group, or a sparse"),
+    ],
+)
+def test_what_anndata_cannot_read_is_said_in_a_users_words(tmp_path, case, said):
+    """A hostile-input pass: "No read method registered for IOSpec(...). You may need to update
+    your installation of anndata." and a list of classes cut off mid-line were said as they
+    came. Each now names the entry and what to do, in one line."""
+    path = tmp_path / f"{case}.h5ad"
+    ad.AnnData(sp.csr_matrix(np.eye(6, 4, dtype=np.float32))).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        if case == "coo":
+            f["X"].attrs["encoding-type"] = "coo_matrix"
+        elif case == "version":
+            f["X"].attrs["encoding-version"] = "9.9.9"
+        elif case == "no_encoding":
+            del f["X"].attrs["encoding-type"], f["X"].attrs["encoding-version"]
+        else:
+            del f["X"]
+            f["X"] = np.float32(1.0)
+    with pytest.raises(ScwbError) as e:
+        io.read(path)
+    message = str(e.value)
+    assert said in message and "\n" not in message and "<class" not in message, message
+    assert "update your installation" not in message
