@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import h5py
@@ -345,7 +346,8 @@ if st.button(
             if peak <= pp_child.IN_PROCESS_BYTES and "leiden" not in names:  # seconds at most
                 with st.spinner(f"Applying recipe: {', '.join(names)}..."):
                     info = pp_child.make(load_full(name), recipe, target)
-                pp_child.keep(datasets.path(name), recipe, target, info)  # for a refresh
+                with contextlib.suppress(OSError):  # kept for a refresh; shown either way
+                    pp_child.keep(datasets.path(name), recipe, target, info)
                 st.session_state["pp_result"] = (name, recipe.to_json(), str(target), info)
             else:  # clustering takes minutes: in the background, never in the page's run
                 _follow(pp_child.start(datasets.path(name), recipe, target))
