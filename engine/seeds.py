@@ -494,6 +494,12 @@ def predicted_one_class(metrics: dict[str, Any]) -> str | None:
     return str(classes[int(used[0])]) if len(used) == 1 else None
 
 
+NOT_LEARNED = (
+    "the model has not learned, so its scores say nothing of what it can do; train it longer "
+    "(Max epochs) or check its settings"
+)
+
+
 def one_class_runs(configs: list[Config]) -> list[str]:
     """One sentence per configuration with seeds that predicted one class for every test cell."""
     out = []
@@ -505,8 +511,7 @@ def one_class_runs(configs: list[Config]) -> list[str]:
         out.append(
             f"{c.label or c.model}: seed{'s' if len(seeds_) > 1 else ''} "
             f"{', '.join(map(str, seeds_))} of {len(c.runs)} predicted one class "
-            f"({', '.join(said)}) for every test cell: the model has not learned, so its scores "
-            "say nothing of what it can do; train it longer (Max epochs) or check its settings."
+            f"({', '.join(said)}) for every test cell: {NOT_LEARNED}."
         )
     return out
 

@@ -619,9 +619,8 @@ FEW_TEST_CELLS = 5  # below this a class's F1 is mostly chance
 if res_info is not None and task == "classify":
     if (only := seeds.predicted_one_class(metrics or {})) is not None:
         st.warning(
-            f"This model predicted one class ({esc(only)}) for every test cell: it has not "
-            "learned, so its scores say nothing of what it can do. Train it longer (Max epochs "
-            "on Train) or check its settings."
+            f"This model predicted one class ({esc(only)}) for every test cell: "
+            f"{seeds.NOT_LEARNED}."
         )
     with guard("the classification figures"):
         c = st.columns(2)
