@@ -46,7 +46,13 @@ def _mark(r: dict) -> str:
     return " · cancelled" if r["state"] == "cancelled" else ""
 
 
-labels = {r["id"]: f"{r['model']} · {r['dataset']} · {r['id']}{_mark(r)}" for r in of_task}
+# the dataset in a run's name only where runs of several datasets are offered: a long dataset
+# name repeated in every chip hid the ids that tell the runs apart (a browser pass)
+several = len({r["dataset"] for r in of_task}) > 1
+labels = {
+    r["id"]: f"{r['model']} · {r['dataset'] + ' · ' if several else ''}{r['id']}{_mark(r)}"
+    for r in of_task
+}
 # the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
 # left "nothing to rank"), else the two newest runs, completed ones first
 groups: dict[str, list[str]] = {}
@@ -65,6 +71,7 @@ else:  # a run deleted meanwhile is no option any more
 chosen = st.multiselect("Runs", list(labels), key=runs_key, format_func=labels.get)
 to_address("run", chosen, default)
 if not chosen:
+    st.info("Pick one run or more above to see their metrics side by side.")
     st.stop()
 
 
@@ -201,10 +208,10 @@ for rid in chosen:
                 **values,
             }
         )
-    curves[labels[rid] + design] = runs.read_metrics_csv(d)
+    curves[row_names[rid] + design] = runs.read_metrics_csv(d)
     # one colour per configuration (its seeds told apart by dash): a model with another
     # design or learning rate is another configuration, not another seed
-    curve_models[labels[rid] + design] = seeds.config_key(spec)
+    curve_models[row_names[rid] + design] = seeds.config_key(spec)
     # held-out groups or cells at random: another split of the same data (other test cells);
     # a perturbation predicts the cells of its design (another type or direction: other cells)
     data_split = (

@@ -589,6 +589,8 @@ def test_compare_two_runs(dataset):
     _finished(dataset, "sk_logreg", label_key="cell_type")
     at = app("compare")
     assert len(at.multiselect[0].value) == 2
+    # one dataset: not repeated in every run's name (the caption says it once)
+    assert at.multiselect[0].options and not any(dataset in o for o in at.multiselect[0].options)
     table = at.dataframe[0].value
     assert set(table.columns) >= {"run", "test_accuracy", "test_f1_macro"}
     assert "Same data, seed and label column: every run was scored on the same test cells." in [
@@ -602,6 +604,12 @@ def test_compare_two_runs(dataset):
         c.value.startswith("Best values marked from one run each") and "3 seeds" in c.value
         for c in at.caption
     )
+    # every run unpicked: the page says what to do instead of going blank (a browser pass)
+    at.multiselect[0].set_value([]).run(timeout=60)
+    assert not at.dataframe
+    assert [i.value for i in at.info] == [
+        "Pick one run or more above to see their metrics side by side."
+    ]
 
 
 def test_compare_shows_a_dash_for_a_metric_a_run_lacks(dataset):
@@ -631,6 +639,7 @@ def test_compare_marks_no_best_value_across_datasets(dataset, lognorm_adata):
     _finished(name, "mlp", label_key="cell_type", epochs=2)
     at = app("compare")
     assert len(at.dataframe[0].value) == 2
+    assert {o.split(" · ")[1] for o in at.multiselect[0].options} == {dataset, name}
     assert "c7e9c0" not in str(at.dataframe[0].proto.arrow_data.styler.styles)
     assert "No best value marked: these runs were scored on different cells." in [
         c.value for c in at.caption

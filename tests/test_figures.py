@@ -156,3 +156,19 @@ def test_cytometry_variables_are_markers_not_genes():
     assert figures.feature_noun(minmax) == "marker"
     assert figures.feature_noun({"x_kind": "counts", "recipe": "not json"}) == "gene"
     assert figures.feature_noun({}) == "gene"
+
+
+def test_loss_axis_ends_at_the_last_epoch():
+    """A browser pass: plotly's padding ran the loss plot's axis past the last epoch, as if more
+    epochs were to come; a one-epoch curve still gets an axis around its one point."""
+    metrics = pd.DataFrame(
+        {"epoch": [1, 2, 3, 4], "train_loss": [4.0, 3.0, 2.0, 1.0], "val_loss": [5, 4, 3, 2.0]}
+    )
+    fig = figures.loss_curves(metrics, best_epoch=4)
+    assert tuple(fig.layout.xaxis.range) == (1, 4)
+    assert all(t.cliponaxis is False for t in fig.data)  # the end markers drawn whole
+    one = figures.loss_curves(metrics.head(1))
+    assert tuple(one.layout.xaxis.range) == (0.5, 1.5)
+    long = pd.DataFrame({"epoch": range(1, 31), "val_loss": np.linspace(3, 1, 30)})
+    over = figures.overlaid_curves({"a": long, "b": long.head(20)}, "val_loss")
+    assert tuple(over.layout.xaxis.range) == (1, 30) and over.layout.xaxis.dtick is None

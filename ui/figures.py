@@ -195,9 +195,17 @@ def loss_curves(
 
 
 def _whole_epochs(fig: go.Figure, epochs: pd.Series) -> go.Figure:
-    """A tick per epoch on short runs (plotly's own ticks land on 1.5, 2.5, ... there)."""
-    last = pd.to_numeric(epochs, errors="coerce").max()
-    return fig.update_xaxes(dtick=1) if last == last and last <= 12 else fig
+    """A tick per epoch on short runs (plotly's own ticks land on 1.5, 2.5, ... there), and an
+    axis from the first epoch to the last: plotly's padding for the markers ran it past the
+    last epoch, as if more were to come (a browser pass). Markers at the ends are drawn whole."""
+    numbers = pd.to_numeric(epochs, errors="coerce").dropna()
+    if numbers.empty:
+        return fig
+    first, last = float(numbers.min()), float(numbers.max())
+    pad = 0.5 if first == last else 0.0
+    fig.update_xaxes(range=[first - pad, last + pad])
+    fig.update_traces(cliponaxis=False)
+    return fig.update_xaxes(dtick=1) if last <= 12 else fig
 
 
 DASHES = ("solid", "dot", "dash", "longdash", "dashdot", "longdashdot")
