@@ -11,8 +11,8 @@ import streamlit as st
 
 from engine import datasets, jobs
 from engine.demos import DEMOS
-from ui import sidebar
-from ui.state import dataset_to_address, md, net, set_dataset, show_error
+from ui import page_list, sidebar
+from ui.state import address, current_dataset, dataset_to_address, md, net, set_dataset, show_error
 
 
 def home() -> None:
@@ -35,7 +35,7 @@ def home() -> None:
                 from engine.demos import load_demo
 
                 set_dataset(datasets.save(load_demo(demo), demo, source=f"demo:{demo}"))
-                st.switch_page("pages/data.py")
+                st.switch_page("pages/data.py", query_params=address())
             except Exception as exc:
                 show_error(exc)
     with c2:
@@ -43,7 +43,12 @@ def home() -> None:
         st.markdown(
             "Upload `.h5ad`, 10x `.h5`, a zipped 10x `.mtx` folder or a `.csv`/`.tsv` matrix on the **Data** page."
         )
-        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
+        st.page_link(
+            "pages/data.py",
+            label="Go to Data",
+            icon=":material/folder_open:",
+            query_params=address(),
+        )
     st.divider()
     st.subheader("Where you left off")
     c1, c2 = st.columns(2)
@@ -59,7 +64,7 @@ def home() -> None:
                 help=f"key {d['key']}",
             ):
                 set_dataset(d["key"])
-                st.switch_page("pages/data.py")
+                st.switch_page("pages/data.py", query_params=address())
     with c2:
         st.markdown("**Recent runs**")
         recent = jobs.list_jobs()[:5]
@@ -76,10 +81,15 @@ def home() -> None:
                 label=f"{md(r['id'])} · {md(_short(str(r['dataset'])))} · {md(r['state'])}",
                 help=f"{md(r['model'])} on {md(r['dataset'])}",
                 icon=":material/insights:" if done else ":material/monitoring:",
-                query_params={"run": r["id"]},
+                query_params=address(run=r["id"]),
             )
         if recent:
-            st.page_link("pages/runs.py", label="All runs", icon=":material/monitoring:")
+            st.page_link(
+                "pages/runs.py",
+                label="All runs",
+                icon=":material/monitoring:",
+                query_params=address(),
+            )
 
 
 def _short(text: str, most: int = 24) -> str:
@@ -93,25 +103,27 @@ st.set_page_config(
     layout="wide",
 )
 st.logo(str(Path(__file__).parent / "assets" / "logo.svg"))
-nav = st.navigation(
-    [
-        st.Page(home, title="Home", icon=":material/home:", default=True),
-        st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
-        st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
-        st.Page("pages/preprocess.py", title="Preprocess", icon=":material/tune:"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
-        st.Page("pages/results.py", title="Results", icon=":material/insights:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    ]
-)
+PAGES = [
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page("pages/preprocess.py", title="Preprocess", icon=":material/tune:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("pages/results.py", title="Results", icon=":material/insights:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+]
+# the page list is the sidebar's own (``ui.page_list``): its links keep the tab's dataset
+nav = st.navigation(PAGES, position="hidden")
 # the last net under every page: an error no page caught is one line, the traceback goes to
 # the server's log (a hand-edited run file gave Streamlit's redacted error box, and one read by
 # the sidebar gave it on every page: a hostile-input pass)
-with st.sidebar, net("the sidebar"):
-    sidebar.draw()
 with net("the address"):
     dataset_to_address()
+with net("the page list"):
+    page_list.draw(PAGES, current_dataset())
+with st.sidebar, net("the sidebar"):
+    sidebar.draw()
 with net(
     f"the page {nav.title}",
     "The page stopped here; what is saved is unchanged. The server's log has the details.",

@@ -12,6 +12,7 @@ from engine.demos import DEMOS, load_demo
 from ui import figures, uploads
 from ui.state import (
     DatasetKey,
+    address,
     ask_first,
     confirmed,
     current_dataset,
@@ -336,4 +337,9 @@ st.caption(
     + "Explore shows them, PCA or UMAP computed on request, and the latent space of every "
     "finished run on this dataset, coloured by any obs column or gene."
 )
-st.page_link("pages/explore.py", label="Explore embeddings", icon=":material/scatter_plot:")
+st.page_link(
+    "pages/explore.py",
+    label="Explore embeddings",
+    icon=":material/scatter_plot:",
+    query_params=address(),
+)

@@ -19,6 +19,7 @@ from engine.checks import human
 from ui import figures
 from ui.figures import esc, values_noun
 from ui.state import (
+    address,
     dataset_file,
     dataset_layout,
     dataset_picker,
@@ -45,7 +46,7 @@ if saved and saved == name:
     st.success(f"Saved as {esc(saved)}; it is now the current dataset.")
     if st.button("Next: Train", type="primary", icon=":material/model_training:", key="pp_next"):
         st.session_state.pop("pp_saved", None)
-        st.switch_page("pages/train.py")
+        st.switch_page("pages/train.py", query_params=address())
 
 
 def _step_text(s: dict) -> str:

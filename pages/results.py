@@ -42,7 +42,7 @@ from engine.perturb import (  # torch-free
 )
 from ui import figures
 from ui.figures import esc
-from ui.state import ensure_app_navigation, fragment, to_address
+from ui.state import address, ensure_app_navigation, fragment, to_address
 
 VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
 
@@ -116,7 +116,12 @@ if state in runs.ACTIVE:
     # the Runs page's words: whole epochs ("epoch 0.41 of 12" was said: a browser pass)
     said = progress_text.progress({**row, **status, "state": state})[1]
     st.info(f"This run is {state} ({esc(said)}): its results appear here when it finishes.")
-    st.page_link("pages/runs.py", label="Watch it on Runs", icon=":material/monitoring:")
+    st.page_link(
+        "pages/runs.py",
+        label="Watch it on Runs",
+        icon=":material/monitoring:",
+        query_params=address(),
+    )
     st.stop()
 
 metrics = runs.read_metrics(run_dir / "metrics.json", None)
@@ -754,6 +759,7 @@ if res_info is not None and task in ("reconstruct", "embed"):
                 "pages/explore.py",
                 label="Colour by a gene, or compare with other embeddings, on Explore",
                 icon=":material/scatter_plot:",
+                query_params=address(),
             )
             lat_shape = res_info["obsm"][key]
 

@@ -22,7 +22,7 @@ from engine.checks import human
 from ui import figures
 from ui.figures import esc
 from ui.sidebar import fmt_s
-from ui.state import ask_first, confirmed, ensure_app_navigation, fragment, show_error
+from ui.state import address, ask_first, confirmed, ensure_app_navigation, fragment, show_error
 
 ensure_app_navigation()
 ss = st.session_state
@@ -30,7 +30,7 @@ ss = st.session_state
 # made inside the fragment raced the fragment's next timed run, whose output reached the new
 # page and left the browser blank ("Bad delta path index"; 2 of 8 tries right after a Cancel)
 if (opening := ss.pop("runs_open", None)) is not None:
-    st.switch_page("pages/results.py", query_params={"run": opening})
+    st.switch_page("pages/results.py", query_params=address(run=opening))
 st.title("Runs")
 
 

@@ -24,6 +24,7 @@ from engine.preflight import preflight  # torch-free: the app process never load
 from engine.spec import RunSpec
 from ui.figures import esc
 from ui.state import (
+    address,
     dataset_picker,
     ensure_app_navigation,
     fragment,
@@ -179,7 +180,10 @@ with st.container(border=True):
                 "Reconstruct and Embed)."
             )
             st.page_link(
-                "pages/preprocess.py", label="Add clusters on Preprocess", icon=":material/hub:"
+                "pages/preprocess.py",
+                label="Add clusters on Preprocess",
+                icon=":material/hub:",
+                query_params=address(),
             )
         label = st.selectbox(
             "Label column",
@@ -753,6 +757,11 @@ if st.button("Submit", type="primary", disabled=reason is not None, help=reason)
                 + ", ".join(p.name for p in submitted)
                 + ". They train in the background."
             )
-        st.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/monitoring:")
+        st.page_link(
+            "pages/runs.py",
+            label="Watch them on Runs",
+            icon=":material/monitoring:",
+            query_params=address(),
+        )
     except Exception as exc:
         show_error(exc)

@@ -65,7 +65,7 @@ def test_home_links_each_recent_run(dataset):
     at = app()
     links = [p.proto for p in at.get("page_link")]
     mine = next(link for link in links if run in link.label)
-    assert (mine.page, mine.query_string) == ("results", f"run={run}")
+    assert (mine.page, mine.query_string) == ("results", f"dataset={dataset}&run={run}")
     assert mine.label.endswith(" · completed") and "sk_logreg on syn" in mine.help
 
 
@@ -904,3 +904,18 @@ def test_preprocess_form_survives_a_refresh(dataset):
         again = app("preprocess")
         assert not again.exception and not errors(again)
         assert hvg_box(again).value is suggested
+
+
+def test_page_links_carry_the_tabs_dataset(dataset):
+    """A browser pass: Back needed two presses after a sidebar link, because the link led to a
+    bare /train and the app then put the tab's dataset back in the address (a second history
+    entry). The sidebar's own links carry the dataset (that they follow a dataset picked later
+    in the run, and Back, are tested in Chromium: tests/test_browser.py)."""
+    at = app("explore")
+    links = [p.proto for p in at.sidebar.get("page_link")]
+    assert [p.label for p in links] == [
+        "Home", "Data", "Explore", "Preprocess", "Train", "Runs", "Results", "Compare"
+    ]  # fmt: skip
+    assert {p.query_string for p in links} == {f"dataset={dataset}"}
+    at = app()  # the home page's links too
+    assert all(p.proto.query_string.startswith(f"dataset={dataset}") for p in at.get("page_link"))

@@ -92,7 +92,9 @@ def _wait_idle(page, timeout=60_000):
 
 
 def _go(page, name: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
+    """A click on the sidebar's link to page ``name``, as a user moves between pages."""
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink")
+    links.filter(has=page.get_by_text(name, exact=True)).click()
     _wait_idle(page)
 
 
@@ -176,6 +178,15 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path, cancel_run
             page.wait_for_timeout(1000)
         assert len(set(seen)) > 1 and seen[-1] > seen[0], f"the curve did not move: {seen}"
         page.screenshot(path=SHOTS / "runs.png", full_page=True)
+        # one press of Back per page change, back to the tab's dataset: the sidebar's links
+        # carry it (putting it back in the address after a bare link was a second history
+        # entry: Back stayed on Runs)
+        assert "dataset=" in page.url
+        page.go_back()
+        expect(page.get_by_text("Models (compared on the same split)")).to_be_visible(
+            timeout=60_000
+        )
+        assert "/train?dataset=" in page.url
         browser.close()
 
 
@@ -203,6 +214,19 @@ def test_results_heatmaps_compare_download(server, lognorm_adata, workspace, tmp
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+        # a dataset loaded on a page after the sidebar was drawn: its links follow it at once
+        # (they carry the tab's dataset, so that a page change is one history entry)
+        page.goto(f"{server}/data?dataset={name}")
+        page.get_by_role("tab", name="Bundled demo").click()
+        page.get_by_role("button", name="Load demo").click()
+        expect(page.get_by_text("Loaded 700 cells")).to_be_visible(timeout=90_000)
+        _go(page, "Explore")
+        expect(page.get_by_role("combobox", name="Dataset")).to_have_value(
+            re.compile("pbmc68k_reduced"), timeout=60_000
+        )
+        assert "/explore?dataset=pbmc68k_reduced" in page.url
+        page.go_back()  # one press: back on Data
+        page.wait_for_url(re.compile("/data\\?dataset=pbmc68k_reduced"), timeout=30_000)
         page.goto(f"{server}/results?run=2026-autoencoder")
         expect(page.get_by_text("Input, reconstruction and error")).to_be_visible(timeout=90_000)
         expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(3, timeout=60_000)

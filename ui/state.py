@@ -66,6 +66,14 @@ def current_dataset() -> str | None:
     return None
 
 
+def address(**params: Any) -> dict[str, Any]:
+    """The query parameters of a link to another page: ``params`` and this tab's dataset. A
+    link without the dataset led to a bare address, and putting the dataset back there was a
+    second history entry (Back needed two presses: a browser pass)."""
+    key = current_dataset()
+    return {"dataset": key, **params} if key else dict(params)
+
+
 def dataset_to_address() -> None:
     """Put this session's dataset back in the address when a page link dropped it: a link in
     the sidebar leads to a bare /train, and a refresh there took the dataset another tab had
@@ -80,6 +88,9 @@ def set_dataset(key: str) -> None:
     st.session_state["dataset"] = key
     st.session_state["_dataset_seeded"] = True
     st.query_params["dataset"] = key
+    from ui import page_list  # the sidebar's links, drawn before the page, follow it
+
+    page_list.follow(key)
     with contextlib.suppress(OSError):  # only a seed for new sessions: never break the page
         runs.write_json(
             _state_file(), {**(runs.read_json(_state_file(), {}) or {}), "dataset": key}
