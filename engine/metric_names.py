@@ -157,7 +157,7 @@ _M = {
     ),
     "beats_meanshift": (
         "Beats 'control + mean shift'",
-        "Whether the model's R² of means (all genes) is above the baseline that adds the average response of the other cell types.",
+        "Whether the model's R² of means (all genes) is above the baseline that adds the average response of the other cell types, beyond the 95% interval of the difference over these cells (false also where the two cannot be told apart: vs_meanshift says which).",
         None,
     ),
     # per-epoch curves

@@ -246,6 +246,10 @@ def read_gene_means(path: str | Path) -> pd.DataFrame:
     )
 
 
+# ``against_meanshift``'s levels in one word (metrics.json's ``vs_meanshift``, tables)
+VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
+
+
 def against_meanshift(
     m: dict[str, Any], target: str, model: str = "the model"
 ) -> tuple[str, str] | None:

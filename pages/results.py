@@ -36,6 +36,7 @@ from engine import results as results_files
 from engine.checks import human
 from engine.perturb import (  # torch-free
     GENE_MEANS,
+    VERDICT_WORDS,
     against_meanshift,
     gene_means,
     read_gene_means,
@@ -43,8 +44,6 @@ from engine.perturb import (  # torch-free
 from ui import figures
 from ui.figures import esc
 from ui.state import address, ensure_app_navigation, fragment, to_address
-
-VERDICT_WORDS = {"success": "better", "info": "cannot tell", "warning": "worse"}
 
 APP_DIR = Path(__file__).resolve().parent.parent  # where `python -m engine` runs
 AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells

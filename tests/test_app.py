@@ -919,3 +919,26 @@ def test_page_links_carry_the_tabs_dataset(dataset):
     assert {p.query_string for p in links} == {f"dataset={dataset}"}
     at = app()  # the home page's links too
     assert all(p.proto.query_string.startswith(f"dataset={dataset}") for p in at.get("page_link"))
+
+
+def test_a_dataset_deleted_in_another_tab_is_said_and_nothing_else_is_picked(
+    dataset, lognorm_adata
+):
+    """A browser pass: tab 2 sat on Train for a dataset tab 1 then deleted; tab 2's Submit
+    trained the newest dataset, another label, in silence. The tab now says its dataset was
+    deleted and waits for a pick: no form, nothing submitted."""
+    from engine import jobs
+
+    at = app("train")
+    assert at.selectbox[0].value == dataset
+    other = datasets.save(lognorm_adata[:80].copy(), "newer", source="test")
+    datasets.delete(dataset)  # another tab
+    at.run()
+    assert any(f"({dataset}) was deleted" in w.value.replace("\\", "") for w in at.warning)
+    assert at.selectbox[0].value is None and at.selectbox[0].options == ["newer"]
+    assert not [b for b in at.button if b.label == "Submit"]
+    assert jobs.list_jobs() == []
+    at.selectbox[0].set_value(other).run()  # picked: the page goes on, on that dataset
+    assert not any("was deleted" in w.value for w in at.warning)
+    assert [b for b in at.button if b.label == "Submit"]
+    assert at.query_params["dataset"] == other

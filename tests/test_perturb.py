@@ -692,3 +692,24 @@ def test_a_cell_type_column_that_follows_the_condition_is_refused_before_trainin
     assert "no 'stimulated' cells outside the cell type 'A'" in perturb.vector_problem(
         c3, only_a, "control", "stimulated", ["A"], "ct", None, "sampled"
     )
+
+
+def test_beats_meanshift_is_decided_by_the_interval_as_the_page_says():
+    """A browser pass: the page said "cannot be told apart" (interval -0.009 to +0.013) and the
+    exported metrics said beats_meanshift True, from the sign alone."""
+    from engine.tasks.perturb import score_prediction
+
+    rng = np.random.default_rng(1)
+    ctrl = rng.exponential(1.0, (40, 30))
+    shift = rng.normal(0, 1.0, 30)
+    real = np.maximum(ctrl[:30] + shift + rng.normal(0, 0.8, (30, 30)), 0)
+    names = np.array([f"g{i}" for i in range(30)])
+    seen = set()
+    for noise in (0.0, 0.05, 0.3, 3.0):
+        pred = np.maximum(ctrl + shift + rng.normal(0, noise, 30), 0)
+        m = score_prediction(pred, real, ctrl, names, shift, seed=0, floor=0.0)
+        low, high = m["meanshift_gap_ci95_low"], m["meanshift_gap_ci95_high"]
+        word = "better" if low > 0 else "worse" if high < 0 else "cannot tell"
+        assert m["vs_meanshift"] == word and m["beats_meanshift"] is (word == "better")
+        seen.add(word)
+    assert "cannot tell" in seen and "worse" in seen

@@ -185,16 +185,37 @@ def dataset_picker(
     for r in rows:
         counts[r["name"]] = counts.get(r["name"], 0) + 1
     shown = {r["key"]: dataset_label(r, counts[r["name"]]) for r in rows}
+    gone = deleted_dataset()
     cur = current_dataset()
+    note = st.empty()
     choice = st.selectbox(
         label,
         keys,
-        index=keys.index(cur) if cur in keys else 0,
+        index=None if gone else keys.index(cur) if cur in keys else 0,
         format_func=lambda k: shown.get(k, k),
+        placeholder="Pick a dataset",
     )
+    if choice is None:
+        # another tab (or the command line) deleted this tab's dataset: said, and nothing is
+        # picked for the user (the newest dataset was taken in silence, and a Submit pressed
+        # on the old form trained on it: a browser pass)
+        note.warning(
+            md(
+                f"The dataset this tab was on ({gone}) was deleted, in another tab or from "
+                "the command line. Pick a dataset to go on."
+            )
+        )
+        return None, None, None
     if choice != cur:
         set_dataset(choice)
     return load_current(full)
+
+
+def deleted_dataset() -> str | None:
+    """The key of this tab's dataset (its address, else its session) when it no longer
+    exists in the workspace."""
+    asked = st.query_params.get("dataset") or st.session_state.get("dataset")
+    return asked if asked and not datasets.exists(asked) else None
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
