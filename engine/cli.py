@@ -313,7 +313,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in d["layers"].items():
         print(f"layer {k}: {v}")
     for col, counts in d["labels"].items():
-        shown = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:8])
+        shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:8])  # "3: 806"
         print(f"label {col}: {len(counts)} values ({shown}{', ...' if len(counts) > 8 else ''})")
     if d["embeddings"]:
         print("embeddings: " + ", ".join(d["embeddings"]))

@@ -270,7 +270,8 @@ with left:
                     {
                         "column": k,
                         "values": len(v),
-                        "counts": ", ".join(f"{a} {b}" for a, b in list(v.items())[:6])
+                        # "3: 806" (integer donors read "3 806, 1 760": a browser pass)
+                        "counts": ", ".join(f"{a}: {b}" for a, b in list(v.items())[:6])
                         + (f", … ({len(v) - 6} more)" if len(v) > 6 else ""),
                     }
                     for k, v in shown_labels.items()

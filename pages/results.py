@@ -522,7 +522,8 @@ def _loo_table(run_dir: Path, targets: list) -> pd.DataFrame | None:
 
 
 def held_out_groups(key: str) -> str:
-    """' (test: d1, d4, 212 cells; validation: d2, 98 cells; training: 690 of 1,000 cells)':
+    """'. Test: donor d1, d4 (212 cells); validation: donor d2 (98 cells); training: 690 of
+    1,000 cells':
     the groups of ``key`` the run was tested and validated on, and what it trained on (a
     browser pass: a held-out validation donor left 602 training cells, unsaid on Results)."""
     split_key = (res_info or {}).get("scwb", {}).get("split_key")
@@ -536,15 +537,17 @@ def held_out_groups(key: str) -> str:
     groups = both[key].astype(str).to_numpy()
 
     def named(which: str, word: str) -> str:
+        # the column named before its groups, their cells in brackets: "test: 3, 764 cells"
+        # read as 3,764 cells where donor 3 had 764 (a browser pass: integer donors)
         rows = part == which
         names = sorted(set(groups[rows]))
         shown = ", ".join(esc(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
-        return f"{word}: {shown}, {int(rows.sum()):,} cells"
+        return f"{word}: {esc(key)} {shown} ({int(rows.sum()):,} cells)"
 
     trained = int((part == "train").sum())
     return (
-        f" ({named('test', 'test')}; {named('val', 'validation')}; "
-        f"training: {trained:,} of {len(part):,} cells)"
+        f". {named('test', 'Test')}; {named('val', 'validation')}; "
+        f"training: {trained:,} of {len(part):,} cells"
     )
 
 

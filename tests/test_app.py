@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import anndata as ad
@@ -807,9 +808,13 @@ def test_results_say_whether_test_donors_were_seen_in_training(lognorm_adata):
     _finished(name, "sk_logreg", label_key="cell_type", split_by="donor")
     captions = [c.value for c in app("results").caption]
     held = next(c for c in captions if c.startswith("Test cells: whole groups of donor held out"))
-    assert "groups the model never saw (test: d" in held and " of 600 cells)." in held, held
-    # the validation group and the cells trained on are said too (a browser pass)
-    assert "; validation: d" in held and "; training: " in held, held
+    # the validation group and the cells trained on are said too (a browser pass), each group
+    # named with its column ("test: 3, 764 cells" read as 3,764 cells with integer donors)
+    assert re.search(
+        r"groups the model never saw\. Test: donor d\d(, d\d)* \([\d,]+ cells\); "
+        r"validation: donor d\d \([\d,]+ cells\); training: [\d,]+ of 600 cells\.$",
+        held,
+    ), held
 
 
 def test_abnormality_boxes_tell_reference_cells_trained_on_from_held_out(dataset):
@@ -942,3 +947,19 @@ def test_a_dataset_deleted_in_another_tab_is_said_and_nothing_else_is_picked(
     assert not any("was deleted" in w.value for w in at.warning)
     assert [b for b in at.button if b.label == "Submit"]
     assert at.query_params["dataset"] == other
+
+
+def test_label_counts_of_integer_groups_read_as_group_and_count(lognorm_adata, capsys):
+    """A browser pass: integer donors were listed "3 806, 1 760", read as 3,806 cells."""
+    from engine import cli, runs, workspace
+
+    a = lognorm_adata.copy()
+    a.obs["donor"] = pd.Categorical([i % 3 + 1 for i in range(a.n_obs)])
+    name = datasets.save(a, "int_donors", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("data")
+    table = next(t.value for t in at.dataframe if "counts" in t.value)
+    counts = table.set_index("column").loc["donor", "counts"]
+    assert counts == "1: 200, 2: 200, 3: 200", counts
+    assert cli.main(["info", str(datasets.path(name))]) == 0
+    assert "label donor: 3 values (1: 200, 2: 200, 3: 200)" in capsys.readouterr().out
