@@ -16,7 +16,7 @@ from engine import csvsafe, jobs, metric_names, runs, seeds
 from engine import models as registry
 from engine import progress as progress_text
 from ui import figures
-from ui.state import ensure_app_navigation, to_address
+from ui.state import current_dataset, ensure_app_navigation, to_address
 
 ensure_app_navigation()
 st.title("Compare")
@@ -33,11 +33,16 @@ if not tasks:
 # to the defaults: a browser pass); a default is not written (each write is a press of Back)
 # (fixed widget keys, seeded from the address once: a default taken from the address gave the
 # widget a new identity after each write, and the next click was lost)
+# the defaults are the tab's dataset's: its newest run's task, its runs (the newest runs of
+# any dataset were shown under another dataset's address: a browser pass)
+here = current_dataset()
+first_task = next((r["task"] for r in done if r["dataset"] == here and r["task"] in tasks), None)
+first_task = first_task or tasks[0]
 asked_task = st.query_params.get("task")
 if st.session_state.get("cmp_task") not in tasks:
-    st.session_state["cmp_task"] = asked_task if asked_task in tasks else tasks[0]
+    st.session_state["cmp_task"] = asked_task if asked_task in tasks else first_task
 task = st.radio("Task", tasks, key="cmp_task", format_func=registry.TASKS.get, horizontal=True)
-to_address("task", task, tasks[0])
+to_address("task", task, first_task)
 of_task = [r for r in done if r["task"] == task]
 
 
@@ -55,12 +60,13 @@ labels = {
 }
 # the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
 # left "nothing to rank"), else the two newest runs, completed ones first
+candidates = [r for r in of_task if r["dataset"] == here] or of_task
 groups: dict[str, list[str]] = {}
-for r in of_task:
+for r in candidates:
     if r["group"]:
         groups.setdefault(r["group"], []).append(r["id"])
 default = next((ids for ids in groups.values() if len(ids) >= 2), None) or [
-    r["id"] for r in sorted(of_task, key=lambda r: r["state"] != "completed")[:2]
+    r["id"] for r in sorted(candidates, key=lambda r: r["state"] != "completed")[:2]
 ]
 asked_runs = [r for r in st.query_params.get_all("run") if r in labels]
 runs_key = f"cmp_runs:{task}"

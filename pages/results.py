@@ -43,7 +43,7 @@ from engine.perturb import (  # torch-free
 )
 from ui import figures
 from ui.figures import esc
-from ui.state import address, ensure_app_navigation, fragment, to_address
+from ui.state import address, current_dataset, ensure_app_navigation, fragment, to_address
 
 APP_DIR = Path(__file__).resolve().parent.parent  # where `python -m engine` runs
 AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells
@@ -77,13 +77,16 @@ if request is None and st.query_params.get("run") != st.session_state.get("_resu
 if request in by_id:
     st.session_state["results_pick"] = request
 gone = request if request is not None and request not in by_id else None
+# shown without a request: what this tab showed last, else the newest finished run of the tab's
+# dataset (the newest of any dataset was shown under another dataset's address: a browser
+# pass), else the newest finished run
+here = current_dataset()
+finished = [r["id"] for r in all_runs if r["state"] == "completed"]
+mine = [i for i in finished if by_id[i]["dataset"] == here]
+last = st.session_state.get("results_run")
+default = last if last in by_id else (mine or finished or ids)[0]
 if st.session_state.get("results_pick") not in by_id:
-    last = st.session_state.get("results_run")
-    st.session_state["results_pick"] = (
-        last
-        if last in by_id
-        else next((r["id"] for r in all_runs if r["state"] == "completed"), ids[0])
-    )
+    st.session_state["results_pick"] = default
 run_id = st.selectbox(
     "Run",
     ids,
@@ -97,8 +100,8 @@ if gone is not None:  # a link to a deleted run showed another one without a wor
         f"There is no run {esc(str(gone)[:200])} (deleted, or a link from another workspace): "
         f"showing {esc(run_id)} instead."
     )
-if st.query_params.get("run") != run_id:  # each write is a browser history entry (Back)
-    st.query_params["run"] = run_id
+# each write is a browser history entry (Back): the default is not written
+to_address("run", run_id, default)
 st.session_state["_results_shown"] = run_id
 row = by_id[run_id]
 run_dir = Path(row["path"])

@@ -637,10 +637,14 @@ def test_compare_marks_no_best_value_across_datasets(dataset, lognorm_adata):
     other = lognorm_adata[::-1].copy()
     other.X = other.X * 1.5
     name = datasets.save(other, "other", source="test")
-    _finished(name, "mlp", label_key="cell_type", epochs=2)
+    mlp = _finished(name, "mlp", label_key="cell_type", epochs=2)
     at = app("compare")
-    assert len(at.dataframe[0].value) == 2
+    # the tab's dataset's runs are picked first (a browser pass: another dataset's newest runs
+    # were shown under this dataset's address); the user adds the other's
+    assert len(at.dataframe[0].value) == 1 and at.multiselect[0].value != [mlp]
     assert {o.split(" · ")[1] for o in at.multiselect[0].options} == {dataset, name}
+    at.multiselect[0].set_value(at.multiselect[0].value + [mlp]).run()
+    assert len(at.dataframe[0].value) == 2
     assert "c7e9c0" not in str(at.dataframe[0].proto.arrow_data.styler.styles)
     assert "No best value marked: these runs were scored on different cells." in [
         c.value for c in at.caption
@@ -963,3 +967,16 @@ def test_label_counts_of_integer_groups_read_as_group_and_count(lognorm_adata, c
     assert counts == "1: 200, 2: 200, 3: 200", counts
     assert cli.main(["info", str(datasets.path(name))]) == 0
     assert "label donor: 3 values (1: 200, 2: 200, 3: 200)" in capsys.readouterr().out
+
+
+def test_results_open_on_the_tabs_datasets_newest_run_without_a_history_entry(
+    dataset, lognorm_adata
+):
+    """A browser pass: Results on dataset A showed the newest run of dataset B, and wrote it
+    in the address (one more press of Back to leave the page)."""
+    mine = _finished(dataset, "sk_logreg", label_key="cell_type")
+    other = datasets.save(lognorm_adata[::-1].copy(), "other", source="test")
+    _finished(other, "sk_logreg", label_key="cell_type")  # newer, of another dataset
+    at = app("results")
+    assert at.selectbox[0].value == mine
+    assert "run" not in at.query_params
