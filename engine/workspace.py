@@ -169,7 +169,7 @@ def check_new_run_folder(path: str | os.PathLike) -> Path:
     """``train --out``: a new or empty folder. An existing run would be replaced (its weights,
     metrics and record), and files of a folder that holds anything else overwritten."""
     target = Path(path)
-    where = _not_in_datasets(target, "--out")
+    where = _not_in_datasets(target, "--out", run_folder=True)
     if where.exists() and (not where.is_dir() or any(where.iterdir())):
         what = "holds a run" if (where / "run.json").exists() else "is not an empty folder"
         raise ScwbError(f"--out {target} {what}; name a new folder (nothing was replaced).")
@@ -225,14 +225,32 @@ def _dataset_record(path: Path) -> bool:
     return "fingerprint" in runs.read_json(path, {})
 
 
-def _not_in_datasets(target: Path, flag: str) -> Path:
+def _not_in_datasets(target: Path, flag: str, run_folder: bool = False) -> Path:
     """``target`` resolved, refused inside the workspace's datasets (files its listing
-    describes)."""
+    describes) and anywhere else in the workspace but a new run folder directly in its runs:
+    an export written over a slot's lock file let a queued run start beside the running one
+    on one slot, and one over forms.json or the queue's records lost them (a hostile pass)."""
     where = target.resolve()
     if where.is_relative_to(datasets_dir().resolve()):
         raise ScwbError(
             f"{flag} {target}: that is a workspace dataset's folder; write elsewhere "
             "(the workspace keeps its own files)."
+        )
+    root = home().resolve()
+    runs_root = runs_dir().resolve()
+    allowed = run_folder and (
+        (where.parent == runs_root and not where.name.startswith("."))
+        or runs_root.is_relative_to(where)  # the runs folder or above: said by the caller
+    )
+    if where.is_relative_to(root) and not allowed:
+        where_to = (
+            f"name a new folder directly in {runs_root}, or one outside the workspace"
+            if run_folder
+            else "write it outside the workspace"
+        )
+        raise ScwbError(
+            f"{flag} {target} is inside the workspace ({root}), which holds the app's own "
+            f"files (locks, queue, forms, runs); {where_to} (nothing was written)."
         )
     # another workspace's (another SCWB_HOME): its saved dataset was replaced in silence and
     # then refused there as changed on disk (a hostile pass)

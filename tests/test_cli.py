@@ -658,3 +658,37 @@ def test_a_terminated_train_is_recorded_as_stopped(tmp_path, lognorm_file, works
     assert p.stderr.read().strip().splitlines()[-1] == "error: interrupted"
     st = runs.read_status(run)
     assert st["state"] == "cancelled" and st["error"] == "terminated (SIGTERM)", st
+
+
+def test_no_output_lands_on_the_workspaces_own_files(lognorm_file, capsys):
+    """A hostile pass: `export --metrics-csv` over a slot's lock file let a queued run start
+    beside the running one on one slot; forms.json, state.json and the queue's records could be
+    replaced the same way, and `train --out` made runs inside the queue's folder. Inside the
+    workspace, only a new run folder directly in its runs is written; the rest is refused in
+    one line and left as it was."""
+    from engine import cli as engine_cli
+    from engine import workspace as ws
+
+    run = ws.runs_dir() / "r1"  # a new run folder directly in runs: allowed
+    train = ["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file]
+    assert engine_cli.main([*train, "--out", str(run)]) == 0
+    lock = ws.home() / "slots" / "vm" / "slot-0.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    forms = ws.home() / "forms.json"
+    forms.write_text("{}")
+    capsys.readouterr()
+    cases = [
+        ["export", "r1", "--metrics-csv", str(lock)],
+        ["export", str(run), "--zip", str(forms)],
+        ["predict", "--run", str(run), "--data", lognorm_file, "-o", str(ws.home() / "x.h5ad")],
+        [*train, "--out", str(ws.runs_dir() / ".queue" / "vm" / "new")],
+        [*train, "--out", str(ws.home() / "embeddings" / "new")],
+    ]
+    for args in cases:
+        assert engine_cli.main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert "is inside the workspace" in err and len(err.splitlines()) == 1, err
+    assert lock.read_text() == "" and forms.read_text() == "{}"
+    assert not (ws.home() / "x.h5ad").exists() and not (ws.home() / "embeddings").exists()
+    assert not (ws.runs_dir() / ".queue" / "vm" / "new").exists()
