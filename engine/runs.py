@@ -372,6 +372,8 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "model": text("model", "?"),
         "task": text("task", "?"),
         "dataset": text("dataset_name", "") or Path(text("data", "?")).name,
+        # the workspace dataset's key (its name above is a label two datasets may share)
+        "dataset_key": text("dataset_key", ""),
         "created": text("created", ""),
         "group": spec.get("group") if isinstance(spec.get("group"), str) else None,
         **{

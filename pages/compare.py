@@ -36,7 +36,9 @@ if not tasks:
 # the defaults are the tab's dataset's: its newest run's task, its runs (the newest runs of
 # any dataset were shown under another dataset's address: a browser pass)
 here = current_dataset()
-first_task = next((r["task"] for r in done if r["dataset"] == here and r["task"] in tasks), None)
+first_task = next(
+    (r["task"] for r in done if r.get("dataset_key") == here and r["task"] in tasks), None
+)
 first_task = first_task or tasks[0]
 asked_task = st.query_params.get("task")
 if st.session_state.get("cmp_task") not in tasks:
@@ -53,14 +55,14 @@ def _mark(r: dict) -> str:
 
 # the dataset in a run's name only where runs of several datasets are offered: a long dataset
 # name repeated in every chip hid the ids that tell the runs apart (a browser pass)
-several = len({r["dataset"] for r in of_task}) > 1
+several = len({r.get("dataset_key") or r["dataset"] for r in of_task}) > 1
 labels = {
     r["id"]: f"{r['model']} · {r['dataset'] + ' · ' if several else ''}{r['id']}{_mark(r)}"
     for r in of_task
 }
 # the newest group of two runs or more (a group of one, e.g. a cancelled run submitted alone,
 # left "nothing to rank"), else the two newest runs, completed ones first
-candidates = [r for r in of_task if r["dataset"] == here] or of_task
+candidates = [r for r in of_task if r.get("dataset_key") == here] or of_task
 groups: dict[str, list[str]] = {}
 for r in candidates:
     if r["group"]:
@@ -150,7 +152,7 @@ def seed_section(configs: list[seeds.Config]) -> None:
 picked = [r for r in of_task if r["id"] in chosen]
 # the table's rows name the dataset only when the runs do not share one (it cut the baselines'
 # row names to "...baselin")
-one_dataset = len({r["dataset"] for r in picked}) == 1
+one_dataset = len({r.get("dataset_key") or r["dataset"] for r in picked}) == 1
 row_names = {
     r["id"]: f"{r['model']} · {r['id']}{_mark(r)}" if one_dataset else labels[r["id"]]
     for r in picked

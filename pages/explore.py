@@ -70,7 +70,10 @@ def _finished_runs(dataset: str) -> list[dict]:
         spec = runs.read_json(p / "run.json", {}) or {}
         if not isinstance(spec, dict):
             continue
-        same = spec.get("dataset_key") == dataset or spec.get("dataset_name") == dataset
+        # by the run's dataset key; its name only for runs saved before keys were recorded (a
+        # dataset named like another's key collected that dataset's runs: a hostile pass)
+        own = spec.get("dataset_key")
+        same = own == dataset if own else spec.get("dataset_name") == dataset
         if same:
             out.append({**r, "spec": spec})
     return out

@@ -90,14 +90,14 @@ FORM |= dict.fromkeys(
     ("pp_raw", "pp_subset", "pp_fc", "pp_fg", "pp_kc", "pp_norm", "pp_hvg", "pp_asinh"), bool
 )
 FORM |= dict.fromkeys(("pp_scale", "pp_leiden"), bool)
-restore_form(f"preprocess@{name}", FORM)
+restore_form(f"preprocess@{name.key}", FORM)
 
 
 def k(widget: str) -> str:
     """A widget's key for this dataset: each dataset starts from its own suggestions (after Save
     the new dataset is current, and the old form's ticks would apply the recipe twice). Its
     value is kept for the session: a visit to another page reset them (a browser pass)."""
-    return kept(f"{widget}@{name}")
+    return kept(f"{widget}@{name.key}")
 
 
 with st.container(border=True):
@@ -268,11 +268,11 @@ with st.container(border=True):
 form = {
     str(x): st.session_state[x]
     for x in list(st.session_state)
-    if str(x).startswith("pp_") and str(x).endswith(f"@{name}")
+    if str(x).startswith("pp_") and str(x).endswith(f"@{name.key}")
 }
 for wkey, value in form.items():
     keep(wkey, value)
-save_form(f"preprocess@{name}", form)
+save_form(f"preprocess@{name.key}", form)
 recipe = pp.Recipe(steps)
 if steps:  # said before anything runs; Preview refuses what does not fit
     fp = pp_memory.estimate(dataset_layout(name), recipe, copy=False)  # as Preview runs it

@@ -82,7 +82,7 @@ gone = request if request is not None and request not in by_id else None
 # pass), else the newest finished run
 here = current_dataset()
 finished = [r["id"] for r in all_runs if r["state"] == "completed"]
-mine = [i for i in finished if by_id[i]["dataset"] == here]
+mine = [i for i in finished if by_id[i].get("dataset_key") == here]
 last = st.session_state.get("results_run")
 default = last if last in by_id else (mine or finished or ids)[0]
 if st.session_state.get("results_pick") not in by_id:

@@ -189,19 +189,19 @@ with st.container(border=True):
             "Label column",
             labels,
             disabled=not labels,
-            key=remember(f"label:{name}", defaults.label_column(d), labels),
+            key=remember(f"label:{name.key}", defaults.label_column(d), labels),
             help="defaults to the column that looks like cell types",
         )
-        spec_kw["label_key"] = keep(f"label:{name}", label)
+        spec_kw["label_key"] = keep(f"label:{name.key}", label)
         n_classes = len(d["labels"].get(label) or {}) or 2
     elif task in ("reconstruct", "embed"):
         options = ["(none)", *labels]
         lab = st.selectbox(
             "Label column (stratifies the split, scores the latent space)",
             options,
-            key=remember(f"label2:{name}", defaults.cell_type_column(d) or "(none)", options),
+            key=remember(f"label2:{name.key}", defaults.cell_type_column(d) or "(none)", options),
         )
-        spec_kw["label_key"] = None if keep(f"label2:{name}", lab) == "(none)" else lab
+        spec_kw["label_key"] = None if keep(f"label2:{name.key}", lab) == "(none)" else lab
         if (
             task == "reconstruct"
             and labels
@@ -226,41 +226,43 @@ with st.container(border=True):
         c = st.columns(2)
         cond0 = defaults.condition_column(d) or ("condition" if "condition" in labels else None)
         cond = keep(
-            f"cond:{name}",
-            c[0].selectbox("Condition column", labels, key=remember(f"cond:{name}", cond0, labels)),
+            f"cond:{name.key}",
+            c[0].selectbox(
+                "Condition column", labels, key=remember(f"cond:{name.key}", cond0, labels)
+            ),
         )
         counts = d["labels"][cond]
         values = list(counts)
         ctrl0 = defaults.control_value(counts)
         ctrl = keep(
-            f"ctrl:{name}:{cond}",
+            f"ctrl:{name.key}:{cond}",
             c[0].selectbox(
-                "Control value", values, key=remember(f"ctrl:{name}:{cond}", ctrl0, values)
+                "Control value", values, key=remember(f"ctrl:{name.key}:{cond}", ctrl0, values)
             ),
         )
         stim0 = defaults.stimulated_value(counts, ctrl)
         stim = keep(
-            f"stim:{name}:{cond}:{ctrl}",
+            f"stim:{name.key}:{cond}:{ctrl}",
             c[0].selectbox(
                 "Stimulated value",
                 values,
-                key=remember(f"stim:{name}:{cond}:{ctrl}", stim0, values),
+                key=remember(f"stim:{name.key}:{cond}:{ctrl}", stim0, values),
             ),
         )
         ct_options = [col for col in labels if col != cond]
         ct0 = defaults.cell_type_column({**d, "labels": {k: d["labels"][k] for k in ct_options}})
         ct_key = keep(
-            f"ct:{name}:{cond}",
+            f"ct:{name.key}:{cond}",
             c[1].selectbox(
                 "Cell-type column",
                 ct_options,
-                key=remember(f"ct:{name}:{cond}", ct0 or ct_options[0], ct_options),
+                key=remember(f"ct:{name.key}:{cond}", ct0 or ct_options[0], ct_options),
             ),
         )
         both = defaults.perturb_targets(adata.obs, cond, ct_key, ctrl, stim)
         others = [t for t in d["labels"][ct_key] if t not in both]
         target_options = [*both, *others, "all"]  # leave-one-out: an explicit choice, last
-        tkey = f"target:{name}:{cond}:{ct_key}:{ctrl}:{stim}"
+        tkey = f"target:{name.key}:{cond}:{ct_key}:{ctrl}:{stim}"
         target0 = defaults.perturb_target(adata.obs, cond, ct_key, ctrl, stim)
         target = keep(
             tkey,
@@ -325,12 +327,12 @@ with st.container(border=True):
         split_by = st.selectbox(
             "Test on",
             options,
-            key=remember(f"split:{name}", "(cells at random)", options),
+            key=remember(f"split:{name.key}", "(cells at random)", options),
             format_func=lambda o: o if o.startswith("(") else f"held-out groups of {o}",
             help="held-out groups: whole donors or samples go to test (and validation), so "
             "the score says how the model does on a donor it never saw",
         )
-        split_by = keep(f"split:{name}", split_by)
+        split_by = keep(f"split:{name.key}", split_by)
         label_key = spec_kw.get("label_key") if task == "classify" else None
 
         def alone(column: str) -> list[str]:
@@ -387,10 +389,10 @@ with st.container(border=True):
     layer = st.selectbox(
         "Input matrix",
         layers,
-        key=remember(f"layer:{name}:{layer0}", layer0 or defaults.input_matrix(d), layers),
+        key=remember(f"layer:{name.key}:{layer0}", layer0 or defaults.input_matrix(d), layers),
         help="X, or a layer such as counts; the VAE reads layers['counts'] when present",
     )
-    spec_kw["layer"] = None if keep(f"layer:{name}:{layer0}", layer) == "X" else layer
+    spec_kw["layer"] = None if keep(f"layer:{name.key}:{layer0}", layer) == "X" else layer
     if reads_counts and layer == "X":
         others = "; the other models read X" if len(count_models) < len(picked) else ""
         st.caption(

@@ -514,6 +514,7 @@ def _finished(dataset_name, model, **kw):
             model=model,
             data=str(datasets.path(dataset_name)),
             dataset_name=dataset_name,
+            dataset_key=dataset_name,  # as the Train page records it
             out=str(out),
             **kw,
         )
@@ -980,3 +981,22 @@ def test_results_open_on_the_tabs_datasets_newest_run_without_a_history_entry(
     at = app("results")
     assert at.selectbox[0].value == mine
     assert "run" not in at.query_params
+
+
+def test_two_datasets_of_one_name_keep_their_own_forms(dataset, lognorm_adata):
+    """A hostile pass: the Preprocess form (and Train's choices) were kept by the dataset's
+    name, so two uploads of one file name shared one form: edits on one showed on the other."""
+    from engine import runs, workspace
+
+    def hvg_box(at):
+        return next(c for c in at.checkbox if c.label == "Highly variable genes")
+
+    at = app("preprocess")
+    suggested = hvg_box(at).value
+    hvg_box(at).set_value(not suggested).run()
+    twin = datasets.save(lognorm_adata[:300].copy(), "syn", source="test")  # the same name
+    assert twin != dataset and datasets.label(twin) == datasets.label(dataset)
+    runs.write_json(workspace.home() / "state.json", {"dataset": twin})
+    assert hvg_box(app("preprocess")).value is suggested  # its own form, as suggested
+    runs.write_json(workspace.home() / "state.json", {"dataset": dataset})
+    assert hvg_box(app("preprocess")).value is (not suggested)  # the first's kept
