@@ -279,6 +279,16 @@ with st.container(border=True):
                 "defaults to the largest cell type with both conditions",
             ),
         )
+        if target == "all" and others:
+            # said, not skipped in silence: "5 models" on 6 types (a browser pass)
+            skipped = ", ".join(f"'{t}'" for t in others[:8]) + (", ..." if len(others) > 8 else "")
+            st.caption(
+                esc(
+                    f"Leave-one-out leaves out {skipped}: fewer than {defaults.MIN_CELLS} "
+                    f"'{ctrl}' or {defaults.MIN_CELLS} '{stim}' cells to hold out and score. "
+                    "Each can still be predicted alone, above."
+                )
+            )
         spec_kw.update(
             condition_key=cond, ctrl=ctrl, stim=stim, cell_type_key=ct_key, predict=target
         )

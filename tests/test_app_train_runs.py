@@ -782,3 +782,25 @@ def test_results_of_a_running_run_say_whole_epochs():
     at = reopen("results", run="2026-01-03-running")
     said = [i.value for i in at.info if i.value.startswith("This run is")]
     assert said and "(epoch 0 of 12)" in said[0] and "0.41" not in said[0], said
+
+
+def test_leave_one_out_names_the_cell_types_it_leaves_out(lognorm_adata, submitted):
+    """A browser pass: 'every cell type, leave-one-out (5 models)' on 6 types; the rare one
+    (7 control, 3 stimulated cells) was left out without a word."""
+    a = lognorm_adata.copy()
+    n = a.n_obs
+    cond = np.array(["control", "stimulated"] * (n // 2))
+    types = a.obs["cell_type"].astype(str).to_numpy().copy()
+    types[:10] = "pDC rare"
+    cond[:10] = ["control"] * 7 + ["stimulated"] * 3  # 7 control, 3 stimulated: too few
+    a.obs = pd.DataFrame({"condition": cond, "cell_type": types}, index=a.obs_names)
+    a.obs = a.obs.astype("category")
+    name = datasets.save(a, "rare_type", source="test")
+    runs.write_json(workspace.home() / "state.json", {"dataset": name})
+    at = app("train")
+    at.radio[0].set_value("perturb").run()
+    target = box(at, "Cell type to predict")
+    assert "pDC rare" in target.options  # still offered alone
+    target.set_value("all").run()
+    said = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "Leave-one-out leaves out 'pDC rare': fewer than 5 'control' or 5 'stimulated'" in said
