@@ -259,7 +259,9 @@ def recipe_from_args(args: argparse.Namespace):
     if args.from_raw:
         steps.append(Step("from_raw"))
     if args.subset:
-        key, _, values = args.subset.partition("=")
+        key, eq, values = args.subset.partition("=")
+        if not eq or not key:
+            raise ScwbError(f"--subset takes KEY=V1,V2 (got {args.subset!r}).")
         steps.append(Step("subset", {"key": key, "values": [v for v in values.split(",") if v]}))
     # "given" is "not the default": 0 or 150 given were dropped silently (the step checks them)
     if args.min_genes or args.min_counts or args.max_pct_mito != 100:

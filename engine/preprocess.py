@@ -47,7 +47,16 @@ def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
     """Keep the cells whose ``obs[key]`` is one of ``values``."""
     if key not in adata.obs:
         raise ScwbError(f"subset: obs has no column {key!r}.")
-    keep = adata.obs[key].astype(str).isin([str(v) for v in values]).to_numpy()
+    column = adata.obs[key].astype(str)
+    held = set(column.unique())
+    # a value the column does not hold was dropped in silence ("Nonexistent,NK" kept NK; a
+    # value with a comma, cut in two, kept nothing: a hostile pass)
+    unknown = [str(v) for v in values if str(v) not in held]
+    if unknown or not values:
+        shown = ", ".join(repr(v) for v in sorted(held)[:12]) + (", ..." if len(held) > 12 else "")
+        what = f"no value {', '.join(map(repr, unknown[:5]))}" if unknown else "no value named"
+        raise ScwbError(f"subset: obs[{key!r}] has {what}; it holds {shown}.")
+    keep = column.isin([str(v) for v in values]).to_numpy()
     return adata[keep].copy()
 
 

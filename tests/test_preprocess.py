@@ -630,3 +630,23 @@ def test_what_a_file_says_beside_its_matrix_cannot_break_a_step(lognorm_adata):
     io.describe(a)
     with pytest.raises(ScwbError, match="hold 0 cells x 200 genes: nothing to preprocess"):
         pp.apply(ad.AnnData(np.zeros((0, 200), np.float32)), recipe)
+
+
+def test_subset_refuses_values_the_column_does_not_hold(counts_adata, tmp_path, capsys):
+    """A hostile pass: `--subset "ct=Nonexistent,NK"` kept NK alone in silence; a value with a
+    comma, cut in two, kept nothing ("loosen its thresholds"); `--subset ct` likewise."""
+    from engine import cli
+    from engine.errors import ScwbError
+
+    held = sorted(set(counts_adata.obs["condition"].astype(str)))
+    with pytest.raises(ScwbError, match=r"has no value 'Nonexistent'; it holds 'control'"):
+        pp.subset(counts_adata, "condition", ["Nonexistent", held[0]])
+    assert pp.subset(counts_adata, "condition", [held[0]]).n_obs > 0
+    path = tmp_path / "in.h5ad"
+    counts_adata.write_h5ad(path)
+    for arg, said in (("condition=Nonexistent,control", "has no value 'Nonexistent'"),
+                      ("condition", "--subset takes KEY=V1,V2 (got 'condition')")):  # fmt: skip
+        code = cli.main(["preprocess", str(path), "-o", str(tmp_path / "o.h5ad"), "--subset", arg])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.h5ad").exists()
