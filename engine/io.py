@@ -764,6 +764,7 @@ def check_not_empty(adata: ad.AnnData) -> None:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+SAFE_MAX = 1e15  # the largest magnitude check_finite lets a model train on
 
 
 def check_finite(x: Any, what: str = "X") -> None:
@@ -775,12 +776,15 @@ def check_finite(x: Any, what: str = "X") -> None:
         raise ScwbError(
             f"{what} holds {n_bad} NaN or infinite values; remove or impute them first."
         )
-    if vals.dtype.kind == "f" and vals.dtype.itemsize > 4 and vals.size:
+    if vals.size and vals.dtype.kind in "fiu":
         big = max(float(vals.max()), -float(vals.min()))  # no copy of the matrix
-        if big > FLOAT32_MAX:
+        # beyond 1e15 (no measurement comes near it), squares and sums overflow the 32-bit
+        # floats models compute in: 3e38, finite in a float32 X, ended in scikit-learn's
+        # "unexpected ValueError ... too large" or a loss of 1e34 trained on (a hostile pass)
+        if big > SAFE_MAX:
             raise ScwbError(
-                f"{what} holds values beyond 32-bit floats (largest {big:.3g}), which models "
-                "compute in: rescale the data first."
+                f"{what} holds values up to {big:.3g}, beyond what models compute safely in "
+                f"32-bit floats (at most {SAFE_MAX:.0e}): normalise or rescale the data first."
             )
 
 

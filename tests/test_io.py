@@ -823,9 +823,14 @@ def test_values_beyond_float32_are_refused_not_turned_into_infinities():
     x = np.ones((3, 2))
     x[1, 1] = 1e300
     for m in (x, sp.csr_matrix(x)):
-        with pytest.raises(ScwbError, match="beyond 32-bit floats"):
+        with pytest.raises(ScwbError, match="beyond what models compute safely in 32-bit"):
             io.check_finite(m)
-    io.check_finite(np.full((2, 2), 3e38))  # still a float32 value
+    # finite in float32, yet its squares and sums are not: scikit-learn's "unexpected
+    # ValueError ... too large", or an MLP trained on with a loss of 1e34 (a hostile pass)
+    for big in (np.full((2, 2), 3e38, np.float32), np.full((2, 2), -2e15), np.int64(10**17)):
+        with pytest.raises(ScwbError, match=r"holds values up to .*at most 1e\+15"):
+            io.check_finite(np.atleast_2d(big))
+    io.check_finite(np.full((2, 2), 1e15))  # far beyond any measurement, still computable
 
 
 @pytest.mark.parametrize(

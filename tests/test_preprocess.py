@@ -196,7 +196,7 @@ def test_preprocessing_refuses_values_that_are_not_finite(counts_adata, bad):
         message = "X holds 1 NaN or infinite values"
     else:
         a.X[:, 0] = 1e308  # refused before any step: no 32-bit float holds it
-        message = "X holds values beyond 32-bit floats"
+        message = "X holds values up to 1e\\+308, beyond what models compute safely"
     recipe = pp.Recipe(
         [pp.Step("normalize", {"target_sum": 1e6}), pp.Step("scale", {"method": "zscore"})]
     )
