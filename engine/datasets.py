@@ -278,9 +278,15 @@ def name_taken(name: str) -> str | None:
     return next((r["key"] for r in list_datasets() if r["name"] == clean), None)
 
 
+MAX_LABEL = 120  # characters of a dataset's label
+
+
 def _one_line(name: str) -> str:
-    """A label as stored: one line (a newline in it broke the listing's rows in two)."""
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    """A label as stored: one line (a newline in it broke the listing's rows in two), of at
+    most ``MAX_LABEL`` characters (a 5,000-character name filled the Runs and Results headers
+    screens deep, and every row of `engine runs`: a hostile pass)."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1].rstrip() + "…"
 
 
 def free_name(base: str) -> str:

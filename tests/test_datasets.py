@@ -32,3 +32,15 @@ def test_a_dataset_saved_under_the_old_short_key_is_found_again(lognorm_adata, w
     (folder / f"{short}.json").write_text(json.dumps({**meta, "key": short}))
     assert datasets.save(lognorm_adata, name) == short
     assert [r["key"] for r in datasets.list_datasets()] == [short]
+
+
+def test_a_very_long_name_is_kept_as_a_label_of_at_most_max_label_characters(lognorm_adata):
+    """A hostile pass: a 5,000-character "Save as" name was stored whole and filled the Runs
+    and Results headers screens deep, and every row of `engine runs`."""
+    from engine import datasets
+
+    key = datasets.save(lognorm_adata, "N" * 5000 + "\nsecond line", source="test")
+    label = datasets.label(key)
+    assert len(label) == datasets.MAX_LABEL and label.endswith("…") and "\n" not in label
+    assert [r["name"] for r in datasets.list_datasets()] == [label]
+    assert datasets.label(datasets.save(lognorm_adata, "short name", source="t")) == "short name"
