@@ -48,6 +48,11 @@ _M = {
         "Mean squared difference between input and reconstruction on held-out test cells (with a reference group: its own held-out cells; the others' is their abnormality).",
         "lower",
     ),
+    "genemean_test_mse": (
+        "Error of each gene's mean (test)",
+        "The reconstruction error of the same test cells when every cell is predicted as the training cells' mean of each gene: a model not below it has learned nothing of the cells.",
+        None,
+    ),
     "train_mse": (
         "Reconstruction error (train)",
         "Mean squared difference between input and reconstruction on the training cells.",

@@ -1000,3 +1000,29 @@ def test_two_datasets_of_one_name_keep_their_own_forms(dataset, lognorm_adata):
     assert hvg_box(app("preprocess")).value is suggested  # its own form, as suggested
     runs.write_json(workspace.home() / "state.json", {"dataset": dataset})
     assert hvg_box(app("preprocess")).value is (not suggested)  # the first's kept
+
+
+def test_a_reconstruction_no_better_than_each_genes_mean_is_said(dataset):
+    """A browser pass: an autoencoder whose test error (0.0555) was above that of predicting
+    each gene's training mean (0.0545) was shown as a result, with an abnormality AUROC. The
+    run records that floor, and Results says when the model is not below it."""
+    import scipy.sparse as sp
+
+    from engine import runs, workspace
+    from engine.tasks.reconstruct import _gene_mean_mse
+
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 7)) * (rng.random((50, 7)) < 0.5)
+    train, test = np.arange(30), np.arange(30, 50)
+    expect = ((x[test] - x[train].mean(axis=0)) ** 2).mean()
+    assert _gene_mean_mse(x, train, test) == pytest.approx(expect)
+    assert _gene_mean_mse(sp.csr_matrix(x), train, test) == pytest.approx(expect)
+
+    run = _finished(dataset, "pca", label_key="cell_type")  # learns: below the floor
+    path = workspace.runs_dir() / run / "metrics.json"
+    metrics = json.loads(path.read_text())
+    assert 0 < metrics["test_mse"] < metrics["genemean_test_mse"]
+    said = "reconstructs the test cells no better than each gene's mean"
+    assert not any(said in w.value for w in app("results").warning)
+    runs.write_json(path, {**metrics, "test_mse": metrics["genemean_test_mse"] * 1.02})
+    assert any(said in w.value for w in app("results").warning)
