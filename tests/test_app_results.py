@@ -474,6 +474,15 @@ def test_still_improving_tells_a_falling_curve_from_a_noisy_plateau():
     assert still_improving(
         mlp + [0.161, 0.1348, 0.1144, 0.0986, 0.0852, 0.0748, 0.0658, 0.0587, 0.0529, 0.0481]
     )
+    # a fast fall, a bend, then a smooth slow fall to the last epoch: the bend was counted as
+    # noise (a browser pass: an autoencoder and a scGen of 15 epochs called converged)
+    assert still_improving([0.18625, 0.18131, 0.17446, 0.16336, 0.1451, 0.11845, 0.08982,
+                            0.07239, 0.06704, 0.06391, 0.06022, 0.05784, 0.05696, 0.05645,
+                            0.05582])  # fmt: skip
+    assert still_improving([393.0, 342.63, 315.13, 315.2, 310.19, 310.52, 310.16, 307.95,
+                            313.38, 306.17, 304.39, 304.16, 302.61, 301.71, 301.19])  # fmt: skip
+    smooth = 1 + 2 * np.exp(-np.arange(40) / 3)  # converged: every step down, but by nothing
+    assert not still_improving(smooth)
     for n in (50, 100):  # longer curves: plateaus stay quiet, slow falls are caught
         x = np.arange(n)
         flat = [1 + 2 * np.exp(-x / 5) + rng.normal(0, sd, n) for sd in (0.002, 0.01, 0.03)] * 30
