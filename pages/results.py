@@ -1008,6 +1008,10 @@ if res_info is not None and task == "perturb":
             def _violins():
                 sub = target_cells(str(res_path), mtime, info["cell_type_key"], target)
                 layer = str(scwb.get("layer") or "X")  # where the model read (as the means)
+                # the run's conditions alone: a third one of the data (drugB in a ctrl ->
+                # drugA run) was drawn as if predicted or real (a browser pass)
+                design = [str(info["ctrl"]), "predicted", str(info["stim"])]
+                sub = sub[sub.obs[info["condition_key"]].astype(str).isin(design).to_numpy()]
                 sub = sub[:, genes]
                 xs = sub.layers[layer] if layer != "X" and layer in sub.layers else sub.X
                 xs = xs.toarray() if hasattr(xs, "toarray") else np.asarray(xs)
@@ -1016,9 +1020,7 @@ if res_info is not None and task == "perturb":
                     .assign(condition=sub.obs[info["condition_key"]].astype(str).to_numpy())
                     .melt(id_vars="condition", var_name="gene", value_name="expression")
                 )
-                return figures.deg_violins(
-                    long, genes, "condition", [info["ctrl"], "predicted", info["stim"]]
-                )
+                return figures.deg_violins(long, genes, "condition", design)
 
             if genes:
                 figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
@@ -1027,8 +1029,10 @@ if res_info is not None and task == "perturb":
         if LAT in res_info["obsm"]:
             st.subheader(f"Latent space: {esc(target)}")
             both = obs_columns(str(res_path), mtime, (info["cell_type_key"], info["condition_key"]))
-            keep = (both[info["cell_type_key"]].astype(str) == target).to_numpy()
             cond_all = both[info["condition_key"]].astype(str).to_numpy()
+            keep = (both[info["cell_type_key"]].astype(str) == target).to_numpy() & np.isin(
+                cond_all, [str(info["ctrl"]), "predicted", str(info["stim"])]
+            )  # the run's conditions alone (a third one of the data was drawn: a browser pass)
 
             def draw_scgen(out: dict) -> None:
                 cells = out["cells"]

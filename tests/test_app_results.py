@@ -1160,3 +1160,30 @@ def test_run_files_that_are_links_pipes_or_devices_are_never_read(dataset, tmp_p
     with pytest.raises(ScwbError, match="larger than 4 bytes"):
         (tmp_path / "big").write_bytes(b"12345")
         runs.read_capped(tmp_path / "big", 4)
+
+
+def test_scgen_figures_draw_the_runs_conditions_alone(lognorm_adata):
+    """A browser pass: in a ctrl -> drugA run on data with a third condition (drugB), the
+    top-DEG violins and the latent UMAP drew the drugB cells too, unexplained."""
+    a = lognorm_adata.copy()
+    cond = a.obs["condition"].astype(str).to_numpy().copy()
+    cond[::7] = "drugB"
+    a.obs["condition"] = pd.Categorical(cond)
+    name = datasets.save(a, "three_conditions", source="test")
+    run = _finished(
+        name,
+        "scgen",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="B cell",
+        params={"n_hidden": 64, "n_latent": 8},
+    )
+    assert embedding.compute(run, "X_scgen")["state"] == "done"
+    at = app("results", run=run.name)
+    violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
+    assert [t["name"] for t in violins["data"]] == ["control", "predicted", "stimulated"]
+    umap = next(s for s in specs(at) if "scGen latent space" in s["layout"]["title"]["text"])
+    assert {t["name"] for t in umap["data"]} == {"control", "predicted", "stimulated"}
