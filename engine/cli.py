@@ -738,14 +738,27 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # a path the system refused (a file where a folder must be, /proc, no permission):
+        # one line naming it, exit 2, instead of "unexpected NotADirectoryError" (a hostile
+        # pass); an OSError without a path is unexpected below
+        if exc.filename is None or not exc.strerror:
+            return _unexpected(exc)
+        print(f"error: {exc.filename}: {exc.strerror}; name another path.", file=sys.stderr)
+        return 2
     except Exception as exc:
-        from engine import settings
+        return _unexpected(exc)
 
-        if settings.get().debug:
-            raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"error: unexpected {type(exc).__name__}: {first} (set SCWB_DEBUG=1 for details)",
-            file=sys.stderr,
-        )
-        return 1
+
+def _unexpected(exc: Exception) -> int:
+    """One line for an error no check foresaw (its traceback with SCWB_DEBUG=1), exit 1."""
+    from engine import settings
+
+    if settings.get().debug:
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(
+        f"error: unexpected {type(exc).__name__}: {first} (set SCWB_DEBUG=1 for details)",
+        file=sys.stderr,
+    )
+    return 1

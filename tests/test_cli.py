@@ -692,3 +692,25 @@ def test_no_output_lands_on_the_workspaces_own_files(lognorm_file, capsys):
     assert lock.read_text() == "" and forms.read_text() == "{}"
     assert not (ws.home() / "x.h5ad").exists() and not (ws.home() / "embeddings").exists()
     assert not (ws.runs_dir() / ".queue" / "vm" / "new").exists()
+
+
+def test_a_path_the_system_refuses_is_one_line_exit_2(tmp_path, lognorm_file, capsys):
+    """A hostile pass: `train --out FILE/sub`, `predict -o FILE/sub.h5ad` ended in "unexpected
+    NotADirectoryError / FileExistsError", exit 1. The path and the system's reason, exit 2."""
+    from engine import cli as engine_cli
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    train = ["train", "--model", "sk_logreg", "--label-key", "cell_type", "--data", lognorm_file]
+    assert engine_cli.main([*train, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    for args in (
+        [*train, "--out", str(afile / "sub")],
+        ["predict", "--run", str(tmp_path / "run"), "--data", lognorm_file, "-o",
+         str(afile / "sub.h5ad")],
+    ):  # fmt: skip
+        assert engine_cli.main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {afile}") and "name another path." in err, err
+        assert len(err.splitlines()) == 1 and "unexpected" not in err
+    assert afile.read_text() == "mine"
