@@ -159,6 +159,14 @@ def split_for(obs: Any, spec: Any, stratify: np.ndarray | None) -> dict[str, np.
     if key:
         if key not in obs:
             raise ScwbError(f"--split-by: obs has no column {key!r}.")
+        # missing values were one group "nan", used as a whole validation or test set (a
+        # hostile pass); refused as scGen's cell-type column refuses them
+        n_missing = int(pd.isna(obs[key]).sum())
+        if n_missing:
+            raise ScwbError(
+                f"--split-by {key}: {n_missing:,} cells have no value in obs[{key!r}]; drop "
+                "those cells first (Preprocess, subset) or hold out another column."
+            )
         scheme = getattr(spec, "group_split", None) or "rotate"
         split = group_split(obs[key].to_numpy(), spec.seed, key=key, scheme=scheme)
         if stratify is not None and getattr(spec, "task", "classify") == "classify":

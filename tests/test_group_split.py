@@ -249,3 +249,16 @@ def test_seeds_scored_on_the_same_cells_are_said(tmp_path):
     assert "seeds 0, 2 and 4 were scored on the same test cells, so its" in line
     assert "5 seeds hold 3 different splits" in line
     assert seeds.repeated_splits(seeds.group(dirs[:2])) == []
+
+
+def test_cells_without_a_group_are_refused_not_made_a_group_of_nan():
+    """A hostile pass: missing values in the --split-by column became one group "nan", used
+    as the whole validation set."""
+    donors = pd.Series(pd.Categorical(DONORS.astype(object)))
+    donors[::50] = np.nan
+    obs = pd.DataFrame({"donor": donors})
+    spec = RunSpec(model="mlp", data="x", label_key="label", split_by="donor")
+    with pytest.raises(ScwbError, match=r"--split-by donor: 18 cells have no value"):
+        split_for(obs, spec, None)
+    obs["donor"] = DONORS  # complete: split as before
+    assert sum(len(v) for v in split_for(obs, spec, None).values()) == len(DONORS)
