@@ -94,6 +94,21 @@ def _forbid_whole_file(monkeypatch) -> None:
     monkeypatch.setattr(results_files, "load", whole_file)
 
 
+def _small_scgen(dataset_name: str) -> Path:
+    """A 2-epoch scGen of a small network predicting B cells (control -> stimulated)."""
+    return _finished(
+        dataset_name,
+        "scgen",
+        epochs=2,
+        condition_key="condition",
+        ctrl="control",
+        stim="stimulated",
+        cell_type_key="cell_type",
+        predict="B cell",
+        params={"n_hidden": 64, "n_latent": 8},
+    )
+
+
 def _wait_embedding(folder, key, method="umap", timeout=180) -> dict:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -601,17 +616,7 @@ def test_a_vae_trained_within_its_kl_warm_up_says_so(dataset):
 def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
     import anndata as ad
 
-    run = _finished(
-        dataset,
-        "scgen",
-        epochs=2,
-        condition_key="condition",
-        ctrl="control",
-        stim="stimulated",
-        cell_type_key="cell_type",
-        predict="B cell",
-        params={"n_hidden": 64, "n_latent": 8},
-    )
+    run = _small_scgen(dataset)
     # an older run: its predicted cells have no latent code
     res = ad.read_h5ad(run / "results.h5ad")
     pred = (res.obs["condition"].astype(str) == "predicted").to_numpy()
@@ -1170,17 +1175,7 @@ def test_scgen_figures_draw_the_runs_conditions_alone(lognorm_adata):
     cond[::7] = "drugB"
     a.obs["condition"] = pd.Categorical(cond)
     name = datasets.save(a, "three_conditions", source="test")
-    run = _finished(
-        name,
-        "scgen",
-        epochs=2,
-        condition_key="condition",
-        ctrl="control",
-        stim="stimulated",
-        cell_type_key="cell_type",
-        predict="B cell",
-        params={"n_hidden": 64, "n_latent": 8},
-    )
+    run = _small_scgen(name)
     assert embedding.compute(run, "X_scgen")["state"] == "done"
     at = app("results", run=run.name)
     violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
