@@ -12,7 +12,7 @@ import streamlit as st
 from engine import datasets, jobs
 from engine.demos import DEMOS
 from ui import page_list, sidebar
-from ui.state import address, current_dataset, dataset_to_address, md, net, set_dataset, show_error
+from ui.state import address, dataset_to_address, md, net, set_dataset, show_error
 
 
 def home() -> None:
@@ -121,7 +121,7 @@ nav = st.navigation(PAGES, position="hidden")
 with net("the address"):
     dataset_to_address()
 with net("the page list"):
-    page_list.draw(PAGES, current_dataset())
+    page_list.draw(PAGES)
 with st.sidebar, net("the sidebar"):
     sidebar.draw()
 with net(

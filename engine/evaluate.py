@@ -243,8 +243,7 @@ def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
     of its last tenth of epochs (at least the last two) is below the best before them by more
     than ``rel`` of itself, and by more than the curve's epoch-to-epoch noise (three robust
     standard deviations of a step, over the second half) or with every one of its last steps
-    down. A curve this shape says "train
-    longer" before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline
+    down. A curve this shape says "train longer" before any comparison is trusted (a 5-epoch scGen lost to the mean-shift baseline
     that the same model beats at 100); a noisy plateau is not this shape.
 
     The noise is measured around the curve's own trend (second differences cancel a smooth
@@ -264,12 +263,10 @@ def still_improving(val_loss: Any, rel: float = 0.005) -> bool:
     else:
         steps = np.diff(half)
         noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) if len(steps) else 0.0
-    # or every one of its last steps down (at least four: a plateau of noise does that once in
-    # 120 curves): a curve that fell fast, bent and went on falling smoothly had the bend
-    # counted as noise (a browser pass: an autoencoder at 0.0602, 0.0578, 0.0570, 0.0564,
-    # 0.0558 over its last epochs was called converged)
-    # (then a fifth of ``rel`` will do: a loss with a large constant part, as scGen's, moved
-    # 0.47% over its last epochs, every one of them down)
+    # every one of its last steps down (at least four: a plateau of noise does that once in
+    # 120 curves) also says it, with a fifth of ``rel``: a curve that fell fast, bent and went
+    # on falling smoothly had the bend counted as noise, and scGen's loss, with its large
+    # constant part, moved 0.47% over its last epochs (a browser pass: both called converged)
     last = np.diff(v[-(max(4, n // 10) + 1) :])
     falling = len(last) >= 4 and bool((last < 0).all())
     scale = abs(float(v[start:].min()))

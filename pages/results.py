@@ -627,15 +627,11 @@ def latent_embedding(key: str, n_obs: int, draw) -> None:
 FEW_TEST_CELLS = 5  # below this a class's F1 is mostly chance
 
 
-def _number(value: object) -> float | None:
-    return float(value) if type(value) in (int, float) and np.isfinite(value) else None
-
-
 # a reconstruction no better than each gene's mean: said above its figures and scores (a
 # browser pass: an autoencoder at 0.0555 against 0.0545 was shown with an AUROC of 0.61)
 own, floor = (
-    _number((metrics or {}).get("test_mse")),
-    _number((metrics or {}).get("genemean_test_mse")),
+    progress_text.number((metrics or {}).get("test_mse")),
+    progress_text.number((metrics or {}).get("genemean_test_mse")),
 )
 if res_info is not None and task == "reconstruct" and None not in (own, floor) and own >= floor:
     st.warning(

@@ -15,30 +15,32 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 SLOT = "_page_list"  # session state: (this run's cursors, the slot, the pages)
 
 
-def draw(pages: list, dataset: str | None) -> None:
+def draw(pages: list) -> None:
     """The page list at the top of the sidebar, remembered for this run (``follow``)."""
     slot = st.sidebar.empty()
     ctx = get_script_run_ctx()
     st.session_state[SLOT] = (ctx.cursors if ctx else None, slot, pages)
-    _fill(slot, pages, dataset)
+    _fill(slot, pages)
 
 
-def follow(dataset: str) -> None:
-    """Redraw this run's page list for ``dataset`` (a page picked it after the list was
+def follow() -> None:
+    """Redraw this run's page list for the tab's dataset (a page picked it after the list was
     drawn). The slot of an earlier run is never written to: its place is another run's."""
     held: Any = st.session_state.get(SLOT)
     ctx = get_script_run_ctx()
     if held and ctx is not None and held[0] is ctx.cursors:
-        _fill(held[1], held[2], dataset)
+        _fill(held[1], held[2])
 
 
-def _fill(slot: Any, pages: list, dataset: str | None) -> None:
+def _fill(slot: Any, pages: list) -> None:
+    from ui.state import address  # the tab's dataset, as every in-app link carries it
+
     with slot.container():
         for page in pages:
             st.page_link(
                 page,
                 label=page.title,
                 icon=page.icon or None,
-                query_params={"dataset": dataset} if dataset else None,
+                query_params=address(),
                 width="stretch",
             )

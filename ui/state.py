@@ -90,7 +90,7 @@ def set_dataset(key: str) -> None:
     st.query_params["dataset"] = key
     from ui import page_list  # the sidebar's links, drawn before the page, follow it
 
-    page_list.follow(key)
+    page_list.follow()
     with contextlib.suppress(OSError):  # only a seed for new sessions: never break the page
         runs.write_json(
             _state_file(), {**(runs.read_json(_state_file(), {}) or {}), "dataset": key}

@@ -74,10 +74,6 @@ class Reconstruct(Task):
                 self.put(out, slots, "layers", role, role, values)
         return self.finish_output(out, slots, missing)
 
-    def gene_mean_mse(self, out: ad.AnnData, train: np.ndarray, test: np.ndarray) -> float:
-        x, _ = self.setup.matrix(out)
-        return _gene_mean_mse(x, train.astype(np.int64), test)
-
     def evaluate(self, out: ad.AnnData, split: dict, spec: Any) -> dict[str, Any]:
         score = out.obs[out.uns["scwb"]["slots"]["score"]].to_numpy(dtype=np.float64)
         test = np.asarray(split["test"], dtype=np.int64)
@@ -89,7 +85,9 @@ class Reconstruct(Task):
         metrics: dict[str, Any] = {
             "test_mse": float(score[test].mean()) if len(test) else float("nan"),
             "train_mse": float(score[split["train"]].mean()),
-            "genemean_test_mse": self.gene_mean_mse(out, np.asarray(split["train"]), test),
+            "genemean_test_mse": _gene_mean_mse(
+                self.setup.matrix(out)[0], np.asarray(split["train"], dtype=np.int64), test
+            ),
         }
         if inside is not None:
             metrics.update(reference_scores(score, inside, split))
