@@ -94,7 +94,7 @@ def _forbid_whole_file(monkeypatch) -> None:
     monkeypatch.setattr(results_files, "load", whole_file)
 
 
-def _small_scgen(dataset_name: str) -> Path:
+def _small_scgen(dataset_name: str, n_hidden: int = 64, n_latent: int = 8) -> Path:
     """A 2-epoch scGen of a small network predicting B cells (control -> stimulated)."""
     return _finished(
         dataset_name,
@@ -105,7 +105,7 @@ def _small_scgen(dataset_name: str) -> Path:
         stim="stimulated",
         cell_type_key="cell_type",
         predict="B cell",
-        params={"n_hidden": 64, "n_latent": 8},
+        params={"n_hidden": n_hidden, "n_latent": n_latent},
     )
 
 
@@ -714,17 +714,7 @@ def test_compare_one_run_marks_nothing_and_a_curve_has_a_legend(dataset):
 
 
 def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
-    run = _finished(
-        dataset,
-        "scgen",
-        epochs=2,
-        condition_key="condition",
-        ctrl="control",
-        stim="stimulated",
-        cell_type_key="cell_type",
-        predict="B cell",
-        params={"n_hidden": 32, "n_latent": 4},
-    )
+    run = _small_scgen(dataset, n_hidden=32, n_latent=4)
     at = app("compare")
     table = at.dataframe[0].value
     assert len(table) == 3
