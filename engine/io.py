@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from engine import checks, runs
+from engine import checks, genes, runs
 from engine.errors import ScwbError
 
 READABLE = (".h5ad", ".h5", ".zip", ".csv", ".tsv", ".txt.gz", ".csv.gz", ".tsv.gz")
@@ -676,7 +676,8 @@ def describe(adata: ad.AnnData) -> dict[str, Any]:
             c for c in adata.obs.columns if pd.api.types.is_numeric_dtype(adata.obs[c])
         ],
         "recipe": adata.uns.get("recipe"),
-        "mito_genes": int(adata.var_names.str.upper().str.startswith("MT-").sum()),
+        "mito_genes": int(genes.mito_mask(adata.var).sum()),
+        "symbol_column": genes.symbol_column(adata.var),
         "unique_names": bool(adata.var_names.is_unique and adata.obs_names.is_unique),
         "raw": (
             {"kind": matrix_kind(adata.raw.X), "n_vars": int(adata.raw.n_vars)}
@@ -940,7 +941,7 @@ def qc_metrics(adata: ad.AnnData) -> pd.DataFrame:
         return out
     view = ad.AnnData(X=x, var=pd.DataFrame(index=adata.var_names.astype(str)))
     view.obs_names = adata.obs_names
-    view.var["mt"] = np.asarray(view.var_names.str.upper().str.startswith("MT-"))
+    view.var["mt"] = genes.mito_mask(adata.var)
     qc_vars = ["mt"] if view.var["mt"].any() else []
     obs, _ = sc.pp.calculate_qc_metrics(
         view, qc_vars=qc_vars, percent_top=None, log1p=False, inplace=False

@@ -23,7 +23,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from engine import pp_memory
+from engine import genes, pp_memory
 from engine.errors import ScwbError
 from engine.io import (
     canonical,
@@ -83,7 +83,7 @@ def filter_cells(
     if min_counts:
         sc.pp.filter_cells(adata, min_counts=int(min_counts))
     if max_pct_mito < 100:
-        mito = adata.var_names.str.upper().str.startswith("MT-")
+        mito = genes.mito_mask(adata.var)
         if mito.any():
             x = adata.X
             total = np.asarray(x.sum(axis=1)).ravel()

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from engine import settings
+from engine import genes, settings
 from engine.errors import ScwbError
 
 try:  # anndata >= 0.11
@@ -198,6 +198,17 @@ def obs(path: str | Path, columns: list[str] | None = None, index: bool = False)
         idx = pd.Index(read_elem(g[g.attrs["_index"]]).astype(str)) if index else None
         data = {c: read_elem(g[c]) for c in names}
         return pd.DataFrame(data, index=idx) if data or idx is not None else pd.DataFrame()
+
+
+def gene_labels(path: str | Path) -> dict[str, str]:
+    """var name -> the name to print (its symbol, where the names are IDs: ``engine.genes``);
+    empty when the names are what to print."""
+    with _open(path) as f:
+        try:
+            var = read_elem(f["var"])
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise ScwbError(f"{Path(path).name} is not a readable .h5ad ({exc}).") from None
+    return genes.label_map(var) if isinstance(var, pd.DataFrame) else {}
 
 
 def levels(

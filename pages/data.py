@@ -228,6 +228,11 @@ c[1].metric(figures.feature_noun(d).capitalize() + "s", f"{d['n_vars']:,}")
 c[2].metric("Zeros", f"{100 * d['sparsity']:.1f}%")
 c[3].metric("Memory", f"{d['memory_mb']:.1f} MB")
 st.markdown(f"**X holds:** {md(d['x_kind'])} ({'sparse' if d['sparse'] else 'dense'})")
+if d.get("symbol_column"):
+    st.markdown(
+        f"**Gene symbols:** the var column {md(d['symbol_column'])} (the gene names are IDs): "
+        "genes are searched and shown by symbol, and mitochondrial genes found by it."
+    )
 if d["layers"]:
     st.markdown("**Layers:** " + ", ".join(f"{md(k)} ({md(v)})" for k, v in d["layers"].items()))
 unique = d.get("unique_names")  # stored with the description; older datasets: checked here
@@ -329,7 +334,9 @@ else:
     ):
         col.plotly_chart(fig, width="stretch")
     if "pct_counts_mt" not in qc:
-        st.caption("No gene name starts with 'MT-': % mitochondrial is not shown.")
+        st.caption(
+            "No mitochondrial gene (no gene symbol starts with 'MT-'): % mitochondrial is not shown."
+        )
 
 st.subheader("Embeddings")
 n_emb = len(d["embeddings"])

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import defaults, embedding, jobs, runs, summary, workspace
+from engine import defaults, embedding, genes, jobs, runs, summary, workspace
 from engine import results as results_files
 from ui import figures
 from ui.figures import esc
@@ -156,6 +156,7 @@ mode = c2.radio(
     key="explore_mode",
 )
 color_name, values = None, None
+colour_title = None  # the legend's title: the gene's symbol where its name is an ID
 if mode == "obs column":
     if not cols:
         st.caption(f"This dataset has no obs column: colour by a {noun} instead.")
@@ -170,9 +171,10 @@ else:
     query = c2.text_input(
         f"Search {noun}s", key="explore_gene_query", placeholder=f"type part of a {noun} name"
     )
-    genes = adata.var_names.astype(str)
-    matches = genes[genes.str.contains(query, case=False, regex=False)] if query else genes
-    shown = list(matches[:MAX_GENE_MATCHES])
+    names = adata.var_names.astype(str)
+    matches = genes.search(adata.var, query)  # by name or, where the names are IDs, symbol
+    shown = list(names[matches[:MAX_GENE_MATCHES]])
+    shown_as = genes.label_map(adata.var)
     if not shown:
         c2.caption(f"No {noun} matches {esc(query)}.")
     else:
@@ -181,8 +183,10 @@ else:
             + (f", first {MAX_GENE_MATCHES} shown" if len(matches) > MAX_GENE_MATCHES else "")
             + ")",
             shown,
+            format_func=lambda g: shown_as.get(g, g),
             key="explore_gene",
         )
+        colour_title = shown_as.get(color_name, color_name)
 
 
 def colour_values(rows: np.ndarray) -> np.ndarray | None:
@@ -223,7 +227,7 @@ def draw(out: dict) -> None:
         lambda: figures.embedding(
             out["coords"],
             colour_values(rows) if color_name is not None else np.array(["all cells"] * len(rows)),
-            color_name or "cells",
+            colour_title or color_name or "cells",
             title,
         ),
         what="the embedding",

@@ -140,7 +140,9 @@ with st.container(border=True):
                         100.0,
                         100.0,
                         disabled=d["mito_genes"] == 0,
-                        help=None if d["mito_genes"] else "no gene starts with MT-",
+                        help=None
+                        if d["mito_genes"]
+                        else "no mitochondrial gene: no gene symbol starts with MT-",
                         key=k("pp_fc_mito"),
                     ),
                 },

@@ -23,6 +23,7 @@ from engine import (
     embedding,
     evaluate,
     export,
+    genes,
     jobs,
     metric_names,
     models,
@@ -387,6 +388,11 @@ def obs_columns(path: str, mtime: float, columns: tuple[str, ...]) -> pd.DataFra
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
+def gene_labels(path: str, mtime: float) -> dict[str, str]:
+    return results_files.gene_labels(path)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
 def obs_levels(path: str, mtime: float) -> dict[str, int]:
     return results_files.levels(path, max_numeric=defaults.MAX_NUMERIC_CLASSES)
 
@@ -423,7 +429,8 @@ def recon_figures(
             for v in (io.dense(x), io.dense(recon))
         )
     grp = None if group not in smp.obs else smp.obs[group].astype(str)
-    maps, _ = figures.recon_heatmaps(x, recon, list(smp.var_names), grp, total=total)
+    names = list(genes.labels(smp.var))  # symbols where the names are IDs
+    maps, _ = figures.recon_heatmaps(x, recon, names, grp, total=total)
     return maps, counts
 
 
@@ -975,6 +982,7 @@ if res_info is not None and task == "perturb":
             )
             top = runs.read_json(sub_dir / "top_degs.json", []) or []
             top = [str(g) for g in top] if isinstance(top, list) else []
+            named = gene_labels(str(res_path), mtime)  # var name -> symbol, where names are IDs
             panels = (
                 ("pred_vs_real", "predicted", "", f"scGen, {target}"),
                 (
@@ -990,8 +998,8 @@ if res_info is not None and task == "perturb":
                     lambda s=source, p=prefix, t=title: figures.mean_scatter(
                         means[s].to_numpy(),
                         means["real"].to_numpy(),
-                        list(means.index),
-                        top,
+                        [named.get(g, g) for g in means.index.astype(str)],
+                        [named.get(g, g) for g in top],
                         m[f"{p}r2_mean_all"],
                         m[f"{p}r2_mean_top100"],
                         t,
@@ -999,7 +1007,7 @@ if res_info is not None and task == "perturb":
                     figs,
                     col,
                 )
-            genes = [g for g in top if g in means.index][:6]
+            deg_genes = [g for g in top if g in means.index][:6]
 
             def _violins():
                 sub = target_cells(str(res_path), mtime, info["cell_type_key"], target)
@@ -1008,17 +1016,18 @@ if res_info is not None and task == "perturb":
                 # drugA run) was drawn as if predicted or real (a browser pass)
                 design = [str(info["ctrl"]), "predicted", str(info["stim"])]
                 sub = sub[sub.obs[info["condition_key"]].astype(str).isin(design).to_numpy()]
-                sub = sub[:, genes]
+                sub = sub[:, deg_genes]
                 xs = sub.layers[layer] if layer != "X" and layer in sub.layers else sub.X
                 xs = xs.toarray() if hasattr(xs, "toarray") else np.asarray(xs)
+                shown = [named.get(g, g) for g in deg_genes]
                 long = (
-                    pd.DataFrame(xs, columns=genes)
+                    pd.DataFrame(xs, columns=shown)
                     .assign(condition=sub.obs[info["condition_key"]].astype(str).to_numpy())
                     .melt(id_vars="condition", var_name="gene", value_name="expression")
                 )
-                return figures.deg_violins(long, genes, "condition", design)
+                return figures.deg_violins(long, shown, "condition", design)
 
-            if genes:
+            if deg_genes:
                 figures.show("top_deg_violins", _violins, figs, what="the top-DEG violins")
 
         LAT = slots.get("latent", "X_scgen")
