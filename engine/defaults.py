@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 MIN_CELLS = 5  # as engine.perturb.MIN_CELLS: fewer cells of a condition cannot be predicted/scored
@@ -337,6 +338,20 @@ _GROUP_WORDS = re.compile(
     r"library|lane|mouse|animal)",
     re.IGNORECASE,
 )
+
+
+def colour_by_group(name: str, values: pd.Series) -> bool:
+    """Whether a column colours cells by group (a legend) rather than on a scale: text, booleans,
+    and whole numbers with at most ``MAX_NUMERIC_CLASSES`` values whose name is not a per-cell
+    count (donors 1 to 8, cluster numbers: a colour scale read donor 2 as 'between 1 and 3');
+    a measurement (genes per cell, a score) keeps its scale."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return True
+    if _QC_NAME.search(str(name)):
+        return False
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    whole = bool(np.all(np.isfinite(v)) and np.all(v == np.round(v)))
+    return whole and 1 <= len(np.unique(v)) <= MAX_NUMERIC_CLASSES
 
 
 def group_columns(source: Any) -> list[str]:

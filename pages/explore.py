@@ -196,7 +196,7 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
         return None
     if mode == "obs column":
         col = obs[color_name].iloc[rows]  # the drawn cells only (a million cells: 20,000)
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        if not defaults.colour_by_group(color_name, obs[color_name]):  # a measurement: a scale
             return col.to_numpy()
         return col.astype(str).to_numpy()
     j = adata.var_names.get_loc(color_name)

@@ -589,8 +589,9 @@ elif task != "perturb" and res_info is not None and not spec.get("train_on"):
 
 
 def _obs_colour(column: str, rows: np.ndarray) -> np.ndarray:
-    col = obs_columns(str(res_path), mtime, (column,))[column].iloc[rows]  # the drawn cells only
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+    whole = obs_columns(str(res_path), mtime, (column,))[column]
+    col = whole.iloc[rows]  # the drawn cells only
+    if not defaults.colour_by_group(column, whole):  # a measurement: a colour scale
         return col.to_numpy()
     return col.astype(str).to_numpy()
 

@@ -823,6 +823,23 @@ def test_explore_opens_on_a_colouring_that_exists(lognorm_adata):
     assert any(s.label.startswith("Gene") for s in at.selectbox)
 
 
+def test_explore_colours_integer_donors_by_group(lognorm_adata):
+    """An integer donor column gets a legend of donors, not a colour scale; a count per cell
+    keeps its scale."""
+    a = lognorm_adata.copy()
+    a.obsm["X_umap"] = np.random.default_rng(0).normal(size=(a.n_obs, 2)).astype(np.float32)
+    a.obs["donor"] = np.arange(a.n_obs) % 4 + 1
+    a.obs["n_genes"] = np.arange(a.n_obs) % 4 + 100
+    runs.write_json(workspace.home() / "state.json", {"dataset": datasets.save(a, "donors")})
+    at = app("explore")
+    next(s for s in at.selectbox if s.label == "Obs column").set_value("donor").run()
+    fig = specs(at)[0]
+    assert sorted(t["name"] for t in fig["data"]) == ["1", "2", "3", "4"]
+    assert "coloraxis" not in fig["layout"]
+    next(s for s in at.selectbox if s.label == "Obs column").set_value("n_genes").run()
+    assert "coloraxis" in specs(at)[0]["layout"] and not at.exception
+
+
 def test_explore_reads_only_what_it_draws(lognorm_adata, monkeypatch):
     """Explore opens the annotations alone; a stored embedding and a gene's colour are read from
     the file for the cells drawn (a million cells open in about a second, bench.app_latency)."""

@@ -287,3 +287,17 @@ def test_a_measurement_per_cell_is_neither_a_label_nor_a_group_to_test_on():
     groups = defaults.group_columns(d)
     assert groups[0] == "donor" and "plate" in groups
     assert "n_genes" not in groups and "n_counts_small" not in groups
+
+
+def test_whole_numbers_with_few_values_colour_by_group():
+    """Donors 1 to 8 stored as integers were drawn on a colour scale (donor 2 read as 'between 1
+    and 3'); a per-cell count or a score keeps its scale."""
+    rng = np.random.default_rng(0)
+    donor = pd.Series(rng.integers(1, 9, 500))
+    assert defaults.colour_by_group("donor", donor)
+    assert defaults.colour_by_group("leiden", donor.astype(float))  # 1.0, 2.0, ...
+    assert defaults.colour_by_group("cell_type", pd.Series(["a", "b"] * 10))
+    assert defaults.colour_by_group("flag", pd.Series([True, False] * 10))
+    assert not defaults.colour_by_group("n_genes", donor)  # a count per cell, by its name
+    assert not defaults.colour_by_group("score", pd.Series(rng.normal(size=500)))
+    assert not defaults.colour_by_group("age", pd.Series(rng.integers(0, 90, 500)))  # 90 values
