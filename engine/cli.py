@@ -593,8 +593,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     wanted = {p: getattr(args, p) for p in export.PARTS if getattr(args, p) is not None}
-    for target in export.write(run_dir, wanted or {"zip": f"{run_dir.name}.zip"}):
+    wanted = wanted or {"zip": f"{run_dir.name}.zip"}
+    for target in export.write(run_dir, wanted):
         print(target)
+    if "zip" in wanted:
+        left = export.left_out(wanted["zip"])
+        if left:
+            print(
+                f"warning: {wanted['zip']} holds {left} file(s) of the run that are damaged or "
+                f"could not be read: its {export.LEFT_OUT} names them",
+                file=sys.stderr,
+            )
     return 0
 
 

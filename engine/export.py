@@ -203,6 +203,27 @@ def _number(text: str) -> bool:
 LEFT_OUT = "LEFT_OUT.txt"  # in a zip: the run's files that could not be read, and why
 
 
+def damage(path: Path) -> str | None:
+    """Why a run's .h5ad or .pt file cannot be what it claims (cut short, overwritten), or None:
+    its structure is read (HDF5 groups, the weights' zip directory), not its values. A damaged
+    results.h5ad was exported as if whole."""
+    if path.suffix == ".h5ad":
+        from engine import results as results_files
+
+        try:
+            results_files.summary(path)
+        except ScwbError as exc:
+            return str(exc).rstrip(".")
+    elif path.suffix == ".pt":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if not zf.namelist():
+                    return f"{path.name} holds no weights"
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            return f"{path.name} is not a saved model ({str(exc).splitlines()[0][:200]})"
+    return None
+
+
 def _pack(run_dir: Path, fileobj) -> None:
     """Zip the run folder's ``members``; a file that cannot be read is left out and named in
     ``LEFT_OUT.txt`` (one file dated before 1980 or one long CSV cell failed the whole zip, with
@@ -222,6 +243,9 @@ def _pack(run_dir: Path, fileobj) -> None:
                     continue
                 packed = p.suffix in (".h5ad", ".pt")
                 zf.write(p, name, zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
+                why = damage(p) if packed else None
+                if why:  # packed as it is (what is left of it may help), and said
+                    left.append(f"{name}: damaged: {why} (its copy in this zip is as damaged)")
             except (OSError, ValueError, csv.Error, UnicodeError) as exc:
                 # a read that failed part-way leaves a cut entry in the zip: said as such
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -231,9 +255,17 @@ def _pack(run_dir: Path, fileobj) -> None:
         if left:
             zf.writestr(
                 LEFT_OUT,
-                "Files of the run that could not be read, or are left out of this zip:\n"
-                + "".join(f"- {line}\n" for line in left),
+                "Files of the run that could not be read, are damaged, or are left out of this "
+                "zip:\n" + "".join(f"- {line}\n" for line in left),
             )
+
+
+def left_out(zip_path: str | Path) -> int:
+    """How many of the run's files a written zip names in its ``LEFT_OUT.txt`` (0: none)."""
+    with zipfile.ZipFile(zip_path) as zf:
+        if LEFT_OUT not in zf.namelist():
+            return 0
+        return sum(line.startswith("- ") for line in zf.read(LEFT_OUT).decode().splitlines())
 
 
 def bundle(run_dir: str | Path) -> bytes:
@@ -282,6 +314,9 @@ def _check(run_dir: Path, wanted: dict[str, str | Path]) -> dict[str, Path]:
         source = run_dir / SOURCES[part]
         if source.is_symlink() or not source.is_file():
             raise ScwbError(f"export: run {run_dir.name} has no {SOURCES[part]}.")
+        why = damage(source) if part in ("h5ad", "model") else None
+        if why:
+            raise ScwbError(f"export: run {run_dir.name} is damaged: {why}.")
         where = target.resolve()
         try:  # not into this or another run, nor the workspace's datasets, nor onto a folder
             workspace.check_output_file(target, f"--{part.replace('_', '-')}")

@@ -1093,7 +1093,9 @@ def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Pa
     )
 
 
-if runs.regular_file(res_path):  # never a link, pipe or device (read until memory ran out)
+if runs.regular_file(res_path) and res_info is None:  # said above: not offered as if whole
+    c[0].caption("The annotated .h5ad is damaged (see above): not offered.")
+elif runs.regular_file(res_path):  # never a link, pipe or device (read until memory ran out)
     offer(
         c[0],
         "Annotated .h5ad",
@@ -1109,7 +1111,10 @@ if runs.regular_file(res_path):  # never a link, pipe or device (read until memo
             f"({stored.get('cells', 0):,} cells)."
         )
 weights = run_dir / "model.pt"
-if runs.regular_file(weights):
+weights_damage = export.damage(weights) if runs.regular_file(weights) else None
+if weights_damage:
+    c[0].caption(f"The model weights are damaged ({esc(weights_damage)}): not offered.")
+elif runs.regular_file(weights):
     offer(
         c[0],
         "Model weights (.pt)",

@@ -344,3 +344,50 @@ def test_reproduce_script_runs_where_the_app_is_not_and_never_reuses_a_folder(
     assert made == ["reproduced-run", "reproduced-run-2"]
     gone = rerun(tmp_path / "missing.h5ad", SCWORKBENCH=str(ROOT))
     assert gone.returncode != 0 and "is not here" in gone.stderr
+
+
+def test_a_damaged_results_file_or_model_is_not_exported_as_whole(
+    tmp_path, lognorm_file, capsys, workspace
+):
+    """A results.h5ad or model.pt cut short was copied out with exit 0 as if whole: the CLI now
+    refuses it in one line (exit 2, nothing written); the whole-run zip still holds every file
+    and names the damaged one in LEFT_OUT.txt, with a warning; the Results page withholds it."""
+    from engine import cli
+    from tests.test_app_results import app
+
+    run_dir = workspace / "runs" / "cut"
+    train.run(RunSpec(model="autoencoder", data=lognorm_file, out=str(run_dir), epochs=2))
+    for name in ("results.h5ad", "model.pt"):
+        whole = (run_dir / name).read_bytes()
+        (run_dir / name).write_bytes(whole[: len(whole) // 3])
+        out = tmp_path / f"out-{name}"
+        part = "--h5ad" if name.endswith("h5ad") else "--model"
+        assert cli.main(["export", str(run_dir), part, str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: export: run cut is damaged:") and name in err, err
+        assert "\n" not in err and not out.exists()
+        assert cli.main(["export", str(run_dir), "--zip", str(tmp_path / "r.zip")]) == 0
+        assert "damaged" in capsys.readouterr().err
+        with zipfile.ZipFile(tmp_path / "r.zip") as zf:
+            assert (
+                name in zf.namelist() and f"- {name}: damaged" in zf.read("LEFT_OUT.txt").decode()
+            )
+        assert export.left_out(tmp_path / "r.zip") == 1
+        (run_dir / name).write_bytes(whole)
+    assert (
+        export.damage(run_dir / "results.h5ad") is None
+        and export.damage(run_dir / "model.pt") is None
+    )
+    # the Results page offers neither as a download
+    for name in ("results.h5ad", "model.pt"):
+        whole = (run_dir / name).read_bytes()
+        (run_dir / name).write_bytes(whole[:100])
+        at = app("results", run="cut")
+        labels = [b.proto.label for b in at.get("download_button")]
+        said = " ".join(c.value for c in at.caption)
+        if name == "results.h5ad":
+            assert "Annotated .h5ad" not in labels and "The annotated .h5ad is damaged" in said
+        else:
+            assert "Model weights (.pt)" not in labels and "The model weights are damaged" in said
+        assert "Whole run (.zip)" in labels
+        (run_dir / name).write_bytes(whole)
