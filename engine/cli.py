@@ -420,6 +420,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     if metrics:  # the extra processes of a multi-device run print nothing
         print(_json(_scalars(metrics)))
+        from engine import progress, runs
+
+        spec = runs.read_json(out / "run.json", {}) or {}
+        note = progress.unstable_note(spec, metrics, runs.read_metrics_csv(out))
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -104,3 +104,34 @@ def ended_early(status: dict[str, Any]) -> bool:
     if status.get("optimizer") == "lbfgs":  # converged at its last epoch: it did converge
         return bool(status.get("stopped_early"))
     return bool(status.get("stopped_early")) and not (epoch and top and epoch >= top)
+
+
+def unstable_note(spec: dict[str, Any], metrics: dict[str, Any], curve: Any) -> str | None:
+    """'The training was unstable: ...' for a run whose loss blew up (``evaluate.unstable``),
+    with what to change; None otherwise. One wording for Results and ``python -m engine train``
+    (a run at a learning rate too high still left metrics, from its best epoch, and nothing
+    said they were the step size's)."""
+    import pandas as pd
+
+    from engine import evaluate
+
+    info = models.REGISTRY.get(str(spec.get("model")))
+    if info is None or info.kind != "torch" or curve is None or "train_loss" not in curve:
+        return None
+    classes = metrics.get("classes")
+    n = len(classes) if info.task == "classify" and isinstance(classes, list) else None
+    why = evaluate.unstable(pd.to_numeric(curve["train_loss"], errors="coerce").to_numpy(), n)
+    if why is None:
+        return None
+    lr = number(spec.get("lr"))
+    if lr is not None and lr > info.lr:
+        advice = (
+            f"Its learning rate ({lr:g}) is likely too high: train it again with a lower one "
+            f"(the default is {info.lr:g})."
+        )
+    else:
+        advice = "Train it again with a lower learning rate."
+    return (
+        f"The training was unstable: {why}. Its metrics come from its best epoch but reflect "
+        f"the step size more than the model. {advice}"
+    )

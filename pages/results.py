@@ -332,6 +332,8 @@ def warmup_note() -> str | None:
     )
 
 
+if unstable := progress_text.unstable_note(spec, metrics or {}, curve):
+    st.warning(unstable, icon=":material/warning:")
 if warm := warmup_note():
     st.warning(warm, icon=":material/warning:")
 note = early_stop_note()

@@ -417,3 +417,41 @@ def test_stopped_early_is_recorded_only_before_the_cap(tmp_path, lognorm_file):
     )  # fmt: skip
     st = runs.read_status(full)
     assert st["stopped_early"] is False and st["epoch"] == 3, st
+
+
+def test_unstable_training_is_recognised_from_its_loss():
+    """Curves measured on pbmc68k_reduced (10 classes): an MLP at lr 0.5 and 5 blew up in its
+    first epoch; at lr 0.05 it only overfitted (a loss near 0 moving 0.01 -> 0.09 is noise);
+    an autoencoder at lr 1 jumped from 5.4 to 1.5e11 at epoch 6."""
+    from engine import evaluate
+
+    assert "reached 179 at epoch 1" in evaluate.unstable([178.6, 60.5, 27.4, 20.8], 10)
+    assert "ln 10 = 2.30" in evaluate.unstable([16676.0, 6228.6, 298.3], 10)
+    sane = [2.04, 0.575, 0.208, 0.076, 0.027, 0.022, 0.053, 0.038, 0.027, 0.0104, 0.094]
+    assert evaluate.unstable(sane, 10) is None
+    assert evaluate.unstable([2.16, 1.59, 1.18, 0.89, 0.71], 10) is None
+    ae = [4.2e10, 5.44, 12.1, 17.6, 21.6, 1.5e11, 21.4]
+    assert "jumped from 5.44 to 1.5e+11 at epoch 6" in evaluate.unstable(ae)
+    assert evaluate.unstable([3.5, 1.04, 1.05, 1.03, 1.02, 1.01]) is None
+    assert evaluate.unstable([]) is None and evaluate.unstable([float("nan")], 3) is None
+
+
+def test_a_learning_rate_too_high_is_said_on_results_and_the_command_line(
+    lognorm_file, capsys, workspace
+):
+    """An MLP at lr 1 on the 4-type set reaches a loss of about 2,000 in its first epoch and
+    0.25 accuracy; at its default lr nothing is said."""
+    from engine import cli
+    from tests.test_app_results import app
+
+    out = workspace / "runs" / "hot"
+    argv = ["train", "--model", "mlp", "--data", lognorm_file, "--label-key", "cell_type"]
+    assert cli.main([*argv, "--epochs", "3", "--lr", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: The training was unstable" in err and "learning rate (1) is likely" in err
+    said = " ".join(w.value for w in app("results", run="hot").warning)
+    assert "The training was unstable" in said and "the default is 0.001" in said
+    calm = workspace / "runs" / "calm"
+    assert cli.main([*argv, "--epochs", "3", "--out", str(calm)]) == 0
+    assert "unstable" not in capsys.readouterr().err
+    assert "unstable" not in " ".join(w.value for w in app("results", run="calm").warning)
