@@ -134,7 +134,11 @@ def parser() -> argparse.ArgumentParser:
         help="start from adata.raw (the values kept before gene selection and scaling)",
     )
     p.add_argument(
-        "--subset", metavar="KEY=V1,V2", help="keep cells whose obs[KEY] is one of the values"
+        "--subset",
+        metavar="KEY=V1,V2",
+        action="append",
+        help="keep cells whose obs[KEY] is one of the values (a comma inside a value: \\,); "
+        "repeat it for more values or another column (cells must match every column)",
     )
     p.add_argument(
         "--min-genes", type=int, default=0, help="filter cells with fewer detected genes"
@@ -250,6 +254,19 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _subsets(given: list[str]) -> dict[str, list[str]]:
+    """``--subset KEY=V1,V2`` options as column -> values: ``\\,`` is a comma inside a value
+    ("CD4 T, naive" was cut in two), and a column named twice gets the values of both."""
+    out: dict[str, list[str]] = {}
+    for text in given:
+        key, eq, values = text.partition("=")
+        if not eq or not key:
+            raise ScwbError(f"--subset takes KEY=V1,V2 (got {text!r}).")
+        parts = [v.replace("\x00", ",") for v in values.replace("\\,", "\x00").split(",")]
+        out.setdefault(key, []).extend(v for v in parts if v and v not in out.get(key, []))
+    return out
+
+
 def recipe_from_args(args: argparse.Namespace):
     from engine.preprocess import Recipe, Step
 
@@ -258,11 +275,8 @@ def recipe_from_args(args: argparse.Namespace):
     steps = []
     if args.from_raw:
         steps.append(Step("from_raw"))
-    if args.subset:
-        key, eq, values = args.subset.partition("=")
-        if not eq or not key:
-            raise ScwbError(f"--subset takes KEY=V1,V2 (got {args.subset!r}).")
-        steps.append(Step("subset", {"key": key, "values": [v for v in values.split(",") if v]}))
+    for key, values in _subsets(args.subset or []).items():
+        steps.append(Step("subset", {"key": key, "values": values}))
     # "given" is "not the default": 0 or 150 given were dropped silently (the step checks them)
     if args.min_genes or args.min_counts or args.max_pct_mito != 100:
         steps.append(

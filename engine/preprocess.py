@@ -55,7 +55,12 @@ def subset(adata: ad.AnnData, key: str, values: list[str]) -> ad.AnnData:
     if unknown or not values:
         shown = ", ".join(repr(v) for v in sorted(held)[:12]) + (", ..." if len(held) > 12 else "")
         what = f"no value {', '.join(map(repr, unknown[:5]))}" if unknown else "no value named"
-        raise ScwbError(f"subset: obs[{key!r}] has {what}; it holds {shown}.")
+        comma = (
+            " (on the command line a comma inside a value is written \\,)"
+            if unknown and any("," in v for v in held)
+            else ""
+        )
+        raise ScwbError(f"subset: obs[{key!r}] has {what}; it holds {shown}{comma}.")
     keep = column.isin([str(v) for v in values]).to_numpy()
     return adata[keep].copy()
 

@@ -1,5 +1,6 @@
 import re
 
+import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
@@ -650,3 +651,42 @@ def test_subset_refuses_values_the_column_does_not_hold(counts_adata, tmp_path, 
         err = capsys.readouterr().err
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_subset_values_with_commas_and_several_columns(counts_adata, tmp_path, capsys):
+    """A cell type named "CD4 T, naive" could not be kept from the command line (the comma cut
+    it in two): ``\\,`` keeps a comma inside a value, and --subset repeats for more values or
+    another column (cells must match every column)."""
+    from engine import cli
+
+    a = counts_adata.copy()
+    names = np.array(["CD4 T, naive", "B", "NK"])
+    a.obs["ct"] = names[np.arange(a.n_obs) % 3]
+    path, out = tmp_path / "in.h5ad", tmp_path / "o.h5ad"
+    a.write_h5ad(path)
+    run = ["preprocess", str(path), "-o", str(out)]
+    assert cli.main([*run, "--subset", "ct=CD4 T\\, naive"]) == 0
+    kept = ad.read_h5ad(out)
+    assert set(kept.obs["ct"]) == {"CD4 T, naive"} and kept.n_obs == int(
+        (a.obs["ct"] == names[0]).sum()
+    )
+    out.unlink()
+    control = str(a.obs["condition"].iloc[0])
+    argv = [
+        *run,
+        "--subset",
+        "ct=CD4 T\\, naive",
+        "--subset",
+        "ct=NK",
+        "--subset",
+        f"condition={control}",
+    ]
+    assert cli.main(argv) == 0
+    kept = ad.read_h5ad(out)
+    assert set(kept.obs["ct"]) == {"CD4 T, naive", "NK"} and set(kept.obs["condition"]) == {control}
+    out.unlink()
+    capsys.readouterr()
+    assert cli.main([*run, "--subset", "ct=CD4 T, naive"]) == 2  # cut in two: said how to write it
+    err = capsys.readouterr().err
+    assert "no value 'CD4 T'" in err and "\\," in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
