@@ -282,10 +282,19 @@ MAX_LABEL = 120  # characters of a dataset's label
 
 
 def _one_line(name: str) -> str:
-    """A label as stored: one line (a newline in it broke the listing's rows in two), of at
+    """A label as stored: one line (a newline in it broke the listing's rows in two), in one
+    Unicode spelling (NFC, no invisible format characters), of at
     most ``MAX_LABEL`` characters (a 5,000-character name filled the Runs and Results headers
     screens deep, and every row of `engine runs`: a hostile pass)."""
-    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name)).strip()
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(name))
+    # one spelling of what reads the same: 'Café' typed composed and decomposed, or with a
+    # zero-width space, were two names a person could not tell apart (a hostile pass)
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(
+        c
+        for c in text
+        if unicodedata.category(c) != "Cf" or c in "\u200c\u200d"  # joiners
+    ).strip()
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1].rstrip() + "…"
 
 

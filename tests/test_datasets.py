@@ -44,3 +44,20 @@ def test_a_very_long_name_is_kept_as_a_label_of_at_most_max_label_characters(log
     assert len(label) == datasets.MAX_LABEL and label.endswith("…") and "\n" not in label
     assert [r["name"] for r in datasets.list_datasets()] == [label]
     assert datasets.label(datasets.save(lognorm_adata, "short name", source="t")) == "short name"
+
+
+def test_names_that_read_the_same_are_one_name(lognorm_adata):
+    """'Café' typed composed and decomposed, or with a zero-width space or a byte-order mark,
+    were two labels a person could not tell apart: stored in one spelling (NFC, no invisible
+    format characters; the joiners that some scripts need are kept)."""
+    import unicodedata
+
+    from engine import datasets
+
+    composed = unicodedata.normalize("NFC", "Café")
+    key = datasets.save(lognorm_adata, composed, source="t")
+    for same in (unicodedata.normalize("NFD", "Café"), "Caf\u200bé", "\ufeffCafé"):
+        assert same != composed and datasets.name_taken(same) == key
+    assert datasets.label(datasets.save(lognorm_adata[:50], "Caf\u0065\u0301 2")) == "Café 2"
+    assert datasets.label(key) == composed
+    assert datasets.label(datasets.save(lognorm_adata[:40], "می\u200cخواهم")) == "می\u200cخواهم"
