@@ -181,6 +181,7 @@ def _design(spec: dict) -> str:
 
 rows, curves, splits, label_keys, readable = [], {}, [], set(), []
 shortened: list[str] = []
+unstable: list[str] = []  # runs whose loss blew up (a learning rate too high)
 curve_models: dict[str, str] = {}  # one colour per model on the overlaid curves
 for rid in chosen:
     d = Path(next(r["path"] for r in of_task if r["id"] == rid))
@@ -217,6 +218,8 @@ for rid in chosen:
             }
         )
     curves[row_names[rid] + design] = runs.read_metrics_csv(d)
+    if progress_text.unstable_note(spec, m, curves[row_names[rid] + design]):
+        unstable.append(row_names[rid] + design)
     # one colour per configuration (its seeds told apart by dash): a model with another
     # design or learning rate is another configuration, not another seed
     curve_models[row_names[rid] + design] = seeds.config_key(spec)
@@ -239,6 +242,12 @@ if cancelled:
         "Cancelled before they finished: "
         + ", ".join(figures.esc(n) for n in cancelled)
         + ". Their metrics are those of a model stopped part-way, not of a finished one."
+    )
+if unstable:
+    st.warning(
+        "Unstable training (the loss blew up, most likely a learning rate too high): "
+        + ", ".join(figures.esc(n) for n in unstable)
+        + ". Their metrics reflect the step size more than the model (Results says more)."
     )
 if shortened:
     st.caption(

@@ -455,3 +455,18 @@ def test_a_learning_rate_too_high_is_said_on_results_and_the_command_line(
     assert cli.main([*argv, "--epochs", "3", "--out", str(calm)]) == 0
     assert "unstable" not in capsys.readouterr().err
     assert "unstable" not in " ".join(w.value for w in app("results", run="calm").warning)
+
+
+def test_compare_names_the_unstable_run(lognorm_file, workspace):
+    """Compare warns about a run whose loss blew up beside one that trained normally."""
+    from engine import cli
+    from tests.test_app_results import app
+
+    argv = ["train", "--model", "mlp", "--data", lognorm_file, "--label-key", "cell_type"]
+    for name, extra in (("hot", ["--lr", "1"]), ("calm", [])):
+        out = workspace / "runs" / name
+        assert cli.main([*argv, "--epochs", "3", *extra, "--out", str(out)]) == 0
+    at = app("compare")
+    at.multiselect[0].set_value(["hot", "calm"]).run()
+    said = " ".join(w.value for w in at.warning)
+    assert "Unstable training" in said and "hot" in said and "calm" not in said
