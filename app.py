@@ -124,6 +124,7 @@ with net("the page list"):
     page_list.draw(PAGES)
 with st.sidebar, net("the sidebar"):
     sidebar.draw()
+st.session_state["_page"] = nav.url_path  # the page whose choices the address holds
 with net(
     f"the page {nav.title}",
     "The page stopped here; what is saved is unchanged. The server's log has the details.",

@@ -16,7 +16,7 @@ from engine import csvsafe, jobs, metric_names, runs, seeds
 from engine import models as registry
 from engine import progress as progress_text
 from ui import figures
-from ui.state import current_dataset, ensure_app_navigation, to_address
+from ui.state import current_dataset, ensure_app_navigation, from_address, to_address
 
 ensure_app_navigation()
 st.title("Compare")
@@ -40,9 +40,9 @@ first_task = next(
     (r["task"] for r in done if r.get("dataset_key") == here and r["task"] in tasks), None
 )
 first_task = first_task or tasks[0]
-asked_task = st.query_params.get("task")
+from_address("task", "cmp_task", tasks, first_task)  # Back to another task shows that task
 if st.session_state.get("cmp_task") not in tasks:
-    st.session_state["cmp_task"] = asked_task if asked_task in tasks else first_task
+    st.session_state["cmp_task"] = first_task
 task = st.radio("Task", tasks, key="cmp_task", format_func=registry.TASKS.get, horizontal=True)
 to_address("task", task, first_task)
 of_task = [r for r in done if r["task"] == task]
@@ -70,10 +70,10 @@ for r in candidates:
 default = next((ids for ids in groups.values() if len(ids) >= 2), None) or [
     r["id"] for r in sorted(candidates, key=lambda r: r["state"] != "completed")[:2]
 ]
-asked_runs = [r for r in st.query_params.get_all("run") if r in labels]
 runs_key = f"cmp_runs:{task}"
+from_address("run", runs_key, list(labels), default, many=True)
 if runs_key not in st.session_state:
-    st.session_state[runs_key] = asked_runs or default
+    st.session_state[runs_key] = default
 else:  # a run deleted meanwhile is no option any more
     st.session_state[runs_key] = [r for r in st.session_state[runs_key] if r in labels]
 chosen = st.multiselect("Runs", list(labels), key=runs_key, format_func=labels.get)

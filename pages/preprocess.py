@@ -28,6 +28,7 @@ from ui.state import (
     keep,
     kept,
     load_full,
+    page_params,
     restore_form,
     save_form,
     set_dataset,
@@ -46,7 +47,7 @@ if saved and saved == name:
     st.success(f"Saved as {esc(saved)}; it is now the current dataset.")
     if st.button("Next: Train", type="primary", icon=":material/model_training:", key="pp_next"):
         st.session_state.pop("pp_saved", None)
-        st.switch_page("pages/train.py", query_params=address())
+        st.switch_page("pages/train.py", query_params=address(**page_params("train")))
 
 
 def _step_text(s: dict) -> str:

@@ -28,6 +28,7 @@ from ui.state import (
     dataset_picker,
     ensure_app_navigation,
     fragment,
+    from_address,
     keep,
     kept,
     load_full,
@@ -138,6 +139,7 @@ if adata is None:
 
 tasks = list(models.TASKS)
 asked = st.query_params.get("task")  # the task picked before a browser refresh
+from_address("task", "w:task", tasks, tasks[0])  # Back to another task shows that task
 task = keep(
     "task",
     st.radio(

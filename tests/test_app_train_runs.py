@@ -174,6 +174,26 @@ def test_train_task_survives_a_browser_refresh(seurat_like):
     assert reopen("train", task="no-such-task").radio[0].value == "classify"
 
 
+def test_back_to_another_task_shows_that_task_and_writes_no_entry(seurat_like):
+    """A browser pass: Back from train?task=reconstruct to the Train address before it showed
+    the Reconstruct form and wrote task=reconstruct back (a new history entry: the next Back
+    stayed where it was). The page now follows an address changed from outside; the sidebar's
+    link keeps the task chosen."""
+    at = app("train")
+    at.radio[0].set_value("reconstruct").run()
+    assert at.query_params["task"] in ("reconstruct", ["reconstruct"])
+    del at.query_params["task"]  # Back: the address before the task was picked
+    at.run()
+    ok(at)
+    assert at.radio[0].value == "classify" and "task" not in at.query_params
+    at.query_params["task"] = "perturb"  # Forward, or a link with a task
+    at.run()
+    assert at.radio[0].value == "perturb" and at.query_params["task"] in ("perturb", ["perturb"])
+    assert at.session_state["_link:train"] == {"task": "perturb"}  # the sidebar link's params
+    at.radio[0].set_value("classify").run()  # the user's own choice is written, as before
+    assert "task" not in at.query_params or at.query_params["task"] in ("classify", ["classify"])
+
+
 def _slow_earlier_run(model: str, cells_per_s: float) -> None:
     d = workspace.runs_dir() / f"2020-earlier-{model}"
     d.mkdir(parents=True)

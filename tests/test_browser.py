@@ -187,6 +187,19 @@ def test_upload_preprocess_train_watch(server, counts_file, tmp_path, cancel_run
             timeout=60_000
         )
         assert "/train?dataset=" in page.url
+        # Back to the address before a task was picked shows that task, and writes nothing
+        # (the page wrote its own task back: a new entry, and the next Back stayed put)
+        page.get_by_text("Reconstruct and score abnormality").first.click()
+        page.wait_for_url(re.compile("task=reconstruct"), timeout=30_000)
+        _wait_idle(page)
+        length = page.evaluate("history.length")
+        page.go_back()
+        page.wait_for_url(re.compile("/train\\?dataset=[^&]*$"), timeout=30_000)
+        _wait_idle(page)
+        checked = page.locator('[data-testid="stRadio"] input:checked').first
+        label = checked.evaluate("e => e.closest('label').innerText")
+        assert label == "Classify cells" and "task=" not in page.url, (label, page.url)
+        assert page.evaluate("history.length") == length
         browser.close()
 
 

@@ -33,7 +33,9 @@ def follow() -> None:
 
 
 def _fill(slot: Any, pages: list) -> None:
-    from ui.state import address  # the tab's dataset, as every in-app link carries it
+    # the tab's dataset, as every in-app link carries it, and the choices the page keeps in
+    # its address (a link without them read as an address changed by Back: ui.state)
+    from ui.state import address, page_params
 
     with slot.container():
         for page in pages:
@@ -41,6 +43,6 @@ def _fill(slot: Any, pages: list) -> None:
                 page,
                 label=page.title,
                 icon=page.icon or None,
-                query_params=address(),
+                query_params=address(**page_params(page.url_path)),
                 width="stretch",
             )

@@ -261,6 +261,37 @@ def confirmed(key: str, subject: str, question: Callable[[], str], scope: str = 
     return False
 
 
+def _page() -> str:
+    return str(st.session_state.get("_page", ""))
+
+
+def from_address(key: str, wkey: str, options: list, default: Any, many: bool = False) -> None:
+    """Set widget ``wkey`` from the address when the address changed from outside the page
+    since it last ran (Back, Forward, a link, a refresh): the page then shows what that
+    address says. Before, the page kept this session's choice and wrote it back to the
+    address, a new history entry: Back to 'classify' came back as 'reconstruct', and the next
+    press of Back stayed where it was (a browser pass). Call before the widget is drawn, and
+    ``to_address`` after it."""
+    ss = st.session_state
+    if many:
+        asked: Any = [v for v in st.query_params.get_all(key) if v in options] or None
+    else:
+        asked = st.query_params.get(key)
+        asked = asked if asked in options else None
+    seen = f"_seen:{_page()}:{key}"
+    if seen in ss and asked != ss[seen]:
+        ss[wkey] = asked if asked is not None else default
+    elif wkey not in ss and asked is not None:
+        ss[wkey] = asked
+    ss[seen] = asked
+
+
+def page_params(url_path: str) -> dict[str, Any]:
+    """The choices a page keeps in its address (``to_address``), for a link to it: a link
+    without them (the sidebar's) would read as an address that changed (``from_address``)."""
+    return dict(st.session_state.get(f"_link:{url_path}", {}))
+
+
 def to_address(key: str, value: Any, default: Any) -> None:
     """Keep a page's choice in the address (``?key=value``; a list as repeated keys), so that a
     browser refresh keeps it. The default is not written while the address has none: each
@@ -268,6 +299,19 @@ def to_address(key: str, value: Any, default: Any) -> None:
     asked = st.query_params.get_all(key) if isinstance(value, list) else st.query_params.get(key)
     if value != asked and (asked not in (None, []) or value != default):
         st.query_params[key] = value
+        asked = value
+    ss = st.session_state
+    ss[f"_seen:{_page()}:{key}"] = asked if asked not in ([], "") else None
+    links = ss.setdefault(f"_link:{_page()}", {})
+    before = dict(links)
+    if asked in (None, []):
+        links.pop(key, None)
+    else:
+        links[key] = asked
+    if links != before:  # the sidebar's links, drawn before the page, follow it
+        from ui import page_list
+
+        page_list.follow()
 
 
 def show_error(exc: BaseException) -> None:
