@@ -44,7 +44,14 @@ from engine.perturb import (  # torch-free
 )
 from ui import figures
 from ui.figures import esc
-from ui.state import address, current_dataset, ensure_app_navigation, fragment, to_address
+from ui.state import (
+    address,
+    current_dataset,
+    ensure_app_navigation,
+    fragment,
+    from_address,
+    to_address,
+)
 
 APP_DIR = Path(__file__).resolve().parent.parent  # where `python -m engine` runs
 AUTO_UMAP_CELLS = 20_000  # latent UMAPs start by themselves up to this many cells
@@ -787,14 +794,13 @@ if res_info is not None and task in ("reconstruct", "embed"):
             by = spec.get("label_key") if spec.get("label_key") in colour_opts else None
             levels = [c for c in obs_levels(str(res_path), mtime) if c != scwb.get("split_key")]
             by = by or next(iter(levels), None)
-            asked = st.query_params.get("colour")  # kept over a refresh (a browser pass)
-            pick = asked if asked in colour_opts else by
-            color = st.selectbox(
-                "Colour the latent UMAP by",
-                colour_opts,
-                index=colour_opts.index(pick) if pick in colour_opts else 0,
-                key="umap_color",
-            )
+            # kept over a refresh (a browser pass), and followed on Back and Forward
+            from_address("colour", "umap_color", colour_opts, by)
+            if st.session_state.get("umap_color") not in colour_opts:
+                st.session_state["umap_color"] = (
+                    by if by in colour_opts else next(iter(colour_opts), None)
+                )
+            color = st.selectbox("Colour the latent UMAP by", colour_opts, key="umap_color")
             to_address("colour", color, by)
             st.page_link(
                 "pages/explore.py",

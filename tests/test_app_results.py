@@ -1122,6 +1122,9 @@ def test_results_group_and_colour_by_a_category_not_a_measurement(lognorm_adata)
     again.run()
     again.switch_page("pages/results.py").run()
     assert again.selectbox(key="umap_color").value == "batch_no"
+    del at.query_params["colour"]  # Back: the address before the colour was picked
+    at.run()
+    assert at.selectbox(key="umap_color").value == "cluster" and "colour" not in at.query_params
 
 
 def test_metric_tables_put_the_headline_first():
