@@ -172,3 +172,20 @@ def test_loss_axis_ends_at_the_last_epoch():
     long = pd.DataFrame({"epoch": range(1, 31), "val_loss": np.linspace(3, 1, 30)})
     over = figures.overlaid_curves({"a": long, "b": long.head(20)}, "val_loss")
     assert tuple(over.layout.xaxis.range) == (1, 30) and over.layout.xaxis.dtick is None
+
+
+def test_the_best_epoch_label_and_the_last_tick_have_room():
+    """A browser pass: at the last epoch the 'best epoch 10 (weights kept)' label ran into the
+    legend ('best epoch 10 (weigh...'), and on Compare the last epoch's tick was cut at the
+    figure's edge."""
+    metrics = pd.DataFrame(
+        {
+            "epoch": range(1, 11),
+            "train_loss": np.linspace(2, 0.3, 10),
+            "val_loss": np.linspace(2, 0.6, 10),
+        }
+    )
+    late = figures.loss_curves(metrics, best_epoch=10).layout.annotations[0]
+    early = figures.loss_curves(metrics, best_epoch=2).layout.annotations[0]
+    assert late.xanchor == "right" and early.xanchor == "left"
+    assert figures.overlaid_curves({"a": metrics}, "val_loss").layout.margin.r >= 30

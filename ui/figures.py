@@ -185,11 +185,16 @@ def loss_curves(
         metrics["epoch"],
     )
     if best_epoch is not None:
+        epochs = pd.to_numeric(metrics["epoch"], errors="coerce").dropna()
+        right_half = not epochs.empty and best_epoch > (epochs.min() + epochs.max()) / 2
         fig.add_vline(
             x=best_epoch,
             line_dash="dot",
             line_color="grey",
             annotation_text=f"best epoch {best_epoch} (weights kept)",
+            # its text on the side with room: at the last epoch it ran into the legend and was
+            # cut ('best epoch 10 (weigh...': a browser pass)
+            annotation_position="top left" if right_half else "top right",
         )
     return fig
 
@@ -205,6 +210,9 @@ def _whole_epochs(fig: go.Figure, epochs: pd.Series) -> go.Figure:
     pad = 0.5 if first == last else 0.0
     fig.update_xaxes(range=[first - pad, last + pad])
     fig.update_traces(cliponaxis=False)
+    # room right of the last epoch for its marker and tick label (with the legend below, the
+    # plot reached the figure's edge and the last epoch's '10' was cut: a browser pass)
+    fig.update_layout(margin={"r": 40})
     return fig.update_xaxes(dtick=1) if last <= 12 else fig
 
 
