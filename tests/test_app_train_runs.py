@@ -496,7 +496,10 @@ def test_sidebar_lists_the_running_run_first_and_says_how_many_more(monkeypatch)
     at = app("data")
     shown = [p.proto.text for p in at.get("progress")]
     # Markdown-escaped (a run id is text)
-    assert shown[0].startswith("logreg\\-b571 · seed 0 · running · ETA")
+    # the Runs page's words and fill (the sidebar said 'queued' with an empty bar beside the
+    # table's 'running, epoch 0 of 10': a browser pass)
+    assert shown[0].startswith("logreg\\-b571 · seed 0 · epoch 7 of 50 · ETA")
+    assert at.get("progress")[0].proto.value == 14  # percent, as the Runs table's bar
     assert shown[1:] == [f"mlp\\-{i:04x} · seed {i % 3} · queued" for i in range(1, 6)]
     assert "+ 3 more (3 queued): see the Runs page." in [c.value for c in at.sidebar.caption]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine import datasets, jobs, pp_child, workspace
+from engine import progress as progress_text
 from ui.figures import esc
 from ui.state import fragment
 
@@ -53,7 +54,9 @@ def active_runs() -> None:
         st.caption("No run in progress.")
         return
     for r in active[:SHOWN]:
-        frac = max(0.0, min(1.0, float(r["epoch"] or 0) / max(float(r["max_epochs"] or 1), 1)))
+        # the Runs page's fill and words ('epoch 1 of 10', 'fitting'): the sidebar said
+        # 'queued' with an empty bar beside the table's 'running, epoch 0 of 10' (a browser pass)
+        frac, said = progress_text.progress(r, {})
         where = (
             f" · SLURM job {r['job_id']}"
             if r.get("launcher") == "slurm" and r.get("job_id")
@@ -61,7 +64,7 @@ def active_runs() -> None:
         )
         # the run's id (three "mlp · queued" lines could not be told apart) and its seed
         seed = f" · seed {r['seed']}" if r.get("seed") is not None else ""
-        label = f"{r['id']}{seed} · {r['state']}{where}" + (
+        label = f"{r['id']}{seed} · {said}{where}" + (
             f" · ETA ≤ {fmt_s(r['eta_s'])}"  # to the last epoch; early stopping may end sooner
             if r["state"] == "running" and r["eta_s"] is not None
             else ""
