@@ -269,6 +269,21 @@ def scale(adata: ad.AnnData, method: str = "zscore", max_value: float | None = 1
     raise ScwbError(f"scale: unknown method {method!r}; use 'minmax' or 'zscore'.")
 
 
+def leiden_key(adata: ad.AnnData) -> str:
+    """Where the leiden step writes its clusters: ``obs['leiden']``, unless the data holds its
+    own there (from the user's pipeline, not an earlier run of this step), which is kept and
+    the clusters go to ``leiden_2``, ``leiden_3``, ... (the data's own labels were replaced,
+    said only after the run: a browser pass)."""
+    for key in ("leiden", *(f"leiden_{i}" for i in range(2, 10_000))):
+        if key not in adata.obs:
+            return key
+        params = adata.uns.get(key)
+        params = params.get("params") if isinstance(params, dict) else None
+        if isinstance(params, dict) and params.get("by") == "scworkbench":
+            return key  # an earlier leiden step's: clustered again in place
+    raise ScwbError("leiden: obs has no free leiden_N column left.")
+
+
 def leiden(
     adata: ad.AnnData,
     resolution: float = 1.0,
@@ -312,16 +327,20 @@ def leiden(
         random_state=seed,
     )
     clusters = work.obs["leiden"]
-    if "leiden" in adata.obs:
-        note("replaced the data's own obs['leiden']")
-    adata.obs["leiden"] = clusters.values  # categorical, in scanpy's natural order
-    adata.uns["leiden"] = {
+    key = leiden_key(adata)
+    if key != "leiden":
+        note(f"kept the data's own obs['leiden']: these clusters are in obs['{key}']")
+    elif "leiden" in adata.obs:
+        note("replaced the clusters of an earlier leiden step in obs['leiden']")
+    adata.obs[key] = clusters.values  # categorical, in scanpy's natural order
+    adata.uns[key] = {
         "params": {
             "resolution": float(resolution),
             "n_neighbors": k,
             "n_pcs": n_comps if n_comps >= 2 else 0,  # 0: on X itself (too few genes)
             "seed": int(seed),
             "flavor": "igraph",
+            "by": "scworkbench",  # ours: a later leiden step may replace it
         }
     }
     if n_comps >= 2:  # Explore draws it as it is, instead of computing the same PCA again
@@ -334,7 +353,7 @@ def leiden(
             "variance_ratio": np.asarray(work.uns["pca"]["variance_ratio"]),
             "params": {"n_comps": n_comps, "by": "leiden"},
         }
-    note(f"{len(clusters.cat.categories)} clusters in obs['leiden'] (resolution {resolution:g})")
+    note(f"{len(clusters.cat.categories)} clusters in obs['{key}'] (resolution {resolution:g})")
     return adata
 
 

@@ -104,7 +104,20 @@ def annotations(h5ad: str | os.PathLike) -> ad.AnnData:
 
     with h5py.File(h5ad, "r") as f:
         obs, var = read_elem(f["obs"]), read_elem(f["var"])
-    return ad.AnnData(obs=obs, var=var)
+        # who wrote obs['leiden'], ['leiden_2'], ... (``preprocess.leiden_key``): one short
+        # string each, if any
+        marks = {}
+        uns = f.get("uns")
+        for key in list(uns)[:1000] if isinstance(uns, h5py.Group) else []:
+            by = f.get(f"uns/{key}/params/by") if str(key).startswith("leiden") else None
+            if isinstance(by, h5py.Dataset) and by.shape == ():
+                marks[str(key)] = by[()]
+    out = ad.AnnData(obs=obs, var=var)
+    for key, mark in marks.items():
+        if isinstance(mark, bytes | str):
+            text = mark.decode(errors="replace") if isinstance(mark, bytes) else mark
+            out.uns[key] = {"params": {"by": text[:100]}}
+    return out
 
 
 def obsm_coords(h5ad: str | os.PathLike, key: str, dims: int = 2) -> np.ndarray:

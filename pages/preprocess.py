@@ -249,8 +249,9 @@ with st.container(border=True):
                 "scale", {"method": method, **({"max_value": clip} if method == "zscore" else {})}
             )
         )
+    leiden_to = pp.leiden_key(adata)  # the data's own obs['leiden'] is kept
     if st.checkbox(
-        "Leiden clusters in obs['leiden']",
+        f"Leiden clusters in obs['{leiden_to}']",
         value="leiden" in suggested,
         key=k("pp_leiden"),
         help="the last step: clusters of the cells (PCA, kNN graph), to colour by, compare and "
@@ -258,6 +259,11 @@ with st.container(border=True):
     ):
         if "leiden" in suggested:
             st.caption("No obs column of this dataset can serve as labels: clusters give it some.")
+        if leiden_to != "leiden":
+            st.caption(
+                f"This dataset has its own obs['leiden']: it is kept, and these clusters go to "
+                f"obs['{leiden_to}']."
+            )
         resolution = st.number_input(
             "resolution (higher: more, smaller clusters)",
             0.05,

@@ -1,3 +1,4 @@
+import json
 import re
 
 import anndata as ad
@@ -690,3 +691,36 @@ def test_subset_values_with_commas_and_several_columns(counts_adata, tmp_path, c
     err = capsys.readouterr().err
     assert "no value 'CD4 T'" in err and "\\," in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_leiden_keeps_the_datas_own_clusters(lognorm_adata, workspace):
+    """A browser pass: ticking Leiden on a dataset with its own obs['leiden'] replaced it, said
+    only after the run. The data's own column is kept and the clusters go to leiden_2 (the form
+    says so first); an earlier leiden step's clusters are replaced, as before."""
+    from engine import datasets, summary
+
+    own = lognorm_adata.copy()
+    own.obs["leiden"] = own.obs["cell_type"].astype(str).to_numpy()
+    assert pp.leiden_key(own) == "leiden_2"
+    out, report = pp.apply(own, pp.Recipe([pp.Step("leiden", {"resolution": 0.5})]))
+    assert (out.obs["leiden"].astype(str) == own.obs["leiden"]).all()  # kept
+    assert out.obs["leiden_2"].nunique() >= 2
+    said = json.dumps(report)
+    assert "kept the data's own obs['leiden']" in said and "obs['leiden_2']" in said
+    again, _ = pp.apply(out, pp.Recipe([pp.Step("leiden", {"resolution": 0.5})]))
+    assert "leiden_3" not in again.obs and (again.obs["leiden"] == out.obs["leiden"]).all()
+    fresh, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("leiden", {"resolution": 0.5})]))
+    assert pp.leiden_key(fresh) == "leiden"  # ours: clustered again in place
+    # the page reads the annotations alone: they carry who wrote obs['leiden']
+    for data, expect in ((fresh, "leiden"), (own, "leiden_2"), (out, "leiden_2")):
+        key = datasets.save(data, f"clusters {expect}")
+        assert pp.leiden_key(summary.annotations(datasets.path(key))) == expect
+    from engine import runs
+    from tests.test_app_results import app
+
+    runs.write_json(workspace / "state.json", {"dataset": datasets.save(own, "their leiden")})
+    at = app("preprocess")
+    box = next(c for c in at.checkbox if c.label.startswith("Leiden clusters"))
+    assert box.label == "Leiden clusters in obs['leiden_2']"
+    box.check().run()
+    assert any("its own obs['leiden']: it is kept" in c.value for c in at.caption)
