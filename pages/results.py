@@ -762,9 +762,15 @@ if res_info is not None and task in ("reconstruct", "embed"):
                         "is from 0 where the gene was detected, and the per-cell error, not its sign."
                     )
                 if stored.get("per_gene") == "sample":
+                    kept = int(stored.get("cells", 0) or 0)
+                    drawn = min(kept, figures.MAX_HEATMAP_CELLS)
+                    # two counts in a row read as a contradiction (1,000 stored, '500 of 2,784'
+                    # drawn: a browser pass): both said, one inside the other
                     st.caption(
-                        f"Reconstructions are stored for a sample of {stored.get('cells', 0):,} of "
-                        f"{res_info['n_obs']:,} cells; `python -m engine predict` writes them for every cell."
+                        f"Reconstructions are stored for a sample of {kept:,} of "
+                        f"{res_info['n_obs']:,} cells"
+                        + (f" (the heatmaps draw {drawn:,} of them)" if drawn < kept else "")
+                        + "; `python -m engine predict` writes them for every cell."
                     )
                 for name, fig in zip(("input", "reconstruction", "error"), maps, strict=True):
                     figures.show(f"heatmap_{name}", lambda f=fig: f, figs)

@@ -142,7 +142,16 @@ def test_results_page_draws_from_the_sample_and_export_holds_it(
     assert any(f"of {lognorm_adata.n_obs:,} cells" in t and "Input" in t for t in titles)
     assert any("Per-cell abnormality" in t for t in titles)
     captions = " ".join(c.value for c in at.caption)
-    assert f"sample of {N:,} of {lognorm_adata.n_obs:,} cells" in captions
+    assert f"sample of {N:,} of {lognorm_adata.n_obs:,} cells;" in captions
+    from ui import figures
+
+    monkeypatch.setattr(figures, "MAX_HEATMAP_CELLS", 100)  # fewer drawn than stored: said
+    at.run()
+    captions = " ".join(c.value for c in at.caption)
+    assert (
+        f"sample of {N:,} of {lognorm_adata.n_obs:,} cells (the heatmaps draw 100 of them)"
+        in captions
+    )
     monkeypatch.setattr(ad, "read_h5ad", real)
     with zipfile.ZipFile(pyio.BytesIO(export.bundle(run))) as zf:
         assert {"results.h5ad", results.SAMPLE, "reproduce.py"} <= set(zf.namelist())
