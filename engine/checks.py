@@ -446,6 +446,37 @@ def _check_frame(name: str, entry: str, group: Any) -> None:
                 f"{name}: {entry} lists column {c[:60]!r} but does not hold it; it is damaged."
             )
         seen.add(c)
+        _check_column(name, entry, group, c)
+
+
+def _check_column(name: str, entry: str, group: Any, col: str) -> None:
+    """One value per row in a column: a dataset, or a categorical's codes, or a nullable
+    column's values and mask, of one dimension and the index's length (2-D codes read as a
+    column of tuples, accepted by info and failing train after it trained: a hostile pass)."""
+    import h5py
+
+    index = group.attrs.get("_index")
+    index = index.decode() if isinstance(index, bytes) else index
+    held = group.get(str(index)) if index is not None else None
+    n = held.shape[0] if isinstance(held, h5py.Dataset) and held.ndim == 1 else None
+    elem = group[col]
+    parts = (
+        {"": elem}
+        if isinstance(elem, h5py.Dataset)
+        else {f" {k}": elem[k] for k in ("codes", "values", "mask") if k in elem}
+    )
+    for part, ds in parts.items():
+        if not isinstance(ds, h5py.Dataset):
+            raise ScwbError(
+                f"{name}: {entry} column {col[:60]!r}{part} is not an array; it is damaged."
+            )
+        if ds.ndim != 1 or (n is not None and ds.shape[0] != n):
+            shape = "x".join(map(str, ds.shape)) or "a single value"
+            rows = f" for {n:,} rows" if n is not None else ""
+            raise ScwbError(
+                f"{name}: {entry} column {col[:60]!r}{part} holds {shape} values{rows} (one per "
+                "row expected); it is damaged."
+            )
 
 
 def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
@@ -484,6 +515,18 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
         for p in ("obs", "var", "raw/var"):
             if isinstance(f.get(p), h5py.Group):
                 _check_frame(name, _entry(p), f[p])
+        # raw.X has the cells' rows too (anndata named it 'X has 120 rows': a hostile pass)
+        obs = f.get("obs")
+        index = obs.attrs.get("_index") if isinstance(obs, h5py.Group) else None
+        index = index.decode() if isinstance(index, bytes) else index
+        names = obs.get(str(index)) if index is not None else None
+        if isinstance(raw, h5py.Group) and "X" in raw and isinstance(names, h5py.Dataset):
+            rows, n_obs = _matrix_shape(name, "raw/X", raw["X"])[0], names.shape[0]
+            if rows != n_obs:
+                raise ScwbError(
+                    f"{name}: raw.X has {rows:,} rows for {n_obs:,} cells (one per cell "
+                    "expected); it is damaged."
+                )
         # a missing obs or var: AnnData makes a name up for every cell or gene of the matrix
         # (a 23 KB file without var, declaring 8 M genes, took 1.7 GB: a hostile-input pass)
         for frame, matrix, axis in (("obs", "X", 0), ("var", "X", 1), ("raw/var", "raw/X", 1)):
@@ -624,20 +667,26 @@ def open_text(path: Path):
 
 
 def count_lines(path: Path, name: str, limit: int | None = None) -> int:
-    """Non-empty lines of a (gzipped) text file, streamed; refuses past ``limit`` bytes."""
+    """Non-empty lines of a (gzipped) text file, streamed; refuses past ``limit`` bytes. Blank
+    lines are not counted, as the reader skips them (a trailing blank line in features.tsv
+    made '4 lines' of 3 genes, and the folder was refused: a hostile pass)."""
     limit = memory_budget() if limit is None else limit
-    n, size, last = 0, 0, b"\n"
+    n, size, pending = 0, 0, False  # pending: the unfinished line holds something
     try:
         with open_text(path) as fh:
             while chunk := fh.read(1 << 20):
                 size += len(chunk)
                 if size > limit:
                     raise over_budget(name, path.name, size, "(decompressed, at least)")
-                n += chunk.count(b"\n")
-                last = chunk[-1:]
+                parts = chunk.split(b"\n")
+                if len(parts) > 1:  # the unfinished line ends in this chunk
+                    n += int(pending or bool(parts[0].strip()))
+                    n += sum(1 for line in parts[1:-1] if line.strip())
+                    pending = False
+                pending = pending or bool(parts[-1].strip())
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ScwbError(f"{name}: {path.name} is not readable ({_first_line(exc)}).") from None
-    return n + (0 if last == b"\n" else 1)
+    return n + int(pending)
 
 
 def mtx_header(path: Path, name: str) -> tuple[int, int, int, str, int]:

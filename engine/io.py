@@ -280,9 +280,11 @@ def canonical(adata: ad.AnnData) -> ad.AnnData:
     (scipy's meaning; a step that assumes one entry per position failed on 'infinity'); an obs
     or var column of records (a compound dtype, which no table can show) as text, one of long
     doubles as float64; an ``uns['log1p']`` scanpy could not read dropped. Not
-    done by ``read``: a saved dataset's fingerprint is of the bytes it was saved with."""
+    done by ``read``: a saved dataset's fingerprint is of the bytes it was saved with. Complex
+    obs or var columns become text as records do."""
     for frame in (adata.obs, adata.var):  # a record per cell (compound dtype): as text, once
-        for col in [c for c in frame.columns if getattr(frame[c].dtype, "kind", "") == "V"]:
+        # and complex numbers, which no table can show (the Data page's table failed in pyarrow)
+        for col in [c for c in frame.columns if getattr(frame[c].dtype, "kind", "") in ("V", "c")]:
             frame[col] = frame[col].map(str).astype("category")
         # long double: pandas cannot describe it (info refused what preprocess accepted)
         for col in [c for c in frame.columns if _long_float(frame[c].dtype)]:
@@ -300,12 +302,27 @@ def canonical(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
+def _is_anndata_h5(path: Path) -> bool:
+    """An AnnData file saved as .h5 (it was called a damaged 10x file: a hostile pass)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "obs" in f and "var" in f and "matrix" not in f
+    except (OSError, ValueError):
+        return False
+
+
 def _read_10x_h5(path: Path, display: str) -> ad.AnnData:
     import scanpy as sc
 
+    if _is_anndata_h5(path):
+        return _read_h5ad(path, display)
     checks.check_10x_h5(path, Path(display).name)
     try:
         adata = sc.read_10x_h5(path)
+        if adata.n_vars == 0:  # no 'Gene Expression' feature (antibodies alone): read them all
+            adata = sc.read_10x_h5(path, gex_only=False)
     except Exception as exc:
         raise ScwbError(
             f"{Path(display).name} is not a 10x Genomics .h5 file: {_first_line(exc)}"
@@ -485,12 +502,45 @@ def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: s
             raise ScwbError(f"{name}: the header names {gene[:60]!r} twice; each gene once.")
         seen.add(gene)
     head = "" if short else fields[0].strip()
+    # no header row at all: the first cell's name above its values, which became gene names
+    # and the cell was lost (a hostile pass: 'c1,1,2,3' read as genes '1', '2', '3')
+    genes_numeric = pd.to_numeric(pd.Series(names, dtype=object), errors="coerce").notna().all()
+    if names and head and not _ROW_NAME_HINT.search(head) and genes_numeric:
+        shown = ", ".join(repr(v[:20]) for v in fields[:4]) + (", ..." if len(fields) > 4 else "")
+        raise ScwbError(
+            f"{name}: its first line ({shown}) holds numbers where the gene names belong: the "
+            "table seems to have no header row. Its first line must name the genes (cells x "
+            "genes)."
+        )
     rows = pd.to_numeric(pd.Series(df.index), errors="coerce")
     if head and not _ROW_NAME_HINT.search(head) and rows.notna().all():
         raise ScwbError(
             f"{name}: its first column ({head[:40]!r}) holds numbers, not cell names; the first "
             "column must name the cells (cells x genes)."
         )
+
+
+def _check_row_lengths(path: Path, name: str, sep: str, encoding: str, n_genes: int) -> None:
+    """A row shorter than the others: pandas fills what it lacks with NaN in silence (refused
+    later as 'X holds NaN values', which is not what is wrong: a hostile pass). Read again only
+    where the table holds empty values."""
+    import csv
+
+    with checks.open_text(path) as fh:
+        first = fh.readline(4096)
+        other = next((c for c in (";", "|", "\t", ",") if c != sep and c.encode() in first), None)
+        hint = f" Separated by {other!r}? Use commas (.csv) or tabs (.tsv)." if other else ""
+        lines = (line.decode(encoding, errors="replace") for line in fh)
+        reader = csv.reader(lines, delimiter=sep)
+        for fields in reader:  # the header (one field short in R's tables) is read above
+            if not fields or not "".join(fields).strip():
+                continue  # blank lines
+            if len(fields) < n_genes + 1:
+                raise ScwbError(
+                    f"{name} has rows of different lengths (line {reader.line_num + 1}: "
+                    f"{len(fields)} fields, "
+                    f"the table {n_genes + 1}).{hint}"
+                )
 
 
 def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
@@ -530,6 +580,8 @@ def _read_table(path: Path, display: str, sep: str) -> ad.AnnData:
     ):
         df = df.iloc[:, :-1]
     _check_header(path, name, sep, df, encoding)
+    if df.isna().to_numpy().any():
+        _check_row_lengths(path, name, sep, encoding, df.shape[1])
     # only columns pandas did not parse as numbers are looked at one by one (a wide table of
     # numbers would otherwise take a call per gene)
     text = [i for i, t in enumerate(df.dtypes) if not pd.api.types.is_numeric_dtype(t)]
@@ -582,7 +634,9 @@ def matrix_kind(x: Any, max_rows: int = 2000) -> str:
     (cytometry), 'arcsinh-transformed' (cytometry after asinh(x / cofactor)), 'scaled (MinMax)',
     'scaled (z-score)', 'centred or signed values', 'empty' or 'invalid (NaN/inf)', judged on up
     to ``max_rows`` rows."""
-    if x is None or x.shape[0] == 0 or x.shape[1] == 0:
+    if x is None:  # a file of annotations alone ('empty' read as a matrix of zeros)
+        return "missing (no X)"
+    if x.shape[0] == 0 or x.shape[1] == 0:
         return "empty"
     if not sp.issparse(x):  # rows of 6 M genes: 2,000 of them in float64 took gigabytes
         max_rows = max(1, min(max_rows, KIND_SAMPLE_VALUES // x.shape[1]))
@@ -759,6 +813,10 @@ def check_not_empty(adata: ad.AnnData) -> None:
     if adata.n_vars == 0:
         raise ScwbError("The data has no genes; check the file or loosen the gene filter.")
     x = adata.X
+    if x is None:  # was called a matrix of zeros (a hostile pass)
+        raise ScwbError(
+            "The data has no X matrix (annotations only): there are no values to learn from."
+        )
     nnz = x.nnz if sp.issparse(x) else np.count_nonzero(x)
     if nnz == 0:
         raise ScwbError("Every value in the matrix is zero; there is nothing to learn from.")
