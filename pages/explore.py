@@ -186,7 +186,8 @@ else:
             format_func=lambda g: shown_as.get(g, g),
             key="explore_gene",
         )
-        colour_title = shown_as.get(color_name, color_name)
+        # what the values are (a browser pass: 'Ptma' alone did not say MinMax-scaled logCPM)
+        colour_title = f"{shown_as.get(color_name, color_name)} ({d.get('x_kind') or 'X'})"
 
 
 def colour_values(rows: np.ndarray) -> np.ndarray | None:

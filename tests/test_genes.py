@@ -86,7 +86,7 @@ def test_data_and_explore_pages_search_and_show_symbols(lognorm_adata):
     assert box.options[0] == symbol  # shown by symbol, the exact match first
     assert box.value == a.var_names[7]  # and chosen by its var name
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert symbol in json.dumps(fig["layout"]) and not at.exception
+    assert f"{symbol} (log-normalised)" in json.dumps(fig["layout"]) and not at.exception
 
 
 def test_explore_still_finds_a_gene_by_its_id(lognorm_adata):
