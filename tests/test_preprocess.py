@@ -54,6 +54,23 @@ def test_mito_filter(counts_adata):
     assert ours.n_obs == int((pct <= 2.0).sum()) < counts_adata.n_obs
 
 
+def test_filter_cells_says_how_many_cells_fail_each_threshold(counts_adata):
+    """A browser pass: the preview showed 3,000 -> 2,784 cells, with no word of how many the
+    mitochondrial cut took and how many the gene threshold."""
+    x = _x(counts_adata)
+    genes = (x > 0).sum(1)
+    mito = counts_adata.var_names.str.startswith("MT-")
+    pct = 100 * x[:, mito].sum(1) / x.sum(1)
+    g = int(np.percentile(genes, 30))
+    _, report = pp.apply(
+        counts_adata,
+        pp.Recipe([pp.Step("filter_cells", {"min_genes": g, "max_pct_mito": 2.0})]),
+    )
+    said = report[1]["note"]
+    assert f"{int((genes < g).sum()):,} fewer than {g:,} genes" in said
+    assert f"{int((pct > 2.0).sum()):,} over 2% mitochondrial" in said
+
+
 def test_hvg_subset_matches_scanpy(lognorm_adata):
     ours, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("hvg", {"n_top": 50})]))
     ref = lognorm_adata.copy()
