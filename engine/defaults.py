@@ -354,6 +354,17 @@ def colour_by_group(name: str, values: pd.Series) -> bool:
     return whole and 1 <= len(np.unique(v)) <= MAX_NUMERIC_CLASSES
 
 
+def group_labels(values: pd.Series) -> np.ndarray:
+    """A grouping column's values as legend labels: whole numbers without a '.0' (donor 1.0,
+    2.0 stored as floats, or a nullable integer column: a review), a missing value as 'NA'."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        v = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
+        whole = np.isfinite(v) & (v == np.round(v))
+        out = np.where(whole, np.round(np.where(whole, v, 0)).astype(np.int64).astype(str), "NA")
+        return np.where(np.isfinite(v) & ~whole, v.astype(str), out)
+    return values.astype(str).to_numpy()
+
+
 def group_columns(source: Any) -> list[str]:
     """Columns whose values are groups of cells a model could be tested on whole (donors,
     samples, batches: 3 or more of them, none an id per cell), the donor-like names first."""

@@ -246,6 +246,7 @@ def unstable(train_loss: Any, n_classes: int | None = None) -> str | None:
     reports metrics (from its best epoch), and they read as the model's when they are the
     step size's (an MLP at lr 0.5 reached 0.60 accuracy where its default reaches 0.84)."""
     v = np.asarray(train_loss, dtype=float)
+    epoch = np.flatnonzero(np.isfinite(v)) + 1  # its epoch, where rows without a value come
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return None
@@ -254,7 +255,7 @@ def unstable(train_loss: Any, n_classes: int | None = None) -> str | None:
         peak = int(np.argmax(v))
         if v[peak] > 5 * chance:
             return (
-                f"its training loss reached {v[peak]:.3g} at epoch {peak + 1}, "
+                f"its training loss reached {v[peak]:.3g} at epoch {epoch[peak]}, "
                 f"{v[peak] / chance:.0f} times that of guessing every class equally "
                 f"(ln {n_classes} = {chance:.2f})"
             )
@@ -264,7 +265,7 @@ def unstable(train_loss: Any, n_classes: int | None = None) -> str | None:
     jumps = np.flatnonzero((v[1:] > 10 * low[:-1]) & (v[1:] > v[0]) & (low[:-1] > 0)) + 1
     if len(jumps):
         i = int(jumps[0])
-        return f"its training loss jumped from {low[i - 1]:.3g} to {v[i]:.3g} at epoch {i + 1}"
+        return f"its training loss jumped from {low[i - 1]:.3g} to {v[i]:.3g} at epoch {epoch[i]}"
     return None
 
 

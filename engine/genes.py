@@ -85,7 +85,7 @@ def mito_mask(var: pd.DataFrame) -> np.ndarray:
     """Which genes are mitochondrial: a boolean ``var['mt']`` when the file has one (scanpy's
     convention), else a symbol that starts with MT- (any case)."""
     if "mt" in var.columns and pd.api.types.is_bool_dtype(var["mt"]):
-        return var["mt"].to_numpy(dtype=bool)
+        return var["mt"].fillna(False).to_numpy(dtype=bool)  # nullable: a gap is not mt
     up = symbols(var).str.upper()
     return np.asarray(up.str.startswith(_MITO[0]) | up.str.startswith(_MITO[1]), dtype=bool)
 

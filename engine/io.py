@@ -477,6 +477,15 @@ _ROW_NAME_HINT = re.compile(
 )
 
 
+# the whole first header field where it names the row names: in a table without a header row
+# it is a cell's name, which may hold one of the words above ('cell1': a review)
+_ROW_NAME_FIELD = re.compile(
+    r"^(cells?|barcodes?|cell[_ .-]?(ids?|names?|barcodes?)|ids?|index|names?|obs(_names)?|"
+    r"samples?|genes?|features?|symbols?|x|v1|\.\.\.1|unnamed.*|#)$",
+    re.IGNORECASE,
+)
+
+
 def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: str) -> None:
     """What pandas would silently change: a gene named twice (it invents 'g1.1'), no gene
     column at all (another separator: the whole line was the cell name), and a first column of
@@ -505,7 +514,7 @@ def _check_header(path: Path, name: str, sep: str, df: pd.DataFrame, encoding: s
     # no header row at all: the first cell's name above its values, which became gene names
     # and the cell was lost (a hostile pass: 'c1,1,2,3' read as genes '1', '2', '3')
     genes_numeric = pd.to_numeric(pd.Series(names, dtype=object), errors="coerce").notna().all()
-    if names and head and not _ROW_NAME_HINT.search(head) and genes_numeric:
+    if names and head and not _ROW_NAME_FIELD.match(head) and genes_numeric:
         shown = ", ".join(repr(v[:20]) for v in fields[:4]) + (", ..." if len(fields) > 4 else "")
         raise ScwbError(
             f"{name}: its first line ({shown}) holds numbers where the gene names belong: the "
@@ -527,7 +536,7 @@ def _check_row_lengths(path: Path, name: str, sep: str, encoding: str, n_genes: 
     import csv
 
     with checks.open_text(path) as fh:
-        first = fh.readline(4096)
+        first = fh.readline()  # the whole header (a wide one ran past a bounded read: a review)
         other = next((c for c in (";", "|", "\t", ",") if c != sep and c.encode() in first), None)
         hint = f" Separated by {other!r}? Use commas (.csv) or tabs (.tsv)." if other else ""
         lines = (line.decode(encoding, errors="replace") for line in fh)

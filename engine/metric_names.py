@@ -11,6 +11,7 @@ know get their own text back and are not ranked, so a new metric never gets a wr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,13 +226,15 @@ def better(key: str) -> str | None:
 
 
 CLUSTER_KEYS = ("leiden", "louvain")  # label columns that are clusters computed from the data
+_CLUSTER = re.compile(r"^(leiden|louvain)(_\d+)?$")
 LATENT_SCORES = ("latent_knn_accuracy", "latent_silhouette")
 
 
 def cluster_caution(label_keys: Any, metric_keys: Any) -> str | None:
     """What to say beside latent scores measured against clusters computed from a PCA of the
     same data (Preprocess's Leiden): they favour the PCA baseline. None where no such score."""
-    clusters = sorted({str(k) for k in label_keys} & set(CLUSTER_KEYS))
+    # leiden_2, ...: the leiden step's clusters beside the data's own obs['leiden']
+    clusters = sorted({str(k) for k in label_keys if k is not None and _CLUSTER.match(str(k))})
     if not clusters or not set(LATENT_SCORES) & set(metric_keys):
         return None
     return (

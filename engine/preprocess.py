@@ -305,7 +305,11 @@ def leiden_key(adata: ad.AnnData) -> str:
             return key
         params = adata.uns.get(key)
         params = params.get("params") if isinstance(params, dict) else None
-        if isinstance(params, dict) and params.get("by") == "scworkbench":
+        if isinstance(params, dict) and (
+            params.get("by") == "scworkbench"
+            # written before the mark: our params (seed, igraph), not scanpy's (random_state)
+            or ({"seed", "n_pcs"} <= set(params) and params.get("flavor") == "igraph")
+        ):
             return key  # an earlier leiden step's: clustered again in place
     raise ScwbError("leiden: obs has no free leiden_N column left.")
 

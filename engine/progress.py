@@ -120,11 +120,26 @@ def unstable_note(spec: dict[str, Any], metrics: dict[str, Any], curve: Any) -> 
         return None
     classes = metrics.get("classes")
     n = len(classes) if info.task == "classify" and isinstance(classes, list) else None
-    why = evaluate.unstable(pd.to_numeric(curve["train_loss"], errors="coerce").to_numpy(), n)
+    # a classifier's cross-entropy alone: its loss holds the L2 penalty, large at the first
+    # step of a strongly regularised L-BFGS fit (a review: C=1e-5 read as 'unstable')
+    column = "train_cross_entropy" if n and "train_cross_entropy" in curve else "train_loss"
+    why = None
+    # leave-one-out: one model per cell type, each curve from its own start (a review: every
+    # such scGen read as a jump from the last type's low to the next one's first epoch)
+    parts = (
+        list(curve.groupby("cell_type", sort=False)) if "cell_type" in curve else [(None, curve)]
+    )
+    for name, part in parts:
+        why = evaluate.unstable(pd.to_numeric(part[column], errors="coerce").to_numpy(), n)
+        if why is not None:
+            why = why if name is None else f"{why} (the model for {name})"
+            break
     if why is None:
         return None
     lr = number(spec.get("lr"))
-    if lr is not None and lr > info.lr:
+    if spec.get("optimizer") == "lbfgs" or metrics.get("optimizer") == "lbfgs":
+        advice = "Check its inputs' scaling, or its regularisation (C)."
+    elif lr is not None and lr > info.lr:
         advice = (
             f"Its learning rate ({lr:g}) is likely too high: train it again with a lower one "
             f"(the default is {info.lr:g})."

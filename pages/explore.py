@@ -199,7 +199,7 @@ def colour_values(rows: np.ndarray) -> np.ndarray | None:
         col = obs[color_name].iloc[rows]  # the drawn cells only (a million cells: 20,000)
         if not defaults.colour_by_group(color_name, obs[color_name]):  # a measurement: a scale
             return col.to_numpy()
-        return col.astype(str).to_numpy()
+        return defaults.group_labels(col)
     j = adata.var_names.get_loc(color_name)
     if source.run and adata.obs_names.is_unique:
         at = adata.obs_names.get_indexer(obs.index[rows])

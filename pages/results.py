@@ -602,7 +602,7 @@ def _obs_colour(column: str, rows: np.ndarray) -> np.ndarray:
     col = whole.iloc[rows]  # the drawn cells only
     if not defaults.colour_by_group(column, whole):  # a measurement: a colour scale
         return col.to_numpy()
-    return col.astype(str).to_numpy()
+    return defaults.group_labels(col)
 
 
 def latent_embedding(key: str, n_obs: int, draw) -> None:

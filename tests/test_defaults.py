@@ -301,3 +301,17 @@ def test_whole_numbers_with_few_values_colour_by_group():
     assert not defaults.colour_by_group("n_genes", donor)  # a count per cell, by its name
     assert not defaults.colour_by_group("score", pd.Series(rng.normal(size=500)))
     assert not defaults.colour_by_group("age", pd.Series(rng.integers(0, 90, 500)))  # 90 values
+
+
+def test_group_labels_and_leiden_2_clusters():
+    """A review: donors stored as 1.0, 2.0 or a nullable integer column showed '1.0', '<NA>' in
+    the legend; clusters in leiden_2 (the data's own obs['leiden'] kept) got no cluster caution."""
+    from engine import metric_names
+
+    floats = pd.Series([1.0, 2.0, np.nan, 2.5])
+    assert list(defaults.group_labels(floats)) == ["1", "2", "NA", "2.5"]
+    assert list(defaults.group_labels(pd.Series([1, None], dtype="Int64"))) == ["1", "NA"]
+    assert list(defaults.group_labels(pd.Series(["a", "b"]))) == ["a", "b"]
+    latent = {"latent_knn_accuracy": 0.9}
+    assert "leiden_2" in metric_names.cluster_caution(["leiden_2"], latent)
+    assert metric_names.cluster_caution(["leiden_type"], latent) is None

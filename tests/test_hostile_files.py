@@ -171,3 +171,23 @@ def test_10x_h5_of_antibodies_alone_and_an_h5ad_named_h5(tmp_path, capsys):
     (tmp_path / "x.h5ad").rename(tmp_path / "anndata.h5")
     code, out = _info(tmp_path / "anndata.h5", capsys)
     assert code == 0 and "60 cells x 40 genes" in out
+
+
+def test_review_cases_of_the_new_table_and_gene_checks(tmp_path, capsys):
+    """A review: a wide header (over 4 KB) with one empty value was refused as 'rows of
+    different lengths'; a table without a header row whose first cell is 'cell1' slipped past
+    the header check; a nullable var['mt'] with a gap failed describe."""
+    genes = [f"GENE{i:05d}" for i in range(1000)]
+    rows = ["cell," + ",".join(genes)] + [f"c{r}," + ",".join("1" for _ in genes) for r in range(3)]
+    rows[2] = rows[2].replace(",1,", ",,", 1)
+    (tmp_path / "wide.csv").write_text("\n".join(rows) + "\n")
+    assert engine_io.read(tmp_path / "wide.csv").shape == (3, 1000)
+    (tmp_path / "nohead.csv").write_text("cell1,1,2,3\ncell2,4,5,6\n")
+    code, err = _info(tmp_path / "nohead.csv", capsys)
+    assert code == 2 and "no header row" in err
+    var = pd.DataFrame(
+        {"mt": pd.array([True, None, False, False], dtype="boolean")},
+        index=["MT-CO1", "A", "B", "C"],
+    )
+    a = ad.AnnData(np.ones((3, 4), np.float32), var=var)
+    assert engine_io.describe(a)["mito_genes"] == 1

@@ -728,6 +728,9 @@ def test_leiden_keeps_the_datas_own_clusters(lognorm_adata, workspace):
     assert "leiden_3" not in again.obs and (again.obs["leiden"] == out.obs["leiden"]).all()
     fresh, _ = pp.apply(lognorm_adata, pp.Recipe([pp.Step("leiden", {"resolution": 0.5})]))
     assert pp.leiden_key(fresh) == "leiden"  # ours: clustered again in place
+    older = fresh.copy()  # saved before the mark: known by its parameters (a review)
+    del older.uns["leiden"]["params"]["by"]
+    assert pp.leiden_key(older) == "leiden"
     # the page reads the annotations alone: they carry who wrote obs['leiden']
     for data, expect in ((fresh, "leiden"), (own, "leiden_2"), (out, "leiden_2")):
         key = datasets.save(data, f"clusters {expect}")

@@ -470,3 +470,37 @@ def test_compare_names_the_unstable_run(lognorm_file, workspace):
     at.multiselect[0].set_value(["hot", "calm"]).run()
     said = " ".join(w.value for w in at.warning)
     assert "Unstable training" in said and "hot" in said and "calm" not in said
+
+
+def test_healthy_fits_are_not_called_unstable():
+    """A review: a leave-one-out scGen's curves (one per cell type, each from its own start)
+    read as a jump between types; a strongly regularised L-BFGS fit's first loss holds its L2
+    penalty (20.2 at C=1e-5) while its cross-entropy was 1.39. Both were called unstable."""
+    from engine import progress
+
+    curve = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 1, 2, 3],
+            "cell_type": ["A"] * 3 + ["B"] * 3,
+            "train_loss": [300.0, 40.0, 15.6, 311.0, 45.0, 16.0],
+        }
+    )
+    spec = {"model": "scgen", "lr": 1e-3}
+    assert progress.unstable_note(spec, {}, curve) is None
+    curve.loc[4, "train_loss"] = 5000.0  # a blow-up inside B's own curve: said, and whose
+    assert "(the model for B)" in progress.unstable_note(spec, {}, curve)
+    lbfgs = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [20.2, 1.379, 1.379],
+            "train_cross_entropy": [1.392, 1.377, 1.377],
+        }
+    )
+    spec = {"model": "logreg", "lr": 1e-3, "optimizer": "lbfgs"}
+    assert progress.unstable_note(spec, {"classes": list("abcd")}, lbfgs) is None
+    lbfgs["train_cross_entropy"] = [1.39, 30.0, 1.37]
+    said = progress.unstable_note(spec, {"classes": list("abcd")}, lbfgs)
+    assert "learning rate" not in said and "scaling" in said  # L-BFGS takes no step size
+    from engine import evaluate
+
+    assert "at epoch 3" in evaluate.unstable([float("nan"), 2.0, 500.0], 4)  # its own epoch
