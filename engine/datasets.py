@@ -274,8 +274,8 @@ def save(
 def name_taken(name: str) -> str | None:
     """The key of a dataset already labelled ``name`` (as ``_register`` would store it), or
     None: two datasets of one name could not be told apart on Train, Runs or Compare."""
-    clean = _one_line(name)
-    return next((r["key"] for r in list_datasets() if r["name"] == clean), None)
+    clean = _one_line(name)  # records saved before labels were normalised: compared as such
+    return next((r["key"] for r in list_datasets() if _one_line(r["name"]) == clean), None)
 
 
 MAX_LABEL = 120  # characters of a dataset's label

@@ -82,12 +82,14 @@ def label_map(var: pd.DataFrame) -> dict[str, str]:
 
 
 def mito_mask(var: pd.DataFrame) -> np.ndarray:
-    """Which genes are mitochondrial: a boolean ``var['mt']`` when the file has one (scanpy's
-    convention), else a symbol that starts with MT- (any case)."""
-    if "mt" in var.columns and pd.api.types.is_bool_dtype(var["mt"]):
-        return var["mt"].fillna(False).to_numpy(dtype=bool)  # nullable: a gap is not mt
+    """Which genes are mitochondrial: a symbol that starts with MT- (any case), and those a
+    boolean ``var['mt']`` marks (scanpy's convention; a stale all-False column does not hide
+    the MT- genes: a review)."""
     up = symbols(var).str.upper()
-    return np.asarray(up.str.startswith(_MITO[0]) | up.str.startswith(_MITO[1]), dtype=bool)
+    mask = np.asarray(up.str.startswith(_MITO[0]) | up.str.startswith(_MITO[1]), dtype=bool)
+    if "mt" in var.columns and pd.api.types.is_bool_dtype(var["mt"]):
+        mask |= var["mt"].fillna(False).to_numpy(dtype=bool)  # nullable: a gap is not mt
+    return mask
 
 
 def search(var: pd.DataFrame, query: str) -> np.ndarray:

@@ -48,6 +48,8 @@ def test_symbols_are_used_only_where_the_names_are_ids():
     assert genes.mito_mask(pd.DataFrame(index=["mt-Co1", "Xkr4"])).tolist() == [True, False]
     flagged = pd.DataFrame({"mt": [False, True]}, index=["ENSG00000000001", "ENSG00000000002"])
     assert genes.mito_mask(flagged).tolist() == [False, True]
+    stale = pd.DataFrame({"mt": [False, False]}, index=["MT-CO1", "ACTB"])  # never hides MT-
+    assert genes.mito_mask(stale).tolist() == [True, False]
     # a numeric column is never taken for symbols
     numeric = pd.DataFrame({"gene": [1, 2]}, index=["ENSG00000000001", "ENSG00000000002"])
     assert genes.symbol_column(numeric) is None
