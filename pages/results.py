@@ -1108,9 +1108,18 @@ limit = settings.get().download_max_mb * 2**20
 too_large: list[str] = []  # said below the buttons, full width: paths and commands are long
 
 
-def offer(col, label: str, size: int, data, file_name: str, flag: str, where: Path | None) -> None:
+def offer(
+    col,
+    label: str,
+    size: int,
+    data,
+    file_name: str,
+    flag: str,
+    where: Path | None,
+    help: str | None = None,
+) -> None:
     if size <= limit:
-        col.download_button(label, data, file_name=file_name, on_click="ignore")
+        col.download_button(label, data, file_name=file_name, on_click="ignore", help=help)
         return
     place = f" on this machine at `{where}`;" if where else ""
     too_large.append(
@@ -1130,6 +1139,16 @@ elif runs.regular_file(res_path):  # never a link, pipe or device (read until me
         f"{run_id}.h5ad",
         "h5ad",
         res_path,
+        help=(
+            "the input cells with this run's results in obs, obsm and uns['scwb']"
+            + (
+                f"; the predicted cells are the rows whose obs['{spec.get('condition_key')}'] "
+                "is 'predicted' (obs['predicted_from']: the control cell each came from), and "
+                "what was not predicted for them (other annotations, layers) is missing (NaN)"
+                if task == "perturb" and spec
+                else ""
+            )
+        ),
     )
     if stored.get("per_gene") == "sample":
         c[0].caption(

@@ -171,13 +171,22 @@ class Perturb(Task):
                 pred_x += io.dense(x[rows])
             if d.get("floor") is not None:  # runs saved before the floor: as they were
                 np.maximum(pred_x, d["floor"], out=pred_x)
+            # a predicted cell holds its cell type, its condition and the cell it was predicted
+            # from; no other annotation of that control cell (its sample and donor counted
+            # predicted cells as real controls: a browser pass), and no value in the layers the
+            # model did not predict (NaN, below: zeros read as real empty cells)
             pred = ad.AnnData(
                 X=self.to_data_genes(pred_x, adata),
-                obs=adata.obs.iloc[rows].copy(),
+                obs=pd.DataFrame(
+                    {
+                        d["cell_type_key"]: adata.obs[d["cell_type_key"]].iloc[rows].values,
+                        d["condition_key"]: "predicted",
+                        "predicted_from": adata.obs_names[rows].astype(str),
+                    },
+                    index=[f"{n}-pred" for n in adata.obs_names[rows]],
+                ),
                 var=pd.DataFrame(index=adata.var_names.copy()),
             )
-            pred.obs_names = [f"{n}-pred" for n in adata.obs_names[rows]]
-            pred.obs[d["condition_key"]] = "predicted"
             if self.setup.layer != "X":  # predictions live in the space the model reads
                 pred.layers[self.setup.layer] = pred.X.copy()
             # in the latent space of the first model, where every input cell is placed: the
@@ -189,7 +198,13 @@ class Perturb(Task):
             ).astype(np.float32)
             predicted.append(pred)
         if predicted:
-            out = ad.concat([out, *predicted], join="outer", merge="first", uns_merge="first")
+            out = ad.concat(
+                [out, *predicted],
+                join="outer",
+                merge="first",
+                uns_merge="first",
+                fill_value=np.nan,  # what predicted cells lack (layers, embeddings): missing
+            )
         out.obs[d["condition_key"]] = pd.Categorical(out.obs[d["condition_key"]].astype(str))
         slots["predicted_condition"] = "predicted"
         return self.finish_output(out, slots, missing)
