@@ -210,7 +210,9 @@ for rid in chosen:
         rows.append(
             {
                 # the baseline's name before the design: the end of a long name is cut
-                "run": row_names[rid] + (f" · {part}" if part else "") + design,
+                # a baseline's row named baseline first ('scgen · RUN · baseline: ...' read as
+                # a scGen run, and its end was cut: a browser pass)
+                "run": (f"{part} · of {row_names[rid]}" if part else row_names[rid]) + design,
                 "_config": (seeds.config_key(spec), part, design),
                 "seed": spec.get("seed"),
                 "baseline": bool(part) or _is_baseline(spec.get("model", "")),
@@ -345,7 +347,11 @@ st.dataframe(
         shown.columns,
         {
             "run": st.column_config.TextColumn(
-                "run", pinned=True, width=min(600, 7 * int(shown["run"].str.len().max()) + 24)
+                # at most 360 px (the whole name on hover): a 600 px column pinned at the left
+                # left one metric in view on a laptop (a browser pass)
+                "run",
+                pinned=True,
+                width=min(360, 7 * int(shown["run"].str.len().max()) + 24),
             ),
             "seed": st.column_config.NumberColumn("seed", format="%d"),
             "baseline": st.column_config.CheckboxColumn(

@@ -719,8 +719,9 @@ def test_compare_scgen_baselines_are_rows_and_auroc_is_ranked(dataset):
     table = at.dataframe[0].value
     assert len(table) == 3
     said = table["run"].str
-    assert said.contains("baseline: control unchanged · B cell (", regex=False).sum() == 1
-    assert said.contains("baseline: control + mean shift · B cell (", regex=False).sum() == 1
+    # named baseline first (a browser pass: 'scgen · RUN · baseline: ...' read as a scGen run)
+    assert said.startswith(f"baseline: control unchanged · of scgen · {run.name}").sum() == 1
+    assert said.startswith(f"baseline: control + mean shift · of scgen · {run.name}").sum() == 1
     assert "baseline_noshift_r2_mean_all" not in table
     assert "background-color" in _styles(at)  # three rows: the best is marked
     assert table["run"].str.contains("B cell (control → stimulated)", regex=False).all()
