@@ -524,9 +524,11 @@ with st.container(border=True):
         help="repeat each model over several seeds (each a new split and initialisation): "
         "Compare then shows every metric as mean ± sd and says whether two models differ by "
         "more than the seed-to-seed spread",
-        key=kept("n_seeds"),
+        # one choice per task, as Max epochs: 3 seeds picked for a classifier came back on
+        # the scGen form, one click from three scGen runs (a browser pass)
+        key=kept(f"n_seeds:{task}"),
     )
-    keep("n_seeds", n_seeds)
+    keep(f"n_seeds:{task}", n_seeds)
     if n_seeds > 1:
         held = ""
         names = list(d["labels"].get(spec_kw.get("split_by") or "") or {})

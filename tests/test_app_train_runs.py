@@ -174,6 +174,17 @@ def test_train_task_survives_a_browser_refresh(seurat_like):
     assert reopen("train", task="no-such-task").radio[0].value == "classify"
 
 
+def test_seeds_per_model_is_kept_per_task(seurat_like):
+    """A browser pass: 3 seeds picked on Classify came back on the perturbation form."""
+    at = app("train")
+    seeds = lambda: next(r for r in at.radio if r.label == "Seeds per model")  # noqa: E731
+    seeds().set_value(3).run()
+    next(r for r in at.radio if r.label == "Task").set_value("perturb").run()
+    assert seeds().value == 1
+    next(r for r in at.radio if r.label == "Task").set_value("classify").run()
+    assert seeds().value == 3
+
+
 def test_back_to_another_task_shows_that_task_and_writes_no_entry(seurat_like):
     """A browser pass: Back from train?task=reconstruct to the Train address before it showed
     the Reconstruct form and wrote task=reconstruct back (a new history entry: the next Back
