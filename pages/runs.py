@@ -180,6 +180,13 @@ def live() -> None:
     df = table(rows)
     st.dataframe(df, hide_index=True, width="stretch", placeholder="-", column_config=columns(df))
     by_id = {r["id"]: r for r in rows}
+    # the address changed from outside the page (Back, Forward, a link): it says which run,
+    # and a bare /runs is the page's own pick (Back to it kept showing the run picked after)
+    asked = st.query_params.get("run")
+    asked = asked if asked in by_id else None
+    if "_seen:runs:run" in ss and asked != ss["_seen:runs:run"]:
+        ss.pop("run_selected", None)
+    ss["_seen:runs:run"] = asked
     if ss.get("run_selected") not in by_id:  # first visit, a refresh, or the run was deleted
         if st.query_params.get("run") in by_id:  # the run picked before a refresh
             ss["run_selected"] = ss["_runs_auto"] = st.query_params["run"]
@@ -204,6 +211,8 @@ def live() -> None:
         ss["_runs_auto"] = None
         if st.query_params.get("run") != sel:
             st.query_params["run"] = sel
+        ss["_seen:runs:run"] = sel
+        ss["_link:runs"] = {"run": sel}  # the sidebar's link to Runs keeps it (ui.state)
     r = by_id[sel]
     state = r.get("state") or "failed"
     active = state in runs.ACTIVE
@@ -244,6 +253,8 @@ def live() -> None:
             ss["runs_deleted"] = (sel, time.time())  # said after the rerun (a browser pass)
             if st.query_params.get("run") == sel:
                 del st.query_params["run"]
+            ss["_seen:runs:run"] = None
+            ss.pop("_link:runs", None)
             st.rerun()
         except Exception as exc:
             show_error(exc)

@@ -528,6 +528,15 @@ def test_runs_page_keeps_the_picked_run_over_a_refresh():
     assert at.query_params["run"] in ("2020-01-01-older", ["2020-01-01-older"])
     again = reopen("runs", run="2020-01-01-older")
     assert again.selectbox(key="run_selected").value == "2020-01-01-older"
+    # Back to the bare address shows the page's own pick again, and writes nothing (it kept
+    # the run picked after: a browser pass); Forward shows the pick
+    del at.query_params["run"]
+    at.run()
+    assert at.selectbox(key="run_selected").value == "2020-01-02-newer"
+    assert "run" not in at.query_params
+    at.query_params["run"] = "2020-01-01-older"
+    at.run()
+    assert at.selectbox(key="run_selected").value == "2020-01-01-older"
 
 
 def test_train_form_says_what_each_model_will_meet_before_submit(counts_adata, lognorm_adata):
