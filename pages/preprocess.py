@@ -199,7 +199,8 @@ with st.container(border=True):
         if d["n_vars"] <= pp.HVG_TOP:
             st.caption(
                 f"The dataset has {d['n_vars']:,} genes, no more than the usual "
-                f"{pp.HVG_TOP:,}: half of them are offered."
+                f"{pp.HVG_TOP:,}: about half of them ({pp.hvg_default(d['n_vars']):,}, in "
+                "hundreds) are offered."
             )
         if n_top >= d["n_vars"]:
             st.caption(

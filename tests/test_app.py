@@ -337,7 +337,9 @@ def test_preprocess_preview_and_save(counts_file):
     # ticked on a set of 200 genes, HVG offers half of them (it offered all 200: no selection)
     next(c for c in at.checkbox if c.label == "Highly variable genes").check().run()
     box = next(n for n in at.number_input if n.label == "number of genes")
-    assert box.value == 100 and any("half of them are offered" in c.value for c in at.caption)
+    assert box.value == 100 and any(
+        "about half of them (100, in hundreds) are offered" in c.value for c in at.caption
+    )
     # a step that changes nothing says so (200 genes, HVG asks for as many)
     box.set_value(200).run()
     assert any("genes: 200 keeps them all" in c.value for c in at.caption)
