@@ -944,9 +944,16 @@ if res_info is not None and task == "perturb":
                 spec.get("model"), saved if isinstance(saved, dict) else {}
             )
             if how.get("output") in models.SCGEN_OUTPUTS:
+                vectors = {  # the words, not the option's name alone (a browser pass)
+                    "paired": "the mean over the training cell types of each one's latent shift "
+                    "from control to stimulated ('paired')",
+                    "sampled": "the scGen package's: the latent means of balanced samples of "
+                    "all training cells of each condition ('sampled')",
+                }
+                delta = str(how.get("delta", ""))
                 st.caption(
-                    f"scGen's prediction: {models.SCGEN_OUTPUTS[how['output']]}; stimulation vector: "
-                    f"{esc(str(how.get('delta', '')))}."
+                    f"scGen's prediction: {models.SCGEN_OUTPUTS[how['output']]}; its stimulation "
+                    f"vector: {esc(vectors.get(delta, delta))}."
                 )
             parts = metric_names.split_baselines(m)
             # one metric per row, one prediction per column: the long metric names fit
