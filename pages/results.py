@@ -1026,6 +1026,8 @@ if res_info is not None and task == "perturb":
                     "Baseline: control + mean shift",
                 ),
             )
+            both = means[["predicted", "meanshift", "real"]].to_numpy(dtype=float)
+            limits = (float(np.nanmin(both)), float(np.nanmax(both))) if both.size else None
             for col, (fkey, source, prefix, title) in zip(st.columns(2), panels, strict=True):
                 figures.show(
                     fkey,
@@ -1037,6 +1039,7 @@ if res_info is not None and task == "perturb":
                         m[f"{p}r2_mean_all"],
                         m[f"{p}r2_mean_top100"],
                         t,
+                        limits,  # one scale for both panels, read side by side
                     ),
                     figs,
                     col,

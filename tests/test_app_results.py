@@ -678,6 +678,10 @@ def test_results_scgen_violins_baselines_and_nan_latent(dataset, monkeypatch):
         and c.endswith("latent shift from control to stimulated ('paired').")
         for c in said
     ), said
+    # scGen's panel and the baseline's share one scale (ticks 1 and 2 apart read badly)
+    scatters = [s for s in specs(at) if "R² all =" in s["layout"]["title"]["text"]]
+    assert len(scatters) == 2
+    assert scatters[0]["layout"]["yaxis"]["range"] == scatters[1]["layout"]["yaxis"]["range"]
     violins = next(s for s in specs(at) if "Top DEGs" in s["layout"]["title"]["text"])
     assert violins["layout"]["violinmode"] == "group"
     assert [t["name"] for t in violins["data"]] == ["control", "predicted", "stimulated"]

@@ -526,7 +526,10 @@ def mean_scatter(
     r2_all: float,
     r2_top: float,
     title: str,
+    limits: tuple[float, float] | None = None,
 ) -> go.Figure:
+    """Predicted against real per-gene means; ``limits``: both axes' range, shared by panels
+    drawn side by side (scGen's and the baseline's had ticks 1 and 2 apart: a browser pass)."""
     df = pd.DataFrame(
         {"real stimulated mean": real_mean, "predicted mean": pred_mean, "gene": genes}
     )
@@ -545,6 +548,10 @@ def mean_scatter(
         title_font_size=13
     )  # two of these sit side by side: keep the title on one line
     lo, hi = float(min(df.min(numeric_only=True))), float(max(df.max(numeric_only=True)))
+    if limits is not None and all(np.isfinite(limits)):
+        lo, hi = float(limits[0]), float(limits[1])
+        pad = 0.03 * (hi - lo or 1.0)
+        fig.update_xaxes(range=[lo - pad, hi + pad]).update_yaxes(range=[lo - pad, hi + pad])
     return fig.add_shape(
         type="line", x0=lo, y0=lo, x1=hi, y1=hi, line={"dash": "dot", "color": "grey"}
     )
