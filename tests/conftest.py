@@ -18,6 +18,17 @@ os.environ.setdefault("SCWB_CANCEL_GRACE_S", "20")
 os.environ.setdefault("SCWB_PAGE_ERRORS", "raise")
 
 
+# the scGen design the app tests train: the held-out B cells of the synthetic data, control ->
+# stimulated (RunSpec keywords)
+SCGEN_B_CELLS = dict(
+    condition_key="condition",
+    ctrl="control",
+    stim="stimulated",
+    cell_type_key="cell_type",
+    predict="B cell",
+)
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test where that folder is absent."""
     path = SHARED / name

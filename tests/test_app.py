@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from engine import datasets, jobs, train
 from engine.demos import load_demo
 from engine.spec import RunSpec
-from tests.conftest import ROOT, finish_preview
+from tests.conftest import ROOT, SCGEN_B_CELLS, finish_preview
 
 T = 60
 
@@ -574,11 +574,7 @@ def test_results_scgen(dataset):
         dataset,
         "scgen",
         epochs=2,
-        condition_key="condition",
-        ctrl="control",
-        stim="stimulated",
-        cell_type_key="cell_type",
-        predict="B cell",
+        **SCGEN_B_CELLS,
         params={"n_hidden": 64, "n_latent": 8},
     )
     at = app("results")

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from engine import csvsafe, datasets, embedding, metric_names, runs, train, workspace
 from engine import preprocess as pp
 from engine.spec import RunSpec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SCGEN_B_CELLS
 from tests.test_browser import server  # noqa: F401  (the streamlit server fixture)
 
 T = 90
@@ -100,11 +100,7 @@ def _small_scgen(dataset_name: str, n_hidden: int = 64, n_latent: int = 8) -> Pa
         dataset_name,
         "scgen",
         epochs=2,
-        condition_key="condition",
-        ctrl="control",
-        stim="stimulated",
-        cell_type_key="cell_type",
-        predict="B cell",
+        **SCGEN_B_CELLS,
         params={"n_hidden": n_hidden, "n_latent": n_latent},
     )
 
@@ -905,11 +901,7 @@ def test_browser_results_of_three_runs_compare_and_explore(server, lognorm_adata
             name,
             "scgen",
             epochs=8,
-            condition_key="condition",
-            ctrl="control",
-            stim="stimulated",
-            cell_type_key="cell_type",
-            predict="B cell",
+            **SCGEN_B_CELLS,
         ),
     }
     _finished(name, "sk_logreg", label_key="cell_type")
