@@ -438,6 +438,7 @@ def _check_frame(name: str, entry: str, group: Any) -> None:
     except (TypeError, ValueError):
         raise ScwbError(f"{name}: {entry} has an unreadable column order; it is damaged.") from None
     seen: set[str] = set()
+    n = _frame_len(group)
     for c in cols:
         if c in seen:
             raise ScwbError(f"{name}: {entry} lists column {c[:60]!r} twice; it is damaged.")
@@ -446,19 +447,26 @@ def _check_frame(name: str, entry: str, group: Any) -> None:
                 f"{name}: {entry} lists column {c[:60]!r} but does not hold it; it is damaged."
             )
         seen.add(c)
-        _check_column(name, entry, group, c)
+        _check_column(name, entry, group, c, n)
 
 
-def _check_column(name: str, entry: str, group: Any, col: str) -> None:
-    """One value per row in a column: a dataset, or a categorical's codes, or a nullable
-    column's values and mask, of one dimension and the index's length (2-D codes read as a
-    column of tuples, accepted by info and failing train after it trained: a hostile pass)."""
+def _frame_len(group: Any) -> int | None:
+    """The rows of a data frame group (obs, var): the length of its index, None when unknown."""
     import h5py
 
-    index = group.attrs.get("_index")
+    index = group.attrs.get("_index") if isinstance(group, h5py.Group) else None
     index = index.decode() if isinstance(index, bytes) else index
     held = group.get(str(index)) if index is not None else None
-    n = held.shape[0] if isinstance(held, h5py.Dataset) and held.ndim == 1 else None
+    return held.shape[0] if isinstance(held, h5py.Dataset) and held.ndim == 1 else None
+
+
+def _check_column(name: str, entry: str, group: Any, col: str, n: int | None) -> None:
+    """One value per row in a column: a dataset, or a categorical's codes, or a nullable
+    column's values and mask, of one dimension and ``n`` (the index's length) long (2-D codes
+    read as a column of tuples, accepted by info and failing train after it trained: a
+    hostile pass)."""
+    import h5py
+
     elem = group[col]
     parts = (
         {"": elem}
@@ -516,12 +524,9 @@ def check_h5ad(path: str | os.PathLike, name: str) -> dict[str, int]:
             if isinstance(f.get(p), h5py.Group):
                 _check_frame(name, _entry(p), f[p])
         # raw.X has the cells' rows too (anndata named it 'X has 120 rows': a hostile pass)
-        obs = f.get("obs")
-        index = obs.attrs.get("_index") if isinstance(obs, h5py.Group) else None
-        index = index.decode() if isinstance(index, bytes) else index
-        names = obs.get(str(index)) if index is not None else None
-        if isinstance(raw, h5py.Group) and "X" in raw and isinstance(names, h5py.Dataset):
-            rows, n_obs = _matrix_shape(name, "raw/X", raw["X"])[0], names.shape[0]
+        n_obs = _frame_len(f.get("obs"))
+        if isinstance(raw, h5py.Group) and "X" in raw and n_obs is not None:
+            rows = _matrix_shape(name, "raw/X", raw["X"])[0]
             if rows != n_obs:
                 raise ScwbError(
                     f"{name}: raw.X has {rows:,} rows for {n_obs:,} cells (one per cell "

@@ -357,12 +357,13 @@ def colour_by_group(name: str, values: pd.Series) -> bool:
 def group_labels(values: pd.Series) -> np.ndarray:
     """A grouping column's values as legend labels: whole numbers without a '.0' (donor 1.0,
     2.0 stored as floats, or a nullable integer column: a review), a missing value as 'NA'."""
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        v = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
-        whole = np.isfinite(v) & (v == np.round(v))
-        out = np.where(whole, np.round(np.where(whole, v, 0)).astype(np.int64).astype(str), "NA")
-        return np.where(np.isfinite(v) & ~whole, v.astype(str), out)
-    return values.astype(str).to_numpy()
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.astype(str).to_numpy()
+
+    def label(v: float) -> str:
+        return "NA" if not np.isfinite(v) else str(int(v)) if v == round(v) else str(v)
+
+    return np.array([label(v) for v in pd.to_numeric(values, errors="coerce").astype(float)])
 
 
 def group_columns(source: Any) -> list[str]:

@@ -92,14 +92,15 @@ def mito_mask(var: pd.DataFrame) -> np.ndarray:
     return mask
 
 
-def search(var: pd.DataFrame, query: str) -> np.ndarray:
+def search(var: pd.DataFrame, query: str, sym: pd.Index | None = None) -> np.ndarray:
     """Positions of the genes whose var name or symbol contains ``query`` (any case), exact
-    matches first (``CD4`` above CD40 and CD44)."""
+    matches first (``CD4`` above CD40 and CD44); ``sym``: ``symbols(var)``, when the caller
+    holds them already."""
     names = pd.Index(var.index.astype(str))
     if not query:
         return np.arange(len(names))
     q = query.strip()
-    sym = symbols(var)
+    sym = symbols(var) if sym is None else sym
     hit = names.str.contains(q, case=False, regex=False) | sym.str.contains(
         q, case=False, regex=False
     )

@@ -50,6 +50,12 @@ def _gene_values(path: str, size: int, mtime: float, j: int, rows: np.ndarray) -
     return summary.gene_values(path, j, rows)
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _gene_names(path: str, size: int, mtime: float, _var: pd.DataFrame):
+    """The genes' symbols and printed names, once per dataset file (not on every rerun)."""
+    return genes.symbols(_var), genes.label_map(_var)
+
+
 @dataclass(frozen=True)
 class Source:
     label: str
@@ -172,9 +178,9 @@ else:
         f"Search {noun}s", key="explore_gene_query", placeholder=f"type part of a {noun} name"
     )
     names = adata.var_names.astype(str)
-    matches = genes.search(adata.var, query)  # by name or, where the names are IDs, symbol
+    symbols, shown_as = _gene_names(*_FILE, adata.var)
+    matches = genes.search(adata.var, query, symbols)  # by name or, where names are IDs, symbol
     shown = list(names[matches[:MAX_GENE_MATCHES]])
-    shown_as = genes.label_map(adata.var)
     if not shown:
         c2.caption(f"No {noun} matches {esc(query)}.")
     else:
